@@ -1,0 +1,213 @@
+"""One typed config holding every number of the method, with the study's defaults.
+
+The config is a tree of pydantic models that forbid unknown keys, so a typo in a YAML file or an
+override is an error instead of a silently ignored setting. It is loaded in layers:
+defaults (the study) <- preset <- YAML file <- ``--set key=value`` overrides.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from cellresponse.errors import InputError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class InputConfig(_Section):
+    """How images are found and joined to treatment metadata."""
+
+    label: str = Field("Metadata_pert_iname", description="Metadata column predicted by the model.")
+    target_column: str = Field("Metadata_target", description="Second label (gene target), encoded too.")
+    control_label: str = Field("DMSO", description="Label value of the negative-control wells.")
+    join: Literal["auto", "core", "well", "platemap"] = Field(
+        "auto", description="How metadata joins images: CoreFileName, plate/well or a JUMP platemap."
+    )
+
+
+class ChannelRecipe(_Section):
+    """An image built from channels: ``median`` of the first three is the study's segmentation input."""
+
+    kind: Literal["median", "mean", "max", "single", "stack"] = "median"
+    channels: list[int | str] = Field(
+        default_factory=lambda: [0, 1, 2],
+        description="Channel positions (0-based) or names; names match 'DNA', 'OrigDNA' or 'ch5'.",
+    )
+
+
+class SegmentationConfig(_Section):
+    backend: Literal["auto", "cellpose", "offline"] = Field(
+        "auto", description="auto: Cellpose when its weights are available, else the offline backend."
+    )
+    model: str = Field("cyto3", description="Cellpose model name (cyto2 reproduces the study's era).")
+    weights_dir: str | None = Field(None, description="Folder holding Cellpose weights (else its own cache).")
+    flow_threshold: float = Field(0.7, ge=0.0, le=10.0)
+    cellprob_threshold: float = Field(-5.0, ge=-10.0, le=10.0)
+    diameter: float | None = Field(None, gt=0, description="Cell diameter in px; null = estimate it.")
+    nuclear_channel: str | None = Field(
+        "auto",
+        description="Channel with nuclei for the offline backend: a name, 'auto' (DNA/DAPI/Hoechst/ch5) or null.",
+    )
+    min_size: int = Field(15, ge=0, description="Objects smaller than this (px) are removed.")
+    input: ChannelRecipe = Field(default_factory=ChannelRecipe)
+
+
+class MeasurementConfig(_Section):
+    intensity_channels: list[str] = Field(
+        default_factory=list, description="Extra channels measured per cell (Intensity_*_<name> columns)."
+    )
+
+
+class CropConfig(_Section):
+    store_size: int = Field(96, ge=8, le=1024, description="Side of the stored crops (px).")
+    size: int = Field(224, ge=8, le=1024, description="Side of the model input (crops resized in batches).")
+    mean: float = 0.5
+    std: float = Field(0.5, gt=0)
+    recipe: Literal["mask_flow", "fluorescence"] = "mask_flow"
+    fluorescence_channels: list[str] = Field(default_factory=list)
+    padding: float = Field(0.0, ge=0.0, le=2.0, description="Extra margin around the bbox, fraction of its side.")
+
+
+class SplitConfig(_Section):
+    by: Literal["image", "well", "plate", "column"] = Field("image", description="Grouping of the split.")
+    column: str | None = Field(None, description="With by=column: a column whose values name the side.")
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    stratify: bool = True
+    downsample_control: bool = Field(True, description="Down-sample DMSO to the second-largest class.")
+
+
+class TrainingConfig(_Section):
+    batch_size: int = Field(512, ge=1)
+    learning_rate: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    step_size: int = Field(5, ge=1, description="StepLR period in epochs.")
+    gamma: float = Field(0.5, gt=0, le=1)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    max_epochs: int = Field(30, ge=1)
+    patience: int = Field(5, ge=1, description="Early stopping on validation loss.")
+    tabular_hidden: int = Field(32, ge=1)
+    dropout: float = Field(0.3, ge=0, lt=1)
+    projection: int = Field(256, ge=1)
+    pretrained_weights: str | None = Field(None, description="Path of ImageNet EfficientNet-B0 weights.")
+    augment: bool = False
+    channels_last: bool = True
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    num_nodes: int = Field(1, ge=1)
+    num_workers: int = Field(0, ge=0)
+
+
+class RuntimeConfig(_Section):
+    workers: int = Field(2, ge=0, description="Dask worker processes for per-image stages (0 = in this process).")
+    scheduler: str | None = Field(None, description="Address of an existing Dask scheduler.")
+    on_error: Literal["stop", "skip"] = "stop"
+
+
+class Config(_Section):
+    seed: int = 42
+    input: InputConfig = Field(default_factory=InputConfig)
+    segmentation: SegmentationConfig = Field(default_factory=SegmentationConfig)
+    measurement: MeasurementConfig = Field(default_factory=MeasurementConfig)
+    crops: CropConfig = Field(default_factory=CropConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+    @field_validator("seed")
+    @classmethod
+    def _non_negative_seed(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError("seed must be >= 0")
+        return value
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# Presets change only what differs from the study (the defaults above).
+PRESETS: dict[str, dict[str, Any]] = {
+    "study": {},
+    "cpu": {
+        "crops": {"store_size": 48, "size": 48},
+        "training": {"batch_size": 64, "max_epochs": 8, "patience": 3},
+    },
+}
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """Turn ``training.max_epochs=3`` into ``{"training": {"max_epochs": 3}}`` (value parsed as YAML)."""
+    if "=" not in text:
+        raise InputError(f"override {text!r} is not KEY=VALUE (e.g. training.max_epochs=3)")
+    dotted, raw = text.split("=", 1)
+    keys = [k for k in dotted.strip().split(".") if k]
+    if not keys:
+        raise InputError(f"override {text!r} has an empty key")
+    value: Any = yaml.safe_load(raw) if raw.strip() else None
+    for key in reversed(keys):
+        value = {key: value}
+    return value
+
+
+def _format_validation_error(error: ValidationError, source: str) -> str:
+    problems = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"])
+        if item["type"] == "extra_forbidden":
+            problems.append(f"unknown key '{where}'")
+        else:
+            problems.append(f"'{where}': {item['msg']} (got {item.get('input')!r})")
+    return f"invalid config ({source}): " + "; ".join(problems) + " — see `cellresponse config show`"
+
+
+def load_config(
+    path: str | Path | None = None,
+    preset: str | None = None,
+    overrides: list[str] | None = None,
+) -> Config:
+    """Resolve the config: study defaults, then ``preset``, then the YAML file, then overrides."""
+    data: dict[str, Any] = {}
+    sources = ["defaults"]
+    if preset:
+        if preset not in PRESETS:
+            raise InputError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+        data = _deep_merge(data, PRESETS[preset])
+        sources.append(f"preset {preset}")
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise InputError(f"config file {path} is not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise InputError(f"config file {path} must hold a mapping of sections, not {type(loaded).__name__}")
+        data = _deep_merge(data, loaded)
+        sources.append(str(path))
+    for text in overrides or []:
+        data = _deep_merge(data, parse_override(text))
+        sources.append(f"--set {text}")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise InputError(_format_validation_error(exc, ", ".join(sources))) from None

@@ -1,0 +1,147 @@
+"""File I/O at the edges: atomic writes, TIFF and Parquet helpers, the run-folder layout.
+
+Every file a stage writes appears whole or not at all: it is written under a temporary name in the
+same folder and renamed into place (``os.replace`` is atomic on POSIX filesystems).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import tifffile
+
+from cellresponse.errors import InputError
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``target``; rename it onto ``target`` only if the block succeeds."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_tiff(path: str | Path, array: np.ndarray, info: dict | None = None) -> None:
+    """Write a compressed TIFF atomically (zlib: lossless, readable by every TIFF reader).
+
+    ``info`` is stored as JSON in the ImageDescription tag, so an output describes itself
+    (:func:`read_tiff_info`) and a resumed stage needs no side files.
+    """
+    with atomic_path(path) as tmp:
+        description = json.dumps(info, default=_json_default) if info is not None else None
+        tifffile.imwrite(tmp, array, compression="zlib", description=description, metadata=None)
+
+
+def read_tiff_info(path: str | Path) -> dict:
+    """The JSON stored by :func:`write_tiff` (without reading the pixels)."""
+    with tifffile.TiffFile(path) as tif:
+        text = tif.pages[0].description
+    try:
+        return json.loads(text) if text else {}
+    except json.JSONDecodeError:
+        return {}
+
+
+def read_tiff(path: str | Path) -> np.ndarray:
+    """Read a TIFF, turning a missing or corrupt file into one clear error line."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"image file not found: {path}")
+    try:
+        return tifffile.imread(path)
+    except Exception as exc:  # tifffile raises many types for corrupt/truncated files
+        raise InputError(f"cannot read TIFF {path}: {exc} — is the file complete?") from None
+
+
+def write_parquet(path: str | Path, table: pd.DataFrame) -> None:
+    with atomic_path(path) as tmp:
+        table.to_parquet(tmp, index=False)
+
+
+def read_parquet(path: str | Path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"table not found: {path} — run the stage that writes it first")
+    return pd.read_parquet(path)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    write_text(path, json.dumps(data, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """The documented layout of a run folder; every stage reads and writes through it."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    config = property(lambda self: self.root / "config.yaml")
+    images = property(lambda self: self.root / "images.parquet")
+    masks = property(lambda self: self.root / "masks")
+    flows = property(lambda self: self.root / "flows")
+    figures = property(lambda self: self.root / "figures")
+    cells = property(lambda self: self.root / "cells.parquet")
+    cells_per_image = property(lambda self: self.root / "cells")
+    crops = property(lambda self: self.root / "crops")
+    model = property(lambda self: self.root / "model")
+    predictions = property(lambda self: self.root / "predictions")
+    metrics = property(lambda self: self.root / "metrics.json")
+    report = property(lambda self: self.root / "report")
+    logs = property(lambda self: self.root / "logs")
+
+    def mask_path(self, image_id: str) -> Path:
+        return self.masks / f"{image_id}.tif"
+
+    def flow_path(self, image_id: str) -> Path:
+        return self.flows / f"{image_id}.tif"
+
+    def create(self) -> RunFolder:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self.logs.mkdir(exist_ok=True)
+            probe = self.root / ".write-probe"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as exc:
+            raise InputError(f"run folder {self.root} is not writable: {exc.strerror} — choose another --out") from None
+        return self
+
+    def require(self, path: Path, stage: str) -> Path:
+        if not path.exists():
+            raise InputError(f"{path} is missing — run `cellresponse {stage} {self.root}` first")
+        return path

@@ -1,0 +1,153 @@
+"""Run a per-image function over many images with Dask, a progress bar and clear failures.
+
+Each task is a module-level function applied to one image-table row; it writes its own outputs
+atomically, so a killed run leaves only whole files and a rerun skips what is done (the caller
+filters finished images before calling :func:`map_images`).
+
+``runtime.workers = 0`` runs in this process (no Dask; handy for debugging); ``>= 1`` starts a
+local Dask cluster of that many single-threaded worker processes; ``runtime.scheduler`` connects to
+an existing cluster instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from cellresponse.config import RuntimeConfig
+from cellresponse.errors import CellResponseError, InputError
+
+log = logging.getLogger(__name__)
+
+# One image per worker at a time, and no oversubscription: each worker gets one BLAS/OpenMP thread.
+_THREAD_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "NUMBA_NUM_THREADS": "1",
+    "MALLOC_TRIM_THRESHOLD_": "65536",
+}
+
+
+@dataclass
+class TaskResult:
+    image_id: str
+    ok: bool
+    info: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
+
+
+def run_task(func: Callable[[dict], dict], row: dict) -> TaskResult:
+    """Call ``func(row)`` and turn any exception into a failed result (so one bad image is reported,
+    not a crashed worker). Clear errors keep their message; others get type and last frame."""
+    image_id = str(row.get("image_id", "?"))
+    try:
+        return TaskResult(image_id, True, func(row) or {})
+    except CellResponseError as exc:
+        return TaskResult(image_id, False, error=str(exc))
+    except Exception as exc:
+        frame = traceback.extract_tb(exc.__traceback__)[-1]
+        where = f"{os.path.basename(frame.filename)}:{frame.lineno}"
+        return TaskResult(image_id, False, error=f"{type(exc).__name__}: {exc} (at {where})")
+
+
+def _set_worker_threads() -> None:
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+
+
+def _iterate_local(func: Callable[[dict], dict], rows: list[dict]) -> Iterator[TaskResult]:
+    for row in rows:
+        yield run_task(func, row)
+
+
+def _quiet_dask() -> None:
+    # Dask sets its own logger levels at import; its start/stop chatter is not news for a user.
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith(("distributed", "tornado", "bokeh")):
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+
+class _DaskPool:
+    def __init__(self, runtime: RuntimeConfig):
+        import dask
+        from dask.distributed import Client, LocalCluster
+
+        _quiet_dask()
+        self.cluster = None
+        if runtime.scheduler:
+            self.client = Client(runtime.scheduler)
+        else:
+            with dask.config.set({"distributed.nanny.pre-spawn-environ": _THREAD_ENV}):
+                self.cluster = LocalCluster(
+                    n_workers=runtime.workers,
+                    threads_per_worker=1,
+                    processes=True,
+                    dashboard_address=None,
+                    silence_logs=logging.ERROR,
+                )
+            self.client = Client(self.cluster)
+        self.client.run(_set_worker_threads)
+
+    def iterate(self, func: Callable[[dict], dict], rows: list[dict]) -> Iterator[TaskResult]:
+        from dask.distributed import as_completed
+
+        futures = [self.client.submit(run_task, func, row, pure=False) for row in rows]
+        try:
+            for future in as_completed(futures):
+                yield future.result()
+        finally:
+            for future in futures:
+                future.cancel()
+
+    def close(self) -> None:
+        _quiet_dask()
+        self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+
+def map_images(
+    func: Callable[[dict], dict],
+    rows: list[dict],
+    runtime: RuntimeConfig,
+    desc: str,
+    progress: bool = True,
+) -> tuple[list[TaskResult], list[TaskResult]]:
+    """Apply ``func`` to every row; returns (done, failed).
+
+    With ``runtime.on_error == "stop"`` the first failure cancels the rest and raises its message;
+    with ``"skip"`` every image is tried and the failures are returned for the caller to record.
+    """
+    if not rows:
+        return [], []
+    done: list[TaskResult] = []
+    failed: list[TaskResult] = []
+    pool = _DaskPool(runtime) if (runtime.workers > 0 or runtime.scheduler) else None
+    results = pool.iterate(func, rows) if pool else _iterate_local(func, rows)
+    bar = tqdm(total=len(rows), desc=desc, unit="image", disable=not progress, leave=True)
+    try:
+        for result in results:
+            bar.update(1)
+            if result.ok:
+                done.append(result)
+                continue
+            failed.append(result)
+            if runtime.on_error == "stop":
+                raise InputError(f"{desc} failed on image {result.image_id}: {result.error}")
+            log.warning("%s failed on %s: %s", desc, result.image_id, result.error)
+    finally:
+        bar.close()
+        if pool:
+            pool.close()
+    return done, failed
