@@ -34,6 +34,8 @@ def _setup_logging(verbose: bool, run: RunFolder | None = None) -> None:
     root.addHandler(console)
     for noisy in ("distributed", "cellpose", "matplotlib", "PIL", "numba", "fsspec", "lightning"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # tifffile warns about the very damage that read_tiff turns into one clear error line
+    logging.getLogger("tifffile").setLevel(logging.CRITICAL)
     if run is not None and run.root.exists():
         run.logs.mkdir(parents=True, exist_ok=True)
         file_handler = logging.FileHandler(run.logs / "cellresponse.log")

@@ -38,6 +38,17 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def remove_stale_temporaries(folder: str | Path) -> int:
+    """Delete temporary files left by a killed run (``.<name>.<random>.tmp``); returns how many."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    stale = list(folder.glob(".*.tmp"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
+
+
 def write_tiff(path: str | Path, array: np.ndarray, info: dict | None = None) -> None:
     """Write a compressed TIFF atomically (zlib: lossless, readable by every TIFF reader).
 
@@ -65,9 +76,12 @@ def read_tiff(path: str | Path) -> np.ndarray:
     if not path.is_file():
         raise InputError(f"image file not found: {path}")
     try:
-        return tifffile.imread(path)
+        array = tifffile.imread(path)
     except Exception as exc:  # tifffile raises many types for corrupt/truncated files
         raise InputError(f"cannot read TIFF {path}: {exc} — is the file complete?") from None
+    if array.size == 0:  # a damaged header can read as an empty image instead of raising
+        raise InputError(f"cannot read TIFF {path}: no image data — is the file complete?")
+    return array
 
 
 def write_parquet(path: str | Path, table: pd.DataFrame) -> None:

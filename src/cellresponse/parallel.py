@@ -25,7 +25,8 @@ from cellresponse.errors import CellResponseError, InputError
 
 log = logging.getLogger(__name__)
 
-# One image per worker at a time, and no oversubscription: each worker gets one BLAS/OpenMP thread.
+# One image per worker at a time, and no oversubscription: each worker gets one BLAS/OpenMP thread
+# (torch reads OMP_NUM_THREADS when the Cellpose backend first imports it in a worker).
 _THREAD_ENV = {
     "OMP_NUM_THREADS": "1",
     "MKL_NUM_THREADS": "1",
@@ -55,15 +56,6 @@ def run_task(func: Callable[[dict], dict], row: dict) -> TaskResult:
         frame = traceback.extract_tb(exc.__traceback__)[-1]
         where = f"{os.path.basename(frame.filename)}:{frame.lineno}"
         return TaskResult(image_id, False, error=f"{type(exc).__name__}: {exc} (at {where})")
-
-
-def _set_worker_threads() -> None:
-    try:
-        import torch
-
-        torch.set_num_threads(1)
-    except ImportError:  # pragma: no cover - torch is a dependency
-        pass
 
 
 def _iterate_local(func: Callable[[dict], dict], rows: list[dict]) -> Iterator[TaskResult]:
@@ -97,7 +89,6 @@ class _DaskPool:
                     silence_logs=logging.ERROR,
                 )
             self.client = Client(self.cluster)
-        self.client.run(_set_worker_threads)
 
     def iterate(self, func: Callable[[dict], dict], rows: list[dict]) -> Iterator[TaskResult]:
         from dask.distributed import as_completed

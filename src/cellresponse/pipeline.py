@@ -29,13 +29,13 @@ import pyarrow.parquet as pq
 from cellresponse.channels import apply_recipe, find_nuclear_channel, load_stack, resolve_channel
 from cellresponse.config import Config
 from cellresponse.errors import InputError, StageError
-from cellresponse.figures import figure1
 from cellresponse.io import (
     RunFolder,
     atomic_path,
     read_parquet,
     read_tiff,
     read_tiff_info,
+    remove_stale_temporaries,
     write_json,
     write_parquet,
     write_text,
@@ -136,6 +136,12 @@ def _image_rows(run: RunFolder) -> tuple[list[dict], list[str]]:
 _SEGMENTERS: dict[str, Segmenter] = {}
 
 
+@functools.lru_cache(maxsize=8)
+def _config_from_json(config_json: str) -> Config:
+    # Tasks carry the config as JSON; each worker parses it once, not once per image.
+    return Config.model_validate_json(config_json)
+
+
 def _segmenter(config: Config, backend: str) -> Segmenter:
     # Built once per worker process: loading Cellpose weights per image would dominate the run.
     key = config.segmentation.model_dump_json() + backend
@@ -159,7 +165,7 @@ def segmentation_inputs(row: dict, names: list[str], config: Config) -> tuple[np
 
 
 def segment_one(row: dict, config_json: str, run_root: str, names: list[str], backend: str) -> dict:
-    config = Config.model_validate_json(config_json)
+    config = _config_from_json(config_json)
     run = RunFolder(run_root)
     started = time.perf_counter()
     seg_input, nuclear, nuclear_name = segmentation_inputs(row, names, config)
@@ -185,6 +191,8 @@ def stage_segment(
     started = time.perf_counter()
     rows, names = _image_rows(run)
     backend = choose_backend(config.segmentation)
+    for folder in (run.masks, run.flows):
+        remove_stale_temporaries(folder)
     log.info(
         "segmentation backend: %s%s",
         backend,
@@ -234,6 +242,8 @@ def stage_segment(
 
 
 def save_figure1(run: RunFolder, row: dict, names: list[str], config: Config) -> Path:
+    from cellresponse.figures import figure1  # matplotlib: imported by the main process only, not by workers
+
     seg_input, _, _ = segmentation_inputs(row, names, config)
     labels = read_tiff(run.mask_path(row["image_id"]))
     flows = read_tiff(run.flow_path(row["image_id"]))
@@ -251,7 +261,7 @@ def _cells_path(run: RunFolder, image_id: str) -> Path:
 
 
 def measure_one(row: dict, config_json: str, run_root: str, names: list[str]) -> dict:
-    config = Config.model_validate_json(config_json)
+    config = _config_from_json(config_json)
     run = RunFolder(run_root)
     labels = read_tiff(run.mask_path(row["image_id"]))
     stack = load_stack(row, names)
@@ -278,6 +288,7 @@ def stage_measure(
         raise InputError(
             f"{len(missing)} images have no mask (e.g. {missing[0]}) — run `cellresponse segment {run.root}` first"
         )
+    remove_stale_temporaries(run.cells_per_image)
     todo = [r for r in rows if overwrite or not _cells_path(run, r["image_id"]).exists()]
     func = functools.partial(measure_one, config_json=config.model_dump_json(), run_root=str(run.root), names=names)
     done, failed = map_images(func, todo, config.runtime, "measure", progress)

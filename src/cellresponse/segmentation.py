@@ -20,6 +20,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numba
 import numpy as np
 from scipy import ndimage as ndi
 from skimage import filters, measure, morphology, segmentation
@@ -169,16 +170,53 @@ def segment_offline(
     return cells.astype(np.uint32), cell_diameter
 
 
+@numba.njit(cache=True, nogil=True)
+def _diffuse(heat: np.ndarray, y: np.ndarray, x: np.ndarray, ymed: int, xmed: int, lx: int, n_iter: int) -> None:
+    # Cellpose's _extend_centers: heat released at the centre pixel spreads by 3x3 averaging over the
+    # cell's own pixels (Jacobi steps). Compiled with cache=True: Cellpose's copy is compiled at import
+    # in every process (~5 s per Dask worker), this one once per machine.
+    n = y.shape[0]
+    new = np.empty(n, np.float64)
+    for _ in range(n_iter):
+        heat[ymed * lx + xmed] += 1.0
+        for k in range(n):
+            c = y[k] * lx + x[k]
+            new[k] = (
+                heat[c]
+                + heat[c - lx]
+                + heat[c + lx]
+                + heat[c - 1]
+                + heat[c + 1]
+                + heat[c - lx - 1]
+                + heat[c - lx + 1]
+                + heat[c + lx - 1]
+                + heat[c + lx + 1]
+            ) / 9.0
+        for k in range(n):
+            heat[y[k] * lx + x[k]] = new[k]
+
+
 def flows_from_masks(labels: np.ndarray) -> np.ndarray:
-    """Cellpose-style flows (dY, dX, probability) computed from masks (no weights needed)."""
+    """Cellpose-style flows (dY, dX, probability) from masks, as Cellpose's ``masks_to_flows`` computes
+    them: heat diffused from each cell's most central pixel, its gradient normalised to unit length."""
     flows = np.zeros((3, *labels.shape), np.float32)
     if labels.max() == 0:
         return flows
-    from cellpose.dynamics import masks_to_flows_cpu
-
-    vectors = masks_to_flows_cpu(labels.astype(np.int32), device=None)
-    vectors = vectors[0] if isinstance(vectors, tuple) else vectors
-    flows[0], flows[1] = vectors[0], vectors[1]
+    mu = np.zeros((2, *labels.shape), np.float64)
+    for index, box in enumerate(ndi.find_objects(labels)):
+        if box is None:
+            continue
+        rows, cols = box
+        ly, lx = rows.stop - rows.start + 2, cols.stop - cols.start + 2
+        y, x = np.nonzero(labels[box] == index + 1)
+        y, x = (y + 1).astype(np.int64), (x + 1).astype(np.int64)
+        centre = int(((x - x.mean()) ** 2 + (y - y.mean()) ** 2).argmin())
+        heat = np.zeros(ly * lx, np.float64)
+        _diffuse(heat, y, x, int(y[centre]), int(x[centre]), lx, 2 * (ly + lx))
+        mu[0, rows.start + y - 1, cols.start + x - 1] = heat[(y + 1) * lx + x] - heat[(y - 1) * lx + x]
+        mu[1, rows.start + y - 1, cols.start + x - 1] = heat[y * lx + x + 1] - heat[y * lx + x - 1]
+    mu /= 1e-60 + np.sqrt((mu**2).sum(axis=0))
+    flows[:2] = mu
     flows[2] = (labels > 0).astype(np.float32)
     return flows
 
@@ -189,11 +227,15 @@ def flows_from_masks(labels: np.ndarray) -> np.ndarray:
 
 
 def cellpose_weight_files(model: str, weights_dir: str | None = None) -> list[Path]:
-    """The files Cellpose needs for ``model``: the network, and the size model for auto diameter."""
+    """The files Cellpose 3 needs for ``model`` (its own naming): the network, and for the built-in
+    cyto/nuclei models the size model that estimates the diameter."""
     folder = Path(weights_dir) if weights_dir else _cellpose_model_dir()
-    files = [folder / f"{model}"]
-    if model in {"cyto", "cyto2", "cyto3", "nuclei"}:
-        files.append(folder / f"size_{model}{'torch_0' if model != 'cyto3' else ''}.npy")
+    legacy = model in {"cyto", "cyto2", "nuclei"}
+    files = [folder / (f"{model}torch_0" if legacy else model)]
+    if legacy:
+        files.append(folder / f"size_{model}torch_0.npy")
+    elif model == "cyto3":
+        files.append(folder / "size_cyto3.npy")
     return files
 
 
@@ -213,7 +255,11 @@ def ensure_cellpose_weights(model: str, weights_dir: str | None = None) -> Path:
     clear message; here a missing model is one clear line instead.
     """
     if weights_dir:
+        # Cellpose reads its model folder once, at import: point both the variable and the module at it.
         os.environ["CELLPOSE_LOCAL_MODELS_PATH"] = str(weights_dir)
+        from cellpose import models as cp_models
+
+        cp_models.MODEL_DIR = Path(weights_dir)
     if cellpose_weights_available(model, weights_dir):
         return cellpose_weight_files(model, weights_dir)[0].parent
     try:

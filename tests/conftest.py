@@ -1,0 +1,56 @@
+"""Shared fixtures: the real data in ../shared/data (skipped with a reason when absent) and tiny synthetic plates."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("CELLRESPONSE_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+def shared(*parts: str) -> Path:
+    """A path under ../shared/data; skips the test when it is not there."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared data not found: {path} (tests on real cells need ../shared/data)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_plates(tmp_path_factory) -> Path:
+    """Two small synthetic plates: 3 compounds + DMSO, 2 sites, 128 px (seconds to make)."""
+    from cellresponse.synth import SynthSpec, make_plates
+
+    out = tmp_path_factory.mktemp("tiny_plates")
+    make_plates(
+        out,
+        SynthSpec(
+            n_compounds=3,
+            wells_per_compound=1,
+            control_wells=2,
+            sites=2,
+            size=128,
+            cells_per_image=8,
+            cell_radius=11,
+            seed=3,
+        ),
+    )
+    return out
+
+
+def run_cli(*args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the CLI in a fresh process, as a user would."""
+    result = subprocess.run(
+        [sys.executable, "-m", "cellresponse.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"cellresponse {' '.join(map(str, args))} failed:\n{result.stderr[-3000:]}")
+    return result

@@ -1,0 +1,176 @@
+"""Segment and measure through the CLI, on real fields and synthetic plates: outputs, resume, Dask, failures."""
+
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+from cellresponse.measure import FEATURES
+from tests.conftest import run_cli, shared
+
+STAGE_FLAGS = ("--no-progress",)
+
+
+def _images(run, **source):
+    flag, value = next(iter(source.items()))
+    run_cli("images", f"--{flag.replace('_', '-')}", value, "--out", run, "--set", "segmentation.backend=offline")
+
+
+def test_real_fields_segmented_and_measured(tmp_path):
+    """A BBBC021 field and a CPJUMP1 field through `segment` and `measure`."""
+    csv = tmp_path / "two.csv"
+    table = pd.read_csv(shared("bbbc021", "load_data.csv")).head(2)
+    for c in [c for c in table.columns if c.startswith("PathName_")]:
+        table[c] = str(shared("bbbc021", "images"))
+    table.to_csv(csv, index=False)
+    for name, source in (
+        ("bbbc", {"load_data": csv}),
+        ("jump", {"images": shared("cpjump1", "fields", "BR00117006-r01c01f01")}),
+    ):
+        run = tmp_path / name
+        _images(run, **source)
+        run_cli("segment", run, "--workers", "0", *STAGE_FLAGS)
+        run_cli("measure", run, "--workers", "0", "--csv", *STAGE_FLAGS)
+        images = pd.read_parquet(run / "images.parquet")
+        cells = pd.read_parquet(run / "cells.parquet")
+        for image_id in images["image_id"]:
+            mask = tifffile.imread(run / "masks" / f"{image_id}.tif")
+            flows = tifffile.imread(run / "flows" / f"{image_id}.tif")
+            assert mask.dtype == np.uint32 and flows.shape == (3, *mask.shape) and flows.dtype == np.float32
+            per_image = cells[cells["image_id"] == image_id]
+            assert len(per_image) > 20
+            assert set(per_image["label"]) <= set(np.unique(mask)) - {0}
+            # centroid split: the labelled pixel at each centroid's rounded position mostly belongs to its cell
+            ys, xs = per_image["centroid_y"].round().astype(int), per_image["centroid_x"].round().astype(int)
+            assert (mask[ys, xs] == per_image["label"]).mean() > 0.8
+        assert (cells["perimeter"] > 0).all()
+        assert set(FEATURES) <= set(cells.columns) and cells["cell_id"].is_unique
+        assert (run / "cells.csv").is_file()
+        assert list((run / "figures").glob("*.png"))
+        summary = pd.read_json(run / "logs" / "measure.json", typ="series")
+        assert summary["cells"] == len(cells)
+
+
+@pytest.fixture(scope="module")
+def plate40(tmp_path_factory):
+    from cellresponse.synth import SynthSpec, make_plates
+
+    out = tmp_path_factory.mktemp("plate40")
+    make_plates(
+        out,
+        SynthSpec(
+            n_compounds=3,
+            wells_per_compound=1,
+            control_wells=2,
+            sites=4,
+            plates=2,
+            size=160,
+            cells_per_image=10,
+            cell_radius=11,
+            seed=5,
+        ),
+    )
+    return out
+
+
+def _prepared_run(tmp_path, plate40, name):
+    run = tmp_path / name
+    _images(run, load_data=plate40 / "load_data.csv")
+    return run
+
+
+def _masks(run):
+    return {p.name: tifffile.imread(p) for p in sorted((run / "masks").glob("*.tif"))}
+
+
+def test_kill_and_resume_equals_uninterrupted(tmp_path, plate40):
+    reference = _prepared_run(tmp_path, plate40, "reference")
+    run_cli("segment", reference, "--workers", "0", *STAGE_FLAGS)
+    run_cli("measure", reference, "--workers", "0", *STAGE_FLAGS)
+    total = len(pd.read_parquet(reference / "images.parquet"))
+
+    run = _prepared_run(tmp_path, plate40, "killed")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cellresponse.cli", "segment", str(run), "--workers", "0", *STAGE_FLAGS],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((run / "masks").glob("*.tif"))) < 3 and process.poll() is None:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished = {p.name: p.stat().st_mtime_ns for p in (run / "masks").glob("*.tif")}
+    assert 0 < len(finished) < total, "the kill must land mid-run"
+    run_cli("segment", run, "--workers", "0", *STAGE_FLAGS)
+    assert {p.name: p.stat().st_mtime_ns for p in (run / "masks").glob("*.tif") if p.name in finished} == finished
+    assert not list((run / "masks").glob(".*.tmp"))
+    run_cli("measure", run, "--workers", "0", *STAGE_FLAGS)
+    resumed, expected = _masks(run), _masks(reference)
+    assert resumed.keys() == expected.keys()
+    for name in expected:
+        np.testing.assert_array_equal(resumed[name], expected[name])
+    pd.testing.assert_frame_equal(pd.read_parquet(run / "cells.parquet"), pd.read_parquet(reference / "cells.parquet"))
+
+
+def test_dask_two_workers_match_in_process(tmp_path, plate40):
+    serial = _prepared_run(tmp_path, plate40, "serial")
+    run_cli("segment", serial, "--workers", "0", *STAGE_FLAGS)
+    dask = _prepared_run(tmp_path, plate40, "dask")
+    run_cli("segment", dask, "--workers", "2", *STAGE_FLAGS)
+    run_cli("measure", dask, "--workers", "2", *STAGE_FLAGS)
+    a, b = _masks(serial), _masks(dask)
+    assert a.keys() == b.keys() and len(a) == 40
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])
+    assert len(pd.read_parquet(dask / "cells.parquet")) > 200
+
+
+def test_one_bad_image_stop_or_skip(tmp_path, plate40):
+    plate = tmp_path / "plate"
+    shutil.copytree(plate40, plate)
+    broken = next((plate / "SYN0001" / "Images").glob("r*c*f01p01-ch2*.tiff"))
+    broken.write_bytes(broken.read_bytes()[:200])  # truncated file
+    run = tmp_path / "run"
+    _images(run, load_data=plate / "load_data.csv")
+    stop = run_cli("segment", run, "--workers", "0", *STAGE_FLAGS, check=False)
+    assert stop.returncode == 2
+    assert "segment failed on image" in stop.stderr and broken.name in stop.stderr
+    errors = [line for line in stop.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in stop.stderr and "TiffTag" not in stop.stderr
+    skip = run_cli("segment", run, "--workers", "0", "--on-error", "skip", *STAGE_FLAGS, check=False)
+    assert skip.returncode == 1
+    failures = pd.read_csv(run / "logs" / "failures-segment.csv")
+    assert len(failures) == 1 and broken.name in failures.loc[0, "error"]
+    assert len(list((run / "masks").glob("*.tif"))) == 39
+
+
+def test_stage_before_its_input_is_a_clear_error(tmp_path, plate40):
+    run = _prepared_run(tmp_path, plate40, "early")
+    result = run_cli("measure", run, "--workers", "0", *STAGE_FLAGS, check=False)
+    assert result.returncode == 2 and "run `cellresponse segment" in result.stderr
+
+
+def test_help_lists_every_verb():
+    out = run_cli("--help").stdout
+    for verb in (
+        "synth",
+        "images",
+        "segment",
+        "measure",
+        "crops",
+        "train",
+        "evaluate",
+        "predict",
+        "report",
+        "run",
+        "demo",
+        "config",
+    ):
+        assert verb in out

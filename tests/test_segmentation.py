@@ -1,0 +1,153 @@
+import urllib.error
+
+import numpy as np
+import pytest
+import tifffile
+from scipy import ndimage as ndi
+from skimage import io as skio
+
+from cellresponse.channels import apply_recipe, find_nuclear_channel, load_stack
+from cellresponse.config import Config, SegmentationConfig
+from cellresponse.errors import WeightsUnavailableError
+from cellresponse.plate import build_image_table, channel_names
+from cellresponse.segmentation import (
+    CellposeSegmenter,
+    Segmenter,
+    cellpose_weight_files,
+    choose_backend,
+    ensure_cellpose_weights,
+    flows_from_masks,
+    match_f1,
+    split_objects,
+)
+from tests.conftest import shared
+
+
+def test_offline_nuclei_f1_on_dsb2018():
+    """Issue target: F1 >= 0.80 at IoU 0.5 (plain Otsu + distance watershed: 0.70)."""
+    folder = shared("segmentation", "stardist-dsb2018")
+    image, truth = tifffile.imread(folder / "img2d.tif"), tifffile.imread(folder / "mask2d.tif")
+    labels, diameter = split_objects(image, min_size=15)
+    score = match_f1(truth, labels, 0.5)
+    assert score["n_true"] == 125
+    assert score["f1"] >= 0.80, score
+    assert 15 < diameter < 35  # ground-truth median area 440 px -> ~24 px
+
+
+def test_match_f1_hand_cases():
+    truth = np.zeros((10, 10), int)
+    truth[1:4, 1:4], truth[6:9, 6:9] = 1, 2
+    assert match_f1(truth, truth)["f1"] == 1.0
+    shifted = np.roll(truth, 2, axis=1)  # IoU 1/5 per object
+    assert match_f1(truth, shifted)["tp"] == 0
+    assert match_f1(truth, np.zeros_like(truth))["f1"] == 0.0
+
+
+def _real_field(*parts, loader="images_dir"):
+    table, _ = build_image_table(**{loader: shared(*parts)})
+    names = channel_names(table)
+    stack = load_stack(table.iloc[0], names)
+    config = Config()
+    seg_input = apply_recipe(stack, config.segmentation.input, names)
+    nuclear = find_nuclear_channel(names, "auto", stack)
+    return seg_input, stack[nuclear], config
+
+
+def _outline_regions(path):
+    outline = skio.imread(path)
+    outline = outline[..., :3].max(-1) if outline.ndim == 3 else outline
+    regions, _ = ndi.label(outline == 0)
+    sizes = np.bincount(regions.ravel())[1:]
+    return int((sizes > 30).sum()) - 1  # minus the background region
+
+
+@pytest.mark.parametrize(
+    ("field", "outlines"),
+    [
+        ("BR00117006-r01c01f01", "r01c01f01p01-ch5sk1fk1fl1_nuclei_outlines.png"),
+        ("BR00143976-r03c03f03", "NucleiOutlines_BR00143976_C03_3.tiff"),
+    ],
+)
+def test_cpjump1_cells_match_cellprofiler_count(field, outlines):
+    """Cells found on real CPJUMP1 fields within ±25 % of CellProfiler's nuclei on the same field."""
+    seg_input, nuclear, config = _real_field("cpjump1", "fields", field)
+    result = Segmenter(config.segmentation, backend="offline")(seg_input, nuclear)
+    expected = _outline_regions(shared("cpjump1", "fields", field, outlines))
+    assert abs(int(result.labels.max()) - expected) <= 0.25 * expected, (result.labels.max(), expected)
+    # cells are grown beyond the nuclei: mean cell area clearly above the mean nucleus area
+    nuclei, _ = split_objects(nuclear, 15)
+    assert (result.labels > 0).sum() / result.labels.max() > 1.3 * (nuclei > 0).sum() / max(nuclei.max(), 1)
+
+
+def test_bbbc021_tile_centres_are_found():
+    """Each BBBC021 tile (68 px, stride 78, first at 10,10) has its real cell at the centre."""
+    table, _ = build_image_table(load_data=shared("bbbc021", "load_data.csv"))
+    names = channel_names(table)
+    config = Config()
+    segmenter = Segmenter(config.segmentation, backend="offline")
+    hits = total = 0
+    for _, row in table.head(4).iterrows():
+        stack = load_stack(row, names)
+        labels = segmenter(apply_recipe(stack, config.segmentation.input, names), stack[0]).labels
+        per_row = (stack.shape[1] - 10) // 78
+        for k in range(int(row["Metadata_SourceCells"])):
+            y, x = 10 + 78 * (k // per_row) + 34, 10 + 78 * (k % per_row) + 34
+            hits += labels[y, x] > 0
+            total += 1
+    assert hits / total >= 0.95
+
+
+def test_flows_from_masks_point_to_the_centre():
+    labels = np.zeros((41, 41), np.uint32)
+    yy, xx = np.mgrid[:41, :41]
+    labels[(yy - 20) ** 2 + (xx - 20) ** 2 <= 144] = 1
+    flows = flows_from_masks(labels)
+    assert flows.shape == (3, 41, 41) and flows.dtype == np.float32
+    np.testing.assert_array_equal(flows[2] > 0, labels > 0)
+    assert flows[0][12, 20] > 0 and flows[0][28, 20] < 0  # dY: down above the centre, up below it
+    assert flows[1][20, 12] > 0 and flows[1][20, 28] < 0
+    assert not flows_from_masks(np.zeros((5, 5), np.uint32)).any()
+
+
+def test_cellpose_wiring_without_weights():
+    """Random weights: checks parameters, shapes and dtypes of the Cellpose path (not quality)."""
+    config = SegmentationConfig(diameter=30, flow_threshold=0.7, cellprob_threshold=-5)
+    segmenter = CellposeSegmenter(config, pretrained=False)
+    image = np.random.default_rng(0).random((96, 96)).astype(np.float32)
+    result = segmenter(image)
+    assert result.backend == "cellpose"
+    assert result.labels.shape == (96, 96) and result.labels.dtype == np.uint32
+    assert result.flows.shape == (3, 96, 96) and result.flows.dtype == np.float32
+
+
+def test_missing_cellpose_weights_is_one_clear_error(tmp_path, monkeypatch):
+    from cellpose import models as cp_models
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(cp_models, "model_path", offline)
+    with pytest.raises(WeightsUnavailableError, match=r"could not be downloaded .*segmentation\.backend=offline"):
+        ensure_cellpose_weights("cyto3", str(tmp_path / "empty"))
+    with pytest.raises(WeightsUnavailableError, match="not a built-in model"):
+        ensure_cellpose_weights("cyto9", str(tmp_path / "empty"))
+
+
+def test_auto_backend_uses_cellpose_only_when_weights_exist(tmp_path):
+    config = SegmentationConfig(weights_dir=str(tmp_path))
+    assert choose_backend(config) == "offline"
+    for path in cellpose_weight_files("cyto3", str(tmp_path)):
+        path.write_bytes(b"")
+    assert [p.name for p in cellpose_weight_files("cyto3", str(tmp_path))] == ["cyto3", "size_cyto3.npy"]
+    assert choose_backend(config) == "cellpose"
+    assert cellpose_weight_files("cyto2", str(tmp_path))[0].name == "cyto2torch_0"
+
+
+def test_flows_equal_cellpose_masks_to_flows_on_a_real_mask():
+    from cellpose.dynamics import masks_to_flows_cpu
+
+    seg_input, nuclear, config = _real_field("bbbc021-moa", "load_data.csv", loader="load_data")
+    labels = Segmenter(config.segmentation, backend="offline")(seg_input, nuclear).labels
+    ours = flows_from_masks(labels)
+    theirs, _ = masks_to_flows_cpu(labels.astype(np.int32))
+    np.testing.assert_allclose(ours[:2], theirs, atol=1e-6)
