@@ -217,10 +217,7 @@ def _finish_table(table: pd.DataFrame) -> pd.DataFrame:
             f"{i}-{n}" for n, i in enumerate(table.loc[duplicated, "image_id"], start=1)
         ]
     table["site"] = table["site"].astype(int)
-    first = ["image_id", "plate", "well", "site", "CoreFileName"]
-    chans = [c for c in table.columns if c.startswith((FILE_PREFIX, PATH_PREFIX))]
-    rest = [c for c in table.columns if c not in first and c not in chans]
-    return table[first + chans + rest].reset_index(drop=True)
+    return _finish_columns(table).reset_index(drop=True)
 
 
 def check_files_exist(table: pd.DataFrame) -> None:
@@ -405,6 +402,7 @@ def join_metadata(
 
 
 def _finish_columns(table: pd.DataFrame) -> pd.DataFrame:
+    """Column order of the image table: ids, channel files, then metadata."""
     first = ["image_id", "plate", "well", "site", "CoreFileName"]
     chans = [c for c in table.columns if c.startswith((FILE_PREFIX, PATH_PREFIX))]
     rest = [c for c in table.columns if c not in first and c not in chans]
