@@ -21,26 +21,30 @@ def shared(*parts: str) -> Path:
     return path
 
 
+def synthetic_plates(tmp_path_factory, name: str, **spec) -> Path:
+    """Write synthetic plates (cellresponse.synth) into a fresh temporary folder."""
+    from cellresponse.synth import SynthSpec, make_plates
+
+    out = tmp_path_factory.mktemp(name)
+    make_plates(out, SynthSpec(**spec))
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_plates(tmp_path_factory) -> Path:
     """Two small synthetic plates: 3 compounds + DMSO, 2 sites, 128 px (seconds to make)."""
-    from cellresponse.synth import SynthSpec, make_plates
-
-    out = tmp_path_factory.mktemp("tiny_plates")
-    make_plates(
-        out,
-        SynthSpec(
-            n_compounds=3,
-            wells_per_compound=1,
-            control_wells=2,
-            sites=2,
-            size=128,
-            cells_per_image=8,
-            cell_radius=11,
-            seed=3,
-        ),
+    return synthetic_plates(
+        tmp_path_factory,
+        "tiny_plates",
+        n_compounds=3,
+        wells_per_compound=1,
+        control_wells=2,
+        sites=2,
+        size=128,
+        cells_per_image=8,
+        cell_radius=11,
+        seed=3,
     )
-    return out
 
 
 def run_cli(*args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:

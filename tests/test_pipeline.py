@@ -12,7 +12,7 @@ import pytest
 import tifffile
 
 from cellresponse.measure import FEATURES
-from tests.conftest import run_cli, shared
+from tests.conftest import run_cli, shared, synthetic_plates
 
 STAGE_FLAGS = ("--no-progress",)
 
@@ -59,24 +59,19 @@ def test_real_fields_segmented_and_measured(tmp_path):
 
 @pytest.fixture(scope="module")
 def plate40(tmp_path_factory):
-    from cellresponse.synth import SynthSpec, make_plates
-
-    out = tmp_path_factory.mktemp("plate40")
-    make_plates(
-        out,
-        SynthSpec(
-            n_compounds=3,
-            wells_per_compound=1,
-            control_wells=2,
-            sites=4,
-            plates=2,
-            size=160,
-            cells_per_image=10,
-            cell_radius=11,
-            seed=5,
-        ),
+    return synthetic_plates(
+        tmp_path_factory,
+        "plate40",
+        n_compounds=3,
+        wells_per_compound=1,
+        control_wells=2,
+        sites=4,
+        plates=2,
+        size=160,
+        cells_per_image=10,
+        cell_radius=11,
+        seed=5,
     )
-    return out
 
 
 def _prepared_run(tmp_path, plate40, name):

@@ -23,8 +23,9 @@ from pathlib import Path
 import numba
 import numpy as np
 from scipy import ndimage as ndi
-from skimage import filters, measure, morphology, segmentation
+from skimage import filters, morphology, segmentation
 
+from cellresponse.channels import normalize_percentile
 from cellresponse.config import SegmentationConfig
 from cellresponse.errors import WeightsUnavailableError
 
@@ -45,11 +46,7 @@ class SegmentationResult:
 
 
 def _normalise(image: np.ndarray) -> np.ndarray:
-    image = image.astype(np.float32, copy=False)
-    lo, hi = np.percentile(image, [0.5, 99.8])
-    if hi <= lo:
-        return np.zeros_like(image)
-    return np.clip((image - lo) / (hi - lo), 0, 1)
+    return normalize_percentile(image, 0.5, 99.8)
 
 
 def estimate_object_diameter(foreground: np.ndarray) -> float:
@@ -380,26 +377,3 @@ def match_f1(truth: np.ndarray, pred: np.ndarray, iou_threshold: float = 0.5) ->
     precision, recall = tp / n_pred, tp / n_true
     f1 = 2 * tp / (n_true + n_pred)
     return {"f1": f1, "precision": precision, "recall": recall, "tp": tp, "n_true": n_true, "n_pred": n_pred}
-
-
-def outlines(labels: np.ndarray) -> np.ndarray:
-    return segmentation.find_boundaries(labels, mode="inner")
-
-
-def count_objects(labels: np.ndarray) -> int:
-    return int(len(np.unique(labels)) - (1 if (labels == 0).any() else 0))
-
-
-__all__ = [
-    "CellposeSegmenter",
-    "SegmentationResult",
-    "Segmenter",
-    "choose_backend",
-    "ensure_cellpose_weights",
-    "flows_from_masks",
-    "grow_cells",
-    "match_f1",
-    "measure",
-    "segment_offline",
-    "split_objects",
-]
