@@ -20,7 +20,6 @@ from cellresponse.io import RunFolder
 log = logging.getLogger("cellresponse")
 
 STAGES = ("images", "segment", "measure", "crops", "train", "evaluate", "report")
-NOT_BUILT_EXIT = 3
 
 
 def _setup_logging(verbose: bool, run: RunFolder | None = None) -> None:
@@ -73,6 +72,19 @@ def _runtime_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("-v", "--verbose", action="store_true")
 
 
+def _model_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("split and training")
+    group.add_argument("--split-by", choices=["image", "well", "plate", "column"], help="grouping of the split")
+    group.add_argument("--split-column", help="column naming each image's side (implies --split-by column)")
+    group.add_argument(
+        "--test-values", nargs="+", metavar="VALUE", help="values of --split-column forming the test side"
+    )
+    group.add_argument("--epochs", type=int, help="maximum training epochs")
+    group.add_argument("--accelerator", help="cpu, gpu or auto")
+    group.add_argument("--devices", help="devices per node (e.g. 2 for 2-GPU DDP)")
+    group.add_argument("--num-nodes", type=int, help="nodes for multi-node DDP")
+
+
 def _input_flags(parser: argparse.ArgumentParser, required: bool = True) -> None:
     group = parser.add_argument_group("input")
     source = group.add_mutually_exclusive_group(required=required)
@@ -93,7 +105,16 @@ def _cli_overrides(args: argparse.Namespace) -> list[str]:
     overrides = list(getattr(args, "overrides", []) or [])
     if getattr(args, "label", None):
         overrides.append(f"input.label={args.label}")
+    if getattr(args, "split_column", None):
+        overrides += ["split.by=column", f"split.column={args.split_column}"]
+    if getattr(args, "test_values", None):
+        overrides.append("split.test_values=[" + ",".join(f"'{v}'" for v in args.test_values) + "]")
     for flag, key in (
+        ("split_by", "split.by"),
+        ("epochs", "training.max_epochs"),
+        ("accelerator", "training.accelerator"),
+        ("devices", "training.devices"),
+        ("num_nodes", "training.num_nodes"),
         ("workers", "runtime.workers"),
         ("scheduler", "runtime.scheduler"),
         ("on_error", "runtime.on_error"),
@@ -170,62 +191,134 @@ def _stage_verb(stage: str):
         _setup_logging(args.verbose, run)
         config = _run_config(run, args)
         progress = not args.no_progress
-        if stage == "segment":
-            pipeline.stage_segment(run, config, overwrite=args.overwrite, progress=progress)
-        elif stage == "measure":
+        if stage == "measure":
             pipeline.stage_measure(run, config, overwrite=args.overwrite, csv=args.csv, progress=progress)
+        else:
+            run_stage(stage, run, config, overwrite=args.overwrite, progress=progress)
         return 0
 
     return command
 
 
-def cmd_not_built(name: str):
-    def command(args: argparse.Namespace) -> int:
-        print(f"cellresponse {name}: not built yet", file=sys.stderr)
-        return NOT_BUILT_EXIT
+def run_stage(stage: str, run: RunFolder, config: Config, overwrite: bool = False, progress: bool = True) -> None:
+    """One stage of the pipeline on a run folder (the verbs and `run` share this)."""
+    from cellresponse import pipeline
 
-    return command
+    if stage == "segment":
+        pipeline.stage_segment(run, config, overwrite=overwrite, progress=progress)
+    elif stage == "measure":
+        pipeline.stage_measure(run, config, overwrite=overwrite, progress=progress)
+    elif stage == "crops":
+        pipeline.stage_crops(run, config, overwrite=overwrite, progress=progress)
+    elif stage == "train":
+        from cellresponse.training import stage_train
+
+        stage_train(run, config, overwrite=overwrite, progress=progress)
+    elif stage == "evaluate":
+        from cellresponse.evaluation import stage_evaluate
+
+        stage_evaluate(run, config, progress=progress)
+    elif stage == "report":
+        from cellresponse.report import stage_report
+
+        path = stage_report(run, config)
+        print(f"report: {path}")
+    else:
+        raise CellResponseError(f"unknown stage {stage!r}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.features is not None:
+        from cellresponse.evaluation import evaluate_feature_table
+
+        if args.out is None:
+            raise CellResponseError("--features needs --out DIR for its metrics.json")
+        _setup_logging(args.verbose)
+        config = _new_config(args)
+        metrics = evaluate_feature_table(args.features, config, args.out)
+        print(f"wrote {Path(args.out) / 'metrics.json'} (image accuracy {metrics['image']['accuracy']:.3f})")
+        return 0
+    if args.run is None:
+        raise CellResponseError("give a run folder (cellresponse evaluate RUN) or --features TABLE --out DIR")
+    run = RunFolder(args.run)
+    _setup_logging(args.verbose, run)
+    config = _run_config(run, args)
+    run_stage("evaluate", run, config, progress=not args.no_progress)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from cellresponse.pipeline import load_run_config
+
+    run = RunFolder(args.run)
+    _setup_logging(args.verbose, run)
+    run_stage("report", run, load_run_config(run))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from cellresponse.predict import predict_plates
+
+    out = RunFolder(args.out)
+    _setup_logging(args.verbose, out.create())
+    paths = predict_plates(
+        args.bundle,
+        out,
+        images_dir=args.images,
+        load_data=args.load_data,
+        metadata=args.metadata,
+        plate=args.plate,
+        overrides=_cli_overrides(args),
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    for path in paths:
+        print(f"wrote {path}")
+    return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Every stage in order, each resumable; --from/--until choose a slice."""
     from cellresponse import pipeline
+    from cellresponse.training import is_main_process
 
     run = RunFolder(args.out)
     start = STAGES.index(args.from_stage)
     stop = STAGES.index(args.until_stage)
     if start > stop:
         raise CellResponseError(f"--from {args.from_stage} comes after --until {args.until_stage}")
+    if not is_main_process():  # a DDP worker started by Lightning reruns this command: train only
+        start = stop = STAGES.index("train")
     if start == 0:
         if args.images is None and args.load_data is None:
             raise CellResponseError("give --images DIR or --load-data CSV (or --from a later stage)")
         config = _new_config(args)
         _setup_logging(args.verbose, run.create())
+        began = time.perf_counter()
         pipeline.stage_images(run, config, args.images, args.load_data, args.metadata, args.plate)
+        timings = {"images": round(time.perf_counter() - began, 2)}
     else:
         _setup_logging(args.verbose, run)
+        timings = {}
     config = _run_config(run, args)
-    progress = not args.no_progress
-    timings = {}
     for stage in STAGES[max(start, 1) : stop + 1]:
         began = time.perf_counter()
-        if stage == "segment":
-            pipeline.stage_segment(run, config, overwrite=args.overwrite, progress=progress)
-        elif stage == "measure":
-            pipeline.stage_measure(run, config, overwrite=args.overwrite, progress=progress)
-        else:
-            log.warning("stage %s is not built yet; stopping after the stages that are", stage)
-            break
+        run_stage(stage, run, config, overwrite=args.overwrite, progress=not args.no_progress)
         timings[stage] = round(time.perf_counter() - began, 2)
+        if not is_main_process():
+            return 0
     log.info("stage timings (s): %s", timings)
     print(f"run folder: {run.root}")
+    if (run.report / "index.html").exists():
+        print(f"report: {run.report / 'index.html'}")
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Synthetic plates (or --data CSV) through every built stage with the CPU preset."""
+    """Synthetic plates (or --data CSV) through the whole pipeline with the CPU preset."""
     from cellresponse import pipeline
     from cellresponse.synth import SynthSpec, make_plates
+    from cellresponse.training import is_main_process
 
     out = Path(args.out)
     run = RunFolder(out / "run")
@@ -237,15 +330,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
         load_data = data_dir / "load_data.csv"
     else:
         load_data = args.data
-    overrides = list(args.overrides)
-    if args.label:
-        overrides.append(f"input.label={args.label}")
-    config = load_config(None, "cpu", overrides)
+    config = load_config(None, "cpu", _cli_overrides(args))
     _setup_logging(args.verbose, run.create())
-    pipeline.stage_images(run, config, load_data=load_data)
-    pipeline.stage_segment(run, config, progress=not args.no_progress)
-    pipeline.stage_measure(run, config, progress=not args.no_progress)
-    print(f"demo run folder: {run.root} (figures in {run.figures}, cells in {run.cells})")
+    started = time.perf_counter()
+    if is_main_process():
+        pipeline.stage_images(run, config, load_data=load_data)
+        for stage in STAGES[1:]:
+            run_stage(stage, run, config, progress=not args.no_progress)
+    print(f"demo finished in {time.perf_counter() - started:.0f} s; run folder: {run.root}")
+    print(f"open the report: {run.report / 'index.html'}")
     return 0
 
 
@@ -305,23 +398,46 @@ def build_parser() -> argparse.ArgumentParser:
     _runtime_flags(p)
     p.set_defaults(func=_stage_verb("measure"))
 
-    for name, text in (
-        ("crops", "cut mask/flow crops into RUN/crops"),
-        ("train", "train the multi-input network: RUN/model"),
-        ("evaluate", "predictions, votes, metrics and baselines: RUN/metrics.json"),
-        ("report", "the HTML report: RUN/report/index.html"),
-    ):
-        p = verbs.add_parser(name, help=f"{text} (not built yet)")
-        p.add_argument("run", type=Path, metavar="RUN", nargs="?")
-        p.set_defaults(func=cmd_not_built(name))
+    p = verbs.add_parser("crops", help="cut mask/flow crops of every cell into RUN/crops")
+    p.add_argument("run", type=Path, metavar="RUN")
+    _config_flags(p)
+    _runtime_flags(p)
+    p.set_defaults(func=_stage_verb("crops"))
 
-    p = verbs.add_parser("predict", help="predict new plates with a model bundle (not built yet)")
-    p.add_argument("bundle", type=Path, nargs="?")
-    p.set_defaults(func=cmd_not_built("predict"))
+    p = verbs.add_parser("train", help="train the multi-input network: RUN/model (bundle, checkpoints, history)")
+    p.add_argument("run", type=Path, metavar="RUN")
+    _config_flags(p)
+    _model_flags(p)
+    _runtime_flags(p)
+    p.set_defaults(func=_stage_verb("train"))
+
+    p = verbs.add_parser(
+        "evaluate", help="predictions, votes, metrics, baselines: RUN/metrics.json (or --features TABLE)"
+    )
+    p.add_argument("run", type=Path, metavar="RUN", nargs="?")
+    p.add_argument("--features", type=Path, metavar="TABLE", help="evaluate a per-image feature table instead")
+    p.add_argument("--out", type=Path, metavar="DIR", help="with --features: where metrics.json goes")
+    _config_flags(p)
+    _model_flags(p)
+    _runtime_flags(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = verbs.add_parser("report", help="the HTML report: RUN/report/index.html")
+    p.add_argument("run", type=Path, metavar="RUN")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=cmd_report)
+
+    p = verbs.add_parser("predict", help="predict new plates with a model bundle")
+    p.add_argument("bundle", type=Path, metavar="BUNDLE", help="RUN/model/bundle of a trained run")
+    _input_flags(p)
+    p.add_argument("--out", type=Path, required=True, metavar="DIR")
+    _runtime_flags(p)
+    p.set_defaults(func=cmd_predict)
 
     p = verbs.add_parser("run", help="every stage in order, each resumable")
     _input_flags(p, required=False)
     _config_flags(p)
+    _model_flags(p)
     _runtime_flags(p)
     p.add_argument("--out", type=Path, required=True, metavar="RUN")
     p.add_argument("--from", dest="from_stage", choices=STAGES, default="images")
@@ -334,6 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", help="label column (default Metadata_pert_iname)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    _model_flags(p)
+    p.add_argument("--workers", type=int, help="Dask worker processes (0 = in this process)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_demo)

@@ -78,7 +78,13 @@ class CropConfig(_Section):
 class SplitConfig(_Section):
     by: Literal["image", "well", "plate", "column"] = Field("image", description="Grouping of the split.")
     column: str | None = Field(None, description="With by=column: a column whose values name the side.")
+    test_values: list[str] = Field(
+        default_factory=list, description="With by=column: values of the column that form the test side."
+    )
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    validation_fraction: float = Field(
+        0.1, ge=0.0, lt=1.0, description="Groups of the training side kept for early stopping; 0 = use the test side."
+    )
     stratify: bool = True
     downsample_control: bool = Field(True, description="Down-sample DMSO to the second-largest class.")
 
@@ -94,6 +100,7 @@ class TrainingConfig(_Section):
     patience: int = Field(5, ge=1, description="Early stopping on validation loss.")
     tabular_hidden: int = Field(32, ge=1)
     dropout: float = Field(0.3, ge=0, lt=1)
+    attention_hidden: int = Field(256, ge=1, description="Hidden width of the attention gate.")
     projection: int = Field(256, ge=1)
     pretrained_weights: str | None = Field(None, description="Path of ImageNet EfficientNet-B0 weights.")
     augment: bool = False
@@ -102,6 +109,11 @@ class TrainingConfig(_Section):
     devices: int | str = "auto"
     num_nodes: int = Field(1, ge=1)
     num_workers: int = Field(0, ge=0)
+
+
+class EvaluationConfig(_Section):
+    vote: Literal["soft", "majority"] = Field("soft", description="Headline vote of cells into images/wells.")
+    top_k: int = Field(5, ge=1)
 
 
 class RuntimeConfig(_Section):
@@ -118,6 +130,7 @@ class Config(_Section):
     crops: CropConfig = Field(default_factory=CropConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
     @field_validator("seed")

@@ -323,3 +323,175 @@ def stage_measure(
     _record(run, "measure", summary, failed)
     log.info("measured %d cells in %d images (%d cells with perimeter 0 dropped)", len(cells), len(rows), dropped)
     return summary
+
+
+# --------------------------------------------------------------------------------------------------
+# crops
+# --------------------------------------------------------------------------------------------------
+
+SCALE_SAMPLE_IMAGES = 8
+
+
+def crop_planes(config: Config, names: list[str]) -> list[str]:
+    """What the image half of a crop is built from: the segmentation input or named channels."""
+    if config.crops.recipe == "mask_flow":
+        return ["segmentation_input"]
+    chosen = list(config.crops.fluorescence_channels)
+    if not chosen:
+        chosen = names[:4]
+    for name in chosen:
+        resolve_channel(names, name)  # unknown names fail here, once, with the list of channels
+    return [chosen[i % len(chosen)] for i in range(4)]
+
+
+def _raw_planes(stack: np.ndarray, planes: list[str], names: list[str], config: Config) -> np.ndarray:
+    out = []
+    for plane in planes:
+        if plane == "segmentation_input":
+            out.append(apply_recipe(stack, config.segmentation.input, names))
+        else:
+            out.append(stack[resolve_channel(names, plane)].astype(np.float32))
+    return np.stack(out)
+
+
+def plate_scales(rows: list[dict], names: list[str], config: Config, seed: int = 0) -> dict[str, list[list[float]]]:
+    """Per plate and plane, the 1st and 99.8th intensity percentiles over a few sampled images.
+
+    Per-plate (not per-image) scaling keeps a compound's effect on brightness visible to the model
+    while absorbing plate-to-plate gain differences, as plate normalisation does in profiling.
+    """
+    planes = crop_planes(config, names)
+    by_plate: dict[str, list[dict]] = {}
+    for row in rows:
+        by_plate.setdefault(str(row["plate"]), []).append(row)
+    rng = np.random.default_rng(seed)
+    scales = {}
+    for plate, plate_rows in by_plate.items():
+        picks = rng.choice(len(plate_rows), size=min(SCALE_SAMPLE_IMAGES, len(plate_rows)), replace=False)
+        lows, highs = [], []
+        for i in sorted(picks):
+            raw = _raw_planes(load_stack(plate_rows[i], names), planes, names, config)
+            q = np.percentile(raw.reshape(len(planes), -1), [1.0, 99.8], axis=1)
+            lows.append(q[0])
+            highs.append(q[1])
+        scales[plate] = np.stack([np.median(lows, axis=0), np.median(highs, axis=0)], axis=1).tolist()
+    return scales
+
+
+def _part_path(run: RunFolder, image_id: str) -> Path:
+    return run.crops / "parts" / f"{image_id}.npy"
+
+
+def crop_one(row: dict, config_json: str, run_root: str, names: list[str], scales_json: str) -> dict:
+    import json
+
+    from cellresponse.crops import cell_crops, flow_planes, to_unit
+
+    config = _config_from_json(config_json)
+    run = RunFolder(run_root)
+    image_id = row["image_id"]
+    cells = pd.read_parquet(_cells_path(run, image_id))
+    labels = read_tiff(run.mask_path(image_id))
+    flows = read_tiff(run.flow_path(image_id))
+    backend = read_tiff_info(run.flow_path(image_id)).get("backend", "offline")
+    planes = crop_planes(config, names)
+    raw = _raw_planes(load_stack(row, names), planes, names, config)
+    if raw.shape[1:] != labels.shape:
+        raise InputError(f"mask {run.mask_path(image_id)} has shape {labels.shape}, image {raw.shape[1:]}")
+    scale = json.loads(scales_json)[str(row["plate"])]
+    unit = np.stack([to_unit(plane, lo, hi) for plane, (lo, hi) in zip(raw, scale, strict=True)])
+    bboxes = cells[["bbox_min_row", "bbox_min_col", "bbox_max_row", "bbox_max_col"]].to_numpy()
+    crops = cell_crops(
+        labels,
+        cells["label"].to_numpy(),
+        bboxes,
+        unit,
+        flow_planes(flows, probability_is_logit=backend == "cellpose"),
+        config.crops.store_size,
+        config.crops.padding,
+        config.crops.recipe,
+    )
+    with atomic_path(_part_path(run, image_id)) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, crops)
+    return {"image_id": image_id, "cells": len(crops)}
+
+
+def crop_settings(config: Config, names: list[str]) -> dict[str, Any]:
+    """What makes two crop stores compatible (compared by ``predict`` against a model bundle)."""
+    from cellresponse.crops import FLOW_NAMES, MASK_FLOW_NAMES
+
+    planes = crop_planes(config, names)
+    image_names = list(MASK_FLOW_NAMES) if config.crops.recipe == "mask_flow" else planes
+    return {
+        "recipe": config.crops.recipe,
+        "store_size": config.crops.store_size,
+        "padding": config.crops.padding,
+        "planes": planes,
+        "channels": [*image_names, *FLOW_NAMES],
+        "segmentation_input": config.segmentation.input.model_dump(),
+    }
+
+
+def stage_crops(run: RunFolder, config: Config, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Cut every measured cell into ``RUN/crops`` (per-image parts, then one memory-mapped store)."""
+    import json
+
+    from cellresponse.store import write_store
+
+    started = time.perf_counter()
+    rows, names = _image_rows(run)
+    cells = read_parquet(run.require(run.cells, "measure"))
+    settings = crop_settings(config, names)
+    meta_path = run.crops / "settings.json"
+    if meta_path.exists() and not overwrite:
+        old = json.loads(meta_path.read_text())
+        if old.get("settings") != settings:
+            raise InputError(
+                f"{run.crops} was cut with other crop settings ({old.get('settings')}); "
+                "rerun with --overwrite to cut them again"
+            )
+    if overwrite and run.crops.exists():
+        import shutil
+
+        shutil.rmtree(run.crops)
+    remove_stale_temporaries(run.crops / "parts")
+    if meta_path.exists():
+        scales = json.loads(meta_path.read_text())["scales"]
+    else:
+        scales = plate_scales(rows, names, config, seed=config.seed)
+        write_json(meta_path, {"settings": settings, "scales": scales})
+    missing = [r["image_id"] for r in rows if not _cells_path(run, r["image_id"]).exists()]
+    if missing:
+        raise InputError(f"{len(missing)} images are not measured (e.g. {missing[0]}) — run `cellresponse measure`")
+    todo = [r for r in rows if not _part_path(run, r["image_id"]).exists()]
+    func = functools.partial(
+        crop_one,
+        config_json=config.model_dump_json(),
+        run_root=str(run.root),
+        names=names,
+        scales_json=json.dumps(scales),
+    )
+    done, failed = map_images(func, todo, config.runtime, "crops", progress)
+    if failed:
+        _record(run, "crops", {"images": len(rows), "failed": len(failed)}, failed)
+    store = write_store(run.crops, cells, lambda image_id: _part_path(run, image_id), settings, progress)
+    summary = {
+        "images": len(rows),
+        "cropped_now": len(done),
+        "skipped_done": len(rows) - len(todo),
+        "failed": 0,
+        "cells": store["cells"],
+        "store_size": config.crops.store_size,
+        "recipe": config.crops.recipe,
+        "store_bytes": store["bytes"],
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    _record(run, "crops", summary, [])
+    log.info(
+        "crop store: %d cells × %s at %d px (%.1f MB)",
+        store["cells"],
+        settings["channels"],
+        config.crops.store_size,
+        store["bytes"] / 1e6,
+    )
+    return summary

@@ -1,0 +1,146 @@
+"""The model bundle: a folder with everything ``predict`` needs for new plates, nothing pickled.
+
+bundle/weights.safetensors   the network's weights (safetensors: tensors only, no code runs on load)
+bundle/bundle.json           format version, classes (label encoder), label → target map,
+                             scaler (feature columns, mean, std), the resolved config,
+                             crop settings and the image channel names the model was trained on
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cellresponse.config import Config
+from cellresponse.errors import InputError
+from cellresponse.io import atomic_path, write_json
+from cellresponse.model import CellResponseNet
+from cellresponse.splits import LabelEncoder, Scaler
+
+BUNDLE_VERSION = 1
+
+
+@dataclass
+class Bundle:
+    model: CellResponseNet
+    encoder: LabelEncoder
+    scaler: Scaler
+    config: Config
+    crop_settings: dict[str, Any]
+    channels: list[str]
+    label_to_target: dict[str, str]
+    meta: dict[str, Any]
+
+
+def save_bundle(
+    folder: str | Path,
+    model: CellResponseNet,
+    encoder: LabelEncoder,
+    scaler: Scaler,
+    config: Config,
+    crop_settings: dict[str, Any],
+    channels: list[str],
+    label_to_target: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    # channels_last parameters are strided views; safetensors stores plain contiguous tensors
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(folder / "weights.safetensors") as tmp:
+        save_file(state, str(tmp))
+    meta = {
+        "format": "cellresponse-bundle",
+        "version": BUNDLE_VERSION,
+        "n_features": model.n_features,
+        "classes": encoder.classes,
+        "label": config.input.label,
+        "label_to_target": label_to_target or {},
+        "scaler": {"columns": scaler.columns, "mean": scaler.mean, "std": scaler.std},
+        "config": config.to_dict(),
+        "crop_settings": crop_settings,
+        "channels": channels,
+        **(extra or {}),
+    }
+    write_json(folder / "bundle.json", meta)
+    return folder
+
+
+def load_bundle(folder: str | Path) -> Bundle:
+    """Load a bundle (weights through safetensors; the JSON checked for format and version)."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    meta_path, weights_path = folder / "bundle.json", folder / "weights.safetensors"
+    if not meta_path.is_file() or not weights_path.is_file():
+        raise InputError(f"{folder} is not a model bundle (needs bundle.json and weights.safetensors)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{meta_path} is not valid JSON: {exc}") from None
+    if meta.get("format") != "cellresponse-bundle" or meta.get("version") != BUNDLE_VERSION:
+        raise InputError(f"{folder}: unsupported bundle format {meta.get('format')} v{meta.get('version')}")
+    config = Config.model_validate(meta["config"])
+    config.training.pretrained_weights = None  # the bundle's weights replace any initialisation
+    model = CellResponseNet(
+        meta["n_features"],
+        len(meta["classes"]),
+        tabular_hidden=config.training.tabular_hidden,
+        dropout=config.training.dropout,
+        attention_hidden=config.training.attention_hidden,
+        projection=config.training.projection,
+    )
+    try:
+        model.load_state_dict(load_file(str(weights_path)))
+    except Exception as exc:
+        raise InputError(f"{weights_path} does not fit the network described in {meta_path}: {exc}") from None
+    model.eval()
+    scaler = Scaler(**meta["scaler"])
+    return Bundle(
+        model=model,
+        encoder=LabelEncoder(meta["classes"]),
+        scaler=scaler,
+        config=config,
+        crop_settings=meta["crop_settings"],
+        channels=meta["channels"],
+        label_to_target=meta.get("label_to_target", {}),
+        meta=meta,
+    )
+
+
+@torch.no_grad()
+def predict_probabilities(
+    model: CellResponseNet,
+    store,
+    rows,
+    features,
+    config: Config,
+    batch_size: int = 256,
+    progress: bool = False,
+):
+    """Class probabilities ``(N, classes)`` for store rows (eval mode, batched, CPU or GPU)."""
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from cellresponse.model import IMAGE_CHANNELS
+    from cellresponse.training import prepare_batch
+
+    device = next(model.parameters()).device
+    model.eval()
+    if config.training.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    out = np.zeros((len(rows), model.classifier.out_features), dtype=np.float32)
+    for start in tqdm(range(0, len(rows), batch_size), desc="predict", unit="batch", disable=not progress):
+        stop = start + batch_size
+        crops = torch.from_numpy(store.batch(rows[start:stop])).to(device)
+        x = prepare_batch(crops, config.crops, config.training.channels_last)
+        table = torch.from_numpy(features[start:stop]).to(device)
+        logits = model(x[:, :IMAGE_CHANNELS], x[:, IMAGE_CHANNELS:], table)
+        out[start:stop] = torch.softmax(logits, dim=1).cpu().numpy()
+    return out
