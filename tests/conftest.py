@@ -58,3 +58,37 @@ def run_cli(*args: str, check: bool = True, env: dict | None = None) -> subproce
     if check and result.returncode != 0:
         raise AssertionError(f"cellresponse {' '.join(map(str, args))} failed:\n{result.stderr[-3000:]}")
     return result
+
+
+BBBC021_TEST_PLATES = ("Week4_27521", "Week4_27821")
+
+
+@pytest.fixture(scope="session")
+def bbbc021_cropped(tmp_path_factory) -> Path:
+    """Real BBBC021 fields (DMSO vs cycloheximide) through images → segment → measure → crops, with a
+    leave-plate-out split (train Week4_27481 + Week4_27801, test Week4_27521 + Week4_27821)."""
+    load_data = shared("bbbc021", "load_data.csv")
+    run = tmp_path_factory.mktemp("bbbc021") / "run"
+    run_cli(
+        "run",
+        "--load-data",
+        load_data,
+        "--preset",
+        "cpu",
+        "--label",
+        "Metadata_Compound",
+        "--split-column",
+        "Metadata_Plate",
+        "--test-values",
+        *BBBC021_TEST_PLATES,
+        "--set",
+        "crops.store_size=32",
+        "--set",
+        "crops.size=32",
+        "--out",
+        run,
+        "--until",
+        "crops",
+        "--no-progress",
+    )
+    return run

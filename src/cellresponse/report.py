@@ -120,7 +120,7 @@ def metrics_rows(metrics: dict[str, Any]) -> list[list[Any]]:
         )
     for level in ("image", "well", "plate"):
         block = metrics.get(level)
-        if not block:
+        if not block or "skipped" in block:
             continue
         for vote in ("majority_vote", "soft_vote"):
             r = block.get(vote, {})

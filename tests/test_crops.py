@@ -1,0 +1,67 @@
+"""Crops: square boxes around the bbox, edge padding, channel meaning, the store's order and values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from cellresponse.crops import cell_crops, cut_square, flow_planes, square_boxes
+from cellresponse.io import RunFolder, read_tiff
+from cellresponse.segmentation import flows_from_masks
+from cellresponse.store import CropStore
+
+
+def test_square_box_is_centred_on_the_bbox_and_covers_it():
+    boxes = square_boxes(np.array([[10, 20, 14, 40]]))  # 4 high, 20 wide
+    top, left, side = boxes[0]
+    assert side == 20 and left == 20 and top == 2  # centre row 12 -> rows 2..21
+    padded = square_boxes(np.array([[10, 20, 14, 40]]), padding=0.5)
+    assert padded[0, 2] == 30
+
+
+def test_cut_square_pads_with_zeros_outside_the_image():
+    planes = np.arange(1, 26, dtype=np.float32).reshape(1, 5, 5)
+    cut = cut_square(planes, -2, 3, 4)
+    assert cut.shape == (1, 4, 4)
+    assert (cut[0, :2] == 0).all() and (cut[0, :, 2:] == 0).all()
+    assert cut[0, 2, 0] == planes[0, 0, 3] and cut[0, 3, 1] == planes[0, 1, 4]
+
+
+def test_mask_flow_channels_of_a_cell():
+    labels = np.zeros((40, 40), np.uint32)
+    labels[5:15, 5:15] = 1  # the cell: 10 x 10
+    labels[5:15, 15:20] = 2  # a neighbour touching it on the right
+    seg = np.full((1, 40, 40), 0.5, np.float32)
+    flows = flow_planes(flows_from_masks(labels), probability_is_logit=False)
+    crops = cell_crops(labels, [1], np.array([[5, 5, 15, 15]]), seg, flows, store_size=10)
+    crop = crops[0].astype(np.float32) / 255
+    assert crops.dtype == np.uint8 and crops.shape == (1, 8, 10, 10)
+    assert np.allclose(crop[0], 0.5, atol=1 / 255)  # segmentation input
+    assert crop[1].min() == 1.0  # this cell fills its own tight square box
+    assert crop[2].max() == 0.0  # the neighbour lies outside the box
+    assert np.allclose(crop[3], 0.5, atol=1 / 255)  # input x mask
+    assert np.allclose(crop[6], 1.0)  # probability: inside a cell
+    # flows point inwards: dX > 0 on the left edge, < 0 on the right edge (stored as (v+1)/2)
+    assert crop[5][:, 0].mean() > 0.5 > crop[5][:, -1].mean()
+    wider = cell_crops(labels, [1], np.array([[5, 5, 15, 15]]), seg, flows, store_size=20, padding=1.0)[0] / 255
+    assert wider[2].max() == 1.0 and wider[1].sum() < wider[1].size  # with context: the neighbour shows
+
+
+def test_store_rows_hold_each_cells_own_crop_on_a_real_field(bbbc021_cropped):
+    """Recompute a real field's crops from its mask and check the store holds them at the index rows."""
+    run = RunFolder(bbbc021_cropped)
+    store = CropStore(run.crops)
+    cells = pd.read_parquet(run.cells)
+    assert len(store) == len(cells) and store.index["cell_id"].tolist() == cells["cell_id"].tolist()
+    image_id = cells["image_id"].iloc[len(cells) // 2]
+    mine = cells[cells["image_id"] == image_id]
+    labels = read_tiff(run.mask_path(image_id))
+    crops = store.batch(store.rows_for(mine["cell_id"]))
+    bboxes = mine[["bbox_min_row", "bbox_min_col", "bbox_max_row", "bbox_max_col"]].to_numpy()
+    for crop, label, (top, left, side) in zip(crops, mine["label"], square_boxes(bboxes), strict=True):
+        truth = (cut_square(labels[None].astype(np.int64), top, left, side)[0] == label).mean()
+        # the stored mask channel covers the same share of the square as the cell in the full mask
+        assert abs(crop[1].mean() / 255 - truth) < 0.08
+        assert crop[1].max() == 255 and crop[2][crop[1] == 255].max() == 0  # own mask never marked as other
+    # the crops of one image differ from each other (index alignment, not one crop repeated)
+    assert len({c.tobytes() for c in crops}) == len(crops)

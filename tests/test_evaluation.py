@@ -1,0 +1,110 @@
+"""Votes (hand-made cases, ties), metrics against scikit-learn, baselines."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn import metrics as skm
+
+from cellresponse.evaluation import (
+    classification_metrics,
+    features_baseline,
+    image_feature_table,
+    top_k_accuracy,
+    vote,
+    voted_metrics,
+)
+
+
+def test_majority_vote_counts_cells_and_breaks_ties_by_mean_probability():
+    groups = np.array(["a", "a", "a", "b", "b", "c", "c"])
+    probs = np.array(
+        [
+            [0.6, 0.4, 0.0],  # a: votes 0
+            [0.6, 0.4, 0.0],  # a: votes 0
+            [0.0, 0.1, 0.9],  # a: votes 2 (but very confident)
+            [0.55, 0.45, 0.0],  # b: votes 0
+            [0.1, 0.9, 0.0],  # b: votes 1 -> tie 1:1, mean probs 0.325 vs 0.675 -> class 1
+            [0.5, 0.5, 0.0],  # c: exact tie in votes (argmax -> 0) ...
+            [0.5, 0.5, 0.0],  # ... and in mean probability -> the first class (0)
+        ]
+    )
+    unique, scores = vote(groups, probs, "majority")
+    assert unique.tolist() == ["a", "b", "c"]
+    assert scores.argmax(1).tolist() == [0, 1, 0]
+    _, soft = vote(groups, probs, "soft")
+    # soft vote: a's mean is (0.4, 0.3, 0.3) -> 0; b's mean (0.325, 0.675) -> 1
+    assert soft.argmax(1).tolist() == [0, 1, 0]
+    np.testing.assert_allclose(soft[0], [0.4, 0.3, 0.3])
+
+
+def test_soft_and_majority_votes_can_disagree():
+    groups = np.array(["g"] * 3)
+    probs = np.array([[0.51, 0.49], [0.51, 0.49], [0.0, 1.0]])
+    assert vote(groups, probs, "majority")[1].argmax(1)[0] == 0
+    assert vote(groups, probs, "soft")[1].argmax(1)[0] == 1
+
+
+def test_metrics_match_scikit_learn():
+    rng = np.random.default_rng(0)
+    classes = ["a", "b", "c", "d", "e", "f", "g"]
+    truth = rng.choice(classes[:6], 300)
+    probs = rng.dirichlet(np.ones(7), 300)
+    predicted = np.asarray(classes)[probs.argmax(1)]
+    m = classification_metrics(truth, predicted, probs, classes, top_k=5)
+    assert m["accuracy"] == pytest.approx(skm.accuracy_score(truth, predicted))
+    assert m["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(truth, predicted))
+    codes = np.array([classes.index(t) for t in truth])
+    assert m["top5"] == pytest.approx(skm.top_k_accuracy_score(codes, probs, k=5, labels=range(7)))
+    assert m["macro_f1"] == pytest.approx(skm.f1_score(truth, predicted, labels=classes[:6], average="macro"))
+    assert m["chance_rate"] == pytest.approx(1 / 7)
+    assert m["majority_rate"] == pytest.approx(pd.Series(truth).value_counts().iloc[0] / 300)
+    precision = skm.precision_score(truth, predicted, labels=["a"], average=None, zero_division=0)[0]
+    assert m["per_class"]["a"]["precision"] == pytest.approx(precision)
+    matrix = np.asarray(m["confusion"]["matrix"])
+    assert matrix.sum() == 300 and np.trace(matrix) == (truth == predicted).sum()
+
+
+def test_top_k_counts_unknown_classes_as_misses():
+    scores = np.array([[0.1, 0.9], [0.8, 0.2]])
+    assert top_k_accuracy(np.array([0, -1]), scores, k=1) == 0.0
+    assert top_k_accuracy(np.array([0, -1]), scores, k=2) == 0.5
+
+
+def test_voted_metrics_per_level_and_mixed_plates_skipped():
+    table = pd.DataFrame(
+        {
+            "image_id": ["i1", "i1", "i2", "i2", "i3", "i3"],
+            "plate": ["P1"] * 6,
+            "well": ["A01", "A01", "A01", "A01", "B01", "B01"],
+            "true_label": ["x", "x", "x", "x", "y", "y"],
+        }
+    )
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3], [0.6, 0.4], [0.4, 0.6], [0.45, 0.55]])
+    image = voted_metrics(table, probs, ["x", "y"], "image")
+    # i1: one vote each, mean (0.55, 0.45) -> x ; i2 -> x ; i3 -> y : all right
+    assert image["majority_vote"]["accuracy"] == 1.0 and image["soft_vote"]["n"] == 3
+    assert image["majority_rate"] == pytest.approx(2 / 3) and image["chance_rate"] == 0.5
+    well = voted_metrics(table, probs, ["x", "y"], "well")
+    assert well["soft_vote"]["n"] == 2
+    assert "skipped" in voted_metrics(table, probs, ["x", "y"], "plate")  # one plate holds both classes
+
+
+def test_features_baseline_learns_a_separable_table():
+    rng = np.random.default_rng(1)
+    rows = []
+    for i in range(60):
+        label = "a" if i % 2 else "b"
+        for _ in range(5):
+            rows.append({"image_id": f"i{i}", "area": rng.normal(100 if label == "a" else 130, 5), "label": label})
+    cells = pd.DataFrame(rows)
+    images = pd.DataFrame(
+        {"image_id": [f"i{i}" for i in range(60)], "plate": "P", "well": [f"w{i}" for i in range(60)]}
+    )
+    images["label"] = ["a" if i % 2 else "b" for i in range(60)]
+    sides = pd.Series(["test" if i < 20 else "train" for i in range(60)], index=images["image_id"])
+    features = image_feature_table(cells, ["area"])
+    assert features["cell_count"].eq(5).all()
+    result = features_baseline(features, images, "label", sides)
+    assert result["image"]["accuracy"] == 1.0 and result["image"]["n"] == 20

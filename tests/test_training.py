@@ -1,0 +1,203 @@
+"""Training, resume, bundle, evaluation, prediction and the report on real BBBC021 fields; DDP on CPU."""
+
+from __future__ import annotations
+
+import csv
+import json
+from html.parser import HTMLParser
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from cellresponse.bundle import load_bundle, predict_probabilities
+from cellresponse.config import load_config
+from cellresponse.io import RunFolder
+from cellresponse.store import CropStore
+from tests.conftest import BBBC021_TEST_PLATES, run_cli, shared
+
+
+def _history(run: RunFolder) -> list[dict]:
+    with open(run.model / "history.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="module")
+def trained(bbbc021_cropped):
+    """One epoch, then a second call with --epochs 2 that must resume from last.ckpt, then evaluate."""
+    run = RunFolder(bbbc021_cropped)
+    run_cli("train", run.root, "--epochs", "1", "--no-progress")
+    first = _history(run)
+    run_cli("train", run.root, "--epochs", "2", "--no-progress")
+    run_cli("evaluate", run.root, "--no-progress")
+    return run, first
+
+
+def test_resume_continues_from_the_last_checkpoint(trained):
+    run, first = trained
+    history = _history(run)
+    assert [int(h["epoch"]) for h in history] == [1, 2]
+    assert history[0] == first[0]  # epoch 1 was not trained again
+    checkpoint = torch.load(run.model / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert checkpoint["epoch"] == 1  # zero-based: the second epoch
+
+
+def test_two_epochs_on_real_cells_beat_the_majority_rate(trained):
+    run, _ = trained
+    history = _history(run)
+    split = json.loads((run.model / "split.json").read_text())
+    assert split["by"] == "column" and split["images"]["test"] == 16
+    metrics = json.loads(run.metrics.read_text())
+    assert float(history[-1]["val_accuracy"]) > 0.6
+    # held-out plates: image-level accuracy above always-the-most-common-class
+    assert metrics["image"]["soft_vote"]["accuracy"] > metrics["majority_rate"]
+    assert metrics["cell"]["accuracy"] > metrics["cell"]["majority_rate"]
+
+
+def test_metrics_json_shape_baseline_and_sanity_check(trained):
+    run, _ = trained
+    m = json.loads(run.metrics.read_text())
+    for level in ("image", "well"):
+        for vote in ("majority_vote", "soft_vote"):
+            assert {"accuracy", "balanced_accuracy", "top5", "n"} <= set(m[level][vote])
+    assert m["image"]["soft_vote"]["n"] == 16 and m["well"]["soft_vote"]["n"] == 4
+    assert m["chance_rate"] == 0.5 and 0.5 <= m["majority_rate"] < 1
+    assert m["split"]["by"] == "column" and m["split"]["leaky_classes"] == 0
+    assert "skipped" in m["plate"]  # test plates hold both treatments: no plate-level vote
+    # the features-only baseline runs on the same 16 test images and separates the treatments
+    assert m["baseline_features"]["image"]["n"] == 16
+    assert m["baseline_features"]["image"]["accuracy"] >= 0.75
+    sanity = m["sanity_check"]
+    assert sanity["n"] == m["cell"]["n"] and sanity["balanced_accuracy"] > 0.6
+    cells = pd.read_parquet(run.predictions / "cell_predictions.parquet")
+    assert {"cell_id", "image_id", "true_label", "predicted_label", "top5_labels", "top5_probabilities"} <= set(cells)
+    assert len(cells) == m["cell"]["n"]
+    assert np.allclose([sum(p) for p in cells["top5_probabilities"]], 1.0, atol=1e-4)  # 2 classes: top-5 is all
+
+
+def test_bundle_round_trip_gives_the_same_predictions(trained, tmp_path):
+    run, _ = trained
+    bundle = load_bundle(run.model / "bundle")
+    assert bundle.encoder.classes == ["DMSO", "cyclohexamide"]
+    store = CropStore(run.crops)
+    cells = pd.read_parquet(run.cells).head(64)
+    rows, feats = store.rows_for(cells["cell_id"]), bundle.scaler.transform(cells)
+    first = predict_probabilities(bundle.model, store, rows, feats, bundle.config)
+    again = predict_probabilities(load_bundle(run.model / "bundle").model, store, rows, feats, bundle.config)
+    np.testing.assert_allclose(first, again, atol=1e-6)
+    checkpoint = torch.load(run.model / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()}
+    for key, value in bundle.model.state_dict().items():
+        assert torch.equal(value, state[key]), key  # the bundle holds the best checkpoint's weights
+    meta = json.loads((run.model / "bundle" / "bundle.json").read_text())
+    assert meta["channels"] == ["DNA", "Tubulin", "Actin"] and meta["crop_settings"]["store_size"] == 32
+
+
+def test_predict_on_held_out_plates(trained, tmp_path):
+    run, _ = trained
+    load_data = shared("bbbc021", "load_data.csv")
+    table = pd.read_csv(load_data)
+    table = table[table["Metadata_Plate"].isin(BBBC021_TEST_PLATES)]
+    for column in [c for c in table.columns if c.startswith("PathName_")]:
+        table[column] = str(load_data.parent / "images")
+    table = table.drop(columns=["Metadata_Compound"])  # no labels needed
+    csv_path = tmp_path / "new_plates.csv"
+    table.to_csv(csv_path, index=False)
+    out = tmp_path / "predicted"
+    run_cli("predict", run.model / "bundle", "--load-data", csv_path, "--out", out, "--no-progress")
+    images = pd.read_parquet(out / "predictions" / "image_predictions.parquet")
+    assert len(images) == 16
+    assert {"Metadata_Plate", "Metadata_Well", "predicted_label", "probability", "top5_labels"} <= set(images)
+    truth = pd.read_csv(load_data).set_index(["Metadata_Plate", "Metadata_Well", "Metadata_Site"])["Metadata_Compound"]
+    keys = list(
+        zip(images["Metadata_Plate"], images["Metadata_Well"], images["Metadata_Site"].astype(int), strict=True)
+    )
+    accuracy = float(np.mean(truth.loc[keys].to_numpy() == images["predicted_label"].to_numpy()))
+    metrics = json.loads(run.metrics.read_text())
+    # the same images, the same model: the same image-level accuracy as `evaluate` reported
+    assert accuracy == pytest.approx(metrics["image"]["soft_vote"]["accuracy"])
+
+
+def test_predict_refuses_images_with_other_channels(trained, tmp_path):
+    run, _ = trained
+    load_data = shared("bbbc021", "load_data.csv")
+    table = pd.read_csv(load_data).head(2)
+    table = table.rename(columns={"FileName_OrigActin": "FileName_OrigMito", "PathName_OrigActin": "PathName_OrigMito"})
+    for column in [c for c in table.columns if c.startswith("PathName_")]:
+        table[column] = str(load_data.parent / "images")
+    table.to_csv(tmp_path / "other.csv", index=False)
+    result = run_cli(
+        "predict", run.model / "bundle", "--load-data", tmp_path / "other.csv", "--out", tmp_path / "o", check=False
+    )
+    assert result.returncode == 2
+    assert "trained on channels ['DNA', 'Tubulin', 'Actin']" in result.stderr and "Traceback" not in result.stderr
+
+
+class _Collect(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.images, self.headings, self._in_h2 = [], [], False
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.images.append(dict(attrs))
+        self._in_h2 = tag == "h2"
+
+    def handle_data(self, data):
+        if self._in_h2:
+            self.headings.append(data.strip())
+            self._in_h2 = False
+
+
+def test_report_renders_with_its_figures(trained):
+    run, _ = trained
+    run_cli("report", run.root)
+    page = (run.report / "index.html").read_text()
+    parser = _Collect()
+    parser.feed(page)
+    assert {"Data", "Timings", "How good are the predictions?", "Training (Table 1)", "Split", "Config"} <= set(
+        parser.headings
+    )
+    assert "Confusion matrix (images)" in parser.headings and "Segmentation (Figure 1)" in parser.headings
+    assert len(parser.images) >= 4 and all(i["src"].startswith("data:image/png;base64,") for i in parser.images)
+    assert (run.report / "training_curves.png").stat().st_size > 1000
+    metrics = json.loads(run.metrics.read_text())
+    assert f"{metrics['image']['soft_vote']['accuracy']:.3f}" in page and "features-only" in page
+
+
+def test_ddp_two_processes_on_cpu(tiny_plates, tmp_path):
+    """Lightning DDP with 2 CPU processes (gloo): both ranks train, rank 0 writes one bundle."""
+    run = tmp_path / "ddp"
+    result = run_cli(
+        "run",
+        "--load-data",
+        tiny_plates / "load_data.csv",
+        "--preset",
+        "cpu",
+        "--workers",
+        "0",
+        "--split-by",
+        "well",
+        "--set",
+        "crops.store_size=32",
+        "--set",
+        "crops.size=32",
+        "--epochs",
+        "1",
+        "--accelerator",
+        "cpu",
+        "--devices",
+        "2",
+        "--out",
+        run,
+        "--until",
+        "train",
+        "--no-progress",
+    )
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in result.stderr  # Lightning's own line from the second process
+    assert (run / "model" / "bundle" / "weights.safetensors").exists()
+    with open(run / "model" / "history.csv") as handle:
+        assert len(list(csv.DictReader(handle))) == 1
+    config = load_config(run / "config.yaml")
+    assert config.training.devices == 2
