@@ -67,7 +67,7 @@ def test_stratified_image_split_tests_every_class_and_flags_wells():
 def test_column_split_with_named_test_values():
     images = _plate(plates=2)
     images["Metadata_Replicate"] = np.where(images["plate"] == "P0", 1, 2)
-    side, report = assign_split(images, "compound", by="column", column="Metadata_Replicate", test_values=["2"])
+    side, _ = assign_split(images, "compound", by="column", column="Metadata_Replicate", test_values=["2"])
     assert (side[images["plate"] == "P1"] == TEST).all()
     assert set(side[images["plate"] == "P0"]) == {TRAIN, VALIDATION}  # validation wells carved from replicate 1
     wells = group_keys(images, "well")
