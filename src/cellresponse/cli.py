@@ -130,8 +130,9 @@ def _new_config(args: argparse.Namespace) -> Config:
 
 
 def _run_config(run: RunFolder, args: argparse.Namespace) -> Config:
-    """A stage verb's config: the run's own config.yaml plus this call's overrides (saved back)."""
-    from cellresponse.pipeline import load_run_config, save_config
+    """A stage verb's config: the run's own config.yaml plus this call's overrides (saved back by
+    :func:`run_stage` once a stage has succeeded, so a failed call leaves config.yaml as it was)."""
+    from cellresponse.pipeline import load_run_config
 
     config = load_run_config(run)
     overrides = _cli_overrides(args)
@@ -142,8 +143,7 @@ def _run_config(run: RunFolder, args: argparse.Namespace) -> Config:
         for text in overrides:
             data = _deep_merge(data, parse_override(text))
         config = Config.model_validate(data)
-        save_config(run, config)
-        log.info("config updated with %s", ", ".join(overrides))
+        log.info("config with %s", ", ".join(overrides))
     return config
 
 
@@ -193,6 +193,7 @@ def _stage_verb(stage: str):
         progress = not args.no_progress
         if stage == "measure":
             pipeline.stage_measure(run, config, overwrite=args.overwrite, csv=args.csv, progress=progress)
+            pipeline.save_config(run, config)
         else:
             run_stage(stage, run, config, overwrite=args.overwrite, progress=progress)
         return 0
@@ -202,6 +203,15 @@ def _stage_verb(stage: str):
 
 def run_stage(stage: str, run: RunFolder, config: Config, overwrite: bool = False, progress: bool = True) -> None:
     """One stage of the pipeline on a run folder (the verbs and `run` share this)."""
+    from cellresponse import pipeline
+    from cellresponse.training import is_main_process
+
+    _run_stage(stage, run, config, overwrite, progress)
+    if is_main_process() and stage != "report":
+        pipeline.save_config(run, config)
+
+
+def _run_stage(stage: str, run: RunFolder, config: Config, overwrite: bool, progress: bool) -> None:
     from cellresponse import pipeline
 
     if stage == "segment":

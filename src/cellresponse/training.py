@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -266,7 +267,16 @@ class EpochHistory(L.Callback):
         )
 
 
+def _quiet_lightning() -> None:
+    # Lightning sets its loggers to INFO and adds handlers at import; its banners are not news here.
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*litlogger.*")
+
+
 def build_trainer(config: Config, model_dir: Path, progress: bool = True) -> L.Trainer:
+    _quiet_lightning()
     t = config.training
     distributed = (t.devices not in ("auto", 1, "1") and str(t.devices) != "1") or t.num_nodes > 1
     callbacks = [
