@@ -113,6 +113,28 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, plate40):
         np.testing.assert_array_equal(resumed[name], expected[name])
     pd.testing.assert_frame_equal(pd.read_parquet(run / "cells.parquet"), pd.read_parquet(reference / "cells.parquet"))
 
+    # the crops stage, killed after a few images, resumed: the same store as an uninterrupted run
+    run_cli("crops", reference, "--workers", "0", *STAGE_FLAGS)
+    parts = run / "crops" / "parts"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cellresponse.cli", "crops", str(run), "--workers", "0", *STAGE_FLAGS],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(parts.glob("*.npy"))) < 3 and process.poll() is None:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished = {p.name: p.stat().st_mtime_ns for p in parts.glob("*.npy")}
+    assert 0 < len(finished) < total and not (run / "crops" / "crops.npy").exists()
+    run_cli("crops", run, "--workers", "0", *STAGE_FLAGS)
+    assert {p.name: p.stat().st_mtime_ns for p in parts.glob("*.npy") if p.name in finished} == finished
+    np.testing.assert_array_equal(np.load(run / "crops" / "crops.npy"), np.load(reference / "crops" / "crops.npy"))
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(run / "crops" / "index.parquet"), pd.read_parquet(reference / "crops" / "index.parquet")
+    )
+
 
 def test_dask_two_workers_match_in_process(tmp_path, plate40):
     serial = _prepared_run(tmp_path, plate40, "serial")

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
+import subprocess
+import sys
+import time
 from html.parser import HTMLParser
 
 import numpy as np
@@ -201,3 +205,29 @@ def test_ddp_two_processes_on_cpu(tiny_plates, tmp_path):
         assert len(list(csv.DictReader(handle))) == 1
     config = load_config(run / "config.yaml")
     assert config.training.devices == 2
+
+
+def test_training_killed_mid_epoch_resumes_from_its_last_checkpoint(tiny_plates, tmp_path):
+    run = tmp_path / "killed"
+    argv = ["--load-data", tiny_plates / "load_data.csv", "--preset", "cpu", "--workers", "0", "--split-by", "well"]
+    argv += ["--set", "crops.store_size=32", "--set", "crops.size=32", "--set", "training.batch_size=4"]
+    run_cli("run", *argv, "--out", run, "--until", "crops", "--no-progress")
+    last = run / "model" / "checkpoints" / "last.ckpt"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cellresponse.cli", "train", str(run), "--epochs", "4", "--no-progress"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None and not last.exists():
+        time.sleep(0.01)
+    time.sleep(0.3)  # into the next epoch
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    saved = torch.load(last, map_location="cpu", weights_only=True)["epoch"] + 1  # epochs in the checkpoint
+    done = _history(RunFolder(run))[:saved]
+    assert 1 <= saved < 4, "the kill must land mid-training"
+    run_cli("train", run, "--epochs", "4", "--no-progress")
+    resumed = _history(RunFolder(run))
+    assert [int(h["epoch"]) for h in resumed] == [1, 2, 3, 4]
+    assert resumed[:saved] == done  # checkpointed epochs were kept, not trained again
