@@ -199,7 +199,7 @@ def test_ddp_two_processes_on_cpu(tiny_plates, tmp_path):
         "train",
         "--no-progress",
     )
-    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in result.stderr  # Lightning's own line from the second process
+    assert "process 0/2" in result.stderr and "process 1/2" in result.stderr  # both ranks fed their own share
     assert (run / "model" / "bundle" / "weights.safetensors").exists()
     with open(run / "model" / "history.csv") as handle:
         assert len(list(csv.DictReader(handle))) == 1

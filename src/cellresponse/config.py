@@ -76,7 +76,9 @@ class CropConfig(_Section):
 
 
 class SplitConfig(_Section):
-    by: Literal["image", "well", "plate", "column"] = Field("image", description="Grouping of the split.")
+    by: Literal["image", "well", "plate", "column"] = Field(
+        "well", description="Grouping of the split (the study: image, which leaks sites of one well across sides)."
+    )
     column: str | None = Field(None, description="With by=column: a column whose values name the side.")
     test_values: list[str] = Field(
         default_factory=list, description="With by=column: values of the column that form the test side."
@@ -149,10 +151,13 @@ class Config(_Section):
 
 # Presets change only what differs from the study (the defaults above).
 PRESETS: dict[str, dict[str, Any]] = {
-    "study": {},
+    # The study's protocol: per-image split, validation = test side, majority vote.
+    "study": {"split": {"by": "image", "validation_fraction": 0.0}, "evaluation": {"vote": "majority"}},
     "cpu": {
         "crops": {"store_size": 48, "size": 48},
-        "training": {"batch_size": 64, "max_epochs": 8, "patience": 3},
+        # From scratch on a CPU: 1e-3 reached 0.60 validation accuracy in 8 epochs where 1e-4 reached 0.38
+        # (demo plates, same split and seed; README "Defaults").
+        "training": {"batch_size": 64, "max_epochs": 8, "patience": 3, "learning_rate": 1e-3},
     },
 }
 

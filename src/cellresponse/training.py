@@ -328,7 +328,10 @@ class CellDataModule(L.LightningDataModule):
         t = self.config.training
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        return make_loader(self.store, cells, t.batch_size, shuffle, self.config.seed, t.num_workers, rank, world)
+        loader = make_loader(self.store, cells, t.batch_size, shuffle, self.config.seed, t.num_workers, rank, world)
+        if world > 1:
+            log.info("process %d/%d: %d %s batches", rank, world, len(loader), "training" if shuffle else "validation")
+        return loader
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train, shuffle=True)
