@@ -163,6 +163,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
         plates=args.plates,
         size=args.size,
         effect=args.effect,
+        well_effect=args.well_effect,
         null_compounds=args.null_compounds,
         seed=args.seed,
     )
@@ -385,6 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=256, help="field side in px")
     p.add_argument("--effect", type=float, default=1.0, help="phenotype strength of the compounds")
     p.add_argument("--null-compounds", type=int, default=1, help="compounds with no effect at all")
+    p.add_argument(
+        "--well-effect", type=float, default=0.0, help="per-well phenotype offset (makes sites of a well alike)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_synth)
 

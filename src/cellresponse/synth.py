@@ -42,6 +42,9 @@ class SynthSpec:
     cell_radius: float = 14.0
     effect: float = 1.0
     null_compounds: int = 1
+    # A per-well phenotype offset (seeding density, edge effects, pipetting): what makes sites of one well
+    # near-duplicates, and an image-level split leak. 0 = wells of one compound are alike.
+    well_effect: float = 0.0
     seed: int = 0
 
 
@@ -170,6 +173,9 @@ def make_plates(out: str | Path, spec: SynthSpec | None = None) -> pd.DataFrame:
         gradient = (1 + tilt[0] * (yy - 0.5) + tilt[1] * (xx - 0.5)).astype(np.float32)
         for _, well in layout.iterrows():
             phenotype = phenotype_by_sample.get(well["broad_sample"], np.zeros(6))
+            if spec.well_effect:
+                well_rng = np.random.default_rng([spec.seed, p, int(well["row"]), int(well["col"]), 7])
+                phenotype = phenotype + spec.well_effect * well_rng.normal(size=6)
             for site in range(1, spec.sites + 1):
                 core = core_file_name(int(well["row"]), int(well["col"]), site)
                 field_rng = np.random.default_rng([spec.seed, p, int(well["row"]), int(well["col"]), site])
