@@ -97,6 +97,34 @@ def test_bbbc021_tile_centres_are_found():
     assert hits / total >= 0.95
 
 
+def dna_nuclei_count(dna: np.ndarray) -> int:
+    """An independent nuclei count: local maxima of the smoothed DNA channel (sigma 1.5 px) inside the
+    Otsu foreground, at least 4 px apart (about a nucleus radius at BBBC021-moa's scale)."""
+    from skimage.feature import peak_local_max
+    from skimage.filters import gaussian, threshold_otsu
+
+    smooth = gaussian(dna.astype(np.float64), 1.5)
+    foreground = ndi.label(smooth > threshold_otsu(smooth))[0]
+    return len(peak_local_max(smooth, min_distance=4, labels=foreground))
+
+
+def test_bbbc021_moa_cell_counts_match_dna_nuclei_counts():
+    """Small cells (~17 px): cells found per field within +-25 % of the nuclei counted on the DNA channel."""
+    table, _ = build_image_table(load_data=shared("bbbc021-moa", "load_data.csv"))
+    names = channel_names(table)
+    config = Config()
+    segmenter = Segmenter(config.segmentation, backend="offline")
+    ratios = []
+    for _, row in table.sample(24, random_state=0).iterrows():
+        stack = load_stack(row, names)
+        dna = stack[names.index("DNA")]
+        cells = int(segmenter(apply_recipe(stack, config.segmentation.input, names), dna).labels.max())
+        ratios.append(cells / dna_nuclei_count(dna))
+    ratios = np.array(ratios)
+    assert np.mean(np.abs(ratios - 1) <= 0.25) >= 0.9, ratios
+    assert 0.9 <= np.median(ratios) <= 1.2
+
+
 def test_flows_from_masks_point_to_the_centre():
     labels = np.zeros((41, 41), np.uint32)
     yy, xx = np.mgrid[:41, :41]

@@ -260,6 +260,14 @@ def _cells_path(run: RunFolder, image_id: str) -> Path:
     return run.cells_per_image / f"{image_id}.parquet"
 
 
+def intensity_channels(config: Config, names: list[str]) -> list[str]:
+    """The channels measured per cell besides the segmentation input ('all' = every channel)."""
+    wanted = config.measurement.intensity_channels
+    if "all" in wanted:
+        return list(names)
+    return [names[resolve_channel(names, name)] for name in wanted]
+
+
 def measure_one(row: dict, config_json: str, run_root: str, names: list[str]) -> dict:
     config = _config_from_json(config_json)
     run = RunFolder(run_root)
@@ -268,7 +276,7 @@ def measure_one(row: dict, config_json: str, run_root: str, names: list[str]) ->
     intensity = apply_recipe(stack, config.segmentation.input, names)
     if labels.shape != intensity.shape:
         raise InputError(f"mask {run.mask_path(row['image_id'])} has shape {labels.shape}, image {intensity.shape}")
-    extra = {name: stack[resolve_channel(names, name)] for name in config.measurement.intensity_channels}
+    extra = {name: stack[resolve_channel(names, name)] for name in intensity_channels(config, names)}
     table, dropped = measure_cells(labels, intensity, row["image_id"], row["CoreFileName"], extra)
     arrow = pa.Table.from_pandas(table, preserve_index=False)
     arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}), b"dropped_perimeter0": str(dropped)})
@@ -304,7 +312,7 @@ def stage_measure(
     cells = (
         pd.concat(nonempty, ignore_index=True)
         if nonempty
-        else empty_cells_table(tuple(config.measurement.intensity_channels))
+        else empty_cells_table(tuple(intensity_channels(config, names)))
     )
     cells.insert(0, "cell_id", cells["image_id"].astype(str) + "#" + cells["label"].astype(int).astype(str))
     write_parquet(run.cells, cells)
