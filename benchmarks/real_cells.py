@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+from common import SHARED
 
 SETS = {
     "moa-MoA": ("bbbc021-moa", "Metadata_MoA", "Metadata_Replicate", (["2"], ["1"])),

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
+from common import SHARED, subset_csv
 from skimage.measure import regionprops_table
 
 from cellresponse.channels import apply_recipe, load_stack
@@ -30,16 +30,7 @@ from cellresponse.pipeline import measure_one, segmentation_inputs, stage_images
 from cellresponse.plate import channel_names
 from cellresponse.segmentation import Segmenter, cellpose_weights_available
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "bbbc021-moa" / "load_data.csv"
-
-
-def _subset_csv(source: Path, n: int, folder: Path) -> Path:
-    table = pd.read_csv(source).head(n)
-    for column in [c for c in table.columns if c.startswith("PathName_")]:
-        table[column] = [str((source.parent / p).resolve()) for p in table[column]]
-    path = folder / "subset.csv"
-    table.to_csv(path, index=False)
-    return path
+DEFAULT_DATA = SHARED / "bbbc021-moa" / "load_data.csv"
 
 
 def _segment_seconds(csv: Path, folder: Path, workers: int) -> float:
@@ -60,7 +51,7 @@ def main() -> None:
         raise SystemExit(f"data not found: {args.data} (needs ../shared/data)")
     folder = Path(tempfile.mkdtemp(prefix="bench-segment-"))
     try:
-        csv = _subset_csv(args.data, args.images, folder)
+        csv = subset_csv(args.data, args.images, folder)
         config = load_config(overrides=["segmentation.backend=offline", "runtime.workers=0"])
         run = RunFolder(folder / "inproc")
         table = stage_images(run, config, load_data=csv)

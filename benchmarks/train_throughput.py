@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from common import SHARED, subset_csv
 
 from cellresponse.channels import apply_recipe, load_stack
 from cellresponse.config import load_config
@@ -30,16 +31,7 @@ from cellresponse.plate import channel_names
 from cellresponse.store import CropStore
 from cellresponse.training import CellResponseModule, CellSet, make_loader, prepare_batch
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "bbbc021-moa" / "load_data.csv"
-
-
-def _subset_csv(source: Path, n: int, folder: Path) -> Path:
-    table = pd.read_csv(source).head(n)
-    for column in [c for c in table.columns if c.startswith("PathName_")]:
-        table[column] = [str((source.parent / p).resolve()) for p in table[column]]
-    path = folder / "subset.csv"
-    table.to_csv(path, index=False)
-    return path
+DEFAULT_DATA = SHARED / "bbbc021-moa" / "load_data.csv"
 
 
 def _model_step(module, optimizer, crops, table, target) -> None:
@@ -86,7 +78,7 @@ def main() -> None:
         raise SystemExit(f"data not found: {args.data} (needs ../shared/data)")
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
-        csv = _subset_csv(args.data, args.images, Path(tmp))
+        csv = subset_csv(args.data, args.images, Path(tmp))
         run = RunFolder(Path(tmp) / "run")
         config = load_config(
             None,

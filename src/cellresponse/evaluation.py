@@ -333,7 +333,7 @@ def compare_with_baseline(metrics: dict[str, Any], vote_name: str) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-def _write_predictions(path: Path, table: pd.DataFrame, probs: np.ndarray, classes: list[str], top_k: int) -> None:
+def write_predictions(path: Path, table: pd.DataFrame, probs: np.ndarray, classes: list[str], top_k: int) -> None:
     from cellresponse.io import write_parquet
 
     names, values = top_labels(probs, classes, top_k)
@@ -352,7 +352,7 @@ def stage_evaluate(run, config: Config, progress: bool = True) -> dict[str, Any]
 
     from cellresponse.bundle import load_bundle, predict_probabilities
     from cellresponse.io import read_parquet, write_json
-    from cellresponse.pipeline import _record
+    from cellresponse.pipeline import record_stage
     from cellresponse.splits import TEST
     from cellresponse.store import CropStore
     from cellresponse.training import feature_columns, labelled_images
@@ -387,10 +387,10 @@ def stage_evaluate(run, config: Config, progress: bool = True) -> dict[str, Any]
     )
     run.predictions.mkdir(parents=True, exist_ok=True)
     columns = ["cell_id", "image_id", "plate", "well", "true_label"]
-    _write_predictions(run.predictions / "cell_predictions.parquet", test[columns], probs, classes, top_k)
+    write_predictions(run.predictions / "cell_predictions.parquet", test[columns], probs, classes, top_k)
     groups, scores = vote(test["image_id"].astype(str).to_numpy(), probs, config.evaluation.vote)
     image_table = meta.loc[groups].reset_index(drop=True)
-    _write_predictions(run.predictions / "image_predictions.parquet", image_table, scores, classes, top_k)
+    write_predictions(run.predictions / "image_predictions.parquet", image_table, scores, classes, top_k)
 
     metrics: dict[str, Any] = {"label": label, "classes": len(classes), "headline_vote": config.evaluation.vote}
     metrics["cell"] = classification_metrics(
@@ -423,7 +423,7 @@ def stage_evaluate(run, config: Config, progress: bool = True) -> dict[str, Any]
             "%d classes have sites of one well on both sides of the split: the image-level number is optimistic",
             split_report["leaky_classes"],
         )
-    _record(run, "evaluate", {"cells": len(test), "seconds": metrics["seconds"]}, [])
+    record_stage(run, "evaluate", {"cells": len(test), "seconds": metrics["seconds"]}, [])
     return metrics
 
 

@@ -60,7 +60,7 @@ def load_run_config(run: RunFolder) -> Config:
     return load_config(run.config)
 
 
-def _record(run: RunFolder, stage: str, summary: dict[str, Any], failed: list[TaskResult]) -> None:
+def record_stage(run: RunFolder, stage: str, summary: dict[str, Any], failed: list[TaskResult]) -> None:
     run.logs.mkdir(parents=True, exist_ok=True)
     failures = run.logs / f"failures-{stage}.csv"
     if failed:
@@ -113,7 +113,7 @@ def stage_images(
     }
     if config.input.label in table.columns:
         summary["classes"] = int(table[config.input.label].nunique())
-    _record(run, "images", summary, [])
+    record_stage(run, "images", summary, [])
     log.info(
         "image table: %d images, %d plates, channels %s%s",
         len(table),
@@ -231,7 +231,7 @@ def stage_segment(
         "median_diameter": float(table["diameter"].median()) if len(table) else None,
         "seconds": round(time.perf_counter() - started, 2),
     }
-    _record(run, "segment", summary, failed)
+    record_stage(run, "segment", summary, failed)
     log.info(
         "segmented %d images (%d skipped as done): %d cells",
         len(done),
@@ -328,7 +328,7 @@ def stage_measure(
         "dropped_perimeter0": dropped,
         "seconds": round(time.perf_counter() - started, 2),
     }
-    _record(run, "measure", summary, failed)
+    record_stage(run, "measure", summary, failed)
     log.info("measured %d cells in %d images (%d cells with perimeter 0 dropped)", len(cells), len(rows), dropped)
     return summary
 
@@ -481,7 +481,7 @@ def stage_crops(run: RunFolder, config: Config, overwrite: bool = False, progres
     )
     done, failed = map_images(func, todo, config.runtime, "crops", progress)
     if failed:
-        _record(run, "crops", {"images": len(rows), "failed": len(failed)}, failed)
+        record_stage(run, "crops", {"images": len(rows), "failed": len(failed)}, failed)
     store = write_store(run.crops, cells, lambda image_id: _part_path(run, image_id), settings, progress)
     summary = {
         "images": len(rows),
@@ -494,7 +494,7 @@ def stage_crops(run: RunFolder, config: Config, overwrite: bool = False, progres
         "store_bytes": store["bytes"],
         "seconds": round(time.perf_counter() - started, 2),
     }
-    _record(run, "crops", summary, [])
+    record_stage(run, "crops", summary, [])
     log.info(
         "crop store: %d cells × %s at %d px (%.1f MB)",
         store["cells"],

@@ -61,7 +61,7 @@ def predict_plates(
 ) -> list[Path]:
     from cellresponse import pipeline
     from cellresponse.bundle import load_bundle, predict_probabilities
-    from cellresponse.evaluation import _write_predictions, vote
+    from cellresponse.evaluation import vote, write_predictions
     from cellresponse.plate import channel_names
     from cellresponse.store import CropStore
 
@@ -93,11 +93,11 @@ def predict_plates(
     out.predictions.mkdir(parents=True, exist_ok=True)
     cell_path = out.predictions / "cell_predictions.parquet"
     image_path = out.predictions / "image_predictions.parquet"
-    _write_predictions(cell_path, cells[["cell_id", "image_id", "plate", "well"]], probs, classes, top_k)
+    write_predictions(cell_path, cells[["cell_id", "image_id", "plate", "well"]], probs, classes, top_k)
     groups, scores = vote(cells["image_id"].astype(str).to_numpy(), probs, config.evaluation.vote)
     images = meta.loc[groups].reset_index(drop=True)
     keep = [c for c in images.columns if not c.startswith(("FileName_", "PathName_"))]
-    _write_predictions(image_path, images[keep], scores, classes, top_k)
+    write_predictions(image_path, images[keep], scores, classes, top_k)
     label = config.input.label
     if label in images.columns:
         predicted = np.asarray(classes, dtype=object)[scores.argmax(1)]

@@ -476,7 +476,7 @@ def stage_train(run, config: Config, overwrite: bool = False, progress: bool = T
 
     from cellresponse.bundle import save_bundle
     from cellresponse.io import read_parquet, write_json
-    from cellresponse.pipeline import _record, crop_settings
+    from cellresponse.pipeline import crop_settings, record_stage
     from cellresponse.plate import channel_names
 
     started = time.perf_counter()
@@ -534,7 +534,7 @@ def stage_train(run, config: Config, overwrite: bool = False, progress: bool = T
         "seconds": round(time.perf_counter() - started, 2),
     }
     write_json(run.model / "train.json", summary)
-    _record(run, "train", summary, [])
+    record_stage(run, "train", summary, [])
     return summary
 
 
