@@ -28,7 +28,7 @@ def test_presets_layer_on_the_defaults():
     assert study.training == Config().training and study.crops == Config().crops
     assert cpu.crops.size < study.crops.size and cpu.training.batch_size < study.training.batch_size
     assert cpu.training.learning_rate == 1e-3  # from scratch on CPU (measured, README "Defaults")
-    assert (cpu.training.weight_decay, cpu.training.step_size) == (study.training.weight_decay, 5)
+    assert (cpu.training.weight_decay, cpu.training.step_size) == (study.training.weight_decay, 2)
 
 
 def test_yaml_then_overrides(tmp_path):
@@ -36,7 +36,7 @@ def test_yaml_then_overrides(tmp_path):
     path.write_text(yaml.safe_dump({"training": {"max_epochs": 7}, "seed": 3}))
     c = load_config(path, "cpu", ["training.max_epochs=2", "segmentation.backend=offline"])
     assert c.training.max_epochs == 2 and c.seed == 3 and c.segmentation.backend == "offline"
-    assert c.crops.size == 48  # from the preset
+    assert c.crops.size == 32  # from the preset
     yaml_file = tmp_path / "round.yaml"
     yaml_file.write_text(c.to_yaml())
     assert load_config(yaml_file) == c
@@ -65,6 +65,6 @@ def test_parse_override_types():
 def test_config_show_cli(tmp_path):
     out = run_cli("config", "show", "--preset", "cpu", "--set", "seed=5").stdout
     shown = yaml.safe_load(out)
-    assert shown["seed"] == 5 and shown["crops"]["size"] == 48
+    assert shown["seed"] == 5 and shown["crops"]["size"] == 32
     bad = run_cli("config", "show", "--set", "trainig.lr=1", check=False)
     assert bad.returncode == 2 and "unknown key 'trainig'" in bad.stderr
