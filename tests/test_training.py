@@ -231,3 +231,17 @@ def test_training_killed_mid_epoch_resumes_from_its_last_checkpoint(tiny_plates,
     resumed = _history(RunFolder(run))
     assert [int(h["epoch"]) for h in resumed] == [1, 2, 3, 4]
     assert resumed[:saved] == done  # checkpointed epochs were kept, not trained again
+
+
+def test_batch_sampler_shards_shuffles_and_never_trains_on_one_cell():
+    from cellresponse.training import ShardedBatchSampler
+
+    sampler = ShardedBatchSampler(129, 64, shuffle=True, seed=0)
+    batches = list(sampler)
+    assert [len(b) for b in batches] == [64, 64] and len(sampler) == 2  # the lone 129th cell waits an epoch
+    sampler.set_epoch(1)
+    assert list(sampler) != batches  # reshuffled per epoch, from the seed
+    assert [len(b) for b in ShardedBatchSampler(129, 64, shuffle=False, seed=0)] == [64, 64, 1]  # validation: all
+    ranks = [ShardedBatchSampler(10, 4, shuffle=True, seed=3, rank=r, world=2) for r in (0, 1)]
+    shares = [sum(list(r), []) for r in ranks]
+    assert len(shares[0]) == len(shares[1]) == 5 and set(shares[0]) | set(shares[1]) == set(range(10))

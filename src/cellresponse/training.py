@@ -138,14 +138,20 @@ class ShardedBatchSampler(Sampler[list[int]]):
             order = np.resize(order, per_rank * self.world)[self.rank :: self.world]
         return order
 
+    def _sizes(self, n: int) -> list[int]:
+        sizes = [min(self.batch_size, n - start) for start in range(0, n, self.batch_size)]
+        if self.shuffle and len(sizes) > 1 and sizes[-1] < 2:
+            sizes.pop()  # BatchNorm cannot train on a batch of one cell; it comes back next epoch
+        return sizes
+
     def __iter__(self):
         order = self._positions()
-        for start in range(0, len(order), self.batch_size):
-            yield order[start : start + self.batch_size].tolist()
+        for i, size in enumerate(self._sizes(len(order))):
+            start = i * self.batch_size
+            yield order[start : start + size].tolist()
 
     def __len__(self) -> int:
-        size = math.ceil(self.n / self.world) if self.world > 1 else self.n
-        return math.ceil(size / self.batch_size)
+        return len(self._sizes(math.ceil(self.n / self.world) if self.world > 1 else self.n))
 
 
 def make_loader(
