@@ -119,6 +119,11 @@ def _metadata_mismatch(plates: Path, run: Path) -> list[str]:
     ]
 
 
+def _retrain_other_split(plates: Path, run: Path) -> list[str]:
+    assert main(["train", str(run), "--epochs", "1", "--no-progress"]) == 0
+    return ["train", str(run), "--split-by", "image", "--no-progress"]
+
+
 CASES = [
     Case("missing channel file", lambda p, r: (_missing_channel(p), _images(p, r))[1], 2, "r01c01f01p01-ch3"),
     Case("missing file after the image table", _segment_after(_missing_channel), 2, "image file not found"),
@@ -156,6 +161,7 @@ CASES = [
         2,
         "not writable",
     ),
+    Case("training again on another split without --overwrite", _retrain_other_split, 2, "another split"),
     Case("stage run before its input exists", lambda p, r: ["measure", str(r.parent / "nowhere")], 2, "first"),
 ]
 

@@ -393,15 +393,22 @@ def make_split(run, config: Config, images, cells, overwrite: bool = False):
 
     import pandas as pd
 
+    from cellresponse.errors import InputError
     from cellresponse.io import read_parquet, write_json, write_parquet
     from cellresponse.splits import assign_split, downsample_control, log_split
 
     split_path, report_path = run.model / "split.parquet", run.model / "split.json"
-    if split_path.exists() and report_path.exists() and not overwrite:
-        sides = read_parquet(split_path)
-        report = json.loads(report_path.read_text())
-        return sides, report
     s = config.split
+    settings = {"label": config.input.label, "seed": config.seed, **s.model_dump()}
+    if split_path.exists() and report_path.exists() and not overwrite:
+        report = json.loads(report_path.read_text())
+        if report.get("settings", settings) != settings:
+            changed = sorted(k for k in settings if report["settings"].get(k) != settings[k])
+            raise InputError(
+                f"{run.model} was trained on another split ({', '.join(changed)} changed) — "
+                "rerun with --overwrite to split and train again"
+            )
+        return read_parquet(split_path), report
     info: dict[str, Any] = {"applied": False}
     chosen = images
     if s.downsample_control:
@@ -423,10 +430,11 @@ def make_split(run, config: Config, images, cells, overwrite: bool = False):
     report.downsampling = info
     log_split(report)
     sides = pd.DataFrame({"image_id": chosen["image_id"].astype(str).to_numpy(), "side": side.to_numpy()})
+    summary = {**report.to_dict(), "settings": settings}
     if is_main_process():
         write_parquet(split_path, sides)
-        write_json(report_path, report.to_dict())
-    return sides, report.to_dict()
+        write_json(report_path, summary)
+    return sides, summary
 
 
 def cell_sets(cells, sides, images, config: Config, store: CropStore):
