@@ -122,6 +122,17 @@ def test_predict_on_held_out_plates(trained, tmp_path):
     # the same images, the same model: the same image-level accuracy as `evaluate` reported
     assert accuracy == pytest.approx(metrics["image"]["soft_vote"]["accuracy"])
 
+    # the bundle's features-only model, for data where it beats the network: same numbers as the baseline
+    out = tmp_path / "predicted_features"
+    run_cli("predict", run.model / "bundle", "--load-data", csv_path, "--out", out, "--model", "features")
+    images = pd.read_parquet(out / "predictions" / "image_predictions.parquet")
+    keys = list(
+        zip(images["Metadata_Plate"], images["Metadata_Well"], images["Metadata_Site"].astype(int), strict=True)
+    )
+    accuracy = float(np.mean(truth.loc[keys].to_numpy() == images["predicted_label"].to_numpy()))
+    assert len(images) == 16 and not (out / "crops").exists()
+    assert accuracy == pytest.approx(metrics["baseline_features"]["image"]["accuracy"])
+
 
 def test_predict_refuses_images_with_other_channels(trained, tmp_path):
     run, _ = trained

@@ -34,6 +34,7 @@ class Bundle:
     channels: list[str]
     label_to_target: dict[str, str]
     meta: dict[str, Any]
+    features_model: dict[str, Any] | None = None
 
 
 def save_bundle(
@@ -102,6 +103,8 @@ def load_bundle(folder: str | Path) -> Bundle:
         raise InputError(f"{weights_path} does not fit the network described in {meta_path}: {exc}") from None
     model.eval()
     scaler = Scaler(**meta["scaler"])
+    features_path = folder / "features_model.json"
+    features_model = json.loads(features_path.read_text()) if features_path.is_file() else None
     return Bundle(
         model=model,
         encoder=LabelEncoder(meta["classes"]),
@@ -111,6 +114,7 @@ def load_bundle(folder: str | Path) -> Bundle:
         channels=meta["channels"],
         label_to_target=meta.get("label_to_target", {}),
         meta=meta,
+        features_model=features_model,
     )
 
 

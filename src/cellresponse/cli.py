@@ -282,6 +282,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         overrides=_cli_overrides(args),
         overwrite=args.overwrite,
         progress=not args.no_progress,
+        model=args.model,
     )
     for path in paths:
         print(f"wrote {path}")
@@ -443,6 +444,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("predict", help="predict new plates with a model bundle")
     p.add_argument("bundle", type=Path, metavar="BUNDLE", help="RUN/model/bundle of a trained run")
+    p.add_argument(
+        "--model",
+        choices=["cnn", "features"],
+        default="cnn",
+        help="the network, or the bundle's features-only model where `evaluate` found it better",
+    )
     _input_flags(p)
     p.add_argument("--out", type=Path, required=True, metavar="DIR")
     _runtime_flags(p)

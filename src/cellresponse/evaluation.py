@@ -186,6 +186,36 @@ def image_feature_table(cells: pd.DataFrame, columns: list[str]) -> pd.DataFrame
     return table.fillna(table.mean()).fillna(0.0)
 
 
+def fit_features_model(features: pd.DataFrame, labels: np.ndarray, seed: int = 42) -> dict[str, Any]:
+    """Fit the features-only model and return it as plain JSON (stored in the model bundle)."""
+    model = _logistic(seed).fit(features.to_numpy(np.float64), np.asarray(labels).astype(str))
+    scaler, regression = model[0], model[1]
+    return {
+        "model": "logistic regression on per-image mean cell features + cell count",
+        "classes": [str(c) for c in regression.classes_],
+        "columns": list(features.columns),
+        "mean": scaler.mean_.tolist(),
+        "scale": scaler.scale_.tolist(),
+        "coef": regression.coef_.tolist(),
+        "intercept": regression.intercept_.tolist(),
+    }
+
+
+def features_model_probabilities(model: dict[str, Any], features: pd.DataFrame) -> np.ndarray:
+    """Class probabilities of a :func:`fit_features_model` model (the same numbers scikit-learn gives)."""
+    missing = [c for c in model["columns"] if c not in features.columns]
+    if missing:
+        raise InputError(f"the features-only model needs columns {missing} — measure with the bundle's settings")
+    x = (features[model["columns"]].to_numpy(np.float64) - np.asarray(model["mean"])) / np.asarray(model["scale"])
+    logits = x @ np.asarray(model["coef"]).T + np.asarray(model["intercept"])
+    if logits.shape[1] == 1:  # binary: scikit-learn keeps one column for the second class
+        second = 1.0 / (1.0 + np.exp(-logits[:, 0]))
+        return np.stack([1.0 - second, second], axis=1)
+    logits -= logits.max(axis=1, keepdims=True)
+    exp = np.exp(logits)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
 def features_baseline(
     features: pd.DataFrame,
     images: pd.DataFrame,
@@ -205,9 +235,9 @@ def features_baseline(
     y_train = images.loc[train_ids, label].astype(str).to_numpy()
     if len(test_ids) == 0 or len(set(y_train)) < 2:
         return {"skipped": "needs test images and two classes on the training side"}
-    model = _logistic(seed).fit(features.loc[train_ids].to_numpy(), y_train)
-    classes = [str(c) for c in model.classes_]
-    probs = model.predict_proba(features.loc[test_ids].to_numpy())
+    model = fit_features_model(features.loc[train_ids], y_train, seed)
+    classes = model["classes"]
+    probs = features_model_probabilities(model, features.loc[test_ids])
     table = images.loc[test_ids, ["image_id", "plate", "well"]].copy()
     table["true_label"] = images.loc[test_ids, label].astype(str).to_numpy()
     out: dict[str, Any] = {"model": "logistic regression on per-image mean cell features + cell count"}

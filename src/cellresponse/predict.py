@@ -5,7 +5,8 @@ Outputs in ``DIR/predictions/``:
 
 ``cell_predictions.parquet``   cell_id, image_id, plate, well, predicted_label, probability,
                                top5_labels, top5_probabilities
-``image_predictions.parquet``  the image's columns (image_id, plate, well, site, Metadata_*),
+``image_predictions.parquet``  (also with ``--model features``: the bundle's features-only model, no crops)
+                               the image's columns (image_id, plate, well, site, Metadata_*),
                                predicted_label, probability, top5_labels, top5_probabilities
                                (soft or majority vote as in the bundle's ``evaluation.vote``)
 """
@@ -58,6 +59,7 @@ def predict_plates(
     overrides: list[str] | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    model: str = "cnn",
 ) -> list[Path]:
     from cellresponse import pipeline
     from cellresponse.bundle import load_bundle, predict_probabilities
@@ -70,13 +72,17 @@ def predict_plates(
     table = pipeline.stage_images(out, config, images_dir, load_data, metadata, plate)
     names = channel_names(table)
     check_compatible(bundle.channels, names, bundle.crop_settings, pipeline.crop_settings(config, names))
+    if model == "features" and bundle.features_model is None:
+        raise InputError(f"{bundle_path} has no features-only model (features_model.json); use --model cnn")
     pipeline.stage_segment(out, config, overwrite=overwrite, progress=progress)
     pipeline.stage_measure(out, config, overwrite=overwrite, progress=progress)
-    pipeline.stage_crops(out, config, overwrite=overwrite, progress=progress)
     cells = read_parquet(out.cells)
     if cells.empty:
         raise InputError("no cells were found in these images — nothing to predict")
     meta = table.set_index(table["image_id"].astype(str))
+    if model == "features":
+        return [predict_with_features(bundle.features_model, cells, meta, out, config)]
+    pipeline.stage_crops(out, config, overwrite=overwrite, progress=progress)
     cells["plate"] = cells["image_id"].astype(str).map(meta["plate"])
     cells["well"] = cells["image_id"].astype(str).map(meta["well"])
     store = CropStore(out.crops)
@@ -95,13 +101,31 @@ def predict_plates(
     image_path = out.predictions / "image_predictions.parquet"
     write_predictions(cell_path, cells[["cell_id", "image_id", "plate", "well"]], probs, classes, top_k)
     groups, scores = vote(cells["image_id"].astype(str).to_numpy(), probs, config.evaluation.vote)
-    images = meta.loc[groups].reset_index(drop=True)
+    write_image_predictions(image_path, meta.loc[groups].reset_index(drop=True), scores, classes, config)
+    log.info("predicted %d cells in %d images", len(cells), len(groups))
+    return [cell_path, image_path]
+
+
+def write_image_predictions(path: Path, images, scores: np.ndarray, classes: list[str], config: Config) -> None:
+    from cellresponse.evaluation import write_predictions
+
     keep = [c for c in images.columns if not c.startswith(("FileName_", "PathName_"))]
-    write_predictions(image_path, images[keep], scores, classes, top_k)
+    write_predictions(path, images[keep], scores, classes, config.evaluation.top_k)
     label = config.input.label
-    if label in images.columns:
+    if label in images.columns:  # labelled images (e.g. a held-out plate): say how it went
         predicted = np.asarray(classes, dtype=object)[scores.argmax(1)]
         accuracy = float(np.mean(images[label].astype(str).to_numpy() == predicted))
         log.info("these images carry %s: image accuracy %.3f (%d images)", label, accuracy, len(images))
-    log.info("predicted %d cells in %d images", len(cells), len(images))
-    return [cell_path, image_path]
+
+
+def predict_with_features(model: dict, cells, meta, out: RunFolder, config: Config) -> Path:
+    """Image predictions of the bundle's features-only model (no crops, no network)."""
+    from cellresponse.evaluation import features_model_probabilities, image_feature_table
+
+    features = image_feature_table(cells, [c for c in model["columns"] if c != "cell_count"])
+    probs = features_model_probabilities(model, features)
+    path = out.predictions / "image_predictions.parquet"
+    out.predictions.mkdir(parents=True, exist_ok=True)
+    write_image_predictions(path, meta.loc[features.index].reset_index(drop=True), probs, model["classes"], config)
+    log.info("predicted %d images with the features-only model", len(features))
+    return path

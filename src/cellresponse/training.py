@@ -536,6 +536,7 @@ def stage_train(run, config: Config, overwrite: bool = False, progress: bool = T
         label_to_target(images, config),
         extra={"validation_side": val_side, "best_checkpoint_epoch": checkpoint.get("epoch")},
     )
+    save_features_model(run.model / "bundle", cells, images, sides, config)
     history = read_history(run.model / "history.csv")
     summary = {
         "cells_train": len(train),
@@ -550,6 +551,22 @@ def stage_train(run, config: Config, overwrite: bool = False, progress: bool = T
     write_json(run.model / "train.json", summary)
     record_stage(run, "train", summary, [])
     return summary
+
+
+def save_features_model(bundle_dir: Path, cells, images, sides, config: Config) -> None:
+    """The features-only model (fitted on the non-test images, as `evaluate` scores it) beside the CNN in
+    the bundle, so `predict --model features` can use it where it is the better of the two."""
+    from cellresponse.evaluation import fit_features_model, image_feature_table
+    from cellresponse.io import write_json
+    from cellresponse.splits import TEST
+
+    train_ids = sides.loc[sides["side"] != TEST, "image_id"].astype(str)
+    labels = images.set_index(images["image_id"].astype(str))[config.input.label]
+    features = image_feature_table(cells[cells["image_id"].astype(str).isin(set(train_ids))], feature_columns(cells))
+    if labels.loc[features.index].nunique() < 2:
+        return
+    model = fit_features_model(features, labels.loc[features.index].to_numpy(), config.seed)
+    write_json(bundle_dir / "features_model.json", model)
 
 
 def read_history(path: Path) -> list[dict[str, float]]:
