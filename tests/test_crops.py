@@ -58,7 +58,8 @@ def test_store_rows_hold_each_cells_own_crop_on_a_real_field(bbbc021_cropped):
     labels = read_tiff(run.mask_path(image_id))
     crops = store.batch(store.rows_for(mine["cell_id"]))
     bboxes = mine[["bbox_min_row", "bbox_min_col", "bbox_max_row", "bbox_max_col"]].to_numpy()
-    for crop, label, (top, left, side) in zip(crops, mine["label"], square_boxes(bboxes), strict=True):
+    boxes = square_boxes(bboxes, store.settings["padding"])
+    for crop, label, (top, left, side) in zip(crops, mine["label"], boxes, strict=True):
         truth = (cut_square(labels[None].astype(np.int64), top, left, side)[0] == label).mean()
         # the stored mask channel covers the same share of the square as the cell in the full mask
         assert abs(crop[1].mean() / 255 - truth) < 0.08
