@@ -56,7 +56,10 @@ def plot_history(history: list[dict[str, float]], path: Path) -> Path:
         axes[1].plot(epochs, [h[f"{key}_accuracy"] for h in history], style, label=key)
     axes[0].set(xlabel="epoch", ylabel="loss (label-smoothed CE)")
     axes[1].set(xlabel="epoch", ylabel="accuracy (cells)")
+    from matplotlib.ticker import MaxNLocator
+
     for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
