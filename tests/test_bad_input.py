@@ -150,6 +150,12 @@ CASES = [
     Case("NaN / infinite feature values (warned)", _train_after(_nan_features), 0, "NaN/infinite"),
     Case("unknown config key", lambda p, r: [*_images(p, r), "--set", "training.max_epoch=3"], 2, "unknown key"),
     Case(
+        "unknown config key on a stage verb",
+        lambda p, r: ["train", str(r), "--set", "training.max_epoch=3", "--no-progress"],
+        2,
+        "unknown key 'training.max_epoch'",
+    ),
+    Case(
         "config value out of range", lambda p, r: [*_images(p, r), "--set", "split.test_fraction=1.5"], 2, "less than 1"
     ),
     Case(

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from cellresponse import __version__
-from cellresponse.config import PRESETS, Config, load_config, parse_override
+from cellresponse.config import PRESETS, Config, apply_overrides, load_config
 from cellresponse.errors import CellResponseError, StageError
 from cellresponse.io import RunFolder
 
@@ -137,12 +137,7 @@ def _run_config(run: RunFolder, args: argparse.Namespace) -> Config:
     config = load_run_config(run)
     overrides = _cli_overrides(args)
     if overrides:
-        data = config.to_dict()
-        from cellresponse.config import _deep_merge
-
-        for text in overrides:
-            data = _deep_merge(data, parse_override(text))
-        config = Config.model_validate(data)
+        config = apply_overrides(config, overrides, str(run.config))
         log.info("config with %s", ", ".join(overrides))
     return config
 

@@ -242,3 +242,16 @@ def load_config(
         return Config.model_validate(data)
     except ValidationError as exc:
         raise InputError(_format_validation_error(exc, ", ".join(sources))) from None
+
+
+def apply_overrides(config: Config, overrides: list[str], source: str = "run config") -> Config:
+    """``config`` with ``--set key=value`` overrides on top, checked like :func:`load_config` (one clear error)."""
+    data = config.to_dict()
+    for text in overrides:
+        data = _deep_merge(data, parse_override(text))
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise InputError(
+            _format_validation_error(exc, f"{source}, " + ", ".join(f"--set {t}" for t in overrides))
+        ) from None

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cellresponse.config import Config, _deep_merge, parse_override
+from cellresponse.config import Config, apply_overrides
 from cellresponse.errors import InputError
 from cellresponse.io import RunFolder, read_parquet
 
@@ -41,12 +41,10 @@ def check_compatible(bundle_channels: list[str], names: list[str], bundle_crops:
 
 
 def prediction_config(bundle_config: Config, overrides: list[str]) -> Config:
-    data = bundle_config.to_dict()
     for text in overrides:
         if not text.startswith(RUNTIME_KEYS):
             raise InputError(f"--set {text}: predict takes the bundle's settings; only runtime.* may change")
-        data = _deep_merge(data, parse_override(text))
-    return Config.model_validate(data)
+    return apply_overrides(bundle_config, overrides, "model bundle")
 
 
 def predict_plates(
