@@ -223,9 +223,11 @@ def features_baseline(
     sides: pd.Series,
     seed: int = 42,
     top_k: int = 5,
+    model: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Logistic regression on per-image features: trained on the non-test images, scored on the test
-    images, voted (soft) into wells and plates like the CNN."""
+    """Logistic regression on per-image features: trained on the non-test images (or ``model``, the one
+    training already fitted on them and stored in the bundle), scored on the test images, voted (soft)
+    into wells and plates like the CNN."""
     from cellresponse.splits import TEST
 
     images = images.set_index(images["image_id"].astype(str))
@@ -235,7 +237,8 @@ def features_baseline(
     y_train = images.loc[train_ids, label].astype(str).to_numpy()
     if len(test_ids) == 0 or len(set(y_train)) < 2:
         return {"skipped": "needs test images and two classes on the training side"}
-    model = fit_features_model(features.loc[train_ids], y_train, seed)
+    if model is None:
+        model = fit_features_model(features.loc[train_ids], y_train, seed)
     classes = model["classes"]
     probs = features_model_probabilities(model, features.loc[test_ids])
     table = images.loc[test_ids, ["image_id", "plate", "well"]].copy()
@@ -433,7 +436,7 @@ def stage_evaluate(run, config: Config, progress: bool = True) -> dict[str, Any]
     metrics["split"] = split_report
     columns_f = feature_columns(cells)
     metrics["baseline_features"] = features_baseline(
-        image_feature_table(cells, columns_f), images, label, sides, config.seed, top_k
+        image_feature_table(cells, columns_f), images, label, sides, config.seed, top_k, bundle.features_model
     )
     metrics["baseline_cell_features"] = cell_features_baseline(cells, columns_f, sides, config.seed, top_k)
     metrics["sanity_check"] = sanity_check(cells, columns_f, sides, config.input.control_label, config.seed)

@@ -276,7 +276,7 @@ def measure_one(row: dict, config_json: str, run_root: str, names: list[str]) ->
     intensity = apply_recipe(stack, config.segmentation.input, names)
     if labels.shape != intensity.shape:
         raise InputError(f"mask {run.mask_path(row['image_id'])} has shape {labels.shape}, image {intensity.shape}")
-    extra = {name: stack[resolve_channel(names, name)] for name in intensity_channels(config, names)}
+    extra = {name: stack[names.index(name)] for name in intensity_channels(config, names)}
     table, dropped = measure_cells(labels, intensity, row["image_id"], row["CoreFileName"], extra)
     arrow = pa.Table.from_pandas(table, preserve_index=False)
     arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}), b"dropped_perimeter0": str(dropped)})
@@ -390,9 +390,7 @@ def _part_path(run: RunFolder, image_id: str) -> Path:
     return run.crops / "parts" / f"{image_id}.npy"
 
 
-def crop_one(row: dict, config_json: str, run_root: str, names: list[str], scales_json: str) -> dict:
-    import json
-
+def crop_one(row: dict, config_json: str, run_root: str, names: list[str], scales: dict) -> dict:
     from cellresponse.crops import cell_crops, flow_planes, to_unit
 
     config = _config_from_json(config_json)
@@ -406,7 +404,7 @@ def crop_one(row: dict, config_json: str, run_root: str, names: list[str], scale
     raw = _raw_planes(load_stack(row, names), planes, names, config)
     if raw.shape[1:] != labels.shape:
         raise InputError(f"mask {run.mask_path(image_id)} has shape {labels.shape}, image {raw.shape[1:]}")
-    scale = json.loads(scales_json)[str(row["plate"])]
+    scale = scales[str(row["plate"])]
     unit = np.stack([to_unit(plane, lo, hi) for plane, (lo, hi) in zip(raw, scale, strict=True)])
     bboxes = cells[["bbox_min_row", "bbox_min_col", "bbox_max_row", "bbox_max_col"]].to_numpy()
     crops = cell_crops(
@@ -477,7 +475,7 @@ def stage_crops(run: RunFolder, config: Config, overwrite: bool = False, progres
         config_json=config.model_dump_json(),
         run_root=str(run.root),
         names=names,
-        scales_json=json.dumps(scales),
+        scales=scales,
     )
     done, failed = map_images(func, todo, config.runtime, "crops", progress)
     if failed:

@@ -54,7 +54,6 @@ def write_store(
             return {"cells": len(cells), "bytes": store_path.stat().st_size}
     with atomic_path(store_path) as tmp:
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(cells), CHANNELS, size, size))
-        start = 0
         image_ids = index["image_id"].to_numpy()
         # cells.parquet holds each image's cells contiguously, in the order of the image table
         boundaries = np.flatnonzero(np.r_[True, image_ids[1:] != image_ids[:-1], True])
@@ -67,8 +66,6 @@ def write_store(
                     "rerun `cellresponse crops --overwrite`"
                 )
             array[a:b] = part
-            start = b
-        assert start == len(cells)
         array.flush()
         del array
     write_parquet(index_path, index)

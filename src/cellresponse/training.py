@@ -387,7 +387,7 @@ def labelled_images(run, config: Config):
     return pd.DataFrame(images)
 
 
-def make_split(run, config: Config, images, cells, overwrite: bool = False):
+def make_split(run, config: Config, images, cells):
     """Down-sample controls and split by group; stored in RUN/model/split.parquet (reused on resume)."""
     import json
 
@@ -400,7 +400,7 @@ def make_split(run, config: Config, images, cells, overwrite: bool = False):
     split_path, report_path = run.model / "split.parquet", run.model / "split.json"
     s = config.split
     settings = {"label": config.input.label, "seed": config.seed, **s.model_dump()}
-    if split_path.exists() and report_path.exists() and not overwrite:
+    if split_path.exists() and report_path.exists():
         report = json.loads(report_path.read_text())
         if report.get("settings", settings) != settings:
             changed = sorted(k for k in settings if report["settings"].get(k) != settings[k])
@@ -500,7 +500,7 @@ def stage_train(run, config: Config, overwrite: bool = False, progress: bool = T
     images = labelled_images(run, config)
     cells = read_parquet(run.require(run.cells, "measure"))
     store = CropStore(run.crops)
-    sides, report = make_split(run, config, images, cells, overwrite=False)
+    sides, report = make_split(run, config, images, cells)
     encoder, scaler, train, val, val_side = cell_sets(cells, sides, images, config, store)
     log.info(
         "training on %d cells, validating on %d (%s side), %d classes, %d table features",
