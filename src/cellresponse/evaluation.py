@@ -356,7 +356,7 @@ def compare_with_baseline(metrics: dict[str, Any], vote_name: str) -> str:
     if cnn < base - 0.01:
         return (
             f"the features-only baseline beats the CNN at image level ({base:.3f} vs {cnn:.3f}): "
-            "use the baseline's predictions for this data, or train longer / with the fluorescence recipe"
+            "use the features-only model for this data (cellresponse predict BUNDLE --model features), or train longer"
         )
     return f"the CNN and the features-only baseline are level at image level ({cnn:.3f} vs {base:.3f})"
 
