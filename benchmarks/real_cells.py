@@ -107,14 +107,15 @@ def main() -> None:
             print_result(*results[-1])
     print("\nsummary (field = image):")
     header = f"{'run':<14} {'test':<24} {'field soft':>10} {'field maj':>9} {'well soft':>9} {'cell':>6}"
-    header += f" {'features':>8} {'chance':>6} {'major.':>6} {'seconds':>7}"
+    header += f" {'feat. field':>11} {'feat. well':>10} {'chance':>6} {'major.':>6} {'seconds':>7}"
     print(header)
     for name, test, m, seconds in results:
         image, well = m["image"], m.get("well", {})
         print(
             f"{name:<14} {test:<24} {image['soft_vote']['accuracy']:>10.3f} {image['majority_vote']['accuracy']:>9.3f}"
             f" {well.get('soft_vote', {}).get('accuracy', float('nan')):>9.3f} {m['cell']['accuracy']:>6.3f}"
-            f" {m['baseline_features'].get('image', {}).get('accuracy', float('nan')):>8.3f}"
+            f" {m['baseline_features'].get('image', {}).get('accuracy', float('nan')):>11.3f}"
+            f" {m['baseline_features'].get('well', {}).get('accuracy', float('nan')):>10.3f}"
             f" {m['chance_rate']:>6.3f} {m['majority_rate']:>6.3f} {seconds:>7.0f}"
         )
 

@@ -8,9 +8,13 @@ import pytest
 from sklearn import metrics as skm
 
 from cellresponse.evaluation import (
+    PROFILE_STATISTICS,
     classification_metrics,
     features_baseline,
+    features_model_probabilities,
+    fit_features_model,
     image_feature_table,
+    profile_cell_columns,
     top_k_accuracy,
     vote,
     voted_metrics,
@@ -108,3 +112,33 @@ def test_features_baseline_learns_a_separable_table():
     assert features["cell_count"].eq(5).all()
     result = features_baseline(features, images, "label", sides)
     assert result["image"]["accuracy"] == 1.0 and result["image"]["n"] == 20
+
+
+def test_image_profile_columns_are_distribution_statistics():
+    cells = pd.DataFrame({"image_id": ["a"] * 5 + ["b"] * 2, "area": [1.0, 2.0, 3.0, 4.0, 100.0, 7.0, np.inf]})
+    table = image_feature_table(cells, ["area"])
+    assert list(table.columns) == [f"area__{s}" for s in PROFILE_STATISTICS] + ["cell_count"]
+    assert table.loc["a", "area__mean"] == 22.0 and table.loc["a", "area__q50"] == 3.0
+    assert table.loc["a", "area__q95"] > table.loc["a", "area__q75"] > table.loc["a", "area__q25"]
+    assert table.loc["b", "area__std"] == 0.0 and table.loc["b", "cell_count"] == 2  # inf ignored, cell counted
+    assert profile_cell_columns(list(table.columns)) == ["area"]
+
+
+@pytest.mark.parametrize("n_classes", [2, 4])
+def test_stored_features_model_gives_scikit_learns_probabilities(n_classes):
+    """The bundle keeps the features-only model as plain numbers; they must give the fitted model's answers."""
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(3)
+    labels = np.repeat([f"c{k}" for k in range(n_classes)], 30)
+    x = rng.normal(size=(len(labels), 12)) + (np.arange(len(labels)) % n_classes)[:, None] * 0.5
+    x[:, 5] = 1.0  # a constant column must not break scaling
+    features = pd.DataFrame(x, columns=[f"f{k}__mean" for k in range(12)])
+    model = fit_features_model(features, labels)
+    scaler = StandardScaler().fit(x)
+    reference = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto").fit(scaler.transform(x), labels)
+    np.testing.assert_allclose(
+        features_model_probabilities(model, features), reference.predict_proba(scaler.transform(x)), atol=1e-9
+    )
+    assert model["classes"] == sorted(set(labels)) and model["cell_columns"] == [f"f{k}" for k in range(12)]

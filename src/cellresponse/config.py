@@ -64,6 +64,11 @@ class MeasurementConfig(_Section):
         default_factory=lambda: ["all"],
         description="Channels measured per cell (Intensity_*_<name> columns); 'all' = every channel, [] = none.",
     )
+    compartments: bool = Field(
+        True,
+        description="Nucleus/cytoplasm means per channel, the nucleus being the cell's DNA-bright part "
+        "(needs segmentation.nuclear_channel among the measured channels).",
+    )
 
 
 class CropConfig(_Section):

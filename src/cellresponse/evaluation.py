@@ -178,26 +178,64 @@ def _logistic(seed: int):
     return make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000, C=1.0, random_state=seed))
 
 
+# Per-image profile of the cell features: their distribution over the field's cells, not only the mean,
+# because a treatment often shifts a subpopulation (mitotic, apoptotic cells) more than the average.
+# Measured on BBBC021-moa leave-replicate-out (README): mean only → compound 0.60 / 0.66 per field;
+# mean, sd and five quantiles → 0.71 / 0.80.
+PROFILE_STATISTICS = ("mean", "std", "q05", "q25", "q50", "q75", "q95")
+FEATURES_MODEL = (
+    "shrinkage LDA on per-image profiles (mean, sd, 5/25/50/75/95th percentiles of each cell feature + cell count)"
+)
+
+
 def image_feature_table(cells: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
-    """Per-image mean of the cell features plus the cell count (the features-only baseline's input)."""
-    values = cells[[*columns]].replace([np.inf, -np.inf], np.nan)
-    table = values.groupby(cells["image_id"].astype(str)).mean()
+    """Per-image profile: mean, standard deviation and quantiles of each cell feature, plus the cell count
+    (the features-only model's input). Columns are ``<feature>__<statistic>`` and ``cell_count``."""
+    values = cells[[*columns]].replace([np.inf, -np.inf], np.nan).astype(np.float64)
+    groups = values.groupby(cells["image_id"].astype(str))
+    parts = []
+    for statistic in PROFILE_STATISTICS:
+        if statistic == "mean":
+            part = groups.mean()
+        elif statistic == "std":
+            part = groups.std(ddof=0)
+        else:
+            part = groups.quantile(int(statistic[1:]) / 100)
+        parts.append(part.add_suffix(f"__{statistic}"))
+    table = pd.concat(parts, axis=1)
     table["cell_count"] = cells.groupby(cells["image_id"].astype(str)).size()
     return table.fillna(table.mean()).fillna(0.0)
 
 
-def fit_features_model(features: pd.DataFrame, labels: np.ndarray, seed: int = 42) -> dict[str, Any]:
-    """Fit the features-only model and return it as plain JSON (stored in the model bundle)."""
-    model = _logistic(seed).fit(features.to_numpy(np.float64), np.asarray(labels).astype(str))
-    scaler, regression = model[0], model[1]
+def profile_cell_columns(columns: list[str]) -> list[str]:
+    """The cell-level columns an :func:`image_feature_table` was built from."""
+    return list(dict.fromkeys(c.rsplit("__", 1)[0] for c in columns if "__" in c))
+
+
+def fit_features_model(features: pd.DataFrame, labels: np.ndarray) -> dict[str, Any]:
+    """Fit the features-only model and return it as plain JSON (stored in the model bundle).
+
+    Linear discriminant analysis with Ledoit-Wolf shrinkage: hundreds of correlated profile columns
+    against a few hundred training images is where plain LDA breaks down and shrinkage holds
+    (README: MoA 0.99 / 0.98 per field vs 0.98 / 0.93 for logistic regression on the same profiles).
+    Its decision function is linear, so the model is stored as a scaler plus coefficients."""
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+    from sklearn.preprocessing import StandardScaler
+
+    x = features.to_numpy(np.float64)
+    scaler = StandardScaler().fit(x)
+    # Constant columns get scale 1 (scikit-learn's choice), so they stay 0 after scaling.
+    lda = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto")
+    lda.fit(scaler.transform(x), np.asarray(labels).astype(str))
     return {
-        "model": "logistic regression on per-image mean cell features + cell count",
-        "classes": [str(c) for c in regression.classes_],
+        "model": FEATURES_MODEL,
+        "classes": [str(c) for c in lda.classes_],
         "columns": list(features.columns),
+        "cell_columns": profile_cell_columns(list(features.columns)),
         "mean": scaler.mean_.tolist(),
         "scale": scaler.scale_.tolist(),
-        "coef": regression.coef_.tolist(),
-        "intercept": regression.intercept_.tolist(),
+        "coef": np.atleast_2d(lda.coef_).tolist(),
+        "intercept": np.atleast_1d(lda.intercept_).tolist(),
     }
 
 
@@ -221,13 +259,12 @@ def features_baseline(
     images: pd.DataFrame,
     label: str,
     sides: pd.Series,
-    seed: int = 42,
     top_k: int = 5,
     model: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Logistic regression on per-image features: trained on the non-test images (or ``model``, the one
-    training already fitted on them and stored in the bundle), scored on the test images, voted (soft)
-    into wells and plates like the CNN."""
+    """The features-only model (:func:`fit_features_model`) on per-image features: trained on the
+    non-test images (or ``model``, the one training already fitted on them and stored in the bundle),
+    scored on the test images, voted (soft) into wells and plates like the CNN."""
     from cellresponse.splits import TEST
 
     images = images.set_index(images["image_id"].astype(str))
@@ -238,12 +275,12 @@ def features_baseline(
     if len(test_ids) == 0 or len(set(y_train)) < 2:
         return {"skipped": "needs test images and two classes on the training side"}
     if model is None:
-        model = fit_features_model(features.loc[train_ids], y_train, seed)
+        model = fit_features_model(features.loc[train_ids], y_train)
     classes = model["classes"]
     probs = features_model_probabilities(model, features.loc[test_ids])
     table = images.loc[test_ids, ["image_id", "plate", "well"]].copy()
     table["true_label"] = images.loc[test_ids, label].astype(str).to_numpy()
-    out: dict[str, Any] = {"model": "logistic regression on per-image mean cell features + cell count"}
+    out: dict[str, Any] = {"model": model.get("model", FEATURES_MODEL)}
     for level in LEVELS:
         result = voted_metrics(table, probs, classes, level, top_k)
         if "skipped" in result:
@@ -436,7 +473,7 @@ def stage_evaluate(run, config: Config, progress: bool = True) -> dict[str, Any]
     metrics["split"] = split_report
     columns_f = feature_columns(cells)
     metrics["baseline_features"] = features_baseline(
-        image_feature_table(cells, columns_f), images, label, sides, config.seed, top_k, bundle.features_model
+        image_feature_table(cells, columns_f), images, label, sides, top_k, bundle.features_model
     )
     metrics["baseline_cell_features"] = cell_features_baseline(cells, columns_f, sides, config.seed, top_k)
     metrics["sanity_check"] = sanity_check(cells, columns_f, sides, config.input.control_label, config.seed)
@@ -505,9 +542,7 @@ def evaluate_feature_table(path: str | Path, config: Config, out: str | Path) ->
         images, label, s.by, s.column, s.test_values, s.test_fraction, 0.0, s.stratify, config.seed
     )
     log_split(report)
-    baseline = features_baseline(
-        features, images, label, pd.Series(side.to_numpy(), index=images["image_id"]), config.seed
-    )
+    baseline = features_baseline(features, images, label, pd.Series(side.to_numpy(), index=images["image_id"]))
     metrics = {
         "label": label,
         "source": str(path),

@@ -268,6 +268,16 @@ def intensity_channels(config: Config, names: list[str]) -> list[str]:
     return [names[resolve_channel(names, name)] for name in wanted]
 
 
+def compartment_channel(config: Config, names: list[str]) -> str | None:
+    """The measured channel whose bright part is taken as the nucleus, or None (no compartment columns).
+    Chosen by name only, so that every image of a run gets the same columns."""
+    measured = intensity_channels(config, names)
+    if not config.measurement.compartments or not measured:
+        return None
+    index = find_nuclear_channel(names, config.segmentation.nuclear_channel)
+    return names[index] if index is not None and names[index] in measured else None
+
+
 def measure_one(row: dict, config_json: str, run_root: str, names: list[str]) -> dict:
     config = _config_from_json(config_json)
     run = RunFolder(run_root)
@@ -277,7 +287,9 @@ def measure_one(row: dict, config_json: str, run_root: str, names: list[str]) ->
     if labels.shape != intensity.shape:
         raise InputError(f"mask {run.mask_path(row['image_id'])} has shape {labels.shape}, image {intensity.shape}")
     extra = {name: stack[names.index(name)] for name in intensity_channels(config, names)}
-    table, dropped = measure_cells(labels, intensity, row["image_id"], row["CoreFileName"], extra)
+    table, dropped = measure_cells(
+        labels, intensity, row["image_id"], row["CoreFileName"], extra, compartment_channel(config, names)
+    )
     arrow = pa.Table.from_pandas(table, preserve_index=False)
     arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}), b"dropped_perimeter0": str(dropped)})
     with atomic_path(_cells_path(run, row["image_id"])) as tmp:
@@ -312,7 +324,7 @@ def stage_measure(
     cells = (
         pd.concat(nonempty, ignore_index=True)
         if nonempty
-        else empty_cells_table(tuple(intensity_channels(config, names)))
+        else empty_cells_table(tuple(intensity_channels(config, names)), compartment_channel(config, names) is not None)
     )
     cells.insert(0, "cell_id", cells["image_id"].astype(str) + "#" + cells["label"].astype(int).astype(str))
     write_parquet(run.cells, cells)

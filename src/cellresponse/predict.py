@@ -118,9 +118,9 @@ def write_image_predictions(path: Path, images, scores: np.ndarray, classes: lis
 
 def predict_with_features(model: dict, cells, meta, out: RunFolder, config: Config) -> Path:
     """Image predictions of the bundle's features-only model (no crops, no network)."""
-    from cellresponse.evaluation import features_model_probabilities, image_feature_table
+    from cellresponse.evaluation import features_model_probabilities, image_feature_table, profile_cell_columns
 
-    features = image_feature_table(cells, [c for c in model["columns"] if c != "cell_count"])
+    features = image_feature_table(cells, model.get("cell_columns") or profile_cell_columns(model["columns"]))
     probs = features_model_probabilities(model, features)
     path = out.predictions / "image_predictions.parquet"
     out.predictions.mkdir(parents=True, exist_ok=True)

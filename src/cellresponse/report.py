@@ -206,8 +206,9 @@ def build_report(run: RunFolder, config: Config) -> Path:
                 metrics_rows(metrics),
             ),
             "<p>Chance = 1 / classes; majority = accuracy of always answering the most common class; "
-            "features-only = logistic regression on per-image mean cell features on the same split "
-            "(cell row: on single-cell features).</p>",
+            "features-only = "
+            + html.escape(metrics.get("baseline_features", {}).get("model", "the features-only model"))
+            + " on the same split (cell row: logistic regression on single-cell features).</p>",
         ]
         sanity = metrics.get("sanity_check", {})
         if "accuracy" in sanity:

@@ -352,10 +352,10 @@ def is_main_process() -> bool:
 
 
 def feature_columns(cells) -> list[str]:
-    """Table-branch columns: the study's shape/intensity features plus any per-channel intensities."""
-    from cellresponse.measure import FEATURES
+    """Table-branch columns: the study's shape/intensity features plus the per-channel and compartment ones."""
+    from cellresponse.measure import FEATURE_PREFIXES, FEATURES
 
-    extra = sorted(c for c in cells.columns if c.startswith("Intensity_"))
+    extra = sorted(c for c in cells.columns if c.startswith(FEATURE_PREFIXES))
     return [c for c in FEATURES if c in cells.columns] + extra
 
 
@@ -565,7 +565,7 @@ def save_features_model(bundle_dir: Path, cells, images, sides, config: Config) 
     features = image_feature_table(cells[cells["image_id"].astype(str).isin(set(train_ids))], feature_columns(cells))
     if labels.loc[features.index].nunique() < 2:
         return
-    model = fit_features_model(features, labels.loc[features.index].to_numpy(), config.seed)
+    model = fit_features_model(features, labels.loc[features.index].to_numpy())
     write_json(bundle_dir / "features_model.json", model)
 
 
