@@ -226,7 +226,10 @@ def fit_features_model(features: pd.DataFrame, labels: np.ndarray) -> dict[str, 
     scaler = StandardScaler().fit(x)
     # Constant columns get scale 1 (scikit-learn's choice), so they stay 0 after scaling.
     lda = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto")
-    lda.fit(scaler.transform(x), np.asarray(labels).astype(str))
+    with warnings.catch_warnings():
+        # A class with one training image warns about its covariance; the pooled, shrunk one is still fine.
+        warnings.filterwarnings("ignore", message="Only one sample available")
+        lda.fit(scaler.transform(x), np.asarray(labels).astype(str))
     return {
         "model": FEATURES_MODEL,
         "classes": [str(c) for c in lda.classes_],
