@@ -207,10 +207,8 @@ def measure_cells(
         table[f"Intensity_MaxIntensity_{name}"] = basic["intensity_max"]
         for measure, values in channel_measures(labels, image, nucleus).items():
             table[f"{measure}_{name}"] = values[present]
-    table = table[
-        [c for c in table.columns if c not in channel_columns(tuple(channels), compartments)]
-        + channel_columns(tuple(channels), compartments)
-    ]
+    measured = channel_columns(tuple(channels), compartments)  # documented order, as in empty_cells_table
+    table = table[[c for c in table.columns if c not in measured] + measured]
     keep = table["perimeter"] > 0
     dropped = int((~keep).sum())
     table = table[keep].reset_index(drop=True)
