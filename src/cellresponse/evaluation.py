@@ -180,8 +180,8 @@ def _logistic(seed: int):
 
 # Per-image profile of the cell features: their distribution over the field's cells, not only the mean,
 # because a treatment often shifts a subpopulation (mitotic, apoptotic cells) more than the average.
-# Measured on BBBC021-moa leave-replicate-out (README): mean only → compound 0.60 / 0.66 per field;
-# mean, sd and five quantiles → 0.71 / 0.80.
+# Measured on BBBC021-moa leave-replicate-out (benchmarks/features_ablation.py, README), same features and
+# classifier: mean only → compound 0.595 / 0.641 per field; mean, sd and five quantiles → 0.714 / 0.800.
 PROFILE_STATISTICS = ("mean", "std", "q05", "q25", "q50", "q75", "q95")
 FEATURES_MODEL = (
     "shrinkage LDA on per-image profiles (mean, sd, 5/25/50/75/95th percentiles of each cell feature + cell count)"
@@ -217,7 +217,8 @@ def fit_features_model(features: pd.DataFrame, labels: np.ndarray) -> dict[str, 
 
     Linear discriminant analysis with Ledoit-Wolf shrinkage: hundreds of correlated profile columns
     against a few hundred training images is where plain LDA breaks down and shrinkage holds
-    (README: MoA 0.99 / 0.98 per field vs 0.98 / 0.93 for logistic regression on the same profiles).
+    (benchmarks/features_ablation.py: compound 0.714 / 0.800 per field vs 0.636 / 0.695 for logistic
+    regression on the same profiles; MoA 0.995 / 0.977 vs 1.000 / 0.955).
     Its decision function is linear, so the model is stored as a scaler plus coefficients."""
     from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
     from sklearn.preprocessing import StandardScaler

@@ -136,19 +136,30 @@ def _label_means(labels: np.ndarray, values: np.ndarray, n: int) -> tuple[np.nda
     return sums / np.maximum(counts, 1), counts
 
 
-def channel_measures(labels: np.ndarray, image: np.ndarray, nucleus: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Spread, outline/inside, texture and compartment means of one channel for labels 1..max
-    (index ``i`` is label ``i + 1``); ``nucleus`` marks each cell's nuclear pixels."""
-    from skimage.filters import sobel
+def cell_regions(labels: np.ndarray, nucleus: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Label images of each cell's parts, computed once per image and shared by all its channels:
+    ``edge`` (outline pixels), ``core`` (the rest) and, given ``nucleus``, ``nucleus`` and ``cytoplasm``."""
     from skimage.segmentation import find_boundaries
+
+    edge_pixels = find_boundaries(labels, mode="inner")
+    regions = {"edge": np.where(edge_pixels, labels, 0), "core": np.where(edge_pixels, 0, labels)}
+    if nucleus is not None:
+        regions["nucleus"] = np.where(nucleus, labels, 0)
+        regions["cytoplasm"] = np.where(nucleus, 0, labels)
+    return regions
+
+
+def channel_measures(labels: np.ndarray, image: np.ndarray, regions: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Spread, outline/inside, texture and (with nucleus/cytoplasm ``regions``) compartment means of one
+    channel for labels 1..max (index ``i`` is label ``i + 1``); ``regions`` from :func:`cell_regions`."""
+    from skimage.filters import sobel
 
     n = int(labels.max()) + 1
     image = image.astype(np.float64, copy=False)
     mean, area = _label_means(labels, image, n)
     mean_sq, _ = _label_means(labels, image * image, n)
-    edge_pixels = find_boundaries(labels, mode="inner")
-    edge, _ = _label_means(np.where(edge_pixels, labels, 0), image, n)
-    core, core_area = _label_means(np.where(edge_pixels, 0, labels), image, n)
+    edge, _ = _label_means(regions["edge"], image, n)
+    core, core_area = _label_means(regions["core"], image, n)
     out = {
         "Intensity_StdIntensity": np.sqrt(np.maximum(mean_sq - mean * mean, 0.0)),
         "Intensity_IntegratedIntensity": mean * area,
@@ -156,9 +167,9 @@ def channel_measures(labels: np.ndarray, image: np.ndarray, nucleus: np.ndarray 
         "Intensity_MeanIntensityCore": np.where(core_area > 0, core, mean),
         "Texture_MeanGradient": _label_means(labels, sobel(image), n)[0],
     }
-    if nucleus is not None:
-        inside, inside_area = _label_means(np.where(nucleus, labels, 0), image, n)
-        outside, outside_area = _label_means(np.where(nucleus, 0, labels), image, n)
+    if "nucleus" in regions:
+        inside, inside_area = _label_means(regions["nucleus"], image, n)
+        outside, outside_area = _label_means(regions["cytoplasm"], image, n)
         out["Intensity_MeanIntensityNucleus"] = np.where(inside_area > 0, inside, mean)
         out["Intensity_MeanIntensityCytoplasm"] = np.where(outside_area > 0, outside, mean)
     return {k: v[1:] for k, v in out.items()}
@@ -198,6 +209,7 @@ def measure_cells(
     if compartments:
         fraction, _ = _label_means(labels, nucleus.astype(np.float64), int(labels.max()) + 1)
         table["AreaShape_NuclearFraction"] = fraction[1:][present]
+    regions = cell_regions(labels, nucleus) if channels else {}
     for name, image in channels.items():
         basic = regionprops_table(
             labels, intensity_image=image, properties=("intensity_mean", "intensity_min", "intensity_max")
@@ -205,7 +217,7 @@ def measure_cells(
         table[f"Intensity_MeanIntensity_{name}"] = basic["intensity_mean"]
         table[f"Intensity_MinIntensity_{name}"] = basic["intensity_min"]
         table[f"Intensity_MaxIntensity_{name}"] = basic["intensity_max"]
-        for measure, values in channel_measures(labels, image, nucleus).items():
+        for measure, values in channel_measures(labels, image, regions).items():
             table[f"{measure}_{name}"] = values[present]
     measured = channel_columns(tuple(channels), compartments)  # documented order, as in empty_cells_table
     table = table[[c for c in table.columns if c not in measured] + measured]
