@@ -9,7 +9,7 @@ accuracy, for every combination of
   per image       mean     mean of each cell feature + cell count
                   profile  mean, sd and 5/25/50/75/95th percentiles + cell count (the default)
   classifier      logreg   standardised logistic regression (C = 1)
-                  lda      shrinkage LDA (the default, `evaluation.fit_features_model`)
+                  lda      shrinkage LDA (the default, `profiles.fit_features_model`)
 
 Segmentation and measurement run once with the default config (skipped when RUN/cells.parquet exists).
 The last row is what `evaluate` reports as the features-only baseline. All rows are scored on the same
@@ -31,9 +31,8 @@ import numpy as np
 import pandas as pd
 from common import SHARED
 
-from cellresponse.evaluation import features_model_probabilities, fit_features_model, image_feature_table
-from cellresponse.measure import FEATURES
-from cellresponse.training import feature_columns
+from cellresponse.measure import FEATURES, feature_columns
+from cellresponse.profiles import features_model_probabilities, fit_features_model, image_feature_table
 
 LABELS = ("Metadata_MoA", "Metadata_Compound")
 
@@ -68,7 +67,7 @@ def main() -> None:
         subprocess.run(command, check=True)
     cells = pd.read_parquet(args.run / "cells.parquet")
     images = pd.read_parquet(args.run / "images.parquet").set_index("image_id")
-    measured = feature_columns(cells)
+    measured = feature_columns(cells.columns)
     basic = ("Intensity_MeanIntensity_", "Intensity_MinIntensity_", "Intensity_MaxIntensity_")
     means = [c for c in measured if c.startswith(basic)]
     feature_sets = {

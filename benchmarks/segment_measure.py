@@ -25,13 +25,18 @@ import numpy as np
 from common import SHARED, subset_csv
 from skimage.measure import regionprops_table
 
+from cellresponse.cellpose_backend import cellpose_weights_available
 from cellresponse.channels import apply_recipe, load_stack
 from cellresponse.config import load_config
-from cellresponse.io import RunFolder, read_tiff
+from cellresponse.io import read_tiff
 from cellresponse.measure import PROPERTIES
-from cellresponse.pipeline import measure_one, segmentation_inputs, stage_images, stage_segment
-from cellresponse.plate import channel_names
-from cellresponse.segmentation import Segmenter, cellpose_weights_available
+from cellresponse.plate import ImageSource, channel_names
+from cellresponse.runfolder import RunFolder
+from cellresponse.segmentation import Segmenter
+from cellresponse.stages import images as images_stage
+from cellresponse.stages import segment as segment_stage
+from cellresponse.stages.measure import measure_one
+from cellresponse.stages.segment import segmentation_inputs
 
 DEFAULT_DATA = SHARED / "bbbc021-moa" / "load_data.csv"
 
@@ -39,9 +44,9 @@ DEFAULT_DATA = SHARED / "bbbc021-moa" / "load_data.csv"
 def _segment_seconds(csv: Path, folder: Path, workers: int) -> float:
     run = RunFolder(folder / f"workers{workers}")
     config = load_config(overrides=["segmentation.backend=offline", f"runtime.workers={workers}"])
-    stage_images(run, config, load_data=csv)
+    images_stage.run(run, config, source=ImageSource(load_data=csv))
     started = time.perf_counter()
-    stage_segment(run, config, progress=False, n_figures=0)
+    segment_stage.run(run, config, progress=False)
     return time.perf_counter() - started
 
 
@@ -65,7 +70,8 @@ def main() -> None:
         csv = subset_csv(args.data, args.images, folder)
         config = load_config(overrides=["segmentation.backend=offline", "runtime.workers=0"])
         run = RunFolder(folder / "inproc")
-        table = stage_images(run, config, load_data=csv)
+        images_stage.run(run, config, source=ImageSource(load_data=csv))
+        table = run.read_images()
         rows, names = table.to_dict("records"), channel_names(table)
 
         # 1. images/s per backend, in this process (one core)

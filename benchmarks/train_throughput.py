@@ -23,20 +23,25 @@ from common import SHARED, subset_csv
 
 from cellresponse.channels import apply_recipe, load_stack
 from cellresponse.config import load_config
-from cellresponse.crops import cell_crops, flow_planes, to_unit
-from cellresponse.io import RunFolder, read_parquet, read_tiff
-from cellresponse.model import IMAGE_CHANNELS
-from cellresponse.pipeline import stage_crops, stage_images, stage_measure, stage_segment
-from cellresponse.plate import channel_names
+from cellresponse.crops import cell_crops
+from cellresponse.io import read_parquet, read_tiff
+from cellresponse.plate import ImageSource, channel_names
+from cellresponse.runfolder import RunFolder
+from cellresponse.stages import crops as crops_stage
+from cellresponse.stages import images as images_stage
+from cellresponse.stages import measure as measure_stage
+from cellresponse.stages import segment as segment_stage
 from cellresponse.store import CropStore
-from cellresponse.training import CellResponseModule, CellSet, make_loader, prepare_batch
+from cellresponse.training import CellResponseModule, CellSet, make_loader
+from cellresponse.transforms import flow_planes, prepare_batch, to_unit
 
 DEFAULT_DATA = SHARED / "bbbc021-moa" / "load_data.csv"
 
 
 def _model_step(module, optimizer, crops, table, target) -> None:
-    x = prepare_batch(crops, module.crop_config, module.training_config.channels_last)
-    logits = module.model(x[:, :IMAGE_CHANNELS], x[:, IMAGE_CHANNELS:], table)
+    c = module.crop_config
+    x = prepare_batch(crops, c.size, c.mean, c.std, module.training_config.channels_last)
+    logits = module.model.forward_crops(x, table)
     loss = module.loss(logits, target)
     optimizer.zero_grad()
     loss.backward()
@@ -91,10 +96,10 @@ def main() -> None:
                 "input.label=Metadata_Compound",
             ],
         )
-        stage_images(run, config, load_data=csv)
-        stage_segment(run, config, progress=False, n_figures=0)
-        stage_measure(run, config, progress=False)
-        stage_crops(run, config, progress=False)
+        images_stage.run(run, config, source=ImageSource(load_data=csv))
+        segment_stage.run(run, config, progress=False)
+        measure_stage.run(run, config, progress=False)
+        crops_stage.run(run, config, progress=False)
         store = CropStore(run.crops)
         cells = read_parquet(run.cells)
         n = len(cells)

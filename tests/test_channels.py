@@ -6,7 +6,7 @@ import tifffile
 from cellresponse.channels import apply_recipe, find_nuclear_channel, load_stack, resolve_channel
 from cellresponse.config import ChannelRecipe
 from cellresponse.errors import InputError
-from cellresponse.plate import build_image_table, channel_names
+from cellresponse.plate import ImageSource, build_image_table, channel_names
 from tests.conftest import shared
 
 NAMES = ["ch1", "ch2", "ch3", "ch4", "ch5"]
@@ -47,11 +47,11 @@ def test_nuclear_channel_by_name_and_by_look():
 
 def test_nuclear_channel_guess_on_real_field():
     """The unlabelled CPJUMP1-style field keeps its nuclei in ch4; ch5 there is a cytoplasmic stain."""
-    table, _ = build_image_table(images_dir=shared("cpjump1", "fields", "unlabelled-r01c02f01"))
+    table, _ = build_image_table(ImageSource(images_dir=shared("cpjump1", "fields", "unlabelled-r01c02f01")))
     names = channel_names(table)
     stack = load_stack(table.iloc[0], names)
     assert names[find_nuclear_channel(names, "auto", stack)] == "ch4"
-    table, _ = build_image_table(images_dir=shared("cpjump1", "fields", "BR00117006-r01c01f01"))
+    table, _ = build_image_table(ImageSource(images_dir=shared("cpjump1", "fields", "BR00117006-r01c01f01")))
     names = channel_names(table)
     assert names[find_nuclear_channel(names, "auto", load_stack(table.iloc[0], names))] == "ch5"
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from cellresponse.crops import cell_crops, cut_square, flow_planes, square_boxes
-from cellresponse.io import RunFolder, read_tiff
+from cellresponse.crops import cell_crops, cut_square, square_boxes
+from cellresponse.io import read_tiff
+from cellresponse.runfolder import RunFolder
 from cellresponse.segmentation import flows_from_masks
 from cellresponse.store import CropStore
+from cellresponse.transforms import flow_planes
 
 
 def test_square_box_is_centred_on_the_bbox_and_covers_it():

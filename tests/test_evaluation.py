@@ -7,17 +7,14 @@ import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
-from cellresponse.evaluation import (
+from cellresponse.baselines import features_baseline
+from cellresponse.metrics import classification_metrics, top_k_accuracy, vote, voted_metrics
+from cellresponse.profiles import (
     PROFILE_STATISTICS,
-    classification_metrics,
-    features_baseline,
     features_model_probabilities,
     fit_features_model,
     image_feature_table,
     profile_cell_columns,
-    top_k_accuracy,
-    vote,
-    voted_metrics,
 )
 
 
@@ -79,20 +76,35 @@ def test_top_k_counts_unknown_classes_as_misses():
 def test_voted_metrics_per_level_and_mixed_plates_skipped():
     table = pd.DataFrame(
         {
-            "image_id": ["i1", "i1", "i2", "i2", "i3", "i3"],
-            "plate": ["P1"] * 6,
-            "well": ["A01", "A01", "A01", "A01", "B01", "B01"],
-            "true_label": ["x", "x", "x", "x", "y", "y"],
+            "image_id": ["i1", "i1", "i2", "i2", "i3", "i3", "i4", "i4", "i4"],
+            "plate": ["P1"] * 9,
+            "well": ["A01", "A01", "A01", "A01", "B01", "B01", "C01", "C01", "C01"],
+            "true_label": ["x", "x", "x", "x", "y", "y", "y", "y", "y"],
         }
     )
-    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3], [0.6, 0.4], [0.4, 0.6], [0.45, 0.55]])
+    probs = np.array(
+        [
+            [0.9, 0.1],
+            [0.2, 0.8],
+            [0.7, 0.3],
+            [0.6, 0.4],
+            [0.4, 0.6],
+            [0.45, 0.55],
+            [0.55, 0.45],  # i4: two cells lean x a little (majority says x) ...
+            [0.55, 0.45],
+            [0.0, 1.0],  # ... one is sure of y (soft vote says y, the truth)
+        ]
+    )
     image = voted_metrics(table, probs, ["x", "y"], "image")
-    # i1: one vote each, mean (0.55, 0.45) -> x ; i2 -> x ; i3 -> y : all right
-    assert image["majority_vote"]["accuracy"] == 1.0 and image["soft_vote"]["n"] == 3
-    assert image["majority_rate"] == pytest.approx(2 / 3) and image["chance_rate"] == 0.5
+    # i1: one vote each, mean (0.55, 0.45) -> x ; i2 -> x ; i3 -> y ; i4: majority x (wrong), soft y (right)
+    assert image["majority_vote"]["accuracy"] == 0.75 and image["soft_vote"]["accuracy"] == 1.0
+    assert image["soft_vote"]["n"] == 4
+    assert image["majority_rate"] == pytest.approx(2 / 4) and image["chance_rate"] == 0.5
     well = voted_metrics(table, probs, ["x", "y"], "well")
-    assert well["soft_vote"]["n"] == 2
-    assert "skipped" in voted_metrics(table, probs, ["x", "y"], "plate")  # one plate holds both classes
+    assert well["soft_vote"]["n"] == 3 and well["majority_vote"]["accuracy"] == pytest.approx(2 / 3)
+    plate = voted_metrics(table, probs, ["x", "y"], "plate")
+    assert "skipped" in plate and "99%" in plate["skipped"]  # one plate holds both classes
+    assert "skipped" not in voted_metrics(table, probs, ["x", "y"], "plate", min_purity=0.5)
 
 
 def test_features_baseline_learns_a_separable_table():
@@ -148,8 +160,9 @@ def test_stored_features_model_gives_scikit_learns_probabilities(n_classes):
 def moa_site1_cells(tmp_path_factory):
     """BBBC021-moa, first field of every well (110 fields), segmented (offline) and measured with the defaults."""
     from cellresponse.config import load_config
-    from cellresponse.io import RunFolder
-    from cellresponse.pipeline import stage_images, stage_measure, stage_segment
+    from cellresponse.plate import ImageSource
+    from cellresponse.runfolder import RunFolder
+    from cellresponse.stages import images, measure, segment
     from tests.conftest import shared
 
     source = shared("bbbc021-moa", "load_data.csv")
@@ -161,9 +174,9 @@ def moa_site1_cells(tmp_path_factory):
     table.to_csv(folder / "load_data.csv", index=False)
     config = load_config(overrides=["segmentation.backend=offline", "runtime.workers=0", "input.label=Metadata_MoA"])
     run = RunFolder(folder / "run")
-    stage_images(run, config, load_data=folder / "load_data.csv")
-    stage_segment(run, config, progress=False, n_figures=0)
-    stage_measure(run, config, progress=False)
+    images.run(run, config, source=ImageSource(load_data=folder / "load_data.csv"))
+    segment.run(run, config, progress=False)
+    measure.run(run, config, progress=False)
     return pd.read_parquet(run.cells), pd.read_parquet(run.images)
 
 
@@ -172,12 +185,11 @@ def test_features_only_model_on_real_cells_leave_replicate_out(moa_site1_cells, 
     """Real MCF-7 fields, train on one replicate, test on the other (other plates), both directions: the
     features-only model (profiles + shrinkage LDA) clears the goal and beats the study's 12 per-cell columns
     averaged per field (the previous model) in both directions."""
-    from cellresponse.measure import FEATURES
-    from cellresponse.training import feature_columns
+    from cellresponse.measure import FEATURES, feature_columns
 
     cells, images = moa_site1_cells
     assert len(images) == 110 and len(cells) > 5000
-    default = image_feature_table(cells, feature_columns(cells))
+    default = image_feature_table(cells, feature_columns(cells.columns))
     study_means = image_feature_table(cells, list(FEATURES))
     study_means = study_means[[c for c in study_means.columns if c.endswith("__mean")] + ["cell_count"]]
     for test in ("1", "2"):

@@ -108,14 +108,14 @@ def test_labels_with_gaps_get_their_own_values():
 def test_compartments_on_a_real_field_put_dna_in_the_nucleus():
     """On real MCF-7 cells the DNA-bright part is a nucleus: DNA clearly brighter there than around it,
     covering a plausible fraction of the cell (all 440 fields: median 0.28)."""
-    from cellresponse.channels import channel_names, load_stack
-    from cellresponse.plate import build_image_table
+    from cellresponse.channels import load_stack
+    from cellresponse.plate import ImageSource, build_image_table, channel_names
     from cellresponse.segmentation import Segmenter
     from tests.test_segmentation import _real_field
 
     seg_input, nuclear, config = _real_field("bbbc021-moa", "load_data.csv", loader="load_data")
     labels = Segmenter(config.segmentation, backend="offline")(seg_input, nuclear).labels
-    images, _ = build_image_table(load_data=shared("bbbc021-moa", "load_data.csv"))
+    images, _ = build_image_table(ImageSource(load_data=shared("bbbc021-moa", "load_data.csv")))
     names = channel_names(images)
     stack = load_stack(images.iloc[0].to_dict(), names)
     channels = {name: stack[i] for i, name in enumerate(names)}

@@ -5,6 +5,7 @@ import tifffile
 
 from cellresponse.errors import InputError
 from cellresponse.plate import (
+    ImageSource,
     build_image_table,
     channel_names,
     core_file_name,
@@ -58,7 +59,7 @@ def test_study_metadata_full_plate_join(tmp_path):
     _touch_phenix(folder, cores, channels=(1, 2))
     extra = ["r16c24f09"]  # a field with no metadata row: reported and dropped
     _touch_phenix(folder, extra, channels=(1, 2))
-    table, report = build_image_table(images_dir=folder, metadata=[meta_path])
+    table, report = build_image_table(ImageSource(images_dir=folder, metadata=[meta_path]))
     assert len(table) == 2867
     assert table["Metadata_pert_iname"].nunique() == 250
     assert (table["Metadata_pert_iname"] == "DMSO").sum() == 509
@@ -71,7 +72,9 @@ def test_study_metadata_full_plate_join(tmp_path):
 
 def test_cpjump1_real_fields_join_study_metadata():
     meta = shared("cpjump1", "metadata", "metadata_BR00116991_filtered.csv")
-    table, report = build_image_table(images_dir=shared("cpjump1", "fields", "BR00117006-r01c01f01"), metadata=[meta])
+    table, report = build_image_table(
+        ImageSource(images_dir=shared("cpjump1", "fields", "BR00117006-r01c01f01"), metadata=[meta])
+    )
     assert len(table) == 1 and table.loc[0, "CoreFileName"] == "r01c01f01"
     assert table.loc[0, "Metadata_pert_iname"] == "gabapentin-enacarbil"
     assert channel_names(table) == ["ch2", "ch3", "ch5"]
@@ -84,8 +87,10 @@ def test_jump_platemap_join():
     folder = shared("cpjump1", "fields", "BR00143976-r03c03f03")
     md = shared("cpjump1", "metadata")
     table, report = build_image_table(
-        images_dir=folder,
-        metadata=[md / "JUMP-Target-1_compound_platemap.tsv", md / "JUMP-Target-1_compound_metadata.tsv"],
+        ImageSource(
+            images_dir=folder,
+            metadata=[md / "JUMP-Target-1_compound_platemap.tsv", md / "JUMP-Target-1_compound_metadata.tsv"],
+        )
     )
     platemap = read_table(md / "JUMP-Target-1_compound_platemap.tsv")
     compounds = read_table(md / "JUMP-Target-1_compound_metadata.tsv")
@@ -97,14 +102,14 @@ def test_jump_platemap_join():
 
 
 def test_bbbc021_load_data():
-    table, report = build_image_table(load_data=shared("bbbc021", "load_data.csv"))
+    table, report = build_image_table(ImageSource(load_data=shared("bbbc021", "load_data.csv")))
     assert report is None and len(table) == 33
     assert channel_names(table) == ["DNA", "Tubulin", "Actin"]
     assert set(table["Metadata_Compound"]) == {"DMSO", "cyclohexamide"}
     assert table["plate"].nunique() == 4 and table["image_id"].is_unique
     first = table.iloc[0]
     assert (pd.io.common.Path(first["PathName_OrigDNA"]) / first["FileName_OrigDNA"]).is_file()
-    moa, _ = build_image_table(load_data=shared("bbbc021-moa", "load_data.csv"))
+    moa, _ = build_image_table(ImageSource(load_data=shared("bbbc021-moa", "load_data.csv")))
     assert len(moa) == 440 and moa["Metadata_MoA"].nunique() == 6 and moa["Metadata_Compound"].nunique() == 18
 
 
@@ -113,7 +118,7 @@ def test_missing_channel_file_names_the_file(tmp_path):
     _touch_phenix(folder, ["r01c01f01", "r01c01f02"])
     (folder / "r01c01f02p01-ch2sk1fk1fl1.tiff").unlink()
     with pytest.raises(InputError, match=r"missing channel file: .*r01c01f02p01-ch2sk1fk1fl1\.tiff"):
-        build_image_table(images_dir=folder)
+        build_image_table(ImageSource(images_dir=folder))
 
 
 def test_load_data_with_missing_file(tmp_path):
@@ -129,7 +134,7 @@ def test_load_data_with_missing_file(tmp_path):
         }
     ).to_csv(csv, index=False)
     with pytest.raises(InputError, match=r"missing channel file: .*gone\.tiff"):
-        build_image_table(load_data=csv)
+        build_image_table(ImageSource(load_data=csv))
 
 
 def test_images_cli_writes_table_and_config(tiny_plates, tmp_path):

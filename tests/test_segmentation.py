@@ -6,20 +6,13 @@ import tifffile
 from scipy import ndimage as ndi
 from skimage import io as skio
 
+from cellresponse.cellpose_backend import CellposeSegmenter, cellpose_weight_files, ensure_cellpose_weights
 from cellresponse.channels import apply_recipe, find_nuclear_channel, load_stack
 from cellresponse.config import Config, SegmentationConfig
 from cellresponse.errors import WeightsUnavailableError
-from cellresponse.plate import build_image_table, channel_names
-from cellresponse.segmentation import (
-    CellposeSegmenter,
-    Segmenter,
-    cellpose_weight_files,
-    choose_backend,
-    ensure_cellpose_weights,
-    flows_from_masks,
-    match_f1,
-    split_objects,
-)
+from cellresponse.metrics import match_f1
+from cellresponse.plate import ImageSource, build_image_table, channel_names
+from cellresponse.segmentation import Segmenter, choose_backend, flows_from_masks, split_objects
 from tests.conftest import shared
 
 
@@ -44,7 +37,7 @@ def test_match_f1_hand_cases():
 
 
 def _real_field(*parts, loader="images_dir"):
-    table, _ = build_image_table(**{loader: shared(*parts)})
+    table, _ = build_image_table(ImageSource(**{loader: shared(*parts)}))
     names = channel_names(table)
     stack = load_stack(table.iloc[0], names)
     config = Config()
@@ -81,7 +74,7 @@ def test_cpjump1_cells_match_cellprofiler_count(field, outlines):
 
 def test_bbbc021_tile_centres_are_found():
     """Each BBBC021 tile (68 px, stride 78, first at 10,10) has its real cell at the centre."""
-    table, _ = build_image_table(load_data=shared("bbbc021", "load_data.csv"))
+    table, _ = build_image_table(ImageSource(load_data=shared("bbbc021", "load_data.csv")))
     names = channel_names(table)
     config = Config()
     segmenter = Segmenter(config.segmentation, backend="offline")
@@ -110,7 +103,7 @@ def dna_nuclei_count(dna: np.ndarray) -> int:
 
 def test_bbbc021_moa_cell_counts_match_dna_nuclei_counts():
     """Small cells (~17 px): cells found per field within +-25 % of the nuclei counted on the DNA channel."""
-    table, _ = build_image_table(load_data=shared("bbbc021-moa", "load_data.csv"))
+    table, _ = build_image_table(ImageSource(load_data=shared("bbbc021-moa", "load_data.csv")))
     names = channel_names(table)
     config = Config()
     segmenter = Segmenter(config.segmentation, backend="offline")
@@ -142,10 +135,30 @@ def test_cellpose_wiring_without_weights():
     config = SegmentationConfig(diameter=30, flow_threshold=0.7, cellprob_threshold=-5)
     segmenter = CellposeSegmenter(config, pretrained=False)
     image = np.random.default_rng(0).random((96, 96)).astype(np.float32)
-    result = segmenter(image)
-    assert result.backend == "cellpose"
-    assert result.labels.shape == (96, 96) and result.labels.dtype == np.uint32
-    assert result.flows.shape == (3, 96, 96) and result.flows.dtype == np.float32
+    labels, flows, diameter = segmenter(image)
+    assert labels.shape == (96, 96) and labels.dtype == np.uint32 and diameter == 30
+    assert flows.shape == (3, 96, 96) and flows.dtype == np.float32
+
+
+def test_cellpose_weights_from_a_local_folder_load_by_path_and_change_no_global_state(tmp_path, monkeypatch):
+    """A weights folder in Cellpose's own file names (here: a randomly initialised network and size model saved
+    the way Cellpose saves them) is loaded by path — no download, no environment variable, no module state."""
+    import os
+
+    from cellpose import models as cp_models
+
+    monkeypatch.setattr(cp_models, "model_path", lambda *a, **k: pytest.fail("no download for a local folder"))
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    cp_models.CellposeModel(gpu=False, pretrained_model=False, diam_mean=30.0).net.save_model(str(folder / "cyto3"))
+    size_params = {"A": np.zeros(256, np.float32), "smean": np.zeros(256, np.float32), "diam_mean": 30.0, "ymean": 0.0}
+    np.save(folder / "size_cyto3.npy", size_params)
+    environment, model_dir = dict(os.environ), cp_models.MODEL_DIR
+    config = SegmentationConfig(weights_dir=str(folder))
+    assert choose_backend(config) == "cellpose"
+    result = Segmenter(config)(np.random.default_rng(0).random((96, 96)).astype(np.float32))
+    assert result.backend == "cellpose" and result.labels.shape == (96, 96) and result.diameter > 0
+    assert dict(os.environ) == environment and model_dir == cp_models.MODEL_DIR
 
 
 def test_missing_cellpose_weights_is_one_clear_error(tmp_path, monkeypatch):
@@ -155,10 +168,13 @@ def test_missing_cellpose_weights_is_one_clear_error(tmp_path, monkeypatch):
         raise urllib.error.URLError("no network")
 
     monkeypatch.setattr(cp_models, "model_path", offline)
+    monkeypatch.setenv("CELLPOSE_LOCAL_MODELS_PATH", str(tmp_path / "cache"))
     with pytest.raises(WeightsUnavailableError, match=r"could not be downloaded .*segmentation\.backend=offline"):
-        ensure_cellpose_weights("cyto3", str(tmp_path / "empty"))
+        ensure_cellpose_weights("cyto3")
     with pytest.raises(WeightsUnavailableError, match="not a built-in model"):
-        ensure_cellpose_weights("cyto9", str(tmp_path / "empty"))
+        ensure_cellpose_weights("cyto9")
+    with pytest.raises(WeightsUnavailableError, match=r"not in .*empty \(missing .*size_cyto3\.npy\)"):
+        ensure_cellpose_weights("cyto3", str(tmp_path / "empty"))
 
 
 def test_auto_backend_uses_cellpose_only_when_weights_exist(tmp_path):

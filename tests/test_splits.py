@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from cellresponse.errors import InputError
-from cellresponse.plate import parse_phenix_name
+from cellresponse.plate import group_keys, parse_phenix_name
 from cellresponse.splits import (
     TEST,
     TRAIN,
@@ -18,7 +18,6 @@ from cellresponse.splits import (
     Scaler,
     assign_split,
     downsample_control,
-    group_keys,
     log_split,
 )
 from tests.conftest import shared

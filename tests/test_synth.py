@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import tifffile
 
-from cellresponse.plate import build_image_table
+from cellresponse.plate import ImageSource, build_image_table
 from cellresponse.synth import SynthSpec, make_plates
 
 
@@ -36,11 +36,13 @@ def test_deterministic_for_a_seed(tmp_path):
 
 def test_round_trip_through_all_metadata_forms(tiny_plates):
     truth = pd.read_csv(tiny_plates / "truth.csv")
-    by_core, _ = build_image_table(images_dir=tiny_plates, metadata=[tiny_plates / "metadata.csv"])
+    by_core, _ = build_image_table(ImageSource(images_dir=tiny_plates, metadata=(tiny_plates / "metadata.csv",)))
     by_map, _ = build_image_table(
-        images_dir=tiny_plates, metadata=[tiny_plates / "platemap.tsv", tiny_plates / "compound_metadata.tsv"]
+        ImageSource(
+            images_dir=tiny_plates, metadata=[tiny_plates / "platemap.tsv", tiny_plates / "compound_metadata.tsv"]
+        )
     )
-    by_load, _ = build_image_table(load_data=tiny_plates / "load_data.csv")
+    by_load, _ = build_image_table(ImageSource(load_data=tiny_plates / "load_data.csv"))
     for table in (by_core, by_map, by_load):
         assert len(table) == len(truth)
         merged = table.merge(truth, on=["plate", "well", "site"])
@@ -64,7 +66,7 @@ def test_effect_changes_the_cells(tmp_path):
         cell_radius=10,
     )
     make_plates(tmp_path, spec)
-    table, _ = build_image_table(load_data=tmp_path / "load_data.csv")
+    table, _ = build_image_table(ImageSource(load_data=tmp_path / "load_data.csv"))
 
     def foreground(label):
         rows = table[table["Metadata_pert_iname"] == label]

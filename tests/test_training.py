@@ -17,7 +17,7 @@ import torch
 
 from cellresponse.bundle import load_bundle, predict_probabilities
 from cellresponse.config import load_config
-from cellresponse.io import RunFolder
+from cellresponse.runfolder import RunFolder
 from cellresponse.store import CropStore
 from tests.conftest import BBBC021_TEST_PLATES, run_cli, shared
 
@@ -257,3 +257,21 @@ def test_batch_sampler_shards_shuffles_and_never_trains_on_one_cell():
     shares = [[i for batch in r for i in batch] for r in ranks]
     # DDP: equal, disjoint shares of one permutation (the same number of steps on every rank)
     assert len(shares[0]) == len(shares[1]) == 6 and sorted(shares[0] + shares[1]) == list(range(12))
+
+
+def test_evaluate_applies_evaluation_settings_and_refuses_model_settings(trained, tmp_path):
+    """`evaluate --set evaluation.*` applies in full; a setting the model was trained with (crop size) is refused
+    instead of being saved to config.yaml while the bundle's value is used."""
+    import shutil
+
+    run, _ = trained
+    copy = tmp_path / "copy"
+    shutil.copytree(run.root, copy)
+    config_before = (copy / "config.yaml").read_text()
+    refused = run_cli("evaluate", copy, "--set", "crops.size=64", "--no-progress", check=False)
+    assert refused.returncode == 2 and "crops.size: 32 → 64" in refused.stderr
+    assert (copy / "config.yaml").read_text() == config_before
+    run_cli("evaluate", copy, "--set", "evaluation.vote=majority", "--set", "evaluation.top_k=1", "--no-progress")
+    metrics = json.loads((copy / "metrics.json").read_text())
+    assert metrics["headline_vote"] == "majority" and "top1" in metrics["cell"]
+    assert "evaluation:\n  vote: majority" in (copy / "config.yaml").read_text()

@@ -4,6 +4,7 @@ bundle/weights.safetensors   the network's weights (safetensors: tensors only, n
 bundle/bundle.json           format version, classes (label encoder), label → target map,
                              scaler (feature columns, mean, std), the resolved config,
                              crop settings and the image channel names the model was trained on
+bundle/features_model.json   the features-only model (profiles.py), fitted on the same non-test images
 """
 
 from __future__ import annotations
@@ -13,13 +14,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 
 from cellresponse.config import Config
 from cellresponse.errors import InputError
 from cellresponse.io import atomic_path, write_json
 from cellresponse.model import CellResponseNet
 from cellresponse.splits import LabelEncoder, Scaler
+from cellresponse.store import CropStore
+from cellresponse.transforms import prepare_batch
 
 BUNDLE_VERSION = 1
 
@@ -47,9 +54,9 @@ def save_bundle(
     channels: list[str],
     label_to_target: dict[str, str] | None = None,
     extra: dict[str, Any] | None = None,
+    features_model: dict[str, Any] | None = None,
 ) -> Path:
-    from safetensors.torch import save_file
-
+    """Write the bundle (weights, JSON description and, when given, the features-only model)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     # channels_last parameters are strided views; safetensors stores plain contiguous tensors
@@ -70,13 +77,13 @@ def save_bundle(
         **(extra or {}),
     }
     write_json(folder / "bundle.json", meta)
+    if features_model is not None:
+        write_json(folder / "features_model.json", features_model)
     return folder
 
 
 def load_bundle(folder: str | Path) -> Bundle:
     """Load a bundle (weights through safetensors; the JSON checked for format and version)."""
-    from safetensors.torch import load_file
-
     folder = Path(folder)
     meta_path, weights_path = folder / "bundle.json", folder / "weights.safetensors"
     if not meta_path.is_file() or not weights_path.is_file():
@@ -88,15 +95,8 @@ def load_bundle(folder: str | Path) -> Bundle:
     if meta.get("format") != "cellresponse-bundle" or meta.get("version") != BUNDLE_VERSION:
         raise InputError(f"{folder}: unsupported bundle format {meta.get('format')} v{meta.get('version')}")
     config = Config.model_validate(meta["config"])
-    config.training.pretrained_weights = None  # the bundle's weights replace any initialisation
-    model = CellResponseNet(
-        meta["n_features"],
-        len(meta["classes"]),
-        tabular_hidden=config.training.tabular_hidden,
-        dropout=config.training.dropout,
-        attention_hidden=config.training.attention_hidden,
-        projection=config.training.projection,
-    )
+    # The bundle's weights replace any initialisation: no ImageNet file is needed to load it.
+    model = CellResponseNet.from_config(meta["n_features"], len(meta["classes"]), config.training, pretrained=False)
     try:
         model.load_state_dict(load_file(str(weights_path)))
     except Exception as exc:
@@ -121,30 +121,42 @@ def load_bundle(folder: str | Path) -> Bundle:
 @torch.no_grad()
 def predict_probabilities(
     model: CellResponseNet,
-    store,
-    rows,
-    features,
+    store: CropStore,
+    rows: np.ndarray,
+    features: np.ndarray,
     config: Config,
     batch_size: int = 256,
     progress: bool = False,
-):
-    """Class probabilities ``(N, classes)`` for store rows (eval mode, batched, CPU or GPU)."""
-    import numpy as np
-    from tqdm.auto import tqdm
-
-    from cellresponse.model import IMAGE_CHANNELS
-    from cellresponse.training import prepare_batch
-
+) -> np.ndarray:
+    """Class probabilities ``(N, classes)`` for store rows (eval mode, batched, CPU or GPU); crops are prepared
+    as in training (``config.crops``: size, mean, std)."""
     device = next(model.parameters()).device
     model.eval()
-    if config.training.channels_last:
+    channels_last = config.training.channels_last
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    c = config.crops
     out = np.zeros((len(rows), model.classifier.out_features), dtype=np.float32)
     for start in tqdm(range(0, len(rows), batch_size), desc="predict", unit="batch", disable=not progress):
         stop = start + batch_size
         crops = torch.from_numpy(store.batch(rows[start:stop])).to(device)
-        x = prepare_batch(crops, config.crops, config.training.channels_last)
+        x = prepare_batch(crops, c.size, c.mean, c.std, channels_last)
         table = torch.from_numpy(features[start:stop]).to(device)
-        logits = model(x[:, :IMAGE_CHANNELS], x[:, IMAGE_CHANNELS:], table)
-        out[start:stop] = torch.softmax(logits, dim=1).cpu().numpy()
+        out[start:stop] = torch.softmax(model.forward_crops(x, table), dim=1).cpu().numpy()
     return out
+
+
+def predict_cells(
+    bundle: Bundle, store: CropStore, cells: pd.DataFrame, batch_size: int = 256, progress: bool = False
+) -> np.ndarray:
+    """The bundle's network on ``cells`` (a cell table with ``cell_id`` and the bundle's feature columns):
+    their crops from ``store``, their table rows scaled with the bundle's scaler."""
+    return predict_probabilities(
+        bundle.model,
+        store,
+        store.rows_for(cells["cell_id"]),
+        bundle.scaler.transform(cells),
+        bundle.config,
+        batch_size=batch_size,
+        progress=progress,
+    )

@@ -20,6 +20,10 @@ from cellresponse.plate import channel_names, channel_paths
 log = logging.getLogger(__name__)
 
 NUCLEAR_NAMES = ("dna", "dapi", "hoechst", "nuclei", "nucleus", "h33342")
+# background_fraction of a nuclear stain is ~0.01-0.04, of a cytoplasmic stain in a dense field ~0.25 or more:
+# ch5 is taken for something else only when it looks cytoplasmic and another channel clearly looks nuclear.
+NOT_NUCLEAR_ABOVE = 0.2
+NUCLEAR_BELOW = 0.1
 
 
 def resolve_channel(names: Sequence[str], wanted: int | str) -> int:
@@ -52,7 +56,11 @@ def background_fraction(image: np.ndarray) -> float:
 
 
 def find_nuclear_channel(
-    names: Sequence[str], setting: str | None = "auto", stack: np.ndarray | None = None
+    names: Sequence[str],
+    setting: str | None = "auto",
+    stack: np.ndarray | None = None,
+    not_nuclear_above: float = NOT_NUCLEAR_ABOVE,
+    nuclear_below: float = NUCLEAR_BELOW,
 ) -> int | None:
     """The nuclear (DNA) channel: the configured one, else by name (DNA/DAPI/Hoechst), else Phenix ch5.
 
@@ -74,7 +82,7 @@ def find_nuclear_channel(
     if stack is not None:
         fractions = [background_fraction(channel) for channel in stack]
         darkest = int(np.argmin(fractions))
-        if fractions[chosen] > 0.2 and fractions[darkest] < 0.1:
+        if fractions[chosen] > not_nuclear_above and fractions[darkest] < nuclear_below:
             log.warning(
                 "ch5 does not look like a nuclear stain here (background fraction %.2f); using %s (%.2f) — "
                 "set segmentation.nuclear_channel to choose",
@@ -129,12 +137,3 @@ def load_stack(row: pd.Series | dict, names: Sequence[str] | None = None) -> np.
         detail = ", ".join(f"{p.name}: {img.dtype}" for p, img in zip(paths, images, strict=True))
         raise InputError(f"channels of one image differ in dtype ({detail})")
     return np.stack(images)
-
-
-def normalize_percentile(image: np.ndarray, low: float = 1.0, high: float = 99.8) -> np.ndarray:
-    """Scale to [0, 1] between two percentiles (robust to hot pixels and plate-level intensity shifts)."""
-    image = image.astype(np.float32, copy=False)
-    lo, hi = np.percentile(image, [low, high])
-    if hi <= lo:
-        return np.zeros_like(image, dtype=np.float32)
-    return np.clip((image - lo) / (hi - lo), 0.0, 1.0)

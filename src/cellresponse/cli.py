@@ -1,56 +1,63 @@
-"""The ``cellresponse`` command line: one verb per pipeline stage, one flag vocabulary across verbs.
+"""The ``cellresponse`` command line: it parses and dispatches; the work is in ``stages/``.
 
-Errors the user can fix (bad input, bad config, missing weights) print one line, ``error: ...``,
-and exit with status 2; earlier outputs in the run folder are left as they were.
+One flag vocabulary across verbs (the flag groups below); each verb is a row of :data:`VERBS`. Errors the user can
+fix (bad input, bad config, missing weights) print one line, ``error: ...``, and exit with status 2; earlier
+outputs in the run folder are left as they were. A stage that finished with failed images exits with 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from cellresponse import __version__
 from cellresponse.config import PRESETS, Config, apply_overrides, load_config
 from cellresponse.errors import CellResponseError, StageError
-from cellresponse.io import RunFolder
+from cellresponse.parallel import is_main_process
+from cellresponse.plate import ImageSource
+from cellresponse.runfolder import RunFolder
+from cellresponse.stages import PIPELINE, run_pipeline, run_stage
+from cellresponse.synth import SynthSpec, make_plates
 
 log = logging.getLogger("cellresponse")
 
-STAGES = ("images", "segment", "measure", "crops", "train", "evaluate", "report")
+QUIET_LOGGERS = ("distributed", "cellpose", "matplotlib", "PIL", "numba", "fsspec", "lightning")
 
 
-def _setup_logging(verbose: bool, run: RunFolder | None = None) -> None:
+def setup_logging(verbose: bool, run: RunFolder | None = None) -> None:
+    """Messages to stderr (debug with -v); with a run folder, also to ``RUN/logs/cellresponse.log``."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    level = logging.DEBUG if verbose else logging.INFO
+    root.setLevel(level)
     console = logging.StreamHandler(sys.stderr)
     console.setFormatter(logging.Formatter("%(message)s"))
-    console.setLevel(logging.DEBUG if verbose else logging.INFO)
+    console.setLevel(level)
     root.addHandler(console)
-    for noisy in ("distributed", "cellpose", "matplotlib", "PIL", "numba", "fsspec", "lightning"):
+    for noisy in QUIET_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # tifffile warns about the very damage that read_tiff turns into one clear error line
     logging.getLogger("tifffile").setLevel(logging.CRITICAL)
     if run is not None and run.root.exists():
         run.logs.mkdir(parents=True, exist_ok=True)
-        file_handler = logging.FileHandler(run.logs / "cellresponse.log")
+        file_handler = logging.FileHandler(run.log_file)
         file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root.addHandler(file_handler)
 
 
 # --------------------------------------------------------------------------------------------------
-# shared flags
+# flag groups
 # --------------------------------------------------------------------------------------------------
 
 
-def _config_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("config")
-    group.add_argument("--preset", choices=sorted(PRESETS), help="study (the paper's numbers) or cpu (small, fast)")
-    group.add_argument("--config", type=Path, help="YAML config file (see `cellresponse config show`)")
+def _set_flag(group: argparse._ActionsContainer) -> None:
     group.add_argument(
         "--set",
         dest="overrides",
@@ -59,20 +66,27 @@ def _config_flags(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override one config value, e.g. --set training.max_epochs=3 (repeatable)",
     )
+
+
+def config_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("config")
+    group.add_argument("--preset", choices=sorted(PRESETS), help="study (the paper's numbers) or cpu (small, fast)")
+    group.add_argument("--config", type=Path, help="YAML config file (see `cellresponse config show`)")
+    _set_flag(group)
     group.add_argument("--label", help="metadata column to predict (default Metadata_pert_iname)")
 
 
-def _runtime_flags(parser: argparse.ArgumentParser) -> None:
+def runtime_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("execution")
     group.add_argument("--workers", type=int, help="Dask worker processes (0 = in this process)")
     group.add_argument("--scheduler", help="address of an existing Dask scheduler (tcp://host:8786)")
     group.add_argument("--on-error", choices=["stop", "skip"], help="stop at the first bad image, or skip and list it")
     group.add_argument("--overwrite", action="store_true", help="redo images whose outputs already exist")
     group.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    group.add_argument("-v", "--verbose", action="store_true")
+    group.add_argument("-v", "--verbose", action="store_true", help="debug messages")
 
 
-def _model_flags(parser: argparse.ArgumentParser) -> None:
+def model_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("split and training")
     group.add_argument("--split-by", choices=["image", "well", "plate", "column"], help="grouping of the split")
     group.add_argument("--split-column", help="column naming each image's side (implies --split-by column)")
@@ -85,7 +99,7 @@ def _model_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--num-nodes", type=int, help="nodes for multi-node DDP")
 
 
-def _input_flags(parser: argparse.ArgumentParser, required: bool = True) -> None:
+def input_flags(parser: argparse.ArgumentParser, required: bool = True) -> None:
     group = parser.add_argument_group("input")
     source = group.add_mutually_exclusive_group(required=required)
     source.add_argument("--images", type=Path, metavar="DIR", help="folder of Phenix-named TIFFs")
@@ -101,7 +115,47 @@ def _input_flags(parser: argparse.ArgumentParser, required: bool = True) -> None
     group.add_argument("--plate", help="plate name for a Phenix folder (default: from the folder name)")
 
 
-def _cli_overrides(args: argparse.Namespace) -> list[str]:
+def optional_input_flags(parser: argparse.ArgumentParser) -> None:
+    input_flags(parser, required=False)
+
+
+def run_folder_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", type=Path, metavar="RUN", help="run folder (made by `cellresponse images`)")
+
+
+def verbose_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug messages")
+
+
+def synth_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per field of :class:`SynthSpec` (``--compounds`` for ``n_compounds``), defaults from it."""
+    parser.add_argument("out", type=Path, metavar="OUT", help="folder for the plates and load_data.csv")
+    for spec_field in dataclasses.fields(SynthSpec):
+        flag = "--" + spec_field.name.removeprefix("n_").replace("_", "-")
+        parser.add_argument(
+            flag,
+            dest=spec_field.name,
+            type=type(spec_field.default),
+            default=spec_field.default,
+            help=f"{spec_field.metadata['help']} (default {spec_field.default})",
+        )
+
+
+# Flags that are shorthands for config keys.
+FLAG_KEYS = (
+    ("split_by", "split.by"),
+    ("epochs", "training.max_epochs"),
+    ("accelerator", "training.accelerator"),
+    ("devices", "training.devices"),
+    ("num_nodes", "training.num_nodes"),
+    ("workers", "runtime.workers"),
+    ("scheduler", "runtime.scheduler"),
+    ("on_error", "runtime.on_error"),
+)
+
+
+def cli_overrides(args: argparse.Namespace) -> list[str]:
+    """``--set`` values plus the shorthand flags, as ``key=value`` overrides."""
     overrides = list(getattr(args, "overrides", []) or [])
     if getattr(args, "label", None):
         overrides.append(f"input.label={args.label}")
@@ -109,37 +163,30 @@ def _cli_overrides(args: argparse.Namespace) -> list[str]:
         overrides += ["split.by=column", f"split.column={args.split_column}"]
     if getattr(args, "test_values", None):
         overrides.append("split.test_values=[" + ",".join(f"'{v}'" for v in args.test_values) + "]")
-    for flag, key in (
-        ("split_by", "split.by"),
-        ("epochs", "training.max_epochs"),
-        ("accelerator", "training.accelerator"),
-        ("devices", "training.devices"),
-        ("num_nodes", "training.num_nodes"),
-        ("workers", "runtime.workers"),
-        ("scheduler", "runtime.scheduler"),
-        ("on_error", "runtime.on_error"),
-    ):
+    for flag, key in FLAG_KEYS:
         value = getattr(args, flag, None)
         if value is not None:
             overrides.append(f"{key}={value}")
     return overrides
 
 
-def _new_config(args: argparse.Namespace) -> Config:
-    return load_config(args.config, args.preset, _cli_overrides(args))
+def new_config(args: argparse.Namespace) -> Config:
+    return load_config(args.config, args.preset, cli_overrides(args))
 
 
-def _run_config(run: RunFolder, args: argparse.Namespace) -> Config:
-    """A stage verb's config: the run's own config.yaml plus this call's overrides (saved back by
-    :func:`run_stage` once a stage has succeeded, so a failed call leaves config.yaml as it was)."""
-    from cellresponse.pipeline import load_run_config
-
-    config = load_run_config(run)
-    overrides = _cli_overrides(args)
+def run_config(run: RunFolder, args: argparse.Namespace) -> Config:
+    """A stage verb's config: the run's own config.yaml plus this call's overrides (saved back once a stage has
+    succeeded, so a failed call leaves config.yaml as it was)."""
+    config = run.load_config()
+    overrides = cli_overrides(args)
     if overrides:
         config = apply_overrides(config, overrides, str(run.config))
         log.info("config with %s", ", ".join(overrides))
     return config
+
+
+def image_source(args: argparse.Namespace) -> ImageSource:
+    return ImageSource(args.images, args.load_data, tuple(args.metadata), args.plate)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -148,20 +195,7 @@ def _run_config(run: RunFolder, args: argparse.Namespace) -> Config:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from cellresponse.synth import SynthSpec, make_plates
-
-    spec = SynthSpec(
-        n_compounds=args.compounds,
-        wells_per_compound=args.wells_per_compound,
-        control_wells=args.control_wells,
-        sites=args.sites,
-        plates=args.plates,
-        size=args.size,
-        effect=args.effect,
-        well_effect=args.well_effect,
-        null_compounds=args.null_compounds,
-        seed=args.seed,
-    )
+    spec = SynthSpec(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SynthSpec)})
     truth = make_plates(args.out, spec)
     print(f"wrote {len(truth)} images ({spec.plates} plates, {spec.n_compounds} compounds + DMSO) to {args.out}")
     print(f"next: cellresponse images --load-data {Path(args.out) / 'load_data.csv'} --out RUN")
@@ -169,112 +203,61 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_images(args: argparse.Namespace) -> int:
-    from cellresponse.pipeline import stage_images
-
-    config = _new_config(args)
+    config = new_config(args)
     run = RunFolder(args.out)
-    _setup_logging(args.verbose, run.create())
-    stage_images(run, config, args.images, args.load_data, args.metadata, args.plate)
+    setup_logging(args.verbose, run.create())
+    run_stage("images", run, config, source=image_source(args))
     print(f"wrote {run.images}")
     return 0
 
 
-def _stage_verb(stage: str):
-    def command(args: argparse.Namespace) -> int:
-        from cellresponse import pipeline
+def stage_verb(stage: str) -> Callable[[argparse.Namespace], int]:
+    """The command of a stage verb on an existing run folder (segment, measure, crops, train, evaluate)."""
 
+    def command(args: argparse.Namespace) -> int:
         run = RunFolder(args.run)
-        _setup_logging(args.verbose, run)
-        config = _run_config(run, args)
-        progress = not args.no_progress
-        if stage == "measure":
-            pipeline.stage_measure(run, config, overwrite=args.overwrite, csv=args.csv, progress=progress)
-            pipeline.save_config(run, config)
-        else:
-            run_stage(stage, run, config, overwrite=args.overwrite, progress=progress)
+        setup_logging(args.verbose, run)
+        options = {"csv": True} if getattr(args, "csv", False) else {}
+        run_stage(stage, run, run_config(run, args), overwrite=args.overwrite, progress=not args.no_progress, **options)
         return 0
 
     return command
 
 
-def run_stage(stage: str, run: RunFolder, config: Config, overwrite: bool = False, progress: bool = True) -> None:
-    """One stage of the pipeline on a run folder (the verbs and `run` share this)."""
-    from cellresponse import pipeline
-    from cellresponse.training import is_main_process
-
-    _run_stage(stage, run, config, overwrite, progress)
-    if is_main_process() and stage != "report":
-        pipeline.save_config(run, config)
-
-
-def _run_stage(stage: str, run: RunFolder, config: Config, overwrite: bool, progress: bool) -> None:
-    from cellresponse import pipeline
-
-    if stage == "segment":
-        pipeline.stage_segment(run, config, overwrite=overwrite, progress=progress)
-    elif stage == "measure":
-        pipeline.stage_measure(run, config, overwrite=overwrite, progress=progress)
-    elif stage == "crops":
-        pipeline.stage_crops(run, config, overwrite=overwrite, progress=progress)
-    elif stage == "train":
-        from cellresponse.training import stage_train
-
-        stage_train(run, config, overwrite=overwrite, progress=progress)
-    elif stage == "evaluate":
-        from cellresponse.evaluation import stage_evaluate
-
-        stage_evaluate(run, config, progress=progress)
-    elif stage == "report":
-        from cellresponse.report import stage_report
-
-        path = stage_report(run, config)
-        print(f"report: {path}")
-    else:
-        raise CellResponseError(f"unknown stage {stage!r}")
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    if args.features is not None:
-        from cellresponse.evaluation import evaluate_feature_table
+    if args.features is None:
+        if args.run is None:
+            raise CellResponseError("give a run folder (cellresponse evaluate RUN) or --features TABLE --out DIR")
+        return stage_verb("evaluate")(args)
+    # Imported here because start-up time needs it: the evaluate stage brings torch (see cmd_predict).
+    from cellresponse.stages.evaluate import run_feature_table
 
-        if args.out is None:
-            raise CellResponseError("--features needs --out DIR for its metrics.json")
-        _setup_logging(args.verbose)
-        config = _new_config(args)
-        metrics = evaluate_feature_table(args.features, config, args.out)
-        print(f"wrote {Path(args.out) / 'metrics.json'} (image accuracy {metrics['image']['accuracy']:.3f})")
-        return 0
-    if args.run is None:
-        raise CellResponseError("give a run folder (cellresponse evaluate RUN) or --features TABLE --out DIR")
-    run = RunFolder(args.run)
-    _setup_logging(args.verbose, run)
-    config = _run_config(run, args)
-    run_stage("evaluate", run, config, progress=not args.no_progress)
+    if args.out is None:
+        raise CellResponseError("--features needs --out DIR for its metrics.json")
+    setup_logging(args.verbose)
+    metrics = run_feature_table(args.features, new_config(args), args.out)
+    print(f"wrote {Path(args.out) / 'metrics.json'} (image accuracy {metrics['image']['accuracy']:.3f})")
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from cellresponse.pipeline import load_run_config
-
     run = RunFolder(args.run)
-    _setup_logging(args.verbose, run)
-    run_stage("report", run, load_run_config(run))
+    setup_logging(args.verbose, run)
+    run_stage("report", run, run.load_config())
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from cellresponse.predict import predict_plates
+    # Imported here because start-up time needs it: predict brings torch, which the other verbs' parsing must not.
+    from cellresponse.stages import predict
 
     out = RunFolder(args.out)
-    _setup_logging(args.verbose, out.create())
-    paths = predict_plates(
+    setup_logging(args.verbose, out.create())
+    paths = predict.run(
         args.bundle,
         out,
-        images_dir=args.images,
-        load_data=args.load_data,
-        metadata=args.metadata,
-        plate=args.plate,
-        overrides=_cli_overrides(args),
+        image_source(args),
+        overrides=cli_overrides(args),
         overwrite=args.overwrite,
         progress=not args.no_progress,
         model=args.model,
@@ -286,47 +269,34 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Every stage in order, each resumable; --from/--until choose a slice."""
-    from cellresponse import pipeline
-    from cellresponse.training import is_main_process
-
     run = RunFolder(args.out)
-    start = STAGES.index(args.from_stage)
-    stop = STAGES.index(args.until_stage)
-    if start > stop:
-        raise CellResponseError(f"--from {args.from_stage} comes after --until {args.until_stage}")
-    if not is_main_process():  # a DDP worker started by Lightning reruns this command: train only
-        start = stop = STAGES.index("train")
-    if start == 0:
+    starts_with_images = args.from_stage == PIPELINE[0] and is_main_process()
+    if starts_with_images:
         if args.images is None and args.load_data is None:
             raise CellResponseError("give --images DIR or --load-data CSV (or --from a later stage)")
-        config = _new_config(args)
-        _setup_logging(args.verbose, run.create())
-        began = time.perf_counter()
-        pipeline.stage_images(run, config, args.images, args.load_data, args.metadata, args.plate)
-        timings = {"images": round(time.perf_counter() - began, 2)}
+        config = new_config(args)
+        setup_logging(args.verbose, run.create())
     else:
-        _setup_logging(args.verbose, run)
-        timings = {}
-    config = _run_config(run, args)
-    for stage in STAGES[max(start, 1) : stop + 1]:
-        began = time.perf_counter()
-        run_stage(stage, run, config, overwrite=args.overwrite, progress=not args.no_progress)
-        timings[stage] = round(time.perf_counter() - began, 2)
-        if not is_main_process():
-            return 0
-    log.info("stage timings (s): %s", timings)
-    print(f"run folder: {run.root}")
-    if (run.report / "index.html").exists():
-        print(f"report: {run.report / 'index.html'}")
+        setup_logging(args.verbose, run)
+        config = run_config(run, args)
+    run_pipeline(
+        run,
+        config,
+        source=image_source(args) if starts_with_images else None,
+        start=args.from_stage,
+        stop=args.until_stage,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    if is_main_process():
+        print(f"run folder: {run.root}")
+        if run.report_index.exists():
+            print(f"report: {run.report_index}")
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Synthetic plates (or --data CSV) through the whole pipeline with the CPU preset."""
-    from cellresponse import pipeline
-    from cellresponse.synth import SynthSpec, make_plates
-    from cellresponse.training import is_main_process
-
     out = Path(args.out)
     run = RunFolder(out / "run")
     if args.data is None:
@@ -337,15 +307,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         load_data = data_dir / "load_data.csv"
     else:
         load_data = args.data
-    config = load_config(None, "cpu", _cli_overrides(args))
-    _setup_logging(args.verbose, run.create())
+    config = load_config(None, "cpu", cli_overrides(args))
+    setup_logging(args.verbose, run.create())
     started = time.perf_counter()
     if is_main_process():
-        pipeline.stage_images(run, config, load_data=load_data)
-        for stage in STAGES[1:]:
-            run_stage(stage, run, config, progress=not args.no_progress)
+        run_pipeline(run, config, source=ImageSource(load_data=Path(load_data)), progress=not args.no_progress)
     print(f"demo finished in {time.perf_counter() - started:.0f} s; run folder: {run.root}")
-    print(f"open the report: {run.report / 'index.html'}")
+    print(f"open the report: {run.report_index}")
     return 0
 
 
@@ -359,8 +327,117 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------------
-# parser
+# the parser: one row per verb
 # --------------------------------------------------------------------------------------------------
+
+
+def measure_extra(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--csv", action="store_true", help="also write RUN/cells.csv")
+
+
+def evaluate_extra(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", type=Path, metavar="RUN", nargs="?", help="run folder with a trained model")
+    parser.add_argument("--features", type=Path, metavar="TABLE", help="evaluate a per-image feature table instead")
+    parser.add_argument("--out", type=Path, metavar="DIR", help="with --features: where metrics.json goes")
+
+
+def predict_extra(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("bundle", type=Path, metavar="BUNDLE", help="RUN/model/bundle of a trained run")
+    parser.add_argument(
+        "--model",
+        choices=["cnn", "features"],
+        default="cnn",
+        help="the network, or the bundle's features-only model where `evaluate` found it better",
+    )
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for the predictions")
+
+
+def images_extra(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, required=True, metavar="RUN", help="run folder to create")
+
+
+def run_extra(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, required=True, metavar="RUN", help="run folder (created or resumed)")
+    parser.add_argument("--from", dest="from_stage", choices=PIPELINE, default=PIPELINE[0], help="first stage")
+    parser.add_argument("--until", dest="until_stage", choices=PIPELINE, default=PIPELINE[-1], help="last stage")
+
+
+def demo_extra(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, default=Path("demo-run"), help="folder for the plates and the run")
+    parser.add_argument("--data", type=Path, metavar="CSV", help="run on a real load_data.csv instead")
+    parser.add_argument("--label", help="label column (default Metadata_pert_iname)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic plates")
+    _set_flag(parser)
+    parser.add_argument("--workers", type=int, help="Dask worker processes (0 = in this process)")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def config_extra(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="config_verb", metavar="ACTION", required=True)
+    show = actions.add_parser("show", help="print the resolved config (YAML)")
+    show.add_argument("run", type=Path, nargs="?", metavar="RUN", help="show a run folder's config")
+    show.add_argument("--preset", choices=sorted(PRESETS), help="study or cpu")
+    show.add_argument("--config", type=Path, help="YAML config file")
+    _set_flag(show)
+    show.set_defaults(func=cmd_config)
+
+
+FlagGroup = Callable[[argparse.ArgumentParser], None]
+
+
+@dataclass(frozen=True)
+class Verb:
+    name: str
+    help: str
+    flags: tuple[FlagGroup, ...]
+    command: Callable[[argparse.Namespace], int] | None
+
+
+STAGE_FLAGS = (run_folder_argument, config_flags, runtime_flags)
+VERBS = (
+    Verb("synth", "write synthetic CPJUMP1-shaped plates (demo and tests only)", (synth_flags,), cmd_synth),
+    Verb(
+        "images",
+        "build RUN/images.parquet from a Phenix folder or a load_data.csv",
+        (input_flags, config_flags, images_extra, verbose_flag),
+        cmd_images,
+    ),
+    Verb("segment", "segment every image: RUN/masks, RUN/flows, RUN/figures", STAGE_FLAGS, stage_verb("segment")),
+    Verb("measure", "measure every cell: RUN/cells.parquet", (*STAGE_FLAGS, measure_extra), stage_verb("measure")),
+    Verb("crops", "cut mask/flow crops of every cell into RUN/crops", STAGE_FLAGS, stage_verb("crops")),
+    Verb(
+        "train",
+        "train the multi-input network: RUN/model (bundle, checkpoints, history)",
+        (*STAGE_FLAGS, model_flags),
+        stage_verb("train"),
+    ),
+    Verb(
+        "evaluate",
+        "predictions, votes, metrics, baselines: RUN/metrics.json (or --features TABLE)",
+        (evaluate_extra, config_flags, model_flags, runtime_flags),
+        cmd_evaluate,
+    ),
+    Verb("report", "the HTML report: RUN/report/index.html", (run_folder_argument, verbose_flag), cmd_report),
+    Verb(
+        "predict",
+        "predict new plates with a model bundle",
+        (predict_extra, input_flags, runtime_flags),
+        cmd_predict,
+    ),
+    Verb(
+        "run",
+        "every stage in order, each resumable",
+        (optional_input_flags, config_flags, model_flags, runtime_flags, run_extra),
+        cmd_run,
+    ),
+    Verb(
+        "demo",
+        "synthetic plates (or --data) through the pipeline with the CPU preset",
+        (demo_extra, model_flags, verbose_flag),
+        cmd_demo,
+    ),
+    Verb("config", "config tools", (config_extra,), None),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -369,118 +446,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Predict which compound treated the cells in a Cell Painting image.",
     )
     parser.add_argument("--version", action="version", version=f"cellresponse {__version__}")
-    verbs = parser.add_subparsers(dest="verb", metavar="VERB")
-    verbs.required = True
-
-    p = verbs.add_parser("synth", help="write synthetic CPJUMP1-shaped plates (demo and tests only)")
-    p.add_argument("out", type=Path)
-    p.add_argument("--compounds", type=int, default=6)
-    p.add_argument("--wells-per-compound", type=int, default=2)
-    p.add_argument("--control-wells", type=int, default=4)
-    p.add_argument("--sites", type=int, default=3)
-    p.add_argument("--plates", type=int, default=2)
-    p.add_argument("--size", type=int, default=256, help="field side in px")
-    p.add_argument("--effect", type=float, default=1.0, help="phenotype strength of the compounds")
-    p.add_argument("--null-compounds", type=int, default=1, help="compounds with no effect at all")
-    p.add_argument(
-        "--well-effect", type=float, default=0.0, help="per-well phenotype offset (makes sites of a well alike)"
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_synth)
-
-    p = verbs.add_parser("images", help="build RUN/images.parquet from a Phenix folder or a load_data.csv")
-    _input_flags(p)
-    _config_flags(p)
-    p.add_argument("--out", type=Path, required=True, metavar="RUN", help="run folder")
-    p.add_argument("-v", "--verbose", action="store_true")
-    p.set_defaults(func=cmd_images)
-
-    p = verbs.add_parser("segment", help="segment every image: RUN/masks, RUN/flows, RUN/figures")
-    p.add_argument("run", type=Path, metavar="RUN")
-    _config_flags(p)
-    _runtime_flags(p)
-    p.set_defaults(func=_stage_verb("segment"))
-
-    p = verbs.add_parser("measure", help="measure every cell: RUN/cells.parquet")
-    p.add_argument("run", type=Path, metavar="RUN")
-    p.add_argument("--csv", action="store_true", help="also write RUN/cells.csv")
-    _config_flags(p)
-    _runtime_flags(p)
-    p.set_defaults(func=_stage_verb("measure"))
-
-    p = verbs.add_parser("crops", help="cut mask/flow crops of every cell into RUN/crops")
-    p.add_argument("run", type=Path, metavar="RUN")
-    _config_flags(p)
-    _runtime_flags(p)
-    p.set_defaults(func=_stage_verb("crops"))
-
-    p = verbs.add_parser("train", help="train the multi-input network: RUN/model (bundle, checkpoints, history)")
-    p.add_argument("run", type=Path, metavar="RUN")
-    _config_flags(p)
-    _model_flags(p)
-    _runtime_flags(p)
-    p.set_defaults(func=_stage_verb("train"))
-
-    p = verbs.add_parser(
-        "evaluate", help="predictions, votes, metrics, baselines: RUN/metrics.json (or --features TABLE)"
-    )
-    p.add_argument("run", type=Path, metavar="RUN", nargs="?")
-    p.add_argument("--features", type=Path, metavar="TABLE", help="evaluate a per-image feature table instead")
-    p.add_argument("--out", type=Path, metavar="DIR", help="with --features: where metrics.json goes")
-    _config_flags(p)
-    _model_flags(p)
-    _runtime_flags(p)
-    p.set_defaults(func=cmd_evaluate)
-
-    p = verbs.add_parser("report", help="the HTML report: RUN/report/index.html")
-    p.add_argument("run", type=Path, metavar="RUN")
-    p.add_argument("-v", "--verbose", action="store_true")
-    p.set_defaults(func=cmd_report)
-
-    p = verbs.add_parser("predict", help="predict new plates with a model bundle")
-    p.add_argument("bundle", type=Path, metavar="BUNDLE", help="RUN/model/bundle of a trained run")
-    p.add_argument(
-        "--model",
-        choices=["cnn", "features"],
-        default="cnn",
-        help="the network, or the bundle's features-only model where `evaluate` found it better",
-    )
-    _input_flags(p)
-    p.add_argument("--out", type=Path, required=True, metavar="DIR")
-    _runtime_flags(p)
-    p.set_defaults(func=cmd_predict)
-
-    p = verbs.add_parser("run", help="every stage in order, each resumable")
-    _input_flags(p, required=False)
-    _config_flags(p)
-    _model_flags(p)
-    _runtime_flags(p)
-    p.add_argument("--out", type=Path, required=True, metavar="RUN")
-    p.add_argument("--from", dest="from_stage", choices=STAGES, default="images")
-    p.add_argument("--until", dest="until_stage", choices=STAGES, default="report")
-    p.set_defaults(func=cmd_run)
-
-    p = verbs.add_parser("demo", help="synthetic plates (or --data) through the pipeline with the CPU preset")
-    p.add_argument("--out", type=Path, default=Path("demo-run"))
-    p.add_argument("--data", type=Path, metavar="CSV", help="run on a real load_data.csv instead")
-    p.add_argument("--label", help="label column (default Metadata_pert_iname)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    _model_flags(p)
-    p.add_argument("--workers", type=int, help="Dask worker processes (0 = in this process)")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("-v", "--verbose", action="store_true")
-    p.set_defaults(func=cmd_demo)
-
-    p = verbs.add_parser("config", help="config tools")
-    config_verbs = p.add_subparsers(dest="config_verb", metavar="ACTION")
-    config_verbs.required = True
-    show = config_verbs.add_parser("show", help="print the resolved config (YAML)")
-    show.add_argument("run", type=Path, nargs="?", metavar="RUN", help="show a run folder's config")
-    show.add_argument("--preset", choices=sorted(PRESETS))
-    show.add_argument("--config", type=Path)
-    show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    show.set_defaults(func=cmd_config)
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    for verb in VERBS:
+        sub = verbs.add_parser(verb.name, help=verb.help, description=verb.help)
+        for add_flags in verb.flags:
+            add_flags(sub)
+        if verb.command is not None:
+            sub.set_defaults(func=verb.command)
     return parser
 
 

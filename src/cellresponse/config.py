@@ -122,6 +122,7 @@ class TrainingConfig(_Section):
 class EvaluationConfig(_Section):
     vote: Literal["soft", "majority"] = Field("soft", description="Headline vote of cells into images/wells.")
     top_k: int = Field(5, ge=1)
+    batch_size: int = Field(256, ge=1, description="Cells per batch when the network predicts (evaluate, predict).")
 
 
 class RuntimeConfig(_Section):
@@ -247,6 +248,27 @@ def load_config(
         return Config.model_validate(data)
     except ValidationError as exc:
         raise InputError(_format_validation_error(exc, ", ".join(sources))) from None
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def differences(a: Config, b: Config, ignore: tuple[str, ...] = ()) -> dict[str, tuple[Any, Any]]:
+    """Dotted keys whose values differ between two configs (``{key: (a's, b's)}``), except keys starting with
+    one of the ``ignore`` prefixes."""
+    flat_a, flat_b = _flatten(a.to_dict()), _flatten(b.to_dict())
+    return {
+        key: (flat_a.get(key), flat_b.get(key))
+        for key in sorted(set(flat_a) | set(flat_b))
+        if flat_a.get(key) != flat_b.get(key) and not key.startswith(ignore)
+    }
 
 
 def apply_overrides(config: Config, overrides: list[str], source: str = "run config") -> Config:

@@ -25,7 +25,9 @@ from collections.abc import Sequence
 import numpy as np
 from skimage.transform import resize
 
-CHANNELS = 8
+from cellresponse.transforms import IMAGE_CHANNELS
+
+CHANNELS = 2 * IMAGE_CHANNELS  # the image half, then the flow half
 MASK_FLOW_NAMES = ("segmentation_input", "cell_mask", "other_masks", "input_x_mask")
 FLOW_NAMES = ("flow_dy", "flow_dx", "cell_probability", "flow_magnitude")
 
@@ -68,29 +70,6 @@ def resize_square(crop: np.ndarray, size: int) -> np.ndarray:
     ).astype(np.float32)
 
 
-def to_unit(image: np.ndarray, low: float, high: float) -> np.ndarray:
-    """Map intensities to [0, 1] between two fixed values (e.g. per-plate percentiles)."""
-    if high <= low:
-        return np.zeros(image.shape, dtype=np.float32)
-    return np.clip((image.astype(np.float32) - low) / (high - low), 0.0, 1.0)
-
-
-def flow_planes(flows: np.ndarray, probability_is_logit: bool) -> np.ndarray:
-    """The four flow channels in [0, 1]: dY, dX, cell probability, flow magnitude."""
-    dy, dx, prob = flows[0].astype(np.float32), flows[1].astype(np.float32), flows[2].astype(np.float32)
-    if probability_is_logit:  # Cellpose returns the cell probability as a logit
-        prob = 1.0 / (1.0 + np.exp(-np.clip(prob, -30, 30)))
-    magnitude = np.sqrt(dy**2 + dx**2)
-    return np.stack(
-        [
-            np.clip((dy + 1.0) / 2.0, 0, 1),
-            np.clip((dx + 1.0) / 2.0, 0, 1),
-            np.clip(prob, 0, 1),
-            np.clip(magnitude, 0, 1),
-        ]
-    )
-
-
 def cell_crops(
     labels: np.ndarray,
     cell_labels: Sequence[int],
@@ -104,7 +83,7 @@ def cell_crops(
     """Crops of every listed cell as uint8 ``(N, 8, store_size, store_size)``.
 
     ``image_planes``: ``(1, H, W)`` segmentation input in [0, 1] for ``mask_flow``, or ``(4, H, W)``
-    fluorescence channels in [0, 1] for ``fluorescence``; ``flows01``: :func:`flow_planes` output.
+    fluorescence channels in [0, 1] for ``fluorescence``; ``flows01``: ``transforms.flow_planes`` output.
     """
     cell_labels = np.asarray(cell_labels, dtype=np.int64)
     out = np.zeros((len(cell_labels), CHANNELS, store_size, store_size), dtype=np.uint8)

@@ -1,18 +1,40 @@
-"""Figures (PNG): the study's Figure 1 panel (original, outlines, masks, flows) and training curves."""
+"""Figures (PNG): the study's Figure 1 panel (original, outlines, masks, flows), training curves and the
+confusion matrix.
+
+Figures are drawn on :class:`matplotlib.figure.Figure` objects with the Agg canvas directly: no pyplot state,
+no backend switch (importing this module changes nothing in matplotlib's global setup), never a window.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # headless: figures are files, never windows
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import hsv_to_rgb
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from skimage import segmentation
 
-from cellresponse.channels import normalize_percentile
 from cellresponse.io import atomic_path
+from cellresponse.transforms import normalize_percentile
+
+MAX_CONFUSION_CLASSES = 25
+
+
+def new_figure(width: float, height: float) -> Figure:
+    figure = Figure(figsize=(width, height))
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def save_png(figure: Figure, path: str | Path, dpi: int) -> Path:
+    """Write ``figure`` as a PNG atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=dpi, format="png")
+    return path
 
 
 def flow_to_rgb(flows: np.ndarray) -> np.ndarray:
@@ -22,7 +44,7 @@ def flow_to_rgb(flows: np.ndarray) -> np.ndarray:
     magnitude = np.sqrt(dy**2 + dx**2)
     magnitude = np.clip(magnitude / (np.percentile(magnitude, 99) + 1e-6), 0, 1)
     hsv = np.stack([angle, np.ones_like(angle), magnitude], axis=-1)
-    return matplotlib.colors.hsv_to_rgb(hsv)
+    return hsv_to_rgb(hsv)
 
 
 def label_to_rgb(labels: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -36,7 +58,8 @@ def figure1(image: np.ndarray, labels: np.ndarray, flows: np.ndarray, path: str 
     """Save the four-panel figure for one field: original, outlines, masks, flows."""
     shown = normalize_percentile(image)
     outlined = segmentation.mark_boundaries(np.dstack([shown] * 3), labels, color=(1, 0.2, 0.2), mode="inner")
-    fig, axes = plt.subplots(1, 4, figsize=(16, 4.4))
+    fig = new_figure(16, 4.4)
+    axes = fig.subplots(1, 4)
     panels = [
         (shown, "original (segmentation input)", "gray"),
         (outlined, f"outlines ({int(labels.max())} cells)", None),
@@ -50,8 +73,50 @@ def figure1(image: np.ndarray, labels: np.ndarray, flows: np.ndarray, path: str 
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=80, format="png")
-    plt.close(fig)
-    return path
+    return save_png(fig, path, dpi=80)
+
+
+def plot_history(history: list[dict[str, float]], path: Path) -> Path:
+    """Loss and accuracy per epoch, training and validation."""
+    epochs = [h["epoch"] for h in history]
+    fig = new_figure(9, 3.2)
+    axes = fig.subplots(1, 2)
+    for key, style in (("train", "-o"), ("val", "-s")):
+        axes[0].plot(epochs, [h[f"{key}_loss"] for h in history], style, label=key)
+        axes[1].plot(epochs, [h[f"{key}_accuracy"] for h in history], style, label=key)
+    axes[0].set(xlabel="epoch", ylabel="loss (label-smoothed CE)")
+    axes[1].set(xlabel="epoch", ylabel="accuracy (cells)")
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return save_png(fig, path, dpi=110)
+
+
+def plot_confusion(confusion: dict[str, Any], path: Path, title: str, max_classes: int = MAX_CONFUSION_CLASSES) -> Path:
+    """Row-normalised confusion matrix (at most ``max_classes``: the most frequent true classes)."""
+    labels = confusion["labels"]
+    matrix = np.asarray(confusion["matrix"], dtype=float)
+    if len(labels) > max_classes:  # the most frequent true classes only
+        keep = np.argsort(-matrix.sum(1), kind="stable")[:max_classes]
+        keep = np.sort(keep)
+        matrix, labels = matrix[np.ix_(keep, keep)], [labels[i] for i in keep]
+        title += f" (top {max_classes} classes)"
+    rows = matrix.sum(1, keepdims=True)
+    share = np.divide(matrix, rows, out=np.zeros_like(matrix), where=rows > 0)
+    size = 2.5 + 0.32 * len(labels)
+    fig = new_figure(size + 1, size)
+    ax = fig.subplots()
+    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    if len(labels) <= 12:
+        for i in range(len(labels)):
+            for j in range(len(labels)):
+                if matrix[i, j]:
+                    ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=7)
+    fig.colorbar(im, ax=ax, fraction=0.046, label="share of true class")
+    fig.tight_layout()
+    return save_png(fig, path, dpi=110)

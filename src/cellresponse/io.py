@@ -1,4 +1,4 @@
-"""File I/O at the edges: atomic writes, TIFF and Parquet helpers, the run-folder layout.
+"""File I/O at the edges: atomic writes, TIFF, Parquet and JSON helpers (the run folder's layout is runfolder.py).
 
 Every file a stage writes appears whole or not at all: it is written under a temporary name in the
 same folder and renamed into place (``os.replace`` is atomic on POSIX filesystems).
@@ -7,11 +7,11 @@ same folder and renamed into place (``os.replace`` is atomic on POSIX filesystem
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +21,14 @@ import tifffile
 
 from cellresponse.errors import InputError
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+
+@functools.cache
+def process_umask() -> int:
+    """The process umask. Reading it means setting it, so it is read once, on first use, and put back at once
+    (never at import)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -33,7 +39,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs should be readable like any other
+    os.chmod(tmp_path, 0o666 & ~process_umask())  # mkstemp makes 0600 files; outputs should be readable like any other
     try:
         yield tmp_path
         os.replace(tmp_path, target)
@@ -117,49 +123,3 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-@dataclass(frozen=True)
-class RunFolder:
-    """The documented layout of a run folder; every stage reads and writes through it."""
-
-    root: Path
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "root", Path(self.root))
-
-    config = property(lambda self: self.root / "config.yaml")
-    images = property(lambda self: self.root / "images.parquet")
-    masks = property(lambda self: self.root / "masks")
-    flows = property(lambda self: self.root / "flows")
-    figures = property(lambda self: self.root / "figures")
-    cells = property(lambda self: self.root / "cells.parquet")
-    cells_per_image = property(lambda self: self.root / "cells")
-    crops = property(lambda self: self.root / "crops")
-    model = property(lambda self: self.root / "model")
-    predictions = property(lambda self: self.root / "predictions")
-    metrics = property(lambda self: self.root / "metrics.json")
-    report = property(lambda self: self.root / "report")
-    logs = property(lambda self: self.root / "logs")
-
-    def mask_path(self, image_id: str) -> Path:
-        return self.masks / f"{image_id}.tif"
-
-    def flow_path(self, image_id: str) -> Path:
-        return self.flows / f"{image_id}.tif"
-
-    def create(self) -> RunFolder:
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            self.logs.mkdir(exist_ok=True)
-            probe = self.root / ".write-probe"
-            probe.write_text("")
-            probe.unlink()
-        except OSError as exc:
-            raise InputError(f"run folder {self.root} is not writable: {exc.strerror} — choose another --out") from None
-        return self
-
-    def require(self, path: Path, stage: str) -> Path:
-        if not path.exists():
-            raise InputError(f"{path} is missing — run `cellresponse {stage} {self.root}` first")
-        return path

@@ -29,11 +29,13 @@ Cells with perimeter 0 (single pixels and one-pixel lines) are dropped, as in th
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
+from skimage.filters import sobel
 from skimage.measure import regionprops_table
+from skimage.segmentation import find_boundaries
 
 PROPERTIES = (
     "label",
@@ -102,6 +104,15 @@ COLUMNS = (
 )
 
 
+def feature_columns(columns: Iterable[str]) -> list[str]:
+    """The feature columns among a cell table's ``columns`` (what the network's table branch and the
+    features-only model read): the study's shape/intensity features, then the per-channel and compartment
+    ones in sorted order; ids, label, centroid and bbox are not features."""
+    columns = list(columns)
+    extra = sorted(c for c in columns if c.startswith(FEATURE_PREFIXES))
+    return [c for c in FEATURES if c in columns] + extra
+
+
 def channel_columns(channels: tuple[str, ...], compartments: bool = False) -> list[str]:
     """The per-channel (and compartment) column names :func:`measure_cells` writes, in order."""
     columns = ["AreaShape_NuclearFraction"] if compartments and channels else []
@@ -139,8 +150,6 @@ def _label_means(labels: np.ndarray, values: np.ndarray, n: int) -> tuple[np.nda
 def cell_regions(labels: np.ndarray, nucleus: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Label images of each cell's parts, computed once per image and shared by all its channels:
     ``edge`` (outline pixels), ``core`` (the rest) and, given ``nucleus``, ``nucleus`` and ``cytoplasm``."""
-    from skimage.segmentation import find_boundaries
-
     edge_pixels = find_boundaries(labels, mode="inner")
     regions = {"edge": np.where(edge_pixels, labels, 0), "core": np.where(edge_pixels, 0, labels)}
     if nucleus is not None:
@@ -152,8 +161,6 @@ def cell_regions(labels: np.ndarray, nucleus: np.ndarray | None = None) -> dict[
 def channel_measures(labels: np.ndarray, image: np.ndarray, regions: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Spread, outline/inside, texture and (with nucleus/cytoplasm ``regions``) compartment means of one
     channel for labels 1..max (index ``i`` is label ``i + 1``); ``regions`` from :func:`cell_regions`."""
-    from skimage.filters import sobel
-
     n = int(labels.max()) + 1
     image = image.astype(np.float64, copy=False)
     mean, area = _label_means(labels, image, n)

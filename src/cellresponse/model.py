@@ -16,20 +16,21 @@ import logging
 from pathlib import Path
 
 import torch
+from monai.networks.nets import EfficientNetBN
+from safetensors.torch import load_file
 from torch import nn
 
+from cellresponse.config import TrainingConfig
 from cellresponse.errors import WeightsUnavailableError
+from cellresponse.transforms import IMAGE_CHANNELS
 
 log = logging.getLogger(__name__)
 
-IMAGE_CHANNELS = 4
 B0_FEATURES = 1280
 
 
 def efficientnet_b0(in_channels: int = IMAGE_CHANNELS) -> nn.Module:
     """A randomly initialised EfficientNet-B0 trunk returning pooled 1280-d features."""
-    from monai.networks.nets import EfficientNetBN
-
     net = EfficientNetBN("efficientnet-b0", pretrained=False, spatial_dims=2, in_channels=in_channels, num_classes=1)
     net._fc = nn.Identity()  # keep the pooled features; the study's head comes after the fusion
     net._dropout = nn.Identity()
@@ -42,8 +43,6 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise WeightsUnavailableError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         return load_file(str(path))
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "state_dict" in state:
@@ -109,6 +108,26 @@ class CellResponseNet(nn.Module):
         self.projection = nn.Sequential(nn.Linear(fused, projection), nn.ReLU())
         self.classifier = nn.Linear(projection, n_classes)
         self.n_features = n_features
+
+    @classmethod
+    def from_config(
+        cls, n_features: int, n_classes: int, training: TrainingConfig, pretrained: bool = True
+    ) -> CellResponseNet:
+        """The network a training config describes (``pretrained=False``: no ImageNet file is read, e.g. when
+        a bundle's weights replace the initialisation)."""
+        return cls(
+            n_features,
+            n_classes,
+            tabular_hidden=training.tabular_hidden,
+            dropout=training.dropout,
+            attention_hidden=training.attention_hidden,
+            projection=training.projection,
+            pretrained_weights=training.pretrained_weights if pretrained else None,
+        )
+
+    def forward_crops(self, x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        """Logits for prepared 8-channel crops (``transforms.prepare_batch``): image half, flow half."""
+        return self(x[:, :IMAGE_CHANNELS], x[:, IMAGE_CHANNELS:], table)
 
     def forward(self, mask: torch.Tensor, flow: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         if self.n_features == 0:  # no table columns: a constant input keeps the layer shapes fixed

@@ -44,6 +44,15 @@ class TaskResult:
     error: str = ""
 
 
+def restore_environment(saved: dict[str, str]) -> None:
+    """Make ``os.environ`` equal to ``saved`` again (variables added since are removed)."""
+    for key in set(os.environ) - set(saved):
+        del os.environ[key]
+    for key, value in saved.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
+
+
 def run_task(func: Callable[[dict], dict], row: dict) -> TaskResult:
     """Call ``func(row)`` and turn any exception into a failed result (so one bad image is reported,
     not a crashed worker). Clear errors keep their message; others get type and last frame."""
@@ -82,6 +91,8 @@ def _quiet_dask() -> None:
 
 class _DaskPool:
     def __init__(self, runtime: RuntimeConfig):
+        # Imported here because start-up time needs it: dask.distributed costs ~1 s, and --workers 0 and the
+        # CLI's argument parsing never use it.
         import dask
         from dask.distributed import Client, LocalCluster
 
@@ -90,18 +101,25 @@ class _DaskPool:
         if runtime.scheduler:
             self.client = Client(runtime.scheduler)
         else:
-            with dask.config.set({"distributed.nanny.pre-spawn-environ": _THREAD_ENV}):
-                self.cluster = LocalCluster(
-                    n_workers=runtime.workers,
-                    threads_per_worker=1,
-                    processes=True,
-                    dashboard_address=None,
-                    silence_logs=logging.ERROR,
-                )
+            # The nanny applies pre-spawn-environ to os.environ of *this* process too: left there, OMP_NUM_THREADS=1
+            # made torch (imported later, by train in the same `run`) train on one thread. It is meant for the
+            # workers only, so this process's environment is put back once they are started.
+            environment = dict(os.environ)
+            try:
+                with dask.config.set({"distributed.nanny.pre-spawn-environ": _THREAD_ENV}):
+                    self.cluster = LocalCluster(
+                        n_workers=runtime.workers,
+                        threads_per_worker=1,
+                        processes=True,
+                        dashboard_address=None,
+                        silence_logs=logging.ERROR,
+                    )
+            finally:
+                restore_environment(environment)
             self.client = Client(self.cluster)
 
     def iterate(self, func: Callable[[dict], dict], rows: list[dict]) -> Iterator[TaskResult]:
-        from dask.distributed import as_completed
+        from dask.distributed import as_completed  # see __init__ for why it is imported here
 
         workers = max(1, len(self.client.scheduler_info().get("workers", {})))
         size = chunk_size(len(rows), workers)
@@ -119,6 +137,12 @@ class _DaskPool:
         self.client.close()
         if self.cluster is not None:
             self.cluster.close()
+
+
+def is_main_process() -> bool:
+    """False inside the extra processes Lightning's DDP launcher starts (they rerun the command and must only
+    train). Read from the launcher's environment variables, so asking costs no torch import."""
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
 
 
 def map_images(

@@ -108,6 +108,24 @@ def channel_paths(row: pd.Series | dict, names: list[str]) -> list[Path]:
     return [Path(row[f"{PATH_PREFIX}{n}"]) / row[f"{FILE_PREFIX}{n}"] for n in names]
 
 
+def group_keys(table: pd.DataFrame, by: str, column: str | None = None) -> pd.Series:
+    """The group each row (an image, or a cell with image/plate/well columns) belongs to at a level: ``cell``,
+    ``image``, ``well`` (``plate/well``), ``plate`` or a ``column`` — the unit of splits and of votes."""
+    if by == "cell":
+        return table["cell_id"].astype(str)
+    if by == "image":
+        return table["image_id"].astype(str)
+    if by == "well":
+        return table["plate"].astype(str) + "/" + table["well"].astype(str)
+    if by == "plate":
+        return table["plate"].astype(str)
+    if by == "column":
+        if not column or column not in table.columns:
+            raise InputError(f"split column {column!r} not in the image table; columns: {list(table.columns)}")
+        return table[column].astype(str)
+    raise InputError(f"unknown grouping level {by!r}")
+
+
 # --------------------------------------------------------------------------------------------------
 # Image sources
 # --------------------------------------------------------------------------------------------------
@@ -409,20 +427,31 @@ def _finish_columns(table: pd.DataFrame) -> pd.DataFrame:
     return table[first + chans + rest]
 
 
-def build_image_table(
-    images_dir: str | Path | None = None,
-    load_data: str | Path | None = None,
-    metadata: list[str | Path] | None = None,
-    join: str = "auto",
-    plate: str | None = None,
-) -> tuple[pd.DataFrame, JoinReport | None]:
+@dataclass(frozen=True)
+class ImageSource:
+    """Where a plate's images and their treatments come from: a Phenix folder or a load_data.csv, metadata
+    tables to join, and (for a Phenix folder) the plate name."""
+
+    images_dir: Path | None = None
+    load_data: Path | None = None
+    metadata: tuple[Path, ...] = ()
+    plate: str | None = None
+
+    def describe(self) -> str:
+        return str(self.images_dir or self.load_data)
+
+
+def build_image_table(source: ImageSource, join: str = "auto") -> tuple[pd.DataFrame, JoinReport | None]:
     """The image table from a Phenix folder or a load_data.csv, joined to metadata when given."""
-    if (images_dir is None) == (load_data is None):
+    if (source.images_dir is None) == (source.load_data is None):
         raise InputError("give exactly one image source: --images DIR or --load-data CSV")
-    table = scan_phenix_folder(images_dir, plate=plate) if images_dir is not None else read_load_data(load_data)
+    if source.images_dir is not None:
+        table = scan_phenix_folder(source.images_dir, plate=source.plate)
+    else:
+        table = read_load_data(source.load_data)
     report = None
-    if metadata:
-        table, report = join_metadata(table, [read_table(p) for p in metadata], how=join)
+    if source.metadata:
+        table, report = join_metadata(table, [read_table(p) for p in source.metadata], how=join)
         log.info(report.summary())
     check_files_exist(table)
     return table, report
@@ -434,8 +463,26 @@ def check_label(table: pd.DataFrame, label: str) -> None:
         candidates = [c for c in table.columns if c.startswith("Metadata_")]
         raise InputError(
             f"label column {label!r} is not in the image table; available: {', '.join(candidates) or 'none'} "
-            "(choose one with --label)"
+            "— use --label to choose one"
         )
     values = table[label]
     if values.isna().all() or (values.astype(str).str.strip() == "").all():
-        raise InputError(f"label column {label!r} is empty in every image")
+        raise InputError(f"label column {label!r} is empty for every image — check the metadata join")
+
+
+def labelled_images(table: pd.DataFrame, label: str) -> pd.DataFrame:
+    """The images that carry a label (as ``str``), for training and evaluation; clear errors when there is
+    nothing to learn (no such column, no values, a single class)."""
+    check_label(table, label)
+    values = table[label]
+    empty = values.isna() | (values.astype(str).str.strip() == "")
+    if empty.any():
+        log.warning("%d images have no %s and are left out of training and evaluation", int(empty.sum()), label)
+    images = table[~empty].reset_index(drop=True)
+    images[label] = images[label].astype(str)
+    if images[label].nunique() < 2:
+        raise InputError(
+            f"all {len(images)} images have the same {label} ({images[label].iloc[0]!r}): nothing to learn — "
+            "add images of other treatments or choose another --label"
+        )
+    return images

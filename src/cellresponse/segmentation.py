@@ -11,23 +11,24 @@ Two backends, one output (``labels`` uint32, ``flows`` float32 ``(3, H, W)`` = d
   IdentifyPrimaryObjects → IdentifySecondaryObjects, in a few scikit-image calls. Without a DNA
   channel the same object split runs on the segmentation input itself. Flows are computed from the
   masks with Cellpose's own ``masks_to_flows`` so both backends feed the same crops.
+
+The Cellpose weights and network live in ``cellpose_backend.py``; this module is the offline backend (pure
+functions on arrays) and the dispatch between the two.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numba
 import numpy as np
 from scipy import ndimage as ndi
 from skimage import filters, morphology, segmentation
 
-from cellresponse.channels import normalize_percentile
+from cellresponse.cellpose_backend import CellposeSegmenter, cellpose_weights_available
 from cellresponse.config import SegmentationConfig
-from cellresponse.errors import WeightsUnavailableError
+from cellresponse.transforms import SEGMENTATION_PERCENTILES, normalize_percentile
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,16 @@ class SegmentationResult:
 # --------------------------------------------------------------------------------------------------
 
 
+# Cells reach at most this many nucleus diameters from their nucleus when no diameter is given (CPJUMP1 and
+# BBBC021 cells are 1.5-2.5 nuclei across; further out the watershed grabs background between sparse cells).
+CELL_REACH_NUCLEI = 1.5
+# Weight of the distance to the nearest nucleus in the cell watershed's relief (intensity is in [0, 1]): enough to
+# keep a border from jumping across a bright neighbour, too little to override a visible gap between cells.
+DISTANCE_WEIGHT = 0.02
+
+
 def _normalise(image: np.ndarray) -> np.ndarray:
-    return normalize_percentile(image, 0.5, 99.8)
+    return normalize_percentile(image, *SEGMENTATION_PERCENTILES)
 
 
 def estimate_object_diameter(foreground: np.ndarray) -> float:
@@ -125,7 +134,12 @@ def split_objects(image: np.ndarray, min_size: int = 15, diameter: float | None 
     return labels.astype(np.uint32), float(diameter)
 
 
-def grow_cells(nuclei: np.ndarray, cytoplasm: np.ndarray, max_distance: float | None = None) -> np.ndarray:
+def grow_cells(
+    nuclei: np.ndarray,
+    cytoplasm: np.ndarray,
+    max_distance: float | None = None,
+    distance_weight: float = DISTANCE_WEIGHT,
+) -> np.ndarray:
     """Grow each nucleus into its cell over the cytoplasm image (CellProfiler-style propagation).
 
     The cell foreground is a Li threshold of the smoothed cytoplasm (always including the nuclei;
@@ -143,22 +157,26 @@ def grow_cells(nuclei: np.ndarray, cytoplasm: np.ndarray, max_distance: float | 
     foreground = ndi.binary_fill_holes(foreground)
     # Distance from the nearest nucleus keeps the watershed from jumping across a bright neighbour.
     distance = ndi.distance_transform_edt(nuclei == 0)
-    relief = -smoothed + 0.02 * distance
+    relief = -smoothed + distance_weight * distance
     cells = segmentation.watershed(relief, markers=nuclei.astype(np.int32), mask=foreground)
     return cells.astype(np.uint32)
 
 
 def segment_offline(
-    seg_input: np.ndarray, nuclear: np.ndarray | None, config: SegmentationConfig
+    seg_input: np.ndarray,
+    nuclear: np.ndarray | None,
+    config: SegmentationConfig,
+    reach_nuclei: float = CELL_REACH_NUCLEI,
 ) -> tuple[np.ndarray, float]:
-    """The offline backend: nuclei (from ``nuclear`` or the input itself), grown into cells."""
+    """The offline backend: nuclei (from ``nuclear`` or the input itself), grown into cells at most the
+    configured diameter, or ``reach_nuclei`` nucleus diameters, from their nucleus."""
     diameter = config.diameter
     if nuclear is None:
         labels, diameter = split_objects(seg_input, config.min_size, diameter)
         return labels, diameter
     nuc_diameter = diameter / 2 if diameter else None
     nuclei, nuc_diameter = split_objects(nuclear, config.min_size, nuc_diameter)
-    reach = diameter if diameter else 1.5 * nuc_diameter
+    reach = diameter if diameter else reach_nuclei * nuc_diameter
     cells = grow_cells(nuclei, seg_input, max_distance=reach)
     cells = _remove_small(cells, config.min_size)
     cells, _, _ = segmentation.relabel_sequential(cells)
@@ -218,105 +236,6 @@ def flows_from_masks(labels: np.ndarray) -> np.ndarray:
     return flows
 
 
-# --------------------------------------------------------------------------------------------------
-# Cellpose backend
-# --------------------------------------------------------------------------------------------------
-
-
-def cellpose_weight_files(model: str, weights_dir: str | None = None) -> list[Path]:
-    """The files Cellpose 3 needs for ``model`` (its own naming): the network, and for the built-in
-    cyto/nuclei models the size model that estimates the diameter."""
-    folder = Path(weights_dir) if weights_dir else _cellpose_model_dir()
-    legacy = model in {"cyto", "cyto2", "nuclei"}
-    files = [folder / (f"{model}torch_0" if legacy else model)]
-    if legacy:
-        files.append(folder / f"size_{model}torch_0.npy")
-    elif model == "cyto3":
-        files.append(folder / "size_cyto3.npy")
-    return files
-
-
-def _cellpose_model_dir() -> Path:
-    env = os.environ.get("CELLPOSE_LOCAL_MODELS_PATH")
-    return Path(env) if env else Path.home() / ".cellpose" / "models"
-
-
-def cellpose_weights_available(model: str, weights_dir: str | None = None) -> bool:
-    return all(path.is_file() for path in cellpose_weight_files(model, weights_dir))
-
-
-def ensure_cellpose_weights(model: str, weights_dir: str | None = None) -> Path:
-    """Return the folder with ``model``'s weights, downloading with Cellpose's own code if allowed.
-
-    Cellpose falls back to another model when a name is unknown and retries downloads without a
-    clear message; here a missing model is one clear line instead.
-    """
-    if weights_dir:
-        # Cellpose reads its model folder once, at import: point both the variable and the module at it.
-        os.environ["CELLPOSE_LOCAL_MODELS_PATH"] = str(weights_dir)
-        from cellpose import models as cp_models
-
-        cp_models.MODEL_DIR = Path(weights_dir)
-    if cellpose_weights_available(model, weights_dir):
-        return cellpose_weight_files(model, weights_dir)[0].parent
-    try:
-        from cellpose import models as cp_models
-
-        if model not in cp_models.MODEL_NAMES:
-            raise WeightsUnavailableError(
-                f"Cellpose model {model!r} is not a built-in model ({', '.join(cp_models.MODEL_NAMES[:8])}, ...); "
-                "give a built-in name or a folder with the weights (segmentation.weights_dir)"
-            )
-        cp_models.model_path(model)  # Cellpose's own download into its cache
-        if model in {"cyto", "cyto2", "cyto3", "nuclei"}:
-            cp_models.size_model_path(model)
-    except WeightsUnavailableError:
-        raise
-    except Exception as exc:
-        raise WeightsUnavailableError(
-            f"Cellpose weights for {model!r} are not in {_cellpose_model_dir()} and could not be downloaded "
-            f"({type(exc).__name__}). Copy them there (or set CELLPOSE_LOCAL_MODELS_PATH / "
-            "segmentation.weights_dir), or use segmentation.backend=offline"
-        ) from None
-    return _cellpose_model_dir()
-
-
-class CellposeSegmenter:
-    """Cellpose 3 with the study's parameters; the network is built once per worker process."""
-
-    def __init__(self, config: SegmentationConfig, pretrained: bool = True):
-        import torch
-        from cellpose import models as cp_models
-
-        self.config = config
-        torch.set_num_threads(max(1, torch.get_num_threads()))
-        if pretrained:
-            ensure_cellpose_weights(config.model, config.weights_dir)
-            self.model = cp_models.Cellpose(gpu=torch.cuda.is_available(), model_type=config.model)
-            self.size_model = True
-        else:
-            # Random weights: exercises the wiring (shapes, thresholds, outputs) without any download.
-            self.model = cp_models.CellposeModel(gpu=False, pretrained_model=False, diam_mean=30.0)
-            self.size_model = False
-
-    def __call__(self, seg_input: np.ndarray) -> SegmentationResult:
-        diameter = self.config.diameter
-        kwargs = dict(
-            channels=[0, 0],
-            flow_threshold=self.config.flow_threshold,
-            cellprob_threshold=self.config.cellprob_threshold,
-        )
-        if self.size_model:
-            masks, flows, _, diams = self.model.eval(seg_input, diameter=diameter, **kwargs)
-            diameter = float(np.atleast_1d(diams)[0])
-        else:
-            masks, flows, _ = self.model.eval(seg_input, diameter=diameter or 30.0, **kwargs)
-            diameter = float(diameter or 30.0)
-        dp, prob = flows[1], flows[2]
-        out = np.stack([dp[0], dp[1], prob]).astype(np.float32)
-        return SegmentationResult(masks.astype(np.uint32), out, diameter, "cellpose")
-
-
 def choose_backend(config: SegmentationConfig) -> str:
     """``auto`` resolves to Cellpose when its weights are on disk, else the offline backend."""
     if config.backend != "auto":
@@ -338,42 +257,6 @@ class Segmenter:
 
     def __call__(self, seg_input: np.ndarray, nuclear: np.ndarray | None = None) -> SegmentationResult:
         if self._cellpose is not None:
-            return self._cellpose(seg_input)
+            return SegmentationResult(*self._cellpose(seg_input), "cellpose")
         labels, diameter = segment_offline(seg_input, nuclear, self.config)
         return SegmentationResult(labels, flows_from_masks(labels), diameter, "offline")
-
-
-# --------------------------------------------------------------------------------------------------
-# Quality
-# --------------------------------------------------------------------------------------------------
-
-
-def match_f1(truth: np.ndarray, pred: np.ndarray, iou_threshold: float = 0.5) -> dict[str, float]:
-    """Object F1 at an IoU threshold (one-to-one matches; IoU > 0.5 makes matches unique)."""
-    truth = segmentation.relabel_sequential(truth.astype(np.int64))[0]
-    pred = segmentation.relabel_sequential(pred.astype(np.int64))[0]
-    n_true, n_pred = int(truth.max()), int(pred.max())
-    if n_true == 0 or n_pred == 0:
-        return {
-            "f1": float(n_true == n_pred),
-            "precision": 0.0,
-            "recall": 0.0,
-            "tp": 0,
-            "n_true": n_true,
-            "n_pred": n_pred,
-        }
-    overlap = np.zeros((n_true + 1, n_pred + 1), np.int64)
-    np.add.at(overlap, (truth.ravel(), pred.ravel()), 1)
-    area_t, area_p = overlap.sum(1, keepdims=True), overlap.sum(0, keepdims=True)
-    iou = overlap / np.maximum(area_t + area_p - overlap, 1)
-    iou = iou[1:, 1:]
-    if iou_threshold >= 0.5:
-        tp = int((iou > iou_threshold).sum())
-    else:
-        from scipy.optimize import linear_sum_assignment
-
-        rows, cols = linear_sum_assignment(-iou)
-        tp = int((iou[rows, cols] >= iou_threshold).sum())
-    precision, recall = tp / n_pred, tp / n_true
-    f1 = 2 * tp / (n_true + n_pred)
-    return {"f1": f1, "precision": precision, "recall": recall, "tp": tp, "n_true": n_true, "n_pred": n_pred}

@@ -18,6 +18,8 @@ import numpy as np
 import pandas as pd
 
 from cellresponse.errors import InputError
+from cellresponse.metrics import most_common_label
+from cellresponse.plate import group_keys
 
 log = logging.getLogger(__name__)
 
@@ -25,21 +27,6 @@ TRAIN, VALIDATION, TEST = "train", "validation", "test"
 _TRAIN_WORDS = {"train", "training"}
 _TEST_WORDS = {"test", "testing", "holdout", "held-out"}
 _VALIDATION_WORDS = {"val", "valid", "validation"}
-
-
-def group_keys(images: pd.DataFrame, by: str, column: str | None = None) -> pd.Series:
-    """The group each image belongs to under a split level."""
-    if by == "image":
-        return images["image_id"].astype(str)
-    if by == "well":
-        return images["plate"].astype(str) + "/" + images["well"].astype(str)
-    if by == "plate":
-        return images["plate"].astype(str)
-    if by == "column":
-        if not column or column not in images.columns:
-            raise InputError(f"split column {column!r} not in the image table; columns: {list(images.columns)}")
-        return images[column].astype(str)
-    raise InputError(f"unknown split level {by!r}")
 
 
 def downsample_control(
@@ -140,7 +127,7 @@ def assign_split(
     rng = np.random.default_rng(seed)
     groups = group_keys(images, by, column)
     # A group's class is its most frequent label (a well or image has one; a plate has many).
-    group_label = images[label].astype(str).groupby(groups.to_numpy()).agg(lambda s: s.value_counts().index[0])
+    group_label = most_common_label(images[label].astype(str), groups)
     if by == "column":
         side_of_group = _named_sides(pd.Series(group_label.index, index=group_label.index), test_values or [])
     else:
@@ -152,7 +139,7 @@ def assign_split(
         if by == "column":  # e.g. one replicate: hold out wells of the training side for validation
             sub = images[groups.isin(train_groups.index)]
             sub_groups = group_keys(sub, "well")
-            sub_label = sub[label].astype(str).groupby(sub_groups.to_numpy()).agg(lambda s: s.value_counts().index[0])
+            sub_label = most_common_label(sub[label].astype(str), sub_groups)
             val_wells = _held_out_groups(sub_label, validation_fraction, stratify, rng)
             side = groups.map(side_of_group).to_numpy().copy()
             side[np.isin(group_keys(images, "well").to_numpy(), list(val_wells)) & (side == TRAIN)] = VALIDATION

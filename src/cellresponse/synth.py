@@ -17,8 +17,9 @@ Layout written under ``OUT``::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -30,22 +31,28 @@ from cellresponse.plate import core_file_name, well_name
 CHANNELS = {1: "Mito", 2: "AGP", 3: "RNA", 4: "ER", 5: "DNA"}
 
 
+def _spec(default: float, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class SynthSpec:
-    n_compounds: int = 6
-    wells_per_compound: int = 2
-    control_wells: int = 4
-    sites: int = 3
-    plates: int = 2
-    size: int = 256
-    cells_per_image: int = 22
-    cell_radius: float = 14.0
-    effect: float = 1.0
-    null_compounds: int = 1
+    """What the synthetic plates hold; ``cellresponse synth`` has one flag per field (help from ``metadata``)."""
+
+    n_compounds: int = _spec(6, "compounds besides DMSO")
+    wells_per_compound: int = _spec(2, "wells of each compound per plate")
+    control_wells: int = _spec(4, "DMSO wells per plate")
+    sites: int = _spec(3, "fields per well")
+    plates: int = _spec(2, "plates")
+    size: int = _spec(256, "field side in px")
+    cells_per_image: int = _spec(22, "cells per field")
+    cell_radius: float = _spec(14.0, "cell radius in px")
+    effect: float = _spec(1.0, "phenotype strength of the compounds")
+    null_compounds: int = _spec(1, "compounds with no effect at all")
     # A per-well phenotype offset (seeding density, edge effects, pipetting): what makes sites of one well
     # near-duplicates, and an image-level split leak. 0 = wells of one compound are alike.
-    well_effect: float = 0.0
-    seed: int = 0
+    well_effect: float = _spec(0.0, "per-well phenotype offset (makes sites of a well alike)")
+    seed: int = _spec(0, "random seed")
 
 
 def compound_table(spec: SynthSpec) -> pd.DataFrame:

@@ -1,0 +1,201 @@
+"""Metrics: votes of cell predictions into images, wells and plates; classification metrics with chance and
+majority rates beside them; object matching for segmentation quality. Pure functions on arrays and tables.
+
+Votes (:func:`vote`):
+    majority  each cell votes for its top class; the class with most votes wins. Ties go to the
+              tied class with the highest mean probability, then to the first class in sorted
+              order (deterministic).
+    soft      the class with the highest mean probability over the cells (ties: first class).
+
+Rates printed beside every metric:
+    chance    1 / number of classes in the model
+    majority  accuracy of always answering the most frequent true class at that level
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import linear_sum_assignment
+from skimage.segmentation import relabel_sequential
+from sklearn import metrics as skm
+
+from cellresponse.plate import group_keys
+
+LEVELS = ("image", "well", "plate")
+# Share of cells that must carry their group's label for a vote at that level to be scored (see voted_metrics).
+MIN_GROUP_PURITY = 0.99
+
+
+def most_common_label(labels: pd.Series, groups: np.ndarray | pd.Series) -> pd.Series:
+    """Each group's most common label (ties: the label seen first), indexed by group."""
+    return pd.Series(np.asarray(labels)).groupby(np.asarray(groups)).agg(lambda s: s.value_counts().index[0])
+
+
+def vote(groups: np.ndarray, probs: np.ndarray, method: str = "soft") -> tuple[np.ndarray, np.ndarray]:
+    """Aggregate cell probabilities ``(N, C)`` per group.
+
+    Returns the sorted unique groups and a ``(G, C)`` score matrix whose argmax (first maximum on
+    ties) is the group's prediction: mean probabilities (soft), or vote counts plus the mean
+    probability scaled below one vote as tie-breaker (majority).
+    """
+    groups = np.asarray(groups)
+    probs = np.asarray(probs, dtype=np.float64)
+    unique, inverse = np.unique(groups, return_inverse=True)
+    n_groups, n_classes = len(unique), probs.shape[1]
+    sizes = np.bincount(inverse, minlength=n_groups).astype(np.float64)
+    mean = np.zeros((n_groups, n_classes))
+    np.add.at(mean, inverse, probs)
+    mean /= sizes[:, None]
+    if method == "soft":
+        return unique, mean
+    if method != "majority":
+        raise ValueError(f"unknown vote {method!r}")
+    counts = np.zeros((n_groups, n_classes))
+    np.add.at(counts, (inverse, probs.argmax(1)), 1.0)
+    return unique, counts + mean * 0.5  # mean prob < 1 cannot outweigh one vote: it only breaks ties
+
+
+def top_k_accuracy(true_codes: np.ndarray, scores: np.ndarray, k: int = 5) -> float:
+    """Share of rows whose true class is among the k highest scores (unknown classes, code -1, miss)."""
+    if len(true_codes) == 0:
+        return float("nan")
+    k = min(k, scores.shape[1])
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return float(np.mean([t in row for t, row in zip(true_codes, top, strict=True)]))
+
+
+def rates(true_labels: pd.Series | np.ndarray, n_classes: int) -> dict[str, float]:
+    counts = pd.Series(np.asarray(true_labels)).value_counts()
+    return {
+        "chance_rate": 1.0 / max(n_classes, 1),
+        "majority_rate": float(counts.iloc[0] / counts.sum()) if len(counts) else float("nan"),
+    }
+
+
+def classification_metrics(
+    true_labels: np.ndarray,
+    predicted: np.ndarray,
+    scores: np.ndarray | None,
+    classes: list[str],
+    top_k: int = 5,
+    details: bool = True,
+) -> dict[str, Any]:
+    """Accuracy, balanced accuracy, top-k, macro F1 (+ per-class precision/recall and confusion)."""
+    with warnings.catch_warnings():  # "y_pred contains classes not in y_true" is expected on small test sides
+        warnings.simplefilter("ignore", UserWarning)
+        return _classification_metrics(true_labels, predicted, scores, classes, top_k, details)
+
+
+def _classification_metrics(true_labels, predicted, scores, classes, top_k, details) -> dict[str, Any]:
+    true_labels = np.asarray(true_labels).astype(str)
+    predicted = np.asarray(predicted).astype(str)
+    labels = sorted(set(true_labels) | set(predicted))
+    out: dict[str, Any] = {
+        "n": len(true_labels),
+        "accuracy": float(skm.accuracy_score(true_labels, predicted)) if len(true_labels) else float("nan"),
+        "balanced_accuracy": float(skm.balanced_accuracy_score(true_labels, predicted))
+        if len(true_labels)
+        else float("nan"),
+        "macro_f1": float(skm.f1_score(true_labels, predicted, labels=sorted(set(true_labels)), average="macro"))
+        if len(true_labels)
+        else float("nan"),
+    }
+    if scores is not None:
+        lookup = {c: i for i, c in enumerate(classes)}
+        codes = np.array([lookup.get(t, -1) for t in true_labels])
+        out[f"top{top_k}"] = top_k_accuracy(codes, scores, top_k)
+    out.update(rates(true_labels, len(classes)))
+    if details and len(true_labels):
+        precision, recall, _, support = skm.precision_recall_fscore_support(
+            true_labels, predicted, labels=labels, zero_division=0
+        )
+        out["per_class"] = {
+            lab: {"precision": float(p), "recall": float(r), "support": int(s)}
+            for lab, p, r, s in zip(labels, precision, recall, support, strict=True)
+        }
+        out["confusion"] = {
+            "labels": labels,
+            "matrix": skm.confusion_matrix(true_labels, predicted, labels=labels).tolist(),
+        }
+    return out
+
+
+def top_labels(scores: np.ndarray, classes: list[str], k: int = 5) -> tuple[list[list[str]], list[list[float]]]:
+    k = min(k, scores.shape[1])
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    names = np.asarray(classes, dtype=object)[order]
+    values = np.take_along_axis(scores, order, axis=1)
+    return [list(map(str, n)) for n in names], [list(map(float, v)) for v in values]
+
+
+def voted_metrics(
+    table: pd.DataFrame,
+    probs: np.ndarray,
+    classes: list[str],
+    level: str,
+    top_k: int = 5,
+    min_purity: float = MIN_GROUP_PURITY,
+) -> dict[str, Any]:
+    """Majority- and soft-vote metrics at one level; the true label of a group is its most common one.
+
+    A level whose groups mix classes (fewer than ``min_purity`` of the cells share their group's label, e.g.
+    plates holding many treatments) is skipped with the reason: a vote over such groups answers nothing useful."""
+    keys = group_keys(table, level).to_numpy()
+    labels = pd.Series(table["true_label"].astype(str).to_numpy())
+    truth = most_common_label(labels, keys)
+    purity = float((labels == truth.loc[keys].to_numpy()).mean())
+    if purity < min_purity:
+        share = f"{purity:.0%} of cells share their group's label"
+        return {"skipped": f"groups at the {level} level hold several classes ({share}; votes need {min_purity:.0%})"}
+    out: dict[str, Any] = {}
+    for method, name in (("majority", "majority_vote"), ("soft", "soft_vote")):
+        groups, scores = vote(keys, probs, method)
+        predicted = np.asarray(classes, dtype=object)[scores.argmax(1)]
+        out[name] = classification_metrics(truth.loc[groups].to_numpy(), predicted, scores, classes, top_k)
+    out.update(rates(truth.to_numpy(), len(classes)))
+    return out
+
+
+def match_f1(truth: np.ndarray, pred: np.ndarray, iou_threshold: float = 0.5) -> dict[str, float]:
+    """Object F1 at an IoU threshold (one-to-one matches; IoU > 0.5 makes matches unique)."""
+    truth = relabel_sequential(truth.astype(np.int64))[0]
+    pred = relabel_sequential(pred.astype(np.int64))[0]
+    n_true, n_pred = int(truth.max()), int(pred.max())
+    if n_true == 0 or n_pred == 0:
+        return {
+            "f1": float(n_true == n_pred),
+            "precision": 0.0,
+            "recall": 0.0,
+            "tp": 0,
+            "n_true": n_true,
+            "n_pred": n_pred,
+        }
+    overlap = np.zeros((n_true + 1, n_pred + 1), np.int64)
+    np.add.at(overlap, (truth.ravel(), pred.ravel()), 1)
+    area_t, area_p = overlap.sum(1, keepdims=True), overlap.sum(0, keepdims=True)
+    iou = overlap / np.maximum(area_t + area_p - overlap, 1)
+    iou = iou[1:, 1:]
+    if iou_threshold >= 0.5:
+        tp = int((iou > iou_threshold).sum())
+    else:
+        rows, cols = linear_sum_assignment(-iou)
+        tp = int((iou[rows, cols] >= iou_threshold).sum())
+    precision, recall = tp / n_pred, tp / n_true
+    f1 = 2 * tp / (n_true + n_pred)
+    return {"f1": f1, "precision": precision, "recall": recall, "tp": tp, "n_true": n_true, "n_pred": n_pred}
+
+
+def prediction_table(table: pd.DataFrame, scores: np.ndarray, classes: list[str], top_k: int = 5) -> pd.DataFrame:
+    """``table`` with the prediction columns added: ``predicted_label``, ``probability`` (its score) and the
+    top-k labels and scores (``top<k>_labels``, ``top<k>_probabilities``)."""
+    names, values = top_labels(scores, classes, top_k)
+    out = table.copy()
+    out["predicted_label"] = [n[0] for n in names]
+    out["probability"] = [v[0] for v in values]
+    out[f"top{top_k}_labels"] = names
+    out[f"top{top_k}_probabilities"] = values
+    return out

@@ -1,0 +1,195 @@
+"""The run folder: every path of its documented layout, in one place (README "Output files").
+
+    RUN/config.yaml                  resolved config of the run
+    RUN/images.parquet               the image table (plate.py)
+    RUN/masks/<image_id>.tif         uint32 labels; the TIFF description holds JSON (cells, diameter, backend)
+    RUN/flows/<image_id>.tif         float32 (3, H, W): dY, dX, cell probability
+    RUN/segmentation.parquet         one row per segmented image
+    RUN/figures/<image_id>.png       Figure 1 panels
+    RUN/cells/<image_id>.parquet     per-image measurements (the resume unit)
+    RUN/cells.parquet                all cells; cells.csv with --csv
+    RUN/crops/                       crops.npy, index.parquet, settings.json, parts/<image_id>.npy
+    RUN/model/                       split.parquet, split.json, history.csv, checkpoints/, bundle/, train.json
+    RUN/predictions/                 cell_predictions.parquet, image_predictions.parquet
+    RUN/metrics.json, RUN/report/    evaluation and report
+    RUN/logs/                        cellresponse.log, <stage>.json summaries, failures-<stage>.csv
+
+Stages read and write through :class:`RunFolder`; tables read through it carry ``image_id`` and ``cell_id`` as
+``str`` (the typed-id contract every stage relies on, so nobody casts them again).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import pandas as pd
+
+from cellresponse.config import Config, load_config
+from cellresponse.errors import InputError, StageError
+from cellresponse.io import atomic_path, read_parquet, write_json, write_text
+
+ID_COLUMNS = ("image_id", "cell_id")
+
+# The command that makes each output, as a user types it (error messages suggest it).
+MAKES = {
+    "images": "cellresponse images (--images DIR | --load-data CSV) --out {root}",
+    "segment": "cellresponse segment {root}",
+    "measure": "cellresponse measure {root}",
+    "crops": "cellresponse crops {root}",
+    "train": "cellresponse train {root}",
+    "evaluate": "cellresponse evaluate {root}",
+}
+
+
+class Failure(Protocol):
+    """What :meth:`RunFolder.record_stage` needs of a failed image (``parallel.TaskResult`` is one)."""
+
+    image_id: str
+    error: str
+
+
+def with_typed_ids(table: pd.DataFrame) -> pd.DataFrame:
+    """``image_id`` / ``cell_id`` as Python strings, whatever the file stored."""
+    casts = {c: str for c in ID_COLUMNS if c in table.columns and table[c].dtype != object}
+    return table.astype(casts) if casts else table
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """The documented layout of a run folder."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    # ---- files and folders -------------------------------------------------------------------
+    config = property(lambda self: self.root / "config.yaml")
+    images = property(lambda self: self.root / "images.parquet")
+    masks = property(lambda self: self.root / "masks")
+    flows = property(lambda self: self.root / "flows")
+    segmentation = property(lambda self: self.root / "segmentation.parquet")
+    figures = property(lambda self: self.root / "figures")
+    cells = property(lambda self: self.root / "cells.parquet")
+    cells_csv = property(lambda self: self.root / "cells.csv")
+    cells_per_image = property(lambda self: self.root / "cells")
+    crops = property(lambda self: self.root / "crops")
+    crop_parts = property(lambda self: self.root / "crops" / "parts")
+    crop_settings = property(lambda self: self.root / "crops" / "settings.json")
+    model = property(lambda self: self.root / "model")
+    split_table = property(lambda self: self.root / "model" / "split.parquet")
+    split_report = property(lambda self: self.root / "model" / "split.json")
+    history = property(lambda self: self.root / "model" / "history.csv")
+    checkpoints = property(lambda self: self.root / "model" / "checkpoints")
+    best_checkpoint = property(lambda self: self.root / "model" / "checkpoints" / "best.ckpt")
+    last_checkpoint = property(lambda self: self.root / "model" / "checkpoints" / "last.ckpt")
+    bundle = property(lambda self: self.root / "model" / "bundle")
+    train_summary = property(lambda self: self.root / "model" / "train.json")
+    predictions = property(lambda self: self.root / "predictions")
+    cell_predictions = property(lambda self: self.root / "predictions" / "cell_predictions.parquet")
+    image_predictions = property(lambda self: self.root / "predictions" / "image_predictions.parquet")
+    metrics = property(lambda self: self.root / "metrics.json")
+    report = property(lambda self: self.root / "report")
+    report_index = property(lambda self: self.root / "report" / "index.html")
+    logs = property(lambda self: self.root / "logs")
+    log_file = property(lambda self: self.root / "logs" / "cellresponse.log")
+
+    def mask_path(self, image_id: str) -> Path:
+        return self.masks / f"{image_id}.tif"
+
+    def flow_path(self, image_id: str) -> Path:
+        return self.flows / f"{image_id}.tif"
+
+    def cells_path(self, image_id: str) -> Path:
+        return self.cells_per_image / f"{image_id}.parquet"
+
+    def crop_part(self, image_id: str) -> Path:
+        return self.crop_parts / f"{image_id}.npy"
+
+    def figure_path(self, image_id: str) -> Path:
+        return self.figures / f"{image_id}.png"
+
+    def stage_summary(self, stage: str) -> Path:
+        return self.logs / f"{stage}.json"
+
+    def failures(self, stage: str) -> Path:
+        return self.logs / f"failures-{stage}.csv"
+
+    # ---- life cycle --------------------------------------------------------------------------
+    def create(self) -> RunFolder:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self.logs.mkdir(exist_ok=True)
+            probe = self.root / ".write-probe"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as exc:
+            raise InputError(f"run folder {self.root} is not writable: {exc.strerror} — choose another --out") from None
+        return self
+
+    def require(self, path: Path, stage: str) -> Path:
+        """``path`` if it exists, else one line naming the command that makes it."""
+        if not path.exists():
+            command = MAKES.get(stage, f"cellresponse {stage} {{root}}").format(root=self.root)
+            raise InputError(f"{path} is missing — run `{command}` first")
+        return path
+
+    # ---- config ------------------------------------------------------------------------------
+    def save_config(self, config: Config) -> None:
+        write_text(self.config, config.to_yaml())
+
+    def load_config(self) -> Config:
+        return load_config(self.require(self.config, "images"))
+
+    # ---- tables ------------------------------------------------------------------------------
+    def read_table(self, path: Path, stage: str) -> pd.DataFrame:
+        return with_typed_ids(read_parquet(self.require(path, stage)))
+
+    def read_images(self) -> pd.DataFrame:
+        return self.read_table(self.images, "images")
+
+    def read_cells(self) -> pd.DataFrame:
+        return self.read_table(self.cells, "measure")
+
+    def read_split(self) -> tuple[pd.Series, dict[str, Any]]:
+        """Each split image's side (indexed by image_id) and the split report."""
+        sides = self.read_table(self.split_table, "train").set_index("image_id")["side"]
+        return sides, json.loads(self.require(self.split_report, "train").read_text())
+
+    def read_history(self) -> list[dict[str, float]]:
+        """``model/history.csv`` as one dict per epoch (empty values as NaN; [] before training)."""
+        if not self.history.exists():
+            return []
+        with open(self.history, newline="") as handle:
+            return [
+                {k: float(v) if v not in ("", None) else float("nan") for k, v in r.items()}
+                for r in csv.DictReader(handle)
+            ]
+
+    def read_summary(self, stage: str) -> dict[str, Any]:
+        """A stage's ``logs/<stage>.json`` ({} when the stage has not run)."""
+        path = self.stage_summary(stage)
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    # ---- stage records -----------------------------------------------------------------------
+    def record_stage(self, stage: str, summary: dict[str, Any], failed: Sequence[Failure] = ()) -> None:
+        """Write ``logs/<stage>.json`` and the failures list; raise :class:`StageError` when images failed."""
+        self.logs.mkdir(parents=True, exist_ok=True)
+        failures = self.failures(stage)
+        if failed:
+            frame = pd.DataFrame([{"image_id": f.image_id, "error": f.error} for f in failed])
+            with atomic_path(failures) as tmp:
+                frame.to_csv(tmp, index=False)
+        elif failures.exists():
+            failures.unlink()
+        write_json(self.stage_summary(stage), summary)
+        if failed:
+            raise StageError(
+                f"{stage}: {len(failed)} of {summary.get('images', '?')} images failed "
+                f"(first: {failed[0].image_id}: {failed[0].error}); list in {failures}"
+            )

@@ -1,0 +1,74 @@
+"""The pipeline's stages: one module per CLI verb, each exposing the same call,
+
+    run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bool = True, ...) -> dict
+
+(the summary also written to ``RUN/logs/<stage>.json``), and the order they run in. ``cli run``, ``demo`` and the
+report read the order from :data:`PIPELINE`; nothing else lists it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+from types import ModuleType
+from typing import Any
+
+from cellresponse.config import Config
+from cellresponse.errors import CellResponseError
+from cellresponse.parallel import is_main_process
+from cellresponse.plate import ImageSource
+from cellresponse.runfolder import RunFolder
+
+log = logging.getLogger(__name__)
+
+PIPELINE = ("images", "segment", "measure", "crops", "train", "evaluate", "report")
+
+
+def stage_module(name: str) -> ModuleType:
+    """The module of stage ``name``. Imported on demand because start-up time needs it: ``segment`` must not pay
+    for importing torch and Lightning, which only ``train``, ``evaluate`` and ``predict`` use."""
+    if name not in PIPELINE:
+        raise CellResponseError(f"unknown stage {name!r}; stages: {', '.join(PIPELINE)}")
+    return importlib.import_module(f"cellresponse.stages.{name}")
+
+
+def run_stage(
+    name: str, run: RunFolder, config: Config, *, overwrite: bool = False, progress: bool = True, **options: Any
+) -> dict[str, Any]:
+    """One stage on a run folder; the config is saved to ``RUN/config.yaml`` once the stage has succeeded (so a
+    failed call leaves it as it was; the report only reads it)."""
+    summary = stage_module(name).run(run, config, overwrite=overwrite, progress=progress, **options)
+    if is_main_process() and name != "report":
+        run.save_config(config)
+    return summary
+
+
+def run_pipeline(
+    run: RunFolder,
+    config: Config,
+    *,
+    source: ImageSource | None = None,
+    start: str = PIPELINE[0],
+    stop: str = PIPELINE[-1],
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, float]:
+    """The stages from ``start`` to ``stop`` in order, each resumable; returns seconds per stage.
+
+    In the extra processes of Lightning's DDP launcher (which rerun the command) only ``train`` runs."""
+    first, last = PIPELINE.index(start), PIPELINE.index(stop)
+    if first > last:
+        raise CellResponseError(f"--from {start} comes after --until {stop}")
+    if not is_main_process():
+        first = last = PIPELINE.index("train")
+    timings: dict[str, float] = {}
+    for name in PIPELINE[first : last + 1]:
+        began = time.perf_counter()
+        options = {"source": source} if name == "images" else {}
+        run_stage(name, run, config, overwrite=overwrite, progress=progress, **options)
+        timings[name] = round(time.perf_counter() - began, 2)
+        if not is_main_process():
+            break
+    log.info("stage timings (s): %s", timings)
+    return timings

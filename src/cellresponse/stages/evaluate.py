@@ -1,0 +1,182 @@
+"""``cellresponse evaluate``: the test side predicted by the bundle's network, voted into images, wells and plates,
+scored beside chance, majority and the baselines; ``RUN/predictions/`` and ``RUN/metrics.json``.
+``evaluate --features TABLE`` scores the features-only model on a per-image table a user already has."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cellresponse.baselines import (
+    cell_features_baseline,
+    compare_with_baseline,
+    features_baseline,
+    headline,
+    sanity_check,
+)
+from cellresponse.bundle import Bundle, load_bundle, predict_cells
+from cellresponse.config import Config, differences
+from cellresponse.errors import InputError
+from cellresponse.io import write_json, write_parquet
+from cellresponse.measure import feature_columns
+from cellresponse.metrics import LEVELS, classification_metrics, prediction_table, vote, voted_metrics
+from cellresponse.plate import labelled_images, read_table
+from cellresponse.profiles import image_feature_table
+from cellresponse.runfolder import RunFolder
+from cellresponse.splits import TEST, assign_split, log_split
+from cellresponse.store import CropStore
+
+log = logging.getLogger(__name__)
+
+# What evaluate may set differently from training: how predictions are voted and scored, and how it runs.
+# Anything else (crop size, network, split, ...) is fixed by the trained model; changing it here would half apply.
+EVALUATION_KEYS = ("evaluation.", "runtime.", "seed", "input.control_label", "input.target_column")
+PREDICTION_COLUMNS = ["cell_id", "image_id", "plate", "well", "true_label"]
+
+
+def check_same_model_settings(bundle: Bundle, config: Config) -> None:
+    """The run's config must describe the bundle's model; only :data:`EVALUATION_KEYS` may differ."""
+    changed = differences(bundle.config, config, ignore=EVALUATION_KEYS)
+    if changed:
+        detail = ", ".join(f"{key}: {old!r} → {new!r}" for key, (old, new) in list(changed.items())[:5])
+        raise InputError(
+            f"the model was trained with other settings ({detail}); evaluate can only change evaluation.* and "
+            "runtime.* — to use the new settings, train again: cellresponse train RUN --overwrite --set ..."
+        )
+
+
+def test_cells(run: RunFolder, images: pd.DataFrame, sides: pd.Series, label: str) -> pd.DataFrame:
+    """The measured cells of the split's images, with their true label, plate and well."""
+    cells = run.read_cells()
+    meta = images.set_index("image_id")
+    cells = cells[cells["image_id"].isin(sides.index)].copy()
+    cells["true_label"] = cells["image_id"].map(meta[label])
+    cells["plate"] = cells["image_id"].map(meta["plate"])
+    cells["well"] = cells["image_id"].map(meta["well"])
+    return cells
+
+
+def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Predict the test side, vote, score, add baselines; writes RUN/predictions and RUN/metrics.json."""
+    started = time.perf_counter()
+    bundle = load_bundle(run.require(run.bundle, "train"))
+    label = config.input.label
+    if bundle.meta.get("label") != label:
+        raise InputError(f"the model predicts {bundle.meta.get('label')!r}, the run's label is {label!r}")
+    check_same_model_settings(bundle, config)
+    images = labelled_images(run.read_images(), label)
+    sides, split_report = run.read_split()
+    cells = test_cells(run, images, sides, label)
+    test = cells[cells["image_id"].map(sides) == TEST].reset_index(drop=True)
+    if test.empty:
+        raise InputError("the test side has no cells — nothing to evaluate")
+    classes = bundle.encoder.classes
+    e = config.evaluation
+    probs = predict_cells(bundle, CropStore(run.crops), test, batch_size=e.batch_size, progress=progress)
+    write_parquet(run.cell_predictions, prediction_table(test[PREDICTION_COLUMNS], probs, classes, e.top_k))
+    groups, scores = vote(test["image_id"].to_numpy(), probs, e.vote)
+    image_table = images.set_index("image_id").loc[groups].reset_index()
+    write_parquet(run.image_predictions, prediction_table(image_table, scores, classes, e.top_k))
+
+    metrics: dict[str, Any] = {"label": label, "classes": len(classes), "headline_vote": e.vote}
+    metrics["cell"] = classification_metrics(
+        test["true_label"], np.asarray(classes)[probs.argmax(1)], probs, classes, e.top_k
+    )
+    for level in LEVELS:
+        metrics[level] = voted_metrics(test, probs, classes, level, e.top_k)
+    metrics["chance_rate"] = metrics["image"]["chance_rate"]
+    metrics["majority_rate"] = metrics["image"]["majority_rate"]
+    metrics["split"] = split_report
+    columns = feature_columns(cells.columns)
+    metrics["baseline_features"] = features_baseline(
+        image_feature_table(cells, columns), images, label, sides, e.top_k, bundle.features_model
+    )
+    metrics["baseline_cell_features"] = cell_features_baseline(cells, columns, sides, config.seed, e.top_k)
+    metrics["sanity_check"] = sanity_check(cells, columns, sides, config.input.control_label, config.seed)
+    if bundle.label_to_target:
+        to_target = np.vectorize(lambda c: bundle.label_to_target.get(c, "?"))
+        true_t = to_target(test["true_label"].astype(str).to_numpy())
+        pred_t = to_target(np.asarray(classes)[probs.argmax(1)])
+        metrics["target_cell_accuracy"] = float(np.mean(true_t == pred_t))
+    metrics["verdict"] = compare_with_baseline(metrics, e.vote)
+    metrics["seconds"] = round(time.perf_counter() - started, 2)
+    write_json(run.metrics, metrics)
+    for line in headline(metrics, e.vote):
+        log.info(line)
+    log.info(metrics["verdict"])
+    if split_report.get("leaky_classes"):
+        log.warning(
+            "%d classes have sites of one well on both sides of the split: the image-level number is optimistic",
+            split_report["leaky_classes"],
+        )
+    run.record_stage("evaluate", {"cells": len(test), "seconds": metrics["seconds"]})
+    return metrics
+
+
+def run_feature_table(path: str | Path, config: Config, out: str | Path) -> dict[str, Any]:
+    """Features-only evaluation of a per-image table a user already has (e.g. CellProfiler Image.csv
+    joined to metadata): same split rules, same metrics, written to OUT/metrics.json."""
+    table = read_table(Path(path))
+    label = config.input.label
+    if label not in table.columns:
+        raise InputError(f"{path}: label column {label!r} not found; columns: {list(table.columns)[:20]}")
+    table = table[table[label].notna()].reset_index(drop=True)
+    plate_col = next((c for c in ("plate", "Metadata_Plate") if c in table.columns), None)
+    well_col = next((c for c in ("well", "Metadata_Well") if c in table.columns), None)
+    if plate_col is None or well_col is None:
+        raise InputError(f"{path}: needs plate and well columns (Metadata_Plate, Metadata_Well) for grouped splits")
+    images = pd.DataFrame(
+        {
+            "image_id": [f"img{i}" for i in range(len(table))],
+            "plate": table[plate_col].astype(str),
+            "well": table[well_col].astype(str),
+        }
+    )
+    for column in table.columns:
+        if column.startswith("Metadata_") and column not in images:
+            images[column] = table[column].to_numpy()
+    images[label] = table[label].astype(str).to_numpy()
+    numeric = [
+        c
+        for c in table.select_dtypes("number").columns
+        if not c.startswith(("Metadata_", "ImageNumber", "Image_Count")) or c == "Image_Count_Cells"
+    ]
+    if not numeric:
+        raise InputError(f"{path}: no numeric feature columns")
+    features = table[numeric].replace([np.inf, -np.inf], np.nan)
+    bad = int(features.isna().to_numpy().sum())
+    if bad:
+        log.warning("%d NaN/infinite values in %s replaced by column means", bad, path)
+    features = features.fillna(features.mean()).fillna(0.0)
+    features.index = images["image_id"]
+    s = config.split
+    side, report = assign_split(
+        images, label, s.by, s.column, s.test_values, s.test_fraction, 0.0, s.stratify, config.seed
+    )
+    log_split(report)
+    baseline = features_baseline(features, images, label, pd.Series(side.to_numpy(), index=images["image_id"]))
+    metrics = {
+        "label": label,
+        "source": str(path),
+        "features": len(numeric),
+        **{k: baseline[k] for k in LEVELS if k in baseline},
+        "split": report.to_dict(),
+    }
+    write_json(Path(out) / "metrics.json", metrics)
+    for level in LEVELS:
+        if level in metrics:
+            b = metrics[level]
+            log.info(
+                "%s accuracy %.3f — chance %.3f, majority %.3f [n=%d]",
+                level,
+                b["accuracy"],
+                b["chance_rate"],
+                b["majority_rate"],
+                b["n"],
+            )
+    return metrics

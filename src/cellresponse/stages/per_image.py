@@ -1,0 +1,85 @@
+"""The skeleton every per-image stage shares: which images are still to do, one task per image over Dask (or in
+this process), and the counts its summary starts with.
+
+A task is a module-level function ``task(row, *, config_json, run_root, **arguments) -> dict`` that writes its
+image's outputs atomically; Dask pickles it by reference, so workers import only the stage's own module.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cellresponse.config import Config
+from cellresponse.errors import InputError
+from cellresponse.io import remove_stale_temporaries
+from cellresponse.parallel import TaskResult, map_images
+from cellresponse.plate import channel_names
+from cellresponse.runfolder import RunFolder
+
+
+@dataclass
+class PerImageOutcome:
+    total: int
+    todo: int
+    done: list[TaskResult]
+    failed: list[TaskResult]
+
+    def counts(self, done_key: str) -> dict[str, int]:
+        """The first keys of the stage summary: images, <done_key> (done by this call), skipped_done, failed."""
+        return {
+            "images": self.total,
+            done_key: len(self.done),
+            "skipped_done": self.total - self.todo,
+            "failed": len(self.failed),
+        }
+
+
+def image_rows(run: RunFolder) -> tuple[list[dict[str, Any]], list[str]]:
+    """The image table's rows and channel names (the input of every per-image stage)."""
+    table = run.read_images()
+    return table.to_dict("records"), channel_names(table)
+
+
+def require_outputs(
+    run: RunFolder, rows: list[dict[str, Any]], path_of: Callable[[str], Path], what: str, stage: str
+) -> None:
+    """Every image must have the output of an earlier stage (``path_of(image_id)``), else one line naming the
+    command that makes it."""
+    missing = [row["image_id"] for row in rows if not path_of(row["image_id"]).exists()]
+    if missing:
+        raise InputError(
+            f"{len(missing)} images have no {what} (e.g. {missing[0]}) — run `cellresponse {stage} {run.root}` first"
+        )
+
+
+@functools.lru_cache(maxsize=8)
+def config_from_json(config_json: str) -> Config:
+    """Tasks carry the config as JSON; each worker parses it once, not once per image."""
+    return Config.model_validate_json(config_json)
+
+
+def map_stage(
+    stage: str,
+    task: Callable[..., dict],
+    run: RunFolder,
+    config: Config,
+    rows: list[dict[str, Any]],
+    *,
+    is_done: Callable[[dict[str, Any]], bool],
+    overwrite: bool = False,
+    progress: bool = True,
+    temporaries: Iterable[Path] = (),
+    **arguments: Any,
+) -> PerImageOutcome:
+    """Run ``task`` on every row not yet done (all rows with ``overwrite``), after clearing the temporary files
+    a killed run may have left in ``temporaries``."""
+    for folder in temporaries:
+        remove_stale_temporaries(folder)
+    todo = [row for row in rows if overwrite or not is_done(row)]
+    func = functools.partial(task, config_json=config.model_dump_json(), run_root=str(run.root), **arguments)
+    done, failed = map_images(func, todo, config.runtime, stage, progress)
+    return PerImageOutcome(total=len(rows), todo=len(todo), done=done, failed=failed)

@@ -1,0 +1,226 @@
+"""``cellresponse report``: one self-contained HTML page (images inlined) plus the PNGs beside it.
+
+``RUN/report/index.html`` — what was run (config, counts, timings), how good the predictions are (every accuracy
+beside chance, majority and the features-only baseline), where the model errs (confusion matrix, per-class
+accuracy), what the split could not do (leakage), how training went (per-epoch curves and table) and what
+segmentation looked like (Figure 1 panels). Works on partial runs: sections without data are left out.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cellresponse.baselines import compare_with_baseline
+from cellresponse.config import Config
+from cellresponse.figures import plot_confusion, plot_history
+from cellresponse.io import write_text
+from cellresponse.runfolder import RunFolder
+from cellresponse.stages import PIPELINE
+
+FIGURE1_PANELS = 3
+CSS = (
+    "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+    "table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+    "th{background:#f2f2f2}td:first-child{text-align:left}img{max-width:100%;margin:.3em 0}"
+    ".note{background:#fff6d6;border-left:4px solid #e0b000;padding:.5em 1em}"
+    ".good{background:#e6f5e6;border-left:4px solid #3a3;padding:.5em 1em}pre{background:#f7f7f7;padding:1em;"
+    "overflow:auto;font-size:12px}"
+)
+METRIC_HEADER = ["level", "vote", "accuracy", "balanced acc.", "top-{k}", "chance", "majority", "features-only", "n"]
+
+
+def _img(path: Path, alt: str) -> str:
+    data = base64.b64encode(Path(path).read_bytes()).decode()
+    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}" title="{html.escape(path.name)}">'
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return "—" if np.isnan(v) else f"{v:.3f}"
+        return html.escape(str(v))
+
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def top_k_key(block: dict[str, Any]) -> str | None:
+    """The ``top<k>`` key a metrics block holds (k is ``evaluation.top_k`` of the run), or None."""
+    return next((key for key in block if re.fullmatch(r"top\d+", key)), None)
+
+
+def metrics_rows(metrics: dict[str, Any]) -> list[list[Any]]:
+    """One row per level and vote: accuracy, balanced accuracy, top-k, chance, majority, features-only, n."""
+    rows = []
+    base = metrics.get("baseline_features", {})
+    cell_base = metrics.get("baseline_cell_features", {})
+    nan = float("nan")
+
+    def top_k(block: dict[str, Any]) -> float:
+        key = top_k_key(block)
+        return block[key] if key else nan
+
+    if "cell" in metrics:
+        c = metrics["cell"]
+        row = ["cell", "—", c.get("accuracy", nan), c.get("balanced_accuracy", nan), top_k(c)]
+        row += [c.get("chance_rate", nan), c.get("majority_rate", nan)]
+        rows.append([*row, cell_base.get("cell", {}).get("accuracy", nan), c.get("n")])
+    for level in ("image", "well", "plate"):
+        block = metrics.get(level)
+        if not block or "skipped" in block:
+            continue
+        for vote in ("majority_vote", "soft_vote"):
+            r = block.get(vote, {})
+            row = [level, vote.replace("_", " "), r.get("accuracy", nan), r.get("balanced_accuracy", nan), top_k(r)]
+            row += [block.get("chance_rate", nan), block.get("majority_rate", nan)]
+            rows.append([*row, base.get(level, {}).get("accuracy", nan), r.get("n")])
+    return rows
+
+
+def section_data(run: RunFolder, summaries: dict[str, dict[str, Any]]) -> list[str]:
+    images, segment, measure = summaries["images"], summaries["segment"], summaries["measure"]
+    counts = [
+        ["images", images.get("images", "—")],
+        ["plates", images.get("plates", "—")],
+        ["classes", images.get("classes", "—")],
+        ["cells segmented", segment.get("cells", "—")],
+        ["cells measured (perimeter > 0)", measure.get("cells", "—")],
+        ["segmentation backend", segment.get("backend", "—")],
+        ["median cell diameter (px)", segment.get("median_diameter", "—")],
+    ]
+    timings = [[stage, summary.get("seconds", "—")] for stage, summary in summaries.items() if summary]
+    return ["<h2>Data</h2>", _table(["", "value"], counts), "<h2>Timings</h2>", _table(["stage", "seconds"], timings)]
+
+
+def section_results(metrics: dict[str, Any], out: Path) -> list[str]:
+    if not metrics:
+        return []
+    vote = metrics.get("headline_vote", "soft")
+    image = metrics.get("image", {}).get(f"{vote}_vote", {})
+    k = (top_k_key(metrics.get("cell", {})) or "top5")[3:]
+    parts = [
+        "<h2>How good are the predictions?</h2>",
+        f"<p class='good'>Image-level accuracy <b>{image.get('accuracy', float('nan')):.3f}</b> ({vote} vote over "
+        f"the cells of each image) on {image.get('n')} held-out images; chance {metrics['chance_rate']:.3f}, "
+        f"always-the-most-common-class {metrics['majority_rate']:.3f}. "
+        f"{html.escape(compare_with_baseline(metrics, vote))}.</p>",
+        _table([h.format(k=k) for h in METRIC_HEADER], metrics_rows(metrics)),
+        "<p>Chance = 1 / classes; majority = accuracy of always answering the most common class; "
+        "features-only = "
+        + html.escape(metrics.get("baseline_features", {}).get("model", "the features-only model"))
+        + " on the same split (cell row: logistic regression on single-cell features).</p>",
+    ]
+    sanity = metrics.get("sanity_check", {})
+    if "accuracy" in sanity:
+        parts.append(
+            f"<p>Sanity check ({html.escape(sanity['task'])}): accuracy {sanity['accuracy']:.3f}, balanced "
+            f"accuracy {sanity['balanced_accuracy']:.3f}, majority rate {sanity['majority_rate']:.3f}.</p>"
+        )
+    voted = metrics.get("image", {}).get(f"{vote}_vote", {})
+    if voted.get("confusion"):
+        png = plot_confusion(voted["confusion"], out / "confusion_image.png", f"images, {vote} vote")
+        parts += ["<h2>Confusion matrix (images)</h2>", _img(png, "confusion matrix")]
+    per_class = voted.get("per_class", {})
+    if per_class:
+        rows = sorted(
+            ([k, v["recall"], v["precision"], v["support"]] for k, v in per_class.items() if v["support"]),
+            key=lambda r: (-r[1], r[0]),
+        )
+        parts += [
+            "<h2>Per-class accuracy (images)</h2>",
+            _table(["class", "accuracy (recall)", "precision", "images"], rows),
+        ]
+    return parts
+
+
+def section_split(split: dict[str, Any]) -> list[str]:
+    if not split:
+        return []
+    sizes = split.get("images", {})
+    parts = [
+        "<h2>Split</h2>",
+        f"<p>Split by <b>{html.escape(str(split.get('by')))}</b>: {sizes.get('train', 0)} training, "
+        f"{sizes.get('validation', 0)} validation, {sizes.get('test', 0)} test images; "
+        f"{split.get('classes_in_test')} of {split.get('classes')} classes are tested.</p>",
+    ]
+    notes = []
+    if split.get("leaky_classes"):
+        notes.append(
+            f"{split['leaky_classes']} classes have sites of the same well in training and test "
+            f"(e.g. {', '.join(split.get('leaky_examples', [])[:5])}). Neighbouring sites of a well are "
+            "near-duplicates, so the image-level accuracy is optimistic — rerun with --split-by well or plate."
+        )
+    if split.get("untestable_classes"):
+        notes.append(
+            f"{split['untestable_classes']} classes cannot be held out at this level and are never tested "
+            f"(e.g. {', '.join(split.get('untestable_examples', [])[:5])})."
+        )
+    down = split.get("downsampling", {})
+    if down.get("applied"):
+        notes.append(
+            f"{down['control']} was down-sampled from {down['control_cells_before']} to "
+            f"{down['control_cells_after']} cells (whole images) to match the second-largest class."
+        )
+    return parts + [f"<p class='note'>{html.escape(n)}</p>" for n in notes]
+
+
+def section_training(history: list[dict[str, float]], out: Path) -> list[str]:
+    if not history:
+        return []
+    png = plot_history(history, out / "training_curves.png")
+    keys = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds")
+    rows = [[int(h["epoch"]), *(h[k] for k in keys)] for h in history]
+    return [
+        "<h2>Training (Table 1)</h2>",
+        _img(png, "training curves"),
+        _table(["epoch", "train loss", "train acc.", "val loss", "val acc.", "lr", "seconds"], rows),
+    ]
+
+
+def section_segmentation(run: RunFolder) -> list[str]:
+    figures = sorted(run.figures.glob("*.png"))[:FIGURE1_PANELS] if run.figures.exists() else []
+    if not figures:
+        return []
+    return ["<h2>Segmentation (Figure 1)</h2>", *(_img(f, f"Figure 1 {f.stem}") for f in figures)]
+
+
+def build_report(run: RunFolder, config: Config) -> Path:
+    """Write RUN/report/index.html (+ PNGs) from whatever the run folder holds."""
+    out = run.report
+    out.mkdir(parents=True, exist_ok=True)
+    summaries = {stage: run.read_summary(stage) for stage in PIPELINE if stage != "report"}
+    metrics = json.loads(run.metrics.read_text()) if run.metrics.exists() else {}
+    split = json.loads(run.split_report.read_text()) if run.split_report.exists() else {}
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>cellresponse report</title><style>{CSS}</style>"
+        "</head><body>",
+        f"<h1>cellresponse report — {html.escape(run.root.name)}</h1>",
+        f"<p>Predicted label: <b>{html.escape(config.input.label)}</b>. "
+        f"Run folder: <code>{html.escape(str(run.root))}</code></p>",
+        *section_data(run, summaries),
+        *section_results(metrics, out),
+        *section_split(split),
+        *section_training(run.read_history(), out),
+        *section_segmentation(run),
+        "<h2>Config</h2>",
+        f"<pre>{html.escape(config.to_yaml())}</pre>",
+        "</body></html>",
+    ]
+    write_text(run.report_index, "\n".join(parts))
+    return run.report_index
+
+
+def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+    """The report of a (possibly partial) run; prints where it is."""
+    run.require(run.images, "images")
+    path = build_report(run, config)
+    print(f"report: {path}")
+    return {"report": str(path)}

@@ -1,0 +1,207 @@
+"""``cellresponse train``: split the images, train the network on the crop store, and write ``RUN/model``
+(split, checkpoints, per-epoch history, the model bundle with the features-only model beside the network).
+A rerun resumes from the last checkpoint; a changed split is refused (``--overwrite`` starts over)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from typing import Any
+
+import pandas as pd
+import torch
+
+from cellresponse.bundle import save_bundle
+from cellresponse.config import Config
+from cellresponse.errors import InputError
+from cellresponse.io import write_json, write_parquet
+from cellresponse.measure import feature_columns
+from cellresponse.parallel import is_main_process
+from cellresponse.plate import channel_names, labelled_images
+from cellresponse.profiles import fit_features_model, image_feature_table
+from cellresponse.runfolder import RunFolder
+from cellresponse.splits import (
+    TEST,
+    TRAIN,
+    VALIDATION,
+    LabelEncoder,
+    Scaler,
+    assign_split,
+    count_nonfinite,
+    downsample_control,
+    log_split,
+)
+from cellresponse.stages.crops import crop_settings
+from cellresponse.store import CropStore
+from cellresponse.training import CellDataModule, CellResponseModule, CellSet, build_trainer, seed_everything
+
+log = logging.getLogger(__name__)
+
+
+def split_settings(config: Config) -> dict[str, Any]:
+    """What a stored split was made with (a resumed run must ask for the same)."""
+    return {"label": config.input.label, "seed": config.seed, **config.split.model_dump()}
+
+
+def make_split(
+    run: RunFolder, config: Config, images: pd.DataFrame, cells: pd.DataFrame
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Down-sample controls and split by group; stored in RUN/model/split.parquet (reused on resume)."""
+    s = config.split
+    settings = split_settings(config)
+    if run.split_table.exists() and run.split_report.exists():
+        report = json.loads(run.split_report.read_text())
+        if report.get("settings", settings) != settings:
+            changed = sorted(k for k in settings if report["settings"].get(k) != settings[k])
+            raise InputError(
+                f"{run.model} was trained on another split ({', '.join(changed)} changed) — "
+                "rerun with --overwrite to split and train again"
+            )
+        return run.read_table(run.split_table, "train"), report
+    info: dict[str, Any] = {"applied": False}
+    chosen = images
+    if s.downsample_control:
+        per_image = cells.groupby("image_id").size()
+        chosen, info = downsample_control(
+            images, per_image, config.input.label, config.input.control_label, config.seed
+        )
+    side, report = assign_split(
+        chosen,
+        config.input.label,
+        by=s.by,
+        column=s.column,
+        test_values=s.test_values,
+        test_fraction=s.test_fraction,
+        validation_fraction=s.validation_fraction,
+        stratify=s.stratify,
+        seed=config.seed,
+    )
+    report.downsampling = info
+    log_split(report)
+    sides = pd.DataFrame({"image_id": chosen["image_id"].to_numpy(), "side": side.to_numpy()})
+    summary = {**report.to_dict(), "settings": settings}
+    if is_main_process():
+        write_parquet(run.split_table, sides)
+        write_json(run.split_report, summary)
+    return sides, summary
+
+
+def cell_sets(
+    cells: pd.DataFrame, sides: pd.DataFrame, images: pd.DataFrame, config: Config, store: CropStore
+) -> tuple[LabelEncoder, Scaler, CellSet, CellSet, str]:
+    """Encoder, scaler and the train/validation cell sets (validation = test when none was kept)."""
+    label = config.input.label
+    side_of = dict(zip(sides["image_id"], sides["side"], strict=True))
+    label_of = dict(zip(images["image_id"], images[label], strict=True))
+    cells = cells[cells["image_id"].isin(side_of)].copy()
+    cells["side"] = cells["image_id"].map(side_of)
+    cells["true_label"] = cells["image_id"].map(label_of)
+    train = cells[cells["side"] == TRAIN]
+    if train.empty:
+        raise InputError("the training side has no cells — check the split settings and the segmentation")
+    encoder = LabelEncoder.fit(train["true_label"])
+    columns = feature_columns(cells.columns)
+    bad = count_nonfinite(cells, columns)
+    if bad:
+        log.warning("%d NaN/infinite feature values replaced by the training mean", bad)
+    scaler = Scaler.fit(train, columns)
+    val_side = VALIDATION if (cells["side"] == VALIDATION).any() else TEST
+    val = cells[cells["side"] == val_side]
+    if val.empty:
+        raise InputError("no validation cells: the split left no validation or test images")
+
+    def to_set(part: pd.DataFrame) -> CellSet:
+        return CellSet(
+            rows=store.rows_for(part["cell_id"]),
+            features=scaler.transform(part),
+            targets=encoder.transform(part["true_label"]),
+        )
+
+    val = val[encoder.transform(val["true_label"]) >= 0]  # classes never trained on cannot be scored
+    return encoder, scaler, to_set(train), to_set(val), val_side
+
+
+def label_to_target(images: pd.DataFrame, config: Config) -> dict[str, str]:
+    """Compound → gene target, when every compound has exactly one target (CPJUMP1-style metadata)."""
+    column = config.input.target_column
+    if column not in images.columns:
+        return {}
+    pairs = images[[config.input.label, column]].dropna().astype(str).drop_duplicates()
+    if pairs[config.input.label].duplicated().any():
+        return {}
+    return dict(zip(pairs[config.input.label], pairs[column], strict=True))
+
+
+def features_model(cells: pd.DataFrame, images: pd.DataFrame, sides: pd.DataFrame, label: str) -> dict | None:
+    """The features-only model fitted on the non-test images (exactly what `evaluate` scores), or None when
+    that side holds a single class."""
+    train_ids = set(sides.loc[sides["side"] != TEST, "image_id"])
+    labels = images.set_index("image_id")[label]
+    features = image_feature_table(cells[cells["image_id"].isin(train_ids)], feature_columns(cells.columns))
+    if labels.loc[features.index].nunique() < 2:
+        return None
+    return fit_features_model(features, labels.loc[features.index].to_numpy())
+
+
+def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train the network on RUN/crops and write RUN/model (checkpoints, history, split, bundle)."""
+    started = time.perf_counter()
+    if overwrite and run.model.exists() and is_main_process():
+        shutil.rmtree(run.model)
+    run.model.mkdir(parents=True, exist_ok=True)
+    table = run.read_images()
+    images = labelled_images(table, config.input.label)
+    cells = run.read_cells()
+    store = CropStore(run.crops)
+    sides, report = make_split(run, config, images, cells)
+    encoder, scaler, train, val, val_side = cell_sets(cells, sides, images, config, store)
+    log.info(
+        "training on %d cells, validating on %d (%s side), %d classes, %d table features",
+        len(train),
+        len(val),
+        val_side,
+        len(encoder.classes),
+        len(scaler.columns),
+    )
+    seed_everything(config.seed)
+    module = CellResponseModule(len(scaler.columns), len(encoder.classes), config.to_dict())
+    data = CellDataModule(store, train, val, config)
+    trainer = build_trainer(config, run.checkpoints, run.history, progress)
+    resume = run.last_checkpoint if run.last_checkpoint.exists() else None
+    if resume:
+        log.info("resuming from %s", resume)
+    trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
+    if not trainer.is_global_zero:
+        return {}
+    best = run.best_checkpoint if run.best_checkpoint.exists() else run.last_checkpoint
+    checkpoint = torch.load(best, map_location="cpu", weights_only=True)
+    module.load_state_dict(checkpoint["state_dict"])
+    names = channel_names(table)
+    save_bundle(
+        run.bundle,
+        module.model.cpu(),
+        encoder,
+        scaler,
+        config,
+        crop_settings(config, names),
+        names,
+        label_to_target(images, config),
+        extra={"validation_side": val_side, "best_checkpoint_epoch": checkpoint.get("epoch")},
+        features_model=features_model(cells, images, sides, config.input.label),
+    )
+    history = run.read_history()
+    summary = {
+        "cells_train": len(train),
+        "cells_validation": len(val),
+        "validation_side": val_side,
+        "classes": len(encoder.classes),
+        "epochs": len(history),
+        "best_val_loss": min((h["val_loss"] for h in history), default=None),
+        "split": {k: report.get(k) for k in ("by", "images", "leaky_classes", "untestable_classes")},
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    write_json(run.train_summary, summary)
+    run.record_stage("train", summary)
+    return summary

@@ -1,0 +1,105 @@
+"""The house rules: modules have no side effects at import, per-image stages stay light, every stage has the same
+call, the run folder hands out typed ids; and the bugs found by the architecture review stay fixed."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import pkgutil
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+import cellresponse
+from cellresponse.runfolder import RunFolder
+from cellresponse.stages import PIPELINE, stage_module
+
+MODULES = sorted(m.name for m in pkgutil.walk_packages(cellresponse.__path__, "cellresponse."))
+
+
+def _python(code: str) -> str:
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return result.stdout.strip()
+
+
+def test_importing_every_module_changes_no_global_state():
+    """No environment variable, umask or matplotlib backend changes when the package is imported. Lightning and
+    MONAI set environment variables at their own import, so they are imported before the snapshot."""
+    probe = f"""
+import os, json, importlib, matplotlib, torch, lightning, monai, dask.distributed
+env, backend = dict(os.environ), dict.__getitem__(matplotlib.rcParams, "backend")
+mask = os.umask(0o022); os.umask(mask)
+for name in {MODULES!r}:
+    importlib.import_module(name)
+after = os.umask(0o022); os.umask(after)
+changed = sorted(k for k in set(env) | set(os.environ) if env.get(k) != os.environ.get(k))
+print(json.dumps({{"env": changed, "umask": [mask, after],
+                  "backend": [str(backend), str(dict.__getitem__(matplotlib.rcParams, "backend"))]}}))
+"""
+    state = json.loads(_python(probe))
+    assert state["env"] == []
+    assert state["umask"][0] == state["umask"][1]
+    assert state["backend"][0] == state["backend"][1]
+
+
+def test_per_image_stages_do_not_import_torch():
+    """segment / measure / crops run in every Dask worker: importing them must not pull in torch, Lightning
+    or MONAI (seconds per worker)."""
+    code = (
+        "import sys, cellresponse.cli, cellresponse.stages.segment, cellresponse.stages.measure, "
+        "cellresponse.stages.crops; print(sorted(m for m in ('torch', 'lightning', 'monai') if m in sys.modules))"
+    )
+    assert _python(code) == "[]"
+
+
+@pytest.mark.parametrize("name", PIPELINE)
+def test_every_stage_has_the_same_call(name):
+    parameters = inspect.signature(stage_module(name).run).parameters
+    assert list(parameters)[:2] == ["run", "config"]
+    for keyword in ("overwrite", "progress"):
+        assert parameters[keyword].kind is inspect.Parameter.KEYWORD_ONLY, (name, keyword)
+
+
+def test_run_and_demo_follow_the_pipeline_order():
+    from cellresponse.cli import build_parser
+
+    run = next(a for a in build_parser()._actions if a.dest == "verb").choices["run"]
+    choices = {a.dest: a.choices for a in run._actions if a.dest in ("from_stage", "until_stage")}
+    assert tuple(choices["from_stage"]) == tuple(choices["until_stage"]) == PIPELINE
+
+
+def test_run_folder_tables_have_string_ids(tmp_path):
+    run = RunFolder(tmp_path / "run").create()
+    pd.DataFrame({"image_id": [1, 2], "plate": ["P", "P"]}).to_parquet(run.images)
+    images = run.read_images()
+    assert images["image_id"].tolist() == ["1", "2"]
+    assert all(isinstance(v, str) for v in images["image_id"])
+
+
+def test_missing_input_names_a_command_that_works(tmp_path):
+    """The suggested command for a missing image table is one that can be typed as is (it needs --out)."""
+    with pytest.raises(cellresponse.errors.InputError, match=r"--out .*run`"):
+        RunFolder(tmp_path / "run").read_images()
+
+
+def test_report_shows_top_k_whatever_k_is():
+    """metrics.json keys the top-k accuracy as top<k> (evaluation.top_k); the report read "top5" only."""
+    from cellresponse.stages.report import metrics_rows
+
+    block = {"accuracy": 0.5, "balanced_accuracy": 0.5, "top3": 0.75, "n": 4}
+    votes = {"majority_vote": block, "soft_vote": block}
+    metrics = {"cell": {**block, "chance_rate": 0.1, "majority_rate": 0.2}, "image": votes}
+    rows = metrics_rows(metrics)
+    assert [row[4] for row in rows] == [0.75, 0.75, 0.75]
+
+
+def test_seed_everything_leaves_pythonhashseed_alone(monkeypatch):
+    """Setting PYTHONHASHSEED after the interpreter started has no effect; the old code set it anyway."""
+    from cellresponse.training import seed_everything
+
+    monkeypatch.delenv("PYTHONHASHSEED", raising=False)
+    seed_everything(3)
+    assert "PYTHONHASHSEED" not in os.environ
