@@ -96,7 +96,9 @@ def load_bundle(folder: str | Path) -> Bundle:
         raise InputError(f"{folder}: unsupported bundle format {meta.get('format')} v{meta.get('version')}")
     config = Config.model_validate(meta["config"])
     # The bundle's weights replace any initialisation: no ImageNet file is needed to load it.
-    model = CellResponseNet.from_config(meta["n_features"], len(meta["classes"]), config.training, pretrained=False)
+    model = CellResponseNet.from_config(
+        meta["n_features"], len(meta["classes"]), config.training, config.model, pretrained=False
+    )
     try:
         model.load_state_dict(load_file(str(weights_path)))
     except Exception as exc:

@@ -27,7 +27,7 @@ from cellresponse.synth import SynthSpec, make_plates
 
 log = logging.getLogger("cellresponse")
 
-QUIET_LOGGERS = ("distributed", "cellpose", "matplotlib", "PIL", "numba", "fsspec", "lightning")
+QUIET_LOGGERS = ("distributed", "cellpose", "matplotlib", "PIL", "numba", "fsspec", "lightning", "copairs")
 
 
 def setup_logging(verbose: bool, run: RunFolder | None = None) -> None:
@@ -405,6 +405,13 @@ VERBS = (
     Verb("segment", "segment every image: RUN/masks, RUN/flows, RUN/figures", STAGE_FLAGS, stage_verb("segment")),
     Verb("measure", "measure every cell: RUN/cells.parquet", (*STAGE_FLAGS, measure_extra), stage_verb("measure")),
     Verb("crops", "cut mask/flow crops of every cell into RUN/crops", STAGE_FLAGS, stage_verb("crops")),
+    Verb("embed", "per-cell embeddings from a pretrained network: RUN/embeddings", STAGE_FLAGS, stage_verb("embed")),
+    Verb(
+        "profile",
+        "well and treatment profiles (measured, deep, both) and their benchmarks: RUN/profiles",
+        STAGE_FLAGS,
+        stage_verb("profile"),
+    ),
     Verb(
         "train",
         "train the multi-input network: RUN/model (bundle, checkpoints, history)",

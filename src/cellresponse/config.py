@@ -110,13 +110,67 @@ class TrainingConfig(_Section):
     dropout: float = Field(0.3, ge=0, lt=1)
     attention_hidden: int = Field(256, ge=1, description="Hidden width of the attention gate.")
     projection: int = Field(256, ge=1)
-    pretrained_weights: str | None = Field(None, description="Path of ImageNet EfficientNet-B0 weights.")
     augment: bool = False
     channels_last: bool = True
     accelerator: str = "auto"
     devices: int | str = "auto"
     num_nodes: int = Field(1, ge=1)
     num_workers: int = Field(0, ge=0)
+
+
+Backbone = Literal["efficientnet-b0", "efficientnet-lite0"]
+
+
+class ModelConfig(_Section):
+    """The image branches of the study's network."""
+
+    backbone: Backbone = Field("efficientnet-b0", description="EfficientNet trunk of the two image branches.")
+    pretrained: str = Field(
+        "none",
+        description="none (from scratch), imagenet (the weights installed with the package: Lite0 only) "
+        "or the path of ImageNet weights for the backbone (.pth/.safetensors, efficientnet-pytorch key names).",
+    )
+
+
+class EmbeddingConfig(_Section):
+    """Per-cell embeddings from a frozen pretrained backbone (`cellresponse embed`)."""
+
+    backbone: Backbone = "efficientnet-lite0"
+    pretrained: str = Field("imagenet", description="imagenet (packaged Lite0 weights) or a weights path.")
+    channels: list[str] = Field(
+        default_factory=list,
+        description="Fluorescence channels shown to the network; [] = the first three (rgb) or all (per_channel).",
+    )
+    mode: Literal["rgb", "per_channel"] = Field(
+        "rgb",
+        description="rgb: three channels as one RGB image; per_channel: each channel as a grey image, "
+        "embeddings concatenated.",
+    )
+    crop_size: int | None = Field(
+        None, ge=8, le=1024, description="Side (px) of the window centred on each cell; null = 3 × median diameter."
+    )
+    input_size: int = Field(96, ge=16, le=512, description="Side the windows are resized to for the network.")
+    # Small batches stay in the CPU's caches: Lite0 at 96 px on 2 cores ran 528 windows/s in batches of 16, 404 in
+    # 32, 273 in 64, 181 in 256 (one run each, 2026-11-25; batch norm folded: 578 in 16).
+    batch_size: int = Field(16, ge=1, description="Windows per forward pass.")
+
+
+class ProfilesConfig(_Section):
+    """Well and treatment profiles (`cellresponse profile`) and the profile-level benchmarks."""
+
+    kinds: list[Literal["measured", "deep", "both"]] = Field(default_factory=lambda: ["measured", "deep", "both"])
+    treatment: list[str] = Field(
+        default_factory=lambda: ["Metadata_pert_iname"],
+        description="Columns whose values together name a treatment (e.g. compound and concentration).",
+    )
+    compound: str = Field("Metadata_pert_iname", description="Compound column (not-same-compound tests).")
+    moa: str = Field("Metadata_target", description="Mechanism column (MoA retrieval and NSC accuracy).")
+    batch: str | None = Field(None, description="Batch column for NSCB (not same compound, not same batch).")
+    aggregate: Literal["mean", "median"] = Field("mean", description="Cells → well, and wells → treatment.")
+    normalize: Literal["auto", "plate", "experiment", "none"] = Field(
+        "auto",
+        description="auto: per plate unless plates are confounded with treatments (then across the experiment).",
+    )
 
 
 class EvaluationConfig(_Section):
@@ -137,6 +191,9 @@ class Config(_Section):
     segmentation: SegmentationConfig = Field(default_factory=SegmentationConfig)
     measurement: MeasurementConfig = Field(default_factory=MeasurementConfig)
     crops: CropConfig = Field(default_factory=CropConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
+    profiles: ProfilesConfig = Field(default_factory=ProfilesConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
@@ -205,12 +262,17 @@ def parse_override(text: str) -> dict[str, Any]:
     return value
 
 
+# Keys of earlier versions, so an old config.yaml fails with the new name in its message.
+RENAMED_KEYS = {"training.pretrained_weights": "model.pretrained (a path, or imagenet)"}
+
+
 def _format_validation_error(error: ValidationError, source: str) -> str:
     problems = []
     for item in error.errors():
         where = ".".join(str(p) for p in item["loc"])
         if item["type"] == "extra_forbidden":
-            problems.append(f"unknown key '{where}'")
+            renamed = RENAMED_KEYS.get(where)
+            problems.append(f"unknown key '{where}'" + (f" (renamed: {renamed})" if renamed else ""))
         else:
             problems.append(f"'{where}': {item['msg']} (got {item.get('input')!r})")
     return f"invalid config ({source}): " + "; ".join(problems) + " — see `cellresponse config show`"

@@ -43,7 +43,7 @@ def image_feature_table(cells: pd.DataFrame, columns: list[str]) -> pd.DataFrame
         parts.append(part.add_suffix(f"__{statistic}"))
     table = pd.concat(parts, axis=1)
     table["cell_count"] = cells.groupby(cells["image_id"].astype(str)).size()
-    return table.fillna(table.mean()).fillna(0.0)
+    return table.fillna(table.mean()).fillna(0.0).copy()  # copy: one block, not hundreds of inserted columns
 
 
 def profile_cell_columns(columns: list[str]) -> list[str]:

@@ -9,6 +9,8 @@
     RUN/cells/<image_id>.parquet     per-image measurements (the resume unit)
     RUN/cells.parquet                all cells; cells.csv with --csv
     RUN/crops/                       crops.npy, index.parquet, settings.json, parts/<image_id>.npy
+    RUN/embeddings/<image_id>.parquet  per-cell embeddings (cell_id, image_id, emb_…); settings.json
+    RUN/profiles/                    <kind>_wells.parquet, <kind>_treatments.parquet, metrics.json
     RUN/model/                       split.parquet, split.json, history.csv, checkpoints/, bundle/, train.json
     RUN/predictions/                 cell_predictions.parquet, image_predictions.parquet
     RUN/metrics.json, RUN/report/    evaluation and report
@@ -41,6 +43,8 @@ MAKES = {
     "segment": "cellresponse segment {root}",
     "measure": "cellresponse measure {root}",
     "crops": "cellresponse crops {root}",
+    "embed": "cellresponse embed {root}",
+    "profile": "cellresponse profile {root}",
     "train": "cellresponse train {root}",
     "evaluate": "cellresponse evaluate {root}",
 }
@@ -81,6 +85,10 @@ class RunFolder:
     crops = property(lambda self: self.root / "crops")
     crop_parts = property(lambda self: self.root / "crops" / "parts")
     crop_settings = property(lambda self: self.root / "crops" / "settings.json")
+    embeddings = property(lambda self: self.root / "embeddings")
+    embedding_settings = property(lambda self: self.root / "embeddings" / "settings.json")
+    profiles = property(lambda self: self.root / "profiles")
+    profile_metrics = property(lambda self: self.root / "profiles" / "metrics.json")
     model = property(lambda self: self.root / "model")
     split_table = property(lambda self: self.root / "model" / "split.parquet")
     split_report = property(lambda self: self.root / "model" / "split.json")
@@ -110,6 +118,13 @@ class RunFolder:
 
     def crop_part(self, image_id: str) -> Path:
         return self.crop_parts / f"{image_id}.npy"
+
+    def embedding_path(self, image_id: str) -> Path:
+        return self.embeddings / f"{image_id}.parquet"
+
+    def profile_path(self, kind: str, level: str) -> Path:
+        """``profiles/<kind>_<level>.parquet``: kind measured/deep/both, level wells/treatments."""
+        return self.profiles / f"{kind}_{level}.parquet"
 
     def figure_path(self, image_id: str) -> Path:
         return self.figures / f"{image_id}.png"

@@ -130,7 +130,7 @@ class CellResponseModule(L.LightningModule):
         cfg = Config.model_validate(config)
         self.training_config: TrainingConfig = cfg.training
         self.crop_config: CropConfig = cfg.crops
-        self.model = CellResponseNet.from_config(n_features, n_classes, cfg.training)
+        self.model = CellResponseNet.from_config(n_features, n_classes, cfg.training, cfg.model)
         if cfg.training.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.loss = torch.nn.CrossEntropyLoss(label_smoothing=cfg.training.label_smoothing)

@@ -22,7 +22,7 @@ from cellresponse.runfolder import RunFolder
 
 log = logging.getLogger(__name__)
 
-PIPELINE = ("images", "segment", "measure", "crops", "train", "evaluate", "report")
+PIPELINE = ("images", "segment", "measure", "crops", "embed", "profile", "train", "evaluate", "report")
 
 
 def stage_module(name: str) -> ModuleType:

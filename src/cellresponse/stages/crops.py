@@ -54,6 +54,7 @@ def raw_planes(stack: np.ndarray, planes: list[str], names: list[str], config: C
 def plate_scales(
     rows: list[dict],
     names: list[str],
+    planes: list[str],
     config: Config,
     seed: int = 0,
     percentiles: tuple[float, float] = DISPLAY_PERCENTILES,
@@ -63,7 +64,6 @@ def plate_scales(
     Per-plate (not per-image) scaling keeps a compound's effect on brightness visible to the model
     while absorbing plate-to-plate gain differences, as plate normalisation does in profiling.
     """
-    planes = crop_planes(config, names)
     by_plate: dict[str, list[dict]] = {}
     for row in rows:
         by_plate.setdefault(str(row["plate"]), []).append(row)
@@ -140,7 +140,7 @@ def _settled_scales(
         shutil.rmtree(run.crops)
     if path.exists():
         return json.loads(path.read_text())["scales"]
-    scales = plate_scales(rows, names, config, seed=config.seed)
+    scales = plate_scales(rows, names, crop_planes(config, names), config, seed=config.seed)
     write_json(path, {"settings": settings, "scales": scales})
     return scales
 

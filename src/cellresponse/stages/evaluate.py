@@ -4,6 +4,7 @@ scored beside chance, majority and the baselines; ``RUN/predictions/`` and ``RUN
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -35,7 +36,15 @@ log = logging.getLogger(__name__)
 
 # What evaluate may set differently from training: how predictions are voted and scored, and how it runs.
 # Anything else (crop size, network, split, ...) is fixed by the trained model; changing it here would half apply.
-EVALUATION_KEYS = ("evaluation.", "runtime.", "seed", "input.control_label", "input.target_column")
+EVALUATION_KEYS = (
+    "evaluation.",
+    "runtime.",
+    "embedding.",
+    "profiles.",
+    "seed",
+    "input.control_label",
+    "input.target_column",
+)
 PREDICTION_COLUMNS = ["cell_id", "image_id", "plate", "well", "true_label"]
 
 
@@ -103,6 +112,8 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
         true_t = to_target(test["true_label"].astype(str).to_numpy())
         pred_t = to_target(np.asarray(classes)[probs.argmax(1)])
         metrics["target_cell_accuracy"] = float(np.mean(true_t == pred_t))
+    if run.profile_metrics.exists():  # the profile-level benchmarks (cellresponse profile) beside the network's
+        metrics["profiles"] = json.loads(run.profile_metrics.read_text())
     metrics["verdict"] = compare_with_baseline(metrics, e.vote)
     metrics["seconds"] = round(time.perf_counter() - started, 2)
     write_json(run.metrics, metrics)

@@ -141,6 +141,41 @@ def section_results(metrics: dict[str, Any], out: Path) -> list[str]:
     return parts
 
 
+def section_profiles(profiles: dict[str, Any]) -> list[str]:
+    """The profile-level benchmarks: NSC MoA accuracy, replicate and MoA retrieval mAP, per profile kind."""
+    if not profiles.get("kinds"):
+        return []
+    nan = float("nan")
+    rows = []
+    for kind, block in profiles["kinds"].items():
+        nsc, nscb = block.get("nsc", {}), block.get("nscb", {})
+        replicate, moa = block.get("map_replicates", {}), block.get("map_moa", {})
+        rows.append(
+            [
+                kind,
+                block.get("features"),
+                nsc.get("accuracy", nan),
+                nsc.get("chance_rate", nan),
+                nscb.get("accuracy", nan),
+                replicate.get("mean_average_precision", nan),
+                replicate.get("fraction_retrieved", nan),
+                moa.get("mean_average_precision", nan),
+                moa.get("fraction_retrieved", nan),
+            ]
+        )
+    header = ["profile", "features", "NSC MoA acc.", "chance", "NSCB", "replicate mAP", "retrieved", "MoA mAP"]
+    notes = "".join(f"<p class='note'>{html.escape(n)}</p>" for n in profiles.get("normalization", []))
+    return [
+        "<h2>Profiles: mechanism of compounds never seen</h2>",
+        "<p>Treatment profiles (pycytominer: fields → wells → treatments, normalised) of each kind. NSC = share of "
+        "treatments whose nearest treatment among <i>other compounds</i> has the same mechanism (Ljosa et al. "
+        "2013); replicate / MoA mAP = copairs' mean average precision of finding the same treatment's wells / the "
+        "same mechanism's treatments, with the share retrieved at FDR 0.05.</p>",
+        _table([*header, "retrieved"], rows),
+        notes,
+    ]
+
+
 def section_split(split: dict[str, Any]) -> list[str]:
     if not split:
         return []
@@ -207,6 +242,7 @@ def build_report(run: RunFolder, config: Config) -> Path:
         f"Run folder: <code>{html.escape(str(run.root))}</code></p>",
         *section_data(run, summaries),
         *section_results(metrics, out),
+        *section_profiles(json.loads(run.profile_metrics.read_text()) if run.profile_metrics.exists() else {}),
         *section_split(split),
         *section_training(run.read_history(), out),
         *section_segmentation(run),

@@ -1,0 +1,60 @@
+"""Embedding throughput of `cellresponse embed` on real BBBC021-moa fields (goal: >= 300 cells/s on 2 cores at the
+default 96 px input), and the network alone at several batch sizes (why embedding.batch_size is 16).
+
+    python benchmarks/embed_throughput.py [--images 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from common import SHARED, subset_csv
+
+from cellresponse.config import load_config
+from cellresponse.embeddings import Embedder
+from cellresponse.plate import ImageSource
+from cellresponse.runfolder import RunFolder
+from cellresponse.stages import embed as embed_stage
+from cellresponse.stages import images as images_stage
+from cellresponse.stages import measure as measure_stage
+from cellresponse.stages import segment as segment_stage
+
+DEFAULT_DATA = SHARED / "bbbc021-moa" / "load_data.csv"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--images", type=int, default=100)
+    args = parser.parse_args()
+    if not args.data.is_file():
+        raise SystemExit(f"data not found: {args.data} (needs ../shared/data)")
+    with tempfile.TemporaryDirectory() as tmp:
+        csv = subset_csv(args.data, args.images, Path(tmp))
+        run = RunFolder(Path(tmp) / "run")
+        config = load_config(None, None, ["segmentation.backend=offline", "runtime.workers=0"])
+        images_stage.run(run, config, source=ImageSource(load_data=csv))
+        segment_stage.run(run, config, progress=False)
+        measure_stage.run(run, config, progress=False)
+        summary = embed_stage.run(run, config, progress=False)
+        print(
+            f"embed stage: {summary['cells_embedded_now']} cells in {summary['seconds']:.1f} s -> "
+            f"{summary['cells_per_second']:.0f} cells/s (goal >= 300; network {summary['network_seconds']:.1f} s; "
+            f"window {summary['settings']['window']} px -> {config.embedding.input_size} px, torch threads "
+            f"{torch.get_num_threads()})"
+        )
+    x = (torch.rand(512, 3, 48, 48) * 255).to(torch.uint8).numpy()
+    for batch in (16, 32, 64, 256):
+        embedder = Embedder(input_size=config.embedding.input_size, batch_size=batch)
+        embedder(x[:batch])
+        began = time.perf_counter()
+        embedder(x)
+        print(f"network alone, batch {batch:3d}: {len(x) / (time.perf_counter() - began):6.0f} windows/s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""Profile settings against the field's benchmark: not-same-compound (NSC) MoA accuracy on BBBC021-moa.
+
+    python benchmarks/profiles_nsc.py --run RUN
+
+RUN: a run of ../shared/data/bbbc021-moa/load_data.csv measured and embedded with the defaults
+(`cellresponse run ... --until embed`). For each profile kind (measured, deep, both) and each normalisation
+(standardize, spherize) it prints NSC accuracy over the 55 treatments from replicate 1's wells only — the split
+that chooses the settings — then from replicate 2's wells only and from both replicates (reported, not used to
+choose). Treatments: compound × concentration; chance beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+from pathlib import Path
+
+import pandas as pd
+
+from cellresponse.aggregation import (
+    TREATMENT,
+    combine_blocks,
+    normalize_profiles,
+    select_features,
+    treatment_profiles,
+    well_profiles,
+)
+from cellresponse.config import load_config
+from cellresponse.measure import feature_columns
+from cellresponse.profiles import image_feature_table
+from cellresponse.retrieval import nsc_accuracy
+from cellresponse.runfolder import RunFolder
+from cellresponse.stages.embed import mean_embeddings
+from cellresponse.stages.profile import image_metadata
+
+SETTINGS = [
+    "profiles.treatment=[Metadata_Compound,Metadata_Concentration]",
+    "profiles.compound=Metadata_Compound",
+    "profiles.moa=Metadata_MoA",
+]
+
+
+def nsc(wells: pd.DataFrame, features: list[str]) -> dict:
+    treatments = treatment_profiles(wells, features, "mean")
+    return nsc_accuracy(treatments[features].to_numpy(), treatments["Metadata_MoA"], treatments["Metadata_Compound"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=Path, required=True)
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")
+    started = time.perf_counter()
+    run = RunFolder(args.run)
+    config = load_config(run.config, None, SETTINGS)
+    images = run.read_images()
+    meta = image_metadata(images, config)
+    cells = run.read_cells()
+    measured = image_feature_table(cells, feature_columns(cells.columns))
+    deep = mean_embeddings(run, images["image_id"].tolist())
+    raw = {}
+    for kind, table in (("measured", measured), ("deep", deep)):
+        fields = meta.merge(table.rename_axis("image_id").reset_index(), on="image_id").copy()
+        raw[kind] = (well_profiles(fields.drop(columns=["image_id"]), list(table.columns)), list(table.columns))
+    print(f"{'kind':9} {'normalisation':12} {'rep 1 (chooses)':>16} {'rep 2':>7} {'both reps':>10} {'chance':>7}")
+    for method in ("standardize", "spherize"):
+        normalized = {}
+        for kind, (wells, features) in raw.items():
+            wells = wells.copy()
+            wells[features] = wells[features].fillna(wells[features].mean()).fillna(0.0)
+            out = normalize_profiles(wells, features, "experiment", None, method=method)
+            normalized[kind] = select_features(out, features)
+        m, mf = normalized["measured"]
+        d, df = normalized["deep"]
+        block, bf = combine_blocks([m[mf].reset_index(drop=True), d[df].reset_index(drop=True)], ["measured", "deep"])
+        normalized["both"] = (pd.concat([m.drop(columns=mf).reset_index(drop=True), block], axis=1), bf)
+        for kind, (wells, features) in normalized.items():
+            rep = wells["Metadata_Replicate"].astype(str)
+            scores = [nsc(wells[rep == r], features) for r in ("1", "2")] + [nsc(wells, features)]
+            print(
+                f"{kind:9} {method:12} {scores[0]['accuracy']:16.3f} {scores[1]['accuracy']:7.3f} "
+                f"{scores[2]['accuracy']:10.3f} {scores[2]['chance_rate']:7.3f}"
+            )
+    print(f"({TREATMENT}: compound @ concentration; {time.perf_counter() - started:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

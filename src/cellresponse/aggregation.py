@@ -1,0 +1,139 @@
+"""Well and treatment profiles in pycytominer's conventions: ``Metadata_*`` columns, then feature columns.
+
+    cells ─ aggregate (per plate and well) ─ normalize (to controls, per plate or across the experiment)
+          ─ feature_select ─ aggregate (per treatment: the consensus profile)
+
+The steps are pycytominer's own (``aggregate``, ``normalize``, ``feature_select``); this module chooses their
+arguments. Per-plate normalisation is the field's default, but when plates are confounded with treatments (a plate
+holds one or two treatments, as most BBBC021-moa plates do) it subtracts the treatment's own effect: then profiles
+are normalised across the experiment instead, and the profile stage says so.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from pycytominer import aggregate, feature_select, normalize
+
+log = logging.getLogger(__name__)
+
+TREATMENT = "Metadata_Treatment"
+PLATE, WELL = "Metadata_Plate", "Metadata_Well"
+# Plates holding fewer distinct compounds than this (median over plates) are confounded with them.
+MIN_COMPOUNDS_PER_PLATE = 4
+FEATURE_SELECTION = ("variance_threshold", "drop_na_columns")
+
+
+def metadata_columns(table: pd.DataFrame) -> list[str]:
+    return [c for c in table.columns if c.startswith("Metadata_")]
+
+
+def treatment_names(images: pd.DataFrame, columns: Sequence[str]) -> pd.Series:
+    """One treatment name per image from the columns that define a treatment (``compound @ concentration``)."""
+    missing = [c for c in columns if c not in images.columns]
+    if missing:
+        raise KeyError(f"treatment columns {missing} are not in the image table")
+    return images[list(columns)].astype(str).agg(" @ ".join, axis=1)
+
+
+def _constant_metadata(table: pd.DataFrame, strata: list[str]) -> pd.DataFrame:
+    """Per group of ``strata``: every ``Metadata_*`` column that is constant within each group, and the group
+    size (``Metadata_Count``)."""
+    grouped = table[metadata_columns(table)].groupby(strata, sort=True)
+    counts = grouped.nunique(dropna=False)
+    constant = [c for c in counts.columns if (counts[c] <= 1).all()]
+    meta = grouped[constant].first().reset_index() if constant else grouped.size().reset_index()[strata]
+    meta["Metadata_Count"] = grouped.size().to_numpy()
+    return meta
+
+
+def well_profiles(fields: pd.DataFrame, features: list[str], operation: str = "mean") -> pd.DataFrame:
+    """Fields (or cells) → one profile per plate and well (pycytominer ``aggregate``), with every ``Metadata_*``
+    column that is constant within a well and the number of fields (``Metadata_Count``)."""
+    strata = [PLATE, WELL]
+    profiles = aggregate(fields, strata=strata, features=features, operation=operation)
+    return _constant_metadata(fields, strata).merge(profiles, on=strata, how="inner")
+
+
+def compounds_per_plate(wells: pd.DataFrame, compound: str, treated: pd.Series | None = None) -> float:
+    """Median number of distinct compounds per plate (controls left out when ``treated`` marks the rest)."""
+    chosen = wells if treated is None else wells[treated.to_numpy()]
+    return float(chosen.groupby(PLATE)[compound].nunique().median()) if len(chosen) else 0.0
+
+
+def normalization_scope(
+    wells: pd.DataFrame, setting: str, compound: str, treated: pd.Series | None = None
+) -> tuple[str, str]:
+    """``plate``, ``experiment`` or ``none``, and why. ``auto`` avoids per-plate normalisation where plates are
+    confounded with compounds (a plate holding one or two compounds would be normalised to itself)."""
+    if setting != "auto":
+        return setting, f"normalize: {setting} (config)"
+    if compound not in wells.columns:
+        compound = TREATMENT
+    per_plate = compounds_per_plate(wells, compound, treated)
+    if per_plate < MIN_COMPOUNDS_PER_PLATE:
+        return "experiment", (
+            f"plates are confounded with compounds (median {per_plate:g} compounds per plate): per-plate "
+            "normalisation would erase the treatment signal, so profiles are normalised across the experiment"
+        )
+    return "plate", f"per-plate normalisation (median {per_plate:g} compounds per plate)"
+
+
+def normalize_profiles(
+    wells: pd.DataFrame,
+    features: list[str],
+    scope: str,
+    control_query: str | None = None,
+    method: str = "standardize",
+    epsilon: float = 1e-6,
+) -> pd.DataFrame:
+    """Normalise the profiles with pycytominer ``normalize`` to the control wells (``control_query``) or to all
+    wells, within each plate or across the experiment: ``standardize`` (each feature to mean 0, sd 1) or
+    ``spherize`` (ZCA-cor whitening: correlated features decorrelated, as JUMP treats deep profiles)."""
+    if scope == "none":
+        return wells
+    samples = control_query or "all"
+    meta = [c for c in wells.columns if c not in features]
+
+    def standardize(part: pd.DataFrame) -> pd.DataFrame:
+        chosen = samples if samples == "all" or len(part.query(samples)) >= 2 else "all"
+        return normalize(
+            part, features=features, meta_features=meta, samples=chosen, method=method, spherize_epsilon=epsilon
+        )
+
+    if scope == "plate":
+        parts = [standardize(part) for _, part in wells.groupby(PLATE, sort=False)]
+        out = pd.concat(parts).loc[wells.index]
+    else:
+        out = standardize(wells)
+    return out[wells.columns]
+
+
+def select_features(wells: pd.DataFrame, features: list[str], operations: Sequence[str] = FEATURE_SELECTION):
+    """pycytominer ``feature_select``; returns the table and the features kept."""
+    if not operations:
+        return wells, features
+    kept = feature_select(wells, features=features, operation=list(operations))
+    return kept, [c for c in features if c in kept.columns]
+
+
+def treatment_profiles(wells: pd.DataFrame, features: list[str], operation: str = "mean") -> pd.DataFrame:
+    """Wells → one consensus profile per treatment (pycytominer ``aggregate``), with the ``Metadata_*`` columns
+    constant within each treatment (compound, mechanism, …) and the number of wells (``Metadata_Count``)."""
+    profiles = aggregate(wells, strata=[TREATMENT], features=features, operation=operation)
+    meta = _constant_metadata(wells.drop(columns=["Metadata_Count"], errors="ignore"), [TREATMENT])
+    return meta.merge(profiles, on=TREATMENT, how="inner")
+
+
+def combine_blocks(blocks: Sequence[pd.DataFrame], names: Sequence[str]) -> tuple[pd.DataFrame, list[str]]:
+    """Normalised profile blocks (same rows) side by side, each scaled by 1/√features so that every block weighs
+    the same in a cosine or Euclidean comparison; feature columns get the block name as prefix."""
+    scaled = []
+    for block, name in zip(blocks, names, strict=True):
+        values = block.to_numpy(np.float64) / np.sqrt(max(block.shape[1], 1))
+        scaled.append(pd.DataFrame(values, columns=[f"{name}__{c}" for c in block.columns], index=block.index))
+    combined = pd.concat(scaled, axis=1)
+    return combined, list(combined.columns)

@@ -1,0 +1,104 @@
+"""Per-cell embeddings from a frozen pretrained EfficientNet: windows centred on each cell, shown to the network as
+an RGB image (three fluorescence channels) or one grey channel at a time, pooled to 1280 numbers per view.
+
+The window is centred on the cell's centroid (not cut to its bbox) so that every cell is seen at the same scale with
+its surroundings, as DeepProfiler and the JUMP embeddings do; pixels outside the field are zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cellresponse.model import FEATURES, INPUT_STATISTICS, fold_batch_norm, pretrained_trunk
+
+PREFIX = "emb_"
+
+
+def embedding_columns(n: int) -> list[str]:
+    """Column names of an embedding table: ``emb_0000``, ``emb_0001``, …"""
+    return [f"{PREFIX}{i:04d}" for i in range(n)]
+
+
+def cell_windows(planes: np.ndarray, centroids: np.ndarray, side: int) -> np.ndarray:
+    """uint8 windows ``(N, C, side, side)`` centred on each ``(row, col)`` centroid of ``planes`` ``(C, H, W)``
+    (values in [0, 1], stored as uint8 to keep batches small); zero outside the field. One strided gather per
+    field, no Python loop per cell (the reading thread must leave the interpreter to the network)."""
+    centroids = np.asarray(centroids, dtype=np.float64).reshape(-1, 2)
+    scaled = np.round(np.clip(planes, 0.0, 1.0) * 255.0).astype(np.uint8)
+    padded = np.pad(scaled, ((0, 0), (side, side), (side, side)))
+    tops = np.floor(centroids[:, 0] - side / 2.0 + 0.5).astype(np.int64) + side
+    lefts = np.floor(centroids[:, 1] - side / 2.0 + 0.5).astype(np.int64) + side
+    views = np.lib.stride_tricks.sliding_window_view(padded, (side, side), axis=(1, 2))
+    return np.ascontiguousarray(views[:, tops, lefts].transpose(1, 0, 2, 3))
+
+
+class Embedder:
+    """A frozen pretrained trunk: ``embedder(windows)`` → float32 ``(N, dims)``.
+
+    ``mode="rgb"`` shows three channels as one RGB image (``dims`` = 1280); ``mode="per_channel"`` shows each
+    channel as a grey image (the same plane in R, G and B) and concatenates the views (``dims`` = 1280 × channels).
+    """
+
+    def __init__(
+        self,
+        backbone: str = "efficientnet-lite0",
+        pretrained: str | None = "imagenet",
+        input_size: int = 96,
+        mode: str = "rgb",
+        batch_size: int = 16,
+    ):
+        trunk = fold_batch_norm(pretrained_trunk(backbone, pretrained, in_channels=3).eval())
+        for parameter in trunk.parameters():
+            parameter.requires_grad_(False)
+        mean, std = INPUT_STATISTICS[backbone]
+        self.mean = torch.tensor(mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(std).view(1, 3, 1, 1)
+        self.input_size, self.mode, self.batch_size = input_size, mode, batch_size
+        self.trunk = trunk
+
+    def dims(self, channels: int) -> int:
+        return FEATURES * (channels if self.mode == "per_channel" else 1)
+
+    def _views(self, windows: torch.Tensor) -> list[torch.Tensor]:
+        if self.mode == "rgb":
+            if windows.shape[1] != 3:
+                raise ValueError(f"rgb embeddings need 3 channels, got {windows.shape[1]}")
+            return [windows]
+        return [windows[:, c : c + 1].expand(-1, 3, -1, -1) for c in range(windows.shape[1])]
+
+    @torch.inference_mode()
+    def __call__(self, windows: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(windows), self.dims(windows.shape[1])), np.float32)
+        for start in range(0, len(windows), self.batch_size):
+            x = torch.from_numpy(windows[start : start + self.batch_size]).float().div_(255.0)
+            if x.shape[-1] != self.input_size:
+                x = F.interpolate(x, size=(self.input_size,) * 2, mode="bilinear", align_corners=False)
+            views = [(view - self.mean) / self.std for view in self._views(x)]
+            pooled = [self.trunk(view.contiguous(memory_format=torch.channels_last)) for view in views]
+            out[start : start + len(x)] = torch.cat(pooled, dim=1).numpy()
+        return out
+
+
+def window_side(crop_size: int | None, median_diameter: float | None, scale: float = 3.0, smallest: int = 16) -> int:
+    """The window side: ``crop_size`` when set, else ``scale`` × the run's median cell diameter (even, at least
+    ``smallest``) — about a cell and its neighbourhood (48 px for BBBC021-moa's 17-px cells)."""
+    if crop_size:
+        return int(crop_size)
+    if not median_diameter:
+        return 2 * smallest
+    return max(smallest, 2 * round(scale * median_diameter / 2))
+
+
+def embed_channels(wanted: Sequence[str], names: Sequence[str], mode: str = "rgb") -> list[str]:
+    """The channels shown to the network: ``wanted``, else the first three (``rgb``) or all (``per_channel``).
+    For ``rgb`` exactly three: fewer are repeated in turn (a DNA-only plate shows DNA as grey), more are an error."""
+    if mode != "rgb":
+        return list(wanted) or list(names)
+    chosen = list(wanted) or list(names[:3])
+    if len(chosen) > 3:
+        raise ValueError(f"rgb embeddings show three channels, {len(chosen)} were given: {chosen}")
+    return [chosen[i % len(chosen)] for i in range(3)]

@@ -1,0 +1,85 @@
+"""The field's profile-level benchmarks: not-same-compound (NSC) nearest-neighbour MoA accuracy (Ljosa et al. 2013)
+and mean average precision of replicate and MoA retrieval (copairs, as JUMP reports them).
+
+NSC: each treatment's nearest treatment (cosine similarity of consensus profiles) among those of *other*
+compounds — and, for NSCB, other batches — must share its mechanism. Chance is what a random such neighbour scores.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from copairs.map import average_precision, mean_average_precision
+from copairs.matching import UnpairedException
+
+# Permutations of copairs' null distribution and the significance level of "retrieved".
+NULL_SIZE = 10000
+ALPHA = 0.05
+
+
+def cosine_similarity(features: np.ndarray) -> np.ndarray:
+    x = np.asarray(features, dtype=np.float64)
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return x @ x.T
+
+
+def nsc_accuracy(
+    features: np.ndarray, moa: np.ndarray, compound: np.ndarray, batch: np.ndarray | None = None
+) -> dict[str, Any]:
+    """Share of treatments whose nearest neighbour among other compounds (and other batches) shares the MoA.
+
+    Treatments with no candidate neighbour, or whose MoA no candidate has, are left out (they cannot be right),
+    and counted in ``skipped``."""
+    moa, compound = np.asarray(moa).astype(str), np.asarray(compound).astype(str)
+    similarity = cosine_similarity(features)
+    hits, chances, skipped = [], [], 0
+    for i in range(len(moa)):
+        candidates = compound != compound[i]
+        if batch is not None:
+            candidates &= np.asarray(batch).astype(str) != str(batch[i])
+        same = moa[candidates] == moa[i]
+        if not candidates.any() or not same.any():
+            skipped += 1
+            continue
+        scores = np.where(candidates, similarity[i], -np.inf)
+        hits.append(moa[int(np.argmax(scores))] == moa[i])
+        chances.append(float(same.mean()))
+    return {
+        "accuracy": float(np.mean(hits)) if hits else float("nan"),
+        "chance_rate": float(np.mean(chances)) if chances else float("nan"),
+        "n": len(hits),
+        "skipped": skipped,
+    }
+
+
+def retrieval_map(
+    meta: pd.DataFrame,
+    features: np.ndarray,
+    pos_sameby: list[str],
+    pos_diffby: list[str],
+    neg_diffby: list[str],
+    group_by: list[str],
+    seed: int = 0,
+    null_size: int = NULL_SIZE,
+) -> dict[str, Any]:
+    """copairs' average precision of every profile and mean average precision per group (``group_by``), with
+    permutation p-values (FDR-corrected); returns the mean mAP and the fraction of groups retrieved (p < 0.05)."""
+    meta = meta.reset_index(drop=True).astype(str)
+    try:
+        ap = average_precision(
+            meta, np.asarray(features, dtype=np.float64), pos_sameby, pos_diffby, [], neg_diffby, progress_bar=False
+        )
+    except UnpairedException as exc:  # e.g. every mechanism has a single compound
+        return {"skipped": f"{exc} (positives: same {pos_sameby}, different {pos_diffby})"}
+    ap = ap.dropna(subset=["average_precision"])
+    if ap.empty:
+        return {"skipped": "no profile has a positive pair"}
+    maps = mean_average_precision(ap, group_by, null_size=null_size, threshold=ALPHA, seed=seed, progress_bar=False)
+    return {
+        "mean_average_precision": float(maps["mean_average_precision"].mean()),
+        "fraction_retrieved": float(maps["below_corrected_p"].mean()),
+        "groups": len(maps),
+        "profiles": len(ap),
+    }

@@ -1,0 +1,187 @@
+"""``cellresponse embed``: per-cell embeddings from a frozen pretrained EfficientNet (embeddings.py) into
+``RUN/embeddings/<image_id>.parquet`` — ``cell_id``, ``image_id``, ``emb_0000`` … — with the settings and per-plate
+intensity scales in ``RUN/embeddings/settings.json``. Resumable per image.
+
+The network runs in this process on all cores, over batches gathered across images; a background thread reads and
+cuts the next images meanwhile, so the data path stays out of the network's way (Dask workers would each hold a
+copy of the network and run it on one core).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from cellresponse.channels import load_stack, resolve_channel
+from cellresponse.config import Config
+from cellresponse.embeddings import Embedder, cell_windows, embed_channels, embedding_columns, window_side
+from cellresponse.errors import InputError
+from cellresponse.io import atomic_path, remove_stale_temporaries, write_json
+from cellresponse.runfolder import RunFolder
+from cellresponse.stages.crops import plate_scales, raw_planes
+from cellresponse.stages.per_image import image_rows, require_outputs
+from cellresponse.transforms import to_unit
+
+log = logging.getLogger(__name__)
+
+PREFETCH = 4  # images read ahead by the background thread
+GATHER = 256  # cells gathered across images before the network runs (in batches of embedding.batch_size)
+
+
+def embed_settings(config: Config, names: list[str], median_diameter: float | None) -> dict[str, Any]:
+    """What makes two embedding runs comparable (a resumed run must use the same)."""
+    e = config.embedding
+    return {
+        "backbone": e.backbone,
+        "pretrained": e.pretrained,
+        "channels": embed_channels(e.channels, names, e.mode),
+        "mode": e.mode,
+        "window": window_side(e.crop_size, median_diameter),
+        "input_size": e.input_size,
+    }
+
+
+def _settled(run: RunFolder, config: Config, settings: dict, rows: list[dict], names: list[str], overwrite: bool):
+    path = run.embedding_settings
+    if overwrite and run.embeddings.exists():
+        shutil.rmtree(run.embeddings)
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old["settings"] != settings:
+            raise InputError(
+                f"{run.embeddings} holds embeddings made with other settings ({old['settings']}); "
+                "rerun with --overwrite to embed again"
+            )
+        return old["scales"]
+    for channel in settings["channels"]:
+        resolve_channel(names, channel)  # unknown names fail here, once, with the list of channels
+    scales = plate_scales(rows, names, settings["channels"], config, seed=config.seed)
+    write_json(path, {"settings": settings, "scales": scales})
+    return scales
+
+
+def _windows(row: dict, cells: pd.DataFrame, names: list[str], settings: dict, scales: dict, config: Config):
+    raw = raw_planes(load_stack(row, names), settings["channels"], names, config)
+    unit = np.stack([to_unit(p, lo, hi) for p, (lo, hi) in zip(raw, scales[str(row["plate"])], strict=True)])
+    centroids = cells[["centroid_y", "centroid_x"]].to_numpy()
+    return row["image_id"], cells[["cell_id", "image_id"]], cell_windows(unit, centroids, settings["window"])
+
+
+def write_embeddings(path, ids: pd.DataFrame, vectors: np.ndarray, columns: list[str]) -> None:
+    """One image's embeddings as Parquet (cell_id, image_id, emb_…), built with pyarrow directly: a pandas frame
+    of 1,280 columns cost 0.12 s an image, this 0.04 s."""
+    arrays = [pa.array(ids["cell_id"].to_numpy()), pa.array(ids["image_id"].to_numpy())]
+    arrays += [pa.array(vectors[:, i]) for i in range(vectors.shape[1])]
+    with atomic_path(path) as tmp:
+        pq.write_table(pa.Table.from_arrays(arrays, names=["cell_id", "image_id", *columns]), tmp)
+
+
+def _batches(parts: Iterator[tuple[str, pd.DataFrame, np.ndarray]], size: int) -> Iterator[list[tuple]]:
+    """Images grouped until they hold at least ``size`` cells (the network sees full batches across images)."""
+    group, cells = [], 0
+    for part in parts:
+        group.append(part)
+        cells += len(part[2])
+        if cells >= size:
+            yield group
+            group, cells = [], 0
+    if group:
+        yield group
+
+
+def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Embed every measured cell; images with an embedding file are skipped."""
+    started = time.perf_counter()
+    rows, names = image_rows(run)
+    require_outputs(run, rows, run.cells_path, "measurements", "measure")
+    median_diameter = run.read_summary("segment").get("median_diameter")
+    settings = embed_settings(config, names, median_diameter)
+    scales = _settled(run, config, settings, rows, names, overwrite)
+    remove_stale_temporaries(run.embeddings)
+    todo = [row for row in rows if not run.embedding_path(row["image_id"]).exists()]
+    e = config.embedding
+    embedder = Embedder(e.backbone, e.pretrained, e.input_size, e.mode, e.batch_size)
+    columns = embedding_columns(embedder.dims(len(settings["channels"])))
+    bar = tqdm(total=len(todo), desc="embed", unit="image", disable=not progress)
+    embedded = 0
+    network_seconds = 0.0
+    with ThreadPoolExecutor(max_workers=1) as pool, ThreadPoolExecutor(max_workers=1) as writer:
+        written = []
+
+        def read(row: dict) -> tuple:
+            cells = pd.read_parquet(run.cells_path(row["image_id"]), columns=["label", "centroid_y", "centroid_x"])
+            cells.insert(0, "image_id", row["image_id"])
+            cells.insert(0, "cell_id", row["image_id"] + "#" + cells["label"].astype(int).astype(str))
+            return _windows(row, cells, names, settings, scales, config)
+
+        def prefetched() -> Iterator[tuple]:
+            futures = [pool.submit(read, row) for row in todo[:PREFETCH]]
+            for i in range(len(todo)):
+                if i + PREFETCH < len(todo):
+                    futures.append(pool.submit(read, todo[i + PREFETCH]))
+                yield futures[i].result()
+
+        for group in _batches(prefetched(), GATHER):
+            windows = np.concatenate([part[2] for part in group])
+            began = time.perf_counter()
+            vectors = embedder(windows) if len(windows) else np.zeros((0, len(columns)), np.float32)
+            network_seconds += time.perf_counter() - began
+            start = 0
+            for image_id, ids, part in group:
+                chunk = vectors[start : start + len(part)]
+                written.append(writer.submit(write_embeddings, run.embedding_path(image_id), ids, chunk, columns))
+                start += len(part)
+                bar.update(1)
+            embedded += len(windows)
+        for future in written:
+            future.result()  # a failed write fails the stage here
+    bar.close()
+    seconds = time.perf_counter() - started
+    summary = {
+        "images": len(rows),
+        "embedded_now": len(todo),
+        "skipped_done": len(rows) - len(todo),
+        "failed": 0,
+        "cells_embedded_now": embedded,
+        "dims": len(columns),
+        "settings": settings,
+        "cells_per_second": round(embedded / seconds, 1) if embedded else None,
+        "network_seconds": round(network_seconds, 2),
+        "seconds": round(seconds, 2),
+    }
+    run.record_stage("embed", summary)
+    log.info(
+        "embedded %d cells (%d dims, %s) in %.0f s — %s cells/s",
+        embedded,
+        len(columns),
+        ", ".join(settings["channels"]),
+        seconds,
+        summary["cells_per_second"],
+    )
+    return summary
+
+
+def mean_embeddings(run: RunFolder, image_ids: list[str]) -> pd.DataFrame:
+    """Each image's mean cell embedding (index image_id, columns emb_…); images without cells are left out."""
+    missing = [i for i in image_ids if not run.embedding_path(i).exists()]
+    if missing:
+        raise InputError(
+            f"{len(missing)} images have no embeddings (e.g. {missing[0]}) — run `cellresponse embed {run.root}` first"
+        )
+    means = {}
+    for image_id in image_ids:
+        table = pd.read_parquet(run.embedding_path(image_id))
+        if len(table):
+            means[image_id] = table.drop(columns=["cell_id", "image_id"]).mean()
+    return pd.DataFrame.from_dict(means, orient="index")

@@ -1,0 +1,183 @@
+"""``cellresponse profile``: well and treatment profiles of each kind — ``measured`` (cells.parquet's features),
+``deep`` (the embeddings) and ``both`` (each block normalised, weighted equally) — in pycytominer's conventions
+(aggregation.py), and the profile-level benchmarks (retrieval.py): not-same-compound MoA accuracy and mAP of
+replicate and MoA retrieval.
+
+Writes ``RUN/profiles/<kind>_wells.parquet``, ``RUN/profiles/<kind>_treatments.parquet`` and
+``RUN/profiles/metrics.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import pandas as pd
+
+from cellresponse.aggregation import (
+    PLATE,
+    TREATMENT,
+    WELL,
+    combine_blocks,
+    normalization_scope,
+    normalize_profiles,
+    select_features,
+    treatment_names,
+    treatment_profiles,
+    well_profiles,
+)
+from cellresponse.config import Config
+from cellresponse.errors import InputError
+from cellresponse.io import write_json, write_parquet
+from cellresponse.measure import feature_columns
+from cellresponse.profiles import image_feature_table
+from cellresponse.retrieval import nsc_accuracy, retrieval_map
+from cellresponse.runfolder import RunFolder
+from cellresponse.stages.embed import mean_embeddings
+
+log = logging.getLogger(__name__)
+
+
+def image_metadata(images: pd.DataFrame, config: Config) -> pd.DataFrame:
+    """Per image: ``image_id``, ``Metadata_Plate``/``Metadata_Well`` (from plate/well), the treatment name and
+    every ``Metadata_*`` column."""
+    p = config.profiles
+    try:
+        treatment = treatment_names(images, p.treatment)
+    except KeyError as exc:
+        meta = [c for c in images.columns if c.startswith("Metadata_")]
+        raise InputError(f"{exc.args[0]} — set profiles.treatment to columns among {meta}") from None
+    meta = images[["image_id"] + [c for c in images.columns if c.startswith("Metadata_")]].copy()
+    meta[PLATE] = images["plate"].astype(str).to_numpy()
+    meta[WELL] = images["well"].astype(str).to_numpy()
+    meta[TREATMENT] = treatment.to_numpy()
+    return meta
+
+
+def image_tables(run: RunFolder, kinds: list[str], images: pd.DataFrame) -> dict[str, tuple[pd.DataFrame, list[str]]]:
+    """Per image, the profile each kind starts from: ``measured`` = the distribution of every measured cell
+    feature over the field's cells (mean, sd, 5/25/50/75/95th percentiles, cell count: profiles.py), ``deep`` =
+    the mean embedding of the field's cells. Fields are then aggregated into wells."""
+    tables = {}
+    if {"measured", "both"} & set(kinds):
+        cells = run.read_cells()
+        table = image_feature_table(cells, feature_columns(cells.columns))
+        tables["measured"] = (table.rename_axis("image_id").reset_index(), list(table.columns))
+    if {"deep", "both"} & set(kinds):
+        means = mean_embeddings(run, images["image_id"].tolist())
+        tables["deep"] = (means.rename_axis("image_id").reset_index(), list(means.columns))
+    return tables
+
+
+def normalized_wells(
+    table: pd.DataFrame, features: list[str], meta: pd.DataFrame, config: Config, control_query: str | None
+) -> tuple[pd.DataFrame, list[str], str]:
+    fields = meta.merge(table, on="image_id", how="inner").copy()
+    wells = well_profiles(fields.drop(columns=["image_id"]), features, config.profiles.aggregate)
+    label = config.input.label
+    treated = wells[label].astype(str) != config.input.control_label if label in wells.columns else None
+    scope, why = normalization_scope(wells, config.profiles.normalize, config.profiles.compound, treated)
+    wells[features] = wells[features].fillna(wells[features].mean()).fillna(0.0)
+    wells = normalize_profiles(wells, features, scope, control_query)
+    wells, features = select_features(wells, features)
+    return wells, features, why
+
+
+def without_controls(table: pd.DataFrame, config: Config) -> pd.DataFrame:
+    """The treated rows: controls (``input.label`` == ``input.control_label``) are not queries of a benchmark."""
+    label = config.input.label
+    if label not in table.columns:
+        return table
+    return table[table[label].astype(str) != config.input.control_label]
+
+
+def evaluate_profiles(
+    wells: pd.DataFrame, treatments: pd.DataFrame, features: list[str], config: Config
+) -> dict[str, Any]:
+    """NSC (and NSCB) MoA accuracy on treatment profiles; mAP of replicate retrieval (wells) and MoA retrieval
+    (treatments). A benchmark whose columns are missing is skipped with the reason."""
+    p = config.profiles
+    out: dict[str, Any] = {}
+    treated = without_controls(treatments, config)
+    if {p.moa, p.compound} <= set(treated.columns):
+        x = treated[features].to_numpy()
+        out["nsc"] = nsc_accuracy(x, treated[p.moa].to_numpy(), treated[p.compound].to_numpy())
+        if p.batch and p.batch in treated.columns:
+            out["nscb"] = nsc_accuracy(x, treated[p.moa], treated[p.compound], treated[p.batch].to_numpy())
+        out["map_moa"] = retrieval_map(
+            treated[[p.moa, p.compound]], x, [p.moa], [p.compound], [p.moa], [p.moa], seed=config.seed
+        )
+    else:
+        missing = sorted({p.moa, p.compound} - set(treated.columns))
+        out["nsc"] = {"skipped": f"columns {missing} not in the metadata (profiles.moa / profiles.compound)"}
+    queries = without_controls(wells, config)
+    out["map_replicates"] = retrieval_map(
+        queries[[TREATMENT, PLATE, WELL]],
+        queries[features].to_numpy(),
+        [TREATMENT],
+        [],
+        [TREATMENT],
+        [TREATMENT],
+        seed=config.seed,
+    )
+    return out
+
+
+def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Profiles of every kind in ``profiles.kinds`` and their benchmarks."""
+    started = time.perf_counter()
+    p = config.profiles
+    images = run.read_images()
+    meta = image_metadata(images, config)
+    label, control = config.input.label, config.input.control_label
+    has_controls = label in meta.columns and (meta[label].astype(str) == control).any()
+    control_query = f"{label} == '{control}'" if has_controls else None
+    tables = image_tables(run, p.kinds, images)
+    normalized: dict[str, tuple[pd.DataFrame, list[str]]] = {}
+    notes = set()
+    for kind, (table, features) in tables.items():
+        wells, kept, why = normalized_wells(table, features, meta, config, control_query)
+        normalized[kind] = (wells, kept)
+        notes.add(why)
+    for note in sorted(notes):
+        log.warning(note) if "confounded" in note else log.info(note)
+    if "both" in p.kinds:
+        (measured, m_features), (deep, d_features) = normalized["measured"], normalized["deep"]
+        keys = [PLATE, WELL]
+        deep = deep.set_index(keys).loc[measured.set_index(keys).index].reset_index()
+        block, features = combine_blocks(
+            [measured[m_features].reset_index(drop=True), deep[d_features].reset_index(drop=True)], ["measured", "deep"]
+        )
+        normalized["both"] = (
+            pd.concat([measured.drop(columns=m_features).reset_index(drop=True), block], axis=1),
+            features,
+        )
+    metrics: dict[str, Any] = {"normalization": sorted(notes), "kinds": {}}
+    for kind in p.kinds:
+        wells, features = normalized[kind]
+        treatments = treatment_profiles(wells, features, p.aggregate)
+        write_parquet(run.profile_path(kind, "wells"), wells)
+        write_parquet(run.profile_path(kind, "treatments"), treatments)
+        result = evaluate_profiles(wells, treatments, features, config)
+        metrics["kinds"][kind] = {
+            "features": len(features),
+            "wells": len(wells),
+            "treatments": len(treatments),
+            **result,
+        }
+        nsc = result.get("nsc", {})
+        log.info(
+            "%s profiles: %d wells, %d treatments, %d features; NSC MoA accuracy %s (chance %s); replicate mAP %s",
+            kind,
+            len(wells),
+            len(treatments),
+            len(features),
+            f"{nsc['accuracy']:.3f}" if "accuracy" in nsc else "—",
+            f"{nsc['chance_rate']:.3f}" if "chance_rate" in nsc else "—",
+            f"{result['map_replicates'].get('mean_average_precision', float('nan')):.3f}",
+        )
+    metrics["seconds"] = round(time.perf_counter() - started, 2)
+    write_json(run.profile_metrics, metrics)
+    run.record_stage("profile", {"kinds": p.kinds, "seconds": metrics["seconds"]})
+    return metrics
