@@ -275,3 +275,26 @@ def test_evaluate_applies_evaluation_settings_and_refuses_model_settings(trained
     metrics = json.loads((copy / "metrics.json").read_text())
     assert metrics["headline_vote"] == "majority" and "top1" in metrics["cell"]
     assert "evaluation:\n  vote: majority" in (copy / "config.yaml").read_text()
+
+
+def test_embed_from_the_trained_network_writes_its_projection_layer(trained, tmp_path):
+    """`embedding.source: network`: every cell's 256-number projection layer, per image, equal to the bundle's
+    own forward pass up to the classifier."""
+    import shutil
+
+    from cellresponse.bundle import predict_cells
+
+    run, _ = trained
+    copy = tmp_path / "copy"
+    shutil.copytree(run.root, copy)
+    run_cli("embed", copy, "--set", "embedding.source=network", "--no-progress")
+    cells = pd.read_parquet(copy / "cells.parquet")
+    parts = sorted((copy / "embeddings").glob("*.parquet"))
+    table = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+    columns = [c for c in table.columns if c.startswith("emb_")]
+    assert len(columns) == 256 and len(table) == len(cells) and set(table["cell_id"]) == set(cells["cell_id"])
+    bundle = load_bundle(copy / "model" / "bundle")
+    first = cells.head(16)
+    expected = predict_cells(bundle, CropStore(copy / "crops"), first, output="embedding")
+    got = table.set_index("cell_id").loc[first["cell_id"], columns].to_numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-5)

@@ -26,7 +26,7 @@ from cellresponse.io import atomic_path, write_json
 from cellresponse.model import CellResponseNet
 from cellresponse.splits import LabelEncoder, Scaler
 from cellresponse.store import CropStore
-from cellresponse.transforms import prepare_batch
+from cellresponse.transforms import IMAGE_CHANNELS, prepare_batch
 
 BUNDLE_VERSION = 1
 
@@ -129,30 +129,42 @@ def predict_probabilities(
     config: Config,
     batch_size: int = 256,
     progress: bool = False,
+    output: str = "probabilities",
 ) -> np.ndarray:
-    """Class probabilities ``(N, classes)`` for store rows (eval mode, batched, CPU or GPU); crops are prepared
-    as in training (``config.crops``: size, mean, std)."""
+    """Class probabilities ``(N, classes)`` — or, with ``output="embedding"``, the network's projection layer
+    ``(N, projection)`` — for store rows (eval mode, batched, CPU or GPU); crops are prepared as in training
+    (``config.crops``: size, mean, std)."""
     device = next(model.parameters()).device
     model.eval()
     channels_last = config.training.channels_last
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     c = config.crops
-    out = np.zeros((len(rows), model.classifier.out_features), dtype=np.float32)
+    width = model.classifier.out_features if output == "probabilities" else model.classifier.in_features
+    out = np.zeros((len(rows), width), dtype=np.float32)
     for start in tqdm(range(0, len(rows), batch_size), desc="predict", unit="batch", disable=not progress):
         stop = start + batch_size
         crops = torch.from_numpy(store.batch(rows[start:stop])).to(device)
         x = prepare_batch(crops, c.size, c.mean, c.std, channels_last)
         table = torch.from_numpy(features[start:stop]).to(device)
-        out[start:stop] = torch.softmax(model.forward_crops(x, table), dim=1).cpu().numpy()
+        if output == "probabilities":
+            out[start:stop] = torch.softmax(model.forward_crops(x, table), dim=1).cpu().numpy()
+        else:
+            out[start:stop] = model.embed(x[:, :IMAGE_CHANNELS], x[:, IMAGE_CHANNELS:], table).cpu().numpy()
     return out
 
 
 def predict_cells(
-    bundle: Bundle, store: CropStore, cells: pd.DataFrame, batch_size: int = 256, progress: bool = False
+    bundle: Bundle,
+    store: CropStore,
+    cells: pd.DataFrame,
+    batch_size: int = 256,
+    progress: bool = False,
+    output: str = "probabilities",
 ) -> np.ndarray:
     """The bundle's network on ``cells`` (a cell table with ``cell_id`` and the bundle's feature columns):
-    their crops from ``store``, their table rows scaled with the bundle's scaler."""
+    their crops from ``store``, their table rows scaled with the bundle's scaler; ``output`` as in
+    :func:`predict_probabilities`."""
     return predict_probabilities(
         bundle.model,
         store,
@@ -161,4 +173,5 @@ def predict_cells(
         bundle.config,
         batch_size=batch_size,
         progress=progress,
+        output=output,
     )

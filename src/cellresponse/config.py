@@ -133,8 +133,13 @@ class ModelConfig(_Section):
 
 
 class EmbeddingConfig(_Section):
-    """Per-cell embeddings from a frozen pretrained backbone (`cellresponse embed`)."""
+    """Per-cell embeddings (`cellresponse embed`): a frozen pretrained backbone, or the run's trained network."""
 
+    source: Literal["backbone", "network"] = Field(
+        "backbone",
+        description="backbone: the frozen pretrained network below; network: the trained bundle's projection "
+        "layer (RUN/model/bundle, on the crop store).",
+    )
     backbone: Backbone = "efficientnet-lite0"
     pretrained: str = Field("imagenet", description="imagenet (packaged Lite0 weights) or a weights path.")
     channels: list[str] = Field(

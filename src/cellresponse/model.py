@@ -57,10 +57,15 @@ INPUT_STATISTICS = {
 
 def efficientnet(backbone: str = "efficientnet-b0", in_channels: int = IMAGE_CHANNELS, classes: int = 0) -> nn.Module:
     """A randomly initialised EfficientNet trunk: pooled 1280-d features (``classes=0``) or ImageNet logits."""
+    # A one-unit head when only features are wanted: the head is replaced below, and a 1000-class one would draw
+    # 1.3 M random numbers first and shift the initialisation of every layer after it (a trained run's numbers).
+    outputs = classes or 1
     if backbone == "efficientnet-b0":
-        net = EfficientNetBN("efficientnet-b0", pretrained=False, spatial_dims=2, in_channels=in_channels)
+        net = EfficientNetBN(
+            "efficientnet-b0", pretrained=False, spatial_dims=2, in_channels=in_channels, num_classes=outputs
+        )
     elif backbone == "efficientnet-lite0":
-        net = EfficientNet(list(LITE0_BLOCKS), spatial_dims=2, in_channels=in_channels, num_classes=1000)
+        net = EfficientNet(list(LITE0_BLOCKS), spatial_dims=2, in_channels=in_channels, num_classes=outputs)
         for module in net.modules():  # Lite0 replaces Swish by ReLU6 everywhere (quantisation-friendly)
             if hasattr(module, "_swish"):
                 module._swish = nn.ReLU6()
@@ -235,9 +240,14 @@ class CellResponseNet(nn.Module):
         """Logits for prepared 8-channel crops (``transforms.prepare_batch``): image half, flow half."""
         return self(x[:, :IMAGE_CHANNELS], x[:, IMAGE_CHANNELS:], table)
 
-    def forward(self, mask: torch.Tensor, flow: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    def embed(self, mask: torch.Tensor, flow: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        """The cell's learned representation: the fused, attention-gated branches after the projection (the
+        layer the classifier reads; ``cellresponse embed`` with ``embedding.source: network``)."""
         if self.n_features == 0:  # no table columns: a constant input keeps the layer shapes fixed
             table = torch.zeros(mask.shape[0], 1, device=mask.device, dtype=mask.dtype)
         fused = torch.cat([self.mask_branch(mask), self.flow_branch(flow), self.tabular(table)], dim=1)
         fused = fused * self.attention(fused)
-        return self.classifier(self.projection(fused))
+        return self.projection(fused)
+
+    def forward(self, mask: torch.Tensor, flow: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.embed(mask, flow, table))

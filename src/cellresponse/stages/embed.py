@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from cellresponse.bundle import load_bundle, predict_cells
 from cellresponse.channels import load_stack, resolve_channel
 from cellresponse.config import Config
 from cellresponse.embeddings import Embedder, cell_windows, embed_channels, embedding_columns, window_side
@@ -31,6 +32,7 @@ from cellresponse.io import atomic_path, remove_stale_temporaries, write_json
 from cellresponse.runfolder import RunFolder
 from cellresponse.stages.crops import plate_scales, raw_planes
 from cellresponse.stages.per_image import image_rows, require_outputs
+from cellresponse.store import CropStore
 from cellresponse.transforms import to_unit
 
 log = logging.getLogger(__name__)
@@ -100,8 +102,43 @@ def _batches(parts: Iterator[tuple[str, pd.DataFrame, np.ndarray]], size: int) -
         yield group
 
 
+def embed_with_network(run: RunFolder, config: Config, *, overwrite: bool, progress: bool) -> dict[str, Any]:
+    """Embeddings from the trained network (``embedding.source: network``): every cell's projection layer, from
+    the crop store, written per image like the backbone's."""
+    started = time.perf_counter()
+    bundle = load_bundle(run.require(run.bundle, "train"))
+    settings = {"source": "network", "bundle": str(run.bundle), "trained": bundle.meta.get("best_checkpoint_epoch")}
+    if overwrite and run.embeddings.exists():
+        shutil.rmtree(run.embeddings)
+    if run.embedding_settings.exists() and json.loads(run.embedding_settings.read_text())["settings"] != settings:
+        raise InputError(f"{run.embeddings} holds other embeddings; rerun with --overwrite to embed again")
+    write_json(run.embedding_settings, {"settings": settings, "scales": {}})
+    cells = run.read_cells()
+    todo = [i for i in cells["image_id"].unique() if not run.embedding_path(i).exists()]
+    chosen = cells[cells["image_id"].isin(set(todo))].reset_index(drop=True)
+    vectors = predict_cells(
+        bundle, CropStore(run.crops), chosen, config.evaluation.batch_size, progress, output="embedding"
+    )
+    columns = embedding_columns(vectors.shape[1])
+    for image_id, part in chosen.groupby("image_id", sort=False):
+        write_embeddings(run.embedding_path(image_id), part, vectors[part.index.to_numpy()], columns)
+    summary = {
+        "images": int(cells["image_id"].nunique()),
+        "embedded_now": len(todo),
+        "cells_embedded_now": len(chosen),
+        "dims": len(columns),
+        "settings": settings,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    run.record_stage("embed", summary)
+    log.info("embedded %d cells with the trained network's projection layer (%d dims)", len(chosen), len(columns))
+    return summary
+
+
 def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Embed every measured cell; images with an embedding file are skipped."""
+    if config.embedding.source == "network":
+        return embed_with_network(run, config, overwrite=overwrite, progress=progress)
     started = time.perf_counter()
     rows, names = image_rows(run)
     require_outputs(run, rows, run.cells_path, "measurements", "measure")
