@@ -171,9 +171,14 @@ def test_report_renders_with_its_figures(trained):
     page = (run.report / "index.html").read_text()
     parser = _Collect()
     parser.feed(page)
-    assert {"Data", "Timings", "How good are the predictions?", "Training (Table 1)", "Split", "Config"} <= set(
-        parser.headings
-    )
+    assert {
+        "Data",
+        "Timings",
+        "How good are the predictions?",
+        "Training history (per epoch)",
+        "Split",
+        "Config",
+    } <= set(parser.headings)
     assert "Confusion matrix (images)" in parser.headings and "Segmentation (Figure 1)" in parser.headings
     assert len(parser.images) >= 4 and all(i["src"].startswith("data:image/png;base64,") for i in parser.images)
     assert (run.report / "training_curves.png").stat().st_size > 1000

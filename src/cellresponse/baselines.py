@@ -153,12 +153,12 @@ def compare_with_baseline(metrics: dict[str, Any], vote_name: str, margin: float
     cnn = metrics.get("image", {}).get(f"{vote_name}_vote", {}).get("accuracy")
     base = metrics.get("baseline_features", {}).get("image", {}).get("accuracy")
     if cnn is None or base is None:
-        return "no features-only baseline to compare with"
+        return "No features-only baseline to compare with"
     if cnn > base + margin:
-        return f"the CNN beats the features-only baseline at image level ({cnn:.3f} vs {base:.3f})"
+        return f"The CNN beats the features-only baseline at image level ({cnn:.3f} vs {base:.3f})"
     if cnn < base - margin:
         return (
-            f"the features-only baseline beats the CNN at image level ({base:.3f} vs {cnn:.3f}): "
+            f"The features-only baseline beats the CNN at image level ({base:.3f} vs {cnn:.3f}): "
             "use the features-only model for this data (cellresponse predict BUNDLE --model features), or train longer"
         )
-    return f"the CNN and the features-only baseline are level at image level ({cnn:.3f} vs {base:.3f})"
+    return f"The CNN and the features-only baseline are level at image level ({cnn:.3f} vs {base:.3f})"

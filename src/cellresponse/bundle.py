@@ -82,9 +82,22 @@ def save_bundle(
     return folder
 
 
+def find_bundle(path: str | Path) -> Path:
+    """The bundle folder for a trained run folder, its ``model`` folder or the bundle itself."""
+    path = Path(path)
+    for candidate in (path, path / "bundle", path / "model" / "bundle"):
+        if (candidate / "bundle.json").is_file():
+            return candidate
+    raise InputError(
+        f"{path} holds no model bundle (looked for bundle.json in it, in bundle/ and in model/bundle/) — "
+        f"train one with `cellresponse train RUN`"
+    )
+
+
 def load_bundle(folder: str | Path) -> Bundle:
-    """Load a bundle (weights through safetensors; the JSON checked for format and version)."""
-    folder = Path(folder)
+    """Load a bundle (weights through safetensors; the JSON checked for format and version); ``folder`` may be
+    the bundle, a run's ``model`` folder or the run folder."""
+    folder = find_bundle(folder)
     meta_path, weights_path = folder / "bundle.json", folder / "weights.safetensors"
     if not meta_path.is_file() or not weights_path.is_file():
         raise InputError(f"{folder} is not a model bundle (needs bundle.json and weights.safetensors)")

@@ -8,11 +8,13 @@ outputs in the run folder are left as they were. A stage that finished with fail
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
+import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -202,11 +204,29 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def new_run_folder(run: RunFolder) -> Iterator[RunFolder]:
+    """Create ``run``; when the command is refused (bad input, before any image work) and the folder did not
+    exist before, remove it again — a refused command leaves nothing behind."""
+    existed = run.root.exists()
+    run.create()
+    try:
+        yield run
+    except CellResponseError as exc:
+        if not existed and not isinstance(exc, StageError):
+            logging.shutdown()  # close RUN/logs/cellresponse.log before the folder goes
+            for handler in list(logging.getLogger().handlers):
+                logging.getLogger().removeHandler(handler)
+            shutil.rmtree(run.root, ignore_errors=True)
+        raise
+
+
 def cmd_images(args: argparse.Namespace) -> int:
     config = new_config(args)
     run = RunFolder(args.out)
-    setup_logging(args.verbose, run.create())
-    run_stage("images", run, config, source=image_source(args))
+    with new_run_folder(run):
+        setup_logging(args.verbose, run)
+        run_stage("images", run, config, source=image_source(args))
     print(f"wrote {run.images}")
     return 0
 
@@ -275,19 +295,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.images is None and args.load_data is None:
             raise CellResponseError("give --images DIR or --load-data CSV (or --from a later stage)")
         config = new_config(args)
-        setup_logging(args.verbose, run.create())
+        folder = new_run_folder(run)
     else:
-        setup_logging(args.verbose, run)
         config = run_config(run, args)
-    run_pipeline(
-        run,
-        config,
-        source=image_source(args) if starts_with_images else None,
-        start=args.from_stage,
-        stop=args.until_stage,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
-    )
+        folder = contextlib.nullcontext(run)
+    with folder:
+        setup_logging(args.verbose, run)
+        run_pipeline(
+            run,
+            config,
+            source=image_source(args) if starts_with_images else None,
+            start=args.from_stage,
+            stop=args.until_stage,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+        )
     if is_main_process():
         print(f"run folder: {run.root}")
         if run.report_index.exists():
@@ -342,7 +364,9 @@ def evaluate_extra(parser: argparse.ArgumentParser) -> None:
 
 
 def predict_extra(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("bundle", type=Path, metavar="BUNDLE", help="RUN/model/bundle of a trained run")
+    parser.add_argument(
+        "bundle", type=Path, metavar="BUNDLE", help="a trained run folder, its RUN/model or RUN/model/bundle"
+    )
     parser.add_argument(
         "--model",
         choices=["cnn", "features"],

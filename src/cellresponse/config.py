@@ -8,6 +8,7 @@ defaults (the study) <- preset <- YAML file <- ``--set key=value`` overrides.
 from __future__ import annotations
 
 import copy
+import difflib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -165,10 +166,13 @@ class ProfilesConfig(_Section):
 
     kinds: list[Literal["measured", "deep", "both"]] = Field(default_factory=lambda: ["measured", "deep", "both"])
     treatment: list[str] = Field(
-        default_factory=lambda: ["Metadata_pert_iname"],
-        description="Columns whose values together name a treatment (e.g. compound and concentration).",
+        default_factory=list,
+        description="Columns whose values together name a treatment (e.g. compound and concentration); "
+        "[] = the label column.",
     )
-    compound: str = Field("Metadata_pert_iname", description="Compound column (not-same-compound tests).")
+    compound: str | None = Field(
+        None, description="Compound column (not-same-compound tests); null = the first treatment column."
+    )
     moa: str = Field("Metadata_target", description="Mechanism column (MoA retrieval and NSC accuracy).")
     batch: str | None = Field(None, description="Batch column for NSCB (not same compound, not same batch).")
     aggregate: Literal["mean", "median"] = Field("mean", description="Cells → well, and wells → treatment.")
@@ -210,6 +214,13 @@ class Config(_Section):
         if value < 0:
             raise ValueError("seed must be >= 0")
         return value
+
+    def treatment_columns(self) -> list[str]:
+        """The columns naming a treatment: ``profiles.treatment``, else the label."""
+        return list(self.profiles.treatment) or [self.input.label]
+
+    def compound_column(self) -> str:
+        return self.profiles.compound or self.treatment_columns()[0]
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -271,13 +282,20 @@ def parse_override(text: str) -> dict[str, Any]:
 RENAMED_KEYS = {"training.pretrained_weights": "model.pretrained (a path, or imagenet)"}
 
 
+def config_keys() -> list[str]:
+    """Every dotted key of the config (``training.max_epochs``, …)."""
+    return sorted(_flatten(Config().to_dict()))
+
+
 def _format_validation_error(error: ValidationError, source: str) -> str:
     problems = []
     for item in error.errors():
         where = ".".join(str(p) for p in item["loc"])
         if item["type"] == "extra_forbidden":
             renamed = RENAMED_KEYS.get(where)
-            problems.append(f"unknown key '{where}'" + (f" (renamed: {renamed})" if renamed else ""))
+            near = difflib.get_close_matches(where, config_keys(), n=1)
+            hint = f" (renamed: {renamed})" if renamed else (f" — did you mean {near[0]}?" if near else "")
+            problems.append(f"unknown key '{where}'" + hint)
         else:
             problems.append(f"'{where}': {item['msg']} (got {item.get('input')!r})")
     return f"invalid config ({source}): " + "; ".join(problems) + " — see `cellresponse config show`"

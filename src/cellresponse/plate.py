@@ -16,6 +16,7 @@ Columns of the image table (``RUN/images.parquet``):
 
 from __future__ import annotations
 
+import difflib
 import logging
 import re
 from dataclasses import dataclass, field
@@ -457,13 +458,31 @@ def build_image_table(source: ImageSource, join: str = "auto") -> tuple[pd.DataF
     return table, report
 
 
+def did_you_mean(wanted: str, choices: list[str]) -> str:
+    """`` — did you mean X?`` for the closest of ``choices`` (case-insensitive), or ``""``."""
+    lowered = {c.lower(): c for c in choices}
+    near = difflib.get_close_matches(wanted.lower(), list(lowered), n=1, cutoff=0.6)
+    return f" — did you mean {lowered[near[0]]}?" if near else ""
+
+
+def check_columns(table: pd.DataFrame, columns: list[str], what: str, key: str) -> None:
+    """Every column in ``columns`` must be in the image table (``what``/``key`` name them in the message)."""
+    available = [c for c in table.columns if c.startswith("Metadata_")]
+    for column in columns:
+        if column not in table.columns:
+            raise InputError(
+                f"{what} column {column!r} is not in the image table{did_you_mean(column, available)} — set "
+                f"{key}; available: {', '.join(available) or 'none'}"
+            )
+
+
 def check_label(table: pd.DataFrame, label: str) -> None:
     """The label column must exist and hold at least one value."""
     if label not in table.columns:
         candidates = [c for c in table.columns if c.startswith("Metadata_")]
         raise InputError(
-            f"label column {label!r} is not in the image table; available: {', '.join(candidates) or 'none'} "
-            "— use --label to choose one"
+            f"label column {label!r} is not in the image table{did_you_mean(label, candidates)}; available: "
+            f"{', '.join(candidates) or 'none'} — use --label to choose one"
         )
     values = table[label]
     if values.isna().all() or (values.astype(str).str.strip() == "").all():

@@ -29,6 +29,7 @@ from scipy import ndimage as ndi
 from cellresponse.plate import core_file_name, well_name
 
 CHANNELS = {1: "Mito", 2: "AGP", 3: "RNA", 4: "ER", 5: "DNA"}
+SYNTHETIC_COLUMN = "Metadata_Synthetic"
 
 
 def _spec(default: float, help: str) -> Any:
@@ -199,6 +200,7 @@ def make_plates(out: str | Path, spec: SynthSpec | None = None) -> pd.DataFrame:
                     load_row[f"PathName_Orig{name}"] = f"{plate}/Images"
                 load_row["Metadata_pert_iname"] = well["pert_iname"]
                 load_row["Metadata_target"] = well["target"]
+                load_row[SYNTHETIC_COLUMN] = "yes"  # every report built on these plates says they are synthetic
                 load_rows.append(load_row)
                 meta_rows.append(
                     {

@@ -222,7 +222,7 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*litlogger.*")
 
 
-def build_trainer(config: Config, checkpoints: Path, history: Path, progress: bool = True) -> L.Trainer:
+def build_trainer(config: Config, checkpoints: Path, history: Path) -> L.Trainer:
     """Lightning trainer with early stopping, best/last checkpoints in ``checkpoints`` and the per-epoch
     ``history`` CSV; DDP when several devices or nodes are asked for."""
     _quiet_lightning()
@@ -249,7 +249,7 @@ def build_trainer(config: Config, checkpoints: Path, history: Path, progress: bo
         strategy="ddp" if distributed else "auto",
         callbacks=callbacks,
         logger=False,
-        enable_progress_bar=progress,
+        enable_progress_bar=False,  # EpochHistory logs one line per epoch; Lightning's bars added ~14 KB of output
         enable_model_summary=False,
         num_sanity_val_steps=0,
         use_distributed_sampler=False,  # ShardedBatchSampler shards by rank itself

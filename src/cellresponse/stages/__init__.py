@@ -17,7 +17,7 @@ from typing import Any
 from cellresponse.config import Config
 from cellresponse.errors import CellResponseError
 from cellresponse.parallel import is_main_process
-from cellresponse.plate import ImageSource
+from cellresponse.plate import ImageSource, check_columns, check_label
 from cellresponse.runfolder import RunFolder
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,17 @@ def run_stage(
     return summary
 
 
+def check_stage_inputs(run: RunFolder, config: Config, stages: tuple[str, ...]) -> None:
+    """The columns the given stages will need, checked on the image table before any image work: the label for
+    train/evaluate, the treatment/compound/MoA columns for profile (a misspelt --label used to fail only after
+    segmentation, measurement and crops)."""
+    table = run.read_images()
+    if {"train", "evaluate"} & set(stages):
+        check_label(table, config.input.label)
+    if "profile" in stages:
+        check_columns(table, config.treatment_columns(), "treatment", "profiles.treatment")
+
+
 def run_pipeline(
     run: RunFolder,
     config: Config,
@@ -63,7 +74,12 @@ def run_pipeline(
     if not is_main_process():
         first = last = PIPELINE.index("train")
     timings: dict[str, float] = {}
-    for name in PIPELINE[first : last + 1]:
+    stages = PIPELINE[first : last + 1]
+    checked = False
+    for name in stages:
+        if not checked and name != "images":  # right after the image table exists, before any image work
+            check_stage_inputs(run, config, stages)
+            checked = True
         began = time.perf_counter()
         options = {"source": source} if name == "images" else {}
         run_stage(name, run, config, overwrite=overwrite, progress=progress, **options)

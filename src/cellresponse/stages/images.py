@@ -47,6 +47,9 @@ def run(
     }
     if label in table.columns:
         summary["classes"] = int(table[label].nunique())
+    # synth.py marks its plates; the report says so at the top (the images are not evidence about real cells)
+    marked = "Metadata_Synthetic" in table.columns and (table["Metadata_Synthetic"] == "yes").any()
+    summary["synthetic"] = bool(marked)
     run.record_stage("images", summary)
     log.info(
         "image table: %d images, %d plates, channels %s%s",

@@ -42,9 +42,8 @@ log = logging.getLogger(__name__)
 def image_metadata(images: pd.DataFrame, config: Config) -> pd.DataFrame:
     """Per image: ``image_id``, ``Metadata_Plate``/``Metadata_Well`` (from plate/well), the treatment name and
     every ``Metadata_*`` column."""
-    p = config.profiles
     try:
-        treatment = treatment_names(images, p.treatment)
+        treatment = treatment_names(images, config.treatment_columns())
     except KeyError as exc:
         meta = [c for c in images.columns if c.startswith("Metadata_")]
         raise InputError(f"{exc.args[0]} — set profiles.treatment to columns among {meta}") from None
@@ -77,7 +76,7 @@ def normalized_wells(
     wells = well_profiles(fields.drop(columns=["image_id"]), features, config.profiles.aggregate)
     label = config.input.label
     treated = wells[label].astype(str) != config.input.control_label if label in wells.columns else None
-    scope, why = normalization_scope(wells, config.profiles.normalize, config.profiles.compound, treated)
+    scope, why = normalization_scope(wells, config.profiles.normalize, config.compound_column(), treated)
     wells[features] = wells[features].fillna(wells[features].mean()).fillna(0.0)
     wells = normalize_profiles(wells, features, scope, control_query)
     wells, features = select_features(wells, features)
@@ -100,16 +99,17 @@ def evaluate_profiles(
     p = config.profiles
     out: dict[str, Any] = {}
     treated = without_controls(treatments, config)
-    if {p.moa, p.compound} <= set(treated.columns):
+    compound = config.compound_column()
+    if {p.moa, compound} <= set(treated.columns):
         x = treated[features].to_numpy()
-        out["nsc"] = nsc_accuracy(x, treated[p.moa].to_numpy(), treated[p.compound].to_numpy())
+        out["nsc"] = nsc_accuracy(x, treated[p.moa].to_numpy(), treated[compound].to_numpy())
         if p.batch and p.batch in treated.columns:
-            out["nscb"] = nsc_accuracy(x, treated[p.moa], treated[p.compound], treated[p.batch].to_numpy())
+            out["nscb"] = nsc_accuracy(x, treated[p.moa], treated[compound], treated[p.batch].to_numpy())
         out["map_moa"] = retrieval_map(
-            treated[[p.moa, p.compound]], x, [p.moa], [p.compound], [p.moa], [p.moa], seed=config.seed
+            treated[[p.moa, compound]], x, [p.moa], [compound], [p.moa], [p.moa], seed=config.seed
         )
     else:
-        missing = sorted({p.moa, p.compound} - set(treated.columns))
+        missing = sorted({p.moa, compound} - set(treated.columns))
         out["nsc"] = {"skipped": f"columns {missing} not in the metadata (profiles.moa / profiles.compound)"}
     queries = without_controls(wells, config)
     out["map_replicates"] = retrieval_map(

@@ -85,6 +85,34 @@ def metrics_rows(metrics: dict[str, Any]) -> list[list[Any]]:
     return rows
 
 
+def sanity_meaning(sanity: dict[str, Any]) -> str:
+    """The sanity check in words: is control told from treated better than always answering the larger group?"""
+    if sanity["accuracy"] <= sanity["majority_rate"]:
+        return (
+            "That is no better than always answering the larger group: on these cells the measured features do not "
+            "tell control from treated — the treatments' effects are weak or absent here."
+        )
+    if sanity["balanced_accuracy"] < 0.6:
+        return "Above the larger group's share, but the balanced accuracy shows control and treated barely apart."
+    return "Control and treated cells are told apart: the treatments change what the features measure."
+
+
+def never_predicted(voted: dict[str, Any]) -> list[str]:
+    """A sentence per true class that the model never predicts, naming where its images went."""
+    confusion = voted.get("confusion")
+    if not confusion:
+        return []
+    labels, matrix = confusion["labels"], np.asarray(confusion["matrix"])
+    notes = []
+    for j, label in enumerate(labels):
+        if matrix[j].sum() and not matrix[:, j].sum():
+            went = labels[int(np.argmax(matrix[j]))]
+            notes.append(
+                f"{label} is never predicted: its {int(matrix[j].sum())} images were called {went} most often."
+            )
+    return notes
+
+
 def section_data(run: RunFolder, summaries: dict[str, dict[str, Any]]) -> list[str]:
     images, segment, measure = summaries["images"], summaries["segment"], summaries["measure"]
     counts = [
@@ -96,7 +124,9 @@ def section_data(run: RunFolder, summaries: dict[str, dict[str, Any]]) -> list[s
         ["segmentation backend", segment.get("backend", "—")],
         ["median cell diameter (px)", segment.get("median_diameter", "—")],
     ]
-    timings = [[stage, summary.get("seconds", "—")] for stage, summary in summaries.items() if summary]
+    diameter = segment.get("median_diameter")
+    counts[-1][1] = f"{diameter:.1f}" if isinstance(diameter, float) else "—"
+    timings = [[stage, f"{summary['seconds']:.1f}"] for stage, summary in summaries.items() if "seconds" in summary]
     return ["<h2>Data</h2>", _table(["", "value"], counts), "<h2>Timings</h2>", _table(["stage", "seconds"], timings)]
 
 
@@ -122,13 +152,16 @@ def section_results(metrics: dict[str, Any], out: Path) -> list[str]:
     if "accuracy" in sanity:
         parts.append(
             f"<p>Sanity check ({html.escape(sanity['task'])}): accuracy {sanity['accuracy']:.3f}, balanced "
-            f"accuracy {sanity['balanced_accuracy']:.3f}, majority rate {sanity['majority_rate']:.3f}.</p>"
+            f"accuracy {sanity['balanced_accuracy']:.3f}, majority rate {sanity['majority_rate']:.3f}. "
+            f"{html.escape(sanity_meaning(sanity))}</p>"
         )
     voted = metrics.get("image", {}).get(f"{vote}_vote", {})
     if voted.get("confusion"):
         png = plot_confusion(voted["confusion"], out / "confusion_image.png", f"images, {vote} vote")
         parts += ["<h2>Confusion matrix (images)</h2>", _img(png, "confusion matrix")]
     per_class = voted.get("per_class", {})
+    for note in never_predicted(voted):
+        parts.append(f"<p class='note'>{html.escape(note)}</p>")
     if per_class:
         rows = sorted(
             ([k, v["recall"], v["precision"], v["support"]] for k, v in per_class.items() if v["support"]),
@@ -211,10 +244,12 @@ def section_training(history: list[dict[str, float]], out: Path) -> list[str]:
     if not history:
         return []
     png = plot_history(history, out / "training_curves.png")
-    keys = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds")
-    rows = [[int(h["epoch"]), *(h[k] for k in keys)] for h in history]
+    keys = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
+    rows = [
+        [int(h["epoch"]), *(h[k] for k in keys), f"{h['learning_rate']:.1e}", f"{h['seconds']:.0f}"] for h in history
+    ]
     return [
-        "<h2>Training (Table 1)</h2>",
+        "<h2>Training history (per epoch)</h2>",
         _img(png, "training curves"),
         _table(["epoch", "train loss", "train acc.", "val loss", "val acc.", "lr", "seconds"], rows),
     ]
@@ -238,6 +273,15 @@ def build_report(run: RunFolder, config: Config) -> Path:
         f"<!doctype html><html><head><meta charset='utf-8'><title>cellresponse report</title><style>{CSS}</style>"
         "</head><body>",
         f"<h1>cellresponse report — {html.escape(run.root.name)}</h1>",
+        *(
+            [
+                "<p class='note'><b>Synthetic data.</b> These images were made by <code>cellresponse synth</code> "
+                "(simulated cells whose treatments shift size and intensity): the numbers below test the software, "
+                "they say nothing about real cells.</p>"
+            ]
+            if summaries["images"].get("synthetic")
+            else []
+        ),
         f"<p>Predicted label: <b>{html.escape(config.input.label)}</b>. "
         f"Run folder: <code>{html.escape(str(run.root))}</code></p>",
         *section_data(run, summaries),

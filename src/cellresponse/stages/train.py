@@ -168,7 +168,7 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
     seed_everything(config.seed)
     module = CellResponseModule(len(scaler.columns), len(encoder.classes), config.to_dict())
     data = CellDataModule(store, train, val, config)
-    trainer = build_trainer(config, run.checkpoints, run.history, progress)
+    trainer = build_trainer(config, run.checkpoints, run.history)
     resume = run.last_checkpoint if run.last_checkpoint.exists() else None
     if resume:
         log.info("resuming from %s", resume)

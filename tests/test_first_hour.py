@@ -1,0 +1,72 @@
+"""What a new user meets first: refusals before any image work (with the near match), suggested commands that
+work, the model found from a run folder, and a report that explains its numbers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cellresponse.bundle import find_bundle
+from cellresponse.errors import InputError
+from cellresponse.stages.report import never_predicted, sanity_meaning
+from tests.conftest import run_cli
+
+
+def test_a_misspelt_label_is_refused_before_segmentation_and_leaves_nothing(tiny_plates, tmp_path):
+    run = tmp_path / "run"
+    result = run_cli(
+        "run", "--load-data", tiny_plates / "load_data.csv", "--label", "Metadata_pert_inam", "--out", run,
+        "--workers", "0", "--no-progress", check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "did you mean Metadata_pert_iname?" in result.stderr
+    assert "segmentation backend" not in result.stderr  # the segment stage never started
+    assert not run.exists()  # a refused command leaves no run folder behind
+
+
+def test_a_misspelt_config_key_names_the_near_one(tiny_plates, tmp_path):
+    result = run_cli("config", "show", "--set", "training.max_epoch=3", check=False)
+    assert result.returncode == 2 and "did you mean training.max_epochs?" in result.stderr
+
+
+def test_the_suggested_command_works(tiny_plates, tmp_path):
+    run = tmp_path / "run"
+    refused = run_cli("segment", run, "--no-progress", check=False)
+    assert refused.returncode == 2
+    suggestion = refused.stderr.split("run `")[1].split("`")[0]
+    assert suggestion == f"cellresponse images (--images DIR | --load-data CSV) --out {run}"
+    typed = suggestion.replace("(--images DIR | --load-data CSV)", f"--load-data {tiny_plates / 'load_data.csv'}")
+    run_cli(*typed.split()[1:])
+    assert (run / "images.parquet").is_file()
+
+
+def test_the_bundle_is_found_from_the_run_folder_or_its_model_folder(tmp_path):
+    bundle = tmp_path / "run" / "model" / "bundle"
+    bundle.mkdir(parents=True)
+    (bundle / "bundle.json").write_text("{}")
+    for given in (tmp_path / "run", tmp_path / "run" / "model", bundle):
+        assert find_bundle(given) == bundle
+    with pytest.raises(InputError, match="no model bundle"):
+        find_bundle(tmp_path)
+
+
+def test_the_report_says_what_a_sanity_check_and_a_never_predicted_class_mean():
+    below = sanity_meaning({"accuracy": 0.918, "balanced_accuracy": 0.55, "majority_rate": 0.952})
+    assert "no better than always answering the larger group" in below
+    assert "told apart" in sanity_meaning({"accuracy": 0.95, "balanced_accuracy": 0.9, "majority_rate": 0.6})
+    voted = {"confusion": {"labels": ["DMSO", "compound-05"], "matrix": [[5, 0], [3, 0]]}}
+    assert never_predicted(voted) == ["compound-05 is never predicted: its 3 images were called DMSO most often."]
+
+
+def test_report_of_synthetic_plates_says_so_and_prints_learning_rates(tiny_plates, tmp_path):
+    out = tmp_path / "demo"
+    run_cli(
+        "demo", "--data", tiny_plates / "load_data.csv", "--out", out, "--epochs", "1", "--workers", "0",
+        "--set", "crops.store_size=32", "--set", "crops.size=32", "--no-progress",
+    )  # fmt: skip
+    report = (out / "run" / "report" / "index.html").read_text()
+    assert "Synthetic data." in report.split("<h2>")[0]  # at the top, before the first section
+    assert "<td>1.0e-03</td>" in report  # the cpu preset's learning rate, not 0.000
+    assert json.loads((out / "run" / "logs" / "images.json").read_text())["synthetic"] is True
+    assert "Training history (per epoch)" in report and "Table 1" not in report
