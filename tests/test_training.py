@@ -179,7 +179,9 @@ def test_report_renders_with_its_figures(trained):
         "Split",
         "Config",
     } <= set(parser.headings)
-    assert "Confusion matrix (images)" in parser.headings and "Segmentation (Figure 1)" in parser.headings
+    assert "Confusion matrix (images)" in parser.headings
+    assert "Segmentation: the control and the most different treatments" in parser.headings
+    assert "Segmentation, step by step (the study's Figure 1)" in parser.headings
     assert len(parser.images) >= 4 and all(i["src"].startswith("data:image/png;base64,") for i in parser.images)
     assert (run.report / "training_curves.png").stat().st_size > 1000
     metrics = json.loads(run.metrics.read_text())

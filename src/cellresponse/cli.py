@@ -118,7 +118,9 @@ def input_flags(parser: argparse.ArgumentParser, required: bool = True) -> None:
 
 
 def optional_input_flags(parser: argparse.ArgumentParser) -> None:
+    """`run`: an image source is needed when the run starts at the images stage (the default), not with --from."""
     input_flags(parser, required=False)
+    parser.epilog = "--images DIR or --load-data CSV is required unless --from names a later stage."
 
 
 def run_folder_argument(parser: argparse.ArgumentParser) -> None:

@@ -28,6 +28,9 @@ class InputConfig(_Section):
     label: str = Field("Metadata_pert_iname", description="Metadata column predicted by the model.")
     target_column: str = Field("Metadata_target", description="Second label (gene target), encoded too.")
     control_label: str = Field("DMSO", description="Label value of the negative-control wells.")
+    pixel_size_um: float | None = Field(
+        None, gt=0, description="Microns per pixel, when known (report scale bars in µm instead of pixels)."
+    )
     join: Literal["auto", "core", "well", "platemap"] = Field(
         "auto", description="How metadata joins images: CoreFileName, plate/well or a JUMP platemap."
     )

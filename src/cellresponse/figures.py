@@ -76,6 +76,42 @@ def figure1(image: np.ndarray, labels: np.ndarray, flows: np.ndarray, path: str 
     return save_png(fig, path, dpi=80)
 
 
+def scale_bar_length(width: int) -> int:
+    """A round length (px) of about a fifth of the image width: 10, 20, 50, 100, 200, …"""
+    target = max(width / 5, 1)
+    steps = [m * 10**e for e in range(0, 5) for m in (1, 2, 5)]
+    return int(max(s for s in steps if s <= target) if target >= 1 else 1)
+
+
+def add_scale_bar(ax: Any, width: int, height: int, pixel_size_um: float | None = None) -> None:
+    """A white bar at the bottom right, labelled in µm when the pixel size is known, else in pixels."""
+    length = scale_bar_length(width)
+    x0, y0 = width * 0.95 - length, height * 0.93
+    ax.plot([x0, x0 + length], [y0, y0], color="white", linewidth=4, solid_capstyle="butt")
+    label = f"{length * pixel_size_um:g} µm" if pixel_size_um else f"{length} px"
+    ax.text(x0 + length / 2, y0 - height * 0.03, label, color="white", ha="center", va="bottom", fontsize=11)
+
+
+def treatment_panels(
+    panels: list[tuple[str, np.ndarray, np.ndarray]], path: str | Path, pixel_size_um: float | None = None
+) -> Path:
+    """One row per treatment (title, segmentation input, cell labels): the field and its cell outlines side by
+    side, with a scale bar — the control first, then the treatments that differ most from it."""
+    rows = len(panels)
+    fig = new_figure(10, 4.6 * rows)
+    axes = np.atleast_2d(fig.subplots(rows, 2))
+    for (title, image, labels), row in zip(panels, axes, strict=True):
+        shown = normalize_percentile(image)
+        outlined = segmentation.mark_boundaries(np.dstack([shown] * 3), labels, color=(1, 0.2, 0.2), mode="inner")
+        for ax, data, name in ((row[0], shown, "field"), (row[1], outlined, f"{int(labels.max())} cells")):
+            ax.imshow(data, cmap="gray" if data.ndim == 2 else None, interpolation="nearest")
+            ax.set_title(f"{title} — {name}", fontsize=12)
+            ax.axis("off")
+            add_scale_bar(ax, image.shape[1], image.shape[0], pixel_size_um)
+    fig.tight_layout()
+    return save_png(fig, path, dpi=90)
+
+
 def plot_history(history: list[dict[str, float]], path: Path) -> Path:
     """Loss and accuracy per epoch, training and validation."""
     epochs = [h["epoch"] for h in history]
@@ -105,18 +141,21 @@ def plot_confusion(confusion: dict[str, Any], path: Path, title: str, max_classe
         title += f" (top {max_classes} classes)"
     rows = matrix.sum(1, keepdims=True)
     share = np.divide(matrix, rows, out=np.zeros_like(matrix), where=rows > 0)
-    size = 2.5 + 0.32 * len(labels)
-    fig = new_figure(size + 1, size)
+    size = min(10.0, 3.0 + 0.4 * len(labels))  # readable at the page's width, whatever the class count
+    fig = new_figure(size + 1.5, size)
     ax = fig.subplots()
     im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
-    ax.set_yticks(range(len(labels)), labels, fontsize=7)
-    ax.set(xlabel="predicted", ylabel="true", title=title)
-    if len(labels) <= 12:
-        for i in range(len(labels)):
-            for j in range(len(labels)):
-                if matrix[i, j]:
-                    ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=7)
+    font = 10 if len(labels) <= 12 else 8
+    ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=font)
+    ax.set_yticks(range(len(labels)), labels, fontsize=font)
+    ax.set_xlabel("predicted", fontsize=11)
+    ax.set_ylabel("true", fontsize=11)
+    ax.set_title(title, fontsize=12)
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            if matrix[i, j]:  # white on dark cells, black on light ones
+                colour = "white" if share[i, j] > 0.5 else "black"
+                ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=font, color=colour)
     fig.colorbar(im, ax=ax, fraction=0.046, label="share of true class")
     fig.tight_layout()
     return save_png(fig, path, dpi=110)

@@ -16,13 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from cellresponse.baselines import compare_with_baseline
 from cellresponse.config import Config
-from cellresponse.figures import plot_confusion, plot_history
-from cellresponse.io import write_text
+from cellresponse.figures import plot_confusion, plot_history, treatment_panels
+from cellresponse.io import read_tiff, write_text
+from cellresponse.plate import channel_names
 from cellresponse.runfolder import RunFolder
 from cellresponse.stages import PIPELINE
+from cellresponse.stages.segment import segmentation_inputs
 
 FIGURE1_PANELS = 3
 CSS = (
@@ -255,11 +258,52 @@ def section_training(history: list[dict[str, float]], out: Path) -> list[str]:
     ]
 
 
-def section_segmentation(run: RunFolder) -> list[str]:
-    figures = sorted(run.figures.glob("*.png"))[:FIGURE1_PANELS] if run.figures.exists() else []
-    if not figures:
-        return []
-    return ["<h2>Segmentation (Figure 1)</h2>", *(_img(f, f"Figure 1 {f.stem}") for f in figures)]
+def most_different_labels(run: RunFolder, images: pd.DataFrame, label: str, control: str, n: int) -> list[str]:
+    """The ``n`` label values whose measured treatment profiles lie farthest from the control's (Euclidean, on
+    the normalised profiles of `cellresponse profile`); without profiles, the first other labels."""
+    others = [v for v in pd.unique(images[label].astype(str)) if v != control]
+    path = run.profile_path("measured", "treatments")
+    if not path.exists():
+        return others[:n]
+    profiles = pd.read_parquet(path)
+    if label not in profiles.columns or not (profiles[label].astype(str) == control).any():
+        return others[:n]
+    features = [c for c in profiles.columns if not c.startswith("Metadata_")]
+    values = profiles.groupby(profiles[label].astype(str))[features].mean()
+    distance = np.linalg.norm(values - values.loc[control], axis=1)
+    ranked = [v for _, v in sorted(zip(-distance, values.index, strict=True)) if v != control]
+    return ranked[:n]
+
+
+def section_segmentation(run: RunFolder, config: Config, out: Path) -> list[str]:
+    """The control beside the treatments that differ most from it (field and outlines, scale bar), then the
+    study's four-panel Figure 1 of the first field."""
+    parts = []
+    label, control = config.input.label, config.input.control_label
+    images = run.read_images() if run.images.exists() else pd.DataFrame()
+    if label in images.columns and run.masks.exists():
+        images = images[[run.mask_path(i).exists() for i in images["image_id"]]]
+        shown = [control] if (images[label].astype(str) == control).any() else []
+        shown += most_different_labels(run, images, label, control, FIGURE1_PANELS - len(shown))
+        panels = []
+        names = channel_names(images)
+        for value in shown:
+            row = images[images[label].astype(str) == value].iloc[0].to_dict()
+            seg_input, _, _ = segmentation_inputs(row, names, config)
+            panels.append((value, seg_input, read_tiff(run.mask_path(row["image_id"]))))
+        if panels:
+            png = treatment_panels(panels, out / "treatments.png", config.input.pixel_size_um)
+            parts += [
+                "<h2>Segmentation: the control and the most different treatments</h2>",
+                "<p>One field each (segmentation input, and the cells found); treatments ranked by the distance of "
+                "their measured profile from the control's. Scale bar in "
+                + ("µm.</p>" if config.input.pixel_size_um else "pixels (set input.pixel_size_um for µm).</p>"),
+                _img(png, "control and treatments"),
+            ]
+    figures = sorted(run.figures.glob("*.png"))[:1] if run.figures.exists() else []
+    if figures:
+        parts += ["<h2>Segmentation, step by step (the study's Figure 1)</h2>", _img(figures[0], "Figure 1")]
+    return parts
 
 
 def build_report(run: RunFolder, config: Config) -> Path:
@@ -289,7 +333,7 @@ def build_report(run: RunFolder, config: Config) -> Path:
         *section_profiles(json.loads(run.profile_metrics.read_text()) if run.profile_metrics.exists() else {}),
         *section_split(split),
         *section_training(run.read_history(), out),
-        *section_segmentation(run),
+        *section_segmentation(run, config, out),
         "<h2>Config</h2>",
         f"<pre>{html.escape(config.to_yaml())}</pre>",
         "</body></html>",
