@@ -18,21 +18,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from cellresponse.aggregation import (
-    TREATMENT,
-    combine_blocks,
-    normalize_profiles,
-    select_features,
-    treatment_profiles,
-    well_profiles,
-)
+from cellresponse.aggregation import TREATMENT, treatment_profiles
 from cellresponse.config import load_config
-from cellresponse.measure import feature_columns
-from cellresponse.profiles import image_feature_table
 from cellresponse.retrieval import nsc_accuracy
 from cellresponse.runfolder import RunFolder
-from cellresponse.stages.embed import mean_embeddings
-from cellresponse.stages.profile import image_metadata
+from cellresponse.stages.profile import combined_profiles, image_metadata, image_tables, normalized_wells
 
 SETTINGS = [
     "profiles.treatment=[Metadata_Compound,Metadata_Concentration]",
@@ -56,25 +46,18 @@ def main() -> None:
     config = load_config(run.config, None, SETTINGS)
     images = run.read_images()
     meta = image_metadata(images, config)
-    cells = run.read_cells()
-    measured = image_feature_table(cells, feature_columns(cells.columns))
-    deep = mean_embeddings(run, images["image_id"].tolist())
-    raw = {}
-    for kind, table in (("measured", measured), ("deep", deep)):
-        fields = meta.merge(table.rename_axis("image_id").reset_index(), on="image_id").copy()
-        raw[kind] = (well_profiles(fields.drop(columns=["image_id"]), list(table.columns)), list(table.columns))
+    tables = image_tables(run, ["measured", "deep"], images)  # the profile stage's own fields → wells path
     print(f"{'kind':9} {'normalisation':12} {'rep 1 (chooses)':>16} {'rep 2':>7} {'both reps':>10} {'chance':>7}")
     for method in ("standardize", "spherize"):
-        normalized = {}
-        for kind, (wells, features) in raw.items():
-            wells = wells.copy()
-            wells[features] = wells[features].fillna(wells[features].mean()).fillna(0.0)
-            out = normalize_profiles(wells, features, "experiment", None, method=method)
-            normalized[kind] = select_features(out, features)
-        m, mf = normalized["measured"]
-        d, df = normalized["deep"]
-        block, bf = combine_blocks([m[mf].reset_index(drop=True), d[df].reset_index(drop=True)], ["measured", "deep"])
-        normalized["both"] = (pd.concat([m.drop(columns=mf).reset_index(drop=True), block], axis=1), bf)
+        try:
+            normalized = {
+                kind: normalized_wells(table, features, meta, config, None, method)[:2]
+                for kind, (table, features) in tables.items()
+            }
+        except ValueError as exc:  # sphering fails on zero-variance columns (e.g. per-channel embeddings)
+            print(f"{'all':9} {method:12} failed: {exc}")
+            continue
+        normalized["both"] = combined_profiles(*normalized["measured"], *normalized["deep"])
         for kind, (wells, features) in normalized.items():
             rep = wells["Metadata_Replicate"].astype(str)
             scores = [nsc(wells[rep == r], features) for r in ("1", "2")] + [nsc(wells, features)]

@@ -60,6 +60,18 @@ def run_cli(*args: str, check: bool = True, env: dict | None = None) -> subproce
     return result
 
 
+@pytest.fixture(scope="session")
+def tiny_demo(tiny_plates, tmp_path_factory) -> tuple[Path, str]:
+    """`cellresponse demo` on the tiny plates, one epoch (shared by the tests that read its run and report):
+    the output folder and what the command printed."""
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    result = run_cli(
+        "demo", "--data", tiny_plates / "load_data.csv", "--out", out, "--epochs", "1", "--workers", "0",
+        "--set", "crops.store_size=32", "--set", "crops.size=32", "--no-progress",
+    )  # fmt: skip
+    return out, result.stdout
+
+
 BBBC021_TEST_PLATES = ("Week4_27521", "Week4_27821")
 
 

@@ -215,3 +215,20 @@ def test_cell_windows_equal_cutting_each_square():
              for r, c in centroids]
         )  # fmt: skip
         np.testing.assert_array_equal(cell_windows(planes, centroids, side), expected)
+
+
+def test_settled_scales_keep_refuse_or_start_over(tmp_path):
+    """The stored scales of an output folder: reused with the same settings, refused with others (nothing mixed),
+    made anew after --overwrite (crops and embed share this)."""
+    from cellresponse.errors import InputError
+    from cellresponse.stages.per_image import settled_scales
+
+    folder, path = tmp_path / "out", tmp_path / "out" / "settings.json"
+    first = settled_scales(folder, path, {"a": 1}, lambda: {"P": [[0, 1]]}, False, "redo")
+    assert first == {"P": [[0, 1]]}
+    assert settled_scales(folder, path, {"a": 1}, lambda: pytest.fail("recomputed"), False, "redo") == first
+    with pytest.raises(InputError, match=r"other settings .*--overwrite to redo"):
+        settled_scales(folder, path, {"a": 2}, dict, False, "redo")
+    (folder / "part.npy").write_bytes(b"")
+    assert settled_scales(folder, path, {"a": 2}, lambda: {"P": [[2, 3]]}, True, "redo") == {"P": [[2, 3]]}
+    assert not (folder / "part.npy").exists()

@@ -4,29 +4,11 @@ from __future__ import annotations
 
 import json
 
-from tests.conftest import run_cli
 
-
-def test_demo_end_to_end_on_a_tiny_synthetic_set(tiny_plates, tmp_path):
-    out = tmp_path / "demo"
-    result = run_cli(
-        "demo",
-        "--data",
-        tiny_plates / "load_data.csv",
-        "--out",
-        out,
-        "--epochs",
-        "1",
-        "--workers",
-        "0",
-        "--set",
-        "crops.store_size=32",
-        "--set",
-        "crops.size=32",
-        "--no-progress",
-    )
+def test_demo_end_to_end_on_a_tiny_synthetic_set(tiny_demo):
+    out, stdout = tiny_demo
     report = out / "run" / "report" / "index.html"
-    assert str(report) in result.stdout and report.stat().st_size > 10_000
+    assert str(report) in stdout and report.stat().st_size > 10_000
     metrics = json.loads((out / "run" / "metrics.json").read_text())
     assert metrics["split"]["by"] == "well" and metrics["split"]["leaky_classes"] == 0
     assert {"majority_vote", "soft_vote"} <= set(metrics["image"])

@@ -59,12 +59,8 @@ def test_the_report_says_what_a_sanity_check_and_a_never_predicted_class_mean():
     assert never_predicted(voted) == ["compound-05 is never predicted: its 3 images were called DMSO most often."]
 
 
-def test_report_of_synthetic_plates_says_so_and_prints_learning_rates(tiny_plates, tmp_path):
-    out = tmp_path / "demo"
-    run_cli(
-        "demo", "--data", tiny_plates / "load_data.csv", "--out", out, "--epochs", "1", "--workers", "0",
-        "--set", "crops.store_size=32", "--set", "crops.size=32", "--no-progress",
-    )  # fmt: skip
+def test_report_of_synthetic_plates_says_so_and_prints_learning_rates(tiny_demo):
+    out, _ = tiny_demo
     report = (out / "run" / "report" / "index.html").read_text()
     assert "Synthetic data." in report.split("<h2>")[0]  # at the top, before the first section
     assert "<td>1.0e-03</td>" in report  # the cpu preset's learning rate, not 0.000

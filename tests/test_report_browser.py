@@ -10,8 +10,6 @@ import subprocess
 
 import pytest
 
-from tests.conftest import run_cli
-
 CHECK = """<script>
 window.addEventListener('load', () => {
   const images = Array.from(document.images);
@@ -34,13 +32,9 @@ def _chromium() -> str:
     pytest.skip("headless Chromium not installed (Debian: apt-get install chromium)")
 
 
-def test_report_renders_in_a_browser_with_every_image_and_nothing_overflowing(tiny_plates, tmp_path):
+def test_report_renders_in_a_browser_with_every_image_and_nothing_overflowing(tiny_demo, tmp_path):
     browser = _chromium()
-    out = tmp_path / "demo"
-    run_cli(
-        "demo", "--data", tiny_plates / "load_data.csv", "--out", out, "--epochs", "1", "--workers", "0",
-        "--set", "crops.store_size=32", "--set", "crops.size=32", "--no-progress",
-    )  # fmt: skip
+    out, _ = tiny_demo
     page = (out / "run" / "report" / "index.html").read_text()
     probe = tmp_path / "probe.html"
     probe.write_text(page.replace("</body>", CHECK))

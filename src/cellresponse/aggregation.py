@@ -32,10 +32,8 @@ def metadata_columns(table: pd.DataFrame) -> list[str]:
 
 
 def treatment_names(images: pd.DataFrame, columns: Sequence[str]) -> pd.Series:
-    """One treatment name per image from the columns that define a treatment (``compound @ concentration``)."""
-    missing = [c for c in columns if c not in images.columns]
-    if missing:
-        raise KeyError(f"treatment columns {missing} are not in the image table")
+    """One treatment name per image from the columns that define a treatment (``compound @ concentration``);
+    the columns must exist (``plate.check_columns`` says which is missing)."""
     return images[list(columns)].astype(str).agg(" @ ".join, axis=1)
 
 

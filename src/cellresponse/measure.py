@@ -104,6 +104,12 @@ COLUMNS = (
 )
 
 
+def cell_ids(image_ids: pd.Series | str, labels: pd.Series) -> pd.Series:
+    """Cell ids, ``<image_id>#<label>`` (the key of cells.parquet, the crop store and the embeddings)."""
+    prefix = image_ids.astype(str) if isinstance(image_ids, pd.Series) else image_ids
+    return prefix + "#" + labels.astype(int).astype(str)
+
+
 def feature_columns(columns: Iterable[str]) -> list[str]:
     """The feature columns among a cell table's ``columns`` (what the network's table branch and the
     features-only model read): the study's shape/intensity features, then the per-channel and compartment

@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
 import time
 from typing import Any
 
@@ -16,9 +14,15 @@ from cellresponse.channels import apply_recipe, load_stack, resolve_channel
 from cellresponse.config import Config
 from cellresponse.crops import FLOW_NAMES, MASK_FLOW_NAMES, cell_crops
 from cellresponse.errors import InputError
-from cellresponse.io import atomic_path, read_tiff, read_tiff_info, write_json
+from cellresponse.io import atomic_path, read_tiff, read_tiff_info
 from cellresponse.runfolder import RunFolder
-from cellresponse.stages.per_image import config_from_json, image_rows, map_stage, require_outputs
+from cellresponse.stages.per_image import (
+    config_from_json,
+    image_rows,
+    map_stage,
+    require_outputs,
+    settled_scales,
+)
 from cellresponse.store import write_store
 from cellresponse.transforms import DISPLAY_PERCENTILES, flow_planes, to_unit
 
@@ -124,35 +128,21 @@ def crop_one(row: dict, *, config_json: str, run_root: str, names: list[str], sc
     return {"image_id": image_id, "cells": len(crops)}
 
 
-def _settled_scales(
-    run: RunFolder, config: Config, settings: dict, rows: list[dict], names: list[str], overwrite: bool
-):
-    """The per-plate scales of this store: kept from an earlier (killed) run with the same settings, else new."""
-    path = run.crop_settings
-    if path.exists() and not overwrite:
-        old = json.loads(path.read_text())
-        if old.get("settings") != settings:
-            raise InputError(
-                f"{run.crops} was cut with other crop settings ({old.get('settings')}); "
-                "rerun with --overwrite to cut them again"
-            )
-    if overwrite and run.crops.exists():
-        shutil.rmtree(run.crops)
-    if path.exists():
-        return json.loads(path.read_text())["scales"]
-    scales = plate_scales(rows, names, crop_planes(config, names), config, seed=config.seed)
-    write_json(path, {"settings": settings, "scales": scales})
-    return scales
-
-
 def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Cut every measured cell into ``RUN/crops`` (per-image parts, then one memory-mapped store)."""
     started = time.perf_counter()
     rows, names = image_rows(run)
     cells = run.read_cells()
     settings = crop_settings(config, names)
-    scales = _settled_scales(run, config, settings, rows, names, overwrite)
-    require_outputs(run, rows, run.cells_path, "measurements", "measure")
+    scales = settled_scales(
+        run.crops,
+        run.crop_settings,
+        settings,
+        lambda: plate_scales(rows, names, crop_planes(config, names), config, seed=config.seed),
+        overwrite,
+        redo="cut them again",
+    )
+    require_outputs(run, [r["image_id"] for r in rows], run.cells_path, "measurements", "measure")
     outcome = map_stage(
         "crops",
         crop_one,

@@ -9,9 +9,7 @@ copy of the network and run it on one core).
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -27,11 +25,11 @@ from cellresponse.bundle import load_bundle, predict_cells
 from cellresponse.channels import load_stack, resolve_channel
 from cellresponse.config import Config
 from cellresponse.embeddings import Embedder, cell_windows, embed_channels, embedding_columns, window_side
-from cellresponse.errors import InputError
-from cellresponse.io import atomic_path, remove_stale_temporaries, write_json
+from cellresponse.io import atomic_path, remove_stale_temporaries
+from cellresponse.measure import cell_ids
 from cellresponse.runfolder import RunFolder
 from cellresponse.stages.crops import plate_scales, raw_planes
-from cellresponse.stages.per_image import image_rows, require_outputs
+from cellresponse.stages.per_image import image_rows, require_outputs, settled_scales
 from cellresponse.store import CropStore
 from cellresponse.transforms import to_unit
 
@@ -54,23 +52,11 @@ def embed_settings(config: Config, names: list[str], median_diameter: float | No
     }
 
 
-def _settled(run: RunFolder, config: Config, settings: dict, rows: list[dict], names: list[str], overwrite: bool):
-    path = run.embedding_settings
-    if overwrite and run.embeddings.exists():
-        shutil.rmtree(run.embeddings)
-    if path.exists():
-        old = json.loads(path.read_text())
-        if old["settings"] != settings:
-            raise InputError(
-                f"{run.embeddings} holds embeddings made with other settings ({old['settings']}); "
-                "rerun with --overwrite to embed again"
-            )
-        return old["scales"]
-    for channel in settings["channels"]:
-        resolve_channel(names, channel)  # unknown names fail here, once, with the list of channels
-    scales = plate_scales(rows, names, settings["channels"], config, seed=config.seed)
-    write_json(path, {"settings": settings, "scales": scales})
-    return scales
+def channel_scales(rows: list[dict], names: list[str], channels: list[str], config: Config) -> dict[str, Any]:
+    """Per-plate scales of the channels shown to the network (unknown names fail here, once, with the list)."""
+    for channel in channels:
+        resolve_channel(names, channel)
+    return plate_scales(rows, names, channels, config, seed=config.seed)
 
 
 def _windows(row: dict, cells: pd.DataFrame, names: list[str], settings: dict, scales: dict, config: Config):
@@ -108,11 +94,7 @@ def embed_with_network(run: RunFolder, config: Config, *, overwrite: bool, progr
     started = time.perf_counter()
     bundle = load_bundle(run.require(run.bundle, "train"))
     settings = {"source": "network", "bundle": str(run.bundle), "trained": bundle.meta.get("best_checkpoint_epoch")}
-    if overwrite and run.embeddings.exists():
-        shutil.rmtree(run.embeddings)
-    if run.embedding_settings.exists() and json.loads(run.embedding_settings.read_text())["settings"] != settings:
-        raise InputError(f"{run.embeddings} holds other embeddings; rerun with --overwrite to embed again")
-    write_json(run.embedding_settings, {"settings": settings, "scales": {}})
+    settled_scales(run.embeddings, run.embedding_settings, settings, dict, overwrite, redo="embed again")
     cells = run.read_cells()
     todo = [i for i in cells["image_id"].unique() if not run.embedding_path(i).exists()]
     chosen = cells[cells["image_id"].isin(set(todo))].reset_index(drop=True)
@@ -141,10 +123,17 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
         return embed_with_network(run, config, overwrite=overwrite, progress=progress)
     started = time.perf_counter()
     rows, names = image_rows(run)
-    require_outputs(run, rows, run.cells_path, "measurements", "measure")
+    require_outputs(run, [r["image_id"] for r in rows], run.cells_path, "measurements", "measure")
     median_diameter = run.read_summary("segment").get("median_diameter")
     settings = embed_settings(config, names, median_diameter)
-    scales = _settled(run, config, settings, rows, names, overwrite)
+    scales = settled_scales(
+        run.embeddings,
+        run.embedding_settings,
+        settings,
+        lambda: channel_scales(rows, names, settings["channels"], config),
+        overwrite,
+        redo="embed again",
+    )
     remove_stale_temporaries(run.embeddings)
     todo = [row for row in rows if not run.embedding_path(row["image_id"]).exists()]
     e = config.embedding
@@ -159,7 +148,7 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
         def read(row: dict) -> tuple:
             cells = pd.read_parquet(run.cells_path(row["image_id"]), columns=["label", "centroid_y", "centroid_x"])
             cells.insert(0, "image_id", row["image_id"])
-            cells.insert(0, "cell_id", row["image_id"] + "#" + cells["label"].astype(int).astype(str))
+            cells.insert(0, "cell_id", cell_ids(row["image_id"], cells["label"]))
             return _windows(row, cells, names, settings, scales, config)
 
         def prefetched() -> Iterator[tuple]:
@@ -211,11 +200,7 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
 
 def mean_embeddings(run: RunFolder, image_ids: list[str]) -> pd.DataFrame:
     """Each image's mean cell embedding (index image_id, columns emb_…); images without cells are left out."""
-    missing = [i for i in image_ids if not run.embedding_path(i).exists()]
-    if missing:
-        raise InputError(
-            f"{len(missing)} images have no embeddings (e.g. {missing[0]}) — run `cellresponse embed {run.root}` first"
-        )
+    require_outputs(run, image_ids, run.embedding_path, "embeddings", "embed")
     means = {}
     for image_id in image_ids:
         table = pd.read_parquet(run.embedding_path(image_id))

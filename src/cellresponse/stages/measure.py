@@ -15,7 +15,7 @@ from cellresponse.channels import apply_recipe, find_nuclear_channel, load_stack
 from cellresponse.config import Config
 from cellresponse.errors import InputError
 from cellresponse.io import atomic_path, read_tiff, write_parquet
-from cellresponse.measure import empty_cells_table, measure_cells
+from cellresponse.measure import cell_ids, empty_cells_table, measure_cells
 from cellresponse.runfolder import RunFolder
 from cellresponse.stages.per_image import config_from_json, image_rows, map_stage, require_outputs
 
@@ -77,7 +77,7 @@ def gather_cells(run: RunFolder, rows: list[dict], config: Config, names: list[s
     else:
         measured = tuple(intensity_channels(config, names))
         cells = empty_cells_table(measured, compartment_channel(config, names) is not None)
-    cells.insert(0, "cell_id", cells["image_id"].astype(str) + "#" + cells["label"].astype(int).astype(str))
+    cells.insert(0, "cell_id", cell_ids(cells["image_id"], cells["label"]))
     return cells, dropped
 
 
@@ -87,7 +87,7 @@ def run(
     """Measure every segmented image into ``RUN/cells.parquet`` (and ``cells.csv`` with ``csv``)."""
     started = time.perf_counter()
     rows, names = image_rows(run)
-    require_outputs(run, rows, run.mask_path, "mask", "segment")
+    require_outputs(run, [r["image_id"] for r in rows], run.mask_path, "mask", "segment")
     outcome = map_stage(
         "measure",
         measure_one,

@@ -8,6 +8,8 @@ image's outputs atomically; Dask pickles it by reference, so workers import only
 from __future__ import annotations
 
 import functools
+import json
+import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +17,7 @@ from typing import Any
 
 from cellresponse.config import Config
 from cellresponse.errors import InputError
-from cellresponse.io import remove_stale_temporaries
+from cellresponse.io import remove_stale_temporaries, write_json
 from cellresponse.parallel import TaskResult, map_images
 from cellresponse.plate import channel_names
 from cellresponse.runfolder import RunFolder
@@ -45,15 +47,40 @@ def image_rows(run: RunFolder) -> tuple[list[dict[str, Any]], list[str]]:
 
 
 def require_outputs(
-    run: RunFolder, rows: list[dict[str, Any]], path_of: Callable[[str], Path], what: str, stage: str
+    run: RunFolder, image_ids: Iterable[str], path_of: Callable[[str], Path], what: str, stage: str
 ) -> None:
     """Every image must have the output of an earlier stage (``path_of(image_id)``), else one line naming the
     command that makes it."""
-    missing = [row["image_id"] for row in rows if not path_of(row["image_id"]).exists()]
+    missing = [image_id for image_id in image_ids if not path_of(image_id).exists()]
     if missing:
         raise InputError(
             f"{len(missing)} images have no {what} (e.g. {missing[0]}) — run `cellresponse {stage} {run.root}` first"
         )
+
+
+def settled_scales(
+    folder: Path,
+    settings_path: Path,
+    settings: dict[str, Any],
+    make_scales: Callable[[], dict[str, Any]],
+    overwrite: bool,
+    redo: str,
+) -> dict[str, Any]:
+    """The per-plate intensity scales an output folder is made with, stored beside its settings so that a resumed
+    (killed) run scales its remaining images the same way. ``overwrite`` empties the folder first; a folder made
+    with other settings is refused (never mixed); otherwise the stored scales, or ``make_scales()`` written now."""
+    if overwrite and folder.exists():
+        shutil.rmtree(folder)
+    if settings_path.exists():
+        stored = json.loads(settings_path.read_text())
+        if stored.get("settings") != settings:
+            raise InputError(
+                f"{folder} was made with other settings ({stored.get('settings')}); rerun with --overwrite to {redo}"
+            )
+        return stored["scales"]
+    scales = make_scales()
+    write_json(settings_path, {"settings": settings, "scales": scales})
+    return scales
 
 
 @functools.lru_cache(maxsize=8)

@@ -28,9 +28,9 @@ from cellresponse.aggregation import (
     well_profiles,
 )
 from cellresponse.config import Config
-from cellresponse.errors import InputError
 from cellresponse.io import write_json, write_parquet
 from cellresponse.measure import feature_columns
+from cellresponse.plate import check_columns
 from cellresponse.profiles import image_feature_table
 from cellresponse.retrieval import nsc_accuracy, retrieval_map
 from cellresponse.runfolder import RunFolder
@@ -42,11 +42,8 @@ log = logging.getLogger(__name__)
 def image_metadata(images: pd.DataFrame, config: Config) -> pd.DataFrame:
     """Per image: ``image_id``, ``Metadata_Plate``/``Metadata_Well`` (from plate/well), the treatment name and
     every ``Metadata_*`` column."""
-    try:
-        treatment = treatment_names(images, config.treatment_columns())
-    except KeyError as exc:
-        meta = [c for c in images.columns if c.startswith("Metadata_")]
-        raise InputError(f"{exc.args[0]} — set profiles.treatment to columns among {meta}") from None
+    check_columns(images, config.treatment_columns(), "treatment", "profiles.treatment")
+    treatment = treatment_names(images, config.treatment_columns())
     meta = images[["image_id"] + [c for c in images.columns if c.startswith("Metadata_")]].copy()
     meta[PLATE] = images["plate"].astype(str).to_numpy()
     meta[WELL] = images["well"].astype(str).to_numpy()
@@ -70,17 +67,36 @@ def image_tables(run: RunFolder, kinds: list[str], images: pd.DataFrame) -> dict
 
 
 def normalized_wells(
-    table: pd.DataFrame, features: list[str], meta: pd.DataFrame, config: Config, control_query: str | None
+    table: pd.DataFrame,
+    features: list[str],
+    meta: pd.DataFrame,
+    config: Config,
+    control_query: str | None,
+    method: str = "standardize",
 ) -> tuple[pd.DataFrame, list[str], str]:
+    """Fields → wells (aggregate), normalised (``method``: standardize or spherize, to the controls where there
+    are any, per plate unless plates are confounded with compounds) and feature-selected; returns the wells, the
+    features kept and the sentence saying how they were normalised."""
     fields = meta.merge(table, on="image_id", how="inner").copy()
     wells = well_profiles(fields.drop(columns=["image_id"]), features, config.profiles.aggregate)
     label = config.input.label
     treated = wells[label].astype(str) != config.input.control_label if label in wells.columns else None
     scope, why = normalization_scope(wells, config.profiles.normalize, config.compound_column(), treated)
     wells[features] = wells[features].fillna(wells[features].mean()).fillna(0.0)
-    wells = normalize_profiles(wells, features, scope, control_query)
+    wells = normalize_profiles(wells, features, scope, control_query, method=method)
     wells, features = select_features(wells, features)
     return wells, features, why
+
+
+def combined_profiles(
+    measured: pd.DataFrame, measured_features: list[str], deep: pd.DataFrame, deep_features: list[str]
+) -> tuple[pd.DataFrame, list[str]]:
+    """The ``both`` kind: each well's normalised measured and deep blocks side by side, weighted equally."""
+    keys = [PLATE, WELL]
+    deep = deep.set_index(keys).loc[measured.set_index(keys).index].reset_index()
+    blocks = [measured[measured_features].reset_index(drop=True), deep[deep_features].reset_index(drop=True)]
+    block, features = combine_blocks(blocks, ["measured", "deep"])
+    return pd.concat([measured.drop(columns=measured_features).reset_index(drop=True), block], axis=1), features
 
 
 def without_controls(table: pd.DataFrame, config: Config) -> pd.DataFrame:
@@ -141,18 +157,9 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
         normalized[kind] = (wells, kept)
         notes.add(why)
     for note in sorted(notes):
-        log.warning(note) if "confounded" in note else log.info(note)
+        log.log(logging.WARNING if "confounded" in note else logging.INFO, note)
     if "both" in p.kinds:
-        (measured, m_features), (deep, d_features) = normalized["measured"], normalized["deep"]
-        keys = [PLATE, WELL]
-        deep = deep.set_index(keys).loc[measured.set_index(keys).index].reset_index()
-        block, features = combine_blocks(
-            [measured[m_features].reset_index(drop=True), deep[d_features].reset_index(drop=True)], ["measured", "deep"]
-        )
-        normalized["both"] = (
-            pd.concat([measured.drop(columns=m_features).reset_index(drop=True), block], axis=1),
-            features,
-        )
+        normalized["both"] = combined_profiles(*normalized["measured"], *normalized["deep"])
     metrics: dict[str, Any] = {"normalization": sorted(notes), "kinds": {}}
     for kind in p.kinds:
         wells, features = normalized[kind]
