@@ -109,7 +109,9 @@ def test_predict_on_held_out_plates(trained, tmp_path):
     csv_path = tmp_path / "new_plates.csv"
     table.to_csv(csv_path, index=False)
     out = tmp_path / "predicted"
-    run_cli("predict", run.model / "bundle", "--load-data", csv_path, "--out", out, "--no-progress")
+    run_cli(
+        "predict", run.model / "bundle", "--load-data", csv_path, "--out", out, "--model", "network", "--no-progress"
+    )
     images = pd.read_parquet(out / "predictions" / "image_predictions.parquet")
     assert len(images) == 16
     assert {"Metadata_Plate", "Metadata_Well", "predicted_label", "probability", "top5_labels"} <= set(images)

@@ -4,13 +4,15 @@ bundle/weights.safetensors   the network's weights (safetensors: tensors only, n
 bundle/bundle.json           format version, classes (label encoder), label → target map,
                              scaler (feature columns, mean, std), the resolved config,
                              crop settings and the image channel names the model was trained on
-bundle/features_model.json   the features-only model (profiles.py), fitted on the same non-test images
+bundle/profile_<kind>.json   a profile model per kind (measured, deep, both: profiles.py), fitted on the same
+                             non-test images
+bundle/choice.json           which model ``predict`` uses by default (auto) and the validation scores that chose it
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +43,8 @@ class Bundle:
     channels: list[str]
     label_to_target: dict[str, str]
     meta: dict[str, Any]
-    features_model: dict[str, Any] | None = None
+    profile_models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    choice: dict[str, Any] | None = None
 
 
 def save_bundle(
@@ -54,9 +57,10 @@ def save_bundle(
     channels: list[str],
     label_to_target: dict[str, str] | None = None,
     extra: dict[str, Any] | None = None,
-    features_model: dict[str, Any] | None = None,
+    profile_models: dict[str, dict[str, Any]] | None = None,
 ) -> Path:
-    """Write the bundle (weights, JSON description and, when given, the features-only model)."""
+    """Write the bundle (weights, JSON description and the profile models given); the choice is written
+    afterwards (:func:`save_choice`), once the saved network has been scored."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     # channels_last parameters are strided views; safetensors stores plain contiguous tensors
@@ -77,9 +81,29 @@ def save_bundle(
         **(extra or {}),
     }
     write_json(folder / "bundle.json", meta)
-    if features_model is not None:
-        write_json(folder / "features_model.json", features_model)
+    for stale in folder.glob("profile_*.json"):
+        stale.unlink()
+    for kind, profile_model in (profile_models or {}).items():
+        write_json(folder / f"profile_{kind}.json", profile_model)
+    (folder / "choice.json").unlink(missing_ok=True)
     return folder
+
+
+def save_choice(folder: str | Path, choice: dict[str, Any]) -> None:
+    """Record which model predicts by default (``choice["auto"]``) and the scores that chose it."""
+    write_json(Path(folder) / "choice.json", choice)
+
+
+def read_profile_models(folder: Path) -> dict[str, dict[str, Any]]:
+    """The bundle's profile models by kind (a bundle of an earlier version kept one, measured, in
+    features_model.json)."""
+    models = {
+        path.stem.removeprefix("profile_"): json.loads(path.read_text()) for path in folder.glob("profile_*.json")
+    }
+    legacy = folder / "features_model.json"
+    if not models and legacy.is_file():
+        models["measured"] = json.loads(legacy.read_text())
+    return models
 
 
 def find_bundle(path: str | Path) -> Path:
@@ -118,8 +142,7 @@ def load_bundle(folder: str | Path) -> Bundle:
         raise InputError(f"{weights_path} does not fit the network described in {meta_path}: {exc}") from None
     model.eval()
     scaler = Scaler(**meta["scaler"])
-    features_path = folder / "features_model.json"
-    features_model = json.loads(features_path.read_text()) if features_path.is_file() else None
+    choice_path = folder / "choice.json"
     return Bundle(
         model=model,
         encoder=LabelEncoder(meta["classes"]),
@@ -129,7 +152,8 @@ def load_bundle(folder: str | Path) -> Bundle:
         channels=meta["channels"],
         label_to_target=meta.get("label_to_target", {}),
         meta=meta,
-        features_model=features_model,
+        profile_models=read_profile_models(folder),
+        choice=json.loads(choice_path.read_text()) if choice_path.is_file() else None,
     )
 
 

@@ -72,7 +72,11 @@ def _set_flag(group: argparse._ActionsContainer) -> None:
 
 def config_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("config")
-    group.add_argument("--preset", choices=sorted(PRESETS), help="study (the paper's numbers) or cpu (small, fast)")
+    group.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="study (the paper's numbers), cpu (small, fast) or finetune (cpu, network from ImageNet on the stains)",
+    )
     group.add_argument("--config", type=Path, help="YAML config file (see `cellresponse config show`)")
     _set_flag(group)
     group.add_argument("--label", help="metadata column to predict (default Metadata_pert_iname)")
@@ -371,9 +375,10 @@ def predict_extra(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--model",
-        choices=["cnn", "features"],
-        default="cnn",
-        help="the network, or the bundle's features-only model where `evaluate` found it better",
+        choices=["auto", "network", "measured", "deep", "both", "cnn", "features"],
+        default="auto",
+        help="auto (default): the model that scored best on the validation side when the bundle was trained; "
+        "network; or a profile model: measured, deep, both (cnn and features: old names of network and measured)",
     )
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for the predictions")
 
@@ -402,7 +407,7 @@ def config_extra(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="config_verb", metavar="ACTION", required=True)
     show = actions.add_parser("show", help="print the resolved config (YAML)")
     show.add_argument("run", type=Path, nargs="?", metavar="RUN", help="show a run folder's config")
-    show.add_argument("--preset", choices=sorted(PRESETS), help="study or cpu")
+    show.add_argument("--preset", choices=sorted(PRESETS), help="study, cpu or finetune")
     show.add_argument("--config", type=Path, help="YAML config file")
     _set_flag(show)
     show.set_defaults(func=cmd_config)

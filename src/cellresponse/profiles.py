@@ -1,8 +1,14 @@
-"""Profiles: per-image summaries of the measured cells, and the features-only model trained on them.
+"""Profiles: per-image summaries of the cells, and the profile models trained on them.
 
-A *profile* of an image is the distribution of each cell feature over the field's cells — mean, sd and five
-percentiles — plus the cell count (:func:`image_feature_table`). The features-only model is shrinkage LDA on those
-profiles, stored as plain JSON (a scaler plus linear coefficients) in the model bundle beside the network.
+A *profile* of an image is, by kind (:data:`PROFILE_KINDS`):
+
+``measured``  the distribution of each measured cell feature over the field's cells — mean, sd and five
+              percentiles — plus the cell count (:func:`image_feature_table`);
+``deep``      the mean embedding of the field's cells (``cellresponse embed``: a frozen ImageNet network);
+``both``      the two side by side (:func:`image_profiles`).
+
+A profile model is shrinkage LDA on one kind of profile (:func:`fit_features_model`), stored as plain JSON (a
+scaler plus linear coefficients) in the model bundle beside the network.
 """
 
 from __future__ import annotations
@@ -25,6 +31,12 @@ PROFILE_STATISTICS = ("mean", "std", "q05", "q25", "q50", "q75", "q95")
 FEATURES_MODEL = (
     "shrinkage LDA on per-image profiles (mean, sd, 5/25/50/75/95th percentiles of each cell feature + cell count)"
 )
+PROFILE_KINDS = ("measured", "deep", "both")
+PROFILE_MODELS = {
+    "measured": FEATURES_MODEL,
+    "deep": "shrinkage LDA on per-image mean embeddings (frozen ImageNet network)",
+    "both": "shrinkage LDA on per-image measured profiles and mean embeddings side by side",
+}
 
 
 def image_feature_table(cells: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
@@ -46,19 +58,36 @@ def image_feature_table(cells: pd.DataFrame, columns: list[str]) -> pd.DataFrame
     return table.fillna(table.mean()).fillna(0.0).copy()  # copy: one block, not hundreds of inserted columns
 
 
+def image_profiles(kind: str, measured: pd.DataFrame | None, deep: pd.DataFrame | None) -> pd.DataFrame:
+    """The per-image profile of one kind from the measured table (:func:`image_feature_table`) and the mean
+    embeddings (index image_id, ``emb_…`` columns); ``both`` keeps the images that have both."""
+    if kind not in PROFILE_KINDS:
+        raise InputError(f"unknown profile kind {kind!r}; choose one of: {', '.join(PROFILE_KINDS)}")
+    needed = {"measured": [measured], "deep": [deep], "both": [measured, deep]}[kind]
+    if any(table is None for table in needed):
+        missing = "the embeddings (cellresponse embed)" if deep is None else "the measured cells"
+        raise InputError(f"the {kind} profile needs {missing}")
+    tables = [table.set_axis(table.index.astype(str)) for table in needed]
+    return tables[0] if len(tables) == 1 else pd.concat(tables, axis=1, join="inner")
+
+
 def profile_cell_columns(columns: list[str]) -> list[str]:
     """The cell-level columns an :func:`image_feature_table` was built from."""
     return list(dict.fromkeys(c.rsplit("__", 1)[0] for c in columns if "__" in c))
 
 
-def fit_features_model(features: pd.DataFrame, labels: np.ndarray) -> dict[str, Any]:
-    """Fit the features-only model and return it as plain JSON (stored in the model bundle).
+def fit_features_model(features: pd.DataFrame, labels: np.ndarray, kind: str = "measured") -> dict[str, Any]:
+    """Fit a profile model on per-image profiles of ``kind`` and return it as plain JSON (stored in the model
+    bundle).
 
     Linear discriminant analysis with Ledoit-Wolf shrinkage: hundreds of correlated profile columns
     against a few hundred training images is where plain LDA breaks down and shrinkage holds
     (benchmarks/features_ablation.py: compound 0.714 / 0.800 per field vs 0.636 / 0.695 for logistic
     regression on the same profiles; MoA 0.995 / 0.977 vs 1.000 / 0.955).
-    Its decision function is linear, so the model is stored as a scaler plus coefficients."""
+    Its decision function is linear, so the model is stored as a scaler plus coefficients.
+    The same model serves every kind: a PCA to 50/100/200 components before it lost compound accuracy on every
+    kind in the choosing direction (BBBC021-moa, train replicate 1: measured 0.714 without, 0.650/0.641/0.536
+    with; deep 0.718 without, 0.664/0.682/0.691 with), so there is none."""
     x = features.to_numpy(np.float64)
     scaler = StandardScaler().fit(x)
     # Constant columns get scale 1 (scikit-learn's choice), so they stay 0 after scaling.
@@ -68,7 +97,8 @@ def fit_features_model(features: pd.DataFrame, labels: np.ndarray) -> dict[str, 
         warnings.filterwarnings("ignore", message="Only one sample available")
         lda.fit(scaler.transform(x), np.asarray(labels).astype(str))
     return {
-        "model": FEATURES_MODEL,
+        "model": PROFILE_MODELS[kind],
+        "kind": kind,
         "classes": [str(c) for c in lda.classes_],
         "columns": list(features.columns),
         "cell_columns": profile_cell_columns(list(features.columns)),
@@ -87,7 +117,7 @@ def features_model_probabilities(model: dict[str, Any], features: pd.DataFrame) 
     x = (features[model["columns"]].to_numpy(np.float64) - np.asarray(model["mean"])) / np.asarray(model["scale"])
     logits = x @ np.asarray(model["coef"]).T + np.asarray(model["intercept"])
     if logits.shape[1] == 1:  # binary: scikit-learn keeps one column for the second class
-        second = 1.0 / (1.0 + np.exp(-logits[:, 0]))
+        second = 0.5 * (1.0 + np.tanh(0.5 * logits[:, 0]))  # the logistic function, without exp's overflow
         return np.stack([1.0 - second, second], axis=1)
     logits -= logits.max(axis=1, keepdims=True)
     exp = np.exp(logits)

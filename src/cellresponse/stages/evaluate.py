@@ -14,8 +14,10 @@ import numpy as np
 import pandas as pd
 
 from cellresponse.baselines import (
+    auto_summary,
     cell_features_baseline,
     compare_with_baseline,
+    compare_with_embeddings,
     features_baseline,
     headline,
     sanity_check,
@@ -27,9 +29,9 @@ from cellresponse.io import write_json, write_parquet
 from cellresponse.measure import feature_columns
 from cellresponse.metrics import LEVELS, classification_metrics, prediction_table, vote, voted_metrics
 from cellresponse.plate import labelled_images, read_table
-from cellresponse.profiles import image_feature_table
 from cellresponse.runfolder import RunFolder
 from cellresponse.splits import TEST, assign_split, log_split
+from cellresponse.stages.train import profile_tables
 from cellresponse.store import CropStore
 
 log = logging.getLogger(__name__)
@@ -102,9 +104,11 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
     metrics["majority_rate"] = metrics["image"]["majority_rate"]
     metrics["split"] = split_report
     columns = feature_columns(cells.columns)
-    metrics["baseline_features"] = features_baseline(
-        image_feature_table(cells, columns), images, label, sides, e.top_k, bundle.features_model
-    )
+    metrics["profile_models"] = {
+        kind: features_baseline(table, images, label, sides, e.top_k, bundle.profile_models.get(kind))
+        for kind, table in profile_tables(run, cells, [str(i) for i in sides.index]).items()
+    }
+    metrics["baseline_features"] = metrics["profile_models"]["measured"]
     metrics["baseline_cell_features"] = cell_features_baseline(cells, columns, sides, config.seed, e.top_k)
     metrics["sanity_check"] = sanity_check(cells, columns, sides, config.input.control_label, config.seed)
     if bundle.label_to_target:
@@ -115,11 +119,18 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
     if run.profile_metrics.exists():  # the profile-level benchmarks (cellresponse profile) beside the network's
         metrics["profiles"] = json.loads(run.profile_metrics.read_text())
     metrics["verdict"] = compare_with_baseline(metrics, e.vote)
+    metrics["embeddings_verdict"] = compare_with_embeddings(metrics, e.vote)
+    if bundle.choice:
+        metrics["auto"] = auto_summary(bundle.choice, metrics, e.vote)
     metrics["seconds"] = round(time.perf_counter() - started, 2)
     write_json(run.metrics, metrics)
     for line in headline(metrics, e.vote):
         log.info(line)
     log.info(metrics["verdict"])
+    if metrics["embeddings_verdict"]:
+        log.info(metrics["embeddings_verdict"])
+    if "auto" in metrics:
+        log.info(metrics["auto"]["sentence"])
     if split_report.get("leaky_classes"):
         log.warning(
             "%d classes have sites of one well on both sides of the split: the image-level number is optimistic",

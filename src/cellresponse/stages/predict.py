@@ -5,10 +5,14 @@ Outputs in ``DIR/predictions/``:
 
 ``cell_predictions.parquet``   cell_id, image_id, plate, well, predicted_label, probability,
                                top5_labels, top5_probabilities
-``image_predictions.parquet``  (also with ``--model features``: the bundle's features-only model, no crops)
-                               the image's columns (image_id, plate, well, site, Metadata_*),
-                               predicted_label, probability, top5_labels, top5_probabilities
-                               (soft or majority vote as in the bundle's ``evaluation.vote``)
+                               (with ``--model network``, or ``auto`` when the network was chosen)
+``image_predictions.parquet``  the image's columns (image_id, plate, well, site, Metadata_*), ``model`` (which
+                               model predicted), predicted_label, probability, top5_labels, top5_probabilities
+                               (the network's cells voted as in the bundle's ``evaluation.vote``)
+
+``--model auto`` (the default) uses the model the bundle recorded as best on the validation side
+(``bundle/choice.json``); ``measured``, ``deep`` and ``both`` the profile models (no crops; ``deep`` and ``both``
+embed the cells with the bundle's embedding settings), ``network`` the trained network.
 """
 
 from __future__ import annotations
@@ -19,22 +23,30 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cellresponse.bundle import load_bundle, predict_cells
+from cellresponse.bundle import Bundle, load_bundle, predict_cells
 from cellresponse.config import Config, apply_overrides
 from cellresponse.errors import InputError
 from cellresponse.io import write_parquet
 from cellresponse.metrics import prediction_table, vote
 from cellresponse.plate import ImageSource, channel_names
-from cellresponse.profiles import features_model_probabilities, image_feature_table, profile_cell_columns
+from cellresponse.profiles import (
+    features_model_probabilities,
+    image_feature_table,
+    image_profiles,
+    profile_cell_columns,
+)
 from cellresponse.runfolder import RunFolder
-from cellresponse.stages import crops, images, measure, segment
+from cellresponse.selection import MODEL_CHOICES, NETWORK
+from cellresponse.stages import crops, embed, images, measure, segment
 from cellresponse.store import CropStore
 
 log = logging.getLogger(__name__)
 
 # Settings a user may change for prediction: how it runs, not what the model sees.
 RUNTIME_KEYS = ("runtime.", "input.join", "input.label")
-MODELS = ("cnn", "features")
+MODELS = MODEL_CHOICES
+# Names of earlier versions: `--model cnn` is the network, `--model features` the measured-profile model.
+MODEL_ALIASES = {"cnn": NETWORK, "features": "measured"}
 
 
 def check_compatible(bundle_channels: list[str], names: list[str], bundle_crops: dict, crop_settings: dict) -> None:
@@ -59,12 +71,14 @@ def prediction_config(bundle_config: Config, overrides: list[str]) -> Config:
 
 
 def write_image_predictions(
-    path: Path, table: pd.DataFrame, scores: np.ndarray, classes: list[str], config: Config
+    path: Path, table: pd.DataFrame, scores: np.ndarray, classes: list[str], config: Config, model: str
 ) -> None:
-    """Image predictions with the image table's columns (file paths left out); logs the accuracy when the
-    images carry the label (e.g. a held-out plate)."""
+    """Image predictions with the image table's columns (file paths left out) and the model's name; logs the
+    accuracy when the images carry the label (e.g. a held-out plate)."""
     keep = [c for c in table.columns if not c.startswith(("FileName_", "PathName_"))]
-    write_parquet(path, prediction_table(table[keep], scores, classes, config.evaluation.top_k))
+    predictions = prediction_table(table[keep], scores, classes, config.evaluation.top_k)
+    predictions.insert(len(keep), "model", model)
+    write_parquet(path, predictions)
     label = config.input.label
     if label in table.columns:
         predicted = np.asarray(classes, dtype=object)[scores.argmax(1)]
@@ -72,13 +86,47 @@ def write_image_predictions(
         log.info("these images carry %s: image accuracy %.3f (%d images)", label, accuracy, len(table))
 
 
-def predict_with_features(model: dict, cells: pd.DataFrame, meta: pd.DataFrame, out: RunFolder, config: Config) -> Path:
-    """Image predictions of the bundle's features-only model (no crops, no network)."""
-    features = image_feature_table(cells, model.get("cell_columns") or profile_cell_columns(model["columns"]))
+def resolve_model(requested: str, bundle: Bundle, bundle_path: str | Path) -> str:
+    """The model to run: ``auto`` → the bundle's recorded choice; a profile model the bundle lacks is an error."""
+    name = MODEL_ALIASES.get(requested, requested)
+    if name not in MODELS:
+        raise InputError(f"unknown model {requested!r}; choose one of: {', '.join(MODELS)}")
+    if name == "auto":
+        if bundle.choice is None:
+            log.info("%s records no model choice (an earlier version): the network predicts", bundle_path)
+            return NETWORK
+        name = bundle.choice["auto"]
+        log.info("model auto: %s (best on %s)", name, bundle.choice["scored_on"])
+    if name != NETWORK and name not in bundle.profile_models:
+        kinds = ", ".join(bundle.profile_models) or "none"
+        raise InputError(f"{bundle_path} has no {name} profile model (it has: {kinds}); use --model network")
+    return name
+
+
+def embedding_config(config: Config, bundle: Bundle) -> Config:
+    """The bundle's embedding settings with the training run's window fixed, so new cells are cut as the
+    profile model's were (the default window follows each run's median cell diameter)."""
+    window = (bundle.meta.get("embedding") or {}).get("window")
+    if not window:
+        return config
+    return apply_overrides(config, [f"embedding.crop_size={window}"], "model bundle")
+
+
+def predict_with_profiles(
+    kind: str, bundle: Bundle, cells: pd.DataFrame, meta: pd.DataFrame, out: RunFolder, config: Config, progress: bool
+) -> Path:
+    """Image predictions of one of the bundle's profile models (no crops; the deep kinds embed the cells)."""
+    model = bundle.profile_models[kind]
+    measured = image_feature_table(cells, model.get("cell_columns") or profile_cell_columns(model["columns"]))
+    deep = None
+    if kind != "measured":
+        embed.run(out, embedding_config(config, bundle), progress=progress)
+        deep = embed.mean_embeddings(out, [str(i) for i in measured.index])
+    features = image_profiles(kind, measured, deep)
     probs = features_model_probabilities(model, features)
     table = meta.loc[features.index].reset_index()
-    write_image_predictions(out.image_predictions, table, probs, model["classes"], config)
-    log.info("predicted %d images with the features-only model", len(features))
+    write_image_predictions(out.image_predictions, table, probs, model["classes"], config, kind)
+    log.info("predicted %d images with the %s profile model", len(features), kind)
     return out.image_predictions
 
 
@@ -90,7 +138,7 @@ def run(
     overrides: list[str] | None = None,
     overwrite: bool = False,
     progress: bool = True,
-    model: str = "cnn",
+    model: str = "auto",
 ) -> list[Path]:
     """Predict the images of ``source`` with a bundle into ``out``; returns the files written."""
     bundle = load_bundle(bundle_path)
@@ -99,16 +147,15 @@ def run(
     table = out.read_images()
     names = channel_names(table)
     check_compatible(bundle.channels, names, bundle.crop_settings, crops.crop_settings(config, names))
-    if model == "features" and bundle.features_model is None:
-        raise InputError(f"{bundle_path} has no features-only model (features_model.json); use --model cnn")
+    model = resolve_model(model, bundle, bundle_path)
     segment.run(out, config, overwrite=overwrite, progress=progress)
     measure.run(out, config, overwrite=overwrite, progress=progress)
     cells = out.read_cells()
     if cells.empty:
         raise InputError("no cells were found in these images — nothing to predict")
     meta = table.set_index("image_id")
-    if model == "features":
-        return [predict_with_features(bundle.features_model, cells, meta, out, config)]
+    if model != NETWORK:
+        return [predict_with_profiles(model, bundle, cells, meta, out, config, progress)]
     crops.run(out, config, overwrite=overwrite, progress=progress)
     cells["plate"] = cells["image_id"].map(meta["plate"])
     cells["well"] = cells["image_id"].map(meta["well"])
@@ -119,6 +166,6 @@ def run(
         out.cell_predictions, prediction_table(cells[["cell_id", "image_id", "plate", "well"]], probs, classes, e.top_k)
     )
     groups, scores = vote(cells["image_id"].to_numpy(), probs, e.vote)
-    write_image_predictions(out.image_predictions, meta.loc[groups].reset_index(), scores, classes, config)
+    write_image_predictions(out.image_predictions, meta.loc[groups].reset_index(), scores, classes, config, NETWORK)
     log.info("predicted %d cells in %d images", len(cells), len(groups))
     return [out.cell_predictions, out.image_predictions]

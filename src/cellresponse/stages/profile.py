@@ -93,7 +93,7 @@ def combined_profiles(
 ) -> tuple[pd.DataFrame, list[str]]:
     """The ``both`` kind: each well's normalised measured and deep blocks side by side, weighted equally."""
     keys = [PLATE, WELL]
-    deep = deep.set_index(keys).loc[measured.set_index(keys).index].reset_index()
+    deep = deep.copy().set_index(keys).loc[measured.set_index(keys).index].reset_index()  # copy: one block
     blocks = [measured[measured_features].reset_index(drop=True), deep[deep_features].reset_index(drop=True)]
     block, features = combine_blocks(blocks, ["measured", "deep"])
     return pd.concat([measured.drop(columns=measured_features).reset_index(drop=True), block], axis=1), features

@@ -133,6 +133,43 @@ def section_data(run: RunFolder, summaries: dict[str, dict[str, Any]]) -> list[s
     return ["<h2>Data</h2>", _table(["", "value"], counts), "<h2>Timings</h2>", _table(["stage", "seconds"], timings)]
 
 
+def model_choice_rows(metrics: dict[str, Any]) -> list[list[Any]]:
+    """Per candidate model: held-out validation accuracy (which chose) and test accuracy per image and well."""
+    auto = metrics.get("auto", {})
+    vote = metrics.get("headline_vote", "soft")
+    nan = float("nan")
+    rows = []
+    for kind, accuracy in auto.get("validation", {}).items():
+        if kind == "network":
+            test = {lvl: metrics.get(lvl, {}).get(f"{vote}_vote", {}).get("accuracy", nan) for lvl in ("image", "well")}
+            what = f"the trained network ({vote} vote over cells)"
+        else:
+            block = metrics.get("profile_models", {}).get(kind, {})
+            test = {lvl: block.get(lvl, {}).get("accuracy", nan) for lvl in ("image", "well")}
+            what = f"{kind} profiles, shrinkage LDA"
+        name = f"{kind} ← auto" if kind == auto.get("model") else kind
+        rows.append([name, what, nan if accuracy is None else accuracy, test["image"], test["well"]])
+    return rows
+
+
+def section_model_choice(metrics: dict[str, Any]) -> list[str]:
+    """Which model `predict` uses by default, the validation scores that chose it and every model's test score."""
+    auto = metrics.get("auto")
+    if not auto:
+        return []
+    parts = [
+        "<h2>Which model predicts</h2>",
+        f"<p>{html.escape(auto['sentence'])}. <code>cellresponse predict</code> uses it unless told otherwise "
+        "(<code>--model network|measured|deep|both</code>). The test columns were computed after the choice and "
+        "did not inform it.</p>",
+    ]
+    header = ["model", "what", "validation acc.", "test acc. (images)", "test acc. (wells)"]
+    parts.append(_table(header, model_choice_rows(metrics)))
+    if metrics.get("embeddings_verdict"):
+        parts.append(f"<p class='note'>{html.escape(metrics['embeddings_verdict'])}.</p>")
+    return parts
+
+
 def section_results(metrics: dict[str, Any], out: Path) -> list[str]:
     if not metrics:
         return []
@@ -151,6 +188,7 @@ def section_results(metrics: dict[str, Any], out: Path) -> list[str]:
         + html.escape(metrics.get("baseline_features", {}).get("model", "the features-only model"))
         + " on the same split (cell row: logistic regression on single-cell features).</p>",
     ]
+    parts += section_model_choice(metrics)
     sanity = metrics.get("sanity_check", {})
     if "accuracy" in sanity:
         parts.append(

@@ -1,5 +1,6 @@
 """``cellresponse train``: split the images, train the network on the crop store, and write ``RUN/model``
-(split, checkpoints, per-epoch history, the model bundle with the features-only model beside the network).
+(split, checkpoints, per-epoch history, the model bundle with a profile model per kind beside the network, and
+which of them ``predict`` uses by default: the best on the validation side, selection.py).
 A rerun resumes from the last checkpoint; a changed split is refused (``--overwrite`` starts over)."""
 
 from __future__ import annotations
@@ -10,18 +11,21 @@ import shutil
 import time
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
-from cellresponse.bundle import save_bundle
+from cellresponse.bundle import load_bundle, predict_cells, save_bundle, save_choice
 from cellresponse.config import Config
 from cellresponse.errors import InputError
 from cellresponse.io import write_json, write_parquet
 from cellresponse.measure import feature_columns
+from cellresponse.metrics import vote
 from cellresponse.parallel import is_main_process
 from cellresponse.plate import channel_names, labelled_images
-from cellresponse.profiles import fit_features_model, image_feature_table
+from cellresponse.profiles import PROFILE_KINDS, fit_features_model, image_feature_table, image_profiles
 from cellresponse.runfolder import RunFolder
+from cellresponse.selection import NETWORK, choose_model, describe_choice, profile_validation_scores
 from cellresponse.splits import (
     TEST,
     TRAIN,
@@ -34,6 +38,7 @@ from cellresponse.splits import (
     log_split,
 )
 from cellresponse.stages.crops import crop_settings
+from cellresponse.stages.embed import mean_embeddings
 from cellresponse.store import CropStore
 from cellresponse.training import CellDataModule, CellResponseModule, CellSet, build_trainer, seed_everything
 
@@ -134,15 +139,79 @@ def label_to_target(images: pd.DataFrame, config: Config) -> dict[str, str]:
     return dict(zip(pairs[config.input.label], pairs[column], strict=True))
 
 
-def features_model(cells: pd.DataFrame, images: pd.DataFrame, sides: pd.DataFrame, label: str) -> dict | None:
-    """The features-only model fitted on the non-test images (exactly what `evaluate` scores), or None when
-    that side holds a single class."""
-    train_ids = set(sides.loc[sides["side"] != TEST, "image_id"])
-    labels = images.set_index("image_id")[label]
-    features = image_feature_table(cells[cells["image_id"].isin(train_ids)], feature_columns(cells.columns))
-    if labels.loc[features.index].nunique() < 2:
+def frozen_embedding_settings(run: RunFolder) -> dict[str, Any] | None:
+    """The settings of the run's embeddings when they come from the frozen pretrained network (the only ones a
+    new plate can be embedded with before a model exists); None otherwise."""
+    if not run.embedding_settings.is_file():
         return None
-    return fit_features_model(features, labels.loc[features.index].to_numpy())
+    settings = json.loads(run.embedding_settings.read_text()).get("settings", {})
+    return settings if "window" in settings else None
+
+
+def profile_tables(run: RunFolder, cells: pd.DataFrame, image_ids: list[str]) -> dict[str, pd.DataFrame]:
+    """Per-image profiles of every kind the run has: measured always, deep and both once every image of the
+    split has its embeddings from the frozen pretrained network (``cellresponse embed``)."""
+    measured = image_feature_table(cells[cells["image_id"].isin(set(image_ids))], feature_columns(cells.columns))
+    embedded = frozen_embedding_settings(run) is not None and all(run.embedding_path(i).is_file() for i in image_ids)
+    if not embedded:
+        log.info("no frozen-network embeddings for every image: the deep and both profile models are left out")
+    deep = mean_embeddings(run, image_ids) if embedded else None
+    return {
+        kind: image_profiles(kind, measured, deep) for kind in PROFILE_KINDS if deep is not None or kind == "measured"
+    }
+
+
+def profile_models(tables: dict[str, pd.DataFrame], labels: pd.Series, sides: pd.Series) -> dict[str, dict]:
+    """A profile model per kind fitted on the non-test images (exactly what `evaluate` scores); none when that
+    side holds a single class."""
+    models = {}
+    for kind, table in tables.items():
+        fit = table[(sides.reindex(table.index) != TEST).to_numpy()]
+        if labels.loc[fit.index].nunique() >= 2:
+            models[kind] = fit_features_model(fit, labels.loc[fit.index].astype(str).to_numpy(), kind)
+    return models
+
+
+def network_validation_score(
+    run: RunFolder, cells: pd.DataFrame, sides: pd.Series, labels: pd.Series, config: Config
+) -> dict[str, Any]:
+    """The saved network's image accuracy on the validation side (cells voted as `evaluate` votes them)."""
+    validation = cells[cells["image_id"].map(sides) == VALIDATION]
+    if validation.empty:
+        return {"accuracy": None, "skipped": "no validation side: the network's only held-out images are the test side"}
+    bundle = load_bundle(run.bundle)
+    validation = validation[validation["image_id"].map(labels).astype(str).isin(bundle.encoder.classes)]
+    e = config.evaluation
+    probs = predict_cells(bundle, CropStore(run.crops), validation, batch_size=e.batch_size)
+    groups, scores = vote(validation["image_id"].to_numpy(), probs, e.vote)
+    predicted = np.asarray(bundle.encoder.classes)[scores.argmax(1)]
+    truth = labels.loc[groups].astype(str).to_numpy()
+    return {"accuracy": float(np.mean(predicted == truth)), "images": len(groups)}
+
+
+def model_choice(
+    run: RunFolder,
+    config: Config,
+    cells: pd.DataFrame,
+    tables: dict[str, pd.DataFrame],
+    images: pd.DataFrame,
+    sides: pd.DataFrame,
+) -> dict[str, Any]:
+    """Score every candidate on held-out non-test images (selection.py) and pick the ``auto`` model."""
+    side = pd.Series(sides["side"].to_numpy(), index=sides["image_id"].astype(str))
+    meta = images.set_index(images["image_id"].astype(str))
+    labels = meta[config.input.label]
+    scores = profile_validation_scores(tables, labels, side, meta["plate"].astype(str) + "/" + meta["well"].astype(str))
+    scores[NETWORK] = network_validation_score(run, cells, side, labels, config)
+    validation_images = int((side == VALIDATION).sum())
+    scored_on = (
+        f"the validation side ({validation_images} images)"
+        if validation_images
+        else "grouped cross-validation over the training side (no validation side; the network not scored)"
+    )
+    choice = {"auto": choose_model(scores), "scored_on": scored_on, "scores": scores}
+    log.info(describe_choice(choice))
+    return choice
 
 
 def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
@@ -179,6 +248,9 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
     checkpoint = torch.load(best, map_location="cpu", weights_only=True)
     module.load_state_dict(checkpoint["state_dict"])
     names = channel_names(table)
+    side_of = pd.Series(sides["side"].to_numpy(), index=sides["image_id"].astype(str))
+    labels = images.set_index(images["image_id"].astype(str))[config.input.label]
+    tables = profile_tables(run, cells, list(side_of.index))
     save_bundle(
         run.bundle,
         module.model.cpu(),
@@ -188,9 +260,15 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
         crop_settings(config, names),
         names,
         label_to_target(images, config),
-        extra={"validation_side": val_side, "best_checkpoint_epoch": checkpoint.get("epoch")},
-        features_model=features_model(cells, images, sides, config.input.label),
+        extra={
+            "validation_side": val_side,
+            "best_checkpoint_epoch": checkpoint.get("epoch"),
+            "embedding": frozen_embedding_settings(run) if "deep" in tables else None,
+        },
+        profile_models=profile_models(tables, labels, side_of),
     )
+    choice = model_choice(run, config, cells, tables, images, sides)
+    save_choice(run.bundle, choice)
     history = run.read_history()
     summary = {
         "cells_train": len(train),
@@ -200,6 +278,7 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
         "epochs": len(history),
         "best_val_loss": min((h["val_loss"] for h in history), default=None),
         "split": {k: report.get(k) for k in ("by", "images", "leaky_classes", "untestable_classes")},
+        "auto_model": choice["auto"],
         "seconds": round(time.perf_counter() - started, 2),
     }
     write_json(run.train_summary, summary)

@@ -1,0 +1,99 @@
+"""Which model predicts: every candidate — the profile models of each kind and the network — scored on the
+validation side of the split, never on the test side, and the best one recorded as ``auto``.
+
+Profile models are fitted on the training images and scored on the validation images; the network is scored on
+the validation images it was early-stopped on (the same images, so the comparison is fair). Where the split kept
+no validation side, the profile models are scored by grouped cross-validation over the training images (folds by
+well, so sites of one well never score each other) and the network, whose only held-out images are the test
+side, is not a candidate.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import GroupKFold
+
+from cellresponse.profiles import PROFILE_KINDS, features_model_probabilities, fit_features_model
+from cellresponse.splits import TRAIN, VALIDATION
+
+NETWORK = "network"
+# Ties go to the model that costs least to run on a new plate: measured profiles need no network at all, deep ones
+# the frozen embedding network, the trained network its crops too.
+CANDIDATES = (*PROFILE_KINDS, NETWORK)
+MODEL_CHOICES = ("auto", *CANDIDATES)
+FOLDS = 3
+
+
+def _accuracy(model: dict[str, Any], features: pd.DataFrame, truth: pd.Series) -> float:
+    predicted = np.asarray(model["classes"])[features_model_probabilities(model, features).argmax(1)]
+    return float(np.mean(predicted == truth.loc[features.index].astype(str).to_numpy()))
+
+
+def profile_validation_scores(
+    tables: dict[str, pd.DataFrame], labels: pd.Series, sides: pd.Series, wells: pd.Series
+) -> dict[str, dict[str, Any]]:
+    """Per profile kind, the image accuracy of its model on held-out non-test images: fitted on the training side
+    and scored on the validation side, or (no validation side) grouped ``FOLDS``-fold cross-validation over the
+    training side. ``labels``, ``sides`` and ``wells`` are indexed by image id; test images are never read."""
+    scores: dict[str, dict[str, Any]] = {}
+    for kind, table in tables.items():
+        side = sides.reindex(table.index)
+        train, validation = table[side == TRAIN], table[side == VALIDATION]
+        y_train = labels.loc[train.index].astype(str)
+        if y_train.nunique() < 2:
+            scores[kind] = {"accuracy": None, "skipped": "the training side holds fewer than two classes"}
+        elif len(validation):
+            model = fit_features_model(train, y_train.to_numpy(), kind)
+            scores[kind] = {"accuracy": _accuracy(model, validation, labels), "images": len(validation)}
+        else:
+            groups = wells.loc[train.index].to_numpy()
+            folds = min(FOLDS, len(set(groups)))
+            if folds < 2:
+                scores[kind] = {"accuracy": None, "skipped": "one well on the training side: nothing to cross-validate"}
+                continue
+            correct = scored = 0
+            for fit_rows, score_rows in GroupKFold(folds).split(train, groups=groups):
+                fit_labels = y_train.iloc[fit_rows]
+                # an image whose class has no other well cannot be scored: its fold holds the class's only well
+                score_rows = score_rows[y_train.iloc[score_rows].isin(set(fit_labels)).to_numpy()]
+                if fit_labels.nunique() < 2 or not len(score_rows):
+                    continue
+                model = fit_features_model(train.iloc[fit_rows], fit_labels.to_numpy(), kind)
+                correct += _accuracy(model, train.iloc[score_rows], labels) * len(score_rows)
+                scored += len(score_rows)
+            if not scored:
+                scores[kind] = {"accuracy": None, "skipped": "no class has two wells on the training side"}
+                continue
+            scores[kind] = {"accuracy": correct / scored, "images": scored, "folds": folds}
+    return scores
+
+
+def choose_model(scores: dict[str, dict[str, Any]]) -> str:
+    """The candidate with the best held-out accuracy; ties go to the cheaper one (order of :data:`CANDIDATES`).
+    When none could be scored (a tiny plate), the network: the study's model."""
+    scored = [(kind, s["accuracy"]) for kind, s in scores.items() if s.get("accuracy") is not None]
+    if not scored:
+        return NETWORK
+    best = max(accuracy for _, accuracy in scored)
+    return min((kind for kind, accuracy in scored if accuracy == best), key=CANDIDATES.index)
+
+
+def describe_choice(choice: dict[str, Any]) -> str:
+    """One sentence: which model predicts and why."""
+    scores = choice["scores"]
+    chosen = choice["auto"]
+    if scores.get(chosen, {}).get("accuracy") is None:
+        return (
+            f"`predict` uses the {chosen} model by default (auto): no model could be scored on held-out non-test "
+            "images (too few wells per class)"
+        )
+    others = ", ".join(
+        f"{kind} {s['accuracy']:.3f}" for kind, s in scores.items() if kind != chosen and s.get("accuracy") is not None
+    )
+    return (
+        f"`predict` uses the {chosen} model by default (auto): {scores[chosen]['accuracy']:.3f} image accuracy on "
+        f"{choice['scored_on']}" + (f", against {others}" if others else "") + "; the test side was not read."
+    )

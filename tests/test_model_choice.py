@@ -1,0 +1,112 @@
+"""Which model predicts (issue 15): a profile model per kind, chosen on the validation side and never on the test
+side, stored in the bundle and used by `predict --model auto`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from cellresponse.bundle import load_bundle
+from cellresponse.profiles import PROFILE_KINDS, features_model_probabilities
+from cellresponse.runfolder import RunFolder
+from cellresponse.selection import NETWORK, choose_model, profile_validation_scores
+from cellresponse.splits import TEST, TRAIN, VALIDATION
+from cellresponse.stages.train import profile_tables
+from tests.conftest import run_cli
+
+
+def planted_tables(seed: int, test_signal: bool) -> tuple[dict[str, pd.DataFrame], pd.Series, pd.Series, pd.Series]:
+    """120 images of 3 classes on three sides. ``measured`` carries the class on every side; ``deep`` is noise
+    on the training and validation sides and — with ``test_signal`` — a perfect, huge class signal on the test
+    side only."""
+    rng = np.random.default_rng(seed)
+    ids = [f"img{i:03d}" for i in range(120)]
+    labels = pd.Series(np.tile(["a", "b", "c"], 40), index=ids)
+    sides = pd.Series(np.repeat([TRAIN, VALIDATION, TEST], [60, 30, 30]), index=ids)
+    wells = pd.Series([f"P/w{i // 2}" for i in range(120)], index=ids)
+    centre = labels.map({"a": 0.0, "b": 1.0, "c": 2.0}).to_numpy()[:, None]
+    measured = pd.DataFrame(centre + rng.normal(0, 0.4, (120, 5)), index=ids).add_prefix("f")
+    deep = pd.DataFrame(rng.normal(0, 1, (120, 8)), index=ids).add_prefix("emb_")
+    if test_signal:
+        deep.loc[(sides == TEST).to_numpy()] += 100.0 * centre[(sides == TEST).to_numpy()]
+    return {"measured": measured, "deep": deep}, labels, sides, wells
+
+
+def test_the_choice_never_reads_the_test_side():
+    plain, labels, sides, wells = planted_tables(0, test_signal=False)
+    planted, *_ = planted_tables(0, test_signal=True)
+    scores = profile_validation_scores(planted, labels, sides, wells)
+    # the planted test-only signal changes nothing: the same scores as without it, measured still wins
+    assert scores == profile_validation_scores(plain, labels, sides, wells)
+    assert choose_model(scores) == "measured"
+    assert scores["measured"]["accuracy"] > 0.9 and scores["deep"]["accuracy"] < 0.7
+    assert scores["measured"]["images"] == 30  # the validation side, not the test side
+
+
+def test_without_a_validation_side_the_choice_cross_validates_the_training_side():
+    tables, labels, sides, wells = planted_tables(1, test_signal=True)
+    sides = sides.replace(VALIDATION, TRAIN)
+    scores = profile_validation_scores(tables, labels, sides, wells)
+    assert scores["measured"]["images"] == 90 and scores["measured"]["folds"] == 3
+    assert choose_model(scores) == "measured"
+
+
+def test_ties_go_to_the_cheaper_model_and_nothing_scored_means_the_network():
+    tie = {"both": {"accuracy": 0.9}, "measured": {"accuracy": 0.9}, NETWORK: {"accuracy": 0.9}}
+    assert choose_model(tie) == "measured"
+    assert choose_model({"deep": {"accuracy": 0.5}, NETWORK: {"accuracy": 0.8}}) == NETWORK
+    assert choose_model({"measured": {"accuracy": None, "skipped": "…"}}) == NETWORK
+
+
+@pytest.fixture(scope="module")
+def demo_run(tiny_demo):
+    out, _ = tiny_demo
+    return RunFolder(out / "run")
+
+
+def test_each_profile_kind_round_trips_through_the_bundle(demo_run):
+    bundle = load_bundle(demo_run.bundle)
+    assert set(bundle.profile_models) == set(PROFILE_KINDS)
+    sides, _ = demo_run.read_split()
+    tables = profile_tables(demo_run, demo_run.read_cells(), [str(i) for i in sides.index])
+    images = demo_run.read_images().set_index("image_id")
+    for kind, table in tables.items():
+        model = bundle.profile_models[kind]
+        assert model["kind"] == kind and model["columns"] == list(table.columns)
+        fit = table[(sides.reindex(table.index) != TEST).to_numpy()]
+        reference = make_pipeline(StandardScaler(), LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto"))
+        reference.fit(fit, images.loc[fit.index, "Metadata_pert_iname"].astype(str))
+        # the stored JSON gives scikit-learn's probabilities on every image (the test side included)
+        np.testing.assert_allclose(
+            features_model_probabilities(model, table), reference.predict_proba(table), atol=1e-6
+        )
+    choice = bundle.choice
+    assert choice["auto"] in (*PROFILE_KINDS, NETWORK) and set(choice["scores"]) == {*PROFILE_KINDS, NETWORK}
+
+
+@pytest.mark.parametrize("chosen", ["deep", NETWORK])
+def test_predict_auto_uses_the_recorded_choice(demo_run, tiny_plates, tmp_path, chosen):
+    bundle_dir = tmp_path / "bundle"
+    shutil.copytree(demo_run.bundle, bundle_dir)
+    choice = json.loads((bundle_dir / "choice.json").read_text())
+    (bundle_dir / "choice.json").write_text(json.dumps({**choice, "auto": chosen}))
+    out = tmp_path / "predicted"
+    run_cli("predict", bundle_dir, "--load-data", tiny_plates / "load_data.csv", "--out", out, "--no-progress")
+    predicted = pd.read_parquet(out / "predictions" / "image_predictions.parquet")
+    assert set(predicted["model"]) == {chosen}
+    assert (out / "predictions" / "cell_predictions.parquet").exists() == (chosen == NETWORK)
+    if chosen == "deep":
+        # new cells embedded with the bundle's window give the training run's own profiles: same probabilities
+        bundle = load_bundle(bundle_dir)
+        table = profile_tables(demo_run, demo_run.read_cells(), list(predicted["image_id"].astype(str)))["deep"]
+        probs = features_model_probabilities(bundle.profile_models["deep"], table)
+        expected = np.asarray(bundle.profile_models["deep"]["classes"])[probs.argmax(1)]
+        assert list(predicted.set_index("image_id").loc[table.index, "predicted_label"]) == list(expected)
+        assert not (out / "crops").exists()
