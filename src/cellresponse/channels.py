@@ -94,11 +94,21 @@ def find_nuclear_channel(
     return chosen
 
 
+def recipe_channels(recipe: ChannelRecipe, names: Sequence[str]) -> list[int | str]:
+    """The channels a recipe reads from these images: its own list, except that the default (the study's first
+    three) takes the channels there are on a plate with fewer — a nuclei-only or two-channel plate segments with
+    the default recipe. A list the user gave is kept as given (a channel that is not there is then an error)."""
+    default = list(ChannelRecipe.model_fields["channels"].default_factory())
+    if list(recipe.channels) == default and len(names) < len(default):
+        return list(range(len(names)))
+    return list(recipe.channels)
+
+
 def apply_recipe(stack: np.ndarray, recipe: ChannelRecipe, names: Sequence[str]) -> np.ndarray:
     """Apply a recipe to a ``(C, H, W)`` stack: a 2-D image (median/mean/max/single) or a stack."""
     if stack.ndim != 3:
         raise ValueError(f"expected a (C, H, W) stack, got shape {stack.shape}")
-    indices = [resolve_channel(names, c) for c in recipe.channels]
+    indices = [resolve_channel(names, c) for c in recipe_channels(recipe, names)]
     if not indices:
         raise InputError("a channel recipe needs at least one channel")
     chosen = stack[indices].astype(np.float32, copy=False)

@@ -176,6 +176,10 @@ def map_images(
             log.warning("%s failed on %s: %s", desc, result.image_id, result.error)
     finally:
         bar.close()
+        # Close the generator here, while the client is alive: left to the garbage collector, its cleanup (cancel
+        # the remaining futures) ran after the client had closed and printed "Exception ignored … IOLoop is closed"
+        # under the one error line.
+        results.close()
         if pool:
             pool.close()
     return done, failed

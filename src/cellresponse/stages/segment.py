@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from cellresponse.cellpose_backend import ensure_cellpose_weights
-from cellresponse.channels import apply_recipe, find_nuclear_channel, load_stack
+from cellresponse.channels import apply_recipe, find_nuclear_channel, load_stack, recipe_channels
 from cellresponse.config import Config
 from cellresponse.errors import InputError
 from cellresponse.io import read_tiff, read_tiff_info, write_parquet, write_tiff
@@ -85,6 +85,15 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
     started = time.perf_counter()
     rows, names = image_rows(run)
     backend = choose_backend(config.segmentation)
+    used = recipe_channels(config.segmentation.input, names)
+    if used != list(config.segmentation.input.channels):
+        log.info(
+            "segmentation input: %s of the %d channel(s) these images have (%s) — the default recipe takes the "
+            "first three; set segmentation.input.channels to choose",
+            config.segmentation.input.kind,
+            len(names),
+            ", ".join(names),
+        )
     fallback = config.segmentation.backend == "auto" and backend == "offline"
     log.info("segmentation backend: %s%s", backend, " (Cellpose weights not found)" if fallback else "")
     if backend == "cellpose":
