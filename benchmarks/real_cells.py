@@ -89,7 +89,7 @@ def main() -> None:
             raise SystemExit(f"data not found: {load_data} (needs ../shared/data)")
         base = args.out / f"{folder}-base"
         started = time.perf_counter()
-        if not (base / "crops" / "crops.npy").exists():
+        if not (base / "crops" / "index.parquet").exists():
             cli("run", "--load-data", load_data, "--preset", args.preset, *sets, "--label", label,
                 "--out", base, "--until", "crops", "--no-progress")  # fmt: skip
         base_seconds = time.perf_counter() - started

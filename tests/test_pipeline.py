@@ -13,6 +13,7 @@ import pytest
 import tifffile
 
 from cellresponse.measure import FEATURES
+from cellresponse.store import CropStore
 from tests.conftest import run_cli, shared, synthetic_plates
 
 STAGE_FLAGS = ("--no-progress",)
@@ -130,11 +131,13 @@ def test_crops_killed_midway_resume_to_the_same_store(tmp_path, plate40):
     run_cli("crops", reference, "--workers", "0", *STAGE_FLAGS)
     total = len(pd.read_parquet(reference / "images.parquet"))
     parts = run / "crops" / "parts"
-    finished = _kill_midway("crops", run, parts, "*.npy", total)
-    assert not (run / "crops" / "crops.npy").exists()
+    finished = _kill_midway("crops", run, parts, "*.crops", total)
+    assert not (run / "crops" / "index.parquet").exists()
     run_cli("crops", run, "--workers", "0", *STAGE_FLAGS)
-    assert {p.name: p.stat().st_mtime_ns for p in parts.glob("*.npy") if p.name in finished} == finished
-    np.testing.assert_array_equal(np.load(run / "crops" / "crops.npy"), np.load(reference / "crops" / "crops.npy"))
+    assert {p.name: p.stat().st_mtime_ns for p in parts.glob("*.crops") if p.name in finished} == finished
+    resumed, whole = CropStore(run / "crops"), CropStore(reference / "crops")
+    np.testing.assert_array_equal(resumed.batch(np.arange(len(resumed))), whole.batch(np.arange(len(whole))))
+    assert not list((run / "crops").rglob("*.npy"))  # no second copy of the crops
     pd.testing.assert_frame_equal(
         pd.read_parquet(run / "crops" / "index.parquet"), pd.read_parquet(reference / "crops" / "index.parquet")
     )

@@ -120,6 +120,12 @@ class TrainingConfig(_Section):
     devices: int | str = "auto"
     num_nodes: int = Field(1, ge=1)
     num_workers: int = Field(0, ge=0)
+    max_cells_per_image: int | None = Field(
+        None, ge=1, description="Train (and validate) on at most this many random cells of each image; null = all."
+    )
+    max_cells_per_class: int | None = Field(
+        None, ge=1, description="Then at most this many cells of each class per epoch; null = all."
+    )
 
 
 Backbone = Literal["efficientnet-b0", "efficientnet-lite0"]

@@ -39,7 +39,7 @@ def save_png(figure: Figure, path: str | Path, dpi: int) -> Path:
 
 def flow_to_rgb(flows: np.ndarray) -> np.ndarray:
     """Cellpose's flow colouring: hue = direction, brightness = magnitude."""
-    dy, dx = flows[0], flows[1]
+    dy, dx = flows[0].astype(np.float32), flows[1].astype(np.float32)
     angle = (np.arctan2(dy, dx) + np.pi) / (2 * np.pi)
     magnitude = np.sqrt(dy**2 + dx**2)
     magnitude = np.clip(magnitude / (np.percentile(magnitude, 99) + 1e-6), 0, 1)

@@ -60,14 +60,16 @@ def remove_stale_temporaries(folder: str | Path) -> int:
 
 
 def write_tiff(path: str | Path, array: np.ndarray, info: dict | None = None) -> None:
-    """Write a compressed TIFF atomically (zlib: lossless, readable by every TIFF reader).
+    """Write a compressed TIFF atomically (zlib: lossless, readable by every TIFF reader; floating-point arrays
+    with the floating-point predictor, which shrinks them further).
 
     ``info`` is stored as JSON in the ImageDescription tag, so an output describes itself
     (:func:`read_tiff_info`) and a resumed stage needs no side files.
     """
+    predictor = 3 if np.issubdtype(array.dtype, np.floating) else None
     with atomic_path(path) as tmp:
         description = json.dumps(info, default=_json_default) if info is not None else None
-        tifffile.imwrite(tmp, array, compression="zlib", description=description, metadata=None)
+        tifffile.imwrite(tmp, array, compression="zlib", predictor=predictor, description=description, metadata=None)
 
 
 def read_tiff_info(path: str | Path) -> dict:

@@ -8,7 +8,7 @@
     RUN/figures/<image_id>.png       Figure 1 panels
     RUN/cells/<image_id>.parquet     per-image measurements (the resume unit)
     RUN/cells.parquet                all cells; cells.csv with --csv
-    RUN/crops/                       crops.npy, index.parquet, settings.json, parts/<image_id>.npy
+    RUN/crops/                       index.parquet, settings.json, parts/<image_id>.crops (store.py)
     RUN/embeddings/<image_id>.parquet  per-cell embeddings (cell_id, image_id, emb_…); settings.json
     RUN/profiles/                    <kind>_wells.parquet, <kind>_treatments.parquet, metrics.json
     RUN/model/                       split.parquet, split.json, history.csv, checkpoints/, bundle/, train.json
@@ -117,7 +117,7 @@ class RunFolder:
         return self.cells_per_image / f"{image_id}.parquet"
 
     def crop_part(self, image_id: str) -> Path:
-        return self.crop_parts / f"{image_id}.npy"
+        return self.crop_parts / f"{image_id}.crops"
 
     def embedding_path(self, image_id: str) -> Path:
         return self.embeddings / f"{image_id}.parquet"

@@ -56,6 +56,22 @@ def downsample_control(
     return images[keep].reset_index(drop=True), info
 
 
+def cap_cells(cells: pd.DataFrame, label: str, per_image: int | None, per_class: int | None, seed: int) -> pd.DataFrame:
+    """At most ``per_image`` cells of each image, then at most ``per_class`` of each class (a seeded random
+    sample, in the table's order): what one epoch costs on a whole plate is set here, not by the plate's size.
+    Whole images stay in (every image keeps cells), so votes and the split are unchanged."""
+    rng = np.random.default_rng(seed)
+    keep = np.ones(len(cells), dtype=bool)
+    if per_image is not None:
+        rank = pd.Series(rng.random(len(cells)), index=cells.index).groupby(cells["image_id"].to_numpy()).rank()
+        keep &= (rank <= per_image).to_numpy()
+    if per_class is not None:
+        score = pd.Series(rng.random(len(cells)), index=cells.index).where(keep, np.inf)
+        rank = score.groupby(cells[label].to_numpy()).rank(method="first")
+        keep &= (rank <= per_class).to_numpy()
+    return cells[keep]
+
+
 def _held_out_groups(group_label: pd.Series, fraction: float, stratify: bool, rng: np.random.Generator) -> set[str]:
     """Pick test groups: per class when stratified (at least one group from every class that has two)."""
     chosen: set[str] = set()

@@ -1,75 +1,110 @@
-"""The crop store: one memory-mapped uint8 array plus a Parquet index, read by training and prediction.
+"""The crop store: per-image files of per-cell compressed crops plus a Parquet index, read by training and
+prediction.
 
 Layout of ``RUN/crops/``::
 
-    crops.npy        uint8 (N, 8, S, S): channels 0-3 the image half, 4-7 the flow half (crops.py)
-    index.parquet    one row per crop: row, cell_id, image_id, label (row = position in crops.npy)
-    settings.json    recipe, store size, channel names, per-plate intensity scales
-    parts/<image_id>.npy  per-image pieces (the resume unit of the crops stage)
+    parts/<image_id>.crops   the crops of one image's cells, uint8 (8, S, S) each: channels 0-3 the image half,
+                             4-7 the flow half (crops.py); each crop compressed on its own (Blosc zstd, bit shuffle)
+    index.parquet            one row per crop: row, cell_id, image_id, label, part, offset, length
+    settings.json            recipe, store size, channel names, per-plate intensity scales
 
-A training batch is one fancy-index into the memory map (sorted rows, so reads are sequential where
-they can be): no TIFF is opened again after the crops stage.
+A part file is ``CROPS01`` (magic), ``n`` and the ``n + 1`` byte offsets of the cells' blobs (little-endian
+uint64), then the blobs. Each image's task writes its own part (atomically, in parallel, the resume unit); there
+is no merged copy. A batch reads each cell with one ``pread`` and decompresses it: any cell of a plate is reached
+without touching the rest.
+
+Why not zarr: a zarr 3 array per image (1-cell chunks, one shard per image, Blosc) gave the same bytes per cell
+but read a random 64-cell batch in 166-200 ms on this machine — its per-call overhead is milliseconds — where this
+format takes ~2 ms; a CPU training step on that batch takes ~600 ms, a GPU step far less. The codec is numcodecs',
+the field's (zarr's own).
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Callable
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from cellresponse.crops import CHANNELS
 from cellresponse.errors import InputError
 from cellresponse.io import atomic_path, write_parquet
 
+MAGIC = b"CROPS01\x00"
+PART_SUFFIX = ".crops"
 
-def write_store(
-    folder: Path,
-    cells: pd.DataFrame,
-    part_path: Callable[[str], Path],
-    settings: dict[str, Any],
-    progress: bool = True,
-) -> dict[str, int]:
-    """Gather the per-image parts into ``crops.npy`` in ``cells`` order; skipped when already current."""
+
+def _codec() -> Any:
+    # Imported here because start-up time needs it (numcodecs loads its C codecs); one thread: the per-image tasks
+    # and the loader's workers are the parallelism, and Blosc's own threads do not survive a fork.
+    from numcodecs import Blosc
+
+    return Blosc(cname="zstd", clevel=5, shuffle=Blosc.BITSHUFFLE, blocksize=0)
+
+
+def write_part(path: Path, crops: np.ndarray) -> int:
+    """Write one image's crops ``(n, 8, S, S)`` uint8 as a part file (atomically); returns its size in bytes."""
+    codec = _codec()
+    blobs = [bytes(codec.encode(np.ascontiguousarray(crop))) for crop in crops]
+    sizes = np.fromiter((len(b) for b in blobs), dtype=np.uint64, count=len(blobs))
+    header = len(MAGIC) + 8 + 8 * (len(blobs) + 1)
+    offsets = header + np.concatenate([[0], np.cumsum(sizes)]).astype("<u8")
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        handle.write(MAGIC)
+        handle.write(np.uint64(len(blobs)).astype("<u8").tobytes())
+        handle.write(offsets.tobytes())
+        for blob in blobs:
+            handle.write(blob)
+    return int(offsets[-1])
+
+
+def part_offsets(path: Path) -> np.ndarray:
+    """The ``n + 1`` byte offsets of a part file's blobs (read from its header only)."""
+    with open(path, "rb") as handle:
+        if handle.read(len(MAGIC)) != MAGIC:
+            raise InputError(f"{path} is not a crop part — rerun `cellresponse crops --overwrite`")
+        n = int(np.frombuffer(handle.read(8), dtype="<u8")[0])
+        return np.frombuffer(handle.read(8 * (n + 1)), dtype="<u8").astype(np.int64)
+
+
+def write_index(folder: Path, cells: pd.DataFrame, part_path: Any) -> dict[str, int]:
+    """Index every cell's crop in ``cells`` order (the parts' headers only are read); checks each part holds
+    its image's measured cells. Returns the cell count and the bytes of all parts."""
     folder = Path(folder)
-    store_path, index_path = folder / "crops.npy", folder / "index.parquet"
+    image_ids = cells["image_id"].astype(str).to_numpy()
+    parts, offsets, lengths = [], [], []
+    total = 0
+    # cells.parquet holds each image's cells contiguously, in the order of the image table
+    boundaries = np.flatnonzero(np.r_[True, image_ids[1:] != image_ids[:-1], True])
+    for a, b in itertools.pairwise(boundaries):
+        path = Path(part_path(image_ids[a]))
+        starts = part_offsets(path)
+        if len(starts) - 1 != b - a:
+            raise InputError(
+                f"crops of {image_ids[a]} hold {len(starts) - 1} cells, the measurements {b - a} — "
+                "rerun `cellresponse crops --overwrite`"
+            )
+        parts += [path.name] * (b - a)
+        offsets.append(starts[:-1])
+        lengths.append(np.diff(starts))
+        total += int(starts[-1])
     index = pd.DataFrame(
         {
             "row": np.arange(len(cells), dtype=np.int64),
             "cell_id": cells["cell_id"].astype(str).to_numpy(),
-            "image_id": cells["image_id"].astype(str).to_numpy(),
+            "image_id": image_ids,
             "label": cells["label"].astype(np.int64).to_numpy(),
+            "part": parts,
+            "offset": np.concatenate(offsets) if offsets else np.zeros(0, np.int64),
+            "length": np.concatenate(lengths) if lengths else np.zeros(0, np.int64),
         }
     )
-    size = int(settings["store_size"])
-    if store_path.exists() and index_path.exists():
-        old = pd.read_parquet(index_path)
-        shape = np.load(store_path, mmap_mode="r").shape
-        if old["cell_id"].tolist() == index["cell_id"].tolist() and shape == (len(cells), CHANNELS, size, size):
-            return {"cells": len(cells), "bytes": store_path.stat().st_size}
-    with atomic_path(store_path) as tmp:
-        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(cells), CHANNELS, size, size))
-        image_ids = index["image_id"].to_numpy()
-        # cells.parquet holds each image's cells contiguously, in the order of the image table
-        boundaries = np.flatnonzero(np.r_[True, image_ids[1:] != image_ids[:-1], True])
-        for a, b in tqdm(list(itertools.pairwise(boundaries)), desc="store", unit="image", disable=not progress):
-            image_id = image_ids[a]
-            part = np.load(part_path(image_id))
-            if part.shape[0] != b - a:
-                raise InputError(
-                    f"crops of {image_id} hold {part.shape[0]} cells, the measurements {b - a} — "
-                    "rerun `cellresponse crops --overwrite`"
-                )
-            array[a:b] = part
-        array.flush()
-        del array
-    write_parquet(index_path, index)
-    return {"cells": len(cells), "bytes": store_path.stat().st_size}
+    write_parquet(folder / "index.parquet", index)
+    return {"cells": len(cells), "bytes": total}
 
 
 class CropStore:
@@ -77,22 +112,30 @@ class CropStore:
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
-        path = self.folder / "crops.npy"
-        if not path.exists():
-            raise InputError(f"crop store {path} not found — run `cellresponse crops` first")
-        self.array = np.load(path, mmap_mode="r")
-        self.index = pd.read_parquet(self.folder / "index.parquet")
+        index_path = self.folder / "index.parquet"
+        if not index_path.exists():
+            raise InputError(f"crop store {self.folder} not found — run `cellresponse crops` first")
+        self.index = pd.read_parquet(index_path)
+        if "part" not in self.index.columns:
+            raise InputError(
+                f"{self.folder} is a crop store of an earlier version — rerun `cellresponse crops --overwrite`"
+            )
         settings_path = self.folder / "settings.json"
         self.settings: dict[str, Any] = (
             json.loads(settings_path.read_text())["settings"] if settings_path.exists() else {}
         )
+        self._parts = self.index["part"].to_numpy()
+        self._offsets = self.index["offset"].to_numpy(np.int64)
+        self._lengths = self.index["length"].to_numpy(np.int64)
+        self._size = int(self.settings.get("store_size", 0))
+        self._codec = None
 
     def __len__(self) -> int:
-        return int(self.array.shape[0])
+        return len(self.index)
 
     @property
     def store_size(self) -> int:
-        return int(self.array.shape[-1])
+        return self._size
 
     def rows_for(self, cell_ids: pd.Series | list[str]) -> np.ndarray:
         lookup = pd.Series(self.index["row"].to_numpy(), index=self.index["cell_id"].to_numpy())
@@ -102,8 +145,25 @@ class CropStore:
         return lookup.loc[list(cell_ids)].to_numpy()
 
     def batch(self, rows: np.ndarray) -> np.ndarray:
-        rows = np.asarray(rows)
-        order = np.argsort(rows, kind="stable")
-        out = np.empty((len(rows), *self.array.shape[1:]), dtype=np.uint8)
-        out[order] = self.array[rows[order]]
+        rows = np.asarray(rows, dtype=np.int64)
+        if self._codec is None:
+            self._codec = _codec()
+        shape = (CHANNELS, self._size, self._size)
+        out = np.empty((len(rows), *shape), dtype=np.uint8)
+        # one open per part file in the batch, one pread per cell, in file order
+        order = np.lexsort((self._offsets[rows], self._parts[rows]))
+        handle, current = -1, None
+        try:
+            for i in order:
+                row = rows[i]
+                if self._parts[row] != current:
+                    if handle >= 0:
+                        os.close(handle)
+                    current = self._parts[row]
+                    handle = os.open(self.folder / "parts" / current, os.O_RDONLY)
+                blob = os.pread(handle, int(self._lengths[row]), int(self._offsets[row]))
+                out[i] = np.frombuffer(self._codec.decode(blob), dtype=np.uint8).reshape(shape)
+        finally:
+            if handle >= 0:
+                os.close(handle)
         return out

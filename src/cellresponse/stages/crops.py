@@ -1,5 +1,6 @@
 """``cellresponse crops``: a mask crop and a flow crop of every measured cell, into the crop store ``RUN/crops``
-(per-image parts, then one memory-mapped array); resumable, parallel. What the crops hold: crops.py."""
+(one compressed part file per image, written by that image's task, and an index: store.py); resumable, parallel.
+What the crops hold: crops.py."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from cellresponse.channels import apply_recipe, load_stack, resolve_channel
 from cellresponse.config import Config
 from cellresponse.crops import FLOW_NAMES, MASK_FLOW_NAMES, cell_crops
 from cellresponse.errors import InputError
-from cellresponse.io import atomic_path, read_tiff, read_tiff_info
+from cellresponse.io import read_tiff, read_tiff_info
 from cellresponse.runfolder import RunFolder
 from cellresponse.stages.per_image import (
     config_from_json,
@@ -23,7 +24,7 @@ from cellresponse.stages.per_image import (
     require_outputs,
     settled_scales,
 )
-from cellresponse.store import write_store
+from cellresponse.store import write_index, write_part
 from cellresponse.transforms import DISPLAY_PERCENTILES, flow_planes, to_unit
 
 log = logging.getLogger(__name__)
@@ -123,13 +124,12 @@ def crop_one(row: dict, *, config_json: str, run_root: str, names: list[str], sc
         config.crops.padding,
         config.crops.recipe,
     )
-    with atomic_path(run.crop_part(image_id)) as tmp, open(tmp, "wb") as handle:
-        np.save(handle, crops)
-    return {"image_id": image_id, "cells": len(crops)}
+    size = write_part(run.crop_part(image_id), crops)
+    return {"image_id": image_id, "cells": len(crops), "bytes": size}
 
 
 def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Cut every measured cell into ``RUN/crops`` (per-image parts, then one memory-mapped store)."""
+    """Cut every measured cell into ``RUN/crops`` (a compressed part per image, then the index)."""
     started = time.perf_counter()
     rows, names = image_rows(run)
     cells = run.read_cells()
@@ -157,7 +157,7 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
     )
     if outcome.failed:
         run.record_stage("crops", {"images": len(rows), "failed": len(outcome.failed)}, outcome.failed)
-    store = write_store(run.crops, cells, run.crop_part, settings, progress)
+    store = write_index(run.crops, cells, run.crop_part)
     summary = {
         **outcome.counts("cropped_now"),
         "cells": store["cells"],
@@ -168,10 +168,11 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
     }
     run.record_stage("crops", summary)
     log.info(
-        "crop store: %d cells × %s at %d px (%.1f MB)",
+        "crop store: %d cells × %s at %d px (%.1f MB, %.1f KB a cell)",
         store["cells"],
         settings["channels"],
         config.crops.store_size,
         store["bytes"] / 1e6,
+        store["bytes"] / max(1, store["cells"]) / 1e3,
     )
     return summary

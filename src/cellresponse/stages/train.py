@@ -33,6 +33,7 @@ from cellresponse.splits import (
     LabelEncoder,
     Scaler,
     assign_split,
+    cap_cells,
     count_nonfinite,
     downsample_control,
     log_split,
@@ -125,6 +126,18 @@ def cell_sets(
         )
 
     val = val[encoder.transform(val["true_label"]) >= 0]  # classes never trained on cannot be scored
+    t = config.training
+    if t.max_cells_per_image is not None or t.max_cells_per_class is not None:
+        before = len(train)
+        train = cap_cells(train, "true_label", t.max_cells_per_image, t.max_cells_per_class, config.seed)
+        val = cap_cells(val, "true_label", t.max_cells_per_image, None, config.seed)
+        log.info(
+            "cell cap (training.max_cells_per_image %s, max_cells_per_class %s): training on %d of %d cells",
+            t.max_cells_per_image,
+            t.max_cells_per_class,
+            len(train),
+            before,
+        )
     return encoder, scaler, to_set(train), to_set(val), val_side
 
 

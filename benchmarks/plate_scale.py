@@ -1,0 +1,192 @@
+"""Benchmark: a whole CPJUMP1 plate on a small machine — every per-image stage on N real 1080×1080 fields.
+
+Builds a plate folder of N fields under Phenix names, each hard-linked to one of the two real 5-channel CPJUMP1
+fields in ../shared/data/cpjump1/fields (ch1-ch5), runs `segment`, `measure`, `crops` and `embed` with the
+defaults (each as the CLI runs it, `--workers W`), then one training epoch with the CPU preset, and prints per
+stage, all measured in this one run:
+
+  * fields/s and cells/s, and the projection for the study's 2,867 fields on this machine;
+  * peak RSS of the stage's main process and of its largest worker (sampled every 0.1 s);
+  * bytes on disk per cell and per field of each output;
+  * the CPU training epoch of the study's plate, projected from the measured training rate and the cells an
+    epoch sees there (the study's metadata, control down-sampling, the split and the cell cap of the preset).
+
+Usage: python benchmarks/plate_scale.py [--fields 48] [--workers 2] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import psutil
+from common import SHARED
+
+from cellresponse.config import load_config
+from cellresponse.splits import assign_split, downsample_control
+
+SOURCES = ("BR00143976-r03c03f03", "unlabelled-r01c02f01")  # the real fields with five fluorescence channels
+CHANNELS = (1, 2, 3, 4, 5)
+STUDY_FIELDS = 2867
+STAGES = ("segment", "measure", "crops", "embed")
+OUTPUTS = {"segment": ("masks", "flows"), "measure": ("cells",), "crops": ("crops",), "embed": ("embeddings",)}
+
+
+def build_plate(folder: Path, n_fields: int) -> tuple[Path, Path]:
+    """N fields (4 sites a well) hard-linked under Phenix names, and metadata with two labels by well."""
+    images = folder / "BENCH" / "Images"
+    images.mkdir(parents=True)
+    wells = []
+    for i in range(n_fields):
+        source_dir = SHARED / "cpjump1" / "fields" / SOURCES[i % len(SOURCES)]
+        well, site = divmod(i, 4)
+        row, col = divmod(well, 24)
+        name = f"r{row + 1:02d}c{col + 1:02d}f{site + 1:02d}p01"
+        for channel in CHANNELS:
+            source = next(source_dir.glob(f"*-ch{channel}sk1fk1fl1.tiff"))
+            os.link(source, images / f"{name}-ch{channel}sk1fk1fl1.tiff")
+        if site == 0:
+            wells.append((f"{chr(ord('A') + row)}{col + 1:02d}", f"label_{well % 2}"))
+    metadata = folder / "metadata.csv"
+    pd.DataFrame(
+        {
+            "Metadata_Plate": "BENCH",
+            "Metadata_Well": [w for w, _ in wells],
+            "Metadata_pert_iname": [x for _, x in wells],
+        }
+    ).to_csv(metadata, index=False)
+    return images.parent, metadata
+
+
+def run_measured(argv: list[str]) -> dict[str, float]:
+    """Run a CLI command; wall seconds and peak RSS (bytes) of its main process and of its largest child."""
+    process = subprocess.Popen([sys.executable, "-m", "cellresponse.cli", *argv], stderr=subprocess.PIPE, text=True)
+    peak = {"main": 0, "worker": 0}
+    watched = psutil.Process(process.pid)
+
+    def sample() -> None:
+        while process.poll() is None:
+            try:
+                peak["main"] = max(peak["main"], watched.memory_info().rss)
+                for child in watched.children(recursive=True):
+                    peak["worker"] = max(peak["worker"], child.memory_info().rss)
+            except psutil.Error:
+                pass
+            time.sleep(0.1)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    started = time.perf_counter()
+    thread.start()
+    _, stderr = process.communicate()
+    seconds = time.perf_counter() - started
+    thread.join()
+    if process.returncode != 0:
+        raise SystemExit(f"cellresponse {' '.join(argv)} failed:\n{stderr[-3000:]}")
+    return {"seconds": seconds, "rss_main": peak["main"], "rss_worker": peak["worker"]}
+
+
+def folder_bytes(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def study_epoch_cells(cells_per_field: float, cap: int | None) -> int:
+    """Cells one training epoch sees on the study's plate: its 2,867 fields, controls down-sampled and split as
+    `train` does with the CPU preset, each training field's cells (capped)."""
+    meta = pd.read_csv(SHARED / "cpjump1" / "metadata" / "metadata_BR00116991_filtered.csv")
+    images = pd.DataFrame(
+        {
+            "image_id": [f"f{i}" for i in range(len(meta))],
+            "plate": meta["Metadata_Plate"].astype(str),
+            "well": meta["Metadata_Well"].astype(str),
+            "Metadata_pert_iname": meta["Metadata_pert_iname"].astype(str),
+        }
+    )
+    per_image = pd.Series(cells_per_field, index=images["image_id"])
+    config = load_config(preset="cpu")
+    chosen, _ = downsample_control(images, per_image, "Metadata_pert_iname", "DMSO", config.seed)
+    s = config.split
+    side, _ = assign_split(
+        chosen, "Metadata_pert_iname", s.by, s.column, s.test_values, s.test_fraction, s.validation_fraction,
+        s.stratify, config.seed,
+    )  # fmt: skip
+    per_field = min(cells_per_field, cap) if cap else cells_per_field
+    return int((side == "train").sum() * per_field)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--fields", type=int, default=48)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--keep", type=Path, help="build the plate and run folder here and keep them")
+    args = parser.parse_args()
+    if not (SHARED / "cpjump1" / "fields").is_dir():
+        raise SystemExit(f"needs the real CPJUMP1 fields in {SHARED / 'cpjump1' / 'fields'}")
+    base = args.keep or Path(tempfile.mkdtemp(prefix="plate_scale_"))
+    base.mkdir(parents=True, exist_ok=True)
+    plate, metadata = build_plate(base / "plate", args.fields)
+    run = base / "run"
+    common = ["--workers", str(args.workers), "--no-progress"]
+    run_measured(["images", "--images", str(plate / "Images"), "--metadata", str(metadata), "--out", str(run)])
+    results = {}
+    for stage in STAGES:
+        results[stage] = run_measured([stage, str(run), *common])
+    cells = len(pd.read_parquet(run / "cells.parquet", columns=["image_id"]))
+    n = args.fields
+    print(f"plate_scale: {n} real 1080×1080 CPJUMP1 fields (ch1-5), {cells} cells ({cells / n:.0f} a field), ")
+    print(
+        f"defaults, --workers {args.workers}, {os.cpu_count()} cores; projected to the study's {STUDY_FIELDS} fields\n"
+    )
+    header = f"{'stage':<9}{'fields/s':>9}{'cells/s':>9}{'projected':>11}{'RSS main':>10}{'RSS worker':>11}  on disk"
+    print(header)
+    print("-" * len(header))
+    per_image_total = 0.0
+    for stage, r in results.items():
+        projected = r["seconds"] / n * STUDY_FIELDS
+        if stage != "embed":
+            per_image_total += projected
+        sizes = {name: folder_bytes(run / name) for name in OUTPUTS[stage]}
+        disk = "; ".join(
+            f"{name} {size / cells / 1e3:.1f} KB/cell, {size / n / 1e6:.2f} MB/field" for name, size in sizes.items()
+        )
+        print(
+            f"{stage:<9}{n / r['seconds']:>9.2f}{cells / r['seconds']:>9.0f}{projected / 60:>8.1f} min"
+            f"{r['rss_main'] / 1e9:>8.2f} GB{r['rss_worker'] / 1e9:>9.2f} GB  {disk}"
+        )
+    print(f"\nsegment + measure + crops projected: {per_image_total / 60:.1f} min (goal <= 60)")
+    peak = max(max(r["rss_main"], r["rss_worker"]) for r in results.values())
+    print(f"peak RSS of any process: {peak / 1e9:.2f} GB (goal <= 1.5)")
+    crops_per_cell = folder_bytes(run / "crops") / cells
+    print(f"crop store: {crops_per_cell / 1e3:.1f} KB per cell (goal <= 40), no second copy: "
+          f"{not list((run / 'crops').rglob('*.npy'))}")  # fmt: skip
+
+    train = run_measured(["train", str(run), "--preset", "cpu", "--epochs", "1", "--split-by", "well", *common[2:]])
+    history = pd.read_csv(run / "model" / "history.csv")
+    summary = pd.read_json(run / "model" / "train.json", typ="series")
+    rate = summary["cells_train"] / history["seconds"].iloc[0]
+    cap = load_config(preset="cpu").training.max_cells_per_image
+    epoch_cells = study_epoch_cells(cells / n, cap)
+    print(
+        f"\nCPU training, cpu preset: {rate:.0f} cells/s ({summary['cells_train']} cells, one epoch "
+        f"{history['seconds'].iloc[0]:.0f} s, train stage {train['seconds']:.0f} s, "
+        f"peak RSS {train['rss_main'] / 1e9:.2f} GB)"
+    )
+    print(
+        f"study plate: {epoch_cells} cells an epoch (cap {cap} a field) -> {epoch_cells / rate / 60:.1f} min "
+        "an epoch projected (goal <= 30)"
+    )
+    if not args.keep:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
