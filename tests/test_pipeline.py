@@ -44,7 +44,7 @@ def test_real_fields_segmented_and_measured(tmp_path):
         for image_id in images["image_id"]:
             mask = tifffile.imread(run / "masks" / f"{image_id}.tif")
             flows = tifffile.imread(run / "flows" / f"{image_id}.tif")
-            assert mask.dtype == np.uint32 and flows.shape == (3, *mask.shape) and flows.dtype == np.float32
+            assert mask.dtype == np.uint32 and flows.shape == (3, *mask.shape) and flows.dtype == np.float16
             per_image = cells[cells["image_id"] == image_id]
             assert len(per_image) > 20
             assert set(per_image["label"]) <= set(np.unique(mask)) - {0}
