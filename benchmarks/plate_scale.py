@@ -169,11 +169,15 @@ def main() -> None:
     print(f"crop store: {crops_per_cell / 1e3:.1f} KB per cell (goal <= 40), no second copy: "
           f"{not list((run / 'crops').rglob('*.npy'))}")  # fmt: skip
 
-    train = run_measured(["train", str(run), "--preset", "cpu", "--epochs", "1", "--split-by", "well", *common[2:]])
+    # the cpu preset's training on the crops cut with the defaults (96-px store, resized to the preset's 32 px)
+    cpu = load_config(preset="cpu")
+    training = [f"training.{k}={v}" for k, v in cpu.training.model_dump().items() if v is not None]
+    sets = [x for item in [*training, f"crops.size={cpu.crops.size}"] for x in ("--set", item)]
+    train = run_measured(["train", str(run), *sets, "--epochs", "1", "--split-by", "well", *common[2:]])
     history = pd.read_csv(run / "model" / "history.csv")
     summary = pd.read_json(run / "model" / "train.json", typ="series")
     rate = summary["cells_train"] / history["seconds"].iloc[0]
-    cap = load_config(preset="cpu").training.max_cells_per_image
+    cap = cpu.training.max_cells_per_image
     epoch_cells = study_epoch_cells(cells / n, cap)
     print(
         f"\nCPU training, cpu preset: {rate:.0f} cells/s ({summary['cells_train']} cells, one epoch "

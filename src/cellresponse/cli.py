@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cellresponse import __version__
-from cellresponse.config import PRESETS, Config, apply_overrides, load_config
+from cellresponse.config import PRESETS, Config, apply_overrides, load_config, preset_overrides
 from cellresponse.errors import CellResponseError, StageError
 from cellresponse.parallel import is_main_process
 from cellresponse.plate import ImageSource
@@ -187,6 +187,8 @@ def run_config(run: RunFolder, args: argparse.Namespace) -> Config:
     succeeded, so a failed call leaves config.yaml as it was)."""
     config = run.load_config()
     overrides = cli_overrides(args)
+    if getattr(args, "preset", None):  # a preset given to a stage verb applies too, below this call's --set
+        overrides = [*preset_overrides(args.preset), *overrides]
     if overrides:
         config = apply_overrides(config, overrides, str(run.config))
         log.info("config with %s", ", ".join(overrides))

@@ -237,6 +237,14 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
     images = labelled_images(table, config.input.label)
     cells = run.read_cells()
     store = CropStore(run.crops)
+    wanted = crop_settings(config, channel_names(table))
+    if store.settings and store.settings != wanted:
+        changed = sorted(k for k in wanted if store.settings.get(k) != wanted[k])
+        raise InputError(
+            f"the crop store was cut with other settings ({', '.join(changed)}: "
+            f"{', '.join(f'{store.settings.get(k)!r} → {wanted[k]!r}' for k in changed)}) — cut them again with "
+            f"`cellresponse crops {run.root} --overwrite` and the same settings, or train without changing them"
+        )
     sides, report = make_split(run, config, images, cells)
     encoder, scaler, train, val, val_side = cell_sets(cells, sides, images, config, store)
     log.info(
