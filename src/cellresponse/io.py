@@ -101,11 +101,11 @@ def write_parquet(path: str | Path, table: pd.DataFrame) -> None:
         table.to_parquet(tmp, index=False)
 
 
-def read_parquet(path: str | Path) -> pd.DataFrame:
+def read_parquet(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"table not found: {path} — run the stage that writes it first")
-    return pd.read_parquet(path)
+    return pd.read_parquet(path, columns=columns)
 
 
 def write_text(path: str | Path, text: str) -> None:

@@ -162,14 +162,15 @@ class RunFolder:
         return load_config(self.require(self.config, "images"))
 
     # ---- tables ------------------------------------------------------------------------------
-    def read_table(self, path: Path, stage: str) -> pd.DataFrame:
-        return with_typed_ids(read_parquet(self.require(path, stage)))
+    def read_table(self, path: Path, stage: str, columns: list[str] | None = None) -> pd.DataFrame:
+        return with_typed_ids(read_parquet(self.require(path, stage), columns))
 
     def read_images(self) -> pd.DataFrame:
         return self.read_table(self.images, "images")
 
-    def read_cells(self) -> pd.DataFrame:
-        return self.read_table(self.cells, "measure")
+    def read_cells(self, columns: list[str] | None = None) -> pd.DataFrame:
+        """The measured cells (``columns`` only, when given: a whole plate's table is ~0.6 KB a cell)."""
+        return self.read_table(self.cells, "measure", columns)
 
     def read_split(self) -> tuple[pd.Series, dict[str, Any]]:
         """Each split image's side (indexed by image_id) and the split report."""

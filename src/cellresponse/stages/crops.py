@@ -132,7 +132,7 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
     """Cut every measured cell into ``RUN/crops`` (a compressed part per image, then the index)."""
     started = time.perf_counter()
     rows, names = image_rows(run)
-    cells = run.read_cells()
+    cells = run.read_cells(["cell_id", "image_id", "label"])  # the index needs no features: memory stays small
     settings = crop_settings(config, names)
     scales = settled_scales(
         run.crops,
