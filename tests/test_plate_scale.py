@@ -122,10 +122,13 @@ def dask_cluster(tmp_path):
             address = client.scheduler.address
         yield address
     finally:
-        for process in reversed(started):
+        for process in reversed(started):  # workers first, then the scheduler
             process.terminate()
-        for process in started:
-            process.wait(timeout=30)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:  # a worker may wait on a scheduler that is going away
+                process.kill()
+                process.wait()
 
 
 def test_segment_and_measure_on_a_real_dask_cluster_equal_the_in_process_run(tiny_plates, tmp_path, dask_cluster):
