@@ -18,7 +18,7 @@ from cellresponse.profiles import PROFILE_KINDS, features_model_probabilities
 from cellresponse.runfolder import RunFolder
 from cellresponse.selection import NETWORK, choose_model, profile_validation_scores
 from cellresponse.splits import TEST, TRAIN, VALIDATION
-from cellresponse.stages.train import profile_tables
+from cellresponse.stages.profile import profile_tables
 from tests.conftest import run_cli
 
 

@@ -100,6 +100,11 @@ def crop_settings(config: Config, names: list[str]) -> dict[str, Any]:
     }
 
 
+def changed_settings(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """The keys whose values differ between two :func:`crop_settings` (a key on one side only counts)."""
+    return sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
+
+
 def crop_one(row: dict, *, config_json: str, run_root: str, names: list[str], scales: dict) -> dict:
     """Cut the cells of one measured field into its per-image part of the store."""
     config = config_from_json(config_json)

@@ -31,7 +31,7 @@ from cellresponse.metrics import LEVELS, classification_metrics, prediction_tabl
 from cellresponse.plate import labelled_images, read_table
 from cellresponse.runfolder import RunFolder
 from cellresponse.splits import TEST, assign_split, log_split
-from cellresponse.stages.train import profile_tables
+from cellresponse.stages.profile import profile_tables
 from cellresponse.store import CropStore
 
 log = logging.getLogger(__name__)

@@ -56,10 +56,8 @@ def check_compatible(bundle_channels: list[str], names: list[str], bundle_crops:
             f"the model was trained on channels {list(bundle_channels)}, these images have {list(names)} — "
             "predict needs the same channels in the same order (rename the load_data columns to match)"
         )
-    if bundle_crops != crop_settings:
-        changed = sorted(
-            k for k in set(bundle_crops) | set(crop_settings) if bundle_crops.get(k) != crop_settings.get(k)
-        )
+    changed = crops.changed_settings(bundle_crops, crop_settings)
+    if changed:
         raise InputError(f"crop settings differ from the model bundle's in {changed}; use the bundle's settings")
 
 

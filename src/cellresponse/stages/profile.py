@@ -9,6 +9,7 @@ Writes ``RUN/profiles/<kind>_wells.parquet``, ``RUN/profiles/<kind>_treatments.p
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import Any
@@ -31,7 +32,7 @@ from cellresponse.config import Config
 from cellresponse.io import write_json, write_parquet
 from cellresponse.measure import feature_columns
 from cellresponse.plate import check_columns
-from cellresponse.profiles import image_feature_table
+from cellresponse.profiles import PROFILE_KINDS, image_feature_table, image_profiles
 from cellresponse.retrieval import nsc_accuracy, retrieval_map
 from cellresponse.runfolder import RunFolder
 from cellresponse.stages.embed import mean_embeddings
@@ -64,6 +65,28 @@ def image_tables(run: RunFolder, kinds: list[str], images: pd.DataFrame) -> dict
         means = mean_embeddings(run, images["image_id"].tolist())
         tables["deep"] = (means.rename_axis("image_id").reset_index(), list(means.columns))
     return tables
+
+
+def frozen_embedding_settings(run: RunFolder) -> dict[str, Any] | None:
+    """The settings of the run's embeddings when they come from the frozen pretrained network (the only ones a
+    new plate can be embedded with before a model exists); None otherwise."""
+    if not run.embedding_settings.is_file():
+        return None
+    settings = json.loads(run.embedding_settings.read_text()).get("settings", {})
+    return settings if "window" in settings else None
+
+
+def profile_tables(run: RunFolder, cells: pd.DataFrame, image_ids: list[str]) -> dict[str, pd.DataFrame]:
+    """Per-image profiles of every kind the run has: measured always, deep and both once every image of the
+    split has its embeddings from the frozen pretrained network (``cellresponse embed``)."""
+    measured = image_feature_table(cells[cells["image_id"].isin(set(image_ids))], feature_columns(cells.columns))
+    embedded = frozen_embedding_settings(run) is not None and all(run.embedding_path(i).is_file() for i in image_ids)
+    if not embedded:
+        log.info("no frozen-network embeddings for every image: the deep and both profile models are left out")
+    deep = mean_embeddings(run, image_ids) if embedded else None
+    return {
+        kind: image_profiles(kind, measured, deep) for kind in PROFILE_KINDS if deep is not None or kind == "measured"
+    }
 
 
 def normalized_wells(

@@ -23,7 +23,7 @@ from cellresponse.measure import feature_columns
 from cellresponse.metrics import vote
 from cellresponse.parallel import is_main_process
 from cellresponse.plate import channel_names, labelled_images
-from cellresponse.profiles import PROFILE_KINDS, fit_features_model, image_feature_table, image_profiles
+from cellresponse.profiles import fit_features_model
 from cellresponse.runfolder import RunFolder
 from cellresponse.selection import NETWORK, choose_model, describe_choice, profile_validation_scores
 from cellresponse.splits import (
@@ -38,8 +38,8 @@ from cellresponse.splits import (
     downsample_control,
     log_split,
 )
-from cellresponse.stages.crops import crop_settings
-from cellresponse.stages.embed import mean_embeddings
+from cellresponse.stages.crops import changed_settings, crop_settings
+from cellresponse.stages.profile import frozen_embedding_settings, profile_tables
 from cellresponse.store import CropStore
 from cellresponse.training import CellDataModule, CellResponseModule, CellSet, build_trainer, seed_everything
 
@@ -152,28 +152,6 @@ def label_to_target(images: pd.DataFrame, config: Config) -> dict[str, str]:
     return dict(zip(pairs[config.input.label], pairs[column], strict=True))
 
 
-def frozen_embedding_settings(run: RunFolder) -> dict[str, Any] | None:
-    """The settings of the run's embeddings when they come from the frozen pretrained network (the only ones a
-    new plate can be embedded with before a model exists); None otherwise."""
-    if not run.embedding_settings.is_file():
-        return None
-    settings = json.loads(run.embedding_settings.read_text()).get("settings", {})
-    return settings if "window" in settings else None
-
-
-def profile_tables(run: RunFolder, cells: pd.DataFrame, image_ids: list[str]) -> dict[str, pd.DataFrame]:
-    """Per-image profiles of every kind the run has: measured always, deep and both once every image of the
-    split has its embeddings from the frozen pretrained network (``cellresponse embed``)."""
-    measured = image_feature_table(cells[cells["image_id"].isin(set(image_ids))], feature_columns(cells.columns))
-    embedded = frozen_embedding_settings(run) is not None and all(run.embedding_path(i).is_file() for i in image_ids)
-    if not embedded:
-        log.info("no frozen-network embeddings for every image: the deep and both profile models are left out")
-    deep = mean_embeddings(run, image_ids) if embedded else None
-    return {
-        kind: image_profiles(kind, measured, deep) for kind in PROFILE_KINDS if deep is not None or kind == "measured"
-    }
-
-
 def profile_models(tables: dict[str, pd.DataFrame], labels: pd.Series, sides: pd.Series) -> dict[str, dict]:
     """A profile model per kind fitted on the non-test images (exactly what `evaluate` scores); none when that
     side holds a single class."""
@@ -208,12 +186,12 @@ def model_choice(
     cells: pd.DataFrame,
     tables: dict[str, pd.DataFrame],
     images: pd.DataFrame,
-    sides: pd.DataFrame,
+    side: pd.Series,
+    labels: pd.Series,
 ) -> dict[str, Any]:
-    """Score every candidate on held-out non-test images (selection.py) and pick the ``auto`` model."""
-    side = pd.Series(sides["side"].to_numpy(), index=sides["image_id"].astype(str))
+    """Score every candidate on held-out non-test images (selection.py) and pick the ``auto`` model; ``side`` and
+    ``labels`` are indexed by image id."""
     meta = images.set_index(images["image_id"].astype(str))
-    labels = meta[config.input.label]
     scores = profile_validation_scores(tables, labels, side, meta["plate"].astype(str) + "/" + meta["well"].astype(str))
     scores[NETWORK] = network_validation_score(run, cells, side, labels, config)
     validation_images = int((side == VALIDATION).sum())
@@ -238,8 +216,8 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
     cells = run.read_cells()
     store = CropStore(run.crops)
     wanted = crop_settings(config, channel_names(table))
-    if store.settings and store.settings != wanted:
-        changed = sorted(k for k in wanted if store.settings.get(k) != wanted[k])
+    changed = changed_settings(store.settings, wanted) if store.settings else []
+    if changed:
         raise InputError(
             f"the crop store was cut with other settings ({', '.join(changed)}: "
             f"{', '.join(f'{store.settings.get(k)!r} → {wanted[k]!r}' for k in changed)}) — cut them again with "
@@ -288,7 +266,7 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
         },
         profile_models=profile_models(tables, labels, side_of),
     )
-    choice = model_choice(run, config, cells, tables, images, sides)
+    choice = model_choice(run, config, cells, tables, images, side_of, labels)
     save_choice(run.bundle, choice)
     history = run.read_history()
     summary = {
