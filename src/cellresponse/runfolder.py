@@ -169,7 +169,7 @@ class RunFolder:
         return self.read_table(self.images, "images")
 
     def read_cells(self, columns: list[str] | None = None) -> pd.DataFrame:
-        """The measured cells (``columns`` only, when given: a whole plate's table is ~0.6 KB a cell)."""
+        """The measured cells (``columns`` only, when given: a whole plate's table takes ~630 bytes a cell)."""
         return self.read_table(self.cells, "measure", columns)
 
     def read_split(self) -> tuple[pd.Series, dict[str, Any]]:
