@@ -260,7 +260,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "step_size": 2,
             "augment": True,
             # A whole plate on a CPU: 128 cells a field bring one epoch of the study's plate (2,255 training fields
-            # of ~190 cells) to a projected 29 min at the measured 164 cells/s (benchmarks/plate_scale.py), where
+            # of ~190 cells) to a projected 29 min at the measured 166 cells/s (benchmarks/plate_scale.py), where
             # all cells would take 44. Sparse fields are untouched (BBBC021-moa: median 102 cells a field).
             "max_cells_per_image": 128,
         },
