@@ -6,7 +6,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from cellresponse.config import load_config
+from cellresponse.splits import assign_split, downsample_control
+
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+STUDY_FIELDS = 2867  # fields of the study's plate BR00116991
 
 
 def subset_csv(source: Path, n: int, folder: Path) -> Path:
@@ -17,3 +21,27 @@ def subset_csv(source: Path, n: int, folder: Path) -> Path:
     path = folder / "subset.csv"
     table.to_csv(path, index=False)
     return path
+
+
+def study_epoch_cells(cells_per_field: float, cap: int | None, preset: str | None) -> int:
+    """Cells one training epoch sees on the study's plate: its 2,867 fields, controls down-sampled and split as
+    `train` does with ``preset`` (None: the study's settings), each training field's cells (capped)."""
+    meta = pd.read_csv(SHARED / "cpjump1" / "metadata" / "metadata_BR00116991_filtered.csv")
+    images = pd.DataFrame(
+        {
+            "image_id": [f"f{i}" for i in range(len(meta))],
+            "plate": meta["Metadata_Plate"].astype(str),
+            "well": meta["Metadata_Well"].astype(str),
+            "Metadata_pert_iname": meta["Metadata_pert_iname"].astype(str),
+        }
+    )
+    per_image = pd.Series(cells_per_field, index=images["image_id"])
+    config = load_config(preset=preset)
+    chosen, _ = downsample_control(images, per_image, "Metadata_pert_iname", "DMSO", config.seed)
+    s = config.split
+    side, _ = assign_split(
+        chosen, "Metadata_pert_iname", s.by, s.column, s.test_values, s.test_fraction, s.validation_fraction,
+        s.stratify, config.seed,
+    )  # fmt: skip
+    per_field = min(cells_per_field, cap) if cap else cells_per_field
+    return int((side == "train").sum() * per_field)

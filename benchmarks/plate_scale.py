@@ -28,14 +28,12 @@ from pathlib import Path
 
 import pandas as pd
 import psutil
-from common import SHARED
+from common import SHARED, STUDY_FIELDS, study_epoch_cells
 
 from cellresponse.config import load_config
-from cellresponse.splits import assign_split, downsample_control
 
 SOURCES = ("BR00143976-r03c03f03", "unlabelled-r01c02f01")  # the real fields with five fluorescence channels
 CHANNELS = (1, 2, 3, 4, 5)
-STUDY_FIELDS = 2867
 STAGES = ("segment", "measure", "crops", "embed")
 OUTPUTS = {"segment": ("masks", "flows"), "measure": ("cells",), "crops": ("crops",), "embed": ("embeddings",)}
 
@@ -99,30 +97,6 @@ def folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def study_epoch_cells(cells_per_field: float, cap: int | None) -> int:
-    """Cells one training epoch sees on the study's plate: its 2,867 fields, controls down-sampled and split as
-    `train` does with the CPU preset, each training field's cells (capped)."""
-    meta = pd.read_csv(SHARED / "cpjump1" / "metadata" / "metadata_BR00116991_filtered.csv")
-    images = pd.DataFrame(
-        {
-            "image_id": [f"f{i}" for i in range(len(meta))],
-            "plate": meta["Metadata_Plate"].astype(str),
-            "well": meta["Metadata_Well"].astype(str),
-            "Metadata_pert_iname": meta["Metadata_pert_iname"].astype(str),
-        }
-    )
-    per_image = pd.Series(cells_per_field, index=images["image_id"])
-    config = load_config(preset="cpu")
-    chosen, _ = downsample_control(images, per_image, "Metadata_pert_iname", "DMSO", config.seed)
-    s = config.split
-    side, _ = assign_split(
-        chosen, "Metadata_pert_iname", s.by, s.column, s.test_values, s.test_fraction, s.validation_fraction,
-        s.stratify, config.seed,
-    )  # fmt: skip
-    per_field = min(cells_per_field, cap) if cap else cells_per_field
-    return int((side == "train").sum() * per_field)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fields", type=int, default=48)
@@ -178,7 +152,7 @@ def main() -> None:
     summary = pd.read_json(run / "model" / "train.json", typ="series")
     rate = summary["cells_train"] / history["seconds"].iloc[0]
     cap = cpu.training.max_cells_per_image
-    epoch_cells = study_epoch_cells(cells / n, cap)
+    epoch_cells = study_epoch_cells(cells / n, cap, "cpu")
     print(
         f"\nCPU training, cpu preset: {rate:.0f} cells/s ({summary['cells_train']} cells, one epoch "
         f"{history['seconds'].iloc[0]:.0f} s, train stage {train['seconds']:.0f} s, "

@@ -307,3 +307,25 @@ def test_embed_from_the_trained_network_writes_its_projection_layer(trained, tmp
     expected = predict_cells(bundle, CropStore(copy / "crops"), first, output="embedding")
     got = table.set_index("cell_id").loc[first["cell_id"], columns].to_numpy()
     np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_trainer_takes_precision_and_determinism_from_the_config(tmp_path):
+    """training.precision and training.deterministic reach Lightning (the GPU rates in the README depend on them)."""
+    from cellresponse.training import build_trainer
+
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    try:
+        fast = load_config(None, None, ["training.precision=bf16-mixed", "training.deterministic=false"])
+        trainer = build_trainer(fast, tmp_path / "checkpoints", tmp_path / "history.csv")
+        assert trainer.precision == "bf16-mixed"
+        assert not torch.are_deterministic_algorithms_enabled()
+        assert torch.backends.cudnn.benchmark
+
+        study = load_config()
+        trainer = build_trainer(study, tmp_path / "checkpoints", tmp_path / "history.csv")
+        assert trainer.precision == "32-true"
+        assert torch.are_deterministic_algorithms_enabled()
+        assert not torch.backends.cudnn.benchmark
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
+        torch.backends.cudnn.benchmark = False

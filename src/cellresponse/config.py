@@ -117,6 +117,20 @@ class TrainingConfig(_Section):
     projection: int = Field(256, ge=1)
     augment: bool = False
     channels_last: bool = True
+    precision: Literal["32-true", "bf16-mixed", "16-mixed"] = Field(
+        "32-true",
+        description="Lightning precision. The study trained in float32; bf16-mixed runs the network in bfloat16 on "
+        "GPUs that have it (A100, H100): 2,239 vs 1,627 cells/s and half the memory on an H200 at the study's "
+        "settings (README 'Training on a GPU').",
+    )
+    # Deterministic mode warns rather than raises on an op without a deterministic CUDA kernel (torch's docs list
+    # some, adaptive pooling's backward among them), so such an op cannot stop a long GPU run. This network has
+    # none that raised: torch's strict mode trained it on an H200 (benchmarks/gpu_train.py, torch 2.11, 2026-11-26).
+    deterministic: bool = Field(
+        True,
+        description="Deterministic kernels (a seed gives the same run on a CPU). false: cuDNN picks the fastest "
+        "kernels — 1,627 vs 1,206 cells/s in float32 on an H200 (README 'Training on a GPU').",
+    )
     accelerator: str = "auto"
     devices: int | str = "auto"
     num_nodes: int = Field(1, ge=1)

@@ -254,7 +254,9 @@ def build_trainer(config: Config, checkpoints: Path, history: Path) -> L.Trainer
         num_sanity_val_steps=0,
         use_distributed_sampler=False,  # ShardedBatchSampler shards by rank itself
         default_root_dir=str(checkpoints.parent),
-        deterministic=True,
+        deterministic="warn" if t.deterministic else False,
+        benchmark=not t.deterministic,  # cuDNN picks the fastest kernels for the fixed input size
+        precision=t.precision,
     )
 
 
