@@ -5,13 +5,15 @@ fields in ../shared/data/cpjump1/fields (ch1-ch5), runs `segment`, `measure`, `c
 defaults (each as the CLI runs it, `--workers W`), then one training epoch with the CPU preset, and prints per
 stage, all measured in this one run:
 
-  * fields/s and cells/s, and the projection for the study's 2,867 fields on this machine;
+  * fields/s and cells/s, and the projection for the study's 2,867 fields on this machine: each stage also runs
+    on a plate of the first --small fields, so a stage's fixed cost (starting Dask and its workers, imports, the
+    main process's own work) is told from its cost per field — projected = fixed + 2,867 × per field;
   * peak RSS of the stage's main process and of its largest worker (sampled every 0.1 s);
   * bytes on disk per cell and per field of each output;
   * the CPU training epoch of the study's plate, projected from the measured training rate and the cells an
     epoch sees there (the study's metadata, control down-sampling, the split and the cell cap of the preset).
 
-Usage: python benchmarks/plate_scale.py [--fields 48] [--workers 2] [--keep DIR]
+Usage: python benchmarks/plate_scale.py [--fields 48] [--small 8] [--workers 2] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -100,6 +102,7 @@ def folder_bytes(path: Path) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fields", type=int, default=48)
+    parser.add_argument("--small", type=int, default=8, help="fields of the second plate (fixed cost per stage)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--keep", type=Path, help="build the plate and run folder here and keep them")
     args = parser.parse_args()
@@ -107,25 +110,32 @@ def main() -> None:
         raise SystemExit(f"needs the real CPJUMP1 fields in {SHARED / 'cpjump1' / 'fields'}")
     base = args.keep or Path(tempfile.mkdtemp(prefix="plate_scale_"))
     base.mkdir(parents=True, exist_ok=True)
-    plate, metadata = build_plate(base / "plate", args.fields)
-    run = base / "run"
     common = ["--workers", str(args.workers), "--no-progress"]
-    run_measured(["images", "--images", str(plate / "Images"), "--metadata", str(metadata), "--out", str(run)])
-    results = {}
-    for stage in STAGES:
-        results[stage] = run_measured([stage, str(run), *common])
+    results, small = {}, {}
+    for name, n_fields, out in (("small", args.small, small), ("plate", args.fields, results)):
+        plate, metadata = build_plate(base / name, n_fields)
+        run = base / f"run_{name}"
+        run_measured(["images", "--images", str(plate / "Images"), "--metadata", str(metadata), "--out", str(run)])
+        for stage in STAGES:
+            out[stage] = run_measured([stage, str(run), *common])
     cells = len(pd.read_parquet(run / "cells.parquet", columns=["image_id"]))
     n = args.fields
     print(f"plate_scale: {n} real 1080×1080 CPJUMP1 fields (ch1-5), {cells} cells ({cells / n:.0f} a field), ")
     print(
-        f"defaults, --workers {args.workers}, {os.cpu_count()} cores; projected to the study's {STUDY_FIELDS} fields\n"
+        f"defaults, --workers {args.workers}, {os.cpu_count()} cores; projected to the study's {STUDY_FIELDS} fields "
+        f"as fixed + per field × {STUDY_FIELDS}, from this plate and one of {args.small} fields\n"
     )
-    header = f"{'stage':<9}{'fields/s':>9}{'cells/s':>9}{'projected':>11}{'RSS main':>10}{'RSS worker':>11}  on disk"
+    header = (
+        f"{'stage':<9}{'fields/s':>9}{'cells/s':>9}{'fixed':>8}{'per field':>10}{'projected':>11}{'RSS main':>10}"
+        f"{'RSS worker':>11}  on disk"
+    )
     print(header)
     print("-" * len(header))
     per_image_total = 0.0
     for stage, r in results.items():
-        projected = r["seconds"] / n * STUDY_FIELDS
+        per_field = (r["seconds"] - small[stage]["seconds"]) / (n - args.small)
+        fixed = max(r["seconds"] - n * per_field, 0.0)
+        projected = fixed + per_field * STUDY_FIELDS
         if stage != "embed":
             per_image_total += projected
         sizes = {name: folder_bytes(run / name) for name in OUTPUTS[stage]}
@@ -133,8 +143,8 @@ def main() -> None:
             f"{name} {size / cells / 1e3:.1f} KB/cell, {size / n / 1e6:.2f} MB/field" for name, size in sizes.items()
         )
         print(
-            f"{stage:<9}{n / r['seconds']:>9.2f}{cells / r['seconds']:>9.0f}{projected / 60:>8.1f} min"
-            f"{r['rss_main'] / 1e9:>8.2f} GB{r['rss_worker'] / 1e9:>9.2f} GB  {disk}"
+            f"{stage:<9}{n / r['seconds']:>9.2f}{cells / r['seconds']:>9.0f}{fixed:>6.1f} s{per_field:>8.2f} s"
+            f"{projected / 60:>7.1f} min{r['rss_main'] / 1e9:>8.2f} GB{r['rss_worker'] / 1e9:>9.2f} GB  {disk}"
         )
     print(f"\nsegment + measure + crops projected: {per_image_total / 60:.1f} min (goal <= 60)")
     peak = max(max(r["rss_main"], r["rss_worker"]) for r in results.values())

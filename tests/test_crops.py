@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from skimage.transform import resize
 
-from cellresponse.crops import cell_crops, cut_square, square_boxes
+from cellresponse.crops import cell_crops, cut_square, resize_square, square_boxes
 from cellresponse.io import read_tiff
 from cellresponse.runfolder import RunFolder
 from cellresponse.segmentation import flows_from_masks
@@ -27,6 +28,20 @@ def test_cut_square_pads_with_zeros_outside_the_image():
     assert cut.shape == (1, 4, 4)
     assert (cut[0, :2] == 0).all() and (cut[0, :, 2:] == 0).all()
     assert cut[0, 2, 0] == planes[0, 0, 3] and cut[0, 3, 1] == planes[0, 1, 4]
+
+
+def test_resize_square_equals_scikit_image_resize_when_shrinking_and_enlarging():
+    """The matrix-product resize is scikit-image's bilinear, anti-aliased resize (what the crops were cut with)."""
+    rng = np.random.default_rng(0)
+    for side in (7, 31, 95, 97, 250):
+        crop = rng.random((8, side, side)).astype(np.float32)
+        crop[1] = crop[1] > 0.5  # a mask channel: sharp edges
+        expected = resize(crop, (8, 96, 96), order=1, anti_aliasing=side > 96, preserve_range=True)
+        got = resize_square(crop, 96)
+        assert got.shape == (8, 96, 96) and got.dtype == np.float32
+        np.testing.assert_allclose(got, expected, atol=1e-6)
+    same = rng.random((8, 96, 96)).astype(np.float32)
+    assert np.array_equal(resize_square(same, 96), same)
 
 
 def test_mask_flow_channels_of_a_cell():

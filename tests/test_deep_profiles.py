@@ -232,3 +232,46 @@ def test_settled_scales_keep_refuse_or_start_over(tmp_path):
     (folder / "part.npy").write_bytes(b"")
     assert settled_scales(folder, path, {"a": 2}, lambda: {"P": [[2, 3]]}, True, "redo") == {"P": [[2, 3]]}
     assert not (folder / "part.npy").exists()
+
+
+def test_embed_holds_only_the_images_in_flight(measured_run, tmp_path, monkeypatch):
+    """The main process keeps a few images' windows, not every image's: memory independent of the plate's size
+    (a list of finished read-ahead futures once kept them all, 1.5 GB at 48 CPJUMP1 fields)."""
+    import gc
+    import shutil
+    import weakref
+
+    from cellresponse.config import load_config
+    from cellresponse.runfolder import RunFolder
+    from cellresponse.stages import embed
+
+    run = RunFolder(tmp_path / "run")
+    shutil.copytree(measured_run, run.root)
+    alive: list[weakref.ref] = []
+    most_alive = []
+    real_windows = embed._windows
+
+    def tracked_windows(*args, **kwargs):
+        image_id, ids, windows = real_windows(*args, **kwargs)
+        alive.append(weakref.ref(windows))
+        return image_id, ids, windows
+
+    class CountingEmbedder:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def dims(self, channels: int) -> int:
+            return 4
+
+        def __call__(self, windows: np.ndarray) -> np.ndarray:
+            gc.collect()
+            most_alive.append(sum(ref() is not None for ref in alive))
+            return np.zeros((len(windows), 4), np.float32)
+
+    monkeypatch.setattr(embed, "_windows", tracked_windows)
+    monkeypatch.setattr(embed, "Embedder", CountingEmbedder)
+    monkeypatch.setattr(embed, "GATHER", 1)  # one image per network call
+    summary = embed.run(run, load_config(run.config), progress=False)
+    images = summary["embedded_now"]
+    assert images >= 3 * embed.PREFETCH and len(most_alive) == images
+    assert max(most_alive) <= embed.PREFETCH + 1

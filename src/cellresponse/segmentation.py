@@ -152,11 +152,12 @@ def grow_cells(
     norm = _normalise(cytoplasm)
     smoothed = filters.gaussian(norm, sigma=1.5)
     foreground = (smoothed > filters.threshold_li(smoothed)) | (nuclei > 0)
-    if max_distance is not None:
-        foreground &= ndi.distance_transform_edt(nuclei == 0) <= max_distance
-    foreground = ndi.binary_fill_holes(foreground)
-    # Distance from the nearest nucleus keeps the watershed from jumping across a bright neighbour.
+    # Distance from the nearest nucleus: limits the cells' reach, and keeps the watershed from jumping across a
+    # bright neighbour.
     distance = ndi.distance_transform_edt(nuclei == 0)
+    if max_distance is not None:
+        foreground &= distance <= max_distance
+    foreground = ndi.binary_fill_holes(foreground)
     relief = -smoothed + distance_weight * distance
     cells = segmentation.watershed(relief, markers=nuclei.astype(np.int32), mask=foreground)
     return cells.astype(np.uint32)
