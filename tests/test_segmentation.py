@@ -195,3 +195,18 @@ def test_flows_equal_cellpose_masks_to_flows_on_a_real_mask():
     ours = flows_from_masks(labels)
     theirs, _ = masks_to_flows_cpu(labels.astype(np.int32))
     np.testing.assert_allclose(ours[:2], theirs, atol=1e-6)
+
+
+def test_fill_holes_and_li_threshold_equal_scipy_and_scikit_image():
+    """The faster fill_holes and threshold_li give what ndi.binary_fill_holes and skimage's threshold_li give."""
+    from skimage import filters
+
+    from cellresponse.segmentation import fill_holes, threshold_li
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        mask = rng.random((60, 70)) > rng.uniform(0.3, 0.8)
+        np.testing.assert_array_equal(fill_holes(mask), ndi.binary_fill_holes(mask))
+        image = ndi.gaussian_filter(rng.random((50, 40)), 2)
+        assert threshold_li(image) == pytest.approx(filters.threshold_li(image), rel=1e-12)
+    assert threshold_li(np.full((4, 4), 3.0)) == 3.0

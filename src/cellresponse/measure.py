@@ -175,6 +175,14 @@ class LabelPixels:
     def means(self, image: np.ndarray) -> np.ndarray:
         return self.means_of(self.gather(image))
 
+    def extremes_of(self, gathered: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-label minimum and maximum of gathered values (+inf / -inf where a label has no pixels)."""
+        n = len(self.counts)
+        low, high = np.full(n, np.inf), np.full(n, -np.inf)
+        np.minimum.at(low, self.labels, gathered)
+        np.maximum.at(high, self.labels, gathered)
+        return low, high
+
 
 def cell_regions(labels: np.ndarray, nucleus: np.ndarray | None = None) -> dict[str, LabelPixels]:
     """Each cell's pixels and its parts, computed once per image and shared by all its channels: ``cell``,
@@ -254,12 +262,12 @@ def measure_cells(
         table["AreaShape_NuclearFraction"] = cell.means(nucleus)[1:][present]
     regions = cell_regions(labels, nucleus) if channels else {}
     for name, image in channels.items():
-        basic = regionprops_table(
-            labels, intensity_image=image, properties=("intensity_mean", "intensity_min", "intensity_max")
-        )
-        table[f"Intensity_MeanIntensity_{name}"] = basic["intensity_mean"]
-        table[f"Intensity_MinIntensity_{name}"] = basic["intensity_min"]
-        table[f"Intensity_MaxIntensity_{name}"] = basic["intensity_max"]
+        cell = regions["cell"]
+        values = cell.gather(image)
+        low, high = cell.extremes_of(values)
+        table[f"Intensity_MeanIntensity_{name}"] = cell.means_of(values)[1:][present]
+        table[f"Intensity_MinIntensity_{name}"] = low[1:][present]
+        table[f"Intensity_MaxIntensity_{name}"] = high[1:][present]
         for measure, values in channel_measures(image, regions).items():
             table[f"{measure}_{name}"] = values[present]
     measured = channel_columns(tuple(channels), compartments)  # documented order, as in empty_cells_table
