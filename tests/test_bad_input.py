@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+import torch
 
 from cellresponse.cli import main
 
@@ -221,3 +222,26 @@ def test_image_without_cells_is_recorded(tiny_plates, tmp_path):
     seg = pd.read_parquet(out / "segmentation.parquet")
     assert int(seg.loc[seg["image_id"].str.endswith("r01c01f01"), "cells"].iloc[0]) == 0
     assert (seg["cells"] > 0).sum() == len(seg) - 1
+
+
+def test_gpu_out_of_memory_ends_in_one_line_saying_what_to_change(cropped_tiny, tmp_path, capsys, monkeypatch):
+    """The study's float32 at batch 512 did not fit an 80 GB H100 (README 'Training on a GPU'): the user gets one
+    line naming bf16-mixed and a smaller batch, not a CUDA traceback."""
+    from cellresponse.stages import train
+
+    run = tmp_path / "run"
+    shutil.copytree(cropped_tiny, run, ignore=shutil.ignore_patterns("model"))
+
+    class OutOfMemoryTrainer:
+        def fit(self, *args, **kwargs):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 184.00 MiB.\nmore lines")
+
+    monkeypatch.setattr(train, "build_trainer", lambda *args, **kwargs: OutOfMemoryTrainer())
+    capsys.readouterr()
+    code = main(["train", str(run), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1
+    assert "out of GPU memory" in lines[0] and "training.precision=bf16-mixed" in lines[0]
+    assert "training.batch_size=32" in lines[0]  # half the cpu preset's 64

@@ -273,10 +273,11 @@ PRESETS: dict[str, dict[str, Any]] = {
             "learning_rate": 1e-3,
             "step_size": 2,
             "augment": True,
-            # A whole plate on a CPU: 128 cells a field bring one epoch of the study's plate (2,255 training fields
-            # of ~190 cells) to a projected 29 min at the measured 166 cells/s (benchmarks/plate_scale.py), where
-            # all cells would take 44. Sparse fields are untouched (BBBC021-moa: median 102 cells a field).
-            "max_cells_per_image": 128,
+            # A whole plate on a CPU: 112 cells a field bring one epoch of the study's plate (2,255 training fields
+            # of ~190 cells) to a projected 27.5 min at the measured 153 cells/s (benchmarks/plate_scale.py; 149-166
+            # in three runs, so 128 gave 29.0-32.3 min), where all cells would take ~47. Sparse fields keep all
+            # their cells (BBBC021-moa: median 102 cells a field, 86 % of its cells kept).
+            "max_cells_per_image": 112,
         },
     },
 }

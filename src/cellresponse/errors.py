@@ -15,3 +15,7 @@ class WeightsUnavailableError(CellResponseError):
 
 class StageError(CellResponseError):
     """A stage finished with failed images (``--on-error skip``); the failures file lists them."""
+
+
+class ResourceError(CellResponseError):
+    """The machine cannot run these settings (out of GPU memory); the message says which setting to change."""

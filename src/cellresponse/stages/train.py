@@ -17,7 +17,7 @@ import torch
 
 from cellresponse.bundle import load_bundle, predict_cells, save_bundle, save_choice
 from cellresponse.config import Config
-from cellresponse.errors import InputError
+from cellresponse.errors import InputError, ResourceError
 from cellresponse.io import write_json, write_parquet
 from cellresponse.measure import feature_columns
 from cellresponse.metrics import vote
@@ -205,6 +205,20 @@ def model_choice(
     return choice
 
 
+def out_of_memory_advice(config: Config, error: BaseException) -> str:
+    """One line for a GPU that ran out of memory: what ran, what to change (the study's float32 at batch 512
+    took 89 GiB on an H200 and did not fit an 80 GB H100; bf16-mixed took 45 GiB)."""
+    t = config.training
+    first = str(error).splitlines()[0] if str(error) else "out of memory"
+    change = [f"training.batch_size={max(t.batch_size // 2, 1)}"]
+    if t.precision == "32-true":
+        change.insert(0, "training.precision=bf16-mixed (half the memory, on GPUs with bfloat16)")
+    return (
+        f"out of GPU memory training at batch {t.batch_size}, {t.precision}, {config.crops.size} px ({first}); "
+        f"rerun with --set {' or --set '.join(change)}"
+    )
+
+
 def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train the network on RUN/crops and write RUN/model (checkpoints, history, split, bundle)."""
     started = time.perf_counter()
@@ -240,7 +254,10 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
     resume = run.last_checkpoint if run.last_checkpoint.exists() else None
     if resume:
         log.info("resuming from %s", resume)
-    trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
+    except torch.OutOfMemoryError as error:
+        raise ResourceError(out_of_memory_advice(config, error)) from None
     if not trainer.is_global_zero:
         return {}
     best = run.best_checkpoint if run.best_checkpoint.exists() else run.last_checkpoint
