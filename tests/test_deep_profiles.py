@@ -246,7 +246,8 @@ def test_embed_holds_only_the_images_in_flight(measured_run, tmp_path, monkeypat
     from cellresponse.stages import embed
 
     run = RunFolder(tmp_path / "run")
-    shutil.copytree(measured_run, run.root)
+    # without the embeddings other tests may have written there: every image is embedded here
+    shutil.copytree(measured_run, run.root, ignore=shutil.ignore_patterns("embeddings"))
     alive: list[weakref.ref] = []
     most_alive = []
     real_windows = embed._windows
