@@ -96,13 +96,13 @@ def normalize_profiles(
     ``spherize`` (ZCA-cor whitening: correlated features decorrelated, as JUMP treats deep profiles)."""
     if scope == "none":
         return wells
+    from pycytominer import normalize
+
     samples = control_query or "all"
     meta = [c for c in wells.columns if c not in features]
 
     def standardize(part: pd.DataFrame) -> pd.DataFrame:
         chosen = samples if samples == "all" or len(part.query(samples)) >= 2 else "all"
-        from pycytominer import normalize
-
         return normalize(
             part, features=features, meta_features=meta, samples=chosen, method=method, spherize_epsilon=epsilon
         )

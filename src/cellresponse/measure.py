@@ -184,13 +184,14 @@ class LabelPixels:
         return low, high
 
 
-def cell_regions(labels: np.ndarray, nucleus: np.ndarray | None = None) -> dict[str, LabelPixels]:
-    """Each cell's pixels and its parts, computed once per image and shared by all its channels: ``cell``,
-    ``edge`` (outline pixels), ``core`` (the rest) and, given ``nucleus``, ``nucleus`` and ``cytoplasm``."""
-    n = int(labels.max()) + 1
+def cell_regions(labels: np.ndarray, cell: LabelPixels, nucleus: np.ndarray | None = None) -> dict[str, LabelPixels]:
+    """Each cell's pixels and its parts, computed once per image and shared by all its channels: ``cell`` (given:
+    :meth:`LabelPixels.of` ``labels``), ``edge`` (outline pixels), ``core`` (the rest) and, given ``nucleus``,
+    ``nucleus`` and ``cytoplasm``."""
+    n = len(cell.counts)
     edge_pixels = find_boundaries(labels, mode="inner")
     regions = {
-        "cell": LabelPixels.of(labels, n),
+        "cell": cell,
         "edge": LabelPixels.of(np.where(edge_pixels, labels, 0), n),
         "core": LabelPixels.of(np.where(edge_pixels, 0, labels), n),
     }
@@ -201,15 +202,19 @@ def cell_regions(labels: np.ndarray, nucleus: np.ndarray | None = None) -> dict[
 
 
 def channel_measures(image: np.ndarray, regions: dict[str, LabelPixels]) -> dict[str, np.ndarray]:
-    """Spread, outline/inside, texture and (with nucleus/cytoplasm ``regions``) compartment means of one
-    channel for labels 1..max (index ``i`` is label ``i + 1``); ``regions`` from :func:`cell_regions`."""
+    """Mean/min/max, spread, outline/inside, texture and (with nucleus/cytoplasm ``regions``) compartment means of
+    one channel for labels 1..max (index ``i`` is label ``i + 1``); ``regions`` from :func:`cell_regions`."""
     cell = regions["cell"]
     values = cell.gather(image)
     mean, area = cell.means_of(values), cell.counts
+    low, high = cell.extremes_of(values)
     mean_sq = cell.means_of(values * values)
     edge = regions["edge"].means(image)
     core, core_area = regions["core"].means(image), regions["core"].counts
     out = {
+        "Intensity_MeanIntensity": mean,
+        "Intensity_MinIntensity": low,
+        "Intensity_MaxIntensity": high,
         "Intensity_StdIntensity": np.sqrt(np.maximum(mean_sq - mean * mean, 0.0)),
         "Intensity_IntegratedIntensity": mean * area,
         "Intensity_MeanIntensityEdge": edge,
@@ -255,19 +260,13 @@ def measure_cells(
     table = pd.DataFrame(props).rename(columns=RENAMES)
     # regionprops lists present labels only; the bincount measures are indexed by label value.
     present = table["label"].to_numpy() - 1
+    cell = LabelPixels.of(labels, int(labels.max()) + 1) if channels else None
     nucleus = None
     if compartments:
-        cell = LabelPixels.of(labels, int(labels.max()) + 1)
         nucleus = nucleus_pixels(cell, channels[nuclear_channel])
         table["AreaShape_NuclearFraction"] = cell.means(nucleus)[1:][present]
-    regions = cell_regions(labels, nucleus) if channels else {}
+    regions = cell_regions(labels, cell, nucleus) if channels else {}
     for name, image in channels.items():
-        cell = regions["cell"]
-        values = cell.gather(image)
-        low, high = cell.extremes_of(values)
-        table[f"Intensity_MeanIntensity_{name}"] = cell.means_of(values)[1:][present]
-        table[f"Intensity_MinIntensity_{name}"] = low[1:][present]
-        table[f"Intensity_MaxIntensity_{name}"] = high[1:][present]
         for measure, values in channel_measures(image, regions).items():
             table[f"{measure}_{name}"] = values[present]
     measured = channel_columns(tuple(channels), compartments)  # documented order, as in empty_cells_table

@@ -35,7 +35,6 @@ from cellresponse.errors import InputError
 from cellresponse.io import atomic_path, write_parquet
 
 MAGIC = b"CROPS01\x00"
-PART_SUFFIX = ".crops"
 
 
 def _codec() -> Any:
