@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from cellresponse.config import load_config
+from cellresponse.config import Config, load_config
+from cellresponse.runfolder import RunFolder
 from cellresponse.splits import assign_split, downsample_control
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -21,6 +22,20 @@ def subset_csv(source: Path, n: int, folder: Path) -> Path:
     path = folder / "subset.csv"
     table.to_csv(path, index=False)
     return path
+
+
+def prepared_run(source: Path, n: int, folder: Path, config: Config, stages: tuple[str, ...]) -> RunFolder:
+    """A run folder of the first ``n`` images of a load_data.csv, through ``images`` and then ``stages`` (names of
+    per-image stages, in order) in this process, without progress bars."""
+    from cellresponse.plate import ImageSource
+    from cellresponse.stages import crops, images, measure, segment
+
+    modules = {"segment": segment, "measure": measure, "crops": crops}
+    run = RunFolder(folder / "run")
+    images.run(run, config, source=ImageSource(load_data=subset_csv(source, n, folder)))
+    for stage in stages:
+        modules[stage].run(run, config, progress=False)
+    return run
 
 
 def study_epoch_cells(cells_per_field: float, cap: int | None, preset: str | None) -> int:

@@ -12,16 +12,11 @@ import time
 from pathlib import Path
 
 import torch
-from common import SHARED, subset_csv
+from common import SHARED, prepared_run
 
 from cellresponse.config import load_config
 from cellresponse.embeddings import Embedder
-from cellresponse.plate import ImageSource
-from cellresponse.runfolder import RunFolder
 from cellresponse.stages import embed as embed_stage
-from cellresponse.stages import images as images_stage
-from cellresponse.stages import measure as measure_stage
-from cellresponse.stages import segment as segment_stage
 
 DEFAULT_DATA = SHARED / "bbbc021-moa" / "load_data.csv"
 
@@ -34,12 +29,8 @@ def main() -> None:
     if not args.data.is_file():
         raise SystemExit(f"data not found: {args.data} (needs ../shared/data)")
     with tempfile.TemporaryDirectory() as tmp:
-        csv = subset_csv(args.data, args.images, Path(tmp))
-        run = RunFolder(Path(tmp) / "run")
         config = load_config(None, None, ["segmentation.backend=offline", "runtime.workers=0"])
-        images_stage.run(run, config, source=ImageSource(load_data=csv))
-        segment_stage.run(run, config, progress=False)
-        measure_stage.run(run, config, progress=False)
+        run = prepared_run(args.data, args.images, Path(tmp), config, ("segment", "measure"))
         summary = embed_stage.run(run, config, progress=False)
         print(
             f"embed stage: {summary['cells_embedded_now']} cells in {summary['seconds']:.1f} s -> "

@@ -27,7 +27,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from common import SHARED, subset_csv
+from common import SHARED, prepared_run
 
 from cellresponse.config import Config, load_config
 from cellresponse.store import CropStore
@@ -171,19 +171,11 @@ def strict_determinism_error(store: CropStore, smoke: list[str]) -> str:
 
 
 def build_store(folder: Path) -> Path:
-    from cellresponse.plate import ImageSource
-    from cellresponse.runfolder import RunFolder
-    from cellresponse.stages import crops, images, measure, segment
-
     data = SHARED / "bbbc021-moa" / "load_data.csv"
     if not data.is_file():
         raise SystemExit(f"no --store and no data to build one: {data} (needs ../shared/data)")
-    run = RunFolder(folder / "run")
     config = load_config(None, None, ["segmentation.backend=offline", "input.label=Metadata_Compound"])
-    images.run(run, config, source=ImageSource(load_data=subset_csv(data, 16, folder)))
-    for stage in (segment, measure, crops):
-        stage.run(run, config, progress=False)
-    return run.crops
+    return prepared_run(data, 16, folder, config, ("segment", "measure", "crops")).crops
 
 
 def epoch_cells_default() -> int | None:

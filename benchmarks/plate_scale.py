@@ -2,7 +2,7 @@
 
 Builds a plate folder of N fields under Phenix names, each hard-linked to one of the two real 5-channel CPJUMP1
 fields in ../shared/data/cpjump1/fields (ch1-ch5), runs `segment`, `measure`, `crops` and `embed` with the
-defaults (each as the CLI runs it, `--workers W`), then one training epoch with the CPU preset, and prints per
+defaults (each as the CLI runs it, `--workers W`), then two training epochs with the CPU preset, and prints per
 stage, all measured in this one run:
 
   * fields/s and cells/s, and the projection for the study's 2,867 fields on this machine: each stage also runs

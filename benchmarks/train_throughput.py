@@ -19,18 +19,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from common import SHARED, subset_csv
+from common import SHARED, prepared_run
 
 from cellresponse.channels import apply_recipe, load_stack
 from cellresponse.config import load_config
 from cellresponse.crops import cell_crops
 from cellresponse.io import read_parquet, read_tiff
-from cellresponse.plate import ImageSource, channel_names
+from cellresponse.plate import channel_names
 from cellresponse.runfolder import RunFolder
-from cellresponse.stages import crops as crops_stage
-from cellresponse.stages import images as images_stage
-from cellresponse.stages import measure as measure_stage
-from cellresponse.stages import segment as segment_stage
 from cellresponse.store import CropStore
 from cellresponse.training import CellResponseModule, CellSet, make_loader
 from cellresponse.transforms import flow_planes, prepare_batch, to_unit
@@ -83,8 +79,6 @@ def main() -> None:
         raise SystemExit(f"data not found: {args.data} (needs ../shared/data)")
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
-        csv = subset_csv(args.data, args.images, Path(tmp))
-        run = RunFolder(Path(tmp) / "run")
         config = load_config(
             None,
             "cpu",
@@ -96,10 +90,7 @@ def main() -> None:
                 "input.label=Metadata_Compound",
             ],
         )
-        images_stage.run(run, config, source=ImageSource(load_data=csv))
-        segment_stage.run(run, config, progress=False)
-        measure_stage.run(run, config, progress=False)
-        crops_stage.run(run, config, progress=False)
+        run = prepared_run(args.data, args.images, Path(tmp), config, ("segment", "measure", "crops"))
         store = CropStore(run.crops)
         cells = read_parquet(run.cells)
         n = len(cells)
