@@ -29,6 +29,10 @@ def test_presets_layer_on_the_defaults():
     assert cpu.crops.size < study.crops.size and cpu.training.batch_size < study.training.batch_size
     assert cpu.training.learning_rate == 1e-3  # from scratch on CPU (measured, README "Defaults")
     assert (cpu.training.weight_decay, cpu.training.step_size) == (study.training.weight_decay, 2)
+    finetune = load_config(preset="finetune")
+    assert (finetune.crops.recipe, finetune.model.pretrained) == ("fluorescence", "imagenet")
+    # README "Which model predicts"
+    assert finetune.embedding.mode == "per_channel" and Config().embedding.mode == "rgb"
 
 
 def test_yaml_then_overrides(tmp_path):

@@ -202,6 +202,23 @@ def test_profile_writes_pycytominer_tables_and_benchmarks(measured_run, tmp_path
         assert "accuracy" in block["nsc"] or "skipped" in block["nsc"]
 
 
+def test_per_channel_embeddings_hold_one_block_per_channel(measured_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(measured_run, run)
+    run_cli("embed", run, "--set", "embedding.mode=per_channel", "--no-progress")
+    settings = json.loads((run / "embeddings" / "settings.json").read_text())["settings"]
+    channels = settings["channels"]
+    assert settings["mode"] == "per_channel" and len(channels) >= 2
+    table = pd.concat(pd.read_parquet(p) for p in sorted((run / "embeddings").glob("*.parquet")))
+    embedding = table[[c for c in table.columns if c.startswith("emb_")]].to_numpy()
+    assert embedding.shape[1] == 1280 * len(channels)
+    blocks = embedding.reshape(len(embedding), len(channels), 1280)
+    # each channel seen on its own: the blocks differ, and none is empty
+    assert not np.allclose(blocks[:, 0], blocks[:, 1]) and (np.abs(blocks).sum(axis=2) > 0).all()
+
+
 def test_cell_windows_equal_cutting_each_square():
     from cellresponse.crops import cut_square
 
