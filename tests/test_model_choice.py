@@ -16,7 +16,7 @@ from sklearn.preprocessing import StandardScaler
 from cellresponse.bundle import load_bundle
 from cellresponse.profiles import PROFILE_KINDS, features_model_probabilities
 from cellresponse.runfolder import RunFolder
-from cellresponse.selection import NETWORK, choose_model, profile_validation_scores
+from cellresponse.selection import NETWORK, auto_summary, choose_model, describe_choice, profile_validation_scores
 from cellresponse.splits import TEST, TRAIN, VALIDATION
 from cellresponse.stages.profile import profile_tables
 from tests.conftest import run_cli
@@ -63,6 +63,23 @@ def test_ties_go_to_the_cheaper_model_and_nothing_scored_means_the_network():
     assert choose_model(tie) == "measured"
     assert choose_model({"deep": {"accuracy": 0.5}, NETWORK: {"accuracy": 0.8}}) == NETWORK
     assert choose_model({"measured": {"accuracy": None, "skipped": "…"}}) == NETWORK
+
+
+def test_the_choice_is_told_with_its_validation_scores_and_its_test_score_after():
+    scores = {"measured": {"accuracy": 0.95}, "deep": {"accuracy": 0.9}, NETWORK: {"accuracy": 0.8}}
+    choice = {"auto": "measured", "scores": scores, "scored_on": "the validation side (24 images)"}
+    told = describe_choice(choice)
+    assert "uses the measured model" in told and "0.950" in told and "against deep 0.900, network 0.800" in told
+    metrics = {
+        "profile_models": {"measured": {"image": {"accuracy": 0.97}, "well": {"accuracy": 1.0}}},
+        "image": {"soft_vote": {"accuracy": 0.6}},
+    }
+    summary = auto_summary(choice, metrics, "soft")
+    assert summary["test"] == {"image": 0.97, "well": 1.0} and summary["validation"]["deep"] == 0.9
+    assert summary["sentence"].endswith("on the test side it scores 0.970 per image")
+    # the network chosen: its voted accuracy is the test score
+    network = auto_summary({**choice, "auto": NETWORK}, metrics, "soft")
+    assert network["test"] == {"image": 0.6}
 
 
 @pytest.fixture(scope="module")

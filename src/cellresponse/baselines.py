@@ -177,31 +177,3 @@ def compare_with_embeddings(metrics: dict[str, Any], vote_name: str, margin: flo
         f"Training the network adds nothing over the frozen ImageNet embeddings at image level ({cnn:.3f} vs "
         f"{deep:.3f} for the deep profile model)"
     )
-
-
-def auto_summary(choice: dict[str, Any], metrics: dict[str, Any], vote_name: str) -> dict[str, Any]:
-    """The auto model's validation scores (which chose it) beside its test accuracy per level (scored after the
-    choice, never used by it)."""
-    chosen = choice["auto"]
-    if chosen == "network":
-        test = {
-            level: metrics[level][f"{vote_name}_vote"]["accuracy"]
-            for level in LEVELS
-            if f"{vote_name}_vote" in metrics.get(level, {})
-        }
-    else:
-        block = metrics.get("profile_models", {}).get(chosen, {})
-        test = {level: block[level]["accuracy"] for level in LEVELS if level in block}
-    validation = {kind: s.get("accuracy") for kind, s in choice["scores"].items()}
-    scored = ", ".join(f"{kind} {acc:.3f}" for kind, acc in validation.items() if acc is not None)
-    sentence = f"The auto model is {chosen} (" + (
-        f"chosen on {choice['scored_on']}: {scored})" if scored else "nothing could be scored on held-out images)"
-    )
-    sentence += f"; on the test side it scores {test['image']:.3f} per image" if "image" in test else ""
-    return {
-        "model": chosen,
-        "scored_on": choice["scored_on"],
-        "validation": validation,
-        "test": test,
-        "sentence": sentence,
-    }

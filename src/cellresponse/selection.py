@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import GroupKFold
 
+from cellresponse.metrics import LEVELS
 from cellresponse.profiles import PROFILE_KINDS, features_model_probabilities, fit_features_model
 from cellresponse.splits import TRAIN, VALIDATION
 
@@ -81,6 +82,15 @@ def choose_model(scores: dict[str, dict[str, Any]]) -> str:
     return min((kind for kind, accuracy in scored if accuracy == best), key=CANDIDATES.index)
 
 
+def _scores_text(scores: dict[str, dict[str, Any]], leave_out: str | None = None) -> str:
+    """'measured 1.000, deep 0.958' — the held-out accuracy of every scored candidate but ``leave_out``."""
+    return ", ".join(
+        f"{kind} {s['accuracy']:.3f}"
+        for kind, s in scores.items()
+        if kind != leave_out and s.get("accuracy") is not None
+    )
+
+
 def describe_choice(choice: dict[str, Any]) -> str:
     """One sentence: which model predicts and why."""
     scores = choice["scores"]
@@ -90,10 +100,35 @@ def describe_choice(choice: dict[str, Any]) -> str:
             f"`predict` uses the {chosen} model by default (auto): no model could be scored on held-out non-test "
             "images (too few wells per class)"
         )
-    others = ", ".join(
-        f"{kind} {s['accuracy']:.3f}" for kind, s in scores.items() if kind != chosen and s.get("accuracy") is not None
-    )
+    others = _scores_text(scores, leave_out=chosen)
     return (
         f"`predict` uses the {chosen} model by default (auto): {scores[chosen]['accuracy']:.3f} image accuracy on "
         f"{choice['scored_on']}" + (f", against {others}" if others else "") + "; the test side was not read."
     )
+
+
+def auto_summary(choice: dict[str, Any], metrics: dict[str, Any], vote_name: str) -> dict[str, Any]:
+    """The auto model's validation scores (which chose it) beside its test accuracy per level (scored after the
+    choice, never used by it)."""
+    chosen = choice["auto"]
+    if chosen == NETWORK:
+        test = {
+            level: metrics[level][f"{vote_name}_vote"]["accuracy"]
+            for level in LEVELS
+            if f"{vote_name}_vote" in metrics.get(level, {})
+        }
+    else:
+        block = metrics.get("profile_models", {}).get(chosen, {})
+        test = {level: block[level]["accuracy"] for level in LEVELS if level in block}
+    scored = _scores_text(choice["scores"])
+    sentence = f"The auto model is {chosen} (" + (
+        f"chosen on {choice['scored_on']}: {scored})" if scored else "nothing could be scored on held-out images)"
+    )
+    sentence += f"; on the test side it scores {test['image']:.3f} per image" if "image" in test else ""
+    return {
+        "model": chosen,
+        "scored_on": choice["scored_on"],
+        "validation": {kind: s.get("accuracy") for kind, s in choice["scores"].items()},
+        "test": test,
+        "sentence": sentence,
+    }

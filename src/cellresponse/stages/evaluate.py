@@ -14,7 +14,6 @@ import numpy as np
 import pandas as pd
 
 from cellresponse.baselines import (
-    auto_summary,
     cell_features_baseline,
     compare_with_baseline,
     compare_with_embeddings,
@@ -30,6 +29,7 @@ from cellresponse.measure import feature_columns
 from cellresponse.metrics import LEVELS, classification_metrics, prediction_table, vote, voted_metrics
 from cellresponse.plate import labelled_images, read_table
 from cellresponse.runfolder import RunFolder
+from cellresponse.selection import auto_summary
 from cellresponse.splits import TEST, assign_split, log_split
 from cellresponse.stages.profile import profile_tables
 from cellresponse.store import CropStore
