@@ -17,6 +17,8 @@ from cellresponse.aggregation import TREATMENT, combine_blocks, normalization_sc
 from cellresponse.embeddings import cell_windows, embed_channels, window_side
 from cellresponse.model import INPUT_STATISTICS, fold_batch_norm, pretrained_trunk
 from cellresponse.retrieval import nsc_accuracy, retrieval_map
+from cellresponse.runfolder import RunFolder
+from cellresponse.stages.embed import mean_embeddings
 from tests.conftest import run_cli
 
 
@@ -184,6 +186,20 @@ def test_profile_writes_pycytominer_tables_and_benchmarks(measured_run, tmp_path
     run = tmp_path / "run"
     shutil.copytree(measured_run, run)
     run_cli("embed", run, "--no-progress")
+    # each image's mean embedding, kept when embed finishes, equals the mean of its per-cell file, and is
+    # rebuilt when an image is embedded again
+    folder = RunFolder(run)
+    ids = folder.read_images()["image_id"].tolist()
+    kept = mean_embeddings(folder, ids)
+    folder.embedding_means.unlink()
+    from_files = mean_embeddings(folder, ids)
+    pd.testing.assert_frame_equal(kept, from_files, check_exact=False, rtol=1e-6, atol=1e-7)
+    assert len(kept) == len(ids) and kept.columns[0] == "emb_0000"
+    run_cli("embed", run, "--no-progress")  # nothing left to embed: the means are written from the files
+    assert folder.embedding_means.is_file()
+    folder.embedding_path(ids[0]).unlink()
+    run_cli("embed", run, "--no-progress")  # one image again
+    pd.testing.assert_frame_equal(mean_embeddings(folder, ids), kept, check_exact=False, rtol=1e-5, atol=1e-6)
     result = run_cli("profile", run, "--set", "profiles.moa=Metadata_target", "--no-progress")
     assert "Indexing metadata" not in result.stdout + result.stderr  # copairs' chatter stays out
     for kind in ("measured", "deep", "both"):

@@ -10,6 +10,7 @@
     RUN/cells.parquet                all cells; cells.csv with --csv
     RUN/crops/                       index.parquet, settings.json, parts/<image_id>.crops (store.py)
     RUN/embeddings/<image_id>.parquet  per-cell embeddings (cell_id, image_id, emb_…); settings.json
+    RUN/embedding_means.parquet      each image's mean embedding and cell count, written when embed finishes
     RUN/profiles/                    <kind>_wells.parquet, <kind>_treatments.parquet, metrics.json
     RUN/model/                       split.parquet, split.json, history.csv, checkpoints/, bundle/, train.json
     RUN/predictions/                 cell_predictions.parquet, image_predictions.parquet
@@ -87,6 +88,7 @@ class RunFolder:
     crop_settings = property(lambda self: self.root / "crops" / "settings.json")
     embeddings = property(lambda self: self.root / "embeddings")
     embedding_settings = property(lambda self: self.root / "embeddings" / "settings.json")
+    embedding_means = property(lambda self: self.root / "embedding_means.parquet")
     profiles = property(lambda self: self.root / "profiles")
     profile_metrics = property(lambda self: self.root / "profiles" / "metrics.json")
     model = property(lambda self: self.root / "model")
