@@ -222,7 +222,8 @@ def test_per_channel_embeddings_hold_one_block_per_channel(measured_run, tmp_pat
     import shutil
 
     run = tmp_path / "run"
-    shutil.copytree(measured_run, run)
+    # without the rgb embeddings other tests may have written there (a run keeps one embedding setting)
+    shutil.copytree(measured_run, run, ignore=shutil.ignore_patterns("embeddings", "embedding_means.parquet"))
     run_cli("embed", run, "--set", "embedding.mode=per_channel", "--no-progress")
     settings = json.loads((run / "embeddings" / "settings.json").read_text())["settings"]
     channels = settings["channels"]
@@ -280,7 +281,7 @@ def test_embed_holds_only_the_images_in_flight(measured_run, tmp_path, monkeypat
 
     run = RunFolder(tmp_path / "run")
     # without the embeddings other tests may have written there: every image is embedded here
-    shutil.copytree(measured_run, run.root, ignore=shutil.ignore_patterns("embeddings"))
+    shutil.copytree(measured_run, run.root, ignore=shutil.ignore_patterns("embeddings", "embedding_means.parquet"))
     alive: list[weakref.ref] = []
     most_alive = []
     real_windows = embed._windows
