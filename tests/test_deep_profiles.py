@@ -198,7 +198,10 @@ def test_profile_writes_pycytominer_tables_and_benchmarks(measured_run, tmp_path
     run_cli("embed", run, "--no-progress")  # nothing left to embed: the means are written from the files
     assert folder.embedding_means.is_file()
     folder.embedding_path(ids[0]).unlink()
-    run_cli("embed", run, "--no-progress")  # one image again
+    stale = pd.read_parquet(folder.embedding_means)
+    stale.loc[:, kept.columns] = 0.0  # a kept table that is not rebuilt would give these zeros back
+    stale.to_parquet(folder.embedding_means, index=False)
+    run_cli("embed", run, "--no-progress")  # one image again: the means are rebuilt, not kept
     pd.testing.assert_frame_equal(mean_embeddings(folder, ids), kept, check_exact=False, rtol=1e-5, atol=1e-6)
     result = run_cli("profile", run, "--set", "profiles.moa=Metadata_target", "--no-progress")
     assert "Indexing metadata" not in result.stdout + result.stderr  # copairs' chatter stays out

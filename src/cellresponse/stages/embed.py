@@ -226,8 +226,8 @@ def write_embedding_means(
 ) -> None:
     """``RUN/embedding_means.parquet``: every image's mean embedding and cell count, from ``means`` (the images
     embedded now) and the files of those embedded before. Profiles, training and evaluation each need every
-    image's mean, and reading the per-cell files again took ~0.1 s an image at 3 × 1,280 columns (44 s for
-    BBBC021-moa's 440 fields, three times a run)."""
+    image's mean, and reading the per-cell files again took 70-77 s for BBBC021-moa's 440 fields at 3 × 1,280
+    columns (on a shared machine), three times a run."""
     if run.embedding_means.is_file():
         return
     rows = [means.get(i) or _mean_from_file(run.embedding_path(i)) for i in image_ids]
