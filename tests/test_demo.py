@@ -15,3 +15,20 @@ def test_demo_end_to_end_on_a_tiny_synthetic_set(tiny_demo):
     assert metrics["baseline_features"]["image"]["n"] == metrics["image"]["soft_vote"]["n"] > 0
     for stage in ("images", "segment", "measure", "crops", "train", "evaluate"):
         assert (out / "run" / "logs" / f"{stage}.json").exists(), stage
+
+
+def test_the_demo_tells_where_each_models_wrong_calls_go(tiny_demo):
+    """The synthetic compounds share one gene target (DMSO has none): every model's wrong image calls are read
+    against Metadata_target in metrics.json and the report."""
+    out, _ = tiny_demo
+    metrics = json.loads((out / "run" / "metrics.json").read_text())
+    grouped = metrics["wrong_calls"]
+    assert grouped["column"] == "Metadata_target"
+    assert set(grouped["models"]) == {"network", *metrics["profile_models"]}
+    for name, levels in grouped["models"].items():
+        block = metrics["image"]["soft_vote"] if name == "network" else metrics["profile_models"][name]["image"]
+        image = levels["image"]
+        assert image["n"] == block["n"] and image["wrong"] == round(block["n"] * (1 - block["accuracy"])), name
+        assert image["group_accuracy"] >= block["accuracy"]
+    report = (out / "run" / "report" / "index.html").read_text()
+    assert "Where the wrong calls go" in report and "Metadata_target acc. (images)" in report

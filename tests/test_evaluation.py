@@ -8,7 +8,14 @@ import pytest
 from sklearn import metrics as skm
 
 from cellresponse.baselines import features_baseline
-from cellresponse.metrics import classification_metrics, top_k_accuracy, vote, voted_metrics
+from cellresponse.metrics import (
+    classification_metrics,
+    label_groups,
+    top_k_accuracy,
+    vote,
+    voted_metrics,
+    wrong_calls,
+)
 from cellresponse.profiles import (
     PROFILE_STATISTICS,
     features_model_probabilities,
@@ -107,6 +114,33 @@ def test_voted_metrics_per_level_and_mixed_plates_skipped():
     assert "skipped" not in voted_metrics(table, probs, ["x", "y"], "plate", min_purity=0.5)
 
 
+def test_wrong_calls_count_the_ones_that_stay_within_the_true_labels_group():
+    groups = {"a1": "A", "a2": "A", "b1": "B"}  # "x" has no group: never within one
+    confusion = {
+        "labels": ["a1", "a2", "b1", "x"],
+        "matrix": [[5, 3, 1, 0], [2, 4, 0, 0], [0, 0, 6, 1], [0, 0, 0, 2]],
+    }
+    out = wrong_calls(confusion, groups, top=2)
+    assert (out["n"], out["wrong"], out["wrong_within_group"]) == (24, 7, 5)
+    assert out["share_within_group"] == pytest.approx(5 / 7)
+    assert out["group_accuracy"] == pytest.approx((17 + 5) / 24)
+    assert out["pairs"] == [
+        {"true": "a1", "predicted": "a2", "n": 3, "same_group": True},
+        {"true": "a2", "predicted": "a1", "n": 2, "same_group": True},
+    ]
+    right = wrong_calls({"labels": ["a1", "b1"], "matrix": [[3, 0], [0, 2]]}, groups)
+    assert right["wrong"] == 0 and right["share_within_group"] is None and right["group_accuracy"] == 1.0
+
+
+def test_label_groups_only_when_every_label_has_one_group():
+    images = pd.DataFrame(
+        {"compound": ["c1", "c1", "c2", "DMSO"], "moa": ["m1", "m1", "m2", None], "mixed": ["m1", "m2", "m2", "m3"]}
+    )
+    assert label_groups(images, "compound", "moa") == {"c1": "m1", "c2": "m2"}
+    assert label_groups(images, "compound", "mixed") == {}  # c1 sits in two groups: no grouping
+    assert label_groups(images, "compound", "compound") == {} and label_groups(images, "compound", "absent") == {}
+
+
 def test_features_baseline_learns_a_separable_table():
     rng = np.random.default_rng(1)
     rows = []
@@ -201,3 +235,24 @@ def test_features_only_model_on_real_cells_leave_replicate_out(moa_site1_cells, 
         assert ours["n"] == 55
         assert ours["accuracy"] >= goal, (test, ours["accuracy"])
         assert ours["accuracy"] > plain["accuracy"] + 0.05, (test, ours["accuracy"], plain["accuracy"])
+
+
+def test_wrong_compound_calls_on_real_cells_stay_within_the_mechanism(moa_site1_cells):
+    """Real MCF-7 fields, leave-replicate-out, compound label: most wrong compound calls name another compound of
+    the same MoA (BBBC021's statins, protein-synthesis inhibitors), so the calls are right far more often as MoA
+    calls than as compound calls — what the report's "Where the wrong calls go" tells a biologist."""
+    from cellresponse.measure import feature_columns
+
+    cells, images = moa_site1_cells
+    groups = label_groups(images, "Metadata_Compound", "Metadata_MoA")
+    assert len(groups) == 18 and len(set(groups.values())) == 6
+    table = image_feature_table(cells, feature_columns(cells.columns))
+    for test in ("1", "2"):
+        sides = pd.Series(
+            np.where(images["Metadata_Replicate"].astype(str) == test, "test", "train"), index=images["image_id"]
+        )
+        image = features_baseline(table, images, "Metadata_Compound", sides)["image"]
+        out = wrong_calls(image["confusion"], groups)
+        assert out["n"] == 55 and out["wrong"] == round(55 * (1 - image["accuracy"]))
+        assert out["share_within_group"] >= 0.7, (test, out)
+        assert out["group_accuracy"] >= image["accuracy"] + 0.15, (test, out, image["accuracy"])

@@ -9,7 +9,7 @@ import pytest
 
 from cellresponse.bundle import find_bundle
 from cellresponse.errors import InputError
-from cellresponse.stages.report import never_predicted, sanity_meaning
+from cellresponse.stages.report import never_predicted, sanity_meaning, wrong_calls_sentence
 from tests.conftest import run_cli
 
 
@@ -57,6 +57,24 @@ def test_the_report_says_what_a_sanity_check_and_a_never_predicted_class_mean():
     assert "told apart" in sanity_meaning({"accuracy": 0.95, "balanced_accuracy": 0.9, "majority_rate": 0.6})
     voted = {"confusion": {"labels": ["DMSO", "compound-05"], "matrix": [[5, 0], [3, 0]]}}
     assert never_predicted(voted) == ["compound-05 is never predicted: its 3 images were called DMSO most often."]
+
+
+def test_the_report_says_where_the_auto_models_wrong_calls_go():
+    pairs = [{"true": "simvastatin", "predicted": "mevinolin", "n": 11, "same_group": True}]
+    image = {"n": 220, "wrong": 20, "wrong_within_group": 19, "share_within_group": 0.95, "group_accuracy": 0.995}
+    metrics = {
+        "label": "Metadata_Compound",
+        "auto": {"model": "both"},
+        "wrong_calls": {"column": "Metadata_MoA", "models": {"both": {"image": {**image, "pairs": pairs}}}},
+    }
+    sentence = wrong_calls_sentence(metrics)
+    assert "the both model (auto) called 20 wrongly; 19 of them (95%) named another Metadata_Compound" in sentence
+    assert "right on 0.995 of images" in sentence and "simvastatin → mevinolin (11)" in sentence
+    assert "finds the Metadata_MoA" in sentence
+    scattered = {**image, "wrong_within_group": 5, "share_within_group": 0.25, "pairs": pairs}
+    metrics["wrong_calls"]["models"]["both"]["image"] = scattered
+    assert "finds the" not in wrong_calls_sentence(metrics)  # errors across mechanisms: no such claim
+    assert wrong_calls_sentence({"label": "x"}) == ""
 
 
 def test_report_of_synthetic_plates_says_so_and_prints_learning_rates(tiny_demo):

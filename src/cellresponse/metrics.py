@@ -199,3 +199,40 @@ def prediction_table(table: pd.DataFrame, scores: np.ndarray, classes: list[str]
     out[f"top{top_k}_labels"] = names
     out[f"top{top_k}_probabilities"] = values
     return out
+
+
+def label_groups(images: pd.DataFrame, label: str, column: str) -> dict[str, str]:
+    """Each label's coarser group (compound → MoA or gene target) from the image table, when every label has
+    exactly one; otherwise (or when ``column`` is missing or is the label itself) an empty mapping."""
+    if column == label or column not in images.columns or label not in images.columns:
+        return {}
+    pairs = images[[label, column]].dropna().astype(str).drop_duplicates()
+    if pairs[label].duplicated().any():
+        return {}
+    return dict(zip(pairs[label], pairs[column], strict=True))
+
+
+def wrong_calls(confusion: dict[str, Any], groups: dict[str, str], top: int = 5) -> dict[str, Any]:
+    """Where the wrong calls of a confusion matrix go, against a coarser grouping of its labels (``groups``,
+    :func:`label_groups`): how many wrong calls name a label of the same group (a compound mistaken for another
+    compound of its mechanism), the accuracy at the group level, and the ``top`` most frequent wrong pairs.
+    A label with no group never counts as within one."""
+    labels = list(confusion["labels"])
+    matrix = np.asarray(confusion["matrix"], dtype=np.int64)
+    total, right = int(matrix.sum()), int(np.trace(matrix))
+    same = np.array([[groups.get(t) is not None and groups.get(t) == groups.get(p) for p in labels] for t in labels])
+    np.fill_diagonal(same, False)
+    within = int(matrix[same].sum())
+    wrong = total - right
+    off = [(int(matrix[i, j]), i, j) for i in range(len(labels)) for j in range(len(labels)) if i != j and matrix[i, j]]
+    off.sort(key=lambda entry: (-entry[0], entry[1], entry[2]))
+    return {
+        "n": total,
+        "wrong": wrong,
+        "wrong_within_group": within,
+        "share_within_group": within / wrong if wrong else None,
+        "group_accuracy": (right + within) / total if total else None,
+        "pairs": [
+            {"true": labels[i], "predicted": labels[j], "n": n, "same_group": bool(same[i, j])} for n, i, j in off[:top]
+        ],
+    }

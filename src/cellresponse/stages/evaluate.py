@@ -26,7 +26,15 @@ from cellresponse.config import Config, differences
 from cellresponse.errors import InputError
 from cellresponse.io import write_json, write_parquet
 from cellresponse.measure import feature_columns
-from cellresponse.metrics import LEVELS, classification_metrics, prediction_table, vote, voted_metrics
+from cellresponse.metrics import (
+    LEVELS,
+    classification_metrics,
+    label_groups,
+    prediction_table,
+    vote,
+    voted_metrics,
+    wrong_calls,
+)
 from cellresponse.plate import labelled_images, read_table
 from cellresponse.runfolder import RunFolder
 from cellresponse.selection import auto_summary
@@ -70,6 +78,40 @@ def test_cells(run: RunFolder, images: pd.DataFrame, sides: pd.Series, label: st
     cells["plate"] = cells["image_id"].map(meta["plate"])
     cells["well"] = cells["image_id"].map(meta["well"])
     return cells
+
+
+def grouping_column(images: pd.DataFrame, label: str, config: Config) -> str | None:
+    """The coarser grouping the wrong calls are read against: the MoA column (``profiles.moa``), else the gene
+    target column (``input.target_column``) — the first that the images carry, is not the label and gives every
+    label one group."""
+    for column in (config.profiles.moa, config.input.target_column):
+        if label_groups(images, label, column):
+            return column
+    return None
+
+
+def wrong_calls_by_group(
+    metrics: dict[str, Any], images: pd.DataFrame, label: str, config: Config
+) -> dict[str, Any] | None:
+    """Per candidate model (the network's headline vote and each profile model) and level (image, well): where its
+    wrong test calls go against :func:`grouping_column` (:func:`cellresponse.metrics.wrong_calls`). None when the
+    images carry no such grouping."""
+    column = grouping_column(images, label, config)
+    if column is None:
+        return None
+    groups = label_groups(images, label, column)
+    vote_name = f"{metrics['headline_vote']}_vote"
+    blocks = {"network": {level: metrics.get(level, {}).get(vote_name, {}) for level in ("image", "well")}}
+    blocks |= {kind: block for kind, block in metrics.get("profile_models", {}).items() if "skipped" not in block}
+    models = {
+        name: {
+            level: wrong_calls(block[level]["confusion"], groups)
+            for level in ("image", "well")
+            if block.get(level, {}).get("confusion")
+        }
+        for name, block in blocks.items()
+    }
+    return {"column": column, "models": {name: levels for name, levels in models.items() if levels}}
 
 
 def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
@@ -122,6 +164,9 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
     metrics["embeddings_verdict"] = compare_with_embeddings(metrics, e.vote)
     if bundle.choice:
         metrics["auto"] = auto_summary(bundle.choice, metrics, e.vote)
+    grouped = wrong_calls_by_group(metrics, images, label, config)
+    if grouped:
+        metrics["wrong_calls"] = grouped
     metrics["seconds"] = round(time.perf_counter() - started, 2)
     write_json(run.metrics, metrics)
     for line in headline(metrics, e.vote):

@@ -170,6 +170,63 @@ def section_model_choice(metrics: dict[str, Any]) -> list[str]:
     return parts
 
 
+# From this share of wrong calls inside the true label's group, the report says the model finds the group (e.g. the
+# mechanism) and errs only between its members.
+MOSTLY_WITHIN_GROUP = 0.75
+
+
+def wrong_calls_sentence(metrics: dict[str, Any]) -> str:
+    """Where the predicting model's wrong image calls go: how many stay within the true label's group, the
+    group-level accuracy that follows and the most frequent wrong pairs."""
+    grouped = metrics.get("wrong_calls", {})
+    name = metrics.get("auto", {}).get("model", "network")
+    image = grouped.get("models", {}).get(name, {}).get("image")
+    if not image:
+        return ""
+    label, column = metrics.get("label", "label"), grouped["column"]
+    who = f"the {name} model" + (" (auto)" if metrics.get("auto") else "")
+    if not image["wrong"]:
+        return f"{who} called all {image['n']} test images right."
+    sentence = (
+        f"Of the {image['n']} test images, {who} called {image['wrong']} wrongly; {image['wrong_within_group']} of "
+        f"them ({image['share_within_group']:.0%}) named another {label} with the same {column}, so as a {column} "
+        f"call it is right on {image['group_accuracy']:.3f} of images."
+    )
+    pairs = ", ".join(f"{p['true']} → {p['predicted']} ({p['n']})" for p in image["pairs"])
+    sentence += f" Most frequent (true → called, images): {pairs}."
+    if image["share_within_group"] >= MOSTLY_WITHIN_GROUP:
+        sentence += (
+            f" The model finds the {column}; what it misses is telling apart {label} values that share one, "
+            "which may look alike in these images."
+        )
+    return sentence
+
+
+def section_wrong_calls(metrics: dict[str, Any]) -> list[str]:
+    """Where the wrong calls go against a coarser grouping (MoA, gene target), for every candidate model."""
+    grouped = metrics.get("wrong_calls")
+    sentence = wrong_calls_sentence(metrics)
+    if not grouped or not sentence:
+        return []
+    column = grouped["column"]
+    nan = float("nan")
+    rows = []
+    for name, levels in grouped["models"].items():
+        image, well = levels.get("image", {}), levels.get("well", {})
+        share = image.get("share_within_group")
+        rows.append(
+            [
+                name,
+                image.get("wrong", "—"),
+                "—" if share is None else f"{share:.0%}",
+                image.get("group_accuracy", nan),
+                well.get("group_accuracy", nan),
+            ]
+        )
+    header = ["model", "wrong images", f"of them same {column}", f"{column} acc. (images)", f"{column} acc. (wells)"]
+    return ["<h2>Where the wrong calls go</h2>", f"<p>{html.escape(sentence)}</p>", _table(header, rows)]
+
+
 def section_results(metrics: dict[str, Any], out: Path) -> list[str]:
     if not metrics:
         return []
@@ -189,6 +246,7 @@ def section_results(metrics: dict[str, Any], out: Path) -> list[str]:
         + " on the same split (cell row: logistic regression on single-cell features).</p>",
     ]
     parts += section_model_choice(metrics)
+    parts += section_wrong_calls(metrics)
     sanity = metrics.get("sanity_check", {})
     if "accuracy" in sanity:
         parts.append(

@@ -20,7 +20,7 @@ from cellresponse.config import Config
 from cellresponse.errors import InputError, ResourceError
 from cellresponse.io import write_json, write_parquet
 from cellresponse.measure import feature_columns
-from cellresponse.metrics import vote
+from cellresponse.metrics import label_groups, vote
 from cellresponse.parallel import is_main_process
 from cellresponse.plate import channel_names, labelled_images
 from cellresponse.profiles import fit_features_model
@@ -143,13 +143,7 @@ def cell_sets(
 
 def label_to_target(images: pd.DataFrame, config: Config) -> dict[str, str]:
     """Compound → gene target, when every compound has exactly one target (CPJUMP1-style metadata)."""
-    column = config.input.target_column
-    if column not in images.columns:
-        return {}
-    pairs = images[[config.input.label, column]].dropna().astype(str).drop_duplicates()
-    if pairs[config.input.label].duplicated().any():
-        return {}
-    return dict(zip(pairs[config.input.label], pairs[column], strict=True))
+    return label_groups(images, config.input.label, config.input.target_column)
 
 
 def profile_models(tables: dict[str, pd.DataFrame], labels: pd.Series, sides: pd.Series) -> dict[str, dict]:
