@@ -40,6 +40,7 @@ from cellresponse.runfolder import RunFolder
 from cellresponse.selection import auto_summary
 from cellresponse.splits import TEST, assign_split, log_split
 from cellresponse.stages.profile import profile_tables
+from cellresponse.stages.report import wrong_calls_sentence
 from cellresponse.store import CropStore
 
 log = logging.getLogger(__name__)
@@ -176,6 +177,8 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
         log.info(metrics["embeddings_verdict"])
     if "auto" in metrics:
         log.info(metrics["auto"]["sentence"])
+    if wrong_calls_sentence(metrics):
+        log.info(wrong_calls_sentence(metrics))
     if split_report.get("leaky_classes"):
         log.warning(
             "%d classes have sites of one well on both sides of the split: the image-level number is optimistic",
