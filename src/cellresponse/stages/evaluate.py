@@ -81,13 +81,14 @@ def test_cells(run: RunFolder, images: pd.DataFrame, sides: pd.Series, label: st
     return cells
 
 
-def grouping_column(images: pd.DataFrame, label: str, config: Config) -> str | None:
-    """The coarser grouping the wrong calls are read against: the MoA column (``profiles.moa``), else the gene
-    target column (``input.target_column``) — the first that the images carry, is not the label and gives every
-    label one group."""
+def grouping(images: pd.DataFrame, label: str, config: Config) -> tuple[str, dict[str, str]] | None:
+    """The coarser grouping the wrong calls are read against and each label's group in it: the MoA column
+    (``profiles.moa``), else the gene target column (``input.target_column``) — the first that the images carry, is
+    not the label and gives every label one group (:func:`cellresponse.metrics.label_groups`)."""
     for column in (config.profiles.moa, config.input.target_column):
-        if label_groups(images, label, column):
-            return column
+        groups = label_groups(images, label, column)
+        if groups:
+            return column, groups
     return None
 
 
@@ -95,12 +96,12 @@ def wrong_calls_by_group(
     metrics: dict[str, Any], images: pd.DataFrame, label: str, config: Config
 ) -> dict[str, Any] | None:
     """Per candidate model (the network's headline vote and each profile model) and level (image, well): where its
-    wrong test calls go against :func:`grouping_column` (:func:`cellresponse.metrics.wrong_calls`). None when the
+    wrong test calls go against :func:`grouping` (:func:`cellresponse.metrics.wrong_calls`). None when the
     images carry no such grouping."""
-    column = grouping_column(images, label, config)
-    if column is None:
+    found = grouping(images, label, config)
+    if found is None:
         return None
-    groups = label_groups(images, label, column)
+    column, groups = found
     vote_name = f"{metrics['headline_vote']}_vote"
     blocks = {"network": {level: metrics.get(level, {}).get(vote_name, {}) for level in ("image", "well")}}
     blocks |= {kind: block for kind, block in metrics.get("profile_models", {}).items() if "skipped" not in block}
@@ -177,8 +178,9 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
         log.info(metrics["embeddings_verdict"])
     if "auto" in metrics:
         log.info(metrics["auto"]["sentence"])
-    if wrong_calls_sentence(metrics):
-        log.info(wrong_calls_sentence(metrics))
+    where_wrong = wrong_calls_sentence(metrics)
+    if where_wrong:
+        log.info(where_wrong)
     if split_report.get("leaky_classes"):
         log.warning(
             "%d classes have sites of one well on both sides of the split: the image-level number is optimistic",
