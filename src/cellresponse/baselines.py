@@ -13,7 +13,12 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from cellresponse.metrics import LEVELS, classification_metrics, voted_metrics
-from cellresponse.profiles import FEATURES_MODEL, features_model_probabilities, fit_features_model
+from cellresponse.profiles import (
+    FEATURES_MODEL,
+    features_model_probabilities,
+    fit_features_model,
+    why_no_features_model,
+)
 from cellresponse.splits import TEST
 
 # Accuracy gap (image level) under which the network and the features-only model are called level: differences
@@ -41,8 +46,10 @@ def features_baseline(
     side = sides.reindex(ids)
     train_ids, test_ids = ids[side != TEST], ids[side == TEST]
     y_train = images.loc[train_ids, label].astype(str).to_numpy()
-    if len(test_ids) == 0 or len(set(y_train)) < 2:
-        return {"skipped": "needs test images and two classes on the training side"}
+    if len(test_ids) == 0:
+        return {"skipped": "needs test images"}
+    if model is None and (why := why_no_features_model(y_train)):
+        return {"skipped": why}
     if model is None:
         model = fit_features_model(features.loc[train_ids], y_train)
     classes = model["classes"]

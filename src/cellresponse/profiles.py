@@ -76,6 +76,17 @@ def profile_cell_columns(columns: list[str]) -> list[str]:
     return list(dict.fromkeys(c.rsplit("__", 1)[0] for c in columns if "__" in c))
 
 
+def why_no_features_model(labels: np.ndarray | pd.Series) -> str | None:
+    """Why no profile model can be fitted on images with these labels, or None when one can: LDA needs two classes
+    and more images than classes (scikit-learn otherwise stops with a bare ValueError)."""
+    n_classes = len(set(np.asarray(labels).astype(str)))
+    if n_classes < 2:
+        return "the training side holds fewer than two classes"
+    if len(labels) <= n_classes:
+        return f"the training side holds {len(labels)} images for {n_classes} classes (a profile model needs more)"
+    return None
+
+
 def fit_features_model(features: pd.DataFrame, labels: np.ndarray, kind: str = "measured") -> dict[str, Any]:
     """Fit a profile model on per-image profiles of ``kind`` and return it as plain JSON (stored in the model
     bundle).

@@ -17,7 +17,12 @@ import pandas as pd
 from sklearn.model_selection import GroupKFold
 
 from cellresponse.metrics import LEVELS
-from cellresponse.profiles import PROFILE_KINDS, features_model_probabilities, fit_features_model
+from cellresponse.profiles import (
+    PROFILE_KINDS,
+    features_model_probabilities,
+    fit_features_model,
+    why_no_features_model,
+)
 from cellresponse.splits import TRAIN, VALIDATION
 
 NETWORK = "network"
@@ -44,8 +49,8 @@ def profile_validation_scores(
         side = sides.reindex(table.index)
         train, validation = table[side == TRAIN], table[side == VALIDATION]
         y_train = labels.loc[train.index].astype(str)
-        if y_train.nunique() < 2:
-            scores[kind] = {"accuracy": None, "skipped": "the training side holds fewer than two classes"}
+        if why := why_no_features_model(y_train):
+            scores[kind] = {"accuracy": None, "skipped": why}
         elif len(validation):
             model = fit_features_model(train, y_train.to_numpy(), kind)
             scores[kind] = {"accuracy": _accuracy(model, validation, labels), "images": len(validation)}
@@ -60,7 +65,7 @@ def profile_validation_scores(
                 fit_labels = y_train.iloc[fit_rows]
                 # an image whose class has no other well cannot be scored: its fold holds the class's only well
                 score_rows = score_rows[y_train.iloc[score_rows].isin(set(fit_labels)).to_numpy()]
-                if fit_labels.nunique() < 2 or not len(score_rows):
+                if why_no_features_model(fit_labels) or not len(score_rows):
                     continue
                 model = fit_features_model(train.iloc[fit_rows], fit_labels.to_numpy(), kind)
                 correct += _accuracy(model, train.iloc[score_rows], labels) * len(score_rows)

@@ -23,7 +23,7 @@ from cellresponse.measure import feature_columns
 from cellresponse.metrics import label_groups, vote
 from cellresponse.parallel import is_main_process
 from cellresponse.plate import channel_names, labelled_images
-from cellresponse.profiles import fit_features_model
+from cellresponse.profiles import fit_features_model, why_no_features_model
 from cellresponse.runfolder import RunFolder
 from cellresponse.selection import NETWORK, choose_model, describe_choice, profile_validation_scores
 from cellresponse.splits import (
@@ -147,12 +147,12 @@ def label_to_target(images: pd.DataFrame, config: Config) -> dict[str, str]:
 
 
 def profile_models(tables: dict[str, pd.DataFrame], labels: pd.Series, sides: pd.Series) -> dict[str, dict]:
-    """A profile model per kind fitted on the non-test images (exactly what `evaluate` scores); none when that
-    side holds a single class."""
+    """A profile model per kind fitted on the non-test images (exactly what `evaluate` scores); none when they
+    cannot fit one (a single class, or no more images than classes)."""
     models = {}
     for kind, table in tables.items():
         fit = table[(sides.reindex(table.index) != TEST).to_numpy()]
-        if labels.loc[fit.index].nunique() >= 2:
+        if not why_no_features_model(labels.loc[fit.index]):
             models[kind] = fit_features_model(fit, labels.loc[fit.index].astype(str).to_numpy(), kind)
     return models
 
