@@ -114,7 +114,7 @@ def summarise(run: Path) -> dict:
         "train_cells_per_s": round(train["cells_train"] * len(history) / epoch_seconds),
         "network": {level: metrics[level][vote]["accuracy"] for level in ("image", "well")},
         "network_cell": metrics["cell"]["accuracy"],
-        "measured": {level: measured[level]["accuracy"] for level in ("image", "well")},
+        "measured": {level: measured.get(level, {}).get("accuracy", float("nan")) for level in ("image", "well")},
         "auto": {"model": metrics["auto"]["model"], **metrics["auto"]["test"]},
         "auto_validation": metrics["auto"]["validation"],
     }
