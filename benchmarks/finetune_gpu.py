@@ -60,8 +60,12 @@ SCHEDULE = [
     "training.num_workers=2",
 ]
 CANDIDATES = {"48px": ["crops.size=48", *SCHEDULE], "96px": ["crops.size=96", *SCHEDULE]}
-SMOKE = ["training.max_epochs=1", "training.max_cells_per_image=4", "training.precision=32-true"]
-SMOKE += ["training.num_workers=0"]
+SMOKE = [
+    "training.max_epochs=1",
+    "training.max_cells_per_image=4",
+    "training.precision=32-true",
+    "training.num_workers=0",
+]
 
 
 def cli(*args: str, log: Path, threads: int) -> float:

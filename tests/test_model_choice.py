@@ -13,6 +13,7 @@ from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from cellresponse.baselines import features_baseline
 from cellresponse.bundle import load_bundle
 from cellresponse.profiles import PROFILE_KINDS, features_model_probabilities, why_no_features_model
 from cellresponse.runfolder import RunFolder
@@ -70,6 +71,10 @@ def test_a_training_side_with_no_more_images_than_classes_is_skipped_with_its_re
     assert scores["measured"]["skipped"] == why_no_features_model(labels.loc[keep[:3]])
     assert "3 images for 3 classes" in scores["measured"]["skipped"]
     assert profile_models(tables, labels, sides.replace(VALIDATION, TEST)) == {}
+    ids = labels.index
+    images = pd.DataFrame({"image_id": ids, "plate": "P", "well": wells.str.split("/").str[1], "label": labels})
+    baseline = features_baseline(tables["measured"], images, "label", sides.replace(VALIDATION, TEST))
+    assert baseline == {"skipped": scores["measured"]["skipped"]}
     assert why_no_features_model(np.array(["a", "b", "a"])) is None
     assert "fewer than two classes" in why_no_features_model(np.array(["a", "a"]))
 

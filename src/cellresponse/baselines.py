@@ -48,9 +48,9 @@ def features_baseline(
     y_train = images.loc[train_ids, label].astype(str).to_numpy()
     if len(test_ids) == 0:
         return {"skipped": "needs test images"}
-    if model is None and (why := why_no_features_model(y_train)):
-        return {"skipped": why}
     if model is None:
+        if why := why_no_features_model(y_train):
+            return {"skipped": why}
         model = fit_features_model(features.loc[train_ids], y_train)
     classes = model["classes"]
     probs = features_model_probabilities(model, features.loc[test_ids])
