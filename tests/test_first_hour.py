@@ -9,7 +9,8 @@ import pytest
 
 from cellresponse.bundle import find_bundle
 from cellresponse.errors import InputError
-from cellresponse.stages.report import never_predicted, sanity_meaning, wrong_calls_sentence
+from cellresponse.metrics import wrong_calls_sentence
+from cellresponse.stages.report import never_predicted, sanity_meaning
 from tests.conftest import run_cli
 
 

@@ -236,3 +236,35 @@ def wrong_calls(confusion: dict[str, Any], groups: dict[str, str], top: int = 5)
             {"true": labels[i], "predicted": labels[j], "n": n, "same_group": bool(same[i, j])} for n, i, j in off[:top]
         ],
     }
+
+
+# From this share of wrong calls inside the true label's group, the report says the model finds the group (e.g. the
+# mechanism) and errs only between its members.
+MOSTLY_WITHIN_GROUP = 0.75
+
+
+def wrong_calls_sentence(metrics: dict[str, Any]) -> str:
+    """Where the predicting model's wrong image calls go: how many stay within the true label's group, the
+    group-level accuracy that follows and the most frequent wrong pairs."""
+    grouped = metrics.get("wrong_calls", {})
+    name = metrics.get("auto", {}).get("model", "network")
+    image = grouped.get("models", {}).get(name, {}).get("image")
+    if not image:
+        return ""
+    label, column = metrics.get("label", "label"), grouped["column"]
+    who = f"the {name} model" + (" (auto)" if metrics.get("auto") else "")
+    if not image["wrong"]:
+        return f"{who} called all {image['n']} test images right."
+    sentence = (
+        f"Of the {image['n']} test images, {who} called {image['wrong']} wrongly; {image['wrong_within_group']} of "
+        f"them ({image['share_within_group']:.0%}) named another {label} with the same {column}, so as a {column} "
+        f"call it is right on {image['group_accuracy']:.3f} of images."
+    )
+    pairs = ", ".join(f"{p['true']} → {p['predicted']} ({p['n']})" for p in image["pairs"])
+    sentence += f" Most frequent (true → called, images): {pairs}."
+    if image["share_within_group"] >= MOSTLY_WITHIN_GROUP:
+        sentence += (
+            f" The model finds the {column}; what it misses is telling apart {label} values that share one, "
+            "which may look alike in these images."
+        )
+    return sentence

@@ -34,13 +34,13 @@ from cellresponse.metrics import (
     vote,
     voted_metrics,
     wrong_calls,
+    wrong_calls_sentence,
 )
 from cellresponse.plate import labelled_images, read_table
 from cellresponse.runfolder import RunFolder
 from cellresponse.selection import auto_summary
 from cellresponse.splits import TEST, assign_split, log_split
 from cellresponse.stages.profile import profile_tables
-from cellresponse.stages.report import wrong_calls_sentence
 from cellresponse.store import CropStore
 
 log = logging.getLogger(__name__)

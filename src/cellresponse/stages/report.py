@@ -22,6 +22,7 @@ from cellresponse.baselines import compare_with_baseline
 from cellresponse.config import Config
 from cellresponse.figures import plot_confusion, plot_history, treatment_panels
 from cellresponse.io import read_tiff, write_text
+from cellresponse.metrics import wrong_calls_sentence
 from cellresponse.plate import channel_names
 from cellresponse.runfolder import RunFolder
 from cellresponse.stages import PIPELINE
@@ -168,38 +169,6 @@ def section_model_choice(metrics: dict[str, Any]) -> list[str]:
     if metrics.get("embeddings_verdict"):
         parts.append(f"<p class='note'>{html.escape(metrics['embeddings_verdict'])}.</p>")
     return parts
-
-
-# From this share of wrong calls inside the true label's group, the report says the model finds the group (e.g. the
-# mechanism) and errs only between its members.
-MOSTLY_WITHIN_GROUP = 0.75
-
-
-def wrong_calls_sentence(metrics: dict[str, Any]) -> str:
-    """Where the predicting model's wrong image calls go: how many stay within the true label's group, the
-    group-level accuracy that follows and the most frequent wrong pairs."""
-    grouped = metrics.get("wrong_calls", {})
-    name = metrics.get("auto", {}).get("model", "network")
-    image = grouped.get("models", {}).get(name, {}).get("image")
-    if not image:
-        return ""
-    label, column = metrics.get("label", "label"), grouped["column"]
-    who = f"the {name} model" + (" (auto)" if metrics.get("auto") else "")
-    if not image["wrong"]:
-        return f"{who} called all {image['n']} test images right."
-    sentence = (
-        f"Of the {image['n']} test images, {who} called {image['wrong']} wrongly; {image['wrong_within_group']} of "
-        f"them ({image['share_within_group']:.0%}) named another {label} with the same {column}, so as a {column} "
-        f"call it is right on {image['group_accuracy']:.3f} of images."
-    )
-    pairs = ", ".join(f"{p['true']} → {p['predicted']} ({p['n']})" for p in image["pairs"])
-    sentence += f" Most frequent (true → called, images): {pairs}."
-    if image["share_within_group"] >= MOSTLY_WITHIN_GROUP:
-        sentence += (
-            f" The model finds the {column}; what it misses is telling apart {label} values that share one, "
-            "which may look alike in these images."
-        )
-    return sentence
 
 
 def section_wrong_calls(metrics: dict[str, Any]) -> list[str]:
