@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from cellresponse.baselines import compare_with_baseline, compare_with_embeddings
 from cellresponse.bundle import find_bundle
 from cellresponse.errors import InputError
 from cellresponse.metrics import wrong_calls_sentence
@@ -85,3 +86,31 @@ def test_report_of_synthetic_plates_says_so_and_prints_learning_rates(tiny_demo)
     assert "<td>1.0e-03</td>" in report  # the cpu preset's learning rate, not 0.000
     assert json.loads((out / "run" / "logs" / "images.json").read_text())["synthetic"] is True
     assert "Training history (per epoch)" in report and "Table 1" not in report
+
+
+def _verdict_metrics(network: float, features: float, deep: float) -> dict:
+    return {
+        "image": {"soft_vote": {"accuracy": network}},
+        "baseline_features": {"image": {"accuracy": features}},
+        "profile_models": {"deep": {"image": {"accuracy": deep}}},
+    }
+
+
+@pytest.mark.parametrize(
+    ("network", "other", "baseline_says", "embeddings_say"),
+    [
+        (0.982, 0.977, "are level at image level (0.982 vs 0.977)", "is level with the frozen ImageNet embeddings"),
+        (0.927, 0.977, "beats the CNN at image level (0.977 vs 0.927)", "adds nothing over the frozen ImageNet"),
+        (0.990, 0.950, "The CNN beats the features-only baseline", "adds to the frozen embeddings"),
+    ],
+)
+def test_the_verdicts_say_which_model_is_better_and_when_the_difference_is_within_the_margin(
+    network, other, baseline_says, embeddings_say
+):
+    metrics = _verdict_metrics(network, other, other)
+    assert baseline_says in compare_with_baseline(metrics, "soft")
+    embeddings = compare_with_embeddings(metrics, "soft")
+    assert embeddings_say in embeddings and f"({network:.3f} vs {other:.3f}" in embeddings
+    if network > other:  # a network ahead by a hair is never said to add "nothing"
+        assert "nothing" not in embeddings
+    assert compare_with_embeddings({"image": metrics["image"]}, "soft") == ""  # no deep model: no sentence
