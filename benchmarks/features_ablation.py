@@ -4,8 +4,10 @@ Leave-replicate-out on ../shared/data/bbbc021-moa (train replicate 1 / test 2, a
 accuracy, for every combination of
   cell features   study    the study's 12 shape/intensity columns (segmentation input only)
                   +means   plus per-channel mean/min/max intensity
-                  all      every measured column (the default measurement: + spread, outline/inside,
-                           texture, nucleus/cytoplasm)
+                  -extended  + spread, outline/inside, mean gradient, nucleus/cytoplasm (the default
+                           before `measurement.extended`)
+                  all      every measured column (the default measurement: the above + co-occurrence texture,
+                           radial distribution, colocalisation, neighbours)
   per image       mean     mean of each cell feature + cell count
                   profile  mean, sd and 5/25/50/75/95th percentiles + cell count (the default)
   classifier      logreg   standardised logistic regression (C = 1)
@@ -31,7 +33,7 @@ import numpy as np
 import pandas as pd
 from common import SHARED
 
-from cellresponse.measure import FEATURES, feature_columns
+from cellresponse.measure import EXTENDED_PREFIXES, FEATURES, feature_columns
 from cellresponse.profiles import features_model_probabilities, fit_features_model, image_feature_table
 
 LABELS = ("Metadata_MoA", "Metadata_Compound")
@@ -73,6 +75,7 @@ def main() -> None:
     feature_sets = {
         "study": [c for c in FEATURES if c in cells.columns],
         "+means": [c for c in FEATURES if c in cells.columns] + means,
+        "-extended": [c for c in measured if not c.startswith(EXTENDED_PREFIXES)],
         "all": measured,
     }
     replicate = images["Metadata_Replicate"].astype(str)

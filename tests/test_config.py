@@ -26,6 +26,9 @@ def test_presets_layer_on_the_defaults():
     assert (study.split.by, study.split.validation_fraction, study.evaluation.vote) == ("image", 0.0, "majority")
     assert Config().split.by == "well" and Config().evaluation.vote == "soft"  # honest defaults
     assert study.training == Config().training and study.crops == Config().crops
+    # the study measured regionprops on the segmentation input only; the default adds the extended measurement
+    assert (study.measurement.intensity_channels, study.measurement.extended) == ([], False)
+    assert Config().measurement.extended
     assert cpu.crops.size < study.crops.size and cpu.training.batch_size < study.training.batch_size
     assert cpu.training.learning_rate == 1e-3  # from scratch on CPU (measured, README "Defaults")
     assert (cpu.training.weight_decay, cpu.training.step_size) == (study.training.weight_decay, 2)

@@ -124,3 +124,120 @@ def test_compartments_on_a_real_field_put_dna_in_the_nucleus():
     dna_ratio = table["Intensity_MeanIntensityNucleus_DNA"] / table["Intensity_MeanIntensityCytoplasm_DNA"]
     assert (dna_ratio > 1.2).mean() > 0.95
     assert 0.15 < table["AreaShape_NuclearFraction"].median() < 0.6
+
+
+def _extended(labels, channels):
+    table, _ = measure_cells(labels, np.ones(labels.shape), channels=channels, extended=True)
+    return table.set_index("label")
+
+
+def test_cooccurrence_texture_equals_scikit_image_on_a_cell_that_fills_a_rectangle():
+    """Pairs stay inside the cell and the rectangle is the whole cell, so each direction's matrix is
+    scikit-image's; the four directions are averaged before the Haralick features, as the module says. The
+    diagonals go 3 px along each axis (CellProfiler's and mahotas' offsets), which scikit-image reaches at a
+    distance of 3√2 (it rounds 3·sin 45° to 2)."""
+    from skimage.feature import graycomatrix, graycoprops
+
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 8, size=(14, 17))
+    grey[0, 0], grey[0, 1] = 0, 7  # the cell's range spans the 8 levels, so its own levels are these values
+    labels = np.zeros((20, 25), np.uint16)
+    labels[3:17, 4:21] = 1
+    image = np.zeros((20, 25))
+    image[3:17, 4:21] = grey
+    cell = _extended(labels, {"DNA": image}).loc[1]
+    axes = graycomatrix(grey.astype(np.uint8), [3], [0, np.pi / 2], levels=8, symmetric=True, normed=True)
+    diagonal = [np.pi / 4, 3 * np.pi / 4]
+    diagonals = graycomatrix(grey.astype(np.uint8), [3 * np.sqrt(2)], diagonal, levels=8, symmetric=True, normed=True)
+    averaged = np.concatenate([axes, diagonals], axis=3).mean(axis=3, keepdims=True)
+    i, j = np.indices((8, 8))
+    homogeneity = (averaged[:, :, 0, 0] / (1.0 + np.abs(i - j))).sum()  # MATLAB's (scikit-image squares i - j)
+    assert cell["Texture_Homogeneity_DNA_3"] == pytest.approx(homogeneity)
+    for measure, skimage_name in (
+        ("Contrast", "contrast"),
+        ("AngularSecondMoment", "ASM"),
+        ("Correlation", "correlation"),
+    ):
+        assert cell[f"Texture_{measure}_DNA_3"] == pytest.approx(graycoprops(averaged, skimage_name)[0, 0])
+    entropy_bits = graycoprops(averaged, "entropy")[0, 0] / np.log(2)
+    assert cell["Texture_Entropy_DNA_3"] == pytest.approx(entropy_bits)
+
+
+def test_texture_ignores_brightness_and_tells_stripes_from_a_smooth_cell():
+    labels = np.zeros((20, 40), np.uint16)
+    labels[2:18, 2:18] = 1
+    labels[2:18, 22:38] = 2
+    image = np.zeros((20, 40))
+    image[2:18, 2:18] = np.tile(np.repeat([0.0, 9.0], 3), 3)[:16]  # stripes 3 px wide: every 3-px pair differs
+    image[2:18, 22:38] = np.linspace(0.0, 9.0, 16)  # a smooth ramp
+    table = _extended(labels, {"Actin": image})
+    brighter = _extended(labels, {"Actin": 5.0 * image + 100.0})
+    assert table.loc[1, "Texture_Contrast_Actin_3"] > 5 * table.loc[2, "Texture_Contrast_Actin_3"]
+    assert table.loc[1, "Texture_Homogeneity_Actin_3"] < table.loc[2, "Texture_Homogeneity_Actin_3"]
+    texture = [c for c in table.columns if c.startswith("Texture_") and c.endswith("_3")]
+    pd.testing.assert_frame_equal(table[texture], brighter[texture])
+
+
+def test_radial_distribution_puts_a_centred_stain_inside_and_a_cortical_stain_at_the_outline():
+    labels = np.zeros((13, 26), np.uint16)
+    labels[1:12, 1:12] = 1  # 11 x 11
+    labels[1:12, 14:25] = 2
+    centre, cortex = np.zeros((13, 26)), np.zeros((13, 26))
+    centre[5:8, 5:8] = 1.0  # cell 1's middle
+    centre[5:8, 18:21] = 1.0
+    cortex[labels > 0] = 1.0
+    cortex[2:11, 2:11] = 0.0  # outline of cell 1 only
+    cortex[2:11, 15:24] = 0.0
+    table = _extended(labels, {"DNA": centre, "Actin": cortex})
+    rings = [f"RadialDistribution_FracAtD_DNA_{k}of4" for k in range(1, 5)]
+    np.testing.assert_allclose(table[rings].sum(axis=1), 1.0)
+    assert table.loc[1, "RadialDistribution_FracAtD_DNA_1of4"] > 0.5
+    assert table.loc[1, "RadialDistribution_FracAtD_DNA_4of4"] == 0.0
+    assert table.loc[1, "RadialDistribution_FracAtD_Actin_4of4"] == 1.0
+
+
+def test_channel_correlation_and_neighbour_counts():
+    labels = np.zeros((12, 30), np.uint16)
+    labels[1:6, 1:6] = 1
+    labels[1:6, 7:12] = 2  # 2 px from cell 1 (a gap of one column): neighbours
+    labels[1:6, 20:25] = 3  # far from both
+    ramp = np.tile(np.arange(30, dtype=float), (12, 1))
+    channels = {"DNA": ramp, "Tubulin": 2.0 * ramp + 1.0, "Actin": -ramp, "Flat": np.ones((12, 30))}
+    table = _extended(labels, channels)
+    assert table["Correlation_Correlation_DNA_Tubulin"].tolist() == pytest.approx([1.0, 1.0, 1.0])
+    assert table["Correlation_Correlation_DNA_Actin"].tolist() == pytest.approx([-1.0, -1.0, -1.0])
+    assert table["Correlation_Correlation_DNA_Flat"].tolist() == [0.0, 0.0, 0.0]
+    assert table["Neighbors_NumberOfNeighbors_2"].tolist() == [1.0, 1.0, 0.0]
+    # The empty table has the same columns, and the extended measurement needs no channel for neighbours.
+    empty, _ = measure_cells(np.zeros((12, 30), np.uint16), np.ones((12, 30)), channels=channels, extended=True)
+    full, _ = measure_cells(labels, np.ones((12, 30)), channels=channels, extended=True)
+    assert list(empty.columns) == list(full.columns)
+    alone, _ = measure_cells(labels, np.ones((12, 30)), extended=True)
+    assert alone["Neighbors_NumberOfNeighbors_2"].tolist() == [1.0, 1.0, 0.0]
+
+
+def test_extended_measures_on_a_real_field_are_finite_and_plausible():
+    """Real MCF-7 cells: every extended value finite, each cell's rings sum to one, DNA sits in the inner rings more
+    than actin (a cortical stain), DNA and tubulin stains correlate less than a channel with itself would (< 1),
+    and crowded cells have neighbours."""
+    from cellresponse.channels import load_stack
+    from cellresponse.plate import ImageSource, build_image_table, channel_names
+    from cellresponse.segmentation import Segmenter
+    from tests.test_segmentation import _real_field
+
+    seg_input, nuclear, config = _real_field("bbbc021-moa", "load_data.csv", loader="load_data")
+    labels = Segmenter(config.segmentation, backend="offline")(seg_input, nuclear).labels
+    images, _ = build_image_table(ImageSource(load_data=shared("bbbc021-moa", "load_data.csv")))
+    names = channel_names(images)
+    stack = load_stack(images.iloc[0].to_dict(), names)
+    table, _ = measure_cells(labels, seg_input, channels={n: stack[i] for i, n in enumerate(names)}, extended=True)
+    extended = [c for c in table.columns if c.startswith(("Texture_", "RadialDistribution_", "Correlation_", "Neigh"))]
+    assert len(table) > 50 and len(extended) == 1 + 3 * (1 + 5 + 4) + 3
+    assert np.isfinite(table[extended].to_numpy()).all()
+    for name in names:
+        rings = table[[f"RadialDistribution_FracAtD_{name}_{k}of4" for k in range(1, 5)]].sum(axis=1)
+        np.testing.assert_allclose(rings, 1.0)
+    inner = "RadialDistribution_FracAtD_{}_1of4"
+    assert table[inner.format("DNA")].median() > table[inner.format("Actin")].median()
+    assert table["Correlation_Correlation_DNA_Tubulin"].between(-1, 1).all()
+    assert table["Neighbors_NumberOfNeighbors_2"].median() >= 1

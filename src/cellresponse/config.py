@@ -74,6 +74,11 @@ class MeasurementConfig(_Section):
         description="Nucleus/cytoplasm means per channel, the nucleus being the cell's DNA-bright part "
         "(needs segmentation.nuclear_channel among the measured channels).",
     )
+    extended: bool = Field(
+        True,
+        description="CellProfiler-style texture (co-occurrence at 3 px), radial distribution, colocalisation "
+        "per measured channel and neighbour counts.",
+    )
 
 
 class CropConfig(_Section):
@@ -259,7 +264,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "study": {
         "split": {"by": "image", "validation_fraction": 0.0},
         "evaluation": {"vote": "majority"},
-        "measurement": {"intensity_channels": []},
+        "measurement": {"intensity_channels": [], "extended": False},
     },
     # Small and fast for 2 CPU cores; each value measured on the shared sets (README "Defaults and why").
     "cpu": {

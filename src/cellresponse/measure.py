@@ -16,6 +16,19 @@ Per channel in ``measurement.intensity_channels`` (CellProfiler's names, raw ima
 ``Intensity_MeanIntensityCore_<Ch>``           mean inside the outline (the cell mean when nothing is inside)
 ``Texture_MeanGradient_<Ch>``                  mean Sobel gradient magnitude over the cell (fibres, speckles)
 
+With ``measurement.extended`` (CellProfiler's MeasureTexture, MeasureObjectIntensityDistribution,
+MeasureColocalization and MeasureObjectNeighbors, in their names):
+
+``Texture_{Contrast,Homogeneity,AngularSecondMoment,Correlation,Entropy}_<Ch>_3``
+                                               Haralick features of the cell's grey-level co-occurrence at 3 px,
+                                               averaged over four directions, on 8 grey levels spanning the
+                                               cell's own range (so a plate's brightness does not move them);
+                                               homogeneity is MATLAB's, Σ p / (1 + |i − j|)
+``RadialDistribution_FracAtD_<Ch>_<k>of4``     fraction of the cell's intensity in ring k of 4, from the cell's
+                                               centre-most pixels (1) to its outline (4)
+``Correlation_Correlation_<A>_<B>``            Pearson correlation of two channels over the cell's pixels
+``Neighbors_NumberOfNeighbors_2``              cells within 2 px of the cell's outline (needs no channel)
+
 With a nuclear channel (``segmentation.nuclear_channel``) and ``measurement.compartments``, the nucleus
 is taken as the cell's DNA-bright part (pixels above the cell's mean DNA intensity), which needs no
 second segmentation and holds for cells of 15 px:
@@ -34,6 +47,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy import ndimage
 from skimage.filters import sobel
 from skimage.measure import regionprops_table
 from skimage.segmentation import find_boundaries
@@ -86,7 +100,7 @@ FEATURES = (
     "extent",
 )
 # Prefixes of the per-channel and compartment columns, all of them features too.
-FEATURE_PREFIXES = ("Intensity_", "Texture_", "AreaShape_")
+FEATURE_PREFIXES = ("Intensity_", "Texture_", "AreaShape_", "RadialDistribution_", "Correlation_", "Neighbors_")
 CHANNEL_MEASURES = (
     "Intensity_MeanIntensity",
     "Intensity_MinIntensity",
@@ -98,6 +112,15 @@ CHANNEL_MEASURES = (
     "Texture_MeanGradient",
 )
 COMPARTMENT_MEASURES = ("Intensity_MeanIntensityNucleus", "Intensity_MeanIntensityCytoplasm")
+# The extended measurement's settings, CellProfiler's defaults where it has one (texture scale 3, four rings).
+TEXTURE_SCALE = 3
+TEXTURE_LEVELS = 8  # per cell: 64 co-occurrence bins stay filled in cells of a few hundred pixels
+TEXTURE_MEASURES = ("Contrast", "Homogeneity", "AngularSecondMoment", "Correlation", "Entropy")
+RADIAL_BINS = 4
+NEIGHBOUR_DISTANCE = 2
+NEIGHBOURS_COLUMN = f"Neighbors_NumberOfNeighbors_{NEIGHBOUR_DISTANCE}"
+# What the extended measurement's columns start with (to set them apart, e.g. in benchmarks/features_ablation.py).
+EXTENDED_PREFIXES = ("RadialDistribution_", "Correlation_", "Neighbors_", *(f"Texture_{m}_" for m in TEXTURE_MEASURES))
 COLUMNS = (
     "image_id",
     "CoreFileName",
@@ -120,16 +143,30 @@ def feature_columns(columns: Iterable[str]) -> list[str]:
     return [c for c in FEATURES if c in columns] + extra
 
 
-def channel_columns(channels: tuple[str, ...], compartments: bool = False) -> list[str]:
-    """The per-channel (and compartment) column names :func:`measure_cells` writes, in order."""
+def channel_columns(channels: tuple[str, ...], compartments: bool = False, extended: bool = False) -> list[str]:
+    """The per-channel (compartment, extended) column names :func:`measure_cells` writes, in order."""
     columns = ["AreaShape_NuclearFraction"] if compartments and channels else []
+    columns += [NEIGHBOURS_COLUMN] if extended else []
     measures = CHANNEL_MEASURES + (COMPARTMENT_MEASURES if compartments else ())
     for name in channels:
         columns += [f"{measure}_{name}" for measure in measures]
+        if extended:
+            columns += [f"Texture_{measure}_{name}_{TEXTURE_SCALE}" for measure in TEXTURE_MEASURES]
+            columns += [f"RadialDistribution_FracAtD_{name}_{k}of{RADIAL_BINS}" for k in range(1, RADIAL_BINS + 1)]
+    if extended:
+        columns += [f"Correlation_Correlation_{a}_{b}" for a, b in channel_pairs(channels)]
     return columns
 
 
-def empty_cells_table(extra_channels: tuple[str, ...] = (), compartments: bool = False) -> pd.DataFrame:
+def channel_pairs(channels: Iterable[str]) -> list[tuple[str, str]]:
+    """Each unordered pair of channels once, in the channels' order."""
+    names = list(channels)
+    return [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
+
+
+def empty_cells_table(
+    extra_channels: tuple[str, ...] = (), compartments: bool = False, extended: bool = False
+) -> pd.DataFrame:
     columns = [
         *COLUMNS,
         "centroid_y",
@@ -139,7 +176,7 @@ def empty_cells_table(extra_channels: tuple[str, ...] = (), compartments: bool =
         "bbox_max_row",
         "bbox_max_col",
     ]
-    columns += channel_columns(tuple(extra_channels), compartments)
+    columns += channel_columns(tuple(extra_channels), compartments, extended)
     table = pd.DataFrame({c: pd.Series(dtype="float64") for c in columns})
     table["image_id"] = table["image_id"].astype(object)
     table["CoreFileName"] = table["CoreFileName"].astype(object)
@@ -228,6 +265,149 @@ def channel_measures(image: np.ndarray, regions: dict[str, LabelPixels]) -> dict
     return {k: v[1:] for k, v in out.items()}
 
 
+def shifted_overlap(image: np.ndarray, dy: int, dx: int) -> tuple[np.ndarray, np.ndarray]:
+    """The two views of ``image`` that pair each pixel with the one ``(dy, dx)`` away (both inside the field)."""
+    height, width = image.shape
+    top, bottom = max(0, -dy), height - max(0, dy)
+    left, right = max(0, -dx), width - max(0, dx)
+    return image[top:bottom, left:right], image[top + dy : bottom + dy, left + dx : right + dx]
+
+
+def per_cell_levels(values: np.ndarray, cell: LabelPixels, levels: int = TEXTURE_LEVELS) -> np.ndarray:
+    """Grey levels 0..levels-1 of gathered pixel values, each cell's range spread over all of them."""
+    low, high = cell.extremes_of(values)
+    low, high = low[cell.labels], high[cell.labels]
+    span = np.where(high > low, high - low, 1.0)
+    return np.clip(((values - low) / span * levels).astype(np.intp), 0, levels - 1)
+
+
+def cooccurrence_pairs(labels: np.ndarray, scale: int = TEXTURE_SCALE) -> list[tuple[np.ndarray, np.ndarray]]:
+    """For each of the four directions (0°, 45°, 90°, 135°, ``scale`` px along each axis as in CellProfiler), the
+    flat positions of the pixel pairs that lie in the same cell. Found once per image, shared by its channels."""
+    positions = np.arange(labels.size).reshape(labels.shape)
+    pairs = []
+    for dy, dx in ((0, scale), (scale, scale), (scale, 0), (scale, -scale)):
+        label_a, label_b = shifted_overlap(labels, dy, dx)
+        inside = (label_a == label_b) & (label_a > 0)
+        first, second = shifted_overlap(positions, dy, dx)
+        pairs.append((first[inside], second[inside]))
+    return pairs
+
+
+def cooccurrence_texture(
+    grey: np.ndarray,
+    labels: np.ndarray,
+    pairs: list[tuple[np.ndarray, np.ndarray]],
+    n: int,
+    levels: int = TEXTURE_LEVELS,
+) -> dict[str, np.ndarray]:
+    """Haralick features of each cell's symmetric grey-level co-occurrence matrix, the matrices of the directions
+    in ``pairs`` (:func:`cooccurrence_pairs`) averaged, for label values 0..n-1. ``grey`` and ``labels`` are flat
+    (grey levels from :func:`per_cell_levels`); pairs that leave the cell are not counted, and a cell with none gets
+    0 everywhere."""
+    bins = levels * levels
+    matrices = np.zeros((n, levels, levels))
+    for first, second in pairs:
+        index = labels[first] * bins + grey[first] * levels + grey[second]
+        counts = np.bincount(index, minlength=n * bins).reshape(n, levels, levels).astype(np.float64)
+        counts += counts.transpose(0, 2, 1)  # symmetric: a pair counts both ways
+        total = counts.sum(axis=(1, 2), keepdims=True)
+        matrices += counts / np.maximum(total, 1.0)
+    p = matrices / len(pairs)
+    i, j = np.meshgrid(np.arange(levels), np.arange(levels), indexing="ij")
+    mean_i, mean_j = (p * i).sum(axis=(1, 2)), (p * j).sum(axis=(1, 2))
+    centred_i, centred_j = i - mean_i[:, None, None], j - mean_j[:, None, None]
+    sd_i = np.sqrt((p * centred_i**2).sum(axis=(1, 2)))
+    sd_j = np.sqrt((p * centred_j**2).sum(axis=(1, 2)))
+    covariance = (p * centred_i * centred_j).sum(axis=(1, 2))
+    log_p = np.log2(np.where(p > 0, p, 1.0))
+    return {
+        "Contrast": (p * (i - j) ** 2).sum(axis=(1, 2)),
+        "Homogeneity": (p / (1.0 + np.abs(i - j))).sum(axis=(1, 2)),
+        "AngularSecondMoment": (p * p).sum(axis=(1, 2)),
+        "Correlation": np.divide(covariance, sd_i * sd_j, out=np.zeros(n), where=sd_i * sd_j > 0),
+        "Entropy": -(p * log_p).sum(axis=(1, 2)),
+    }
+
+
+def radial_rings(cell: LabelPixels, core: np.ndarray, bins: int = RADIAL_BINS) -> np.ndarray:
+    """The ring (0..bins-1) of each of ``cell``'s pixels: its distance to the cell's outline relative to the
+    cell's largest such distance, ring 0 holding the centre-most pixels and the last the outline. ``core`` marks
+    the pixels inside the outlines (the outline itself is distance 1)."""
+    distance = ndimage.distance_transform_edt(core).ravel()[cell.where] + 1.0
+    deepest = np.zeros(len(cell.counts))
+    np.maximum.at(deepest, cell.labels, distance)
+    relative = 1.0 - distance / np.maximum(deepest[cell.labels], 1.0)  # 0 at the centre-most pixels
+    # The outline (distance 1) belongs to the last ring whatever the cell's depth.
+    rings = np.clip((relative * bins).astype(np.intp), 0, bins - 1)
+    return np.where(distance <= 1.0, bins - 1, rings)
+
+
+def radial_fractions(values: np.ndarray, cell: LabelPixels, rings: np.ndarray, bins: int = RADIAL_BINS) -> np.ndarray:
+    """Fraction of each cell's intensity in each ring (``rings`` from :func:`radial_rings`), shape (labels, bins);
+    0 where a cell has no intensity."""
+    n = len(cell.counts)
+    sums = np.bincount(cell.labels * bins + rings, weights=values, minlength=n * bins).reshape(n, bins)
+    total = sums.sum(axis=1, keepdims=True)
+    return np.divide(sums, total, out=np.zeros_like(sums), where=total > 0)
+
+
+def pixel_correlation(first: np.ndarray, second: np.ndarray, cell: LabelPixels) -> np.ndarray:
+    """Pearson correlation of two gathered channels over each cell's pixels (0 where either is flat)."""
+    mean_a, mean_b = cell.means_of(first), cell.means_of(second)
+    var_a = cell.means_of(first * first) - mean_a**2
+    var_b = cell.means_of(second * second) - mean_b**2
+    covariance = cell.means_of(first * second) - mean_a * mean_b
+    spread = np.sqrt(np.maximum(var_a, 0.0) * np.maximum(var_b, 0.0))
+    flat = spread <= 1e-12 * (1.0 + np.abs(mean_a * mean_b))  # round-off of a constant channel, not a spread
+    return np.divide(covariance, spread, out=np.zeros_like(spread), where=~flat)
+
+
+def neighbour_counts(labels: np.ndarray, distance: int = NEIGHBOUR_DISTANCE) -> np.ndarray:
+    """For each label value, how many other cells come within ``distance`` px (a square neighbourhood) of it."""
+    n = int(labels.max()) + 1
+    pairs = []
+    for dy in range(0, distance + 1):
+        for dx in range(-distance, distance + 1):
+            if dy == 0 and dx <= 0:
+                continue  # each offset once: the pair (a, b) is counted both ways below
+            first, second = shifted_overlap(labels, dy, dx)
+            touching = (first != second) & (first > 0) & (second > 0)
+            pairs.append(np.stack([first[touching], second[touching]], axis=1))
+    found = np.concatenate(pairs).astype(np.intp)
+    if not len(found):
+        return np.zeros(n)
+    unique = np.unique(np.sort(found, axis=1), axis=0)
+    return np.bincount(unique.ravel(), minlength=n).astype(np.float64)
+
+
+def extended_measures(
+    labels: np.ndarray, channels: Mapping[str, np.ndarray], regions: dict[str, LabelPixels]
+) -> dict[str, np.ndarray]:
+    """The ``measurement.extended`` columns (module docstring) for labels 1..max (index ``i`` is label ``i + 1``);
+    ``regions`` from :func:`cell_regions`."""
+    cell = regions["cell"]
+    n = len(cell.counts)
+    out = {NEIGHBOURS_COLUMN: neighbour_counts(labels)}
+    core = np.zeros(labels.size, dtype=bool)
+    core[regions["core"].where] = True
+    rings = radial_rings(cell, core.reshape(labels.shape))
+    pairs = cooccurrence_pairs(labels) if channels else []
+    flat_labels = labels.ravel().astype(np.intp, copy=False)
+    gathered = {name: cell.gather(image) for name, image in channels.items()}
+    for name, values in gathered.items():
+        grey = np.zeros(labels.size, dtype=np.intp)
+        grey[cell.where] = per_cell_levels(values, cell)
+        for measure, value in cooccurrence_texture(grey, flat_labels, pairs, n).items():
+            out[f"Texture_{measure}_{name}_{TEXTURE_SCALE}"] = value
+        fractions = radial_fractions(values, cell, rings)
+        for k in range(RADIAL_BINS):
+            out[f"RadialDistribution_FracAtD_{name}_{k + 1}of{RADIAL_BINS}"] = fractions[:, k]
+    for first, second in channel_pairs(channels):
+        out[f"Correlation_Correlation_{first}_{second}"] = pixel_correlation(gathered[first], gathered[second], cell)
+    return {k: v[1:] for k, v in out.items()}
+
+
 def nucleus_pixels(cell: LabelPixels, dna: np.ndarray) -> np.ndarray:
     """Each cell's DNA-bright part: pixels brighter than the cell's mean DNA intensity."""
     values = cell.gather(dna)
@@ -243,33 +423,38 @@ def measure_cells(
     core_file_name: str = "",
     channels: Mapping[str, np.ndarray] | None = None,
     nuclear_channel: str | None = None,
+    extended: bool = False,
 ) -> tuple[pd.DataFrame, int]:
     """Measure every labelled cell; returns the table and the number of perimeter-0 cells dropped.
 
     ``channels`` are measured per cell (see the module docstring); ``nuclear_channel`` names the one
-    of them whose bright part is the nucleus, adding the compartment columns.
+    of them whose bright part is the nucleus, adding the compartment columns; ``extended`` adds texture,
+    radial distribution, colocalisation and neighbour columns.
     """
     channels = dict(channels or {})
     if nuclear_channel is not None and nuclear_channel not in channels:
         raise ValueError(f"nuclear channel {nuclear_channel!r} is not among the measured channels {list(channels)}")
     compartments = nuclear_channel is not None
     if labels.max() == 0:
-        return empty_cells_table(tuple(channels), compartments), 0
+        return empty_cells_table(tuple(channels), compartments, extended), 0
     labels = labels.astype(np.int32, copy=False)
     props = regionprops_table(labels, intensity_image=intensity, properties=PROPERTIES)
     table = pd.DataFrame(props).rename(columns=RENAMES)
     # regionprops lists present labels only; the bincount measures are indexed by label value.
     present = table["label"].to_numpy() - 1
-    cell = LabelPixels.of(labels, int(labels.max()) + 1) if channels else None
+    cell = LabelPixels.of(labels, int(labels.max()) + 1) if channels or extended else None
     nucleus = None
     if compartments:
         nucleus = nucleus_pixels(cell, channels[nuclear_channel])
         table["AreaShape_NuclearFraction"] = cell.means(nucleus)[1:][present]
-    regions = cell_regions(labels, cell, nucleus) if channels else {}
+    regions = cell_regions(labels, cell, nucleus) if cell is not None else {}
     for name, image in channels.items():
         for measure, values in channel_measures(image, regions).items():
             table[f"{measure}_{name}"] = values[present]
-    measured = channel_columns(tuple(channels), compartments)  # documented order, as in empty_cells_table
+    if extended:
+        for column, values in extended_measures(labels, channels, regions).items():
+            table[column] = values[present]
+    measured = channel_columns(tuple(channels), compartments, extended)  # documented order, as in empty_cells_table
     table = table[[c for c in table.columns if c not in measured] + measured]
     keep = table["perimeter"] > 0
     dropped = int((~keep).sum())

@@ -53,7 +53,13 @@ def measure_one(row: dict, *, config_json: str, run_root: str, names: list[str])
         raise InputError(f"mask {run.mask_path(row['image_id'])} has shape {labels.shape}, image {intensity.shape}")
     extra = {name: stack[names.index(name)] for name in intensity_channels(config, names)}
     table, dropped = measure_cells(
-        labels, intensity, row["image_id"], row["CoreFileName"], extra, compartment_channel(config, names)
+        labels,
+        intensity,
+        row["image_id"],
+        row["CoreFileName"],
+        extra,
+        compartment_channel(config, names),
+        extended=config.measurement.extended,
     )
     arrow = pa.Table.from_pandas(table, preserve_index=False)
     arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}), DROPPED_KEY: str(dropped)})
@@ -76,7 +82,8 @@ def gather_cells(run: RunFolder, rows: list[dict], config: Config, names: list[s
         cells = pd.concat(nonempty, ignore_index=True)
     else:
         measured = tuple(intensity_channels(config, names))
-        cells = empty_cells_table(measured, compartment_channel(config, names) is not None)
+        compartments = compartment_channel(config, names) is not None
+        cells = empty_cells_table(measured, compartments, config.measurement.extended)
     cells.insert(0, "cell_id", cell_ids(cells["image_id"], cells["label"]))
     return cells, dropped
 
