@@ -10,6 +10,8 @@ stage, all measured in this one run:
     main process's own work) is told from its cost per field — projected = fixed + 2,867 × per field;
   * peak RSS of the stage's main process and of its largest worker (sampled every 0.1 s);
   * bytes on disk per cell and per field of each output;
+  * the measure stage again without `measurement.extended` (both plates, `--overwrite`, after everything else),
+    so that what the extended columns cost is a ratio of two stage runs in this one run;
   * the CPU training epoch of the study's plate, projected from the measured training rate (the slope between one
     epoch at a cap of 56 cells a field and one with every cell) and the cells an epoch sees there (the study's
     metadata, control down-sampling, the split and the cell cap of the preset).
@@ -139,6 +141,8 @@ def main() -> None:
         projected = fixed + per_field * STUDY_FIELDS
         if stage != "embed":
             per_image_total += projected
+        if stage == "measure":
+            projected_measure = projected
         sizes = {name: folder_bytes(run / name) for name in OUTPUTS[stage]}
         disk = "; ".join(
             f"{name} {size / cells / 1e3:.1f} KB/cell, {size / n / 1e6:.2f} MB/field" for name, size in sizes.items()
@@ -180,6 +184,20 @@ def main() -> None:
     print(
         f"study plate: {epoch_cells} cells an epoch (cap {cap} a field) -> {(fixed + epoch_cells / rate) / 60:.1f} "
         "min an epoch projected (goal <= 30)"
+    )
+    # the measure stage without the extended columns, last: it rewrites cells.parquet
+    plain = {}
+    for name in ("small", "plate"):
+        argv = ["measure", str(base / f"run_{name}"), *common, "--overwrite", "--set", "measurement.extended=false"]
+        plain[name] = run_measured(argv)["seconds"]
+    plain_per_field = (plain["plate"] - plain["small"]) / (n - args.small)
+    extended_per_field = (results["measure"]["seconds"] - small["measure"]["seconds"]) / (n - args.small)
+    plain_projected = max(plain["plate"] - n * plain_per_field, 0.0) + plain_per_field * STUDY_FIELDS
+    without = per_image_total - projected_measure + plain_projected
+    print(
+        f"measure without measurement.extended: {plain_per_field:.2f} s per field, {plain_projected / 60:.1f} min "
+        f"projected -> the extended columns cost {extended_per_field / plain_per_field:.2f}x per field; "
+        f"segment + measure + crops without them: {without / 60:.1f} min"
     )
     if not args.keep:
         shutil.rmtree(base, ignore_errors=True)

@@ -281,34 +281,38 @@ def per_cell_levels(values: np.ndarray, cell: LabelPixels, levels: int = TEXTURE
     return np.clip(((values - low) / span * levels).astype(np.intp), 0, levels - 1)
 
 
-def cooccurrence_pairs(labels: np.ndarray, scale: int = TEXTURE_SCALE) -> list[tuple[np.ndarray, np.ndarray]]:
+def cooccurrence_pairs(
+    labels: np.ndarray, cell: LabelPixels, scale: int = TEXTURE_SCALE
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """For each of the four directions (0°, 45°, 90°, 135°, ``scale`` px along each axis as in CellProfiler), the
-    flat positions of the pixel pairs that lie in the same cell. Found once per image, shared by its channels."""
-    positions = np.arange(labels.size).reshape(labels.shape)
+    pixel pairs that lie in one cell: the two pixels as indices into ``cell``'s gathered values, and the cell's
+    label. Found once per image, shared by its channels."""
+    rank = np.full(labels.size, -1, dtype=np.intp)
+    rank[cell.where] = np.arange(len(cell.where))
+    rank = rank.reshape(labels.shape)
     pairs = []
     for dy, dx in ((0, scale), (scale, scale), (scale, 0), (scale, -scale)):
         label_a, label_b = shifted_overlap(labels, dy, dx)
         inside = (label_a == label_b) & (label_a > 0)
-        first, second = shifted_overlap(positions, dy, dx)
-        pairs.append((first[inside], second[inside]))
+        first, second = shifted_overlap(rank, dy, dx)
+        pairs.append((first[inside], second[inside], label_a[inside].astype(np.intp)))
     return pairs
 
 
 def cooccurrence_texture(
     grey: np.ndarray,
-    labels: np.ndarray,
-    pairs: list[tuple[np.ndarray, np.ndarray]],
+    pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
     n: int,
     levels: int = TEXTURE_LEVELS,
 ) -> dict[str, np.ndarray]:
     """Haralick features of each cell's symmetric grey-level co-occurrence matrix, the matrices of the directions
-    in ``pairs`` (:func:`cooccurrence_pairs`) averaged, for label values 0..n-1. ``grey`` and ``labels`` are flat
-    (grey levels from :func:`per_cell_levels`); pairs that leave the cell are not counted, and a cell with none gets
-    0 everywhere."""
+    in ``pairs`` (:func:`cooccurrence_pairs`) averaged, for label values 0..n-1. ``grey`` holds the grey level of
+    each gathered pixel (:func:`per_cell_levels`); pairs that leave the cell are not counted, and a cell with none
+    gets 0 everywhere."""
     bins = levels * levels
     matrices = np.zeros((n, levels, levels))
-    for first, second in pairs:
-        index = labels[first] * bins + grey[first] * levels + grey[second]
+    for first, second, label in pairs:
+        index = label * bins + grey[first] * levels + grey[second]
         counts = np.bincount(index, minlength=n * bins).reshape(n, levels, levels).astype(np.float64)
         counts += counts.transpose(0, 2, 1)  # symmetric: a pair counts both ways
         total = counts.sum(axis=(1, 2), keepdims=True)
@@ -352,15 +356,21 @@ def radial_fractions(values: np.ndarray, cell: LabelPixels, rings: np.ndarray, b
     return np.divide(sums, total, out=np.zeros_like(sums), where=total > 0)
 
 
-def pixel_correlation(first: np.ndarray, second: np.ndarray, cell: LabelPixels) -> np.ndarray:
-    """Pearson correlation of two gathered channels over each cell's pixels (0 where either is flat)."""
-    mean_a, mean_b = cell.means_of(first), cell.means_of(second)
-    var_a = cell.means_of(first * first) - mean_a**2
-    var_b = cell.means_of(second * second) - mean_b**2
-    covariance = cell.means_of(first * second) - mean_a * mean_b
-    spread = np.sqrt(np.maximum(var_a, 0.0) * np.maximum(var_b, 0.0))
-    flat = spread <= 1e-12 * (1.0 + np.abs(mean_a * mean_b))  # round-off of a constant channel, not a spread
-    return np.divide(covariance, spread, out=np.zeros_like(spread), where=~flat)
+def pixel_correlations(gathered: Mapping[str, np.ndarray], cell: LabelPixels) -> dict[tuple[str, str], np.ndarray]:
+    """Pearson correlation of each pair of gathered channels (:func:`channel_pairs`) over each cell's pixels, 0 where
+    either channel is flat in the cell. Each channel is centred on its cell means once, not once per pair."""
+    centred, sd = {}, {}
+    for name, values in gathered.items():
+        mean = cell.means_of(values)
+        centred[name] = values - mean[cell.labels]
+        sd[name] = np.sqrt(cell.means_of(centred[name] ** 2))
+        sd[name][sd[name] <= 1e-12 * (1.0 + np.abs(mean))] = 0.0  # round-off of a constant channel, not a spread
+    out = {}
+    for first, second in channel_pairs(gathered):
+        spread = sd[first] * sd[second]
+        covariance = cell.means_of(centred[first] * centred[second])
+        out[first, second] = np.divide(covariance, spread, out=np.zeros_like(spread), where=spread > 0)
+    return out
 
 
 def neighbour_counts(labels: np.ndarray, distance: int = NEIGHBOUR_DISTANCE) -> np.ndarray:
@@ -374,11 +384,12 @@ def neighbour_counts(labels: np.ndarray, distance: int = NEIGHBOUR_DISTANCE) -> 
             first, second = shifted_overlap(labels, dy, dx)
             touching = (first != second) & (first > 0) & (second > 0)
             pairs.append(np.stack([first[touching], second[touching]], axis=1))
-    found = np.concatenate(pairs).astype(np.intp)
+    found = np.concatenate(pairs).astype(np.int64)
     if not len(found):
         return np.zeros(n)
-    unique = np.unique(np.sort(found, axis=1), axis=0)
-    return np.bincount(unique.ravel(), minlength=n).astype(np.float64)
+    # Each touching pair once, as one number (a row-wise np.unique sorts far slower on crowded fields).
+    keys = np.unique(found.min(axis=1) * n + found.max(axis=1))
+    return np.bincount(np.concatenate([keys // n, keys % n]), minlength=n).astype(np.float64)
 
 
 def extended_measures(
@@ -392,19 +403,16 @@ def extended_measures(
     core = np.zeros(labels.size, dtype=bool)
     core[regions["core"].where] = True
     rings = radial_rings(cell, core.reshape(labels.shape))
-    pairs = cooccurrence_pairs(labels) if channels else []
-    flat_labels = labels.ravel().astype(np.intp, copy=False)
+    pairs = cooccurrence_pairs(labels, cell) if channels else []
     gathered = {name: cell.gather(image) for name, image in channels.items()}
     for name, values in gathered.items():
-        grey = np.zeros(labels.size, dtype=np.intp)
-        grey[cell.where] = per_cell_levels(values, cell)
-        for measure, value in cooccurrence_texture(grey, flat_labels, pairs, n).items():
+        for measure, value in cooccurrence_texture(per_cell_levels(values, cell), pairs, n).items():
             out[f"Texture_{measure}_{name}_{TEXTURE_SCALE}"] = value
         fractions = radial_fractions(values, cell, rings)
         for k in range(RADIAL_BINS):
             out[f"RadialDistribution_FracAtD_{name}_{k + 1}of{RADIAL_BINS}"] = fractions[:, k]
-    for first, second in channel_pairs(channels):
-        out[f"Correlation_Correlation_{first}_{second}"] = pixel_correlation(gathered[first], gathered[second], cell)
+    for (first, second), value in pixel_correlations(gathered, cell).items():
+        out[f"Correlation_Correlation_{first}_{second}"] = value
     return {k: v[1:] for k, v in out.items()}
 
 
@@ -443,22 +451,19 @@ def measure_cells(
     # regionprops lists present labels only; the bincount measures are indexed by label value.
     present = table["label"].to_numpy() - 1
     cell = LabelPixels.of(labels, int(labels.max()) + 1) if channels or extended else None
-    nucleus = None
+    nucleus, columns = None, {}
     if compartments:
         nucleus = nucleus_pixels(cell, channels[nuclear_channel])
-        table["AreaShape_NuclearFraction"] = cell.means(nucleus)[1:][present]
+        columns["AreaShape_NuclearFraction"] = cell.means(nucleus)[1:]
     regions = cell_regions(labels, cell, nucleus) if cell is not None else {}
     for name, image in channels.items():
         for measure, values in channel_measures(image, regions).items():
-            table[f"{measure}_{name}"] = values[present]
+            columns[f"{measure}_{name}"] = values
     if extended:
-        for column, values in extended_measures(labels, channels, regions).items():
-            table[column] = values[present]
+        columns.update(extended_measures(labels, channels, regions))
     measured = channel_columns(tuple(channels), compartments, extended)  # documented order, as in empty_cells_table
-    table = table[[c for c in table.columns if c not in measured] + measured]
+    # One concat, not a column at a time: with five channels there are over a hundred columns.
+    ids = pd.DataFrame({"image_id": image_id, "CoreFileName": core_file_name}, index=table.index)
+    table = pd.concat([ids, table, pd.DataFrame({c: columns[c][present] for c in measured})], axis=1)
     keep = table["perimeter"] > 0
-    dropped = int((~keep).sum())
-    table = table[keep].reset_index(drop=True)
-    table.insert(0, "CoreFileName", core_file_name)
-    table.insert(0, "image_id", image_id)
-    return table, dropped
+    return table[keep].reset_index(drop=True), int((~keep).sum())
