@@ -400,10 +400,12 @@ def extended_measures(
     cell = regions["cell"]
     n = len(cell.counts)
     out = {NEIGHBOURS_COLUMN: neighbour_counts(labels)}
+    if not channels:  # neighbours need no channel; rings and pairs serve only the per-channel columns
+        return {k: v[1:] for k, v in out.items()}
     core = np.zeros(labels.size, dtype=bool)
     core[regions["core"].where] = True
     rings = radial_rings(cell, core.reshape(labels.shape))
-    pairs = cooccurrence_pairs(labels, cell) if channels else []
+    pairs = cooccurrence_pairs(labels, cell)
     gathered = {name: cell.gather(image) for name, image in channels.items()}
     for name, values in gathered.items():
         for measure, value in cooccurrence_texture(per_cell_levels(values, cell), pairs, n).items():
