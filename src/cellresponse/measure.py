@@ -238,13 +238,25 @@ def cell_regions(labels: np.ndarray, cell: LabelPixels, nucleus: np.ndarray | No
     return regions
 
 
-def channel_measures(image: np.ndarray, regions: dict[str, LabelPixels]) -> dict[str, np.ndarray]:
-    """Mean/min/max, spread, outline/inside, texture and (with nucleus/cytoplasm ``regions``) compartment means of
-    one channel for labels 1..max (index ``i`` is label ``i + 1``); ``regions`` from :func:`cell_regions`."""
-    cell = regions["cell"]
+ChannelPixels = tuple[np.ndarray, np.ndarray, np.ndarray]  # gathered values, per-label minimum and maximum
+
+
+def channel_pixels(image: np.ndarray, cell: LabelPixels) -> ChannelPixels:
+    """One channel's values at ``cell``'s pixels and each label's minimum and maximum of them: found once per
+    channel and shared by :func:`channel_measures` and :func:`extended_measures`."""
     values = cell.gather(image)
+    return (values, *cell.extremes_of(values))
+
+
+def channel_measures(
+    image: np.ndarray, regions: dict[str, LabelPixels], pixels: ChannelPixels | None = None
+) -> dict[str, np.ndarray]:
+    """Mean/min/max, spread, outline/inside, texture and (with nucleus/cytoplasm ``regions``) compartment means of
+    one channel for labels 1..max (index ``i`` is label ``i + 1``); ``regions`` from :func:`cell_regions`,
+    ``pixels`` from :func:`channel_pixels` (found here when not given)."""
+    cell = regions["cell"]
+    values, low, high = pixels if pixels is not None else channel_pixels(image, cell)
     mean, area = cell.means_of(values), cell.counts
-    low, high = cell.extremes_of(values)
     mean_sq = cell.means_of(values * values)
     edge = regions["edge"].means(image)
     core, core_area = regions["core"].means(image), regions["core"].counts
@@ -273,9 +285,10 @@ def shifted_overlap(image: np.ndarray, dy: int, dx: int) -> tuple[np.ndarray, np
     return image[top:bottom, left:right], image[top + dy : bottom + dy, left + dx : right + dx]
 
 
-def per_cell_levels(values: np.ndarray, cell: LabelPixels, levels: int = TEXTURE_LEVELS) -> np.ndarray:
-    """Grey levels 0..levels-1 of gathered pixel values, each cell's range spread over all of them."""
-    low, high = cell.extremes_of(values)
+def per_cell_levels(pixels: ChannelPixels, cell: LabelPixels, levels: int = TEXTURE_LEVELS) -> np.ndarray:
+    """Grey levels 0..levels-1 of a channel's gathered values (:func:`channel_pixels`), each cell's range spread
+    over all of them."""
+    values, low, high = pixels
     low, high = low[cell.labels], high[cell.labels]
     span = np.where(high > low, high - low, 1.0)
     return np.clip(((values - low) / span * levels).astype(np.intp), 0, levels - 1)
@@ -393,10 +406,11 @@ def neighbour_counts(labels: np.ndarray, distance: int = NEIGHBOUR_DISTANCE) -> 
 
 
 def extended_measures(
-    labels: np.ndarray, channels: Mapping[str, np.ndarray], regions: dict[str, LabelPixels]
+    labels: np.ndarray, channels: Mapping[str, ChannelPixels], regions: dict[str, LabelPixels]
 ) -> dict[str, np.ndarray]:
     """The ``measurement.extended`` columns (module docstring) for labels 1..max (index ``i`` is label ``i + 1``);
-    ``regions`` from :func:`cell_regions`."""
+    ``channels`` maps each measured channel's name to its :func:`channel_pixels`, ``regions`` from
+    :func:`cell_regions`."""
     cell = regions["cell"]
     n = len(cell.counts)
     out = {NEIGHBOURS_COLUMN: neighbour_counts(labels)}
@@ -406,11 +420,11 @@ def extended_measures(
     core[regions["core"].where] = True
     rings = radial_rings(cell, core.reshape(labels.shape))
     pairs = cooccurrence_pairs(labels, cell)
-    gathered = {name: cell.gather(image) for name, image in channels.items()}
-    for name, values in gathered.items():
-        for measure, value in cooccurrence_texture(per_cell_levels(values, cell), pairs, n).items():
+    gathered = {name: pixels[0] for name, pixels in channels.items()}
+    for name, pixels in channels.items():
+        for measure, value in cooccurrence_texture(per_cell_levels(pixels, cell), pairs, n).items():
             out[f"Texture_{measure}_{name}_{TEXTURE_SCALE}"] = value
-        fractions = radial_fractions(values, cell, rings)
+        fractions = radial_fractions(gathered[name], cell, rings)
         for k in range(RADIAL_BINS):
             out[f"RadialDistribution_FracAtD_{name}_{k + 1}of{RADIAL_BINS}"] = fractions[:, k]
     for (first, second), value in pixel_correlations(gathered, cell).items():
@@ -458,11 +472,12 @@ def measure_cells(
         nucleus = nucleus_pixels(cell, channels[nuclear_channel])
         columns["AreaShape_NuclearFraction"] = cell.means(nucleus)[1:]
     regions = cell_regions(labels, cell, nucleus) if cell is not None else {}
+    pixels = {name: channel_pixels(image, cell) for name, image in channels.items()}
     for name, image in channels.items():
-        for measure, values in channel_measures(image, regions).items():
+        for measure, values in channel_measures(image, regions, pixels[name]).items():
             columns[f"{measure}_{name}"] = values
     if extended:
-        columns.update(extended_measures(labels, channels, regions))
+        columns.update(extended_measures(labels, pixels, regions))
     measured = channel_columns(tuple(channels), compartments, extended)  # documented order, as in empty_cells_table
     # One concat, not a column at a time: with five channels there are over a hundred columns.
     ids = pd.DataFrame({"image_id": image_id, "CoreFileName": core_file_name}, index=table.index)
