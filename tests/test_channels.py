@@ -3,7 +3,14 @@ import pandas as pd
 import pytest
 import tifffile
 
-from cellresponse.channels import apply_recipe, find_nuclear_channel, load_stack, resolve_channel
+from cellresponse.channels import (
+    SELECTION_MEDIAN_MAX_CHANNELS,
+    apply_recipe,
+    channel_median,
+    find_nuclear_channel,
+    load_stack,
+    resolve_channel,
+)
 from cellresponse.config import ChannelRecipe
 from cellresponse.errors import InputError
 from cellresponse.plate import ImageSource, build_image_table, channel_names
@@ -18,6 +25,22 @@ def test_median_of_first_three_is_the_default_recipe():
     out = apply_recipe(stack, ChannelRecipe(), NAMES)
     np.testing.assert_array_equal(out, np.median(stack[:3].astype(np.float32), axis=0))
     assert out.shape == (6, 7) and out.dtype == np.float32
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.uint16])
+def test_channel_median_equals_numpy_for_any_count(dtype):
+    rng = np.random.default_rng(1)
+    for count in range(1, SELECTION_MEDIAN_MAX_CHANNELS + 3):  # the min/max path and np.median's beyond it
+        stack = rng.integers(0, 60000, size=(count, 9, 11)).astype(dtype)
+        if dtype != np.uint16:
+            stack[rng.integers(0, count), 3, 4] = np.nan  # NaN propagates as in np.median
+        expected = np.median(stack, axis=0)
+        out = channel_median(stack)
+        assert out.dtype == expected.dtype and out.shape == expected.shape
+        np.testing.assert_array_equal(out, expected)
+    one = np.ones((1, 2, 2), np.float32)
+    channel_median(one)[0, 0] = 5  # a copy, never a view of the stack
+    assert one[0, 0, 0] == 1
 
 
 def test_named_recipes():

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 from skimage.measure import regionprops_table
 
-from cellresponse.measure import FEATURES, measure_cells
+from cellresponse.measure import FEATURES, PROPERTIES, RENAMES, measure_cells, neighbour_counts, sobel_magnitude
 from tests.conftest import shared
 
 
@@ -44,15 +44,24 @@ def test_values_equal_regionprops_on_a_real_field(tmp_path):
     seg_input, nuclear, config = _real_field("bbbc021-moa", "load_data.csv", loader="load_data")
     labels = Segmenter(config.segmentation, backend="offline")(seg_input, nuclear).labels
     table, dropped = measure_cells(labels, seg_input, "x", "y")
-    bare = pd.DataFrame(
-        regionprops_table(
-            labels.astype(int), seg_input, properties=("label", "area", "perimeter", "intensity_mean", "solidity")
-        )
-    )
+    # every property as regionprops_table gives it (the inertia ones are computed for all cells at once)
+    bare = pd.DataFrame(regionprops_table(labels.astype(int), seg_input, properties=PROPERTIES)).rename(columns=RENAMES)
     bare = bare[bare["perimeter"] > 0].reset_index(drop=True)
     assert len(table) == len(bare) > 50 and dropped == int(labels.max() - len(bare))
-    np.testing.assert_allclose(table["mean_intensity"], bare["intensity_mean"])
-    np.testing.assert_allclose(table["solidity"], bare["solidity"])
+    assert list(table.columns) == ["image_id", "CoreFileName", *bare.columns]
+    for column in bare.columns:
+        np.testing.assert_allclose(table[column], bare[column], rtol=1e-9, atol=1e-9, err_msg=column)
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32, np.float64])
+def test_sobel_magnitude_equals_scikit_image(dtype):
+    from skimage.filters import sobel
+
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 65535, size=(40, 57)).astype(dtype)
+    image[10:20, 5:30] += dtype(2000)  # an edge, and the borders reflected as scikit-image reflects them
+    expected = sobel(image.astype(np.float64))
+    np.testing.assert_allclose(sobel_magnitude(image), expected, rtol=1e-5, atol=1e-6 * expected.max())
 
 
 def test_edge_core_spread_and_texture_on_known_cells():
@@ -214,6 +223,23 @@ def test_channel_correlation_and_neighbour_counts():
     assert list(empty.columns) == list(full.columns)
     alone, _ = measure_cells(labels, np.ones((12, 30)), extended=True)
     assert alone["Neighbors_NumberOfNeighbors_2"].tolist() == [1.0, 1.0, 0.0]
+
+
+def test_neighbour_counts_equal_a_dilation_of_each_cell_on_a_real_field():
+    from scipy import ndimage
+
+    from cellresponse.segmentation import Segmenter
+    from tests.test_segmentation import _real_field
+
+    seg_input, nuclear, config = _real_field("bbbc021-moa", "load_data.csv", loader="load_data")
+    labels = Segmenter(config.segmentation, backend="offline")(seg_input, nuclear).labels.astype(np.int32)
+    labels[:, :3] = labels[:, 3:4]  # cells cut by the field's edge, as outlines that meet the border
+    counts = neighbour_counts(labels, 2)
+    square = np.ones((5, 5), bool)
+    for cell in range(1, int(labels.max()) + 1):
+        near = set(np.unique(labels[ndimage.binary_dilation(labels == cell, square)])) - {0, cell}
+        assert counts[cell] == len(near), cell
+    assert counts[1:].mean() > 1  # a crowded field: the check compares real contacts
 
 
 def test_extended_measures_on_a_real_field_are_finite_and_plausible():

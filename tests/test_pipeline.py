@@ -226,3 +226,26 @@ def test_dask_leaves_this_process_environment_alone(tmp_path):
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True)
     state = json.loads(result.stdout.strip().splitlines()[-1])
     assert state == {"changed": [], "worker_omp": "1"}  # the workers still get one thread each
+
+
+def test_measure_refuses_to_mix_settings_in_a_half_measured_run(tmp_path, plate40):
+    run = _prepared_run(tmp_path, plate40, "mixed")
+    run_cli("segment", run, "--workers", "0", *STAGE_FLAGS)
+    run_cli("measure", run, "--workers", "0", *STAGE_FLAGS)
+    parts = sorted((run / "cells").glob("*.parquet"))
+    parts[0].unlink()  # a run stopped before its last image
+    kept = {p.name: p.stat().st_mtime_ns for p in parts[1:]}
+    other = ("--set", "measurement.extended=false")
+    refused = run_cli("measure", run, "--workers", "0", *other, *STAGE_FLAGS, check=False)
+    assert refused.returncode != 0 and "--overwrite" in refused.stderr and "Traceback" not in refused.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in parts[1:]} == kept and not parts[0].exists()  # nothing touched
+    # Parts from before the settings were recorded: told apart by their columns.
+    (run / "cells" / "settings.json").unlink()
+    refused = run_cli("measure", run, "--workers", "0", *other, *STAGE_FLAGS, check=False)
+    assert refused.returncode != 0 and "columns" in refused.stderr and "--overwrite" in refused.stderr
+    run_cli("measure", run, "--workers", "0", *STAGE_FLAGS)  # the same settings as the parts: resumes
+    assert any(c.startswith("Texture_Contrast") for c in pd.read_parquet(run / "cells.parquet").columns)
+    run_cli("measure", run, "--workers", "0", "--overwrite", *other, *STAGE_FLAGS)
+    cells = pd.read_parquet(run / "cells.parquet")
+    assert not [c for c in cells.columns if c.startswith(("Texture_Contrast", "RadialDistribution_"))]
+    assert cells["image_id"].nunique() == len(parts)

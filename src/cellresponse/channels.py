@@ -104,6 +104,29 @@ def recipe_channels(recipe: ChannelRecipe, names: Sequence[str]) -> list[int | s
     return list(recipe.channels)
 
 
+# Up to this many channels the median is taken by elementwise min/max (a partial selection sort over whole
+# images): np.median along the channel axis sorts each pixel's short strided column and took 150 ms for three
+# 1080-px CPJUMP1 channels where min/max takes 3 ms, in each of segment, measure and crops.
+SELECTION_MEDIAN_MAX_CHANNELS = 9
+
+
+def channel_median(stack: np.ndarray) -> np.ndarray:
+    """Per-pixel median over the channels of a ``(C, H, W)`` stack: the same values as ``np.median(stack,
+    axis=0)`` (NaN propagates; an even count averages the two middle values)."""
+    n = len(stack)
+    if n > SELECTION_MEDIAN_MAX_CHANNELS:
+        return np.median(stack, axis=0)
+    if not np.issubdtype(stack.dtype, np.floating):
+        stack = stack.astype(np.float64)  # as np.median: integers give float64
+    rows = list(stack)
+    for i in range(n // 2 + 1):  # afterwards rows[0..n//2] hold the n//2 + 1 smallest values in order
+        for j in range(i + 1, n):
+            rows[i], rows[j] = np.minimum(rows[i], rows[j]), np.maximum(rows[i], rows[j])
+    if n % 2:
+        return rows[n // 2].copy() if n == 1 else rows[n // 2]
+    return np.mean([rows[n // 2 - 1], rows[n // 2]], axis=0)
+
+
 def apply_recipe(stack: np.ndarray, recipe: ChannelRecipe, names: Sequence[str]) -> np.ndarray:
     """Apply a recipe to a ``(C, H, W)`` stack: a 2-D image (median/mean/max/single) or a stack."""
     if stack.ndim != 3:
@@ -113,7 +136,7 @@ def apply_recipe(stack: np.ndarray, recipe: ChannelRecipe, names: Sequence[str])
         raise InputError("a channel recipe needs at least one channel")
     chosen = stack[indices].astype(np.float32, copy=False)
     if recipe.kind == "median":
-        return np.median(chosen, axis=0)
+        return channel_median(chosen)
     if recipe.kind == "mean":
         return chosen.mean(axis=0)
     if recipe.kind == "max":

@@ -83,6 +83,7 @@ class RunFolder:
     cells = property(lambda self: self.root / "cells.parquet")
     cells_csv = property(lambda self: self.root / "cells.csv")
     cells_per_image = property(lambda self: self.root / "cells")
+    measure_settings = property(lambda self: self.root / "cells" / "settings.json")
     crops = property(lambda self: self.root / "crops")
     crop_parts = property(lambda self: self.root / "crops" / "parts")
     crop_settings = property(lambda self: self.root / "crops" / "settings.json")

@@ -17,7 +17,7 @@ from cellresponse.errors import InputError
 from cellresponse.io import atomic_path, read_tiff, write_parquet
 from cellresponse.measure import cell_ids, empty_cells_table, measure_cells
 from cellresponse.runfolder import RunFolder
-from cellresponse.stages.per_image import config_from_json, image_rows, map_stage, require_outputs
+from cellresponse.stages.per_image import config_from_json, image_rows, map_stage, require_outputs, settled_scales
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,42 @@ def compartment_channel(config: Config, names: list[str]) -> str | None:
         return None
     index = find_nuclear_channel(names, config.segmentation.nuclear_channel)
     return names[index] if index is not None and names[index] in measured else None
+
+
+def measure_settings(config: Config, names: list[str]) -> dict[str, Any]:
+    """What the per-image parts depend on besides the masks: a resumed run must measure its remaining images the
+    same way, or cells.parquet would mix column sets (or intensities of different inputs)."""
+    return {
+        "input": config.segmentation.input.model_dump(mode="json"),
+        "intensity_channels": intensity_channels(config, names),
+        "compartment_channel": compartment_channel(config, names),
+        "extended": config.measurement.extended,
+    }
+
+
+def check_measured_parts(run: RunFolder, rows: list[dict], config: Config, names: list[str], overwrite: bool) -> None:
+    """Refuse, before measuring anything, to add images measured with other settings to the parts already there
+    (``--overwrite`` measures them all again). Parts from before the settings were recorded are checked by
+    their columns."""
+    settings = measure_settings(config, names)
+    if not overwrite and not run.measure_settings.exists():
+        done = next((run.cells_path(r["image_id"]) for r in rows if run.cells_path(r["image_id"]).exists()), None)
+        if done is not None:
+            expected = empty_cells_table(
+                tuple(settings["intensity_channels"]), settings["compartment_channel"] is not None, settings["extended"]
+            ).columns
+            found = pq.read_schema(done).names
+            if list(found) != list(expected):
+                extra, missing = sorted(set(found) - set(expected)), sorted(set(expected) - set(found))
+                raise InputError(
+                    f"{run.cells_per_image} holds cells measured with other settings ({done.name}: "
+                    f"{len(extra)} columns these settings do not make, e.g. {extra[:3]}; {len(missing)} they make "
+                    f"that it lacks, e.g. {missing[:3]}) — rerun with --overwrite to measure every image again, "
+                    "or measure with the earlier settings"
+                )
+    settled_scales(
+        run.cells_per_image, run.measure_settings, settings, dict, overwrite, redo="measure every image again"
+    )
 
 
 def measure_one(row: dict, *, config_json: str, run_root: str, names: list[str]) -> dict:
@@ -95,6 +131,7 @@ def run(
     started = time.perf_counter()
     rows, names = image_rows(run)
     require_outputs(run, [r["image_id"] for r in rows], run.mask_path, "mask", "segment")
+    check_measured_parts(run, rows, config, names, overwrite)
     outcome = map_stage(
         "measure",
         measure_one,
