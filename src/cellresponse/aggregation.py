@@ -55,7 +55,8 @@ def well_profiles(fields: pd.DataFrame, features: list[str], operation: str = "m
     # the profile stage without calling them (with copairs, 0.5 s of import time saved in train, 2026-11-26).
     from pycytominer import aggregate
 
-    profiles = aggregate(fields, strata=strata, features=features, operation=operation)
+    # .copy(): one block per dtype; a table joined from many parts made pycytominer's groupby warn (PerformanceWarning)
+    profiles = aggregate(fields.copy(), strata=strata, features=features, operation=operation)
     return _constant_metadata(fields, strata).merge(profiles, on=strata, how="inner")
 
 
@@ -130,7 +131,7 @@ def treatment_profiles(wells: pd.DataFrame, features: list[str], operation: str 
     constant within each treatment (compound, mechanism, …) and the number of wells (``Metadata_Count``)."""
     from pycytominer import aggregate
 
-    profiles = aggregate(wells, strata=[TREATMENT], features=features, operation=operation)
+    profiles = aggregate(wells.copy(), strata=[TREATMENT], features=features, operation=operation)
     meta = _constant_metadata(wells.drop(columns=["Metadata_Count"], errors="ignore"), [TREATMENT])
     return meta.merge(profiles, on=TREATMENT, how="inner")
 
