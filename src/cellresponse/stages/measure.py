@@ -42,6 +42,12 @@ def compartment_channel(config: Config, names: list[str]) -> str | None:
     return names[index] if index is not None and names[index] in measured else None
 
 
+def empty_part(config: Config, names: list[str]) -> pd.DataFrame:
+    """The cell table with no rows that these settings measure: its columns are every part's."""
+    compartments = compartment_channel(config, names) is not None
+    return empty_cells_table(tuple(intensity_channels(config, names)), compartments, config.measurement.extended)
+
+
 def measure_settings(config: Config, names: list[str]) -> dict[str, Any]:
     """What the per-image parts depend on besides the masks: a resumed run must measure its remaining images the
     same way, or cells.parquet would mix column sets (or intensities of different inputs)."""
@@ -61,9 +67,7 @@ def check_measured_parts(run: RunFolder, rows: list[dict], config: Config, names
     if not overwrite and not run.measure_settings.exists():
         done = next((run.cells_path(r["image_id"]) for r in rows if run.cells_path(r["image_id"]).exists()), None)
         if done is not None:
-            expected = empty_cells_table(
-                tuple(settings["intensity_channels"]), settings["compartment_channel"] is not None, settings["extended"]
-            ).columns
+            expected = empty_part(config, names).columns
             found = pq.read_schema(done).names
             if list(found) != list(expected):
                 extra, missing = sorted(set(found) - set(expected)), sorted(set(expected) - set(found))
@@ -114,12 +118,7 @@ def gather_cells(run: RunFolder, rows: list[dict], config: Config, names: list[s
         dropped += int((pq.read_schema(path).metadata or {}).get(DROPPED_KEY, b"0"))
         parts.append(pd.read_parquet(path))
     nonempty = [p for p in parts if len(p)]
-    if nonempty:
-        cells = pd.concat(nonempty, ignore_index=True)
-    else:
-        measured = tuple(intensity_channels(config, names))
-        compartments = compartment_channel(config, names) is not None
-        cells = empty_cells_table(measured, compartments, config.measurement.extended)
+    cells = pd.concat(nonempty, ignore_index=True) if nonempty else empty_part(config, names)
     cells.insert(0, "cell_id", cell_ids(cells["image_id"], cells["label"]))
     return cells, dropped
 
