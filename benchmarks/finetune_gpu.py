@@ -19,7 +19,8 @@ lower bound of one run alone), and the test side per field / per well for the ne
 the auto model.
 
 Usage: python benchmarks/finetune_gpu.py [--load-data CSV] [--work DIR] [--labels moa compound] [--parallel 4]
-       [--start-by SECONDS] [--json FILE] [--smoke]
+       [--candidates 48px 96px] [--start-by SECONDS] [--json FILE] [--smoke]
+--candidates: train only these (a single one is scored on both test sides without a choice being made).
 --start-by: a label after the first starts only within this many seconds of the script's start (else: not run).
 --smoke: a few fields, one epoch, capped cells, on the CPU (checks the script, measures nothing).
 """
@@ -130,6 +131,7 @@ def main() -> int:
     parser.add_argument("--work", type=Path, help="folder for the runs (default: a temporary one)")
     parser.add_argument("--labels", nargs="+", choices=list(LABELS), default=list(LABELS))
     parser.add_argument("--parallel", type=int, default=4, help="trainings side by side")
+    parser.add_argument("--candidates", nargs="+", choices=list(CANDIDATES), default=list(CANDIDATES))
     parser.add_argument("--start-by", type=float, help="start no label's runs later than this (seconds)")
     parser.add_argument("--json", type=Path, help="write the results here too (rewritten as runs finish)")
     parser.add_argument("--smoke", action="store_true", help="check the script on a CPU with a few fields")
@@ -183,12 +185,12 @@ def main() -> int:
             results["not_run"].append(label)
             print(f"{label}: not run (past --start-by {args.start_by:.0f} s)", flush=True)
             continue
-        keys = [(c, label, t) for t in DIRECTIONS for c in CANDIDATES]
+        keys = [(c, label, t) for t in DIRECTIONS for c in args.candidates]
         with ThreadPoolExecutor(max_workers=args.parallel) as pool:
             for key, summary in pool.map(one, keys):
                 results["runs"]["/".join(key)] = summary
                 save()
-        choosing = {c: results["runs"][f"{c}/{label}/{DIRECTIONS[0]}"] for c in CANDIDATES}
+        choosing = {c: results["runs"][f"{c}/{label}/{DIRECTIONS[0]}"] for c in args.candidates}
         scores = {c: r["validation_cell_accuracy"] for c, r in choosing.items() if "failed" not in r}
         if scores:  # a tie keeps the first listed (the preset's 48 px)
             results["chosen"][label] = max(scores, key=scores.get)

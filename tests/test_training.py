@@ -280,7 +280,14 @@ def test_evaluate_applies_evaluation_settings_and_refuses_model_settings(trained
     refused = run_cli("evaluate", copy, "--set", "crops.size=64", "--no-progress", check=False)
     assert refused.returncode == 2 and "crops.size: 32 → 64" in refused.stderr
     assert (copy / "config.yaml").read_text() == config_before
-    run_cli("evaluate", copy, "--set", "evaluation.vote=majority", "--set", "evaluation.top_k=1", "--no-progress")
+    if not torch.cuda.is_available():  # a GPU asked for where there is none: one line, before any work
+        metrics_before = (copy / "metrics.json").read_bytes()
+        no_gpu = run_cli("evaluate", copy, "--set", "training.accelerator=gpu", "--no-progress", check=False)
+        assert no_gpu.returncode == 2 and "--set training.accelerator=cpu" in no_gpu.stderr
+        assert "Traceback" not in no_gpu.stderr and (copy / "metrics.json").read_bytes() == metrics_before
+    # where the network runs is not a model setting: evaluate takes it
+    run_cli("evaluate", copy, *("--set", "evaluation.vote=majority", "--set", "evaluation.top_k=1"),
+            *("--set", "training.accelerator=cpu", "--no-progress"))  # fmt: skip
     metrics = json.loads((copy / "metrics.json").read_text())
     assert metrics["headline_vote"] == "majority" and "top1" in metrics["cell"]
     assert "evaluation:\n  vote: majority" in (copy / "config.yaml").read_text()

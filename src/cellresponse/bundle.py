@@ -167,10 +167,13 @@ def predict_probabilities(
     batch_size: int = 256,
     progress: bool = False,
     output: str = "probabilities",
+    device: torch.device | None = None,
 ) -> np.ndarray:
     """Class probabilities ``(N, classes)`` — or, with ``output="embedding"``, the network's projection layer
-    ``(N, projection)`` — for store rows (eval mode, batched, CPU or GPU); crops are prepared as in training
-    (``config.crops``: size, mean, std)."""
+    ``(N, projection)`` — for store rows (eval mode, batched); crops are prepared as in training
+    (``config.crops``: size, mean, std). The network moves to ``device`` first (default: where it is)."""
+    if device is not None:
+        model = model.to(device)
     device = next(model.parameters()).device
     model.eval()
     channels_last = config.training.channels_last
@@ -198,9 +201,10 @@ def predict_cells(
     batch_size: int = 256,
     progress: bool = False,
     output: str = "probabilities",
+    device: torch.device | None = None,
 ) -> np.ndarray:
     """The bundle's network on ``cells`` (a cell table with ``cell_id`` and the bundle's feature columns):
-    their crops from ``store``, their table rows scaled with the bundle's scaler; ``output`` as in
+    their crops from ``store``, their table rows scaled with the bundle's scaler; ``output`` and ``device`` as in
     :func:`predict_probabilities`."""
     return predict_probabilities(
         bundle.model,
@@ -211,4 +215,5 @@ def predict_cells(
         batch_size=batch_size,
         progress=progress,
         output=output,
+        device=device,
     )

@@ -50,15 +50,17 @@ class Embedder:
         input_size: int = 96,
         mode: str = "rgb",
         batch_size: int = 16,
+        device: torch.device | str = "cpu",
     ):
         trunk = fold_batch_norm(pretrained_trunk(backbone, pretrained, in_channels=3).eval())
         for parameter in trunk.parameters():
             parameter.requires_grad_(False)
         mean, std = INPUT_STATISTICS[backbone]
-        self.mean = torch.tensor(mean).view(1, 3, 1, 1)
-        self.std = torch.tensor(std).view(1, 3, 1, 1)
+        self.device = torch.device(device)
+        self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
         self.input_size, self.mode, self.batch_size = input_size, mode, batch_size
-        self.trunk = trunk
+        self.trunk = trunk.to(self.device)
 
     def dims(self, channels: int) -> int:
         return FEATURES * (channels if self.mode == "per_channel" else 1)
@@ -74,12 +76,12 @@ class Embedder:
     def __call__(self, windows: np.ndarray) -> np.ndarray:
         out = np.zeros((len(windows), self.dims(windows.shape[1])), np.float32)
         for start in range(0, len(windows), self.batch_size):
-            x = torch.from_numpy(windows[start : start + self.batch_size]).float().div_(255.0)
+            x = torch.from_numpy(windows[start : start + self.batch_size]).to(self.device).float().div_(255.0)
             if x.shape[-1] != self.input_size:
                 x = F.interpolate(x, size=(self.input_size,) * 2, mode="bilinear", align_corners=False)
             views = [(view - self.mean) / self.std for view in self._views(x)]
             pooled = [self.trunk(view.contiguous(memory_format=torch.channels_last)) for view in views]
-            out[start : start + len(x)] = torch.cat(pooled, dim=1).numpy()
+            out[start : start + len(x)] = torch.cat(pooled, dim=1).cpu().numpy()
         return out
 
 

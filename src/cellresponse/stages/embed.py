@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from cellresponse.bundle import load_bundle, predict_cells
 from cellresponse.channels import load_stack, resolve_channel
 from cellresponse.config import Config
+from cellresponse.devices import inference_device
 from cellresponse.embeddings import Embedder, cell_windows, embed_channels, embedding_columns, window_side
 from cellresponse.io import atomic_path, remove_stale_temporaries, write_parquet
 from cellresponse.measure import cell_ids
@@ -93,6 +94,7 @@ def embed_with_network(run: RunFolder, config: Config, *, overwrite: bool, progr
     """Embeddings from the trained network (``embedding.source: network``): every cell's projection layer, from
     the crop store, written per image like the backbone's."""
     started = time.perf_counter()
+    device = inference_device(config.training.accelerator)
     bundle = load_bundle(run.require(run.bundle, "train"))
     settings = {"source": "network", "bundle": str(run.bundle), "trained": bundle.meta.get("best_checkpoint_epoch")}
     settled_scales(run.embeddings, run.embedding_settings, settings, dict, overwrite, redo="embed again")
@@ -100,7 +102,7 @@ def embed_with_network(run: RunFolder, config: Config, *, overwrite: bool, progr
     todo = [i for i in cells["image_id"].unique() if not run.embedding_path(i).exists()]
     chosen = cells[cells["image_id"].isin(set(todo))].reset_index(drop=True)
     vectors = predict_cells(
-        bundle, CropStore(run.crops), chosen, config.evaluation.batch_size, progress, output="embedding"
+        bundle, CropStore(run.crops), chosen, config.evaluation.batch_size, progress, "embedding", device
     )
     columns = embedding_columns(vectors.shape[1])
     if todo:
@@ -147,7 +149,9 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
         run.embedding_means.unlink(missing_ok=True)  # stale the moment one image's embeddings change
     means: dict[str, tuple[np.ndarray, int]] = {}
     e = config.embedding
-    embedder = Embedder(e.backbone, e.pretrained, e.input_size, e.mode, e.batch_size)
+    embedder = Embedder(
+        e.backbone, e.pretrained, e.input_size, e.mode, e.batch_size, inference_device(config.training.accelerator)
+    )
     columns = embedding_columns(embedder.dims(len(settings["channels"])))
     bar = tqdm(total=len(todo), desc="embed", unit="image", disable=not progress)
     embedded = 0

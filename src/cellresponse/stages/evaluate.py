@@ -23,6 +23,7 @@ from cellresponse.baselines import (
 )
 from cellresponse.bundle import Bundle, load_bundle, predict_cells
 from cellresponse.config import Config, differences
+from cellresponse.devices import inference_device
 from cellresponse.errors import InputError
 from cellresponse.io import write_json, write_parquet
 from cellresponse.measure import feature_columns
@@ -55,6 +56,11 @@ EVALUATION_KEYS = (
     "seed",
     "input.control_label",
     "input.target_column",
+    # where the network runs, not what it is
+    "training.accelerator",
+    "training.devices",
+    "training.num_nodes",
+    "training.num_workers",
 )
 PREDICTION_COLUMNS = ["cell_id", "image_id", "plate", "well", "true_label"]
 
@@ -65,8 +71,9 @@ def check_same_model_settings(bundle: Bundle, config: Config) -> None:
     if changed:
         detail = ", ".join(f"{key}: {old!r} → {new!r}" for key, (old, new) in list(changed.items())[:5])
         raise InputError(
-            f"the model was trained with other settings ({detail}); evaluate can only change evaluation.* and "
-            "runtime.* — to use the new settings, train again: cellresponse train RUN --overwrite --set ..."
+            f"the model was trained with other settings ({detail}); evaluate can only change evaluation.*, "
+            "runtime.* and where the network runs (training.accelerator) — to use the new settings, train again: "
+            "cellresponse train RUN --overwrite --set ..."
         )
 
 
@@ -119,6 +126,7 @@ def wrong_calls_by_group(
 def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Predict the test side, vote, score, add baselines; writes RUN/predictions and RUN/metrics.json."""
     started = time.perf_counter()
+    device = inference_device(config.training.accelerator)
     bundle = load_bundle(run.require(run.bundle, "train"))
     label = config.input.label
     if bundle.meta.get("label") != label:
@@ -132,7 +140,7 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
         raise InputError("the test side has no cells — nothing to evaluate")
     classes = bundle.encoder.classes
     e = config.evaluation
-    probs = predict_cells(bundle, CropStore(run.crops), test, batch_size=e.batch_size, progress=progress)
+    probs = predict_cells(bundle, CropStore(run.crops), test, e.batch_size, progress, device=device)
     write_parquet(run.cell_predictions, prediction_table(test[PREDICTION_COLUMNS], probs, classes, e.top_k))
     groups, scores = vote(test["image_id"].to_numpy(), probs, e.vote)
     image_table = images.set_index("image_id").loc[groups].reset_index()

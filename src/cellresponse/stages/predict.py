@@ -25,6 +25,7 @@ import pandas as pd
 
 from cellresponse.bundle import Bundle, load_bundle, predict_cells
 from cellresponse.config import Config, apply_overrides
+from cellresponse.devices import inference_device
 from cellresponse.errors import InputError
 from cellresponse.io import write_parquet
 from cellresponse.metrics import prediction_table, vote
@@ -43,7 +44,7 @@ from cellresponse.store import CropStore
 log = logging.getLogger(__name__)
 
 # Settings a user may change for prediction: how it runs, not what the model sees.
-RUNTIME_KEYS = ("runtime.", "input.join", "input.label")
+RUNTIME_KEYS = ("runtime.", "input.join", "input.label", "training.accelerator")
 MODELS = MODEL_CHOICES
 # Names of earlier versions: `--model cnn` is the network, `--model features` the measured-profile model.
 MODEL_ALIASES = {"cnn": NETWORK, "features": "measured"}
@@ -62,10 +63,15 @@ def check_compatible(bundle_channels: list[str], names: list[str], bundle_crops:
 
 
 def prediction_config(bundle_config: Config, overrides: list[str]) -> Config:
+    """The bundle's settings with ``overrides`` of the runtime keys; the network runs where this machine allows
+    (``training.accelerator=auto``) — the machine it was trained on does not bind the one it predicts on."""
     for text in overrides:
         if not text.startswith(RUNTIME_KEYS):
-            raise InputError(f"--set {text}: predict takes the bundle's settings; only runtime.* may change")
-    return apply_overrides(bundle_config, overrides, "model bundle")
+            raise InputError(
+                f"--set {text}: predict takes the bundle's settings; only runtime.*, input.join, input.label and "
+                f"training.accelerator may change"
+            )
+    return apply_overrides(bundle_config, ["training.accelerator=auto", *overrides], "model bundle")
 
 
 def write_image_predictions(
@@ -141,6 +147,7 @@ def run(
     """Predict the images of ``source`` with a bundle into ``out``; returns the files written."""
     bundle = load_bundle(bundle_path)
     config = prediction_config(bundle.config, overrides or [])
+    device = inference_device(config.training.accelerator)
     images.run(out, config, source=source)
     table = out.read_images()
     names = channel_names(table)
@@ -158,7 +165,7 @@ def run(
     cells["plate"] = cells["image_id"].map(meta["plate"])
     cells["well"] = cells["image_id"].map(meta["well"])
     e = config.evaluation
-    probs = predict_cells(bundle, CropStore(out.crops), cells, batch_size=e.batch_size, progress=progress)
+    probs = predict_cells(bundle, CropStore(out.crops), cells, e.batch_size, progress, device=device)
     classes = bundle.encoder.classes
     write_parquet(
         out.cell_predictions, prediction_table(cells[["cell_id", "image_id", "plate", "well"]], probs, classes, e.top_k)

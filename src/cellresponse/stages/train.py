@@ -17,6 +17,7 @@ import torch
 
 from cellresponse.bundle import load_bundle, predict_cells, save_bundle, save_choice
 from cellresponse.config import Config
+from cellresponse.devices import inference_device
 from cellresponse.errors import InputError, ResourceError
 from cellresponse.io import write_json, write_parquet
 from cellresponse.measure import feature_columns
@@ -167,7 +168,8 @@ def network_validation_score(
     bundle = load_bundle(run.bundle)
     validation = validation[validation["image_id"].map(labels).astype(str).isin(bundle.encoder.classes)]
     e = config.evaluation
-    probs = predict_cells(bundle, CropStore(run.crops), validation, batch_size=e.batch_size)
+    device = inference_device(config.training.accelerator)
+    probs = predict_cells(bundle, CropStore(run.crops), validation, e.batch_size, device=device)
     groups, scores = vote(validation["image_id"].to_numpy(), probs, e.vote)
     predicted = np.asarray(bundle.encoder.classes)[scores.argmax(1)]
     truth = labels.loc[groups].astype(str).to_numpy()

@@ -1,0 +1,32 @@
+"""Where the network runs outside training (evaluate, predict, embed): the torch device for a Lightning-style
+``training.accelerator`` value, so that a run trained on a GPU is also scored and embedded on it."""
+
+from __future__ import annotations
+
+import torch
+
+from cellresponse.errors import InputError
+
+GPU_NAMES = ("gpu", "cuda")
+
+
+def inference_device(accelerator: str) -> torch.device:
+    """``auto``: the first CUDA GPU when one is visible, else the CPU; ``cpu``; ``gpu``/``cuda``: the first CUDA
+    GPU (an error when none is visible, before any work); ``mps``: Apple's GPU (likewise)."""
+    name = accelerator.lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name in GPU_NAMES:
+        if not torch.cuda.is_available():
+            raise InputError(
+                f"training.accelerator is {accelerator!r} but torch sees no CUDA GPU here — "
+                f"rerun with --set training.accelerator=cpu (or auto)"
+            )
+        return torch.device("cuda")
+    if name == "mps":
+        if not torch.backends.mps.is_available():
+            raise InputError("training.accelerator is 'mps' but this machine has no usable Apple GPU — use cpu or auto")
+        return torch.device("mps")
+    raise InputError(f"training.accelerator {accelerator!r} is not one of auto, cpu, gpu, cuda, mps")

@@ -1,0 +1,26 @@
+"""Where the network runs outside training: `inference_device` reads `training.accelerator` as Lightning does."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cellresponse.devices import inference_device
+from cellresponse.errors import InputError
+
+
+@pytest.mark.parametrize("visible", [True, False])
+def test_auto_takes_the_gpu_exactly_when_torch_sees_one(monkeypatch, visible):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: visible)
+    assert inference_device("auto") == torch.device("cuda" if visible else "cpu")
+    assert inference_device("cpu") == torch.device("cpu")
+    if visible:
+        assert inference_device("gpu") == inference_device("CUDA") == torch.device("cuda")
+
+
+def test_a_gpu_asked_for_where_there_is_none_is_one_clear_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(InputError, match=r"no CUDA GPU.*--set training.accelerator=cpu"):
+        inference_device("gpu")
+    with pytest.raises(InputError, match="not one of auto, cpu, gpu, cuda, mps"):
+        inference_device("tpu")
