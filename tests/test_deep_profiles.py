@@ -311,5 +311,6 @@ def test_embed_holds_only_the_images_in_flight(measured_run, tmp_path, monkeypat
     monkeypatch.setattr(embed, "GATHER", 1)  # one image per network call
     summary = embed.run(run, load_config(run.config), progress=False)
     images = summary["embedded_now"]
+    assert summary["device"] == "cpu"  # the stage's record names where the network ran
     assert images >= 3 * embed.PREFETCH and len(most_alive) == images
     assert max(most_alive) <= embed.PREFETCH + 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cellresponse.devices import inference_device
+from cellresponse.devices import device_name, inference_device
 from cellresponse.errors import InputError
 
 
@@ -24,3 +24,9 @@ def test_a_gpu_asked_for_where_there_is_none_is_one_clear_error(monkeypatch):
         inference_device("gpu")
     with pytest.raises(InputError, match="not one of auto, cpu, gpu, cuda, mps"):
         inference_device("tpu")
+
+
+def test_the_device_is_named_for_logs():
+    assert device_name(torch.device("cpu")) == "cpu"
+    if torch.cuda.is_available():
+        assert device_name(torch.device("cuda")).startswith("cuda:0 (")

@@ -290,6 +290,7 @@ def test_evaluate_applies_evaluation_settings_and_refuses_model_settings(trained
             *("--set", "training.accelerator=cpu", "--no-progress"))  # fmt: skip
     metrics = json.loads((copy / "metrics.json").read_text())
     assert metrics["headline_vote"] == "majority" and "top1" in metrics["cell"]
+    assert json.loads((copy / "logs" / "evaluate.json").read_text())["device"] == "cpu"
     assert "evaluation:\n  vote: majority" in (copy / "config.yaml").read_text()
 
 

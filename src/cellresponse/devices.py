@@ -30,3 +30,11 @@ def inference_device(accelerator: str) -> torch.device:
             raise InputError("training.accelerator is 'mps' but this machine has no usable Apple GPU — use cpu or auto")
         return torch.device("mps")
     raise InputError(f"training.accelerator {accelerator!r} is not one of auto, cpu, gpu, cuda, mps")
+
+
+def device_name(device: torch.device) -> str:
+    """``cuda:0 (NVIDIA H100 80GB HBM3)``, ``cpu`` — for logs and stage records."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    return str(device)

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from cellresponse.bundle import load_bundle, predict_cells
 from cellresponse.channels import load_stack, resolve_channel
 from cellresponse.config import Config
-from cellresponse.devices import inference_device
+from cellresponse.devices import device_name, inference_device
 from cellresponse.embeddings import Embedder, cell_windows, embed_channels, embedding_columns, window_side
 from cellresponse.io import atomic_path, remove_stale_temporaries, write_parquet
 from cellresponse.measure import cell_ids
@@ -119,6 +119,7 @@ def embed_with_network(run: RunFolder, config: Config, *, overwrite: bool, progr
         "cells_embedded_now": len(chosen),
         "dims": len(columns),
         "settings": settings,
+        "device": device_name(device),
         "seconds": round(time.perf_counter() - started, 2),
     }
     run.record_stage("embed", summary)
@@ -149,9 +150,8 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
         run.embedding_means.unlink(missing_ok=True)  # stale the moment one image's embeddings change
     means: dict[str, tuple[np.ndarray, int]] = {}
     e = config.embedding
-    embedder = Embedder(
-        e.backbone, e.pretrained, e.input_size, e.mode, e.batch_size, inference_device(config.training.accelerator)
-    )
+    device = inference_device(config.training.accelerator)
+    embedder = Embedder(e.backbone, e.pretrained, e.input_size, e.mode, e.batch_size, device)
     columns = embedding_columns(embedder.dims(len(settings["channels"])))
     bar = tqdm(total=len(todo), desc="embed", unit="image", disable=not progress)
     embedded = 0
@@ -201,6 +201,7 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
         "cells_embedded_now": embedded,
         "dims": len(columns),
         "settings": settings,
+        "device": device_name(device),
         "cells_per_second": round(embedded / seconds, 1) if embedded else None,
         "network_seconds": round(network_seconds, 2),
         "seconds": round(seconds, 2),

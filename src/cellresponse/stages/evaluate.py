@@ -23,7 +23,7 @@ from cellresponse.baselines import (
 )
 from cellresponse.bundle import Bundle, load_bundle, predict_cells
 from cellresponse.config import Config, differences
-from cellresponse.devices import inference_device
+from cellresponse.devices import device_name, inference_device
 from cellresponse.errors import InputError
 from cellresponse.io import write_json, write_parquet
 from cellresponse.measure import feature_columns
@@ -140,6 +140,7 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
         raise InputError("the test side has no cells — nothing to evaluate")
     classes = bundle.encoder.classes
     e = config.evaluation
+    log.info("the network predicts %d test cells on %s", len(test), device_name(device))
     probs = predict_cells(bundle, CropStore(run.crops), test, e.batch_size, progress, device=device)
     write_parquet(run.cell_predictions, prediction_table(test[PREDICTION_COLUMNS], probs, classes, e.top_k))
     groups, scores = vote(test["image_id"].to_numpy(), probs, e.vote)
@@ -194,7 +195,7 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
             "%d classes have sites of one well on both sides of the split: the image-level number is optimistic",
             split_report["leaky_classes"],
         )
-    run.record_stage("evaluate", {"cells": len(test), "seconds": metrics["seconds"]})
+    run.record_stage("evaluate", {"cells": len(test), "device": device_name(device), "seconds": metrics["seconds"]})
     return metrics
 
 

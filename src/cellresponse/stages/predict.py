@@ -25,7 +25,7 @@ import pandas as pd
 
 from cellresponse.bundle import Bundle, load_bundle, predict_cells
 from cellresponse.config import Config, apply_overrides
-from cellresponse.devices import inference_device
+from cellresponse.devices import device_name, inference_device
 from cellresponse.errors import InputError
 from cellresponse.io import write_parquet
 from cellresponse.metrics import prediction_table, vote
@@ -165,6 +165,7 @@ def run(
     cells["plate"] = cells["image_id"].map(meta["plate"])
     cells["well"] = cells["image_id"].map(meta["well"])
     e = config.evaluation
+    log.info("the network predicts %d cells on %s", len(cells), device_name(device))
     probs = predict_cells(bundle, CropStore(out.crops), cells, e.batch_size, progress, device=device)
     classes = bundle.encoder.classes
     write_parquet(
