@@ -116,7 +116,9 @@ def normalize_profiles(
     return out[wells.columns]
 
 
-def select_features(wells: pd.DataFrame, features: list[str], operations: Sequence[str] = FEATURE_SELECTION):
+def select_features(
+    wells: pd.DataFrame, features: list[str], operations: Sequence[str] = FEATURE_SELECTION
+) -> tuple[pd.DataFrame, list[str]]:
     """pycytominer ``feature_select``; returns the table and the features kept."""
     if not operations:
         return wells, features

@@ -90,7 +90,14 @@ def classification_metrics(
         return _classification_metrics(true_labels, predicted, scores, classes, top_k, details)
 
 
-def _classification_metrics(true_labels, predicted, scores, classes, top_k, details) -> dict[str, Any]:
+def _classification_metrics(
+    true_labels: np.ndarray,
+    predicted: np.ndarray,
+    scores: np.ndarray | None,
+    classes: list[str],
+    top_k: int,
+    details: bool,
+) -> dict[str, Any]:
     true_labels = np.asarray(true_labels).astype(str)
     predicted = np.asarray(predicted).astype(str)
     labels = sorted(set(true_labels) | set(predicted))

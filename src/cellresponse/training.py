@@ -105,7 +105,14 @@ class ShardedBatchSampler(Sampler[list[int]]):
 
 
 def make_loader(
-    store: CropStore, cells: CellSet, batch_size: int, shuffle: bool, seed: int, workers: int = 0, rank=0, world=1
+    store: CropStore,
+    cells: CellSet,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    workers: int = 0,
+    rank: int = 0,
+    world: int = 1,
 ) -> DataLoader:
     sampler = ShardedBatchSampler(len(cells), batch_size, shuffle, seed, rank, world)
     return DataLoader(
@@ -153,13 +160,13 @@ class CellResponseModule(L.LightningModule):
         self.log(f"{stage}_accuracy", accuracy, on_step=False, on_epoch=True, batch_size=size, sync_dist=True)
         return loss
 
-    def training_step(self, batch, batch_idx):
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")
 
-    def validation_step(self, batch, batch_idx):
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._step(batch, "val")
 
-    def configure_optimizers(self):
+    def configure_optimizers(self) -> dict[str, Any]:
         t = self.training_config
         optimizer = torch.optim.Adam(self.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay)
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=t.step_size, gamma=t.gamma)
@@ -175,13 +182,13 @@ class EpochHistory(L.Callback):
         self.path = Path(path)
         self._started = time.perf_counter()
 
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._started = time.perf_counter()
         sampler = getattr(trainer.train_dataloader, "sampler", None)
         if isinstance(sampler, ShardedBatchSampler):
             sampler.set_epoch(trainer.current_epoch)
 
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.global_rank != 0 or trainer.sanity_checking:
             return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}

@@ -14,6 +14,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -61,14 +62,16 @@ def channel_scales(rows: list[dict], names: list[str], channels: list[str], conf
     return plate_scales(rows, names, channels, config, seed=config.seed)
 
 
-def _windows(row: dict, cells: pd.DataFrame, names: list[str], settings: dict, scales: dict, config: Config):
+def _windows(
+    row: dict, cells: pd.DataFrame, names: list[str], settings: dict, scales: dict, config: Config
+) -> tuple[str, pd.DataFrame, np.ndarray]:
     raw = raw_planes(load_stack(row, names), settings["channels"], names, config)
     unit = np.stack([to_unit(p, lo, hi) for p, (lo, hi) in zip(raw, scales[str(row["plate"])], strict=True)])
     centroids = cells[["centroid_y", "centroid_x"]].to_numpy()
     return row["image_id"], cells[["cell_id", "image_id"]], cell_windows(unit, centroids, settings["window"])
 
 
-def write_embeddings(path, ids: pd.DataFrame, vectors: np.ndarray, columns: list[str]) -> None:
+def write_embeddings(path: Path, ids: pd.DataFrame, vectors: np.ndarray, columns: list[str]) -> None:
     """One image's embeddings as Parquet (cell_id, image_id, emb_…), built with pyarrow directly: a pandas frame
     of 1,280 columns cost 0.12 s an image, this 0.04 s."""
     arrays = [pa.array(ids["cell_id"].to_numpy()), pa.array(ids["image_id"].to_numpy())]
@@ -218,7 +221,7 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
     return summary
 
 
-def _mean_from_file(path) -> tuple[np.ndarray, int]:
+def _mean_from_file(path: Path) -> tuple[np.ndarray, int]:
     table = pq.read_table(path)
     columns = [name for name in table.column_names if name.startswith("emb_")]
     if not table.num_rows:
