@@ -149,6 +149,8 @@ def test_predict_refuses_images_with_other_channels(trained, tmp_path):
     )
     assert result.returncode == 2
     assert "trained on channels ['DNA', 'Tubulin', 'Actin']" in result.stderr and "Traceback" not in result.stderr
+    assert "FileName_Orig<name>" in result.stderr  # says how to name the channels
+    assert not (tmp_path / "o").exists()  # refused before any image work: no output folder left behind
 
 
 class _Collect(HTMLParser):

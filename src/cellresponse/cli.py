@@ -280,16 +280,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from cellresponse.stages import predict
 
     out = RunFolder(args.out)
-    setup_logging(args.verbose, out.create())
-    paths = predict.run(
-        args.bundle,
-        out,
-        image_source(args),
-        overrides=cli_overrides(args),
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
-        model=args.model,
-    )
+    with new_run_folder(out):  # a refused bundle, model or set of channels leaves no output folder behind
+        setup_logging(args.verbose, out)
+        plan = predict.prepare(args.bundle, out, image_source(args), overrides=cli_overrides(args), model=args.model)
+    paths = predict.predict_images(plan, out, overwrite=args.overwrite, progress=not args.no_progress)
     for path in paths:
         print(f"wrote {path}")
     return 0

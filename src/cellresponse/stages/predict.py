@@ -18,10 +18,12 @@ embed the cells with the bundle's embedding settings), ``network`` the trained n
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from cellresponse.bundle import Bundle, load_bundle, predict_cells
 from cellresponse.config import Config, apply_overrides
@@ -55,7 +57,8 @@ def check_compatible(bundle_channels: list[str], names: list[str], bundle_crops:
     if list(bundle_channels) != list(names):
         raise InputError(
             f"the model was trained on channels {list(bundle_channels)}, these images have {list(names)} — "
-            "predict needs the same channels in the same order (rename the load_data columns to match)"
+            "predict needs the same channels in the same order: give a load_data.csv whose FileName_Orig<name> "
+            "columns carry the model's names (a Phenix folder names its channels ch1, ch2, …)"
         )
     changed = crops.changed_settings(bundle_crops, crop_settings)
     if changed:
@@ -134,25 +137,42 @@ def predict_with_profiles(
     return out.image_predictions
 
 
-def run(
+@dataclass(frozen=True)
+class PredictionPlan:
+    """What ``prepare`` checked before any image work: the bundle, its settings, the model and the device."""
+
+    bundle: Bundle
+    config: Config
+    model: str
+    device: torch.device
+
+
+def prepare(
     bundle_path: str | Path,
     out: RunFolder,
     source: ImageSource,
     *,
     overrides: list[str] | None = None,
-    overwrite: bool = False,
-    progress: bool = True,
     model: str = "auto",
-) -> list[Path]:
-    """Predict the images of ``source`` with a bundle into ``out``; returns the files written."""
+) -> PredictionPlan:
+    """Load the bundle, resolve the model and device, write the image table and check its channels and crop
+    settings against the bundle's — every refusal comes here, before segmentation."""
     bundle = load_bundle(bundle_path)
     config = prediction_config(bundle.config, overrides or [])
     device = inference_device(config.training.accelerator)
-    images.run(out, config, source=source)
-    table = out.read_images()
-    names = channel_names(table)
-    check_compatible(bundle.channels, names, bundle.crop_settings, crops.crop_settings(config, names))
     model = resolve_model(model, bundle, bundle_path)
+    images.run(out, config, source=source)
+    names = channel_names(out.read_images())
+    check_compatible(bundle.channels, names, bundle.crop_settings, crops.crop_settings(config, names))
+    return PredictionPlan(bundle, config, model, device)
+
+
+def predict_images(
+    plan: PredictionPlan, out: RunFolder, *, overwrite: bool = False, progress: bool = True
+) -> list[Path]:
+    """Segment, measure (and embed or crop) the prepared images and predict them; returns the files written."""
+    bundle, config, model, device = plan.bundle, plan.config, plan.model, plan.device
+    table = out.read_images()
     segment.run(out, config, overwrite=overwrite, progress=progress)
     measure.run(out, config, overwrite=overwrite, progress=progress)
     cells = out.read_cells()
@@ -175,3 +195,18 @@ def run(
     write_image_predictions(out.image_predictions, meta.loc[groups].reset_index(), scores, classes, config, NETWORK)
     log.info("predicted %d cells in %d images", len(cells), len(groups))
     return [out.cell_predictions, out.image_predictions]
+
+
+def run(
+    bundle_path: str | Path,
+    out: RunFolder,
+    source: ImageSource,
+    *,
+    overrides: list[str] | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    model: str = "auto",
+) -> list[Path]:
+    """Predict the images of ``source`` with a bundle into ``out``; returns the files written."""
+    plan = prepare(bundle_path, out, source, overrides=overrides, model=model)
+    return predict_images(plan, out, overwrite=overwrite, progress=progress)
