@@ -54,8 +54,12 @@ def test_the_bundle_is_found_from_the_run_folder_or_its_model_folder(tmp_path):
 
 
 def test_the_report_says_what_a_sanity_check_and_a_never_predicted_class_mean():
-    below = sanity_meaning({"accuracy": 0.918, "balanced_accuracy": 0.55, "majority_rate": 0.952})
-    assert "no better than always answering the larger group" in below
+    below = sanity_meaning({"accuracy": 0.950, "balanced_accuracy": 0.51, "majority_rate": 0.952})
+    assert "no better than chance" in below and "do not tell control from treated" in below
+    assert "barely above chance" in sanity_meaning({"accuracy": 0.95, "balanced_accuracy": 0.57, "majority_rate": 0.95})
+    # few controls: plain accuracy under the majority rate while the balanced accuracy shows a real difference
+    few_controls = sanity_meaning({"accuracy": 0.918, "balanced_accuracy": 0.672, "majority_rate": 0.952})
+    assert "differ (balanced accuracy 0.672" in few_controls and "do not tell" not in few_controls
     assert "told apart" in sanity_meaning({"accuracy": 0.95, "balanced_accuracy": 0.9, "majority_rate": 0.6})
     voted = {"confusion": {"labels": ["DMSO", "compound-05"], "matrix": [[5, 0], [3, 0]]}}
     assert never_predicted(voted) == ["compound-05 is never predicted: its 3 images were called DMSO most often."]

@@ -90,14 +90,22 @@ def metrics_rows(metrics: dict[str, Any]) -> list[list[Any]]:
 
 
 def sanity_meaning(sanity: dict[str, Any]) -> str:
-    """The sanity check in words: is control told from treated better than always answering the larger group?"""
-    if sanity["accuracy"] <= sanity["majority_rate"]:
+    """The sanity check in words. Balanced accuracy decides (chance 0.5 whatever the group sizes): plain accuracy
+    sits under the larger group's share whenever controls are few, even when the features do separate them."""
+    balanced = sanity["balanced_accuracy"]
+    if balanced < 0.55:
         return (
-            "That is no better than always answering the larger group: on these cells the measured features do not "
+            "That is no better than chance (balanced accuracy 0.5): on these cells the measured features do not "
             "tell control from treated — the treatments' effects are weak or absent here."
         )
-    if sanity["balanced_accuracy"] < 0.6:
-        return "Above the larger group's share, but the balanced accuracy shows control and treated barely apart."
+    if balanced < 0.6:
+        return "The balanced accuracy is barely above chance (0.5): control and treated cells are hardly apart."
+    if sanity["accuracy"] <= sanity["majority_rate"]:
+        return (
+            f"Control and treated cells differ (balanced accuracy {balanced:.3f}, chance 0.5), though plain accuracy "
+            f"stays under always answering the larger group ({sanity['majority_rate']:.3f} of the cells): some "
+            "treated cells look like controls, as cells do when a treatment is weak or acts on part of them."
+        )
     return "Control and treated cells are told apart: the treatments change what the features measure."
 
 
