@@ -118,3 +118,16 @@ def test_the_verdicts_say_which_model_is_better_and_when_the_difference_is_withi
     if network > other:  # a network ahead by a hair is never said to add "nothing"
         assert "nothing" not in embeddings
     assert compare_with_embeddings({"image": metrics["image"]}, "soft") == ""  # no deep model: no sentence
+
+
+def test_a_benchmark_not_computed_says_why():
+    from cellresponse.retrieval import nsc_summary
+    from cellresponse.stages.report import section_profiles
+
+    missing = {"skipped": "columns ['Metadata_target'] not in the metadata — name the MoA and compound columns"}
+    assert nsc_summary(missing) == f"NSC MoA accuracy not computed: {missing['skipped']}"
+    lonely = {"accuracy": float("nan"), "chance_rate": float("nan"), "n": 0, "skipped": 6}
+    assert "no treatment has another compound of the same MoA" in nsc_summary(lonely)
+    assert nsc_summary({"accuracy": 0.9, "chance_rate": 0.2, "n": 10, "skipped": 0}).endswith("0.900 (chance 0.200)")
+    html_text = "".join(section_profiles({"kinds": {"measured": {"features": 5, "nsc": missing}}}))
+    assert "not computed: columns [&#x27;Metadata_target&#x27;] not in the metadata" in html_text

@@ -52,6 +52,15 @@ def nsc_accuracy(
     }
 
 
+def nsc_summary(nsc: dict[str, Any]) -> str:
+    """``NSC MoA accuracy 0.927 (chance 0.210)``, or why it was not computed — a bare dash tells a user nothing."""
+    if isinstance(nsc.get("skipped"), str):
+        return f"NSC MoA accuracy not computed: {nsc['skipped']}"
+    if not nsc.get("n"):
+        return "NSC MoA accuracy not computed: no treatment has another compound of the same MoA"
+    return f"NSC MoA accuracy {nsc['accuracy']:.3f} (chance {nsc['chance_rate']:.3f})"
+
+
 def retrieval_map(
     meta: pd.DataFrame,
     features: np.ndarray,

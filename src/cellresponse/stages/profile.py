@@ -33,7 +33,7 @@ from cellresponse.io import write_json, write_parquet
 from cellresponse.measure import feature_columns
 from cellresponse.plate import check_columns
 from cellresponse.profiles import PROFILE_KINDS, image_feature_table, image_profiles
-from cellresponse.retrieval import nsc_accuracy, retrieval_map
+from cellresponse.retrieval import nsc_accuracy, nsc_summary, retrieval_map
 from cellresponse.runfolder import RunFolder
 from cellresponse.stages.embed import mean_embeddings
 
@@ -149,7 +149,10 @@ def evaluate_profiles(
         )
     else:
         missing = sorted({p.moa, compound} - set(treated.columns))
-        out["nsc"] = {"skipped": f"columns {missing} not in the metadata (profiles.moa / profiles.compound)"}
+        out["nsc"] = {
+            "skipped": f"columns {missing} not in the metadata — name the MoA and compound columns with "
+            "--set profiles.moa=COLUMN --set profiles.compound=COLUMN"
+        }
     queries = without_controls(wells, config)
     out["map_replicates"] = retrieval_map(
         queries[[TREATMENT, PLATE, WELL]],
@@ -196,15 +199,13 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
             "treatments": len(treatments),
             **result,
         }
-        nsc = result.get("nsc", {})
         log.info(
-            "%s profiles: %d wells, %d treatments, %d features; NSC MoA accuracy %s (chance %s); replicate mAP %s",
+            "%s profiles: %d wells, %d treatments, %d features; %s; replicate mAP %s",
             kind,
             len(wells),
             len(treatments),
             len(features),
-            f"{nsc['accuracy']:.3f}" if "accuracy" in nsc else "—",
-            f"{nsc['chance_rate']:.3f}" if "chance_rate" in nsc else "—",
+            nsc_summary(result.get("nsc", {})),
             f"{result['map_replicates'].get('mean_average_precision', float('nan')):.3f}",
         )
     metrics["seconds"] = round(time.perf_counter() - started, 2)

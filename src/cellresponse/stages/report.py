@@ -24,6 +24,7 @@ from cellresponse.figures import plot_confusion, plot_history, treatment_panels
 from cellresponse.io import read_tiff, write_text
 from cellresponse.metrics import wrong_calls_sentence
 from cellresponse.plate import channel_names
+from cellresponse.retrieval import nsc_summary
 from cellresponse.runfolder import RunFolder
 from cellresponse.stages import PIPELINE
 from cellresponse.stages.segment import segmentation_inputs
@@ -273,7 +274,14 @@ def section_profiles(profiles: dict[str, Any]) -> list[str]:
             ]
         )
     header = ["profile", "features", "NSC MoA acc.", "chance", "NSCB", "replicate mAP", "retrieved", "MoA mAP"]
-    notes = "".join(f"<p class='note'>{html.escape(n)}</p>" for n in profiles.get("normalization", []))
+    not_computed = {
+        nsc_summary(block.get("nsc", {}))
+        for block in profiles["kinds"].values()
+        if "accuracy" not in block.get("nsc", {}) or not block["nsc"].get("n")
+    }
+    notes = "".join(
+        f"<p class='note'>{html.escape(n)}</p>" for n in [*profiles.get("normalization", []), *sorted(not_computed)]
+    )
     return [
         "<h2>Profiles: mechanism of compounds never seen</h2>",
         "<p>Treatment profiles (pycytominer: fields → wells → treatments, normalised) of each kind. NSC = share of "
