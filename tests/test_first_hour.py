@@ -131,3 +131,13 @@ def test_a_benchmark_not_computed_says_why():
     assert nsc_summary({"accuracy": 0.9, "chance_rate": 0.2, "n": 10, "skipped": 0}).endswith("0.900 (chance 0.200)")
     html_text = "".join(section_profiles({"kinds": {"measured": {"features": 5, "nsc": missing}}}))
     assert "not computed: columns [&#x27;Metadata_target&#x27;] not in the metadata" in html_text
+
+
+def test_the_report_says_when_plates_give_the_class_away():
+    from cellresponse.stages.report import section_split
+
+    split = {"by": "well", "images": {"train": 30, "test": 9}, "plate_confounded_images": 5}
+    text = "".join(section_split({**split, "plate_confounded_examples": ["AZ138", "taxol"]}))
+    assert "5 of 9 test images sit on plates whose training images all carry the same label (e.g. AZ138, taxol)" in text
+    assert "--split-column" in text
+    assert "sit on plates" not in "".join(section_split({**split, "plate_confounded_images": 0}))

@@ -102,6 +102,44 @@ def test_study_metadata_leakage_is_reported(caplog):
     assert by_well.classes_in_test == 250 - single_well
 
 
+def test_plates_that_give_the_class_away_are_reported(caplog):
+    """A plate holding one compound (BBBC021's design): split by well, a test image's plate neighbours in training
+    all carry its label, so the plate can name it — said with counts; a replicate split has no such image."""
+    one_per_plate = _plate(n_classes=1, wells=4, sites=3, plates=6)
+    one_per_plate["compound"] = one_per_plate["plate"].map(lambda p: f"cmp{p}")
+    one_per_plate["well"] = one_per_plate["image_id"].str.split("_").str[1].str[:4]
+    side, report = assign_split(one_per_plate, "compound", by="well", test_fraction=0.25, seed=0)
+    assert report.images[TEST] > 0 and report.plate_confounded_images == report.images[TEST]
+    with caplog.at_level(logging.WARNING):
+        log_split(report)
+    assert f"plates: {report.plate_confounded_images} of {report.images[TEST]} test images" in caplog.text
+    # a control on the same plate does not make the plate any less telling
+    with_control = one_per_plate.copy()
+    with_control.loc[with_control["image_id"].str.contains("w0"), "compound"] = "DMSO"
+    side, report = assign_split(with_control, "compound", by="well", test_fraction=0.25, seed=0, control="DMSO")
+    treated_tests = int(((side == TEST) & (with_control["compound"] != "DMSO")).sum())
+    assert treated_tests > 0 and report.plate_confounded_images == treated_tests
+    _, uncontrolled = assign_split(with_control, "compound", by="well", test_fraction=0.25, seed=0)
+    assert uncontrolled.plate_confounded_images < treated_tests  # DMSO counted as a class: plates look mixed
+    # six compounds on every plate: the plate says nothing about the class
+    _, mixed = assign_split(_plate(plates=3), "compound", by="well", seed=0)
+    assert mixed.plate_confounded_images == 0
+
+
+def test_bbbc021_plates_give_compounds_away_unless_the_split_is_by_replicate():
+    table = pd.read_csv(shared("bbbc021-moa", "load_data.csv"))
+    images = table.rename(columns={"Metadata_Plate": "plate", "Metadata_Well": "well", "Metadata_Compound": "compound"})
+    images["image_id"] = images["plate"] + "_" + images["well"] + "_" + images["Metadata_Site"].astype(str)
+    side, by_well = assign_split(images, "compound", by="well", seed=0)
+    # every test image on a single-compound plate that kept training images is one whose plate names it
+    single = images.groupby("plate")["compound"].transform("nunique") == 1
+    trained_plates = set(images.loc[side != TEST, "plate"])
+    expected = (side == TEST) & single & images["plate"].isin(trained_plates)
+    assert expected.sum() > 0 and by_well.plate_confounded_images >= expected.sum()
+    _, by_replicate = assign_split(images, "compound", by="column", column="Metadata_Replicate", test_values=["2"])
+    assert by_replicate.plate_confounded_images == 0
+
+
 def test_downsample_control_to_second_largest_class():
     images = _plate(n_classes=3)
     images.loc[images["compound"] == "cmp0", "compound"] = "DMSO"

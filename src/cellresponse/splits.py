@@ -116,6 +116,8 @@ class SplitReport:
     untestable_classes: int = 0
     untestable_examples: list[str] = field(default_factory=list)
     single_image_classes: list[str] = field(default_factory=list)
+    plate_confounded_images: int = 0
+    plate_confounded_examples: list[str] = field(default_factory=list)
     downsampling: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -132,6 +134,7 @@ def assign_split(
     validation_fraction: float = 0.1,
     stratify: bool = True,
     seed: int = 42,
+    control: str | None = None,
 ) -> tuple[pd.Series, SplitReport]:
     """Side (train/validation/test) of every image, and what the split could and could not do.
 
@@ -167,12 +170,15 @@ def assign_split(
     else:
         sides = groups.map(side_of_group)
     sides = sides.astype(str)
-    report = describe_split(images, sides, label, by)
+    report = describe_split(images, sides, label, by, control)
     return sides, report
 
 
-def describe_split(images: pd.DataFrame, sides: pd.Series, label: str, by: str) -> SplitReport:
-    """Counts, leaky classes (a well on both sides) and classes that could not be held out."""
+def describe_split(
+    images: pd.DataFrame, sides: pd.Series, label: str, by: str, control: str | None = None
+) -> SplitReport:
+    """Counts, leaky classes (a well on both sides), classes that could not be held out and test images whose
+    plate gives their class away (``control``, the negative-control label, does not count as a class there)."""
     report = SplitReport(by=by)
     report.images = {s: int((sides == s).sum()) for s in (TRAIN, VALIDATION, TEST)}
     labels = images[label].astype(str)
@@ -189,7 +195,21 @@ def describe_split(images: pd.DataFrame, sides: pd.Series, label: str, by: str) 
     report.leaky_examples = leaky[:10]
     per_class = labels.value_counts()
     report.single_image_classes = sorted(per_class[per_class == 1].index.tolist())
+    if "plate" in images.columns:
+        confounded = plate_confounded(labels, images["plate"].astype(str), sides, control)
+        report.plate_confounded_images = int(confounded.sum())
+        report.plate_confounded_examples = sorted(set(labels[confounded]))[:10]
     return report
+
+
+def plate_confounded(labels: pd.Series, plates: pd.Series, sides: pd.Series, control: str | None = None) -> pd.Series:
+    """Test images whose plate's treated training-side images (controls aside) all carry the test image's own
+    label: there a model can name the class by recognising the plate (staining, focus, density), so their
+    accuracy says little about the treatment. BBBC021's subsets put one compound on a plate; split by well,
+    nearly every test image is such."""
+    training = (sides != TEST) & (labels != control)
+    plate_classes = labels[training].groupby(plates[training]).agg(lambda values: "|".join(sorted(set(values))))
+    return (sides == TEST) & (labels != control) & (plates.map(plate_classes) == labels)
 
 
 def log_split(report: SplitReport) -> None:
@@ -214,6 +234,15 @@ def log_split(report: SplitReport) -> None:
             report.untestable_classes,
             report.by,
             ", ".join(report.untestable_examples[:3]),
+        )
+    if report.plate_confounded_images:
+        log.warning(
+            "plates: %d of %d test images sit on plates whose training images all carry the same label (e.g. %s) — "
+            "a model can recognise the plate instead of the treatment, so their accuracy is optimistic; "
+            "split by plate or by a column such as the replicate (--split-column) for an honest number",
+            report.plate_confounded_images,
+            report.images.get(TEST, 0),
+            ", ".join(report.plate_confounded_examples[:3]),
         )
     if report.single_image_classes:
         log.warning(

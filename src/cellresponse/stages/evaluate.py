@@ -195,6 +195,12 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
             "%d classes have sites of one well on both sides of the split: the image-level number is optimistic",
             split_report["leaky_classes"],
         )
+    if split_report.get("plate_confounded_images"):
+        log.warning(
+            "%d test images sit on plates whose training images all carry their label: a model can recognise the "
+            "plate, so their accuracy is optimistic (split by plate or replicate for an honest number)",
+            split_report["plate_confounded_images"],
+        )
     run.record_stage("evaluate", {"cells": len(test), "device": device_name(device), "seconds": metrics["seconds"]})
     return metrics
 
@@ -237,7 +243,16 @@ def run_feature_table(path: str | Path, config: Config, out: str | Path) -> dict
     features.index = images["image_id"]
     s = config.split
     side, report = assign_split(
-        images, label, s.by, s.column, s.test_values, s.test_fraction, 0.0, s.stratify, config.seed
+        images,
+        label,
+        s.by,
+        s.column,
+        s.test_values,
+        s.test_fraction,
+        0.0,
+        s.stratify,
+        config.seed,
+        control=config.input.control_label,
     )
     log_split(report)
     baseline = features_baseline(features, images, label, pd.Series(side.to_numpy(), index=images["image_id"]))

@@ -310,6 +310,13 @@ def section_split(split: dict[str, Any]) -> list[str]:
             f"(e.g. {', '.join(split.get('leaky_examples', [])[:5])}). Neighbouring sites of a well are "
             "near-duplicates, so the image-level accuracy is optimistic — rerun with --split-by well or plate."
         )
+    if split.get("plate_confounded_images"):
+        notes.append(
+            f"{split['plate_confounded_images']} of {sizes.get('test', 0)} test images sit on plates whose training "
+            f"images all carry the same label (e.g. {', '.join(split.get('plate_confounded_examples', [])[:5])}): "
+            "a model can name them by recognising the plate rather than the treatment, so their accuracy is "
+            "optimistic — rerun split by plate or by a column such as the replicate (--split-column)."
+        )
     if split.get("untestable_classes"):
         notes.append(
             f"{split['untestable_classes']} classes cannot be held out at this level and are never tested "

@@ -84,6 +84,7 @@ def make_split(
         validation_fraction=s.validation_fraction,
         stratify=s.stratify,
         seed=config.seed,
+        control=config.input.control_label,
     )
     report.downsampling = info
     log_split(report)
@@ -289,7 +290,9 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
         "classes": len(encoder.classes),
         "epochs": len(history),
         "best_val_loss": min((h["val_loss"] for h in history), default=None),
-        "split": {k: report.get(k) for k in ("by", "images", "leaky_classes", "untestable_classes")},
+        "split": {
+            k: report.get(k) for k in ("by", "images", "leaky_classes", "untestable_classes", "plate_confounded_images")
+        },
         "auto_model": choice["auto"],
         "seconds": round(time.perf_counter() - started, 2),
     }
