@@ -120,6 +120,14 @@ def test_the_verdicts_say_which_model_is_better_and_when_the_difference_is_withi
     assert compare_with_embeddings({"image": metrics["image"]}, "soft") == ""  # no deep model: no sentence
 
 
+def test_the_baseline_verdict_does_not_ask_for_what_predict_already_does():
+    metrics = _verdict_metrics(0.966, 1.000, 0.943)
+    assert "--model measured" in compare_with_baseline(metrics, "soft")
+    chosen = compare_with_baseline({**metrics, "auto": {"model": "measured"}}, "soft")
+    assert "predict already uses it" in chosen and "--model measured" not in chosen
+    assert "--model measured" in compare_with_baseline({**metrics, "auto": {"model": "both"}}, "soft")
+
+
 def test_a_benchmark_not_computed_says_why():
     from cellresponse.retrieval import nsc_summary
     from cellresponse.stages.report import section_profiles

@@ -164,9 +164,12 @@ def compare_with_baseline(metrics: dict[str, Any], vote_name: str, margin: float
     if cnn > base + margin:
         return f"The CNN beats the features-only baseline at image level ({cnn:.3f} vs {base:.3f})"
     if cnn < base - margin:
+        verdict = f"The features-only baseline beats the CNN at image level ({base:.3f} vs {cnn:.3f})"
+        if metrics.get("auto", {}).get("model") == "measured":
+            return f"{verdict}: cellresponse predict already uses it (its auto model, chosen on the validation side)"
         return (
-            f"The features-only baseline beats the CNN at image level ({base:.3f} vs {cnn:.3f}): "
-            "use the features-only model for this data (cellresponse predict BUNDLE --model measured), or train longer"
+            f"{verdict}: use the features-only model for this data (cellresponse predict BUNDLE --model measured), "
+            "or train longer"
         )
     return f"The CNN and the features-only baseline are level at image level ({cnn:.3f} vs {base:.3f})"
 

@@ -171,10 +171,10 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
         metrics["target_cell_accuracy"] = float(np.mean(true_t == pred_t))
     if run.profile_metrics.exists():  # the profile-level benchmarks (cellresponse profile) beside the network's
         metrics["profiles"] = json.loads(run.profile_metrics.read_text())
+    if bundle.choice:  # before the verdict, which says whether predict's default already follows it
+        metrics["auto"] = auto_summary(bundle.choice, metrics, e.vote)
     metrics["verdict"] = compare_with_baseline(metrics, e.vote)
     metrics["embeddings_verdict"] = compare_with_embeddings(metrics, e.vote)
-    if bundle.choice:
-        metrics["auto"] = auto_summary(bundle.choice, metrics, e.vote)
     grouped = wrong_calls_by_group(metrics, images, label, config)
     if grouped:
         metrics["wrong_calls"] = grouped
