@@ -32,3 +32,18 @@ def test_the_demo_tells_where_each_models_wrong_calls_go(tiny_demo):
         assert image["group_accuracy"] >= block["accuracy"]
     report = (out / "run" / "report" / "index.html").read_text()
     assert "Where the wrong calls go" in report and "Metadata_target acc. (images)" in report
+
+
+def test_the_field_panels_rank_against_the_control_only_when_there_is_one(tiny_demo, tmp_path):
+    from cellresponse.config import apply_overrides, load_config
+    from cellresponse.runfolder import RunFolder
+    from cellresponse.stages.report import section_segmentation
+
+    run = RunFolder(tiny_demo[0] / "run")
+    config = load_config(run.config)
+    with_control = "".join(section_segmentation(run, config, tmp_path))
+    assert "the control and the most different treatments" in with_control
+    no_control = apply_overrides(config, ["input.control_label=untreated"], "test")
+    without = "".join(section_segmentation(run, no_control, tmp_path))
+    assert "one field of each of" in without and "hold no untreated control" in without
+    assert "ranked by the distance" not in without

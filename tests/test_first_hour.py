@@ -149,3 +149,16 @@ def test_the_report_says_when_plates_give_the_class_away():
     assert "5 of 9 test images sit on plates whose training images all carry the same label (e.g. AZ138, taxol)" in text
     assert "--split-column" in text
     assert "sit on plates" not in "".join(section_split({**split, "plate_confounded_images": 0}))
+
+
+def test_a_skipped_sanity_check_says_why(tmp_path):
+    from cellresponse.stages.report import section_results
+
+    metrics = {
+        "image": {"soft_vote": {"accuracy": 0.9, "n": 10}},
+        "chance_rate": 0.2,
+        "majority_rate": 0.3,
+        "sanity_check": {"skipped": "needs 'DMSO' and treated cells on both sides"},
+    }
+    text = "".join(section_results(metrics, tmp_path))
+    assert "Sanity check (control vs treated cells) not run: needs &#x27;DMSO&#x27; and treated cells" in text

@@ -232,6 +232,8 @@ def section_results(metrics: dict[str, Any], out: Path) -> list[str]:
             f"accuracy {sanity['balanced_accuracy']:.3f}, majority rate {sanity['majority_rate']:.3f}. "
             f"{html.escape(sanity_meaning(sanity))}</p>"
         )
+    elif "skipped" in sanity:
+        parts.append(f"<p>Sanity check (control vs treated cells) not run: {html.escape(str(sanity['skipped']))}.</p>")
     voted = metrics.get("image", {}).get(f"{vote}_vote", {})
     if voted.get("confusion"):
         png = plot_confusion(voted["confusion"], out / "confusion_image.png", f"images, {vote} vote")
@@ -381,11 +383,17 @@ def section_segmentation(run: RunFolder, config: Config, out: Path) -> list[str]
             panels.append((value, seg_input, read_tiff(run.mask_path(row["image_id"]))))
         if panels:
             png = treatment_panels(panels, out / "treatments.png", config.input.pixel_size_um)
+            scale = "µm." if config.input.pixel_size_um else "pixels (set input.pixel_size_um for µm)."
+            if shown[0] == control:
+                title = "Segmentation: the control and the most different treatments"
+                what = "treatments ranked by the distance of their measured profile from the control's"
+            else:  # nothing to rank against: say so rather than claim a ranking
+                title = f"Segmentation: one field of each of {len(shown)} classes"
+                what = f"these images hold no {control} control (input.control_label), so no ranking against it"
             parts += [
-                "<h2>Segmentation: the control and the most different treatments</h2>",
-                "<p>One field each (segmentation input, and the cells found); treatments ranked by the distance of "
-                "their measured profile from the control's. Scale bar in "
-                + ("µm.</p>" if config.input.pixel_size_um else "pixels (set input.pixel_size_um for µm).</p>"),
+                f"<h2>{html.escape(title)}</h2>",
+                f"<p>One field each (segmentation input, and the cells found); {html.escape(what)}. Scale bar in "
+                f"{html.escape(scale)}</p>",
                 _img(png, "control and treatments"),
             ]
     figures = sorted(run.figures.glob("*.png"))[:1] if run.figures.exists() else []
