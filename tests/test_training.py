@@ -123,6 +123,16 @@ def test_predict_on_held_out_plates(trained, tmp_path):
     metrics = json.loads(run.metrics.read_text())
     # the same images, the same model: the same image-level accuracy as `evaluate` reported
     assert accuracy == pytest.approx(metrics["image"]["soft_vote"]["accuracy"])
+    # one call per well, the cells voted as evaluate votes them: the same well-level accuracy
+    wells = pd.read_parquet(out / "predictions" / "well_predictions.parquet")
+    assert len(wells) == images.groupby(["plate", "well"]).ngroups and wells["images"].sum() == 16
+    assert {"plate", "well", "Metadata_Plate", "Metadata_Well", "model", "predicted_label"} <= set(wells)
+    assert "Metadata_Site" not in wells  # differs between a well's images
+    well_truth = pd.read_csv(load_data).groupby(["Metadata_Plate", "Metadata_Well"])["Metadata_Compound"].first()
+    called = well_truth.loc[list(zip(wells["Metadata_Plate"], wells["Metadata_Well"], strict=True))].to_numpy()
+    assert float(np.mean(called == wells["predicted_label"].to_numpy())) == pytest.approx(
+        metrics["well"]["soft_vote"]["accuracy"]
+    )
 
     # the bundle's features-only model, for data where it beats the network: same numbers as the baseline
     out = tmp_path / "predicted_features"
@@ -134,6 +144,12 @@ def test_predict_on_held_out_plates(trained, tmp_path):
     accuracy = float(np.mean(truth.loc[keys].to_numpy() == images["predicted_label"].to_numpy()))
     assert len(images) == 16 and not (out / "crops").exists()
     assert accuracy == pytest.approx(metrics["baseline_features"]["image"]["accuracy"])
+    wells = pd.read_parquet(out / "predictions" / "well_predictions.parquet")
+    called = well_truth.loc[list(zip(wells["Metadata_Plate"], wells["Metadata_Well"], strict=True))].to_numpy()
+    assert (wells["model"] == "measured").all()
+    assert float(np.mean(called == wells["predicted_label"].to_numpy())) == pytest.approx(
+        metrics["baseline_features"]["well"]["accuracy"]
+    )
 
 
 def test_predict_refuses_images_with_other_channels(trained, tmp_path):

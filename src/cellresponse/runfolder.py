@@ -13,7 +13,7 @@
     RUN/embedding_means.parquet      each image's mean embedding and cell count, written when embed finishes
     RUN/profiles/                    <kind>_wells.parquet, <kind>_treatments.parquet, metrics.json
     RUN/model/                       split.parquet, split.json, history.csv, checkpoints/, bundle/, train.json
-    RUN/predictions/                 cell_predictions.parquet, image_predictions.parquet
+    RUN/predictions/                 cell_predictions.parquet, image_predictions.parquet (predict: + well_…)
     RUN/metrics.json, RUN/report/    evaluation and report
     RUN/logs/                        cellresponse.log, <stage>.json summaries, failures-<stage>.csv
 
@@ -104,6 +104,7 @@ class RunFolder:
     predictions = property(lambda self: self.root / "predictions")
     cell_predictions = property(lambda self: self.root / "predictions" / "cell_predictions.parquet")
     image_predictions = property(lambda self: self.root / "predictions" / "image_predictions.parquet")
+    well_predictions = property(lambda self: self.root / "predictions" / "well_predictions.parquet")
     metrics = property(lambda self: self.root / "metrics.json")
     report = property(lambda self: self.root / "report")
     report_index = property(lambda self: self.root / "report" / "index.html")

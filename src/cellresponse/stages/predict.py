@@ -9,6 +9,9 @@ Outputs in ``DIR/predictions/``:
 ``image_predictions.parquet``  the image's columns (image_id, plate, well, site, Metadata_*), ``model`` (which
                                model predicted), predicted_label, probability, top5_labels, top5_probabilities
                                (the network's cells voted as in the bundle's ``evaluation.vote``)
+``well_predictions.parquet``   plate, well, the Metadata_* columns every image of the well shares, images, model,
+                               predicted_label, probability, top5_labels, top5_probabilities — one call per
+                               well: the network's cells, or a profile model's images, voted the same way
 
 ``--model auto`` (the default) uses the model the bundle recorded as best on the validation side
 (``bundle/choice.json``); ``measured``, ``deep`` and ``both`` the profile models (no crops; ``deep`` and ``both``
@@ -31,7 +34,7 @@ from cellresponse.devices import device_name, inference_device
 from cellresponse.errors import InputError
 from cellresponse.io import write_parquet
 from cellresponse.metrics import prediction_table, vote
-from cellresponse.plate import ImageSource, channel_names
+from cellresponse.plate import ImageSource, channel_names, group_keys
 from cellresponse.profiles import (
     features_model_probabilities,
     image_feature_table,
@@ -93,6 +96,31 @@ def write_image_predictions(
         log.info("these images carry %s: image accuracy %.3f (%d images)", label, accuracy, len(table))
 
 
+def write_well_predictions(
+    path: Path,
+    rows: pd.DataFrame,
+    probs: np.ndarray,
+    images: pd.DataFrame,
+    classes: list[str],
+    config: Config,
+    model: str,
+) -> None:
+    """One call per well — the unit a screen is laid out in: ``rows`` (cells of the network, or images of a profile
+    model, with plate and well columns) and their probabilities voted as ``evaluation.vote``; the well's metadata
+    (the image columns its images share) beside the call, so a treatment given in the metadata sits next to it."""
+    wells, scores = vote(group_keys(rows, "well").to_numpy(), probs, config.evaluation.vote)
+    keys = group_keys(images, "well")
+    described = images.drop(columns=[c for c in images.columns if c.startswith(("FileName_", "PathName_"))])
+    shared = [
+        c for c in described.columns if c.startswith("Metadata_") and described.groupby(keys)[c].nunique().max() <= 1
+    ]
+    table = described.groupby(keys)[["plate", "well", *shared]].first()
+    table.insert(2, "images", keys.value_counts())
+    table = table.loc[wells].reset_index(drop=True)
+    table.insert(3, "model", model)
+    write_parquet(path, prediction_table(table, scores, classes, config.evaluation.top_k))
+
+
 def resolve_model(requested: str, bundle: Bundle, bundle_path: str | Path) -> str:
     """The model to run: ``auto`` → the bundle's recorded choice; a profile model the bundle lacks is an error."""
     name = MODEL_ALIASES.get(requested, requested)
@@ -121,7 +149,7 @@ def embedding_config(config: Config, bundle: Bundle) -> Config:
 
 def predict_with_profiles(
     kind: str, bundle: Bundle, cells: pd.DataFrame, meta: pd.DataFrame, out: RunFolder, config: Config, progress: bool
-) -> Path:
+) -> list[Path]:
     """Image predictions of one of the bundle's profile models (no crops; the deep kinds embed the cells)."""
     model = bundle.profile_models[kind]
     measured = image_feature_table(cells, model.get("cell_columns") or profile_cell_columns(model["columns"]))
@@ -133,8 +161,9 @@ def predict_with_profiles(
     probs = features_model_probabilities(model, features)
     table = meta.loc[features.index].reset_index()
     write_image_predictions(out.image_predictions, table, probs, model["classes"], config, kind)
+    write_well_predictions(out.well_predictions, table, probs, meta.reset_index(), model["classes"], config, kind)
     log.info("predicted %d images with the %s profile model", len(features), kind)
-    return out.image_predictions
+    return [out.image_predictions, out.well_predictions]
 
 
 @dataclass(frozen=True)
@@ -180,7 +209,7 @@ def predict_images(
         raise InputError("no cells were found in these images — nothing to predict")
     meta = table.set_index("image_id")
     if model != NETWORK:
-        return [predict_with_profiles(model, bundle, cells, meta, out, config, progress)]
+        return predict_with_profiles(model, bundle, cells, meta, out, config, progress)
     crops.run(out, config, overwrite=overwrite, progress=progress)
     cells["plate"] = cells["image_id"].map(meta["plate"])
     cells["well"] = cells["image_id"].map(meta["well"])
@@ -193,8 +222,9 @@ def predict_images(
     )
     groups, scores = vote(cells["image_id"].to_numpy(), probs, e.vote)
     write_image_predictions(out.image_predictions, meta.loc[groups].reset_index(), scores, classes, config, NETWORK)
+    write_well_predictions(out.well_predictions, cells, probs, meta.reset_index(), classes, config, NETWORK)
     log.info("predicted %d cells in %d images", len(cells), len(groups))
-    return [out.cell_predictions, out.image_predictions]
+    return [out.cell_predictions, out.image_predictions, out.well_predictions]
 
 
 def run(
