@@ -136,7 +136,7 @@ def test_predict_on_held_out_plates(trained, tmp_path):
 
     # the bundle's features-only model, for data where it beats the network: same numbers as the baseline
     out = tmp_path / "predicted_features"
-    run_cli("predict", run.model / "bundle", "--load-data", csv_path, "--out", out, "--model", "features")
+    run_cli("predict", run.model / "bundle", "--load-data", csv_path, "--out", out, "--model", "features", "--csv")
     images = pd.read_parquet(out / "predictions" / "image_predictions.parquet")
     keys = list(
         zip(images["Metadata_Plate"], images["Metadata_Well"], images["Metadata_Site"].astype(int), strict=True)
@@ -147,6 +147,11 @@ def test_predict_on_held_out_plates(trained, tmp_path):
     wells = pd.read_parquet(out / "predictions" / "well_predictions.parquet")
     called = well_truth.loc[list(zip(wells["Metadata_Plate"], wells["Metadata_Well"], strict=True))].to_numpy()
     assert (wells["model"] == "measured").all()
+    for name, table in (("image", images), ("well", wells)):  # --csv: the same calls, readable by a spreadsheet
+        copy = pd.read_csv(out / "predictions" / f"{name}_predictions.csv")
+        assert copy["predicted_label"].tolist() == table["predicted_label"].tolist()
+        assert copy["top5_labels"][0].split(";") == list(table["top5_labels"][0])
+    assert not (out / "predictions" / "cell_predictions.csv").exists()
     assert float(np.mean(called == wells["predicted_label"].to_numpy())) == pytest.approx(
         metrics["baseline_features"]["well"]["accuracy"]
     )

@@ -284,6 +284,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         setup_logging(args.verbose, out)
         plan = predict.prepare(args.bundle, out, image_source(args), overrides=cli_overrides(args), model=args.model)
     paths = predict.predict_images(plan, out, overwrite=args.overwrite, progress=not args.no_progress)
+    if args.csv:
+        paths += predict.write_csv_copies([p for p in paths if p != out.cell_predictions])
     for path in paths:
         print(f"wrote {path}")
     return 0
@@ -377,6 +379,9 @@ def predict_extra(parser: argparse.ArgumentParser) -> None:
         "network; or a profile model: measured, deep, both (cnn and features: old names of network and measured)",
     )
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for the predictions")
+    parser.add_argument(
+        "--csv", action="store_true", help="also write the image and well calls as CSV (for a spreadsheet)"
+    )
 
 
 def images_extra(parser: argparse.ArgumentParser) -> None:

@@ -32,7 +32,7 @@ from cellresponse.bundle import Bundle, load_bundle, predict_cells
 from cellresponse.config import Config, apply_overrides
 from cellresponse.devices import device_name, inference_device
 from cellresponse.errors import InputError
-from cellresponse.io import write_parquet
+from cellresponse.io import atomic_path, write_parquet
 from cellresponse.metrics import prediction_table, vote
 from cellresponse.plate import ImageSource, channel_names, group_keys
 from cellresponse.profiles import (
@@ -119,6 +119,22 @@ def write_well_predictions(
     table = table.loc[wells].reset_index(drop=True)
     table.insert(3, "model", model)
     write_parquet(path, prediction_table(table, scores, classes, config.evaluation.top_k))
+
+
+def write_csv_copies(paths: list[Path]) -> list[Path]:
+    """A CSV beside each prediction table, for a spreadsheet: the top-k lists joined by ``;``."""
+    written = []
+    for path in paths:
+        table = pd.read_parquet(path)
+        for column in [c for c in table.columns if c.startswith("top")]:
+            table[column] = [
+                ";".join(f"{v:.4f}" if isinstance(v, (float, np.floating)) else str(v) for v in row)
+                for row in table[column]
+            ]
+        with atomic_path(path.with_suffix(".csv")) as tmp:
+            table.to_csv(tmp, index=False)
+        written.append(path.with_suffix(".csv"))
+    return written
 
 
 def resolve_model(requested: str, bundle: Bundle, bundle_path: str | Path) -> str:
