@@ -162,3 +162,16 @@ def test_a_skipped_sanity_check_says_why(tmp_path):
     }
     text = "".join(section_results(metrics, tmp_path))
     assert "Sanity check (control vs treated cells) not run: needs &#x27;DMSO&#x27; and treated cells" in text
+
+
+def test_the_well_calls_are_summed_up_in_one_line():
+    import pandas as pd
+
+    from cellresponse.stages.predict import well_calls_summary
+
+    calls = pd.DataFrame({"predicted_label": list("aaabbc"), "probability": [0.9, 0.8, 0.7, 0.6, 0.5, 0.4]})
+    assert (
+        well_calls_summary(calls)
+        == "6 wells called 3 ways — most often a (3), b (2), c (1); median probability of the call 0.65"
+    )
+    assert well_calls_summary(calls, shown=1).startswith("6 wells called 3 ways — most often a (3) and 2 more;")

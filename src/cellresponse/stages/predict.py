@@ -118,7 +118,20 @@ def write_well_predictions(
     table.insert(2, "images", keys.value_counts())
     table = table.loc[wells].reset_index(drop=True)
     table.insert(3, "model", model)
-    write_parquet(path, prediction_table(table, scores, classes, config.evaluation.top_k))
+    calls = prediction_table(table, scores, classes, config.evaluation.top_k)
+    write_parquet(path, calls)
+    log.info(well_calls_summary(calls))
+
+
+def well_calls_summary(calls: pd.DataFrame, shown: int = 5) -> str:
+    """The calls in one line for the console: how many wells, the most frequent calls, how sure the model was."""
+    counts = calls["predicted_label"].value_counts()
+    top = ", ".join(f"{label} ({n})" for label, n in counts.head(shown).items())
+    more = f" and {len(counts) - shown} more" if len(counts) > shown else ""
+    return (
+        f"{len(calls)} wells called {len(counts)} ways — most often {top}{more}; median probability of the call "
+        f"{calls['probability'].median():.2f}"
+    )
 
 
 def write_csv_copies(paths: list[Path]) -> list[Path]:
