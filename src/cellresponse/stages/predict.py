@@ -9,7 +9,7 @@ Outputs in ``DIR/predictions/``:
 ``image_predictions.parquet``  the image's columns (image_id, plate, well, site, Metadata_*), ``model`` (which
                                model predicted), predicted_label, probability, top5_labels, top5_probabilities
                                (the network's cells voted as in the bundle's ``evaluation.vote``)
-``well_predictions.parquet``   plate, well, the Metadata_* columns every image of the well shares, images, model,
+``well_predictions.parquet``   plate, well, images, model, the Metadata_* columns every image of the well shares,
                                predicted_label, probability, top5_labels, top5_probabilities — one call per
                                well: the network's cells, or a profile model's images, voted the same way
 
