@@ -175,3 +175,9 @@ def test_the_well_calls_are_summed_up_in_one_line():
         == "6 wells called 3 ways — most often a (3), b (2), c (1); median probability of the call 0.65"
     )
     assert well_calls_summary(calls, shown=1).startswith("6 wells called 3 ways — most often a (3) and 2 more;")
+    # how often the same model was right on the bundle's validation side, beside its (often near-1) probability
+    checked = well_calls_summary(calls, validation={"accuracy": 0.717, "images": 60})
+    assert checked.endswith("(on the bundle's validation side this model called 0.717 of 60 images right)")
+    assert well_calls_summary(calls, validation={"accuracy": None, "skipped": "no validation side"}) == (
+        well_calls_summary(calls)
+    )

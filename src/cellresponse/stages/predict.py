@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -104,6 +105,7 @@ def write_well_predictions(
     classes: list[str],
     config: Config,
     model: str,
+    validation: dict[str, Any] | None = None,
 ) -> None:
     """One call per well — the unit a screen is laid out in: ``rows`` (cells of the network, or images of a profile
     model, with plate and well columns) and their probabilities voted as ``evaluation.vote``; the well's metadata
@@ -120,18 +122,26 @@ def write_well_predictions(
     table.insert(3, "model", model)
     calls = prediction_table(table, scores, classes, config.evaluation.top_k)
     write_parquet(path, calls)
-    log.info(well_calls_summary(calls))
+    log.info(well_calls_summary(calls, validation=validation))
 
 
-def well_calls_summary(calls: pd.DataFrame, shown: int = 5) -> str:
-    """The calls in one line for the console: how many wells, the most frequent calls, how sure the model was."""
+def well_calls_summary(calls: pd.DataFrame, shown: int = 5, validation: dict[str, Any] | None = None) -> str:
+    """The calls in one line for the console: how many wells, the most frequent calls, how sure the model was —
+    and, where the bundle scored this model on its validation side, how often it was right there: the profile
+    models' probabilities sit near 1 even where a fifth of their calls are wrong, so the probability alone misleads."""
     counts = calls["predicted_label"].value_counts()
     top = ", ".join(f"{label} ({n})" for label, n in counts.head(shown).items())
     more = f" and {len(counts) - shown} more" if len(counts) > shown else ""
-    return (
+    line = (
         f"{len(calls)} wells called {len(counts)} ways — most often {top}{more}; median probability of the call "
         f"{calls['probability'].median():.2f}"
     )
+    if validation and validation.get("accuracy") is not None:
+        line += (
+            f" (on the bundle's validation side this model called {validation['accuracy']:.3f} of "
+            f"{validation.get('images', 'its')} images right)"
+        )
+    return line
 
 
 def write_csv_copies(paths: list[Path]) -> list[Path]:
@@ -190,7 +200,10 @@ def predict_with_profiles(
     probs = features_model_probabilities(model, features)
     table = meta.loc[features.index].reset_index()
     write_image_predictions(out.image_predictions, table, probs, model["classes"], config, kind)
-    write_well_predictions(out.well_predictions, table, probs, meta.reset_index(), model["classes"], config, kind)
+    validation = (bundle.choice or {}).get("scores", {}).get(kind)
+    write_well_predictions(
+        out.well_predictions, table, probs, meta.reset_index(), model["classes"], config, kind, validation
+    )
     log.info("predicted %d images with the %s profile model", len(features), kind)
     return [out.image_predictions, out.well_predictions]
 
@@ -251,7 +264,8 @@ def predict_images(
     )
     groups, scores = vote(cells["image_id"].to_numpy(), probs, e.vote)
     write_image_predictions(out.image_predictions, meta.loc[groups].reset_index(), scores, classes, config, NETWORK)
-    write_well_predictions(out.well_predictions, cells, probs, meta.reset_index(), classes, config, NETWORK)
+    validation = (bundle.choice or {}).get("scores", {}).get(NETWORK)
+    write_well_predictions(out.well_predictions, cells, probs, meta.reset_index(), classes, config, NETWORK, validation)
     log.info("predicted %d cells in %d images", len(cells), len(groups))
     return [out.cell_predictions, out.image_predictions, out.well_predictions]
 
