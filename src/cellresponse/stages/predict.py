@@ -113,10 +113,10 @@ def write_well_predictions(
     wells, scores = vote(group_keys(rows, "well").to_numpy(), probs, config.evaluation.vote)
     keys = group_keys(images, "well")
     described = images.drop(columns=[c for c in images.columns if c.startswith(("FileName_", "PathName_"))])
-    shared = [
-        c for c in described.columns if c.startswith("Metadata_") and described.groupby(keys)[c].nunique().max() <= 1
-    ]
-    table = described.groupby(keys)[["plate", "well", *shared]].first()
+    metadata = [c for c in described.columns if c.startswith("Metadata_")]
+    per_well = described.groupby(keys)
+    shared = [c for c, most in per_well[metadata].nunique().max().items() if most <= 1]
+    table = per_well[["plate", "well", *shared]].first()
     table.insert(2, "images", keys.value_counts())
     table = table.loc[wells].reset_index(drop=True)
     table.insert(3, "model", model)
@@ -216,6 +216,7 @@ class PredictionPlan:
     config: Config
     model: str
     device: torch.device
+    images: pd.DataFrame  # the image table prepare wrote and checked
 
 
 def prepare(
@@ -233,17 +234,17 @@ def prepare(
     device = inference_device(config.training.accelerator)
     model = resolve_model(model, bundle, bundle_path)
     images.run(out, config, source=source)
-    names = channel_names(out.read_images())
+    table = out.read_images()
+    names = channel_names(table)
     check_compatible(bundle.channels, names, bundle.crop_settings, crops.crop_settings(config, names))
-    return PredictionPlan(bundle, config, model, device)
+    return PredictionPlan(bundle, config, model, device, table)
 
 
 def predict_images(
     plan: PredictionPlan, out: RunFolder, *, overwrite: bool = False, progress: bool = True
 ) -> list[Path]:
     """Segment, measure (and embed or crop) the prepared images and predict them; returns the files written."""
-    bundle, config, model, device = plan.bundle, plan.config, plan.model, plan.device
-    table = out.read_images()
+    bundle, config, model, device, table = plan.bundle, plan.config, plan.model, plan.device, plan.images
     segment.run(out, config, overwrite=overwrite, progress=progress)
     measure.run(out, config, overwrite=overwrite, progress=progress)
     cells = out.read_cells()

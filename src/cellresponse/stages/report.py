@@ -24,7 +24,7 @@ from cellresponse.figures import plot_confusion, plot_history, treatment_panels
 from cellresponse.io import read_tiff, write_text
 from cellresponse.metrics import wrong_calls_sentence
 from cellresponse.plate import channel_names
-from cellresponse.retrieval import nsc_summary
+from cellresponse.retrieval import nsc_not_computed, nsc_summary
 from cellresponse.runfolder import RunFolder
 from cellresponse.stages import PIPELINE
 from cellresponse.stages.segment import segmentation_inputs
@@ -279,7 +279,7 @@ def section_profiles(profiles: dict[str, Any]) -> list[str]:
     not_computed = {
         nsc_summary(block.get("nsc", {}))
         for block in profiles["kinds"].values()
-        if "accuracy" not in block.get("nsc", {}) or not block["nsc"].get("n")
+        if nsc_not_computed(block.get("nsc", {}))
     }
     notes = "".join(
         f"<p class='note'>{html.escape(n)}</p>" for n in [*profiles.get("normalization", []), *sorted(not_computed)]
