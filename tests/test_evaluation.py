@@ -106,6 +106,9 @@ def test_voted_metrics_per_level_and_mixed_plates_skipped():
     # i1: one vote each, mean (0.55, 0.45) -> x ; i2 -> x ; i3 -> y ; i4: majority x (wrong), soft y (right)
     assert image["majority_vote"]["accuracy"] == 0.75 and image["soft_vote"]["accuracy"] == 1.0
     assert image["soft_vote"]["n"] == 4
+    # image means (0.55, 0.45), (0.65, 0.35), (0.425, 0.575), (0.367, 0.633): the calls' mean probability
+    assert image["soft_vote"]["mean_probability"] == pytest.approx((0.55 + 0.65 + 0.575 + 1.9 / 3) / 4)
+    assert "mean_probability" not in image["majority_vote"]  # vote counts are no probabilities
     assert image["majority_rate"] == pytest.approx(2 / 4) and image["chance_rate"] == 0.5
     well = voted_metrics(table, probs, ["x", "y"], "well")
     assert well["soft_vote"]["n"] == 3 and well["majority_vote"]["accuracy"] == pytest.approx(2 / 3)
@@ -256,3 +259,42 @@ def test_wrong_compound_calls_on_real_cells_stay_within_the_mechanism(moa_site1_
         assert out["n"] == 55 and out["wrong"] == round(55 * (1 - image["accuracy"]))
         assert out["share_within_group"] >= 0.7, (test, out)
         assert out["group_accuracy"] >= image["accuracy"] + 0.15, (test, out, image["accuracy"])
+
+
+def test_tempered_probabilities_on_real_cells_say_how_often_the_calls_are_right(moa_site1_cells):
+    """Real MCF-7 fields, compound label, train on one replicate and test on the other: the LDA alone calls nearly
+    every field with probability ~1, wrong calls included. A temperature fitted on a validation side of the
+    training replicate (wells it was not fitted on) brings the test side's mean probability of the call near its
+    accuracy and lowers its log loss — without changing a single call."""
+    from cellresponse.measure import feature_columns
+    from cellresponse.selection import profile_validation_scores
+    from cellresponse.splits import assign_split
+    from cellresponse.stages.train import profile_models
+
+    cells, images = moa_site1_cells
+    table = image_feature_table(cells, feature_columns(cells.columns))
+    labels = images.set_index("image_id")["Metadata_Compound"].astype(str)
+    wells = images.set_index("image_id")["plate"].astype(str) + "/" + images.set_index("image_id")["well"].astype(str)
+    for test in ("1", "2"):
+        sides, _ = assign_split(
+            images, "Metadata_Compound", by="column", column="Metadata_Replicate", test_values=[test], seed=42
+        )
+        sides.index = images["image_id"]
+        scores = profile_validation_scores({"measured": table}, labels, sides, wells)
+        temperature = scores["measured"]["temperature"]
+        assert temperature > 2.0, (test, temperature)
+        model = profile_models({"measured": table}, labels, sides, {"measured": temperature})["measured"]
+        held_out = table[(sides.reindex(table.index) == "test").to_numpy()]
+        truth = labels.loc[held_out.index].to_numpy()
+        tempered = features_model_probabilities(model, held_out)
+        plain = features_model_probabilities({**model, "temperature": 1.0}, held_out)
+        classes = np.asarray(model["classes"])
+        np.testing.assert_array_equal(tempered.argmax(1), plain.argmax(1))
+        accuracy = float(np.mean(classes[tempered.argmax(1)] == truth))
+        gap = {name: abs(p.max(1).mean() - accuracy) for name, p in (("tempered", tempered), ("plain", plain))}
+        assert gap["tempered"] < gap["plain"] - 0.05, (test, accuracy, gap)
+        loss = {
+            name: skm.log_loss(truth, np.clip(p, 1e-15, 1), labels=classes)
+            for name, p in (("tempered", tempered), ("plain", plain))
+        }
+        assert loss["tempered"] < 0.5 * loss["plain"], (test, loss)

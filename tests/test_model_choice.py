@@ -15,7 +15,14 @@ from sklearn.preprocessing import StandardScaler
 
 from cellresponse.baselines import features_baseline
 from cellresponse.bundle import load_bundle
-from cellresponse.profiles import PROFILE_KINDS, features_model_probabilities, why_no_features_model
+from cellresponse.profiles import (
+    MAX_TEMPERATURE,
+    PROFILE_KINDS,
+    features_model_logits,
+    features_model_probabilities,
+    fit_temperature,
+    why_no_features_model,
+)
 from cellresponse.runfolder import RunFolder
 from cellresponse.selection import NETWORK, auto_summary, choose_model, describe_choice, profile_validation_scores
 from cellresponse.splits import TEST, TRAIN, VALIDATION
@@ -98,9 +105,52 @@ def test_the_choice_is_told_with_its_validation_scores_and_its_test_score_after(
     summary = auto_summary(choice, metrics, "soft")
     assert summary["test"] == {"image": 0.97, "well": 1.0} and summary["validation"]["deep"] == 0.9
     assert summary["sentence"].endswith("on the test side it scores 0.970 per image")
+    metrics["profile_models"]["measured"]["image"]["mean_probability"] = 0.8
+    told = auto_summary(choice, metrics, "soft")["sentence"]
+    assert told.endswith("scores 0.970 per image, calling them with a mean probability of 0.800")
     # the network chosen: its voted accuracy is the test score
     network = auto_summary({**choice, "auto": NETWORK}, metrics, "soft")
     assert network["test"] == {"image": 0.6}
+
+
+def overconfident_logits(n: int, right: float, margin: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Logits of 4 classes whose call is right for a share ``right`` of ``n`` images, every call ``margin`` above
+    the rest (probability ~1 at temperature 1)."""
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(0, 4, n)
+    called = np.where(rng.random(n) < right, truth, (truth + rng.integers(1, 4, n)) % 4)
+    logits = rng.normal(0, 0.1, (n, 4))
+    logits[np.arange(n), called] += margin
+    return logits, truth
+
+
+def test_the_temperature_makes_an_overconfident_model_s_probabilities_match_its_accuracy():
+    logits, truth = overconfident_logits(400, right=0.7, margin=40.0)
+    temperature = fit_temperature([(logits[:200], truth[:200]), (logits[200:], truth[200:])])
+    assert 5.0 < temperature < MAX_TEMPERATURE
+    tempered = np.exp(logits / temperature)
+    tempered /= tempered.sum(1, keepdims=True)
+    accuracy = np.mean(logits.argmax(1) == truth)
+    assert abs(tempered.max(1).mean() - accuracy) < 0.03  # calls said to be 70 % sure, right 70 % of the time
+    # a model its held-out images cannot fault keeps its own probabilities (never sharpened below 1)
+    assert fit_temperature([overconfident_logits(50, right=1.0, margin=5.0)]) == 1.0
+    assert fit_temperature([]) == 1.0 and fit_temperature([(np.zeros((0, 4)), np.zeros(0, int))]) == 1.0
+    # a side of wrong calls only cannot push it past the bound
+    assert fit_temperature([overconfident_logits(50, right=0.0, margin=40.0)]) <= MAX_TEMPERATURE
+
+
+def test_a_stored_temperature_changes_how_sure_a_call_is_never_which_call(demo_run):
+    bundle = load_bundle(demo_run.bundle)
+    sides, _ = demo_run.read_split()
+    table = profile_tables(demo_run, demo_run.read_cells(), [str(i) for i in sides.index])["measured"]
+    model = bundle.profile_models["measured"]
+    calls = {t: features_model_probabilities({**model, "temperature": t}, table) for t in (1.0, 3.0, 30.0)}
+    assert all((p.argmax(1) == calls[1.0].argmax(1)).all() for p in calls.values())
+    assert calls[1.0].max(1).mean() >= calls[3.0].max(1).mean() >= calls[30.0].max(1).mean()
+    assert features_model_logits(model, table).shape == (len(table), len(model["classes"]))
+    # a bundle of an earlier version stores no temperature: scikit-learn's own probabilities
+    legacy = {k: v for k, v in model.items() if k != "temperature"}
+    np.testing.assert_allclose(features_model_probabilities(legacy, table), calls[1.0])
 
 
 @pytest.fixture(scope="module")
@@ -121,9 +171,21 @@ def test_each_profile_kind_round_trips_through_the_bundle(demo_run):
         fit = table[(sides.reindex(table.index) != TEST).to_numpy()]
         reference = make_pipeline(StandardScaler(), LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto"))
         reference.fit(fit, images.loc[fit.index, "Metadata_pert_iname"].astype(str))
-        # the stored JSON gives scikit-learn's probabilities on every image (the test side included)
+        # the stored model carries the temperature its held-out images fitted (recorded beside the choice's scores;
+        # 1 where none could be scored, as on this tiny plate)
+        assert model["temperature"] == bundle.choice["scores"][kind].get("temperature", 1.0) >= 1.0
+        # the stored JSON gives scikit-learn's probabilities on every image (the test side included) ...
+        untempered = features_model_probabilities({**model, "temperature": 1.0}, table)
+        np.testing.assert_allclose(untempered, reference.predict_proba(table), atol=1e-6)
+        # ... and, tempered, the softmax of scikit-learn's decision function divided by the temperature
+        decision = np.atleast_2d(reference.decision_function(table).T).T
+        if decision.shape[1] == 1:
+            decision = np.column_stack([np.zeros(len(decision)), decision[:, 0]])
+        tempered = np.exp((decision - decision.max(1, keepdims=True)) / 4.0)
         np.testing.assert_allclose(
-            features_model_probabilities(model, table), reference.predict_proba(table), atol=1e-6
+            features_model_probabilities({**model, "temperature": 4.0}, table),
+            tempered / tempered.sum(1, keepdims=True),
+            atol=1e-6,
         )
     choice = bundle.choice
     assert choice["auto"] in (*PROFILE_KINDS, NETWORK) and set(choice["scores"]) == {*PROFILE_KINDS, NETWORK}

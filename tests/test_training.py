@@ -98,6 +98,19 @@ def test_bundle_round_trip_gives_the_same_predictions(trained, tmp_path):
     assert meta["channels"] == ["DNA", "Tubulin", "Actin"] and meta["crop_settings"]["store_size"] == 32
 
 
+def test_the_bundle_s_profile_models_carry_the_temperature_their_validation_side_fitted(trained):
+    run, _ = trained
+    bundle = load_bundle(run.model / "bundle")
+    metrics = json.loads(run.metrics.read_text())
+    assert bundle.choice["scored_on"].startswith("the validation side") and bundle.profile_models
+    for kind, model in bundle.profile_models.items():
+        fitted = bundle.choice["scores"][kind]["temperature"]
+        assert model["temperature"] == fitted >= 1.0
+        # evaluate scored the stored model, temperature and all, and says so beside its numbers
+        assert metrics["profile_models"][kind]["temperature"] == fitted
+        assert 0.0 < metrics["profile_models"][kind]["image"]["mean_probability"] <= 1.0
+
+
 def test_predict_on_held_out_plates(trained, tmp_path):
     run, _ = trained
     load_data = shared("bbbc021", "load_data.csv")

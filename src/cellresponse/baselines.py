@@ -56,7 +56,7 @@ def features_baseline(
     probs = features_model_probabilities(model, features.loc[test_ids])
     table = images.loc[test_ids, ["image_id", "plate", "well"]].copy()
     table["true_label"] = images.loc[test_ids, label].astype(str).to_numpy()
-    out: dict[str, Any] = {"model": model.get("model", FEATURES_MODEL)}
+    out: dict[str, Any] = {"model": model.get("model", FEATURES_MODEL), "temperature": model.get("temperature", 1.0)}
     for level in LEVELS:
         result = voted_metrics(table, probs, classes, level, top_k)
         if "skipped" in result:

@@ -147,7 +147,9 @@ def voted_metrics(
     top_k: int = 5,
     min_purity: float = MIN_GROUP_PURITY,
 ) -> dict[str, Any]:
-    """Majority- and soft-vote metrics at one level; the true label of a group is its most common one.
+    """Majority- and soft-vote metrics at one level; the true label of a group is its most common one. The soft
+    vote also gives ``mean_probability``, the mean probability of its calls: beside its accuracy, how far the
+    probabilities can be taken at their word.
 
     A level whose groups mix classes (fewer than ``min_purity`` of the cells share their group's label, e.g.
     plates holding many treatments) is skipped with the reason: a vote over such groups answers nothing useful."""
@@ -163,6 +165,8 @@ def voted_metrics(
         groups, scores = vote(keys, probs, method)
         predicted = np.asarray(classes, dtype=object)[scores.argmax(1)]
         out[name] = classification_metrics(truth.loc[groups].to_numpy(), predicted, scores, classes, top_k)
+        if method == "soft":
+            out[name]["mean_probability"] = float(scores.max(axis=1).mean())
     out.update(rates(truth.to_numpy(), len(classes)))
     return out
 

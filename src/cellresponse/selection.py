@@ -6,6 +6,9 @@ the validation images it was early-stopped on (the same images, so the compariso
 no validation side, the profile models are scored by grouped cross-validation over the training images (folds by
 well, so sites of one well never score each other) and the network, whose only held-out images are the test
 side, is not a candidate.
+
+The same held-out images fit each profile model's temperature (:func:`cellresponse.profiles.fit_temperature`), so
+the probabilities of the model that predicts say how often its calls are right; the choice reads only accuracy.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from cellresponse.profiles import (
     PROFILE_KINDS,
     features_model_probabilities,
     fit_features_model,
+    fit_temperature,
+    held_out_logits,
     why_no_features_model,
 )
 from cellresponse.splits import TRAIN, VALIDATION
@@ -43,7 +48,8 @@ def profile_validation_scores(
 ) -> dict[str, dict[str, Any]]:
     """Per profile kind, the image accuracy of its model on held-out non-test images: fitted on the training side
     and scored on the validation side, or (no validation side) grouped ``FOLDS``-fold cross-validation over the
-    training side. ``labels``, ``sides`` and ``wells`` are indexed by image id; test images are never read."""
+    training side; and the ``temperature`` those held-out images fit (1 where none were scored).
+    ``labels``, ``sides`` and ``wells`` are indexed by image id; test images are never read."""
     scores: dict[str, dict[str, Any]] = {}
     for kind, table in tables.items():
         side = sides.reindex(table.index)
@@ -53,7 +59,11 @@ def profile_validation_scores(
             scores[kind] = {"accuracy": None, "skipped": why}
         elif len(validation):
             model = fit_features_model(train, y_train.to_numpy(), kind)
-            scores[kind] = {"accuracy": _accuracy(model, validation, labels), "images": len(validation)}
+            scores[kind] = {
+                "accuracy": _accuracy(model, validation, labels),
+                "images": len(validation),
+                "temperature": fit_temperature([held_out_logits(model, validation, labels)]),
+            }
         else:
             groups = wells.loc[train.index].to_numpy()
             folds = min(FOLDS, len(set(groups)))
@@ -61,6 +71,7 @@ def profile_validation_scores(
                 scores[kind] = {"accuracy": None, "skipped": "one well on the training side: nothing to cross-validate"}
                 continue
             correct = scored = 0
+            held_out = []
             for fit_rows, score_rows in GroupKFold(folds).split(train, groups=groups):
                 fit_labels = y_train.iloc[fit_rows]
                 # an image whose class has no other well cannot be scored: its fold holds the class's only well
@@ -70,10 +81,16 @@ def profile_validation_scores(
                 model = fit_features_model(train.iloc[fit_rows], fit_labels.to_numpy(), kind)
                 correct += _accuracy(model, train.iloc[score_rows], labels) * len(score_rows)
                 scored += len(score_rows)
+                held_out.append(held_out_logits(model, train.iloc[score_rows], labels))
             if not scored:
                 scores[kind] = {"accuracy": None, "skipped": "no class has two wells on the training side"}
                 continue
-            scores[kind] = {"accuracy": correct / scored, "images": scored, "folds": folds}
+            scores[kind] = {
+                "accuracy": correct / scored,
+                "images": scored,
+                "folds": folds,
+                "temperature": fit_temperature(held_out),
+            }
     return scores
 
 
@@ -122,14 +139,17 @@ def auto_summary(choice: dict[str, Any], metrics: dict[str, Any], vote_name: str
             for level in LEVELS
             if f"{vote_name}_vote" in metrics.get(level, {})
         }
+        sure = metrics.get("image", {}).get("soft_vote", {}).get("mean_probability")
     else:
         block = metrics.get("profile_models", {}).get(chosen, {})
         test = {level: block[level]["accuracy"] for level in LEVELS if level in block}
+        sure = block.get("image", {}).get("mean_probability")
     scored = _scores_text(choice["scores"])
     sentence = f"The auto model is {chosen} (" + (
         f"chosen on {choice['scored_on']}: {scored})" if scored else "nothing could be scored on held-out images)"
     )
     sentence += f"; on the test side it scores {test['image']:.3f} per image" if "image" in test else ""
+    sentence += f", calling them with a mean probability of {sure:.3f}" if "image" in test and sure is not None else ""
     return {
         "model": chosen,
         "scored_on": choice["scored_on"],

@@ -127,8 +127,9 @@ def write_well_predictions(
 
 def well_calls_summary(calls: pd.DataFrame, shown: int = 5, validation: dict[str, Any] | None = None) -> str:
     """The calls in one line for the console: how many wells, the most frequent calls, how sure the model was —
-    and, where the bundle scored this model on its validation side, how often it was right there: the profile
-    models' probabilities sit near 1 even where a fifth of their calls are wrong, so the probability alone misleads."""
+    and, where the bundle scored this model on its validation side, how often it was right there, to read beside
+    the probability (a profile model's probabilities are tempered on that side; the LDA alone, and a bundle of an
+    earlier version, call nearly everything with probability ~1, wrong calls included)."""
     counts = calls["predicted_label"].value_counts()
     top = ", ".join(f"{label} ({n})" for label, n in counts.head(shown).items())
     more = f" and {len(counts) - shown} more" if len(counts) > shown else ""

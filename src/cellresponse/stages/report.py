@@ -144,21 +144,24 @@ def section_data(run: RunFolder, summaries: dict[str, dict[str, Any]]) -> list[s
 
 
 def model_choice_rows(metrics: dict[str, Any]) -> list[list[Any]]:
-    """Per candidate model: held-out validation accuracy (which chose) and test accuracy per image and well."""
+    """Per candidate model: held-out validation accuracy (which chose), test accuracy per image and well, and the
+    mean probability of its image calls (to read beside their accuracy)."""
     auto = metrics.get("auto", {})
     vote = metrics.get("headline_vote", "soft")
     nan = float("nan")
     rows = []
     for kind, accuracy in auto.get("validation", {}).items():
         if kind == "network":
-            test = {lvl: metrics.get(lvl, {}).get(f"{vote}_vote", {}).get("accuracy", nan) for lvl in ("image", "well")}
+            blocks = {lvl: metrics.get(lvl, {}).get(f"{vote}_vote", {}) for lvl in ("image", "well")}
+            sure = metrics.get("image", {}).get("soft_vote", {}).get("mean_probability", nan)
             what = f"the trained network ({vote} vote over cells)"
         else:
-            block = metrics.get("profile_models", {}).get(kind, {})
-            test = {lvl: block.get(lvl, {}).get("accuracy", nan) for lvl in ("image", "well")}
+            blocks = {lvl: metrics.get("profile_models", {}).get(kind, {}).get(lvl, {}) for lvl in ("image", "well")}
+            sure = blocks["image"].get("mean_probability", nan)
             what = f"{kind} profiles, shrinkage LDA"
+        test = {lvl: block.get("accuracy", nan) for lvl, block in blocks.items()}
         name = f"{kind} ← auto" if kind == auto.get("model") else kind
-        rows.append([name, what, nan if accuracy is None else accuracy, test["image"], test["well"]])
+        rows.append([name, what, nan if accuracy is None else accuracy, test["image"], test["well"], sure])
     return rows
 
 
@@ -173,8 +176,21 @@ def section_model_choice(metrics: dict[str, Any]) -> list[str]:
         "(<code>--model network|measured|deep|both</code>). The test columns were computed after the choice and "
         "did not inform it.</p>",
     ]
-    header = ["model", "what", "validation acc.", "test acc. (images)", "test acc. (wells)"]
+    header = [
+        "model",
+        "what",
+        "validation acc.",
+        "test acc. (images)",
+        "test acc. (wells)",
+        "mean probability of the image calls",
+    ]
     parts.append(_table(header, model_choice_rows(metrics)))
+    parts.append(
+        "<p class='note'>A model whose calls are right as often as their mean probability says can be taken at its "
+        "word. The profile models' probabilities are tempered on held-out non-test images (the LDA alone is sure "
+        "of nearly every call, wrong ones included); the network's are the mean of its cells' probabilities, which "
+        "say how sure its cells are, not how often a field's vote is right.</p>"
+    )
     if metrics.get("embeddings_verdict"):
         parts.append(f"<p class='note'>{html.escape(metrics['embeddings_verdict'])}.</p>")
     return parts

@@ -148,15 +148,31 @@ def label_to_target(images: pd.DataFrame, config: Config) -> dict[str, str]:
     return label_groups(images, config.input.label, config.input.target_column)
 
 
-def profile_models(tables: dict[str, pd.DataFrame], labels: pd.Series, sides: pd.Series) -> dict[str, dict]:
-    """A profile model per kind fitted on the non-test images (exactly what `evaluate` scores); none when they
-    cannot fit one (a single class, or no more images than classes)."""
+def profile_models(
+    tables: dict[str, pd.DataFrame],
+    labels: pd.Series,
+    sides: pd.Series,
+    temperatures: dict[str, float] | None = None,
+) -> dict[str, dict]:
+    """A profile model per kind fitted on the non-test images (exactly what `evaluate` scores), carrying the
+    temperature its held-out images fitted (:func:`profile_scores`; 1 where none is given); none for a kind whose
+    images cannot fit one (a single class, or no more images than classes)."""
     models = {}
     for kind, table in tables.items():
         fit = table[(sides.reindex(table.index) != TEST).to_numpy()]
         if not why_no_features_model(labels.loc[fit.index]):
             models[kind] = fit_features_model(fit, labels.loc[fit.index].astype(str).to_numpy(), kind)
+            models[kind]["temperature"] = (temperatures or {}).get(kind, 1.0)
     return models
+
+
+def profile_scores(
+    tables: dict[str, pd.DataFrame], images: pd.DataFrame, side: pd.Series, labels: pd.Series
+) -> dict[str, dict[str, Any]]:
+    """Each profile kind scored on held-out non-test images (selection.py), with the temperature they fit;
+    ``side`` and ``labels`` are indexed by image id."""
+    meta = images.set_index(images["image_id"].astype(str))
+    return profile_validation_scores(tables, labels, side, meta["plate"].astype(str) + "/" + meta["well"].astype(str))
 
 
 def network_validation_score(
@@ -181,16 +197,13 @@ def model_choice(
     run: RunFolder,
     config: Config,
     cells: pd.DataFrame,
-    tables: dict[str, pd.DataFrame],
-    images: pd.DataFrame,
+    kind_scores: dict[str, dict[str, Any]],
     side: pd.Series,
     labels: pd.Series,
 ) -> dict[str, Any]:
-    """Score every candidate on held-out non-test images (selection.py) and pick the ``auto`` model; ``side`` and
-    ``labels`` are indexed by image id."""
-    meta = images.set_index(images["image_id"].astype(str))
-    scores = profile_validation_scores(tables, labels, side, meta["plate"].astype(str) + "/" + meta["well"].astype(str))
-    scores[NETWORK] = network_validation_score(run, cells, side, labels, config)
+    """Add the saved network's validation score to the profile kinds' (``kind_scores``, :func:`profile_scores`)
+    and pick the ``auto`` model; ``side`` and ``labels`` are indexed by image id."""
+    scores = {**kind_scores, NETWORK: network_validation_score(run, cells, side, labels, config)}
     validation_images = int((side == VALIDATION).sum())
     scored_on = (
         f"the validation side ({validation_images} images)"
@@ -264,6 +277,13 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
     side_of = pd.Series(sides["side"].to_numpy(), index=sides["image_id"].astype(str))
     labels = images.set_index(images["image_id"].astype(str))[config.input.label]
     tables = profile_tables(run, cells, list(side_of.index))
+    scores = profile_scores(tables, images, side_of, labels)
+    temperatures = {kind: score["temperature"] for kind, score in scores.items() if "temperature" in score}
+    if temperatures:
+        log.info(
+            "profile models' probabilities tempered on held-out non-test images: %s",
+            ", ".join(f"{kind} T = {t:.2f}" for kind, t in temperatures.items()),
+        )
     save_bundle(
         run.bundle,
         module.model.cpu(),
@@ -278,9 +298,9 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
             "best_checkpoint_epoch": checkpoint.get("epoch"),
             "embedding": frozen_embedding_settings(run) if "deep" in tables else None,
         },
-        profile_models=profile_models(tables, labels, side_of),
+        profile_models=profile_models(tables, labels, side_of, temperatures),
     )
-    choice = model_choice(run, config, cells, tables, images, side_of, labels)
+    choice = model_choice(run, config, cells, scores, side_of, labels)
     save_choice(run.bundle, choice)
     history = run.read_history()
     summary = {
