@@ -37,10 +37,11 @@ def features_baseline(
     sides: pd.Series,
     top_k: int = 5,
     model: dict[str, Any] | None = None,
+    temperature: float = 1.0,
 ) -> dict[str, Any]:
     """The features-only model (:func:`fit_features_model`) on per-image features: trained on the
-    non-test images (or ``model``, the one training already fitted on them and stored in the bundle),
-    scored on the test images, voted (soft) into wells and plates like the CNN."""
+    non-test images with ``temperature`` (or ``model``, the one training already fitted on them and stored in
+    the bundle with its own), scored on the test images, voted (soft) into wells and plates like the CNN."""
     images = images.set_index(images["image_id"].astype(str))
     ids = features.index.intersection(images.index)
     side = sides.reindex(ids)
@@ -51,7 +52,7 @@ def features_baseline(
     if model is None:
         if why := why_no_features_model(y_train):
             return {"skipped": why}
-        model = fit_features_model(features.loc[train_ids], y_train)
+        model = {**fit_features_model(features.loc[train_ids], y_train), "temperature": temperature}
     classes = model["classes"]
     probs = features_model_probabilities(model, features.loc[test_ids])
     table = images.loc[test_ids, ["image_id", "plate", "well"]].copy()

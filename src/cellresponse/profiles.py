@@ -173,6 +173,10 @@ def fit_temperature(held_out: list[tuple[np.ndarray, np.ndarray]]) -> float:
 
     best = minimize_scalar(mean_nll, bounds=(0.0, np.log(MAX_TEMPERATURE)), method="bounded")
     # The bounded search stops within its tolerance of a bound when the optimum lies on it: snap to 1 exactly
-    # where 1 is no worse, so a model its held-out side cannot fault keeps scikit-learn's probabilities, and
-    # round the rest (99.9995 is the bound, and reads as 100 in the bundle).
-    return 1.0 if mean_nll(0.0) <= best.fun else round(float(np.exp(best.x)), 3)
+    # where 1 is no worse, so a model its held-out side cannot fault keeps scikit-learn's probabilities, and to
+    # the upper bound where that is no worse (99.9995 is the bound, and reads as 100 in the bundle).
+    if mean_nll(0.0) <= best.fun:
+        return 1.0
+    if mean_nll(np.log(MAX_TEMPERATURE)) <= best.fun:
+        return MAX_TEMPERATURE
+    return round(float(np.exp(best.x)), 3)

@@ -39,7 +39,7 @@ from cellresponse.metrics import (
 )
 from cellresponse.plate import labelled_images, read_table
 from cellresponse.runfolder import RunFolder
-from cellresponse.selection import auto_summary
+from cellresponse.selection import auto_summary, profile_validation_scores
 from cellresponse.splits import TEST, assign_split, log_split
 from cellresponse.stages.profile import profile_tables
 from cellresponse.store import CropStore
@@ -255,11 +255,19 @@ def run_feature_table(path: str | Path, config: Config, out: str | Path) -> dict
         control=config.input.control_label,
     )
     log_split(report)
-    baseline = features_baseline(features, images, label, pd.Series(side.to_numpy(), index=images["image_id"]))
+    sides = pd.Series(side.to_numpy(), index=images["image_id"])
+    # tempered as `train` tempers the run's profile models; with no validation side here, on out-of-fold wells
+    by_image = images.set_index("image_id")
+    held_out = profile_validation_scores(
+        {"measured": features}, by_image[label], sides, by_image["plate"] + "/" + by_image["well"]
+    )["measured"]
+    temperature = held_out.get("temperature", 1.0)
+    baseline = features_baseline(features, images, label, sides, temperature=temperature)
     metrics = {
         "label": label,
         "source": str(path),
         "features": len(numeric),
+        "temperature": temperature,
         **{k: baseline[k] for k in LEVELS if k in baseline},
         "split": report.to_dict(),
     }
