@@ -107,7 +107,7 @@ def test_the_choice_is_told_with_its_validation_scores_and_its_test_score_after(
     assert summary["sentence"].endswith("on the test side it scores 0.970 per image")
     metrics["profile_models"]["measured"]["image"]["mean_probability"] = 0.8
     told = auto_summary(choice, metrics, "soft")["sentence"]
-    assert told.endswith("scores 0.970 per image, calling them with a mean probability of 0.800")
+    assert told.endswith("scores 0.970 per image, its calls made with a mean probability of 0.800")
     # the network chosen: its voted accuracy is the test score
     network = auto_summary({**choice, "auto": NETWORK}, metrics, "soft")
     assert network["test"] == {"image": 0.6}

@@ -149,7 +149,9 @@ def auto_summary(choice: dict[str, Any], metrics: dict[str, Any], vote_name: str
         f"chosen on {choice['scored_on']}: {scored})" if scored else "nothing could be scored on held-out images)"
     )
     sentence += f"; on the test side it scores {test['image']:.3f} per image" if "image" in test else ""
-    sentence += f", calling them with a mean probability of {sure:.3f}" if "image" in test and sure is not None else ""
+    sentence += (
+        f", its calls made with a mean probability of {sure:.3f}" if "image" in test and sure is not None else ""
+    )
     return {
         "model": chosen,
         "scored_on": choice["scored_on"],
