@@ -41,8 +41,9 @@ PROFILE_MODELS = {
     "both": "shrinkage LDA on per-image measured profiles and mean embeddings side by side",
 }
 # Upper bound of a fitted temperature. LDA on hundreds of columns is far too sure of itself (BBBC021-moa compounds:
-# median probability of its wrong calls 1.00; the validation sides fit T ≈ 12), but a validation side with one
-# confidently wrong call among a few right ones could push T without bound and flatten every call to chance.
+# median probability of its wrong calls 1.00; measured profiles' validation sides fit T ≈ 12, the deep ones' thousands
+# of columns reach the bound), but a validation side with one confidently wrong call among a few right ones could
+# push T without bound and flatten every call to chance. Set before any test side was scored with it.
 MAX_TEMPERATURE = 100.0
 
 
