@@ -11,7 +11,7 @@ from cellresponse.baselines import compare_with_baseline, compare_with_embedding
 from cellresponse.bundle import find_bundle
 from cellresponse.errors import InputError
 from cellresponse.metrics import wrong_calls_sentence
-from cellresponse.stages.report import never_predicted, sanity_meaning
+from cellresponse.stages.report import headline_of_the_predicting_model, never_predicted, sanity_meaning
 from tests.conftest import run_cli
 
 
@@ -181,3 +181,26 @@ def test_the_well_calls_are_summed_up_in_one_line():
     assert well_calls_summary(calls, validation={"accuracy": None, "skipped": "no validation side"}) == (
         well_calls_summary(calls)
     )
+
+
+def test_the_report_leads_with_the_model_predict_uses():
+    # a biologist reads the first figure as what `predict` gives: the chosen profile model's, not the network's
+    metrics = {
+        "chance_rate": 0.056,
+        "majority_rate": 0.127,
+        "image": {"soft_vote": {"accuracy": 0.591, "n": 220}},
+        "profile_models": {
+            "measured": {
+                "image": {"accuracy": 0.736, "n": 220, "mean_probability": 0.767},
+                "well": {"accuracy": 0.745, "n": 55},
+            }
+        },
+        "auto": {"model": "measured"},
+    }
+    lead = headline_of_the_predicting_model(metrics)
+    assert "uses the <b>measured</b> profile model" in lead and "<b>0.736</b> per image on 220 held-out" in lead
+    assert "<b>0.745</b> per well (55 wells)" in lead and "mean probability of 0.767" in lead
+    assert "0.591" not in lead
+    # the network predicts (or an older run records no choice): its paragraph stays the headline
+    assert headline_of_the_predicting_model({**metrics, "auto": {"model": "network"}}) == ""
+    assert headline_of_the_predicting_model({k: v for k, v in metrics.items() if k != "auto"}) == ""

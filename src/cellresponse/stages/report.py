@@ -165,6 +165,33 @@ def model_choice_rows(metrics: dict[str, Any]) -> list[list[Any]]:
     return rows
 
 
+def predicting_model_is_a_profile(metrics: dict[str, Any]) -> bool:
+    """Whether `predict` uses a profile model by default (the report then leads with it, not the network)."""
+    chosen = metrics.get("auto", {}).get("model")
+    return chosen in metrics.get("profile_models", {}) and "image" in metrics["profile_models"][chosen]
+
+
+def headline_of_the_predicting_model(metrics: dict[str, Any]) -> str:
+    """The report's first figure when `predict` uses a profile model by default: that model's test accuracy per
+    image and well and how sure its calls say they are — what a user of `predict` gets — ahead of the network's
+    numbers (empty when the network predicts: the paragraph after it is then the headline)."""
+    if not predicting_model_is_a_profile(metrics):
+        return ""
+    chosen = metrics["auto"]["model"]
+    block = metrics["profile_models"][chosen]
+    image, well = block["image"], block.get("well", {})
+    per_well = f", <b>{well['accuracy']:.3f}</b> per well ({well['n']} wells)" if "accuracy" in well else ""
+    sure = image.get("mean_probability")
+    said = f"; its calls are made with a mean probability of {sure:.3f}" if sure is not None else ""
+    return (
+        f"<p class='good'><code>cellresponse predict</code> uses the <b>{html.escape(chosen)}</b> profile model "
+        f"(chosen on {html.escape(metrics['auto'].get('scored_on', 'held-out non-test images'))}; see "
+        f'"Which model predicts"): accuracy <b>{image["accuracy"]:.3f}</b> per '
+        f"image on {image['n']} held-out images{per_well}{said}; chance {metrics['chance_rate']:.3f}, "
+        f"always-the-most-common-class {metrics['majority_rate']:.3f}.</p>"
+    )
+
+
 def section_model_choice(metrics: dict[str, Any]) -> list[str]:
     """Which model `predict` uses by default, the validation scores that chose it and every model's test score."""
     auto = metrics.get("auto")
@@ -229,10 +256,16 @@ def section_results(metrics: dict[str, Any], out: Path) -> list[str]:
     k = (top_k_key(metrics.get("cell", {})) or "top5")[3:]
     parts = [
         "<h2>How good are the predictions?</h2>",
-        f"<p class='good'>Image-level accuracy <b>{image.get('accuracy', float('nan')):.3f}</b> ({vote} vote over "
-        f"the cells of each image) on {image.get('n')} held-out images; chance {metrics['chance_rate']:.3f}, "
-        f"always-the-most-common-class {metrics['majority_rate']:.3f}. "
-        f"{html.escape(compare_with_baseline(metrics, vote))}.</p>",
+        headline_of_the_predicting_model(metrics),
+        (
+            f"<p>The network: image-level accuracy <b>{image.get('accuracy', float('nan')):.3f}</b> ({vote} vote "
+            "over the cells of each image). "
+            if predicting_model_is_a_profile(metrics)
+            else f"<p class='good'>Image-level accuracy <b>{image.get('accuracy', float('nan')):.3f}</b> ({vote} "
+            f"vote over the cells of each image) on {image.get('n')} held-out images; chance "
+            f"{metrics['chance_rate']:.3f}, always-the-most-common-class {metrics['majority_rate']:.3f}. "
+        )
+        + f"{html.escape(compare_with_baseline(metrics, vote))}.</p>",
         _table([h.format(k=k) for h in METRIC_HEADER], metrics_rows(metrics)),
         "<p>Chance = 1 / classes; majority = accuracy of always answering the most common class; "
         "features-only = "
