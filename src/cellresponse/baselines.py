@@ -52,7 +52,7 @@ def features_baseline(
     if model is None:
         if why := why_no_features_model(y_train):
             return {"skipped": why}
-        model = {**fit_features_model(features.loc[train_ids], y_train), "temperature": temperature}
+        model = fit_features_model(features.loc[train_ids], y_train, temperature=temperature)
     classes = model["classes"]
     probs = features_model_probabilities(model, features.loc[test_ids])
     table = images.loc[test_ids, ["image_id", "plate", "well"]].copy()

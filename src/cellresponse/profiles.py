@@ -95,9 +95,11 @@ def why_no_features_model(labels: np.ndarray | pd.Series) -> str | None:
     return None
 
 
-def fit_features_model(features: pd.DataFrame, labels: np.ndarray, kind: str = "measured") -> dict[str, Any]:
+def fit_features_model(
+    features: pd.DataFrame, labels: np.ndarray, kind: str = "measured", temperature: float = 1.0
+) -> dict[str, Any]:
     """Fit a profile model on per-image profiles of ``kind`` and return it as plain JSON (stored in the model
-    bundle).
+    bundle), with the ``temperature`` its probabilities are tempered by (:func:`fit_temperature`).
 
     Linear discriminant analysis with Ledoit-Wolf shrinkage: hundreds of correlated profile columns
     against a few hundred training images is where plain LDA breaks down and shrinkage holds
@@ -125,6 +127,7 @@ def fit_features_model(features: pd.DataFrame, labels: np.ndarray, kind: str = "
         "scale": scaler.scale_.tolist(),
         "coef": np.atleast_2d(lda.coef_).tolist(),
         "intercept": np.atleast_1d(lda.intercept_).tolist(),
+        "temperature": temperature,
     }
 
 

@@ -22,7 +22,6 @@ from sklearn.model_selection import GroupKFold
 from cellresponse.metrics import LEVELS
 from cellresponse.profiles import (
     PROFILE_KINDS,
-    features_model_probabilities,
     fit_features_model,
     fit_temperature,
     held_out_logits,
@@ -38,9 +37,11 @@ MODEL_CHOICES = ("auto", *CANDIDATES)
 FOLDS = 3
 
 
-def _accuracy(model: dict[str, Any], features: pd.DataFrame, truth: pd.Series) -> float:
-    predicted = np.asarray(model["classes"])[features_model_probabilities(model, features).argmax(1)]
-    return float(np.mean(predicted == truth.loc[features.index].astype(str).to_numpy()))
+def _called_right(model: dict[str, Any], features: pd.DataFrame, labels: pd.Series) -> tuple[int, tuple]:
+    """How many held-out images a model calls right (an image of a class it never saw counts as wrong), and its
+    logits and true columns there, which fit its temperature — one pass over the images for both."""
+    logits, codes = held_out_logits(model, features, labels)
+    return int(np.sum(logits.argmax(axis=1) == codes)), (logits, codes)
 
 
 def profile_validation_scores(
@@ -58,11 +59,11 @@ def profile_validation_scores(
         if why := why_no_features_model(y_train):
             scores[kind] = {"accuracy": None, "skipped": why}
         elif len(validation):
-            model = fit_features_model(train, y_train.to_numpy(), kind)
+            right, held_out = _called_right(fit_features_model(train, y_train.to_numpy(), kind), validation, labels)
             scores[kind] = {
-                "accuracy": _accuracy(model, validation, labels),
+                "accuracy": right / len(validation),
                 "images": len(validation),
-                "temperature": fit_temperature([held_out_logits(model, validation, labels)]),
+                "temperature": fit_temperature([held_out]),
             }
         else:
             groups = wells.loc[train.index].to_numpy()
@@ -71,7 +72,7 @@ def profile_validation_scores(
                 scores[kind] = {"accuracy": None, "skipped": "one well on the training side: nothing to cross-validate"}
                 continue
             correct = scored = 0
-            held_out = []
+            folds_held_out = []
             for fit_rows, score_rows in GroupKFold(folds).split(train, groups=groups):
                 fit_labels = y_train.iloc[fit_rows]
                 # an image whose class has no other well cannot be scored: its fold holds the class's only well
@@ -79,9 +80,10 @@ def profile_validation_scores(
                 if why_no_features_model(fit_labels) or not len(score_rows):
                     continue
                 model = fit_features_model(train.iloc[fit_rows], fit_labels.to_numpy(), kind)
-                correct += _accuracy(model, train.iloc[score_rows], labels) * len(score_rows)
+                right, held_out = _called_right(model, train.iloc[score_rows], labels)
+                correct += right
                 scored += len(score_rows)
-                held_out.append(held_out_logits(model, train.iloc[score_rows], labels))
+                folds_held_out.append(held_out)
             if not scored:
                 scores[kind] = {"accuracy": None, "skipped": "no class has two wells on the training side"}
                 continue
@@ -89,7 +91,7 @@ def profile_validation_scores(
                 "accuracy": correct / scored,
                 "images": scored,
                 "folds": folds,
-                "temperature": fit_temperature(held_out),
+                "temperature": fit_temperature(folds_held_out),
             }
     return scores
 
@@ -129,21 +131,33 @@ def describe_choice(choice: dict[str, Any]) -> str:
     )
 
 
+def test_blocks(metrics: dict[str, Any], model: str, vote_name: str) -> dict[str, dict[str, Any]]:
+    """A candidate's test-side metrics per level from ``metrics.json``: the network's ``vote_name`` vote, or the
+    profile model's (soft) vote; levels it was not scored at are absent."""
+    if model == NETWORK:
+        return {
+            level: metrics[level][f"{vote_name}_vote"]
+            for level in LEVELS
+            if f"{vote_name}_vote" in metrics.get(level, {})
+        }
+    block = metrics.get("profile_models", {}).get(model, {})
+    return {level: block[level] for level in LEVELS if level in block}
+
+
+def call_probability(metrics: dict[str, Any], model: str) -> float | None:
+    """The mean probability of a candidate's image calls on the test side (the soft vote's, whichever vote heads
+    the network's numbers: a majority vote's scores are counts), or None where ``metrics`` has none."""
+    if model == NETWORK:
+        return metrics.get("image", {}).get("soft_vote", {}).get("mean_probability")
+    return metrics.get("profile_models", {}).get(model, {}).get("image", {}).get("mean_probability")
+
+
 def auto_summary(choice: dict[str, Any], metrics: dict[str, Any], vote_name: str) -> dict[str, Any]:
     """The auto model's validation scores (which chose it) beside its test accuracy per level (scored after the
     choice, never used by it)."""
     chosen = choice["auto"]
-    if chosen == NETWORK:
-        test = {
-            level: metrics[level][f"{vote_name}_vote"]["accuracy"]
-            for level in LEVELS
-            if f"{vote_name}_vote" in metrics.get(level, {})
-        }
-        sure = metrics.get("image", {}).get("soft_vote", {}).get("mean_probability")
-    else:
-        block = metrics.get("profile_models", {}).get(chosen, {})
-        test = {level: block[level]["accuracy"] for level in LEVELS if level in block}
-        sure = block.get("image", {}).get("mean_probability")
+    test = {level: block["accuracy"] for level, block in test_blocks(metrics, chosen, vote_name).items()}
+    sure = call_probability(metrics, chosen)
     scored = _scores_text(choice["scores"])
     sentence = f"The auto model is {chosen} (" + (
         f"chosen on {choice['scored_on']}: {scored})" if scored else "nothing could be scored on held-out images)"

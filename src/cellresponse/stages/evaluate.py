@@ -37,7 +37,7 @@ from cellresponse.metrics import (
     wrong_calls,
     wrong_calls_sentence,
 )
-from cellresponse.plate import labelled_images, read_table
+from cellresponse.plate import group_keys, labelled_images, read_table
 from cellresponse.runfolder import RunFolder
 from cellresponse.selection import auto_summary, profile_validation_scores
 from cellresponse.splits import TEST, assign_split, log_split
@@ -258,10 +258,8 @@ def run_feature_table(path: str | Path, config: Config, out: str | Path) -> dict
     sides = pd.Series(side.to_numpy(), index=images["image_id"])
     # tempered as `train` tempers the run's profile models; with no validation side here, on out-of-fold wells
     by_image = images.set_index("image_id")
-    held_out = profile_validation_scores(
-        {"measured": features}, by_image[label], sides, by_image["plate"] + "/" + by_image["well"]
-    )["measured"]
-    temperature = held_out.get("temperature", 1.0)
+    held_out = profile_validation_scores({"measured": features}, by_image[label], sides, group_keys(by_image, "well"))
+    temperature = held_out["measured"].get("temperature", 1.0)
     baseline = features_baseline(features, images, label, sides, temperature=temperature)
     metrics = {
         "label": label,

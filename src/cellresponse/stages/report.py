@@ -26,6 +26,7 @@ from cellresponse.metrics import wrong_calls_sentence
 from cellresponse.plate import channel_names
 from cellresponse.retrieval import nsc_not_computed, nsc_summary
 from cellresponse.runfolder import RunFolder
+from cellresponse.selection import NETWORK, call_probability, test_blocks
 from cellresponse.stages import PIPELINE
 from cellresponse.stages.segment import segmentation_inputs
 
@@ -151,17 +152,13 @@ def model_choice_rows(metrics: dict[str, Any]) -> list[list[Any]]:
     nan = float("nan")
     rows = []
     for kind, accuracy in auto.get("validation", {}).items():
-        if kind == "network":
-            blocks = {lvl: metrics.get(lvl, {}).get(f"{vote}_vote", {}) for lvl in ("image", "well")}
-            sure = metrics.get("image", {}).get("soft_vote", {}).get("mean_probability", nan)
-            what = f"the trained network ({vote} vote over cells)"
-        else:
-            blocks = {lvl: metrics.get("profile_models", {}).get(kind, {}).get(lvl, {}) for lvl in ("image", "well")}
-            sure = blocks["image"].get("mean_probability", nan)
-            what = f"{kind} profiles, shrinkage LDA"
-        test = {lvl: block.get("accuracy", nan) for lvl, block in blocks.items()}
+        what = f"the trained network ({vote} vote over cells)" if kind == NETWORK else f"{kind} profiles, shrinkage LDA"
+        blocks = test_blocks(metrics, kind, vote)
+        test = {lvl: blocks.get(lvl, {}).get("accuracy", nan) for lvl in ("image", "well")}
+        sure = call_probability(metrics, kind)
         name = f"{kind} ← auto" if kind == auto.get("model") else kind
-        rows.append([name, what, nan if accuracy is None else accuracy, test["image"], test["well"], sure])
+        row = [name, what, nan if accuracy is None else accuracy, test["image"], test["well"]]
+        rows.append([*row, nan if sure is None else sure])
     return rows
 
 
@@ -178,10 +175,10 @@ def headline_of_the_predicting_model(metrics: dict[str, Any]) -> str:
     if not predicting_model_is_a_profile(metrics):
         return ""
     chosen = metrics["auto"]["model"]
-    block = metrics["profile_models"][chosen]
-    image, well = block["image"], block.get("well", {})
+    blocks = test_blocks(metrics, chosen, "soft")
+    image, well = blocks["image"], blocks.get("well", {})
     per_well = f", <b>{well['accuracy']:.3f}</b> per well ({well['n']} wells)" if "accuracy" in well else ""
-    sure = image.get("mean_probability")
+    sure = call_probability(metrics, chosen)
     said = f"; its calls are made with a mean probability of {sure:.3f}" if sure is not None else ""
     return (
         f"<p class='good'><code>cellresponse predict</code> uses the <b>{html.escape(chosen)}</b> profile model "

@@ -23,7 +23,7 @@ from cellresponse.io import write_json, write_parquet
 from cellresponse.measure import feature_columns
 from cellresponse.metrics import label_groups, vote
 from cellresponse.parallel import is_main_process
-from cellresponse.plate import channel_names, labelled_images
+from cellresponse.plate import channel_names, group_keys, labelled_images
 from cellresponse.profiles import fit_features_model, why_no_features_model
 from cellresponse.runfolder import RunFolder
 from cellresponse.selection import NETWORK, choose_model, describe_choice, profile_validation_scores
@@ -161,8 +161,9 @@ def profile_models(
     for kind, table in tables.items():
         fit = table[(sides.reindex(table.index) != TEST).to_numpy()]
         if not why_no_features_model(labels.loc[fit.index]):
-            models[kind] = fit_features_model(fit, labels.loc[fit.index].astype(str).to_numpy(), kind)
-            models[kind]["temperature"] = (temperatures or {}).get(kind, 1.0)
+            models[kind] = fit_features_model(
+                fit, labels.loc[fit.index].astype(str).to_numpy(), kind, (temperatures or {}).get(kind, 1.0)
+            )
     return models
 
 
@@ -171,8 +172,9 @@ def profile_scores(
 ) -> dict[str, dict[str, Any]]:
     """Each profile kind scored on held-out non-test images (selection.py), with the temperature they fit;
     ``side`` and ``labels`` are indexed by image id."""
-    meta = images.set_index(images["image_id"].astype(str))
-    return profile_validation_scores(tables, labels, side, meta["plate"].astype(str) + "/" + meta["well"].astype(str))
+    return profile_validation_scores(
+        tables, labels, side, group_keys(images.set_index(images["image_id"].astype(str)), "well")
+    )
 
 
 def network_validation_score(
