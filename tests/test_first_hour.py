@@ -10,8 +10,13 @@ import pytest
 from cellresponse.baselines import compare_with_baseline, compare_with_embeddings
 from cellresponse.bundle import find_bundle
 from cellresponse.errors import InputError
-from cellresponse.metrics import wrong_calls_sentence
-from cellresponse.stages.report import headline_of_the_predicting_model, never_predicted, sanity_meaning
+from cellresponse.metrics import classification_metrics, per_class_from_confusion, wrong_calls_sentence
+from cellresponse.stages.report import (
+    headline_of_the_predicting_model,
+    never_predicted,
+    sanity_meaning,
+    section_calls_per_class,
+)
 from tests.conftest import run_cli
 
 
@@ -204,3 +209,31 @@ def test_the_report_leads_with_the_model_predict_uses():
     # the network predicts (or an older run records no choice): its paragraph stays the headline
     assert headline_of_the_predicting_model({**metrics, "auto": {"model": "network"}}) == ""
     assert headline_of_the_predicting_model({k: v for k, v in metrics.items() if k != "auto"}) == ""
+
+
+def test_the_confusion_matrix_and_per_class_table_are_the_predicting_models(tmp_path):
+    # the report's per-class view must describe the calls `predict` makes: with a profile model as `auto`, its
+    # confusion and per-class accuracy (the network's recall beside it), not the network's
+    truth = ["a", "a", "b", "b", "c", "c"]
+    profile = classification_metrics(truth, ["a", "a", "b", "b", "c", "b"], None, ["a", "b", "c"], 5)
+    network = classification_metrics(truth, ["b", "a", "b", "b", "a", "a"], None, ["a", "b", "c"], 5)
+    # the profile blocks in metrics.json keep only the matrix; derived per class, it matches scikit-learn's
+    assert per_class_from_confusion(profile["confusion"]) == profile["per_class"]
+    profile_block = {k: v for k, v in profile.items() if k != "per_class"}
+    metrics = {
+        "image": {"soft_vote": network},
+        "profile_models": {"measured": {"image": profile_block}},
+        "auto": {"model": "measured"},
+    }
+    page = "".join(section_calls_per_class(metrics, "soft", tmp_path))
+    assert "the measured profile model, which <code>predict</code> uses" in page
+    assert "<th>accuracy (recall), measured</th>" in page and "<th>accuracy (recall), network</th>" in page
+    # class c: 1 of 2 right under the profile model, 0 under the network; a: 2 of 2 against 1 of 2
+    assert "<td>c</td><td>2</td><td>0.500</td><td>1.000</td><td>0.000</td>" in page
+    assert "<td>a</td><td>2</td><td>1.000</td><td>1.000</td><td>0.500</td>" in page
+    assert "c is never predicted" not in page  # that is the network's failure, not the predicting model's
+    # the network predicts: its own confusion, its never-predicted classes, no second recall column
+    page = "".join(section_calls_per_class({**metrics, "auto": {"model": "network"}}, "soft", tmp_path))
+    assert "which <code>predict</code> uses" not in page and page.count("accuracy (recall)") == 1
+    assert "c is never predicted: its 2 images were called a most often." in page
+    assert (tmp_path / "confusion_image.png").is_file()

@@ -217,7 +217,9 @@ def test_report_renders_with_its_figures(trained):
         "Split",
         "Config",
     } <= set(parser.headings)
-    assert "Confusion matrix (images)" in parser.headings
+    # the heading names the model when `predict` uses a profile model ("… — the both profile model, which …")
+    assert any(h.startswith("Confusion matrix (images)") for h in parser.headings)
+    assert any(h.startswith("Per-class accuracy (images)") for h in parser.headings)
     assert "Segmentation: the control and the most different treatments" in parser.headings
     assert "Segmentation, step by step (the study's Figure 1)" in parser.headings
     assert len(parser.images) >= 4 and all(i["src"].startswith("data:image/png;base64,") for i in parser.images)

@@ -1,8 +1,8 @@
 """``cellresponse report``: one self-contained HTML page (images inlined) plus the PNGs beside it.
 
 ``RUN/report/index.html`` — what was run (config, counts, timings), how good the predictions are (every accuracy
-beside chance, majority and the features-only baseline), where the model errs (confusion matrix, per-class
-accuracy), what the split could not do (leakage), how training went (per-epoch curves and table) and what
+beside chance, majority and the features-only baseline), where the model `predict` uses errs (confusion matrix,
+per-class accuracy), what the split could not do (leakage), how training went (per-epoch curves and table) and what
 segmentation looked like (Figure 1 panels). Works on partial runs: sections without data are left out.
 """
 
@@ -22,7 +22,7 @@ from cellresponse.baselines import compare_with_baseline
 from cellresponse.config import Config
 from cellresponse.figures import plot_confusion, plot_history, treatment_panels
 from cellresponse.io import read_tiff, write_text
-from cellresponse.metrics import wrong_calls_sentence
+from cellresponse.metrics import per_class_from_confusion, wrong_calls_sentence
 from cellresponse.plate import channel_names
 from cellresponse.retrieval import nsc_not_computed, nsc_summary
 from cellresponse.runfolder import RunFolder
@@ -189,6 +189,59 @@ def headline_of_the_predicting_model(metrics: dict[str, Any]) -> str:
     )
 
 
+def predicting_model_calls(metrics: dict[str, Any], vote: str) -> tuple[str, dict[str, Any]]:
+    """The name and test-side image block (accuracy, confusion) of the model `predict` uses by default: the `auto`
+    profile model, else the network's ``vote`` vote."""
+    if predicting_model_is_a_profile(metrics):
+        chosen = metrics["auto"]["model"]
+        return chosen, metrics["profile_models"][chosen]["image"]
+    return NETWORK, metrics.get("image", {}).get(f"{vote}_vote", {})
+
+
+def per_class_rows(metrics: dict[str, Any], vote: str) -> tuple[list[str], list[list[Any]]]:
+    """Header and rows of the per-class table: each tested class's images, recall and precision under the model
+    `predict` uses, and the network's recall beside them when that model is a profile model; best first."""
+    name, block = predicting_model_calls(metrics, vote)
+    if not block.get("confusion"):
+        return [], []
+    per_class = block.get("per_class") or per_class_from_confusion(block["confusion"])
+    header = ["class", "images", f"accuracy (recall), {name}", f"precision, {name}"]
+    network = {}
+    if name != NETWORK:
+        network_block = metrics.get("image", {}).get(f"{vote}_vote", {})
+        network = network_block.get("per_class") or (
+            per_class_from_confusion(network_block["confusion"]) if network_block.get("confusion") else {}
+        )
+        if network:
+            header.append("accuracy (recall), network")
+    rows = []
+    for label, scores in per_class.items():
+        if not scores["support"]:
+            continue
+        row = [label, scores["support"], scores["recall"], scores["precision"]]
+        if network:
+            row.append(network.get(label, {}).get("recall", float("nan")))
+        rows.append(row)
+    return header, sorted(rows, key=lambda r: (-r[2], r[0]))
+
+
+def section_calls_per_class(metrics: dict[str, Any], vote: str, out: Path) -> list[str]:
+    """The confusion matrix and per-class accuracy of the model `predict` uses (the report's headline model), with
+    a sentence for each class it never calls."""
+    name, block = predicting_model_calls(metrics, vote)
+    if not block.get("confusion"):
+        return []
+    which = f"{vote} vote" if name == NETWORK else f"the {name} model"
+    said = "" if name == NETWORK else f" — the {html.escape(name)} profile model, which <code>predict</code> uses"
+    png = plot_confusion(block["confusion"], out / "confusion_image.png", f"images, {which}")
+    parts = [f"<h2>Confusion matrix (images){said}</h2>", _img(png, "confusion matrix")]
+    parts += [f"<p class='note'>{html.escape(note)}</p>" for note in never_predicted(block)]
+    header, rows = per_class_rows(metrics, vote)
+    if rows:
+        parts += [f"<h2>Per-class accuracy (images){said}</h2>", _table(header, rows)]
+    return parts
+
+
 def section_model_choice(metrics: dict[str, Any]) -> list[str]:
     """Which model `predict` uses by default, the validation scores that chose it and every model's test score."""
     auto = metrics.get("auto")
@@ -280,22 +333,7 @@ def section_results(metrics: dict[str, Any], out: Path) -> list[str]:
         )
     elif "skipped" in sanity:
         parts.append(f"<p>Sanity check (control vs treated cells) not run: {html.escape(str(sanity['skipped']))}.</p>")
-    voted = metrics.get("image", {}).get(f"{vote}_vote", {})
-    if voted.get("confusion"):
-        png = plot_confusion(voted["confusion"], out / "confusion_image.png", f"images, {vote} vote")
-        parts += ["<h2>Confusion matrix (images)</h2>", _img(png, "confusion matrix")]
-    per_class = voted.get("per_class", {})
-    for note in never_predicted(voted):
-        parts.append(f"<p class='note'>{html.escape(note)}</p>")
-    if per_class:
-        rows = sorted(
-            ([k, v["recall"], v["precision"], v["support"]] for k, v in per_class.items() if v["support"]),
-            key=lambda r: (-r[1], r[0]),
-        )
-        parts += [
-            "<h2>Per-class accuracy (images)</h2>",
-            _table(["class", "accuracy (recall)", "precision", "images"], rows),
-        ]
+    parts += section_calls_per_class(metrics, vote, out)
     return parts
 
 
