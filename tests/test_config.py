@@ -63,6 +63,15 @@ def test_bad_config_values_are_clear_errors(override, message):
         load_config(overrides=[override])
 
 
+def test_test_values_given_as_numbers_are_the_columns_values_as_text():
+    # `--set split.test_values=[2]` (a YAML integer) must mean what `--test-values 2` means, not stop the run
+    assert load_config(overrides=["split.test_values=[1, 2]"]).split.test_values == ["1", "2"]
+    assert load_config(overrides=["split.test_values=2"]).split.test_values == ["2"]
+    assert load_config(overrides=["split.test_values=[Week4_27521]"]).split.test_values == ["Week4_27521"]
+    with pytest.raises(InputError, match=r"'split\.test_values\.0'"):
+        load_config(overrides=["split.test_values=[{a: 1}]"])
+
+
 def test_parse_override_types():
     assert parse_override("a.b=3") == {"a": {"b": 3}}
     assert parse_override("a=[1, 2]") == {"a": [1, 2]}

@@ -106,6 +106,14 @@ class SplitConfig(_Section):
     stratify: bool = True
     downsample_control: bool = Field(True, description="Down-sample DMSO to the second-largest class.")
 
+    @field_validator("test_values", mode="before")
+    @classmethod
+    def _values_as_text(cls, value: Any) -> Any:
+        # `--set split.test_values=[2]` reads 2 as a YAML integer; the column's values are compared as text, as
+        # `--test-values 2` gives them (one value alone is a list of one)
+        values = value if isinstance(value, list) else [value]
+        return [str(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in values]
+
 
 class TrainingConfig(_Section):
     batch_size: int = Field(512, ge=1)
