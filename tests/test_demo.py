@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
+
 
 def test_demo_end_to_end_on_a_tiny_synthetic_set(tiny_demo):
     out, stdout = tiny_demo
@@ -32,6 +34,11 @@ def test_the_demo_tells_where_each_models_wrong_calls_go(tiny_demo):
         assert image["group_accuracy"] >= block["accuracy"]
     report = (out / "run" / "report" / "index.html").read_text()
     assert "Where the wrong calls go" in report and "Metadata_target acc. (images)" in report
+    # the test side's predictions name each call's gene target beside it, as predict's do
+    images = pd.read_parquet(out / "run" / "predictions" / "image_predictions.parquet")
+    targets = images.dropna(subset=["Metadata_target"]).drop_duplicates("Metadata_pert_iname")
+    groups = dict(zip(targets["Metadata_pert_iname"], targets["Metadata_target"], strict=True))
+    assert images["predicted_Metadata_target"].equals(images["predicted_label"].map(groups))
 
 
 def test_the_field_panels_rank_against_the_control_only_when_there_is_one(tiny_demo, tmp_path):

@@ -11,6 +11,7 @@ from cellresponse.baselines import features_baseline
 from cellresponse.metrics import (
     classification_metrics,
     label_groups,
+    prediction_table,
     top_k_accuracy,
     vote,
     voted_metrics,
@@ -298,3 +299,19 @@ def test_tempered_probabilities_on_real_cells_say_how_often_the_calls_are_right(
             for name, p in (("tempered", tempered), ("plain", plain))
         }
         assert loss["tempered"] < 0.5 * loss["plain"], (test, loss)
+
+
+def test_a_call_names_its_group_with_the_summed_probability_of_the_groups_labels():
+    table = pd.DataFrame({"image_id": ["i1", "i2", "i3"]})
+    scores = np.array([[0.4, 0.35, 0.25, 0.0], [0.1, 0.1, 0.7, 0.1], [0.1, 0.0, 0.2, 0.7]])
+    classes = ["statin-a", "statin-b", "eg5-a", "dmso"]
+    groups = {"statin-a": "statins", "statin-b": "statins", "eg5-a": "Eg5"}
+    out = prediction_table(table, scores, classes, 2, ("Metadata_MoA", groups))
+    # unsure between two statins (0.40), sure of the mechanism (0.75); a group of one keeps its own probability
+    assert out["predicted_Metadata_MoA"].tolist()[:2] == ["statins", "Eg5"]
+    np.testing.assert_allclose(out["probability_Metadata_MoA"][:2], [0.75, 0.7])
+    # a label without a group (the control) gets none, and is not pooled with anything
+    assert pd.isna(out["predicted_Metadata_MoA"][2]) and np.isnan(out["probability_Metadata_MoA"][2])
+    assert list(out.columns[:5]) == ["image_id", "predicted_label", "probability", "predicted_Metadata_MoA",
+                                     "probability_Metadata_MoA"]  # fmt: skip
+    assert "predicted_Metadata_MoA" not in prediction_table(table, scores, classes, 2)

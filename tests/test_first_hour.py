@@ -186,6 +186,11 @@ def test_the_well_calls_are_summed_up_in_one_line():
     assert well_calls_summary(calls, validation={"accuracy": None, "skipped": "no validation side"}) == (
         well_calls_summary(calls)
     )
+    # with the bundle's grouping, the calls read as what the called compounds do (a control has no target)
+    calls["predicted_Metadata_MoA"] = ["statin", "statin", "statin", "Eg5", "Eg5", None]
+    calls["probability_Metadata_MoA"] = [1.0, 0.9, 0.9, 0.8, 0.7, None]
+    grouped = well_calls_summary(calls, validation={"accuracy": 0.717, "images": 60}, group_column="Metadata_MoA")
+    assert grouped == checked + "; as Metadata_MoA: statin (3), Eg5 (2), median probability 0.90"
 
 
 def test_the_report_leads_with_the_model_predict_uses():

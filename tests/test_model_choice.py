@@ -202,6 +202,17 @@ def test_predict_auto_uses_the_recorded_choice(demo_run, tiny_plates, tmp_path, 
     predicted = pd.read_parquet(out / "predictions" / "image_predictions.parquet")
     assert set(predicted["model"]) == {chosen}
     assert (out / "predictions" / "cell_predictions.parquet").exists() == (chosen == NETWORK)
+    # each call names what the called compound does (the bundle's grouping: the synthetic compounds' gene target;
+    # DMSO has none), with the summed probability of that target's compounds, never below the call's own
+    column, groups = load_bundle(bundle_dir).label_grouping
+    assert column == "Metadata_target" and "DMSO" not in groups and len(groups) >= 2
+    wells = pd.read_parquet(out / "predictions" / "well_predictions.parquet")
+    for table in (predicted, wells):
+        expected = table["predicted_label"].map(groups)
+        assert table["predicted_Metadata_target"].equals(expected)
+        grouped = expected.notna()
+        assert (table.loc[grouped, "probability_Metadata_target"] >= table.loc[grouped, "probability"] - 1e-9).all()
+        assert table.loc[~grouped, "probability_Metadata_target"].isna().all()
     if chosen == "deep":
         # new cells embedded with the bundle's window give the training run's own profiles: same probabilities
         bundle = load_bundle(bundle_dir)

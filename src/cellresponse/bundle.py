@@ -46,6 +46,13 @@ class Bundle:
     profile_models: dict[str, dict[str, Any]] = field(default_factory=dict)
     choice: dict[str, Any] | None = None
 
+    @property
+    def label_grouping(self) -> tuple[str, dict[str, str]] | None:
+        """The column that groups the labels (MoA or gene target) and each label's group, where training found one
+        (``None`` for a bundle of an earlier version or labels without one)."""
+        stored = self.meta.get("label_grouping")
+        return (stored["column"], stored["groups"]) if stored else None
+
 
 def save_bundle(
     folder: str | Path,

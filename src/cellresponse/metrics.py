@@ -15,6 +15,7 @@ Rates printed beside every metric:
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -215,13 +216,42 @@ def match_f1(truth: np.ndarray, pred: np.ndarray, iou_threshold: float = 0.5) ->
     return {"f1": f1, "precision": precision, "recall": recall, "tp": tp, "n_true": n_true, "n_pred": n_pred}
 
 
-def prediction_table(table: pd.DataFrame, scores: np.ndarray, classes: list[str], top_k: int = 5) -> pd.DataFrame:
-    """``table`` with the prediction columns added: ``predicted_label``, ``probability`` (its score) and the
-    top-k labels and scores (``top<k>_labels``, ``top<k>_probabilities``)."""
+def group_calls(
+    scores: np.ndarray, classes: list[str], groups: dict[str, str], called: pd.Series
+) -> tuple[np.ndarray, np.ndarray]:
+    """The group of each ``called`` label and the summed scores of that group's labels; NaN for a label that has
+    no group (a class the mapping does not know is its own group, never pooled with another)."""
+    group_of = [groups.get(c, f"\0{c}") for c in classes]
+    column_of = {name: j for j, name in enumerate(sorted(set(group_of)))}
+    member = np.zeros((len(classes), len(column_of)))
+    member[np.arange(len(classes)), [column_of[g] for g in group_of]] = 1.0
+    summed = np.asarray(scores, np.float64) @ member  # per row and group: the summed scores of its labels
+    column = called.map(lambda c: column_of[groups[c]] if c in groups else -1).to_numpy(np.int64)
+    probability = np.where(column >= 0, summed[np.arange(len(column)), np.maximum(column, 0)], np.nan)
+    return called.map(groups).to_numpy(dtype=object), probability
+
+
+def prediction_table(
+    table: pd.DataFrame,
+    scores: np.ndarray,
+    classes: list[str],
+    top_k: int = 5,
+    grouping: tuple[str, dict[str, str]] | None = None,
+) -> pd.DataFrame:
+    """``table`` with the prediction columns added: ``predicted_label``, ``probability`` (its score), with a
+    ``grouping`` (a coarser column and each label's group in it, :func:`label_grouping`) the called label's group
+    ``predicted_<column>`` and ``probability_<column>`` (the summed scores of that group's labels: a compound call
+    may be unsure between compounds of one mechanism and sure of the mechanism), then the top-k labels and scores
+    (``top<k>_labels``, ``top<k>_probabilities``)."""
     names, values = top_labels(scores, classes, top_k)
     out = table.copy()
     out["predicted_label"] = [n[0] for n in names]
     out["probability"] = [v[0] for v in values]
+    if grouping is not None:
+        column, groups = grouping
+        out[f"predicted_{column}"], out[f"probability_{column}"] = group_calls(
+            scores, classes, groups, out["predicted_label"]
+        )
     out[f"top{top_k}_labels"] = names
     out[f"top{top_k}_probabilities"] = values
     return out
@@ -236,6 +266,15 @@ def label_groups(images: pd.DataFrame, label: str, column: str) -> dict[str, str
     if pairs[label].duplicated().any():
         return {}
     return dict(zip(pairs[label], pairs[column], strict=True))
+
+
+def label_grouping(images: pd.DataFrame, label: str, columns: Sequence[str]) -> tuple[str, dict[str, str]] | None:
+    """The first of ``columns`` that the images carry, that is not the label and that gives every label one group
+    (:func:`label_groups`), with each label's group in it; None where none does."""
+    for column in columns:
+        if column and (groups := label_groups(images, label, column)):
+            return column, groups
+    return None
 
 
 def wrong_calls(confusion: dict[str, Any], groups: dict[str, str], top: int = 5) -> dict[str, Any]:

@@ -30,7 +30,6 @@ from cellresponse.measure import feature_columns
 from cellresponse.metrics import (
     LEVELS,
     classification_metrics,
-    label_groups,
     prediction_table,
     vote,
     voted_metrics,
@@ -41,7 +40,7 @@ from cellresponse.plate import group_keys, labelled_images, read_table
 from cellresponse.runfolder import RunFolder
 from cellresponse.selection import auto_summary, profile_validation_scores
 from cellresponse.splits import TEST, assign_split, log_split
-from cellresponse.stages.profile import profile_tables
+from cellresponse.stages.profile import label_grouping_of, profile_tables
 from cellresponse.store import CropStore
 
 log = logging.getLogger(__name__)
@@ -88,24 +87,13 @@ def test_cells(run: RunFolder, images: pd.DataFrame, sides: pd.Series, label: st
     return cells
 
 
-def grouping(images: pd.DataFrame, label: str, config: Config) -> tuple[str, dict[str, str]] | None:
-    """The coarser grouping the wrong calls are read against and each label's group in it: the MoA column
-    (``profiles.moa``), else the gene target column (``input.target_column``) — the first that the images carry, is
-    not the label and gives every label one group (:func:`cellresponse.metrics.label_groups`)."""
-    for column in (config.profiles.moa, config.input.target_column):
-        groups = label_groups(images, label, column)
-        if groups:
-            return column, groups
-    return None
-
-
 def wrong_calls_by_group(
     metrics: dict[str, Any], images: pd.DataFrame, label: str, config: Config
 ) -> dict[str, Any] | None:
     """Per candidate model (the network's headline vote and each profile model) and level (image, well): where its
-    wrong test calls go against :func:`grouping` (:func:`cellresponse.metrics.wrong_calls`). None when the
+    wrong test calls go against :func:`label_grouping_of` (:func:`cellresponse.metrics.wrong_calls`). None when the
     images carry no such grouping."""
-    found = grouping(images, label, config)
+    found = label_grouping_of(images, label, config)
     if found is None:
         return None
     column, groups = found
@@ -142,10 +130,13 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
     e = config.evaluation
     log.info("the network predicts %d test cells on %s", len(test), device_name(device))
     probs = predict_cells(bundle, CropStore(run.crops), test, e.batch_size, progress, device=device)
-    write_parquet(run.cell_predictions, prediction_table(test[PREDICTION_COLUMNS], probs, classes, e.top_k))
+    label_grouped = label_grouping_of(images, label, config)
+    write_parquet(
+        run.cell_predictions, prediction_table(test[PREDICTION_COLUMNS], probs, classes, e.top_k, label_grouped)
+    )
     groups, scores = vote(test["image_id"].to_numpy(), probs, e.vote)
     image_table = images.set_index("image_id").loc[groups].reset_index()
-    write_parquet(run.image_predictions, prediction_table(image_table, scores, classes, e.top_k))
+    write_parquet(run.image_predictions, prediction_table(image_table, scores, classes, e.top_k, label_grouped))
 
     metrics: dict[str, Any] = {"label": label, "classes": len(classes), "headline_vote": e.vote}
     metrics["cell"] = classification_metrics(

@@ -82,19 +82,31 @@ def prediction_config(bundle_config: Config, overrides: list[str]) -> Config:
 
 
 def write_image_predictions(
-    path: Path, table: pd.DataFrame, scores: np.ndarray, classes: list[str], config: Config, model: str
+    path: Path,
+    table: pd.DataFrame,
+    scores: np.ndarray,
+    classes: list[str],
+    config: Config,
+    model: str,
+    grouping: tuple[str, dict[str, str]] | None = None,
 ) -> None:
-    """Image predictions with the image table's columns (file paths left out) and the model's name; logs the
-    accuracy when the images carry the label (e.g. a held-out plate)."""
+    """Image predictions with the image table's columns (file paths left out), the model's name and, with the
+    bundle's ``grouping``, each call's MoA or gene target; logs the accuracy when the images carry the label (e.g. a
+    held-out plate)."""
     keep = [c for c in table.columns if not c.startswith(("FileName_", "PathName_"))]
-    predictions = prediction_table(table[keep], scores, classes, config.evaluation.top_k)
+    predictions = prediction_table(table[keep], scores, classes, config.evaluation.top_k, grouping)
     predictions.insert(len(keep), "model", model)
     write_parquet(path, predictions)
     label = config.input.label
     if label in table.columns:
         predicted = np.asarray(classes, dtype=object)[scores.argmax(1)]
         accuracy = float(np.mean(table[label].astype(str).to_numpy() == predicted))
-        log.info("these images carry %s: image accuracy %.3f (%d images)", label, accuracy, len(table))
+        line = f"these images carry {label}: image accuracy {accuracy:.3f} ({len(table)} images)"
+        if grouping is not None and grouping[0] in table.columns:
+            column = grouping[0]
+            right = predictions[f"predicted_{column}"].astype(str) == table[column].astype(str).to_numpy()
+            line += f"; their {column} called right on {float(right.mean()):.3f}"
+        log.info(line)
 
 
 def write_well_predictions(
@@ -106,6 +118,7 @@ def write_well_predictions(
     config: Config,
     model: str,
     validation: dict[str, Any] | None = None,
+    grouping: tuple[str, dict[str, str]] | None = None,
 ) -> None:
     """One call per well — the unit a screen is laid out in: ``rows`` (cells of the network, or images of a profile
     model, with plate and well columns) and their probabilities voted as ``evaluation.vote``; the well's metadata
@@ -120,27 +133,41 @@ def write_well_predictions(
     table.insert(2, "images", keys.value_counts())
     table = table.loc[wells].reset_index(drop=True)
     table.insert(3, "model", model)
-    calls = prediction_table(table, scores, classes, config.evaluation.top_k)
+    calls = prediction_table(table, scores, classes, config.evaluation.top_k, grouping)
     write_parquet(path, calls)
-    log.info(well_calls_summary(calls, validation=validation))
+    log.info(well_calls_summary(calls, validation=validation, group_column=grouping[0] if grouping else None))
 
 
-def well_calls_summary(calls: pd.DataFrame, shown: int = 5, validation: dict[str, Any] | None = None) -> str:
+def most_often(counts: pd.Series, shown: int) -> str:
+    """``a (3), b (2) and 4 more``: the first ``shown`` of value counts."""
+    top = ", ".join(f"{name} ({n})" for name, n in counts.head(shown).items())
+    return top + (f" and {len(counts) - shown} more" if len(counts) > shown else "")
+
+
+def well_calls_summary(
+    calls: pd.DataFrame, shown: int = 5, validation: dict[str, Any] | None = None, group_column: str | None = None
+) -> str:
     """The calls in one line for the console: how many wells, the most frequent calls, how sure the model was —
     and, where the bundle scored this model on its validation side, how often it was right there, to read beside
     the probability (a profile model's probabilities are tempered on that side; the LDA alone, and a bundle of an
-    earlier version, call nearly everything with probability ~1, wrong calls included)."""
+    earlier version, call nearly everything with probability ~1, wrong calls included); with ``group_column``, the
+    calls read as the called compounds' MoA or gene target."""
     counts = calls["predicted_label"].value_counts()
-    top = ", ".join(f"{label} ({n})" for label, n in counts.head(shown).items())
-    more = f" and {len(counts) - shown} more" if len(counts) > shown else ""
     line = (
-        f"{len(calls)} wells called {len(counts)} ways — most often {top}{more}; median probability of the call "
-        f"{calls['probability'].median():.2f}"
+        f"{len(calls)} wells called {len(counts)} ways — most often {most_often(counts, shown)}; median probability "
+        f"of the call {calls['probability'].median():.2f}"
     )
     if validation and validation.get("accuracy") is not None:
         line += (
             f" (on the bundle's validation side this model called {validation['accuracy']:.3f} of "
             f"{validation.get('images', 'its')} images right)"
+        )
+    if group_column is not None and f"predicted_{group_column}" in calls:
+        # what the called compounds do: the wells per group (a label without one, such as the control, not counted)
+        groups = calls[f"predicted_{group_column}"].value_counts()
+        line += (
+            f"; as {group_column}: {most_often(groups, shown)}, median probability "
+            f"{calls[f'probability_{group_column}'].median():.2f}"
         )
     return line
 
@@ -200,10 +227,11 @@ def predict_with_profiles(
     features = image_profiles(kind, measured, deep)
     probs = features_model_probabilities(model, features)
     table = meta.loc[features.index].reset_index()
-    write_image_predictions(out.image_predictions, table, probs, model["classes"], config, kind)
+    grouping = bundle.label_grouping
+    write_image_predictions(out.image_predictions, table, probs, model["classes"], config, kind, grouping)
     validation = (bundle.choice or {}).get("scores", {}).get(kind)
     write_well_predictions(
-        out.well_predictions, table, probs, meta.reset_index(), model["classes"], config, kind, validation
+        out.well_predictions, table, probs, meta.reset_index(), model["classes"], config, kind, validation, grouping
     )
     log.info("predicted %d images with the %s profile model", len(features), kind)
     return [out.image_predictions, out.well_predictions]
@@ -260,14 +288,16 @@ def predict_images(
     e = config.evaluation
     log.info("the network predicts %d cells on %s", len(cells), device_name(device))
     probs = predict_cells(bundle, CropStore(out.crops), cells, e.batch_size, progress, device=device)
-    classes = bundle.encoder.classes
-    write_parquet(
-        out.cell_predictions, prediction_table(cells[["cell_id", "image_id", "plate", "well"]], probs, classes, e.top_k)
-    )
+    classes, grouping = bundle.encoder.classes, bundle.label_grouping
+    cell_table = cells[["cell_id", "image_id", "plate", "well"]]
+    write_parquet(out.cell_predictions, prediction_table(cell_table, probs, classes, e.top_k, grouping))
     groups, scores = vote(cells["image_id"].to_numpy(), probs, e.vote)
-    write_image_predictions(out.image_predictions, meta.loc[groups].reset_index(), scores, classes, config, NETWORK)
+    image_table = meta.loc[groups].reset_index()
+    write_image_predictions(out.image_predictions, image_table, scores, classes, config, NETWORK, grouping)
     validation = (bundle.choice or {}).get("scores", {}).get(NETWORK)
-    write_well_predictions(out.well_predictions, cells, probs, meta.reset_index(), classes, config, NETWORK, validation)
+    write_well_predictions(
+        out.well_predictions, cells, probs, meta.reset_index(), classes, config, NETWORK, validation, grouping
+    )
     log.info("predicted %d cells in %d images", len(cells), len(groups))
     return [out.cell_predictions, out.image_predictions, out.well_predictions]
 

@@ -31,6 +31,7 @@ from cellresponse.aggregation import (
 from cellresponse.config import Config
 from cellresponse.io import write_json, write_parquet
 from cellresponse.measure import feature_columns
+from cellresponse.metrics import label_grouping
 from cellresponse.plate import check_columns
 from cellresponse.profiles import PROFILE_KINDS, image_feature_table, image_profiles
 from cellresponse.retrieval import nsc_accuracy, nsc_summary, retrieval_map
@@ -50,6 +51,14 @@ def image_metadata(images: pd.DataFrame, config: Config) -> pd.DataFrame:
     meta[WELL] = images["well"].astype(str).to_numpy()
     meta[TREATMENT] = treatment.to_numpy()
     return meta
+
+
+def label_grouping_of(images: pd.DataFrame, label: str, config: Config) -> tuple[str, dict[str, str]] | None:
+    """The coarser grouping of the labels that evaluation reads wrong calls against and predictions name beside
+    each call: the MoA column (``profiles.moa``), else the gene target column (``input.target_column``) — the first
+    that the images carry, is not the label and gives every label one group
+    (:func:`cellresponse.metrics.label_grouping`)."""
+    return label_grouping(images, label, (config.profiles.moa, config.input.target_column))
 
 
 def image_tables(run: RunFolder, kinds: list[str], images: pd.DataFrame) -> dict[str, tuple[pd.DataFrame, list[str]]]:

@@ -40,7 +40,7 @@ from cellresponse.splits import (
     log_split,
 )
 from cellresponse.stages.crops import changed_settings, crop_settings
-from cellresponse.stages.profile import frozen_embedding_settings, profile_tables
+from cellresponse.stages.profile import frozen_embedding_settings, label_grouping_of, profile_tables
 from cellresponse.store import CropStore
 from cellresponse.training import CellDataModule, CellResponseModule, CellSet, build_trainer, seed_everything
 
@@ -146,6 +146,11 @@ def cell_sets(
 def label_to_target(images: pd.DataFrame, config: Config) -> dict[str, str]:
     """Compound → gene target, when every compound has exactly one target (CPJUMP1-style metadata)."""
     return label_groups(images, config.input.label, config.input.target_column)
+
+
+def stored_grouping(grouping: tuple[str, dict[str, str]] | None) -> dict[str, Any] | None:
+    """The labels' coarser grouping as the bundle keeps it (``predict`` names each call's MoA or gene target)."""
+    return None if grouping is None else {"column": grouping[0], "groups": grouping[1]}
 
 
 def profile_models(
@@ -299,6 +304,7 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
             "validation_side": val_side,
             "best_checkpoint_epoch": checkpoint.get("epoch"),
             "embedding": frozen_embedding_settings(run) if "deep" in tables else None,
+            "label_grouping": stored_grouping(label_grouping_of(images, config.input.label, config)),
         },
         profile_models=profile_models(tables, labels, side_of, temperatures),
     )
