@@ -39,6 +39,7 @@ def test_the_demo_tells_where_each_models_wrong_calls_go(tiny_demo):
     targets = images.dropna(subset=["Metadata_target"]).drop_duplicates("Metadata_pert_iname")
     groups = dict(zip(targets["Metadata_pert_iname"], targets["Metadata_target"], strict=True))
     assert images["predicted_Metadata_target"].equals(images["predicted_label"].map(groups))
+    assert metrics["label_grouping"] == {"column": "Metadata_target", "groups": groups}
 
 
 def test_the_field_panels_rank_against_the_control_only_when_there_is_one(tiny_demo, tmp_path):

@@ -231,6 +231,14 @@ def test_the_confusion_matrix_and_per_class_table_are_the_predicting_models(tmp_
         "auto": {"model": "measured"},
     }
     page = "".join(section_calls_per_class(metrics, "soft", tmp_path))
+    # with the grouping evaluate records, each class is named with its MoA (a class outside it: a dash)
+    grouped = {**metrics, "label_grouping": {"column": "Metadata_MoA", "groups": {"a": "M1", "b": "M1"}}}
+    grouped_page = "".join(section_calls_per_class(grouped, "soft", tmp_path))
+    assert "<th>class</th><th>Metadata_MoA</th><th>images</th>" in grouped_page
+    assert (
+        "<td>a</td><td>M1</td><td>2</td><td>1.000</td>" in grouped_page
+        and "<td>c</td><td>—</td><td>2</td>" in grouped_page
+    )
     assert "the measured profile model, which <code>predict</code> uses" in page
     assert "<th>accuracy (recall), measured</th>" in page and "<th>accuracy (recall), network</th>" in page
     # class c: 1 of 2 right under the profile model, 0 under the network; a: 2 of 2 against 1 of 2

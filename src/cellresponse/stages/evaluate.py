@@ -147,6 +147,8 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
     metrics["chance_rate"] = metrics["image"]["chance_rate"]
     metrics["majority_rate"] = metrics["image"]["majority_rate"]
     metrics["split"] = split_report
+    if label_grouped is not None:  # the report names each class's MoA or gene target beside its accuracy
+        metrics["label_grouping"] = {"column": label_grouped[0], "groups": label_grouped[1]}
     columns = feature_columns(cells.columns)
     metrics["profile_models"] = {
         kind: features_baseline(table, images, label, sides, e.top_k, bundle.profile_models.get(kind))

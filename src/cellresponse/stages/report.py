@@ -199,13 +199,18 @@ def predicting_model_calls(metrics: dict[str, Any], vote: str) -> tuple[str, dic
 
 
 def per_class_rows(metrics: dict[str, Any], vote: str) -> tuple[list[str], list[list[Any]]]:
-    """Header and rows of the per-class table: each tested class's images, recall and precision under the model
-    `predict` uses, and the network's recall beside them when that model is a profile model; best first."""
+    """Header and rows of the per-class table: each tested class's MoA or gene target (where evaluate recorded the
+    grouping), images, recall and precision under the model `predict` uses, and the network's recall beside them
+    when that model is a profile model; best first."""
     name, block = predicting_model_calls(metrics, vote)
     if not block.get("confusion"):
         return [], []
     per_class = block.get("per_class") or per_class_from_confusion(block["confusion"])
     header = ["class", "images", f"accuracy (recall), {name}", f"precision, {name}"]
+    grouping = metrics.get("label_grouping") or {}
+    groups = grouping.get("groups", {})
+    if groups:
+        header.insert(1, grouping["column"])
     network = {}
     if name != NETWORK:
         network_block = metrics.get("image", {}).get(f"{vote}_vote", {})
@@ -218,11 +223,13 @@ def per_class_rows(metrics: dict[str, Any], vote: str) -> tuple[list[str], list[
     for label, scores in per_class.items():
         if not scores["support"]:
             continue
-        row = [label, scores["support"], scores["recall"], scores["precision"]]
+        row = [label, *([groups.get(label, "—")] if groups else []), scores["support"], scores["recall"]]
+        row.append(scores["precision"])
         if network:
             row.append(network.get(label, {}).get("recall", float("nan")))
         rows.append(row)
-    return header, sorted(rows, key=lambda r: (-r[2], r[0]))
+    recall = header.index(f"accuracy (recall), {name}")
+    return header, sorted(rows, key=lambda r: (-r[recall], r[0]))
 
 
 def section_calls_per_class(metrics: dict[str, Any], vote: str, out: Path) -> list[str]:
