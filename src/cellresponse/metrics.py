@@ -277,6 +277,11 @@ def label_grouping(images: pd.DataFrame, label: str, columns: Sequence[str]) -> 
     return None
 
 
+def grouping_record(grouping: tuple[str, dict[str, str]] | None) -> dict[str, Any] | None:
+    """A :func:`label_grouping` as ``bundle.json`` and ``metrics.json`` keep it: ``{"column", "groups"}``."""
+    return None if grouping is None else {"column": grouping[0], "groups": grouping[1]}
+
+
 def wrong_calls(confusion: dict[str, Any], groups: dict[str, str], top: int = 5) -> dict[str, Any]:
     """Where the wrong calls of a confusion matrix go, against a coarser grouping of its labels (``groups``,
     :func:`label_groups`): how many wrong calls name a label of the same group (a compound mistaken for another

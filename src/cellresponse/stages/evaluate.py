@@ -30,6 +30,7 @@ from cellresponse.measure import feature_columns
 from cellresponse.metrics import (
     LEVELS,
     classification_metrics,
+    grouping_record,
     prediction_table,
     vote,
     voted_metrics,
@@ -87,16 +88,13 @@ def test_cells(run: RunFolder, images: pd.DataFrame, sides: pd.Series, label: st
     return cells
 
 
-def wrong_calls_by_group(
-    metrics: dict[str, Any], images: pd.DataFrame, label: str, config: Config
-) -> dict[str, Any] | None:
+def wrong_calls_by_group(metrics: dict[str, Any], grouping: tuple[str, dict[str, str]] | None) -> dict[str, Any] | None:
     """Per candidate model (the network's headline vote and each profile model) and level (image, well): where its
-    wrong test calls go against :func:`label_grouping_of` (:func:`cellresponse.metrics.wrong_calls`). None when the
-    images carry no such grouping."""
-    found = label_grouping_of(images, label, config)
-    if found is None:
+    wrong test calls go against the labels' ``grouping`` (:func:`label_grouping_of`;
+    :func:`cellresponse.metrics.wrong_calls`). None when the images carry no such grouping."""
+    if grouping is None:
         return None
-    column, groups = found
+    column, groups = grouping
     vote_name = f"{metrics['headline_vote']}_vote"
     blocks = {"network": {level: metrics.get(level, {}).get(vote_name, {}) for level in ("image", "well")}}
     blocks |= {kind: block for kind, block in metrics.get("profile_models", {}).items() if "skipped" not in block}
@@ -148,7 +146,7 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
     metrics["majority_rate"] = metrics["image"]["majority_rate"]
     metrics["split"] = split_report
     if label_grouped is not None:  # the report names each class's MoA or gene target beside its accuracy
-        metrics["label_grouping"] = {"column": label_grouped[0], "groups": label_grouped[1]}
+        metrics["label_grouping"] = grouping_record(label_grouped)
     columns = feature_columns(cells.columns)
     metrics["profile_models"] = {
         kind: features_baseline(table, images, label, sides, e.top_k, bundle.profile_models.get(kind))
@@ -168,7 +166,7 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
         metrics["auto"] = auto_summary(bundle.choice, metrics, e.vote)
     metrics["verdict"] = compare_with_baseline(metrics, e.vote)
     metrics["embeddings_verdict"] = compare_with_embeddings(metrics, e.vote)
-    grouped = wrong_calls_by_group(metrics, images, label, config)
+    grouped = wrong_calls_by_group(metrics, label_grouped)
     if grouped:
         metrics["wrong_calls"] = grouped
     metrics["seconds"] = round(time.perf_counter() - started, 2)

@@ -192,33 +192,33 @@ def headline_of_the_predicting_model(metrics: dict[str, Any]) -> str:
 def predicting_model_calls(metrics: dict[str, Any], vote: str) -> tuple[str, dict[str, Any]]:
     """The name and test-side image block (accuracy, confusion) of the model `predict` uses by default: the `auto`
     profile model, else the network's ``vote`` vote."""
-    if predicting_model_is_a_profile(metrics):
-        chosen = metrics["auto"]["model"]
-        return chosen, metrics["profile_models"][chosen]["image"]
-    return NETWORK, metrics.get("image", {}).get(f"{vote}_vote", {})
+    name = metrics["auto"]["model"] if predicting_model_is_a_profile(metrics) else NETWORK
+    return name, test_blocks(metrics, name, vote).get("image", {})
 
 
-def per_class_rows(metrics: dict[str, Any], vote: str) -> tuple[list[str], list[list[Any]]]:
-    """Header and rows of the per-class table: each tested class's MoA or gene target (where evaluate recorded the
-    grouping), images, recall and precision under the model `predict` uses, and the network's recall beside them
-    when that model is a profile model; best first."""
-    name, block = predicting_model_calls(metrics, vote)
-    if not block.get("confusion"):
-        return [], []
-    per_class = block.get("per_class") or per_class_from_confusion(block["confusion"])
+def class_scores(block: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per-class precision, recall and support of a test-side block: as stored (the network's) or from its
+    confusion matrix (the profile models keep only the matrix); empty without either."""
+    if block.get("per_class"):
+        return block["per_class"]
+    return per_class_from_confusion(block["confusion"]) if block.get("confusion") else {}
+
+
+def per_class_rows(
+    metrics: dict[str, Any], name: str, block: dict[str, Any], vote: str
+) -> tuple[list[str], list[list[Any]]]:
+    """Header and rows of the per-class table of model ``name`` (test-side image ``block``): each tested class's
+    MoA or gene target (where evaluate recorded the grouping), images, recall and precision, and the network's
+    recall beside them when ``name`` is a profile model; best first."""
+    per_class = class_scores(block)
     header = ["class", "images", f"accuracy (recall), {name}", f"precision, {name}"]
     grouping = metrics.get("label_grouping") or {}
     groups = grouping.get("groups", {})
     if groups:
         header.insert(1, grouping["column"])
-    network = {}
-    if name != NETWORK:
-        network_block = metrics.get("image", {}).get(f"{vote}_vote", {})
-        network = network_block.get("per_class") or (
-            per_class_from_confusion(network_block["confusion"]) if network_block.get("confusion") else {}
-        )
-        if network:
-            header.append("accuracy (recall), network")
+    network = class_scores(test_blocks(metrics, NETWORK, vote).get("image", {})) if name != NETWORK else {}
+    if network:
+        header.append("accuracy (recall), network")
     rows = []
     for label, scores in per_class.items():
         if not scores["support"]:
@@ -243,7 +243,7 @@ def section_calls_per_class(metrics: dict[str, Any], vote: str, out: Path) -> li
     png = plot_confusion(block["confusion"], out / "confusion_image.png", f"images, {which}")
     parts = [f"<h2>Confusion matrix (images){said}</h2>", _img(png, "confusion matrix")]
     parts += [f"<p class='note'>{html.escape(note)}</p>" for note in never_predicted(block)]
-    header, rows = per_class_rows(metrics, vote)
+    header, rows = per_class_rows(metrics, name, block, vote)
     if rows:
         parts += [f"<h2>Per-class accuracy (images){said}</h2>", _table(header, rows)]
     return parts

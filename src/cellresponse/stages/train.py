@@ -21,7 +21,7 @@ from cellresponse.devices import inference_device
 from cellresponse.errors import InputError, ResourceError
 from cellresponse.io import write_json, write_parquet
 from cellresponse.measure import feature_columns
-from cellresponse.metrics import label_groups, vote
+from cellresponse.metrics import grouping_record, label_groups, vote
 from cellresponse.parallel import is_main_process
 from cellresponse.plate import channel_names, group_keys, labelled_images
 from cellresponse.profiles import fit_features_model, why_no_features_model
@@ -146,11 +146,6 @@ def cell_sets(
 def label_to_target(images: pd.DataFrame, config: Config) -> dict[str, str]:
     """Compound → gene target, when every compound has exactly one target (CPJUMP1-style metadata)."""
     return label_groups(images, config.input.label, config.input.target_column)
-
-
-def stored_grouping(grouping: tuple[str, dict[str, str]] | None) -> dict[str, Any] | None:
-    """The labels' coarser grouping as the bundle keeps it (``predict`` names each call's MoA or gene target)."""
-    return None if grouping is None else {"column": grouping[0], "groups": grouping[1]}
 
 
 def profile_models(
@@ -304,7 +299,7 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
             "validation_side": val_side,
             "best_checkpoint_epoch": checkpoint.get("epoch"),
             "embedding": frozen_embedding_settings(run) if "deep" in tables else None,
-            "label_grouping": stored_grouping(label_grouping_of(images, config.input.label, config)),
+            "label_grouping": grouping_record(label_grouping_of(images, config.input.label, config)),
         },
         profile_models=profile_models(tables, labels, side_of, temperatures),
     )
