@@ -315,3 +315,30 @@ def test_a_call_names_its_group_with_the_summed_probability_of_the_groups_labels
     assert list(out.columns[:5]) == ["image_id", "predicted_label", "probability", "predicted_Metadata_MoA",
                                      "probability_Metadata_MoA"]  # fmt: skip
     assert "predicted_Metadata_MoA" not in prediction_table(table, scores, classes, 2)
+
+
+@pytest.mark.parametrize("label", ["Metadata_Compound", "Metadata_MoA"])
+def test_the_mechanism_benchmarks_find_the_moa_column_without_being_told(moa_site1_cells, label):
+    """Real MCF-7 fields: BBBC021 names its mechanism column Metadata_MoA, not the study's Metadata_target. With
+    `profiles.moa: auto` a compound run scores NSC MoA accuracy on it without `--set`; a MoA run, whose only
+    treatment column is the mechanism itself, says why NSC cannot run instead of scoring 0 by construction."""
+    from cellresponse.aggregation import treatment_profiles
+    from cellresponse.config import load_config
+    from cellresponse.measure import feature_columns
+    from cellresponse.stages.profile import evaluate_profiles, image_metadata, normalized_wells
+
+    cells, images = moa_site1_cells
+    config = load_config(overrides=[f"input.label={label}"])
+    assert config.profiles.moa == "auto"
+    table = image_feature_table(cells, feature_columns(cells.columns))
+    wells, features, _ = normalized_wells(
+        table.rename_axis("image_id").reset_index(), list(table.columns), image_metadata(images, config), config, None
+    )
+    result = evaluate_profiles(wells, treatment_profiles(wells, features), features, config)
+    nsc = result["nsc"]
+    if label == "Metadata_MoA":
+        assert "compound column is the mechanism column" in nsc["skipped"] and "map_moa" not in result
+        return
+    assert result["moa_column"] == "Metadata_MoA" and result["compound_column"] == "Metadata_Compound"
+    assert nsc["n"] == 18 and nsc["accuracy"] >= 0.75 > nsc["chance_rate"] + 0.5, nsc  # measured: 0.944 (chance 0.131)
+    assert result["map_moa"]["mean_average_precision"] > 0.7, result["map_moa"]  # measured: 0.937

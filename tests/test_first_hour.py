@@ -250,3 +250,22 @@ def test_the_confusion_matrix_and_per_class_table_are_the_predicting_models(tmp_
     assert "which <code>predict</code> uses" not in page and page.count("accuracy (recall)") == 1
     assert "c is never predicted: its 2 images were called a most often." in page
     assert (tmp_path / "confusion_image.png").is_file()
+
+
+def test_the_mechanism_column_is_found_or_the_reason_it_is_not_is_given():
+    from cellresponse.config import load_config
+    from cellresponse.stages.profile import mechanism_benchmark_skipped
+
+    auto = load_config()
+    assert auto.moa_column(["Metadata_Compound", "Metadata_target", "Metadata_MoA"]) == "Metadata_MoA"
+    assert auto.moa_column(["Metadata_Compound", "Metadata_target"]) == "Metadata_target"  # the study's CPJUMP1
+    assert auto.moa_column(["Metadata_Compound"]) is None
+    named = load_config(overrides=["profiles.moa=Metadata_pathway"])
+    assert named.moa_column(["Metadata_MoA"]) == "Metadata_pathway"  # a named column is taken as named
+    columns = ["Metadata_Compound", "Metadata_MoA"]
+    assert "looked for Metadata_MoA, Metadata_moa, Metadata_target" in mechanism_benchmark_skipped(
+        None, "Metadata_Compound", columns
+    )
+    assert "--set profiles.compound" in mechanism_benchmark_skipped("Metadata_MoA", "Metadata_MoA", columns)
+    assert "['Metadata_pathway']" in mechanism_benchmark_skipped("Metadata_pathway", "Metadata_Compound", columns)
+    assert mechanism_benchmark_skipped("Metadata_MoA", "Metadata_Compound", columns) is None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -198,6 +199,11 @@ class EmbeddingConfig(_Section):
     batch_size: int = Field(16, ge=1, description="Windows per forward pass.")
 
 
+# The mechanism columns `profiles.moa: auto` looks for, in this order: a MoA column as BBBC021 and most
+# CellProfiler metadata name it, then the gene target of the study's CPJUMP1 metadata (JUMP's NSC tests use it).
+MOA_COLUMNS = ("Metadata_MoA", "Metadata_moa", "Metadata_target")
+
+
 class ProfilesConfig(_Section):
     """Well and treatment profiles (`cellresponse profile`) and the profile-level benchmarks."""
 
@@ -210,7 +216,12 @@ class ProfilesConfig(_Section):
     compound: str | None = Field(
         None, description="Compound column (not-same-compound tests); null = the first treatment column."
     )
-    moa: str = Field("Metadata_target", description="Mechanism column (MoA retrieval and NSC accuracy).")
+    moa: str = Field(
+        "auto",
+        description="Mechanism column (MoA retrieval and NSC accuracy); auto = the first of "
+        + ", ".join(MOA_COLUMNS)
+        + " that the metadata has.",
+    )
     batch: str | None = Field(None, description="Batch column for NSCB (not same compound, not same batch).")
     aggregate: Literal["mean", "median"] = Field("mean", description="Cells → well, and wells → treatment.")
     normalize: Literal["auto", "plate", "experiment", "none"] = Field(
@@ -258,6 +269,13 @@ class Config(_Section):
 
     def compound_column(self) -> str:
         return self.profiles.compound or self.treatment_columns()[0]
+
+    def moa_column(self, columns: Iterable[str]) -> str | None:
+        """``profiles.moa``; for ``auto`` the first of :data:`MOA_COLUMNS` among ``columns``, None if none is."""
+        if self.profiles.moa != "auto":
+            return self.profiles.moa
+        present = set(columns)
+        return next((column for column in MOA_COLUMNS if column in present), None)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import pandas as pd
@@ -28,7 +29,7 @@ from cellresponse.aggregation import (
     treatment_profiles,
     well_profiles,
 )
-from cellresponse.config import Config
+from cellresponse.config import MOA_COLUMNS, Config
 from cellresponse.io import write_json, write_parquet
 from cellresponse.measure import feature_columns
 from cellresponse.metrics import label_grouping
@@ -58,7 +59,7 @@ def label_grouping_of(images: pd.DataFrame, label: str, config: Config) -> tuple
     each call: the MoA column (``profiles.moa``), else the gene target column (``input.target_column``) — the first
     that the images carry, is not the label and gives every label one group
     (:func:`cellresponse.metrics.label_grouping`)."""
-    return label_grouping(images, label, (config.profiles.moa, config.input.target_column))
+    return label_grouping(images, label, (config.moa_column(images.columns), config.input.target_column))
 
 
 def image_tables(run: RunFolder, kinds: list[str], images: pd.DataFrame) -> dict[str, tuple[pd.DataFrame, list[str]]]:
@@ -139,29 +140,44 @@ def without_controls(table: pd.DataFrame, config: Config) -> pd.DataFrame:
     return table[table[label].astype(str) != config.input.control_label]
 
 
+def mechanism_benchmark_skipped(moa: str | None, compound: str, columns: Iterable[str]) -> str | None:
+    """Why NSC accuracy and MoA retrieval cannot run on treatments with these ``columns`` (None: they can)."""
+    if moa is None:
+        return f"no mechanism column (looked for {', '.join(MOA_COLUMNS)}) — name it with --set profiles.moa=COLUMN"
+    if moa == compound:
+        # Every other treatment of the same mechanism would count as the same compound: NSC would be 0 by design.
+        return (
+            f"the compound column is the mechanism column ({moa}) — name the compound column with "
+            "--set profiles.compound=COLUMN (and the treatment with profiles.treatment)"
+        )
+    missing = sorted({moa, compound} - set(columns))
+    if missing:
+        return (
+            f"columns {missing} not in the metadata — name the MoA and compound columns with "
+            "--set profiles.moa=COLUMN --set profiles.compound=COLUMN"
+        )
+    return None
+
+
 def evaluate_profiles(
     wells: pd.DataFrame, treatments: pd.DataFrame, features: list[str], config: Config
 ) -> dict[str, Any]:
     """NSC (and NSCB) MoA accuracy on treatment profiles; mAP of replicate retrieval (wells) and MoA retrieval
     (treatments). A benchmark whose columns are missing is skipped with the reason."""
-    p = config.profiles
+    batch = config.profiles.batch
     out: dict[str, Any] = {}
     treated = without_controls(treatments, config)
-    compound = config.compound_column()
-    if {p.moa, compound} <= set(treated.columns):
-        x = treated[features].to_numpy()
-        out["nsc"] = nsc_accuracy(x, treated[p.moa].to_numpy(), treated[compound].to_numpy())
-        if p.batch and p.batch in treated.columns:
-            out["nscb"] = nsc_accuracy(x, treated[p.moa], treated[compound], treated[p.batch].to_numpy())
-        out["map_moa"] = retrieval_map(
-            treated[[p.moa, compound]], x, [p.moa], [compound], [p.moa], [p.moa], seed=config.seed
-        )
+    moa, compound = config.moa_column(treated.columns), config.compound_column()
+    skipped = mechanism_benchmark_skipped(moa, compound, treated.columns)
+    if skipped:
+        out["nsc"] = {"skipped": skipped}
     else:
-        missing = sorted({p.moa, compound} - set(treated.columns))
-        out["nsc"] = {
-            "skipped": f"columns {missing} not in the metadata — name the MoA and compound columns with "
-            "--set profiles.moa=COLUMN --set profiles.compound=COLUMN"
-        }
+        x = treated[features].to_numpy()
+        out["nsc"] = nsc_accuracy(x, treated[moa].to_numpy(), treated[compound].to_numpy())
+        if batch and batch in treated.columns:
+            out["nscb"] = nsc_accuracy(x, treated[moa], treated[compound], treated[batch].to_numpy())
+        out["map_moa"] = retrieval_map(treated[[moa, compound]], x, [moa], [compound], [moa], [moa], seed=config.seed)
+        out["moa_column"], out["compound_column"] = moa, compound
     queries = without_controls(wells, config)
     out["map_replicates"] = retrieval_map(
         queries[[TREATMENT, PLATE, WELL]],
