@@ -63,6 +63,32 @@ def test_folding_batch_norm_keeps_the_outputs():
     torch.testing.assert_close(folded, expected, atol=1e-4, rtol=1e-4)
 
 
+def test_the_embedding_batch_follows_the_device_unless_set():
+    """16 windows a pass on the CPU (its caches), 256 on a GPU (12 times the cells a second of 16 on an H200:
+    benchmarks/gpu_inference.py); a configured size is kept on either."""
+    from cellresponse.config import Config
+    from cellresponse.embeddings import embedding_batch_size
+
+    assert Config().embedding.batch_size is None
+    assert embedding_batch_size(None, "cpu") == 16 and embedding_batch_size(None, torch.device("cuda", 0)) == 256
+    assert embedding_batch_size(64, "cpu") == 64 and embedding_batch_size(8, "cuda") == 8
+
+
+def test_padding_the_last_batch_changes_no_embedding():
+    """A GPU sees one batch shape (the last, partial batch padded with zero windows): every cell's embedding is
+    the one it gets unpadded, since batch norm is folded and rows never mix."""
+    from cellresponse.embeddings import Embedder
+
+    windows = np.random.default_rng(0).integers(0, 256, (21, 3, 40, 40), np.uint8)
+    plain = Embedder("efficientnet-lite0", "none", 64, "per_channel", 8, pad_batches=False)
+    padded = Embedder("efficientnet-lite0", "none", 64, "per_channel", 8, pad_batches=True)
+    padded.trunk.load_state_dict(plain.trunk.state_dict())
+    assert padded.pad_batches and not plain.pad_batches and not Embedder("efficientnet-lite0", "none").pad_batches
+    expected, got = plain(windows), padded(windows)
+    assert got.shape == expected.shape == (21, 3 * 1280)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
 def test_cell_windows_are_centred_on_the_centroid_and_zero_outside():
     planes = np.zeros((1, 20, 20), np.float32)
     planes[0, 10, 10] = 1.0
@@ -157,6 +183,8 @@ def test_embed_resumed_after_a_kill_equals_an_uninterrupted_run(measured_run, tm
     killed = tmp_path / "killed"
     shutil.copytree(measured_run, killed)
     run_cli("embed", measured_run, "--no-progress")
+    summary = RunFolder(measured_run).read_summary("embed")
+    assert summary["device"] == "cpu" and summary["batch_size"] == 16  # null → the CPU's batch
     total = len(list((measured_run / "embeddings").glob("*.parquet")))
     process = subprocess.Popen(
         [sys.executable, "-m", "cellresponse.cli", "embed", str(killed), "--no-progress"],

@@ -194,9 +194,13 @@ class EmbeddingConfig(_Section):
         None, ge=8, le=1024, description="Side (px) of the window centred on each cell; null = 3 × median diameter."
     )
     input_size: int = Field(96, ge=16, le=512, description="Side the windows are resized to for the network.")
-    # Small batches stay in the CPU's caches: Lite0 at 96 px on 2 cores ran 528 windows/s in batches of 16, 404 in
-    # 32, 273 in 64, 181 in 256 (one run each, 2026-11-25; batch norm folded: 578 in 16).
-    batch_size: int = Field(16, ge=1, description="Windows per forward pass.")
+    # null picks by device (embeddings.embedding_batch_size): small batches stay in the CPU's caches (Lite0 at 96 px
+    # on 2 cores ran 528 windows/s in batches of 16, 404 in 32, 273 in 64, 181 in 256; one run each, 2026-11-25;
+    # batch norm folded: 578 in 16), while a GPU wants large ones (H200, per channel × 3: 1,458 cells/s in batches of
+    # 16, 17,927 in 256; benchmarks/gpu_inference.py, 2026-12-04).
+    batch_size: int | None = Field(
+        None, ge=1, description="Windows per forward pass; null = 16 on the CPU, 256 on a GPU."
+    )
 
 
 # The mechanism columns `profiles.moa: auto` looks for, in this order: a MoA column as BBBC021 and most

@@ -27,7 +27,15 @@ from cellresponse.bundle import load_bundle, predict_cells
 from cellresponse.channels import load_stack, resolve_channel
 from cellresponse.config import Config
 from cellresponse.devices import device_name, inference_device
-from cellresponse.embeddings import Embedder, cell_windows, embed_channels, embedding_columns, window_side
+from cellresponse.embeddings import (
+    GPU_BATCH,
+    Embedder,
+    cell_windows,
+    embed_channels,
+    embedding_batch_size,
+    embedding_columns,
+    window_side,
+)
 from cellresponse.io import atomic_path, remove_stale_temporaries, write_parquet
 from cellresponse.measure import cell_ids
 from cellresponse.runfolder import RunFolder
@@ -39,7 +47,7 @@ from cellresponse.transforms import to_unit
 log = logging.getLogger(__name__)
 
 PREFETCH = 4  # images read ahead by the background thread
-GATHER = 256  # cells gathered across images before the network runs (in batches of embedding.batch_size)
+GATHER = GPU_BATCH  # cells gathered across images before the network runs (in batches of embedding.batch_size)
 
 
 def embed_settings(config: Config, names: list[str], median_diameter: float | None) -> dict[str, Any]:
@@ -154,7 +162,8 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
     means: dict[str, tuple[np.ndarray, int]] = {}
     e = config.embedding
     device = inference_device(config.training.accelerator)
-    embedder = Embedder(e.backbone, e.pretrained, e.input_size, e.mode, e.batch_size, device)
+    batch_size = embedding_batch_size(e.batch_size, device)
+    embedder = Embedder(e.backbone, e.pretrained, e.input_size, e.mode, batch_size, device)
     columns = embedding_columns(embedder.dims(len(settings["channels"])))
     bar = tqdm(total=len(todo), desc="embed", unit="image", disable=not progress)
     embedded = 0
@@ -205,6 +214,7 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
         "dims": len(columns),
         "settings": settings,
         "device": device_name(device),
+        "batch_size": batch_size,
         "cells_per_second": round(embedded / seconds, 1) if embedded else None,
         "network_seconds": round(network_seconds, 2),
         "seconds": round(seconds, 2),
