@@ -84,7 +84,11 @@ def test_padding_the_last_batch_changes_no_embedding():
     padded = Embedder("efficientnet-lite0", "none", 64, "per_channel", 8, pad_batches=True)
     padded.trunk.load_state_dict(plain.trunk.state_dict())
     assert padded.pad_batches and not plain.pad_batches and not Embedder("efficientnet-lite0", "none").pad_batches
+    seen = {"plain": [], "padded": []}
+    for name, embedder in (("plain", plain), ("padded", padded)):
+        embedder.trunk.register_forward_pre_hook(lambda _, inputs, name=name: seen[name].append(len(inputs[0])))
     expected, got = plain(windows), padded(windows)
+    assert set(seen["padded"]) == {8} and set(seen["plain"]) == {8, 5}  # one shape padded; 21 = 8 + 8 + 5 plain
     assert got.shape == expected.shape == (21, 3 * 1280)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
