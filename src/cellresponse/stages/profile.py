@@ -56,8 +56,8 @@ def image_metadata(images: pd.DataFrame, config: Config) -> pd.DataFrame:
 
 def label_grouping_of(images: pd.DataFrame, label: str, config: Config) -> tuple[str, dict[str, str]] | None:
     """The coarser grouping of the labels that evaluation reads wrong calls against and predictions name beside
-    each call: the MoA column (``profiles.moa``), else the gene target column (``input.target_column``) — the first
-    that the images carry, is not the label and gives every label one group
+    each call: the MoA column (``profiles.moa``; ``auto``: :meth:`Config.moa_column`), else the gene target column
+    (``input.target_column``) — the first that the images carry, is not the label and gives every label one group
     (:func:`cellresponse.metrics.label_grouping`)."""
     return label_grouping(images, label, (config.moa_column(images.columns), config.input.target_column))
 
