@@ -7,6 +7,9 @@ bundle/bundle.json           format version, classes (label encoder), label → 
 bundle/profile_<kind>.json   a profile model per kind (measured, deep, both: profiles.py), fitted on the same
                              non-test images
 bundle/choice.json           which model ``predict`` uses by default (auto) and the validation scores that chose it
+bundle/references.parquet    the training treatments' normalised per-field profiles (references.py): what a new
+bundle/references.json       compound is compared with; their normalisation, kind and leave-one-compound-out
+                             calibration (temperature and novelty threshold per level)
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from cellresponse.config import Config
 from cellresponse.errors import InputError
 from cellresponse.io import atomic_path, write_json
 from cellresponse.model import CellResponseNet
+from cellresponse.references import References, load_references, save_references
 from cellresponse.splits import LabelEncoder, Scaler
 from cellresponse.store import CropStore
 from cellresponse.transforms import IMAGE_CHANNELS, prepare_batch
@@ -45,6 +49,7 @@ class Bundle:
     meta: dict[str, Any]
     profile_models: dict[str, dict[str, Any]] = field(default_factory=dict)
     choice: dict[str, Any] | None = None
+    references: References | None = None
 
     @property
     def label_grouping(self) -> tuple[str, dict[str, str]] | None:
@@ -65,6 +70,7 @@ def save_bundle(
     label_to_target: dict[str, str] | None = None,
     extra: dict[str, Any] | None = None,
     profile_models: dict[str, dict[str, Any]] | None = None,
+    references: References | None = None,
 ) -> Path:
     """Write the bundle (weights, JSON description and the profile models given); the choice is written
     afterwards (:func:`save_choice`), once the saved network has been scored."""
@@ -93,6 +99,10 @@ def save_bundle(
     for kind, profile_model in (profile_models or {}).items():
         write_json(folder / f"profile_{kind}.json", profile_model)
     (folder / "choice.json").unlink(missing_ok=True)
+    for stale in ("references.json", "references.parquet"):
+        (folder / stale).unlink(missing_ok=True)
+    if references is not None:
+        save_references(folder, references)
     return folder
 
 
@@ -161,6 +171,7 @@ def load_bundle(folder: str | Path) -> Bundle:
         meta=meta,
         profile_models=read_profile_models(folder),
         choice=json.loads(choice_path.read_text()) if choice_path.is_file() else None,
+        references=load_references(folder),
     )
 
 

@@ -206,6 +206,12 @@ class EmbeddingConfig(_Section):
 # The mechanism columns `profiles.moa: auto` looks for, in this order: a MoA column as BBBC021 and most
 # CellProfiler metadata name it, then the gene target of the study's CPJUMP1 metadata (JUMP's NSC tests use it).
 MOA_COLUMNS = ("Metadata_MoA", "Metadata_moa", "Metadata_target")
+# The compound columns `profiles.compound: auto` looks for (BBBC021, CPJUMP1's pert_iname, JUMP's broad_sample and
+# JCP2022 identifiers), and the concentration columns that make a compound a treatment (compound @ dose).
+COMPOUND_COLUMNS = ("Metadata_Compound", "Metadata_pert_iname", "Metadata_broad_sample", "Metadata_JCP2022")
+CONCENTRATION_COLUMNS = ("Metadata_Concentration", "Metadata_mmoles_per_liter", "Metadata_pert_dose", "Metadata_Dose")
+# The treatment of an image with no compound column: its well (each well its own treatment).
+WELL_TREATMENT = ["Metadata_Plate", "Metadata_Well"]
 
 
 class ProfilesConfig(_Section):
@@ -214,11 +220,15 @@ class ProfilesConfig(_Section):
     kinds: list[Literal["measured", "deep", "both"]] = Field(default_factory=lambda: ["measured", "deep", "both"])
     treatment: list[str] = Field(
         default_factory=list,
-        description="Columns whose values together name a treatment (e.g. compound and concentration); "
-        "[] = the label column.",
+        description="Columns whose values together name a treatment (e.g. compound and concentration); [] = auto: "
+        "the compound column with the first of " + ", ".join(CONCENTRATION_COLUMNS) + " the metadata has; the "
+        "well where there is no compound column.",
     )
     compound: str | None = Field(
-        None, description="Compound column (not-same-compound tests); null = the first treatment column."
+        "auto",
+        description="Compound column (not-same-compound tests, leave-one-compound-out); auto = the first of "
+        + ", ".join(COMPOUND_COLUMNS)
+        + " that the metadata has, else the label unless it is the mechanism column.",
     )
     moa: str = Field(
         "auto",
@@ -231,6 +241,31 @@ class ProfilesConfig(_Section):
     normalize: Literal["auto", "plate", "experiment", "none"] = Field(
         "auto",
         description="auto: per plate unless plates are confounded with treatments (then across the experiment).",
+    )
+
+
+class ReferencesConfig(_Section):
+    """What a new compound resembles (`predict`'s treatment calls): the bundle's reference profiles, their
+    leave-one-compound-out calibration and the activity test."""
+
+    kind: Literal["auto", "measured", "deep", "both"] = Field(
+        "auto",
+        description="Profile kind of the references; auto = the kind whose mechanism calls were right most often "
+        "on the references' own fields, leave-one-compound-out.",
+    )
+    neighbours: int = Field(5, ge=1, le=50, description="Nearest reference treatments listed per query.")
+    novelty_quantile: float = Field(
+        0.05,
+        gt=0.0,
+        lt=0.5,
+        description="A query is novel below this quantile of the similarity known compounds reach to the other "
+        "compounds of their mechanism (leave-one-compound-out).",
+    )
+    activity_fdr: float = Field(0.05, gt=0.0, lt=1.0, description="A treatment is active where its q < this.")
+    query_normalization: Literal["auto", "controls", "references", "self"] = Field(
+        "auto",
+        description="auto: a new plate is normalised to its own negative controls where the references were and "
+        "it has some, else with the references' parameters; self: to all its own wells (a batch of many treatments).",
     )
 
 
@@ -255,6 +290,7 @@ class Config(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
     profiles: ProfilesConfig = Field(default_factory=ProfilesConfig)
+    references: ReferencesConfig = Field(default_factory=ReferencesConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
@@ -267,12 +303,31 @@ class Config(_Section):
             raise ValueError("seed must be >= 0")
         return value
 
-    def treatment_columns(self) -> list[str]:
-        """The columns naming a treatment: ``profiles.treatment``, else the label."""
-        return list(self.profiles.treatment) or [self.input.label]
+    def compound_column(self, columns: Iterable[str]) -> str | None:
+        """``profiles.compound``; for ``auto`` (or null, as earlier configs wrote it) the first of
+        :data:`COMPOUND_COLUMNS` among ``columns``, else the label where it is there and is not the mechanism
+        column; None where there is none (each well is then its own treatment)."""
+        if self.profiles.compound not in (None, "auto"):
+            return self.profiles.compound
+        present = list(columns)
+        found = next((column for column in COMPOUND_COLUMNS if column in present), None)
+        if found is not None:
+            return found
+        label = self.input.label
+        return label if label in present and label != self.moa_column(present) else None
 
-    def compound_column(self) -> str:
-        return self.profiles.compound or self.treatment_columns()[0]
+    def treatment_columns(self, columns: Iterable[str]) -> list[str]:
+        """The columns naming a treatment: ``profiles.treatment``; for ``[]`` the compound column with the first
+        concentration column among ``columns`` (:data:`CONCENTRATION_COLUMNS`), or the plate and well where there
+        is no compound column."""
+        if self.profiles.treatment:
+            return list(self.profiles.treatment)
+        present = list(columns)
+        compound = self.compound_column(present)
+        if compound is None:
+            return list(WELL_TREATMENT)
+        concentration = next((column for column in CONCENTRATION_COLUMNS if column in present), None)
+        return [compound] + ([concentration] if concentration and concentration != compound else [])
 
     def moa_column(self, columns: Iterable[str]) -> str | None:
         """``profiles.moa``; for ``auto`` the first of :data:`MOA_COLUMNS` among ``columns``, None if none is."""

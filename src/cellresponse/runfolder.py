@@ -105,6 +105,7 @@ class RunFolder:
     cell_predictions = property(lambda self: self.root / "predictions" / "cell_predictions.parquet")
     image_predictions = property(lambda self: self.root / "predictions" / "image_predictions.parquet")
     well_predictions = property(lambda self: self.root / "predictions" / "well_predictions.parquet")
+    treatment_calls = property(lambda self: self.root / "predictions" / "treatment_calls.parquet")
     metrics = property(lambda self: self.root / "metrics.json")
     report = property(lambda self: self.root / "report")
     report_index = property(lambda self: self.root / "report" / "index.html")

@@ -14,7 +14,7 @@ import time
 from types import ModuleType
 from typing import Any
 
-from cellresponse.config import Config
+from cellresponse.config import WELL_TREATMENT, Config
 from cellresponse.errors import CellResponseError
 from cellresponse.parallel import is_main_process
 from cellresponse.plate import ImageSource, check_columns, check_label
@@ -52,7 +52,13 @@ def check_stage_inputs(run: RunFolder, config: Config, stages: tuple[str, ...]) 
     if {"train", "evaluate"} & set(stages):
         check_label(table, config.input.label)
     if "profile" in stages:
-        check_columns(table, config.treatment_columns(), "treatment", "profiles.treatment")
+        named = [*table.columns, *WELL_TREATMENT]  # the image table's plate and well are the profiles' Metadata_*
+        check_columns(
+            table,
+            [c for c in config.treatment_columns(named) if c not in WELL_TREATMENT],
+            "treatment",
+            "profiles.treatment",
+        )
 
 
 def run_pipeline(

@@ -11,7 +11,12 @@ Outputs in ``DIR/predictions/``:
                                (the network's cells voted as in the bundle's ``evaluation.vote``)
 ``well_predictions.parquet``   plate, well, images, model, the Metadata_* columns every image of the well shares,
                                predicted_label, probability, top5_labels, top5_probabilities — one call per
-                               well: the network's cells, or a profile model's images, voted the same way
+                               well: the network's cells, or a profile model's images, voted the same way —
+                               and the open-world answer of its treatment and profile (calls.WELL_COLUMNS)
+``treatment_calls.parquet``    one row per treatment of the new images (calls.py): activity against the plate's
+                               negative controls (activity_map, activity_p, activity_q, active), the nearest
+                               reference treatments (nearest_1 … nearest_k with _moa and _similarity), moa_call,
+                               moa_probability and novel — from the bundle's reference profiles
 
 ``--model auto`` (the default) uses the model the bundle recorded as best on the validation side
 (``bundle/choice.json``); ``measured``, ``deep`` and ``both`` the profile models (no crops; ``deep`` and ``both``
@@ -30,7 +35,8 @@ import pandas as pd
 import torch
 
 from cellresponse.bundle import Bundle, load_bundle, predict_cells
-from cellresponse.config import Config, apply_overrides
+from cellresponse.calls import FIELD_COLUMNS, WELL_COLUMNS, answer, summary
+from cellresponse.config import WELL_TREATMENT, Config, apply_overrides
 from cellresponse.devices import device_name, inference_device
 from cellresponse.errors import InputError
 from cellresponse.io import atomic_path, write_parquet
@@ -42,6 +48,14 @@ from cellresponse.profiles import (
     image_profiles,
     profile_cell_columns,
 )
+from cellresponse.references import (
+    DEEP_PREFIX,
+    image_meta,
+    negative_controls,
+    normalize_query,
+    profile_fields,
+    query_normalization,
+)
 from cellresponse.runfolder import RunFolder
 from cellresponse.selection import MODEL_CHOICES, NETWORK
 from cellresponse.stages import crops, embed, images, measure, segment
@@ -50,7 +64,18 @@ from cellresponse.store import CropStore
 log = logging.getLogger(__name__)
 
 # Settings a user may change for prediction: how it runs, not what the model sees.
-RUNTIME_KEYS = ("runtime.", "input.join", "input.label", "training.accelerator")
+RUNTIME_KEYS = (
+    "runtime.",
+    "input.join",
+    "input.label",
+    "input.control_label",
+    "training.accelerator",
+    "references.query_normalization",
+    "references.activity_fdr",
+    "references.neighbours",
+    "profiles.treatment",
+    "profiles.compound",
+)
 MODELS = MODEL_CHOICES
 # Names of earlier versions: `--model cnn` is the network, `--model features` the measured-profile model.
 MODEL_ALIASES = {"cnn": NETWORK, "features": "measured"}
@@ -75,8 +100,9 @@ def prediction_config(bundle_config: Config, overrides: list[str]) -> Config:
     for text in overrides:
         if not text.startswith(RUNTIME_KEYS):
             raise InputError(
-                f"--set {text}: predict takes the bundle's settings; only runtime.*, input.join, input.label and "
-                f"training.accelerator may change"
+                f"--set {text}: predict takes the bundle's settings; only "
+                + ", ".join(k.rstrip(".") + ("*" if k.endswith(".") else "") for k in RUNTIME_KEYS)
+                + " may change"
             )
     return apply_overrides(bundle_config, ["training.accelerator=auto", *overrides], "model bundle")
 
@@ -237,6 +263,85 @@ def predict_with_profiles(
     return [out.image_predictions, out.well_predictions]
 
 
+def query_blocks(bundle: Bundle, cells: pd.DataFrame, out: RunFolder, config: Config, progress: bool) -> dict:
+    """The new images' per-image profile blocks the bundle's references are made of: the measured statistics of
+    the cell features they use and, for deep references, the mean embeddings (embedding the cells as the bundle's
+    profiles were)."""
+    features = bundle.references.features
+    blocks = {}
+    measured = [c for c in features if not c.startswith(DEEP_PREFIX)]
+    if measured:
+        blocks["measured"] = image_feature_table(cells, profile_cell_columns(measured))
+    if len(measured) < len(features):
+        embed.run(out, embedding_config(config, bundle), progress=progress)
+        blocks["deep"] = embed.mean_embeddings(out, sorted(cells["image_id"].astype(str).unique()))
+    return blocks
+
+
+def query_columns(table: pd.DataFrame, config: Config, moa: str | None) -> tuple[list[str], str | None, str | None]:
+    """The new images' treatment columns (a missing one said in one line: each well is then its own treatment),
+    compound column and mechanism column (the references', where the new images carry it)."""
+    columns = [*table.columns, *WELL_TREATMENT]
+    treatment = config.treatment_columns(columns)
+    missing = [c for c in treatment if c not in columns]
+    if missing:
+        log.warning(
+            "treatment column(s) %s are not in these images: each well is its own treatment (--set "
+            "profiles.treatment=[COLUMN,...] names them)",
+            missing,
+        )
+        treatment = list(WELL_TREATMENT)
+    compound = config.compound_column(columns)
+    moa = moa if moa in table.columns else config.moa_column(table.columns)
+    return treatment, compound if compound in table.columns else None, moa
+
+
+def add_columns(path: Path, answers: pd.DataFrame, keys: list[str], columns: tuple[str, ...]) -> None:
+    """A prediction table with the answer ``columns`` (and the treatment's name) joined on ``keys``."""
+    table = pd.read_parquet(path)
+    extra = answers[[*keys, "treatment", *[c for c in columns if c in answers.columns]]].copy()
+    for key in keys:
+        table[key], extra[key] = table[key].astype(str), extra[key].astype(str)
+    table = table.drop(columns=[c for c in extra.columns if c in table.columns and c not in keys])
+    write_parquet(path, table.merge(extra, on=keys, how="left"))
+
+
+def answer_open_world(plan: PredictionPlan, out: RunFolder, cells: pd.DataFrame, progress: bool) -> list[Path]:
+    """Each treatment's, well's and field's open-world answer (calls.py) from the bundle's references:
+    ``treatment_calls.parquet`` and the answer columns added to the well and image predictions."""
+    bundle, config, table = plan.bundle, plan.config, plan.images
+    references = bundle.references
+    if references is None:
+        log.warning(
+            "this bundle keeps no reference profiles (made before they were kept): no activity, nearest references "
+            "or mechanism calls — retrain it (cellresponse train RUN --overwrite) to get them"
+        )
+        return []
+    blocks = query_blocks(bundle, cells, out, config, progress)
+    treatment, compound, moa = query_columns(table, config, references.columns.get("moa"))
+    meta = image_meta(table, treatment, compound, moa)
+    controls = negative_controls(table, [config.input.label, compound], config.input.control_label)
+    r = config.references
+    mode, why = query_normalization(references, controls is not None, r.query_normalization)
+    log.info(why)
+    fields = normalize_query(blocks, meta, controls, references, mode)
+    raw, _ = profile_fields(blocks, meta)
+    answers = answer(fields, raw, references, controls, r.neighbours, r.activity_fdr, config.seed)
+    if answers.activity_note:
+        log.warning(
+            "%s (negative controls: %s or %s = %s, input.control_label)",
+            answers.activity_note,
+            config.input.label,
+            compound or "the compound column",
+            config.input.control_label,
+        )
+    write_parquet(out.treatment_calls, answers.treatments)
+    add_columns(out.well_predictions, answers.wells, ["plate", "well"], WELL_COLUMNS)
+    add_columns(out.image_predictions, answers.fields, ["image_id"], FIELD_COLUMNS)
+    log.info(summary(answers, references.calibration))
+    return [out.treatment_calls]
+
+
 @dataclass(frozen=True)
 class PredictionPlan:
     """What ``prepare`` checked before any image work: the bundle, its settings, the model and the device."""
@@ -281,7 +386,8 @@ def predict_images(
         raise InputError("no cells were found in these images — nothing to predict")
     meta = table.set_index("image_id")
     if model != NETWORK:
-        return predict_with_profiles(model, bundle, cells, meta, out, config, progress)
+        written = predict_with_profiles(model, bundle, cells, meta, out, config, progress)
+        return written + answer_open_world(plan, out, cells, progress)
     crops.run(out, config, overwrite=overwrite, progress=progress)
     cells["plate"] = cells["image_id"].map(meta["plate"])
     cells["well"] = cells["image_id"].map(meta["well"])
@@ -299,7 +405,8 @@ def predict_images(
         out.well_predictions, cells, probs, meta.reset_index(), classes, config, NETWORK, validation, grouping
     )
     log.info("predicted %d cells in %d images", len(cells), len(groups))
-    return [out.cell_predictions, out.image_predictions, out.well_predictions]
+    written = [out.cell_predictions, out.image_predictions, out.well_predictions]
+    return written + answer_open_world(plan, out, cells, progress)
 
 
 def run(

@@ -45,12 +45,12 @@ log = logging.getLogger(__name__)
 def image_metadata(images: pd.DataFrame, config: Config) -> pd.DataFrame:
     """Per image: ``image_id``, ``Metadata_Plate``/``Metadata_Well`` (from plate/well), the treatment name and
     every ``Metadata_*`` column."""
-    check_columns(images, config.treatment_columns(), "treatment", "profiles.treatment")
-    treatment = treatment_names(images, config.treatment_columns())
     meta = images[["image_id"] + [c for c in images.columns if c.startswith("Metadata_")]].copy()
     meta[PLATE] = images["plate"].astype(str).to_numpy()
     meta[WELL] = images["well"].astype(str).to_numpy()
-    meta[TREATMENT] = treatment.to_numpy()
+    columns = config.treatment_columns(meta.columns)
+    check_columns(meta, columns, "treatment", "profiles.treatment")
+    meta[TREATMENT] = treatment_names(meta, columns).to_numpy()
     return meta
 
 
@@ -114,7 +114,8 @@ def normalized_wells(
     wells = well_profiles(fields.drop(columns=["image_id"]), features, config.profiles.aggregate)
     label = config.input.label
     treated = wells[label].astype(str) != config.input.control_label if label in wells.columns else None
-    scope, why = normalization_scope(wells, config.profiles.normalize, config.compound_column(), treated)
+    compound = config.compound_column(wells.columns) or TREATMENT
+    scope, why = normalization_scope(wells, config.profiles.normalize, compound, treated)
     wells[features] = wells[features].fillna(wells[features].mean()).fillna(0.0)
     wells = normalize_profiles(wells, features, scope, control_query, method=method)
     wells, features = select_features(wells, features)
@@ -167,7 +168,7 @@ def evaluate_profiles(
     batch = config.profiles.batch
     out: dict[str, Any] = {}
     treated = without_controls(treatments, config)
-    moa, compound = config.moa_column(treated.columns), config.compound_column()
+    moa, compound = config.moa_column(treated.columns), config.compound_column(treated.columns) or TREATMENT
     skipped = mechanism_benchmark_skipped(moa, compound, treated.columns)
     if skipped:
         out["nsc"] = {"skipped": skipped}

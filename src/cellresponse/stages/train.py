@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from cellresponse.bundle import load_bundle, predict_cells, save_bundle, save_choice
-from cellresponse.config import Config
+from cellresponse.config import WELL_TREATMENT, Config
 from cellresponse.devices import inference_device
 from cellresponse.errors import InputError, ResourceError
 from cellresponse.io import write_json, write_parquet
@@ -25,6 +25,15 @@ from cellresponse.metrics import grouping_record, label_groups, vote
 from cellresponse.parallel import is_main_process
 from cellresponse.plate import channel_names, group_keys, labelled_images
 from cellresponse.profiles import fit_features_model, why_no_features_model
+from cellresponse.references import (
+    References,
+    build_references,
+    calibration_summary,
+    choose_kind,
+    image_meta,
+    kind_blocks,
+    negative_controls,
+)
 from cellresponse.runfolder import RunFolder
 from cellresponse.selection import NETWORK, choose_model, describe_choice, profile_validation_scores
 from cellresponse.splits import (
@@ -217,6 +226,42 @@ def model_choice(
     return choice
 
 
+def reference_profiles(
+    tables: dict[str, pd.DataFrame], images: pd.DataFrame, side_of: pd.Series, config: Config
+) -> References | None:
+    """The bundle's references: the non-test images' profiles of each kind grouped by treatment (references.py),
+    the kind ``references.kind`` names or (``auto``) the one whose leave-one-compound-out mechanism calls were
+    right most often; None where there are no profiles."""
+    columns = [*images.columns, *WELL_TREATMENT]
+    compound, moa = config.compound_column(columns), config.moa_column(columns)
+    treatment = config.treatment_columns(columns)
+    meta = image_meta(images, treatment, compound, moa)
+    controls = negative_controls(images, [config.input.label, compound], config.input.control_label)
+    keep = side_of.index[side_of != TEST]
+    described = {"treatment": treatment, "compound": compound, "moa": moa, "control": config.input.control_label}
+    r = config.references
+    candidates = {}
+    for kind, table in tables.items():
+        if r.kind not in ("auto", kind):
+            continue
+        rows = table.index.intersection(keep)
+        candidates[kind] = build_references(
+            kind_blocks(kind, table.loc[rows]),
+            meta.loc[rows],
+            controls,
+            kind,
+            described,
+            r.novelty_quantile,
+            per_plate=config.profiles.normalize != "experiment",
+        )
+    if not candidates:
+        return None
+    kind, why = choose_kind(candidates)
+    log.info("reference kind %s", why)
+    log.info(calibration_summary(candidates[kind]))
+    return candidates[kind]
+
+
 def out_of_memory_advice(config: Config, error: BaseException) -> str:
     """One line for a GPU that ran out of memory: what ran, what to change (the study's float32 at batch 512
     took 89 GiB on an H200 and did not fit an 80 GB H100; bf16-mixed took 45 GiB)."""
@@ -302,6 +347,7 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
             "label_grouping": grouping_record(label_grouping_of(images, config.input.label, config)),
         },
         profile_models=profile_models(tables, labels, side_of, temperatures),
+        references=reference_profiles(tables, table, side_of, config),
     )
     choice = model_choice(run, config, cells, scores, side_of, labels)
     save_choice(run.bundle, choice)

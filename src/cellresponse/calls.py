@@ -1,0 +1,136 @@
+"""What ``predict`` answers for every treatment, well and field of a new plate — the open-world question:
+
+* is it active (distinguishable from the plate's negative controls: activity.py),
+* which reference treatments does it resemble (``nearest_1`` … ``nearest_k``: references.py),
+* which mechanism follows and how sure that is (``moa_call``, ``moa_probability``, calibrated leave-one-compound-out
+  on the references), and
+* ``novel`` when its best match is no closer than a known compound's to the other compounds of its mechanism.
+
+These functions take normalised per-field profiles (references.normalize_query) and return plain tables; the
+predict stage reads the images, writes the tables and logs the summary.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from cellresponse.activity import COLUMNS as ACTIVITY_COLUMNS
+from cellresponse.activity import phenotypic_activity
+from cellresponse.references import References, level_table, match, normalized_fields
+
+log = logging.getLogger(__name__)
+
+# The answer columns a well's row of well_predictions.parquet gets (beside its treatment's name).
+WELL_COLUMNS = (
+    "active",
+    "activity_q",
+    "activity_level",
+    "best_similarity",
+    "nearest_1",
+    "nearest_1_moa",
+    "nearest_1_similarity",
+    "moa_call",
+    "moa_probability",
+    "novel",
+)
+FIELD_COLUMNS = ("best_similarity", "nearest_1", "nearest_1_similarity", "moa_call", "moa_probability", "novel")
+
+
+@dataclass(frozen=True)
+class Answers:
+    """The answer tables: one row per treatment, per well and per field, and the activity note (why the activity
+    columns are empty, where they are)."""
+
+    treatments: pd.DataFrame
+    wells: pd.DataFrame
+    fields: pd.DataFrame
+    activity_note: str | None
+
+
+def activity_table(
+    raw_fields: pd.DataFrame, references: References, controls: pd.Series | None, fdr: float, seed: int
+) -> tuple[pd.DataFrame, str | None]:
+    """Each treatment's activity against the plate's negative controls, the profiles standardised to those controls
+    per plate (as JUMP scores activity), or an empty table and why."""
+    columns = ["treatment", *ACTIVITY_COLUMNS]
+    if controls is None:
+        return pd.DataFrame(columns=columns), "no negative controls among these images: activity not computed"
+    flags = controls.reindex(raw_fields["image_id"].astype(str)).fillna(False).to_numpy(bool)
+    if flags.all():
+        return pd.DataFrame(columns=columns), "every image is a negative control: no treatment to score"
+    profiles = normalized_fields(raw_fields, references.normalization, pd.Series(flags), per_plate=True)
+    return phenotypic_activity(profiles, references.features, pd.Series(flags), fdr, seed), None
+
+
+def unit_names(units: pd.DataFrame) -> pd.DataFrame:
+    """The units' names (treatment, compound, and plate/well or image where the level has them) and, where the new
+    images carry a mechanism, that mechanism (``moa``: read against ``moa_call``)."""
+    keep = [c for c in ("image_id", "plate", "well", "treatment", "compound", "moa", "count") if c in units.columns]
+    named = units[keep].rename(columns={"count": "fields"} if "plate" in keep else {"count": "wells"})
+    if "moa" in named and named["moa"].isna().all():
+        named = named.drop(columns=["moa"])
+    return named.reset_index(drop=True)
+
+
+def answer(
+    fields: pd.DataFrame,
+    raw_fields: pd.DataFrame,
+    references: References,
+    controls: pd.Series | None,
+    neighbours: int,
+    fdr: float,
+    seed: int = 0,
+) -> Answers:
+    """The answer tables for normalised query ``fields`` (and the same fields before normalisation, ``raw_fields``,
+    for the activity test): activity per treatment, nearest references, mechanism and novelty at each level. A
+    negative control's rows carry ``control = True`` and no activity."""
+    features = references.features
+    control_of = (
+        controls.reindex(fields["image_id"].astype(str)).fillna(False).to_numpy(bool)
+        if controls is not None
+        else np.zeros(len(fields), bool)
+    )
+    activity, note = activity_table(raw_fields, references, controls, fdr, seed)
+    control_treatments = set(fields.loc[control_of, "treatment"].astype(str))
+    out = {}
+    for level in ("treatment", "well", "field"):
+        units = level_table(fields, features, level)
+        called = match(units, references, level, neighbours)
+        table = pd.concat([unit_names(units), called], axis=1)
+        table.insert(1, "control", table["treatment"].astype(str).isin(control_treatments))
+        merged = table.merge(activity, on="treatment", how="left")
+        merged["active"] = merged["active"].astype("boolean")
+        out[level] = merged
+    return Answers(out["treatment"], out["well"], out["field"], note)
+
+
+def summary(answers: Answers, calibration: dict) -> str:
+    """The treatment calls in one line: how many treatments, how many active, novel and called, the most frequent
+    mechanisms, and how often such calls were right on the references left out."""
+    t = answers.treatments[~answers.treatments["control"]]
+    active = int(t["active"].fillna(False).sum())
+    novel = int(t["novel"].fillna(False).sum())
+    calls = t["moa_call"].dropna().value_counts()
+    line = f"{len(t)} treatments: "
+    line += (
+        f"{active} active (q < FDR), {int(t['active'].notna().sum()) - active} not"
+        if answers.activity_note is None
+        else answers.activity_note
+    )
+    line += f"; {novel} novel; {int(t['moa_call'].notna().sum())} called"
+    if len(calls):
+        line += " — " + ", ".join(f"{name} ({n})" for name, n in calls.head(5).items())
+    well = calibration.get("well", {})
+    if well.get("accuracy") is not None:
+        line += (
+            f"; such calls were right on {well['accuracy']:.3f} of reference wells left out "
+            f"({well['units']} wells, mean probability {well['mean_probability']:.2f})"
+        )
+    if "moa" in t and t["moa_call"].notna().any():
+        right = (t["moa_call"] == t["moa"])[t["moa_call"].notna()]
+        line += f"; these images carry a mechanism: called right on {float(right.mean()):.3f} of called treatments"
+    return line

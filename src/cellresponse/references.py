@@ -1,0 +1,534 @@
+"""Reference profiles: which known treatments a new one resembles, which mechanism follows and how sure that is,
+and "novel" when nothing matches — the open-world answer of ``predict``.
+
+A bundle keeps its training treatments' per-field profiles, normalised (:class:`Normalization`): the references.
+A query — a field, a well or a treatment of a new plate, normalised the same way — is compared with every reference
+treatment's consensus profile (the mean of its wells) by cosine similarity:
+
+``nearest_k``        the k most similar reference treatments, with their mechanism and similarity;
+``moa_call``         the mechanism of the nearest reference (Ljosa et al. 2013's not-same-compound nearest
+                     neighbour, as a call); ``moa_probability`` the softmax over mechanisms of each mechanism's best
+                     similarity divided by a temperature;
+``novel``            the best similarity below the novelty threshold: the query is no closer to any reference than a
+                     known compound is, at worst, to the other compounds of its own mechanism. A novel query keeps
+                     its nearest list but gets no ``moa_call``.
+
+Temperature and threshold come from leave-one-compound-out over the references themselves (:func:`calibrate`):
+each reference compound's fields, wells and treatments are queried against the other compounds' treatments,
+exactly as a new compound is — so a probability says how often such a call was right on compounds the references
+lacked, and the query plate is never read.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import minimize_scalar
+from scipy.special import log_softmax, softmax
+
+from cellresponse.aggregation import select_features
+from cellresponse.io import write_json, write_parquet
+
+LEVELS = ("field", "well", "treatment")
+# Metadata of a reference or query table (the per-field table every level is aggregated from).
+META = ("image_id", "plate", "well", "treatment", "compound", "moa")
+# Bounds of the similarity temperature: cosine similarities of profiles differ by a few hundredths to tenths
+# between mechanisms, so useful temperatures lie far below 1.
+TEMPERATURE_BOUNDS = (1e-3, 1.0)
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """How a per-image profile becomes a reference-comparable one: for each kept column,
+    ``(value - center) / scale * weight`` — pycytominer's ``standardize`` (a StandardScaler fitted on the
+    ``samples`` wells), written as parameters because the bundle must carry them to new plates; ``weight`` gives
+    each block of the ``both`` kind the same say (1/√columns, as the profile stage combines them)."""
+
+    columns: list[str]
+    center: list[float]
+    scale: list[float]
+    weight: list[float]
+    samples: str  # "negative controls" or "all wells": what the references were standardised to
+    scope: str  # "plate" or "experiment"
+
+    def values(self, table: pd.DataFrame) -> np.ndarray:
+        """The kept columns of ``table`` as float64, a missing value taken as the references' center."""
+        x = table[self.columns].to_numpy(np.float64)
+        return np.where(np.isfinite(x), x, np.asarray(self.center))
+
+    def transform(self, table: pd.DataFrame) -> np.ndarray:
+        """The kept columns of ``table`` standardised by these parameters and weighted (the references' frame)."""
+        return (self.values(table) - np.asarray(self.center)) / np.asarray(self.scale) * np.asarray(self.weight)
+
+
+@dataclass
+class References:
+    """The normalised reference fields (:data:`META` columns, then the normalisation's columns), how they were
+    normalised, which profile kind they are, the metadata columns they were named from and the
+    leave-one-compound-out calibration per level."""
+
+    fields: pd.DataFrame
+    normalization: Normalization
+    kind: str
+    columns: dict[str, Any]
+    calibration: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def features(self) -> list[str]:
+        return self.normalization.columns
+
+    @property
+    def has_moa(self) -> bool:
+        return self.columns.get("moa") is not None and self.fields["moa"].notna().any()
+
+    def describe(self) -> dict[str, Any]:
+        """What ``bundle/references.json`` keeps beside the fields table."""
+        return {
+            "kind": self.kind,
+            "columns": self.columns,
+            "normalization": asdict(self.normalization),
+            "calibration": self.calibration,
+            "treatments": int(self.fields["treatment"].nunique()),
+            "compounds": int(self.fields["compound"].nunique()),
+            "fields": len(self.fields),
+        }
+
+
+def standardization(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """StandardScaler's parameters of the rows (scale 1 where a column is constant or empty)."""
+    center = np.nanmean(values, axis=0) if len(values) else np.zeros(values.shape[1])
+    scale = np.nanstd(values, axis=0) if len(values) else np.ones(values.shape[1])
+    center = np.where(np.isfinite(center), center, 0.0)
+    scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
+    return center, scale
+
+
+def mean_by(table: pd.DataFrame, keys: list[str], features: list[str]) -> pd.DataFrame:
+    """The mean of ``features`` per group of ``keys``, with the first value of every other :data:`META` column
+    and the group's size in ``count``."""
+    grouped = table.groupby(keys, sort=True, dropna=False)
+    means = grouped[features].mean()
+    others = [c for c in META if c in table.columns and c not in keys]
+    first = grouped[others].first() if others else pd.DataFrame(index=means.index)
+    return pd.concat([first, grouped.size().rename("count"), means], axis=1).reset_index()
+
+
+def well_table(fields: pd.DataFrame, features: list[str]) -> pd.DataFrame:
+    """Fields → one profile per plate and well (the mean of its fields)."""
+    return mean_by(fields.drop(columns=["image_id"], errors="ignore"), ["plate", "well"], features)
+
+
+def treatment_table(fields: pd.DataFrame, features: list[str]) -> pd.DataFrame:
+    """Fields → one consensus profile per treatment: the mean of its wells, as pycytominer aggregates wells into
+    treatments (a well with more fields weighs no more than one with fewer)."""
+    wells = well_table(fields, features)
+    return mean_by(wells.drop(columns=["plate", "well", "count"]), ["treatment"], features)
+
+
+def level_table(fields: pd.DataFrame, features: list[str], level: str) -> pd.DataFrame:
+    """The units of a level: each field, each well or each treatment."""
+    if level == "field":
+        return fields.reset_index(drop=True)
+    if level == "well":
+        return well_table(fields, features)
+    if level == "treatment":
+        return treatment_table(fields, features)
+    raise ValueError(f"unknown level {level!r}; levels: {', '.join(LEVELS)}")
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarity of every row of ``a`` with every row of ``b``."""
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+    return a @ b.T
+
+
+def fit_normalization(
+    wells: pd.DataFrame, columns: list[str], samples: np.ndarray, samples_name: str, blocks: dict[str, list[str]]
+) -> Normalization:
+    """The standardisation of the reference wells to their ``samples`` wells (pooled over plates: the frame a new
+    plate without controls is put in), the columns pycytominer's ``feature_select`` keeps after it (variance
+    threshold, no empty columns), and the block weights (1/√kept columns of each block)."""
+    center, scale = standardization(wells.loc[samples, columns].to_numpy(np.float64))
+    normalized = pd.DataFrame((wells[columns].to_numpy(np.float64) - center) / scale, columns=columns)
+    normalized = normalized.fillna(0.0)
+    _, kept = select_features(normalized, columns)
+    position = {c: i for i, c in enumerate(columns)}
+    weight = {}
+    for block in blocks.values():
+        members = [c for c in block if c in set(kept)]
+        weight.update({c: 1.0 / math.sqrt(len(members)) if len(blocks) > 1 else 1.0 for c in members})
+    return Normalization(
+        columns=kept,
+        center=[float(center[position[c]]) for c in kept],
+        scale=[float(scale[position[c]]) for c in kept],
+        weight=[weight[c] for c in kept],
+        samples=samples_name,
+        scope="experiment",
+    )
+
+
+def sample_standardization(raw: np.ndarray, fields: pd.DataFrame, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """StandardScaler's parameters of the wells that the ``rows`` fields belong to (each well the mean of its
+    fields, as the references' normalisation was fitted on wells), and how many wells that was."""
+    wells = pd.DataFrame(raw[rows]).groupby(group_of(fields[rows])).mean()
+    return (*standardization(wells.to_numpy()), len(wells))
+
+
+def group_of(fields: pd.DataFrame) -> np.ndarray:
+    return (fields["plate"].astype(str) + "/" + fields["well"].astype(str)).to_numpy()
+
+
+def normalized_fields(
+    fields: pd.DataFrame, normalization: Normalization, samples: pd.Series | None = None, per_plate: bool = True
+) -> pd.DataFrame:
+    """The :data:`META` columns of ``fields`` and their normalised profiles. With ``samples`` (a boolean per field:
+    it belongs to a sample well, e.g. a negative control) each plate — or the whole table, unless ``per_plate`` —
+    is standardised to its own sample wells, as pycytominer normalises a plate to its controls; a plate with
+    fewer than two sample wells is standardised to the pooled samples. Without, the normalisation's own
+    parameters (the references' frame)."""
+    meta = fields[[c for c in META if c in fields.columns]].reset_index(drop=True)
+    if samples is None:
+        values = normalization.transform(fields)
+    else:
+        raw = normalization.values(fields)
+        samples = samples.to_numpy(bool)
+        *pooled, _ = sample_standardization(raw, fields, samples)
+        groups = fields["plate"].astype(str).to_numpy() if per_plate else np.zeros(len(fields), dtype=object)
+        values = np.zeros_like(raw)
+        for group in pd.unique(groups):
+            rows = groups == group
+            center, scale, wells = sample_standardization(raw, fields, rows & samples)
+            if wells < 2:
+                center, scale = pooled
+            values[rows] = (raw[rows] - center) / scale * np.asarray(normalization.weight)
+    table = pd.DataFrame(values, columns=normalization.columns)
+    return pd.concat([meta, table], axis=1)
+
+
+def moa_similarities(
+    similarity: np.ndarray, reference_moa: np.ndarray, moas: list[str], allowed: np.ndarray | None = None
+) -> np.ndarray:
+    """Per query and mechanism, the best similarity among that mechanism's references (``-inf`` where it has none,
+    or none ``allowed``: a ``(queries, references)`` mask)."""
+    out = np.full((similarity.shape[0], len(moas)), -np.inf)
+    for j, moa in enumerate(moas):
+        members = reference_moa == moa
+        if not members.any():
+            continue
+        masked = np.where(members[None, :] & (True if allowed is None else allowed), similarity, -np.inf)
+        out[:, j] = masked.max(axis=1)
+    return out
+
+
+def leave_one_compound_out(references: References, level: str) -> pd.DataFrame:
+    """Every reference unit of ``level`` (field, well or treatment) queried against the treatments of the other
+    compounds: per unit its compound and mechanism, the mechanism called (its nearest other-compound treatment's),
+    the best similarity, the best similarity among its own mechanism's other compounds and the per-mechanism best
+    similarities (``scores``, in ``moas`` order, as the calibration reads them)."""
+    features = references.features
+    treatments = treatment_table(references.fields, features)
+    units = level_table(references.fields, features, level)
+    similarity = cosine(units[features].to_numpy(), treatments[features].to_numpy())
+    other_compound = units["compound"].to_numpy(object)[:, None] != treatments["compound"].to_numpy(object)[None, :]
+    similarity = np.where(other_compound, similarity, -np.inf)
+    out = pd.DataFrame({"compound": units["compound"].to_numpy(), "best_similarity": similarity.max(axis=1)})
+    if references.has_moa:
+        moas = sorted(treatments["moa"].dropna().astype(str).unique())
+        scores = moa_similarities(similarity, treatments["moa"].astype(str).to_numpy(), moas)
+        truth = units["moa"].astype(str).to_numpy()
+        column = pd.Index(moas).get_indexer(truth)
+        out["moa"] = truth
+        out["moa_call"] = np.asarray(moas, dtype=object)[scores.argmax(axis=1)]
+        known = column >= 0
+        same = np.full(len(units), -np.inf)
+        same[known] = scores[np.flatnonzero(known), column[known]]
+        out["same_moa_similarity"] = same
+        out["scores"] = list(scores)
+    return out
+
+
+def fit_similarity_temperature(scores: np.ndarray, truth: np.ndarray) -> float:
+    """The temperature ``T`` minimising the mean negative log-likelihood of ``softmax(scores / T)`` at the true
+    column (temperature scaling, Guo et al. 2017), within :data:`TEMPERATURE_BOUNDS`; mechanisms without a
+    reference (``-inf``) take no probability."""
+    scores = np.where(np.isfinite(scores), scores, -1e3)
+    rows = np.arange(len(truth))
+
+    def mean_nll(log_t: float) -> float:
+        return float(-log_softmax(scores / np.exp(log_t), axis=1)[rows, truth].mean())
+
+    low, high = np.log(TEMPERATURE_BOUNDS[0]), np.log(TEMPERATURE_BOUNDS[1])
+    best = minimize_scalar(mean_nll, bounds=(low, high), method="bounded")
+    return float(np.exp(best.x))
+
+
+def calibration_of(loco: pd.DataFrame, moas: list[str], quantile: float) -> dict[str, Any]:
+    """One level's calibration from its leave-one-compound-out table: the temperature, the novelty threshold (the
+    ``quantile`` of the best similarity a unit reaches among the other compounds of its mechanism), and how often
+    the call was right there (accuracy, and the mean probability it claimed once tempered)."""
+    scorable = loco[np.isfinite(loco["same_moa_similarity"])] if "moa" in loco else loco.iloc[:0]
+    if scorable.empty:
+        return {"units": 0, "skipped": "no reference compound shares its mechanism with another compound"}
+    scores = np.vstack(scorable["scores"].to_numpy())
+    truth = pd.Index(moas).get_indexer(scorable["moa"])
+    temperature = fit_similarity_temperature(scores, truth)
+    probability = softmax(np.where(np.isfinite(scores), scores, -1e3) / temperature, axis=1).max(axis=1)
+    right = (scorable["moa_call"] == scorable["moa"]).to_numpy()
+    return {
+        "units": len(scorable),
+        "accuracy": float(right.mean()),
+        "mean_probability": float(probability.mean()),
+        "temperature": round(temperature, 5),
+        "novelty_quantile": quantile,
+        "novelty_threshold": float(np.quantile(scorable["same_moa_similarity"], quantile)),
+    }
+
+
+def calibrate(references: References, quantile: float) -> dict[str, dict[str, Any]]:
+    """Leave-one-compound-out calibration of every level (:func:`calibration_of`); without a mechanism column,
+    each level says why there is none."""
+    if not references.has_moa:
+        why = "the references have no mechanism column: nearest treatments and activity only, no moa_call"
+        return {level: {"units": 0, "skipped": why} for level in LEVELS}
+    moas = sorted(references.fields["moa"].dropna().astype(str).unique())
+    return {level: calibration_of(leave_one_compound_out(references, level), moas, quantile) for level in LEVELS}
+
+
+def nearest_columns(similarity: np.ndarray, treatments: pd.DataFrame, k: int) -> pd.DataFrame:
+    """``nearest_1`` … ``nearest_k``: the most similar reference treatments, each with its mechanism
+    (``nearest_i_moa``) and cosine similarity (``nearest_i_similarity``)."""
+    k = min(k, similarity.shape[1])
+    order = np.argsort(-similarity, axis=1, kind="stable")[:, :k]
+    names = treatments["treatment"].astype(str).to_numpy(object)
+    moas = treatments["moa"].to_numpy(object) if "moa" in treatments else np.full(len(treatments), None)
+    columns: dict[str, Any] = {}
+    for i in range(k):
+        picked = order[:, i]
+        columns[f"nearest_{i + 1}"] = names[picked]
+        columns[f"nearest_{i + 1}_moa"] = moas[picked]
+        columns[f"nearest_{i + 1}_similarity"] = np.take_along_axis(similarity, picked[:, None], 1)[:, 0]
+    return pd.DataFrame(columns)
+
+
+def match(
+    queries: pd.DataFrame, references: References, level: str, neighbours: int, exclude: pd.Series | None = None
+) -> pd.DataFrame:
+    """The answer for each query unit of ``level`` (rows of normalised profiles in the references' columns): its
+    nearest reference treatments, ``best_similarity``, ``novel``, ``moa_call`` and ``moa_probability`` (NA for a
+    novel query, and where the references have no mechanism or the level no calibration). ``exclude`` names,
+    per query, a compound whose references it may not match (the leave-one-compound-out benchmarks)."""
+    features = references.features
+    treatments = treatment_table(references.fields, features)
+    similarity = cosine(queries[features].to_numpy(), treatments[features].to_numpy())
+    if exclude is not None:
+        barred = exclude.astype(str).to_numpy(object)[:, None] == treatments["compound"].astype(str).to_numpy(object)
+        similarity = np.where(barred, -np.inf, similarity)
+    out = nearest_columns(similarity, treatments, neighbours)
+    out.insert(0, "best_similarity", similarity.max(axis=1))
+    calibration = references.calibration.get(level, {})
+    out["novel"] = pd.array([pd.NA] * len(out), dtype="boolean")
+    out["moa_call"] = pd.array([None] * len(out), dtype="string")
+    out["moa_probability"] = np.nan
+    if "temperature" not in calibration:
+        return out
+    moas = sorted(treatments["moa"].dropna().astype(str).unique())
+    scores = moa_similarities(similarity, treatments["moa"].astype(str).to_numpy(), moas)
+    probability = softmax(np.where(np.isfinite(scores), scores, -1e3) / calibration["temperature"], axis=1)
+    novel = out["best_similarity"].to_numpy() < calibration["novelty_threshold"]
+    out["novel"] = pd.array(novel, dtype="boolean")
+    out["moa_call"] = pd.array(np.where(novel, None, np.asarray(moas, dtype=object)[scores.argmax(1)]), dtype="string")
+    out["moa_probability"] = np.where(novel, np.nan, probability.max(axis=1))
+    return out
+
+
+def profile_fields(blocks: dict[str, pd.DataFrame], meta: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, list[str]]]:
+    """Per-image profile blocks (index image_id; ``measured`` and/or ``deep``) joined to the image metadata
+    (index image_id; :data:`META` columns), images with every block only; and each block's columns."""
+    columns = {name: list(table.columns) for name, table in blocks.items()}
+    joined = pd.concat([t.set_axis(t.index.astype(str)) for t in blocks.values()], axis=1, join="inner")
+    meta = meta.set_axis(meta.index.astype(str))
+    fields = meta.drop(columns=["image_id"], errors="ignore").join(joined, how="inner")
+    return fields.rename_axis("image_id").reset_index(), columns
+
+
+def build_references(
+    blocks: dict[str, pd.DataFrame],
+    meta: pd.DataFrame,
+    controls: pd.Series | None,
+    kind: str,
+    columns: dict[str, Any],
+    quantile: float,
+    per_plate: bool = True,
+) -> References:
+    """References of one profile ``kind`` from the training images: ``blocks`` its per-image profiles, ``meta``
+    each image's :data:`META` columns (index image_id), ``controls`` a boolean per image marking negative controls
+    (None: the images have none). Profiles are standardised to the control wells — per plate unless
+    ``per_plate`` is False — or, without controls, to all wells across the experiment (a plate may hold one
+    treatment); the controls themselves are normalisation samples, not references. Calibrated by
+    leave-one-compound-out (:func:`calibrate`)."""
+    fields, block_columns = profile_fields(blocks, meta)
+    everything = [c for names in block_columns.values() for c in names]
+    fields[everything] = fields[everything].astype(np.float64).replace([np.inf, -np.inf], np.nan)
+    fields[everything] = fields[everything].fillna(fields[everything].mean()).fillna(0.0)
+    is_control = (
+        controls.reindex(fields["image_id"]).fillna(False).to_numpy(bool)
+        if controls is not None
+        else np.zeros(len(fields), bool)
+    )
+    wells = well_table(fields, everything)
+    control_wells = set(group_of(fields[is_control]))
+    sample_wells = pd.Series(group_of(wells)).isin(control_wells).to_numpy() if is_control.any() else None
+    sample_wells = np.ones(len(wells), bool) if sample_wells is None else sample_wells
+    name = "negative controls" if is_control.any() else "all wells"
+    normalization = fit_normalization(wells, everything, sample_wells, name, block_columns)
+    if is_control.any():
+        normalized = normalized_fields(fields, normalization, pd.Series(is_control), per_plate)
+        normalization = Normalization(**{**asdict(normalization), "scope": "plate" if per_plate else "experiment"})
+    else:
+        normalized = normalized_fields(fields, normalization)
+    references = References(normalized[~is_control].reset_index(drop=True), normalization, kind, columns)
+    references.calibration = calibrate(references, quantile)
+    return references
+
+
+def query_normalization(references: References, has_controls: bool, setting: str) -> tuple[str, str]:
+    """How a new plate's profiles are normalised before they meet the references, and why: ``controls`` (to its own
+    negative controls, per plate, as the references were), ``references`` (the references' own parameters) or
+    ``self`` (to all its own wells, for a batch of many treatments)."""
+    if setting != "auto":
+        return setting, f"references.query_normalization: {setting} (config)"
+    if references.normalization.samples == "negative controls" and has_controls:
+        return "controls", "the new plate normalised to its own negative controls, as the references were"
+    if references.normalization.samples == "negative controls":
+        return "references", (
+            "the new plate has no negative controls: normalised with the references' control parameters (a plate "
+            "effect the controls would remove stays)"
+        )
+    return "references", "normalised with the references' parameters (they were standardised to all their wells)"
+
+
+def normalize_query(
+    blocks: dict[str, pd.DataFrame], meta: pd.DataFrame, controls: pd.Series | None, references: References, mode: str
+) -> pd.DataFrame:
+    """A new plate's per-image profile blocks as normalised fields in the references' columns (``mode`` from
+    :func:`query_normalization`)."""
+    fields, _ = profile_fields(blocks, meta)
+    missing = [c for c in references.features if c not in fields.columns]
+    if missing:
+        raise ValueError(f"the new images lack {len(missing)} reference profile columns, e.g. {missing[:3]}")
+    if mode == "references":
+        return normalized_fields(fields, references.normalization)
+    if mode == "controls":
+        flags = controls.reindex(fields["image_id"]).fillna(False).to_numpy(bool)
+        return normalized_fields(fields, references.normalization, pd.Series(flags), per_plate=True)
+    return normalized_fields(fields, references.normalization, pd.Series(np.ones(len(fields), bool)), per_plate=False)
+
+
+DEEP_PREFIX = "emb_"  # embeddings.PREFIX: the columns of a mean embedding
+
+
+def kind_blocks(kind: str, table: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """A per-image profile table of ``kind`` (profiles.image_profiles) split into its blocks: ``measured`` (cell
+    feature statistics) and ``deep`` (mean embedding, ``emb_`` columns), each normalised on its own."""
+    deep = [c for c in table.columns if c.startswith(DEEP_PREFIX)]
+    measured = [c for c in table.columns if not c.startswith(DEEP_PREFIX)]
+    blocks = {"measured": table[measured], "deep": table[deep]}
+    return {name: block for name, block in blocks.items() if block.shape[1]}
+
+
+def choose_kind(candidates: dict[str, References]) -> tuple[str, str]:
+    """The kind whose leave-one-compound-out mechanism calls were right most often on the references' own fields
+    (fields: four times the units of wells on BBBC021), ties to the cheaper kind (the order given); and why."""
+    scored = {
+        kind: refs.calibration.get("field", {}).get("accuracy")
+        for kind, refs in candidates.items()
+        if refs.calibration.get("field", {}).get("accuracy") is not None
+    }
+    if not scored:
+        kind = next(iter(candidates))
+        return kind, f"{kind} (no mechanism to score the kinds by)"
+    best = max(scored.values())
+    kind = next(k for k, v in scored.items() if v == best)
+    listed = ", ".join(f"{k} {v:.3f}" for k, v in scored.items())
+    return kind, f"{kind}: mechanism right on {best:.3f} of reference fields, leave-one-compound-out ({listed})"
+
+
+def save_references(folder: str | Path, references: References) -> None:
+    """``references.parquet`` (the normalised reference fields) and ``references.json`` (everything else)."""
+    folder = Path(folder)
+    write_parquet(folder / "references.parquet", references.fields)
+    write_json(folder / "references.json", references.describe())
+
+
+def load_references(folder: str | Path) -> References | None:
+    """The references a bundle keeps, or None for a bundle made before it kept any."""
+    folder = Path(folder)
+    if not (folder / "references.json").is_file() or not (folder / "references.parquet").is_file():
+        return None
+    described = json.loads((folder / "references.json").read_text())
+    return References(
+        fields=pd.read_parquet(folder / "references.parquet"),
+        normalization=Normalization(**described["normalization"]),
+        kind=described["kind"],
+        columns=described["columns"],
+        calibration=described["calibration"],
+    )
+
+
+def image_meta(images: pd.DataFrame, treatment: list[str], compound: str | None, moa: str | None) -> pd.DataFrame:
+    """Per image (index image_id) the :data:`META` columns references and queries are named by: plate, well, the
+    treatment (the ``treatment`` columns' values joined by `` @ ``), the compound (the treatment where there is no
+    compound column) and the mechanism (None where there is no mechanism column)."""
+    table = images.assign(Metadata_Plate=images["plate"].astype(str), Metadata_Well=images["well"].astype(str))
+    name = table[treatment].astype(str).agg(" @ ".join, axis=1)
+    return pd.DataFrame(
+        {
+            "plate": table["plate"].astype(str).to_numpy(),
+            "well": table["well"].astype(str).to_numpy(),
+            "treatment": name.to_numpy(),
+            "compound": (table[compound].astype(str) if compound in table.columns else name).to_numpy(),
+            "moa": table[moa].astype(str).to_numpy() if moa in table.columns else None,
+        },
+        index=table["image_id"].astype(str).to_numpy(),
+    )
+
+
+def negative_controls(images: pd.DataFrame, columns: list[str | None], control: str) -> pd.Series | None:
+    """Per image (index image_id) whether it is a negative control — any of ``columns`` (the label, the compound
+    column) equal to ``control`` (``input.control_label``); None where no image is."""
+    flags = np.zeros(len(images), bool)
+    for column in dict.fromkeys(c for c in columns if c and c in images.columns):
+        flags |= images[column].astype(str).to_numpy() == control
+    if not flags.any():
+        return None
+    return pd.Series(flags, index=images["image_id"].astype(str).to_numpy())
+
+
+def calibration_summary(references: References) -> str:
+    """One line: what the references hold and how their leave-one-compound-out calls fared."""
+    fields = references.fields
+    line = (
+        f"references: {references.kind} profiles of {fields['treatment'].nunique()} treatments "
+        f"({fields['compound'].nunique()} compounds, {len(fields)} fields)"
+    )
+    parts = []
+    for level in ("field", "well"):
+        c = references.calibration.get(level, {})
+        if c.get("accuracy") is not None:
+            parts.append(
+                f"{level}s {c['accuracy']:.3f} at mean probability {c['mean_probability']:.2f} "
+                f"(novel below similarity {c['novelty_threshold']:.2f})"
+            )
+    if parts:
+        return line + "; mechanism right, leave-one-compound-out, on " + ", ".join(parts)
+    skipped = references.calibration.get("field", {}).get("skipped")
+    return line + (f"; {skipped}" if skipped else "")

@@ -1,0 +1,187 @@
+"""What a new compound does: reference profiles, leave-one-compound-out calibration, nearest references, mechanism
+calls, novelty and phenotypic activity (references.py, activity.py, calls.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cellresponse.calls import answer
+from cellresponse.references import (
+    build_references,
+    image_meta,
+    leave_one_compound_out,
+    level_table,
+    load_references,
+    match,
+    negative_controls,
+    normalize_query,
+    profile_fields,
+    save_references,
+)
+
+FEATURES = 40
+MOAS = ("actin", "tubulin", "dna")
+
+
+def phenotypes(seed: int = 0) -> dict[str, np.ndarray]:
+    """A direction in profile space per mechanism and a smaller one per compound."""
+    rng = np.random.default_rng(seed)
+    out = {moa: rng.normal(0, 1, FEATURES) * 3 for moa in MOAS}
+    for i, moa in enumerate(MOAS):
+        for j in range(3):
+            out[f"{moa}-{j}"] = out[moa] + rng.normal(0, 1, FEATURES)
+    out["unseen"] = rng.normal(0, 1, FEATURES) * 3  # a mechanism no reference has
+    return out
+
+
+def plate(rows: list[tuple[str, str, str | None, int]], seed: int, plate_name: str = "P1", fields: int = 3):
+    """Per-field profiles and an image table: ``rows`` are (compound, concentration, moa, wells); DMSO has no
+    phenotype. Returns (blocks, images)."""
+    rng = np.random.default_rng(seed)
+    effects = phenotypes()
+    profiles, records, well = [], [], 0
+    for compound, concentration, moa, wells in rows:
+        for _ in range(wells):
+            well += 1
+            well_effect = rng.normal(0, 0.3, FEATURES)
+            for site in range(fields):
+                effect = np.zeros(FEATURES) if compound == "DMSO" else effects[compound] * float(concentration)
+                profiles.append(effect + well_effect + rng.normal(0, 0.5, FEATURES))
+                records.append(
+                    {
+                        "image_id": f"{plate_name}-w{well:03d}-s{site}",
+                        "plate": plate_name,
+                        "well": f"w{well:03d}",
+                        "Metadata_Compound": compound,
+                        "Metadata_Concentration": concentration,
+                        "Metadata_MoA": moa if moa else "DMSO",
+                    }
+                )
+    images = pd.DataFrame(records)
+    table = pd.DataFrame(profiles, columns=[f"f{i:02d}__mean" for i in range(FEATURES)], index=images["image_id"])
+    return {"measured": table}, images
+
+
+def reference_plate(seed: int = 1):
+    rows = [("DMSO", "0", None, 4)]
+    rows += [(f"{moa}-{j}", c, moa, 2) for moa in MOAS for j in range(3) for c in ("1", "2")]
+    return plate(rows, seed)
+
+
+def references_of(blocks, images, quantile: float = 0.05):
+    meta = image_meta(images, ["Metadata_Compound", "Metadata_Concentration"], "Metadata_Compound", "Metadata_MoA")
+    controls = negative_controls(images, ["Metadata_Compound"], "DMSO")
+    columns = {"treatment": ["Metadata_Compound", "Metadata_Concentration"], "moa": "Metadata_MoA"}
+    return build_references(blocks, meta, controls, "measured", columns, quantile)
+
+
+def query_answer(references, blocks, images):
+    meta = image_meta(images, ["Metadata_Compound", "Metadata_Concentration"], "Metadata_Compound", "Metadata_MoA")
+    controls = negative_controls(images, ["Metadata_Compound"], "DMSO")
+    fields = normalize_query(blocks, meta, controls, references, "controls" if controls is not None else "references")
+    raw, _ = profile_fields(blocks, meta)
+    return answer(fields, raw, references, controls, neighbours=5, fdr=0.05)
+
+
+@pytest.fixture(scope="module")
+def references():
+    return references_of(*reference_plate())
+
+
+def test_references_leave_out_the_controls_and_calibrate_every_level(references):
+    fields = references.fields
+    assert "DMSO" not in set(fields["compound"]) and fields["treatment"].nunique() == 18
+    assert references.normalization.samples == "negative controls"
+    for level in ("field", "well", "treatment"):
+        c = references.calibration[level]
+        assert c["accuracy"] > 0.9 and 0 < c["temperature"] < 1 and -1 < c["novelty_threshold"] < 1, c
+
+
+def test_leave_one_compound_out_never_matches_a_compound_to_itself(references):
+    """A reference unit's own compound is barred: its best match is another compound's treatment, never its own
+    (which would sit near similarity 1 and make every call look right)."""
+    loco = leave_one_compound_out(references, "treatment")
+    treatments = level_table(references.fields, references.features, "treatment")
+    called = match(treatments, references, "treatment", 5, exclude=treatments["compound"])
+    assert (called["nearest_1"].str.split(" @ ").str[0] != treatments["compound"]).all()
+    np.testing.assert_allclose(called["best_similarity"], loco["best_similarity"])
+    assert (loco["best_similarity"] < 0.999).all()
+
+
+def test_calibration_never_reads_the_query_plate(references, tmp_path):
+    """The calibration is fixed when the references are built: answering a query plate leaves it as it was, and
+    two very different query plates are answered with the same temperature and threshold."""
+    before = {level: dict(c) for level, c in references.calibration.items()}
+    query_answer(references, *plate([("DMSO", "0", None, 2), ("unseen", "1", "new", 2)], seed=5))
+    query_answer(references, *plate([("actin-0", "1", "actin", 3)], seed=6))
+    assert references.calibration == before
+
+
+def test_a_treatment_that_copies_a_reference_phenotype_is_matched_to_it(references):
+    blocks, images = plate([("DMSO", "0", None, 4), ("tubulin-1", "2", "tubulin", 2)], seed=7, plate_name="Q")
+    answers = query_answer(references, blocks, images)
+    row = answers.treatments.set_index("treatment").loc["tubulin-1 @ 2"]
+    # cosine similarity reads the direction of a phenotype, so both doses of the copied compound come first
+    assert {row["nearest_1"], row["nearest_2"]} == {"tubulin-1 @ 1", "tubulin-1 @ 2"}
+    assert row["nearest_1_moa"] == "tubulin" and row["nearest_1_similarity"] > 0.8
+    assert row["moa_call"] == "tubulin" and not row["novel"] and row["moa_probability"] > 0.5
+    assert row["active"] and row["activity_level"] == "well"
+
+
+def test_a_phenotype_no_reference_has_is_novel(references):
+    blocks, images = plate([("DMSO", "0", None, 4), ("unseen", "1", "new", 2)], seed=8, plate_name="Q")
+    answers = query_answer(references, blocks, images)
+    row = answers.treatments.set_index("treatment").loc["unseen @ 1"]
+    assert row["novel"] and pd.isna(row["moa_call"]) and np.isnan(row["moa_probability"])
+    assert isinstance(row["nearest_1"], str)  # a novel call keeps its nearest list
+    assert row["active"]  # novel is not inactive: it differs from the controls too
+    wells = answers.wells[answers.wells["treatment"] == "unseen @ 1"]
+    assert len(wells) == 2 and wells["novel"].all()
+
+
+def test_dmso_queried_as_a_treatment_is_not_active(references):
+    """DMSO wells named as a treatment of their own are scored against the other DMSO wells (16, as a JUMP plate
+    has): not active. With a handful of control wells the controls' mean is itself uncertain, and subtracting it
+    leaves any two other wells alike — the activity benchmark on BBBC021's tiled plates measures that case."""
+    blocks, images = plate([("DMSO", "0", None, 18), ("actin-2", "2", "actin", 2)], seed=9, plate_name="Q")
+    fake = images["well"].isin(["w001", "w002"])
+    images.loc[fake, "Metadata_Compound"] = "DMSO-as-query"
+    answers = query_answer(references, blocks, images)
+    table = answers.treatments.set_index("treatment")
+    assert not table.loc["DMSO-as-query @ 0", "active"] and table.loc["actin-2 @ 2", "active"]
+    assert table.loc["DMSO @ 0", "control"] and pd.isna(table.loc["DMSO @ 0", "active"])
+
+
+def test_a_treatment_in_a_single_well_is_scored_on_its_fields(references):
+    blocks, images = plate([("DMSO", "0", None, 4), ("dna-0", "2", "dna", 1)], seed=10, plate_name="Q", fields=4)
+    row = query_answer(references, blocks, images).treatments.set_index("treatment").loc["dna-0 @ 2"]
+    assert row["activity_level"] == "field" and row["active"]
+
+
+def test_a_plate_without_controls_gets_empty_activity_and_says_why(references):
+    blocks, images = plate([("actin-0", "1", "actin", 2), ("dna-1", "2", "dna", 2)], seed=11, plate_name="Q")
+    answers = query_answer(references, blocks, images)
+    assert "no negative controls" in answers.activity_note
+    assert answers.treatments["active"].isna().all() and answers.treatments["activity_q"].isna().all()
+    assert answers.treatments["moa_call"].tolist() == ["actin", "dna"]
+
+
+def test_a_bundle_round_trips_its_reference_profiles(references, tmp_path):
+    save_references(tmp_path, references)
+    loaded = load_references(tmp_path)
+    pd.testing.assert_frame_equal(loaded.fields, references.fields)
+    assert loaded.normalization == references.normalization
+    assert loaded.calibration == references.calibration and loaded.kind == "measured"
+    assert load_references(tmp_path / "elsewhere") is None
+
+
+def test_references_without_a_mechanism_give_neighbours_and_say_why_there_is_no_call():
+    blocks, images = reference_plate()
+    meta = image_meta(images, ["Metadata_Compound"], "Metadata_Compound", None)
+    refs = build_references(blocks, meta, None, "measured", {"moa": None}, 0.05)
+    assert "no mechanism column" in refs.calibration["well"]["skipped"]
+    units = level_table(refs.fields, refs.features, "well")
+    called = match(units, refs, "well", 3)
+    assert called["moa_call"].isna().all() and called["nearest_3"].notna().all()
