@@ -29,7 +29,7 @@ def phenotypes(seed: int = 0) -> dict[str, np.ndarray]:
     """A direction in profile space per mechanism and a smaller one per compound."""
     rng = np.random.default_rng(seed)
     out = {moa: rng.normal(0, 1, FEATURES) * 3 for moa in MOAS}
-    for i, moa in enumerate(MOAS):
+    for moa in MOAS:
         for j in range(3):
             out[f"{moa}-{j}"] = out[moa] + rng.normal(0, 1, FEATURES)
     out["unseen"] = rng.normal(0, 1, FEATURES) * 3  # a mechanism no reference has
@@ -127,7 +127,7 @@ def test_a_treatment_that_copies_a_reference_phenotype_is_matched_to_it(referenc
     assert {row["nearest_1"], row["nearest_2"]} == {"tubulin-1 @ 1", "tubulin-1 @ 2"}
     assert row["nearest_1_moa"] == "tubulin" and row["nearest_1_similarity"] > 0.8
     assert row["moa_call"] == "tubulin" and not row["novel"] and row["moa_probability"] > 0.5
-    assert row["active"] and row["activity_level"] == "well"
+    assert row["active"] and row["activity_level"] == "wells"
 
 
 def test_a_phenotype_no_reference_has_is_novel(references):
@@ -157,7 +157,7 @@ def test_dmso_queried_as_a_treatment_is_not_active(references):
 def test_a_treatment_in_a_single_well_is_scored_on_its_fields(references):
     blocks, images = plate([("DMSO", "0", None, 4), ("dna-0", "2", "dna", 1)], seed=10, plate_name="Q", fields=4)
     row = query_answer(references, blocks, images).treatments.set_index("treatment").loc["dna-0 @ 2"]
-    assert row["activity_level"] == "field" and row["active"]
+    assert row["activity_level"] == "one well" and row["active"]
 
 
 def test_a_plate_without_controls_gets_empty_activity_and_says_why(references):

@@ -37,6 +37,18 @@ WELL_COLUMNS = (
     "moa_probability",
     "novel",
 )
+# How a row of treatment_calls.parquet reads, left to right, after the treatment's names (the nearest list follows).
+ANSWER_ORDER = (
+    "active",
+    "activity_q",
+    "activity_p",
+    "activity_map",
+    "activity_level",
+    "moa_call",
+    "moa_probability",
+    "novel",
+    "best_similarity",
+)
 FIELD_COLUMNS = ("best_similarity", "nearest_1", "nearest_1_similarity", "moa_call", "moa_probability", "novel")
 
 
@@ -100,17 +112,19 @@ def answer(
     for level in ("treatment", "well", "field"):
         units = level_table(fields, features, level)
         called = match(units, references, level, neighbours)
-        table = pd.concat([unit_names(units), called], axis=1)
-        table.insert(1, "control", table["treatment"].astype(str).isin(control_treatments))
-        merged = table.merge(activity, on="treatment", how="left")
-        merged["active"] = merged["active"].astype("boolean")
-        out[level] = merged
+        names = unit_names(units).rename(columns={"moa": references.columns.get("moa") or "moa"})
+        names.insert(names.columns.get_loc("treatment") + 1, "control", names["treatment"].isin(control_treatments))
+        answered = pd.concat([names, called], axis=1).merge(activity, on="treatment", how="left")
+        answered["active"] = answered["active"].astype("boolean")
+        first = [*names.columns, *ANSWER_ORDER]
+        out[level] = answered[first + [c for c in answered.columns if c not in first]]
     return Answers(out["treatment"], out["well"], out["field"], note)
 
 
-def summary(answers: Answers, calibration: dict) -> str:
+def summary(answers: Answers, calibration: dict, moa_column: str | None = None) -> str:
     """The treatment calls in one line: how many treatments, how many active, novel and called, the most frequent
-    mechanisms, and how often such calls were right on the references left out."""
+    mechanisms, how often such calls were right on the references left out and, where the new images carry the
+    mechanism (``moa_column``), how often they were right here."""
     t = answers.treatments[~answers.treatments["control"]]
     active = int(t["active"].fillna(False).sum())
     novel = int(t["novel"].fillna(False).sum())
@@ -130,7 +144,8 @@ def summary(answers: Answers, calibration: dict) -> str:
             f"; such calls were right on {well['accuracy']:.3f} of reference wells left out "
             f"({well['units']} wells, mean probability {well['mean_probability']:.2f})"
         )
-    if "moa" in t and t["moa_call"].notna().any():
-        right = (t["moa_call"] == t["moa"])[t["moa_call"].notna()]
+    given = moa_column if moa_column in t else None
+    if given and t["moa_call"].notna().any():
+        right = (t["moa_call"] == t[given])[t["moa_call"].notna()]
         line += f"; these images carry a mechanism: called right on {float(right.mean()):.3f} of called treatments"
     return line

@@ -357,7 +357,7 @@ def profile_fields(blocks: dict[str, pd.DataFrame], meta: pd.DataFrame) -> tuple
     joined = pd.concat([t.set_axis(t.index.astype(str)) for t in blocks.values()], axis=1, join="inner")
     meta = meta.set_axis(meta.index.astype(str))
     fields = meta.drop(columns=["image_id"], errors="ignore").join(joined, how="inner")
-    return fields.rename_axis("image_id").reset_index(), columns
+    return fields.rename_axis("image_id").reset_index().copy(), columns
 
 
 def build_references(
@@ -379,6 +379,7 @@ def build_references(
     everything = [c for names in block_columns.values() for c in names]
     fields[everything] = fields[everything].astype(np.float64).replace([np.inf, -np.inf], np.nan)
     fields[everything] = fields[everything].fillna(fields[everything].mean()).fillna(0.0)
+    fields = fields.copy()  # one block per dtype, not a column each
     is_control = (
         controls.reindex(fields["image_id"]).fillna(False).to_numpy(bool)
         if controls is not None

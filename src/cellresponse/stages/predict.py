@@ -328,17 +328,17 @@ def answer_open_world(plan: PredictionPlan, out: RunFolder, cells: pd.DataFrame,
     raw, _ = profile_fields(blocks, meta)
     answers = answer(fields, raw, references, controls, r.neighbours, r.activity_fdr, config.seed)
     if answers.activity_note:
+        named = " or ".join(dict.fromkeys(c for c in (config.input.label, compound) if c))
         log.warning(
-            "%s (negative controls: %s or %s = %s, input.control_label)",
+            "%s (negative controls: %s = %s, input.control_label)",
             answers.activity_note,
-            config.input.label,
-            compound or "the compound column",
+            named,
             config.input.control_label,
         )
     write_parquet(out.treatment_calls, answers.treatments)
     add_columns(out.well_predictions, answers.wells, ["plate", "well"], WELL_COLUMNS)
     add_columns(out.image_predictions, answers.fields, ["image_id"], FIELD_COLUMNS)
-    log.info(summary(answers, references.calibration))
+    log.info(summary(answers, references.calibration, references.columns.get("moa")))
     return [out.treatment_calls]
 
 

@@ -1,0 +1,155 @@
+"""Unseen compounds and novel mechanisms on BBBC021-moa, as ``predict`` answers them (references.py, calls.py).
+
+    python benchmarks/unseen_compounds.py RUN [--kinds auto measured deep both] [--query-normalization auto]
+
+RUN is a run folder of bbbc021-moa through ``profile`` (measured cells, embeddings), e.g.
+``cellresponse run --load-data ../shared/data/bbbc021-moa/load_data.csv --label Metadata_Compound
+--split-column Metadata_Replicate --test-values 2 --preset cpu --out RUN --until profile``.
+
+For each direction (references from replicate 1, queries from replicate 2, and the swap):
+
+* **unseen compounds** — each compound withheld in turn: references built (and calibrated, leave-one-compound-out)
+  from the reference replicate without it, as a bundle trained without it would keep them; the whole other replicate
+  normalised as ``predict`` normalises a new plate; the withheld compound's fields and wells answered. Reported:
+  ``moa_call`` accuracy (a novel unit has no call and counts as wrong), the nearest mechanism's accuracy whatever
+  the novelty flag, the share flagged novel, and the expected calibration error of ``moa_probability`` (10 bins);
+* **novel mechanisms** — each mechanism withheld in turn (all its compounds): the share of its wells flagged novel,
+  and of the other mechanisms' wells (their compounds among the references);
+* seconds to build and calibrate references and to answer a replicate.
+
+Settings are chosen on the direction references 1 → queries 2 (the ``choose`` column), the other reported beside.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import pandas as pd
+
+from cellresponse.config import load_config
+from cellresponse.measure import feature_columns
+from cellresponse.profiles import image_feature_table
+from cellresponse.references import (
+    build_references,
+    choose_kind,
+    image_meta,
+    level_table,
+    match,
+    normalize_query,
+    query_normalization,
+)
+from cellresponse.runfolder import RunFolder
+from cellresponse.stages.embed import mean_embeddings
+
+KIND_BLOCKS = {"measured": ["measured"], "deep": ["deep"], "both": ["measured", "deep"]}
+COLUMNS = {
+    "treatment": ["Metadata_Compound", "Metadata_Concentration"],
+    "compound": "Metadata_Compound",
+    "moa": "Metadata_MoA",
+}
+
+
+def expected_calibration_error(probability: np.ndarray, right: np.ndarray, bins: int = 10) -> float:
+    """Mean |accuracy − mean probability| over equal-width probability bins, weighted by their counts."""
+    if not len(probability):
+        return float("nan")
+    edges = np.minimum((probability * bins).astype(int), bins - 1)
+    return float(sum(abs(right[edges == b].mean() - probability[edges == b].mean()) * (edges == b).sum()
+                     for b in range(bins) if (edges == b).any()) / len(probability))  # fmt: skip
+
+
+def blocks_of(tables: dict[str, pd.DataFrame], kind: str, ids: pd.Index) -> dict[str, pd.DataFrame]:
+    return {name: tables[name].loc[tables[name].index.intersection(ids)] for name in KIND_BLOCKS[kind]}
+
+
+def answered(refs, tables, kind, meta, query_ids, mode_setting, level):
+    mode, _ = query_normalization(refs, False, mode_setting)
+    fields = normalize_query(blocks_of(tables, kind, query_ids), meta.loc[query_ids], None, refs, mode)
+    units = level_table(fields, refs.features, level)
+    return units, match(units, refs, level, 5)
+
+
+def unseen_compounds(tables, kind, meta, ref_ids, query_ids, quantile, mode_setting) -> dict[str, float]:
+    """Each compound withheld from the references in turn, its units on the query side answered."""
+    rows = {"field": [], "well": []}
+    for compound in sorted(meta["compound"].unique()):
+        kept = ref_ids[meta.loc[ref_ids, "compound"] != compound]
+        refs = build_references(blocks_of(tables, kind, kept), meta.loc[kept], None, kind, COLUMNS, quantile)
+        for level in rows:
+            units, calls = answered(refs, tables, kind, meta, query_ids, mode_setting, level)
+            mine = (units["compound"] == compound).to_numpy()
+            rows[level].append(pd.concat([units.loc[mine, ["moa"]].reset_index(drop=True),
+                                          calls[mine].reset_index(drop=True)], axis=1))  # fmt: skip
+    out = {}
+    for level, parts in rows.items():
+        table = pd.concat(parts, ignore_index=True)
+        right = (table["moa_call"].astype(object) == table["moa"]).to_numpy()
+        called = table["moa_call"].notna().to_numpy()
+        out[f"{level}_accuracy"] = float(right.mean())
+        out[f"{level}_nearest_moa"] = float((table["nearest_1_moa"] == table["moa"]).mean())
+        out[f"{level}_novel"] = float(table["novel"].astype(bool).mean())
+        out[f"{level}_mean_probability"] = float(table.loc[called, "moa_probability"].mean())
+        out[f"{level}_ece"] = expected_calibration_error(table.loc[called, "moa_probability"].to_numpy(), right[called])
+    return out
+
+
+def novel_mechanisms(tables, kind, meta, ref_ids, query_ids, quantile, mode_setting) -> dict[str, float]:
+    """Each mechanism withheld in turn: the share of its query wells flagged novel, and of the others'."""
+    withheld_novel, known_novel = [], []
+    for moa in sorted(meta["moa"].unique()):
+        kept = ref_ids[meta.loc[ref_ids, "moa"] != moa]
+        refs = build_references(blocks_of(tables, kind, kept), meta.loc[kept], None, kind, COLUMNS, quantile)
+        units, calls = answered(refs, tables, kind, meta, query_ids, mode_setting, "well")
+        novel = calls["novel"].astype(bool).to_numpy()
+        mine = (units["moa"] == moa).to_numpy()
+        withheld_novel.append(novel[mine].mean())
+        known_novel.append(novel[~mine])
+    return {"withheld_novel": float(np.mean(withheld_novel)), "known_novel": float(np.concatenate(known_novel).mean()),
+            "worst_withheld": float(np.min(withheld_novel))}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run")
+    parser.add_argument("--kinds", nargs="+", default=["auto", "measured", "deep", "both"])
+    parser.add_argument("--query-normalization", default="auto", choices=["auto", "references", "self"])
+    parser.add_argument("--quantile", type=float, default=load_config().references.novelty_quantile)
+    args = parser.parse_args()
+    run = RunFolder(args.run)
+    images = run.read_images()
+    cells = run.read_cells()
+    tables = {"measured": image_feature_table(cells, feature_columns(cells.columns)),
+              "deep": mean_embeddings(run, images["image_id"].astype(str).tolist())}  # fmt: skip
+    meta = image_meta(images, COLUMNS["treatment"], "Metadata_Compound", "Metadata_MoA")
+    replicate = images.set_index(images["image_id"].astype(str))["Metadata_Replicate"].astype(str)
+    print(f"run {args.run}: {len(images)} fields; query normalization {args.query_normalization}; "
+          f"novelty quantile {args.quantile}")  # fmt: skip
+    for reference_side, query_side in (("1", "2"), ("2", "1")):
+        ref_ids, query_ids = replicate.index[replicate == reference_side], replicate.index[replicate == query_side]
+        started = time.perf_counter()
+        candidates = {kind: build_references(blocks_of(tables, kind, ref_ids), meta.loc[ref_ids], None, kind,
+                                             COLUMNS, args.quantile) for kind in KIND_BLOCKS}  # fmt: skip
+        build_seconds = (time.perf_counter() - started) / len(candidates)
+        auto, why = choose_kind(candidates)
+        print(f"\nreferences replicate {reference_side} → queries replicate {query_side}"
+              f"{' (choose)' if reference_side == '1' else ''}; auto kind = {why}")  # fmt: skip
+        for kind in args.kinds:
+            chosen = auto if kind == "auto" else kind
+            started = time.perf_counter()
+            answered(candidates[chosen], tables, chosen, meta, query_ids, args.query_normalization, "well")
+            answer_seconds = time.perf_counter() - started
+            unseen = unseen_compounds(tables, chosen, meta, ref_ids, query_ids, args.quantile, args.query_normalization)
+            novel = novel_mechanisms(tables, chosen, meta, ref_ids, query_ids, args.quantile, args.query_normalization)
+            print(f"  {kind:>8} ({chosen}): unseen compounds moa_call per field {unseen['field_accuracy']:.3f}, "
+                  f"per well {unseen['well_accuracy']:.3f} (nearest mechanism {unseen['field_nearest_moa']:.3f} / "
+                  f"{unseen['well_nearest_moa']:.3f}; novel {unseen['field_novel']:.3f} / {unseen['well_novel']:.3f}); "
+                  f"mean probability {unseen['field_mean_probability']:.3f} / {unseen['well_mean_probability']:.3f}, "
+                  f"ECE {unseen['field_ece']:.3f} / {unseen['well_ece']:.3f}; novel mechanisms: withheld wells "
+                  f"flagged {novel['withheld_novel']:.3f} (worst mechanism {novel['worst_withheld']:.3f}), known "
+                  f"wells {novel['known_novel']:.3f}; build {build_seconds:.2f} s, answer {answer_seconds:.2f} s")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
