@@ -185,3 +185,56 @@ def test_references_without_a_mechanism_give_neighbours_and_say_why_there_is_no_
     units = level_table(refs.fields, refs.features, "well")
     called = match(units, refs, "well", 3)
     assert called["moa_call"].isna().all() and called["nearest_3"].notna().all()
+
+
+@pytest.fixture(scope="module")
+def tiny_prediction(tiny_demo, tiny_plates, tmp_path_factory):
+    """`cellresponse predict` of the tiny demo's bundle on its plates (DMSO wells on each): the output folder and
+    what the command printed."""
+    from tests.conftest import run_cli
+
+    demo, _ = tiny_demo
+    out = tmp_path_factory.mktemp("predicted") / "predicted"
+    result = run_cli(
+        "predict", demo / "run", "--load-data", tiny_plates / "load_data.csv", "--out", out, "--csv", "--no-progress"
+    )
+    return out, result.stdout + result.stderr
+
+
+def test_predict_answers_every_treatment_and_well_and_writes_the_report(tiny_prediction):
+    out, printed = tiny_prediction
+    calls = pd.read_parquet(out / "predictions" / "treatment_calls.parquet")
+    assert calls.loc[calls["control"], "treatment"].tolist() == ["DMSO"]
+    treated = calls[~calls["control"]]
+    assert len(treated) == 3 and treated["activity_q"].notna().all() and treated["active"].notna().all()
+    assert treated["activity_level"].eq("wells").all()  # one well per plate, two plates: replicate wells
+    assert {"nearest_1", "nearest_3_similarity", "moa_call", "moa_probability", "novel"} <= set(calls.columns)
+    # a known compound's nearest reference is itself
+    assert (treated["nearest_1"] == treated["treatment"]).all()
+    wells = pd.read_parquet(out / "predictions" / "well_predictions.parquet")
+    assert {"treatment", "active", "activity_q", "nearest_1", "moa_call", "moa_probability", "novel"} <= set(wells)
+    assert wells["nearest_1"].notna().all()
+    images = pd.read_parquet(out / "predictions" / "image_predictions.parquet")
+    assert images["best_similarity"].notna().all()
+    assert (out / "predictions" / "treatment_calls.csv").is_file()
+    assert " treatments: " in printed and "active" in printed
+    page = (out / "report" / "index.html").read_text()
+    assert "What the new treatments do" in page and page.count("<img") >= 3
+
+
+def test_a_bundle_made_before_references_predicts_and_says_so_in_one_line(tiny_demo, tiny_plates, tmp_path):
+    import shutil
+
+    from tests.conftest import run_cli
+
+    demo, _ = tiny_demo
+    bundle = tmp_path / "bundle"
+    shutil.copytree(demo / "run" / "model" / "bundle", bundle)
+    for name in ("references.json", "references.parquet"):
+        (bundle / name).unlink()
+    out = tmp_path / "old"
+    result = run_cli("predict", bundle, "--load-data", tiny_plates / "load_data.csv", "--out", out, "--no-progress")
+    printed = result.stdout + result.stderr
+    assert printed.count("keeps no reference profiles") == 1 and "retrain" in printed
+    assert (out / "predictions" / "well_predictions.parquet").is_file()
+    assert not (out / "predictions" / "treatment_calls.parquet").exists()

@@ -285,7 +285,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         plan = predict.prepare(args.bundle, out, image_source(args), overrides=cli_overrides(args), model=args.model)
     paths = predict.predict_images(plan, out, overwrite=args.overwrite, progress=not args.no_progress)
     if args.csv:
-        paths += predict.write_csv_copies([p for p in paths if p != out.cell_predictions])
+        paths += predict.write_csv_copies([p for p in paths if p != out.cell_predictions and p.suffix == ".parquet"])
     for path in paths:
         print(f"wrote {path}")
     return 0

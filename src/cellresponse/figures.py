@@ -159,3 +159,60 @@ def plot_confusion(confusion: dict[str, Any], path: Path, title: str, max_classe
     fig.colorbar(im, ax=ax, fraction=0.046, label="share of true class")
     fig.tight_layout()
     return save_png(fig, path, dpi=110)
+
+
+def profile_map(
+    references: tuple[np.ndarray, list[str]],
+    queries: tuple[np.ndarray, list[str], list[bool]],
+    path: str | Path,
+    axis_names: tuple[str, str] = ("PC 1", "PC 2"),
+) -> Path:
+    """A map of treatment profiles: ``references`` (2-D positions, mechanism of each) coloured by mechanism, the
+    new treatments (positions, names, novel flags) marked black (novel ones red) and named."""
+    (ref_xy, ref_groups), (query_xy, query_names, novel) = references, queries
+    fig = new_figure(9, 6.5)
+    ax = fig.subplots()
+    groups = sorted(set(ref_groups))
+    colours = [hsv_to_rgb((i / max(len(groups), 1), 0.65, 0.85)) for i in range(len(groups))]
+    for group, colour in zip(groups, colours, strict=True):
+        chosen = np.asarray(ref_groups) == group
+        ax.scatter(ref_xy[chosen, 0], ref_xy[chosen, 1], s=36, color=colour, alpha=0.75, label=group)
+    for (x, y), name, flag in zip(query_xy, query_names, novel, strict=True):
+        ax.scatter([x], [y], marker="X", s=90, color="red" if flag else "black")
+        ax.annotate(name, (x, y), xytext=(4, 4), textcoords="offset points", fontsize=7)
+    ax.scatter([], [], marker="X", color="black", label="new treatment")
+    ax.scatter([], [], marker="X", color="red", label="new, novel")
+    ax.set_xlabel(axis_names[0])
+    ax.set_ylabel(axis_names[1])
+    ax.legend(fontsize=8, loc="best", framealpha=0.8)
+    fig.tight_layout()
+    return save_png(fig, path, dpi=90)
+
+
+def similarity_heatmap(matrix: np.ndarray, rows: list[str], columns: list[str], path: str | Path) -> Path:
+    """New treatments (rows) against reference treatments (columns): cosine similarity, in the order given."""
+    fig = new_figure(min(2.5 + 0.22 * len(columns), 16), min(2.0 + 0.22 * len(rows), 14))
+    ax = fig.subplots()
+    shown = ax.imshow(matrix, cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto", interpolation="nearest")
+    ax.set_xticks(range(len(columns)), columns, rotation=90, fontsize=6)
+    ax.set_yticks(range(len(rows)), rows, fontsize=6)
+    fig.colorbar(shown, ax=ax, label="cosine similarity", shrink=0.6)
+    fig.tight_layout()
+    return save_png(fig, path, dpi=90)
+
+
+def cell_strips(rows: list[tuple[str, list[np.ndarray]]], path: str | Path, pixel_size_um: float | None = None) -> Path:
+    """Rows of cell crops (RGB, same side), each row titled; a scale bar on the first crop of each row."""
+    width = max((len(crops) for _, crops in rows), default=1)
+    fig = new_figure(1.3 * max(width, 1) + 0.5, 1.45 * len(rows))
+    axes = np.atleast_2d(fig.subplots(len(rows), max(width, 1), squeeze=False))
+    for (title, crops), row in zip(rows, axes, strict=True):
+        for i, ax in enumerate(row):
+            ax.axis("off")
+            if i < len(crops):
+                ax.imshow(crops[i], interpolation="nearest")
+                if i == 0:
+                    add_scale_bar(ax, crops[i].shape[1], crops[i].shape[0], pixel_size_um)
+        row[0].set_title(title, fontsize=8, loc="left")
+    fig.tight_layout()
+    return save_png(fig, path, dpi=90)

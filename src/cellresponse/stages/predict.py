@@ -34,12 +34,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cellresponse.bundle import Bundle, load_bundle, predict_cells
-from cellresponse.calls import FIELD_COLUMNS, WELL_COLUMNS, answer, summary
+from cellresponse.bundle import Bundle, find_bundle, load_bundle, predict_cells
+from cellresponse.calls import FIELD_COLUMNS, WELL_COLUMNS, Answers, answer, summary
 from cellresponse.config import WELL_TREATMENT, Config, apply_overrides
 from cellresponse.devices import device_name, inference_device
 from cellresponse.errors import InputError
 from cellresponse.io import atomic_path, write_parquet
+from cellresponse.measure import feature_columns
 from cellresponse.metrics import prediction_table, vote
 from cellresponse.plate import ImageSource, channel_names, group_keys
 from cellresponse.profiles import (
@@ -51,6 +52,7 @@ from cellresponse.profiles import (
 from cellresponse.references import (
     DEEP_PREFIX,
     image_meta,
+    level_table,
     negative_controls,
     normalize_query,
     profile_fields,
@@ -60,6 +62,7 @@ from cellresponse.runfolder import RunFolder
 from cellresponse.selection import MODEL_CHOICES, NETWORK
 from cellresponse.stages import crops, embed, images, measure, segment
 from cellresponse.store import CropStore
+from cellresponse.treatment_report import CellSource, build_treatment_report
 
 log = logging.getLogger(__name__)
 
@@ -336,10 +339,48 @@ def answer_open_world(plan: PredictionPlan, out: RunFolder, cells: pd.DataFrame,
             config.input.control_label,
         )
     write_parquet(out.treatment_calls, answers.treatments)
+    report = open_world_report(plan, out, answers, fields, cells, meta)
     add_columns(out.well_predictions, answers.wells, ["plate", "well"], WELL_COLUMNS)
     add_columns(out.image_predictions, answers.fields, ["image_id"], FIELD_COLUMNS)
     log.info(summary(answers, references.calibration, references.columns.get("moa")))
-    return [out.treatment_calls]
+    log.info("report: %s", report)
+    return [out.treatment_calls, report]
+
+
+def reference_cells(plan: PredictionPlan) -> CellSource | None:
+    """The training run's images and cells, where the run folder is still around the bundle (crops of the
+    references' cells for the report); None otherwise."""
+    references = plan.bundle.references
+    root = find_bundle(plan.bundle_path).parent.parent
+    run = RunFolder(root)
+    if not (run.images.is_file() and run.cells.is_file()):
+        return None
+    images = run.read_images()
+    columns = references.columns
+    try:
+        meta = image_meta(images, columns["treatment"], columns.get("compound"), columns.get("moa"))
+    except KeyError:
+        return None
+    return CellSource(images, run.read_cells(), meta["treatment"], channel_names(images))
+
+
+def open_world_report(
+    plan: PredictionPlan,
+    out: RunFolder,
+    answers: Answers,
+    fields: pd.DataFrame,
+    cells: pd.DataFrame,
+    meta: pd.DataFrame,
+) -> Path:
+    """``DIR/report/index.html``: the treatment calls in pictures (treatment_report.py)."""
+    references = plan.bundle.references
+    query = CellSource(plan.images, cells, meta["treatment"], channel_names(plan.images))
+    side = int((plan.bundle.meta.get("embedding") or {}).get("window") or 48)
+    strips = (query, reference_cells(plan), feature_columns(cells.columns), side)
+    treatments = level_table(fields, references.features, "treatment")
+    return build_treatment_report(
+        out.report, answers.treatments, references, treatments, strips, plan.config.input.pixel_size_um
+    )
 
 
 @dataclass(frozen=True)
@@ -351,6 +392,7 @@ class PredictionPlan:
     model: str
     device: torch.device
     images: pd.DataFrame  # the image table prepare wrote and checked
+    bundle_path: Path  # where the bundle was given (its training run's folder may be around it)
 
 
 def prepare(
@@ -371,7 +413,7 @@ def prepare(
     table = out.read_images()
     names = channel_names(table)
     check_compatible(bundle.channels, names, bundle.crop_settings, crops.crop_settings(config, names))
-    return PredictionPlan(bundle, config, model, device, table)
+    return PredictionPlan(bundle, config, model, device, table, Path(bundle_path))
 
 
 def predict_images(

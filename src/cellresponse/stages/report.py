@@ -8,7 +8,6 @@ segmentation looked like (Figure 1 panels). Works on partial runs: sections with
 
 from __future__ import annotations
 
-import base64
 import html
 import json
 import re
@@ -21,6 +20,7 @@ import pandas as pd
 from cellresponse.baselines import compare_with_baseline
 from cellresponse.config import Config
 from cellresponse.figures import plot_confusion, plot_history, treatment_panels
+from cellresponse.htmlpage import CSS, html_table, inline_png
 from cellresponse.io import read_tiff, write_text
 from cellresponse.metrics import per_class_from_confusion, wrong_calls_sentence
 from cellresponse.plate import channel_names
@@ -31,31 +31,7 @@ from cellresponse.stages import PIPELINE
 from cellresponse.stages.segment import segmentation_inputs
 
 FIGURE1_PANELS = 3
-CSS = (
-    "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-    "table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
-    "th{background:#f2f2f2}td:first-child{text-align:left}img{max-width:100%;margin:.3em 0}"
-    ".note{background:#fff6d6;border-left:4px solid #e0b000;padding:.5em 1em}"
-    ".good{background:#e6f5e6;border-left:4px solid #3a3;padding:.5em 1em}pre{background:#f7f7f7;padding:1em;"
-    "overflow:auto;font-size:12px}"
-)
 METRIC_HEADER = ["level", "vote", "accuracy", "balanced acc.", "top-{k}", "chance", "majority", "features-only", "n"]
-
-
-def _img(path: Path, alt: str) -> str:
-    data = base64.b64encode(Path(path).read_bytes()).decode()
-    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}" title="{html.escape(path.name)}">'
-
-
-def _table(header: list[str], rows: list[list[Any]]) -> str:
-    def cell(v: Any) -> str:
-        if isinstance(v, float):
-            return "—" if np.isnan(v) else f"{v:.3f}"
-        return html.escape(str(v))
-
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def top_k_key(block: dict[str, Any]) -> str | None:
@@ -141,7 +117,12 @@ def section_data(run: RunFolder, summaries: dict[str, dict[str, Any]]) -> list[s
     diameter = segment.get("median_diameter")
     counts[-1][1] = f"{diameter:.1f}" if isinstance(diameter, float) else "—"
     timings = [[stage, f"{summary['seconds']:.1f}"] for stage, summary in summaries.items() if "seconds" in summary]
-    return ["<h2>Data</h2>", _table(["", "value"], counts), "<h2>Timings</h2>", _table(["stage", "seconds"], timings)]
+    return [
+        "<h2>Data</h2>",
+        html_table(["", "value"], counts),
+        "<h2>Timings</h2>",
+        html_table(["stage", "seconds"], timings),
+    ]
 
 
 def model_choice_rows(metrics: dict[str, Any]) -> list[list[Any]]:
@@ -241,11 +222,11 @@ def section_calls_per_class(metrics: dict[str, Any], vote: str, out: Path) -> li
     which = f"{vote} vote" if name == NETWORK else f"the {name} model"
     said = "" if name == NETWORK else f" — the {html.escape(name)} profile model, which <code>predict</code> uses"
     png = plot_confusion(block["confusion"], out / "confusion_image.png", f"images, {which}")
-    parts = [f"<h2>Confusion matrix (images){said}</h2>", _img(png, "confusion matrix")]
+    parts = [f"<h2>Confusion matrix (images){said}</h2>", inline_png(png, "confusion matrix")]
     parts += [f"<p class='note'>{html.escape(note)}</p>" for note in never_predicted(block)]
     header, rows = per_class_rows(metrics, name, block, vote)
     if rows:
-        parts += [f"<h2>Per-class accuracy (images){said}</h2>", _table(header, rows)]
+        parts += [f"<h2>Per-class accuracy (images){said}</h2>", html_table(header, rows)]
     return parts
 
 
@@ -268,7 +249,7 @@ def section_model_choice(metrics: dict[str, Any]) -> list[str]:
         "test acc. (wells)",
         "mean probability of the image calls",
     ]
-    parts.append(_table(header, model_choice_rows(metrics)))
+    parts.append(html_table(header, model_choice_rows(metrics)))
     parts.append(
         "<p class='note'>A model whose calls are right as often as their mean probability says can be taken at its "
         "word. The profile models' probabilities are tempered on held-out non-test images (the LDA alone is sure "
@@ -302,7 +283,7 @@ def section_wrong_calls(metrics: dict[str, Any]) -> list[str]:
             ]
         )
     header = ["model", "wrong images", f"of them same {column}", f"{column} acc. (images)", f"{column} acc. (wells)"]
-    return ["<h2>Where the wrong calls go</h2>", f"<p>{html.escape(sentence)}</p>", _table(header, rows)]
+    return ["<h2>Where the wrong calls go</h2>", f"<p>{html.escape(sentence)}</p>", html_table(header, rows)]
 
 
 def section_results(metrics: dict[str, Any], out: Path) -> list[str]:
@@ -323,7 +304,7 @@ def section_results(metrics: dict[str, Any], out: Path) -> list[str]:
             f"{metrics['chance_rate']:.3f}, always-the-most-common-class {metrics['majority_rate']:.3f}. "
         )
         + f"{html.escape(compare_with_baseline(metrics, vote))}.</p>",
-        _table([h.format(k=k) for h in METRIC_HEADER], metrics_rows(metrics)),
+        html_table([h.format(k=k) for h in METRIC_HEADER], metrics_rows(metrics)),
         "<p>Chance = 1 / classes; majority = accuracy of always answering the most common class; "
         "features-only = "
         + html.escape(metrics.get("baseline_features", {}).get("model", "the features-only model"))
@@ -381,7 +362,7 @@ def section_profiles(profiles: dict[str, Any]) -> list[str]:
         "treatments whose nearest treatment among <i>other compounds</i> has the same mechanism (Ljosa et al. "
         "2013); replicate / MoA mAP = copairs' mean average precision of finding the same treatment's wells / the "
         "same mechanism's treatments, with the share retrieved at FDR 0.05.</p>",
-        _table([*header, "retrieved"], rows),
+        html_table([*header, "retrieved"], rows),
         notes,
     ]
 
@@ -434,8 +415,8 @@ def section_training(history: list[dict[str, float]], out: Path) -> list[str]:
     ]
     return [
         "<h2>Training history (per epoch)</h2>",
-        _img(png, "training curves"),
-        _table(["epoch", "train loss", "train acc.", "val loss", "val acc.", "lr", "seconds"], rows),
+        inline_png(png, "training curves"),
+        html_table(["epoch", "train loss", "train acc.", "val loss", "val acc.", "lr", "seconds"], rows),
     ]
 
 
@@ -485,11 +466,11 @@ def section_segmentation(run: RunFolder, config: Config, out: Path) -> list[str]
                 f"<h2>{html.escape(title)}</h2>",
                 f"<p>One field each (segmentation input, and the cells found); {html.escape(what)}. Scale bar in "
                 f"{html.escape(scale)}</p>",
-                _img(png, "control and treatments"),
+                inline_png(png, "control and treatments"),
             ]
     figures = sorted(run.figures.glob("*.png"))[:1] if run.figures.exists() else []
     if figures:
-        parts += ["<h2>Segmentation, step by step (the study's Figure 1)</h2>", _img(figures[0], "Figure 1")]
+        parts += ["<h2>Segmentation, step by step (the study's Figure 1)</h2>", inline_png(figures[0], "Figure 1")]
     return parts
 
 

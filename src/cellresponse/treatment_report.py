@@ -1,0 +1,196 @@
+"""The prediction report, ``DIR/report/index.html``: what each new treatment does — pictures first, tables after.
+
+1. the counts: treatments active / not active / not scored, novel, called per mechanism;
+2. a map of treatment profiles (PCA fitted on the references): references coloured by mechanism, new treatments
+   marked (novel ones red);
+3. a clustered similarity heat map of the new treatments against the reference treatments they come close to;
+4. for each new treatment (up to :data:`STRIPS`), representative cells beside those of its best reference (crops of
+   the training run's images where its folder is still beside the bundle), with a scale bar;
+5. the treatment calls as a table, then how the references were calibrated.
+
+UMAP is left out on purpose: with tens of references a PCA shows the same groups, without a dependency.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.cluster.hierarchy import leaves_list, linkage
+from sklearn.decomposition import PCA
+
+from cellresponse.channels import load_stack
+from cellresponse.figures import cell_strips, profile_map, similarity_heatmap
+from cellresponse.htmlpage import html_table, inline_png, page
+from cellresponse.io import write_text
+from cellresponse.references import References, cosine, treatment_table
+from cellresponse.transforms import normalize_percentile
+
+STRIPS = 8  # new treatments shown with their cells
+CELLS = 6  # cells per strip
+HEATMAP_ROWS = 40
+
+
+@dataclass(frozen=True)
+class CellSource:
+    """Where a treatment's cells can be cut from: an image table (channel paths), its cell table (centroids and
+    features) and each image's treatment."""
+
+    images: pd.DataFrame
+    cells: pd.DataFrame
+    treatment_of: pd.Series  # index image_id
+    channels: list[str]
+
+
+def representative_cells(source: CellSource, treatment: str, n: int, features: list[str]) -> pd.DataFrame:
+    """The ``n`` cells of a treatment closest to its median cell (features standardised over the treatment)."""
+    ids = set(source.treatment_of.index[source.treatment_of == treatment])
+    cells = source.cells[source.cells["image_id"].astype(str).isin(ids)]
+    if cells.empty:
+        return cells
+    x = cells[features].to_numpy(np.float64)
+    x = (x - np.nanmean(x, 0)) / np.where(np.nanstd(x, 0) > 0, np.nanstd(x, 0), 1)
+    distance = np.nansum(x**2, axis=1)
+    return cells.iloc[np.argsort(distance, kind="stable")[:n]]
+
+
+def cell_crops(source: CellSource, cells: pd.DataFrame, side: int) -> list[np.ndarray]:
+    """RGB crops (the first three channels, each scaled to its field's 1st–99th percentile) centred on cells."""
+    crops = []
+    rows = source.images.set_index(source.images["image_id"].astype(str))
+    for image_id, group in cells.groupby(cells["image_id"].astype(str)):
+        stack = load_stack(rows.loc[image_id].to_dict(), source.channels)
+        shown = np.stack([normalize_percentile(stack[min(i, len(stack) - 1)]) for i in range(3)], axis=-1)
+        padded = np.pad(shown, ((side, side), (side, side), (0, 0)))
+        for y, x in zip(group["centroid_y"].astype(int), group["centroid_x"].astype(int), strict=True):
+            crops.append(padded[y + side // 2 : y + side // 2 + side, x + side // 2 : x + side // 2 + side])
+    return crops
+
+
+def strip_rows(
+    treatments: pd.DataFrame, query: CellSource, reference: CellSource | None, features: list[str], side: int
+) -> list[tuple[str, list[np.ndarray]]]:
+    """For each shown new treatment, a row of its cells and one of its best reference's."""
+    rows = []
+    for row in treatments.head(STRIPS).itertuples():
+        cells = representative_cells(query, row.treatment, CELLS, features)
+        rows.append((f"new: {row.treatment}", cell_crops(query, cells, side)))
+        if reference is not None:
+            best = representative_cells(reference, row.nearest_1, CELLS, features)
+            rows.append((f"  its nearest reference: {row.nearest_1}", cell_crops(reference, best, side)))
+    return [(title, crops) for title, crops in rows if crops]
+
+
+def counts_section(calls: pd.DataFrame, calibration: dict[str, Any]) -> list[str]:
+    treated = calls[~calls["control"]]
+    active = treated["active"]
+    rows = [
+        ["treatments (negative controls left out)", len(treated)],
+        ["active (q < FDR)", int(active.fillna(False).sum())],
+        ["not active", int((active == False).sum())],  # noqa: E712 (a nullable boolean: NA stays out)
+        ["activity not scored", int(active.isna().sum())],
+        ["novel (nothing in the references matches)", int(treated["novel"].fillna(False).sum())],
+        ["given a mechanism call", int(treated["moa_call"].notna().sum())],
+    ]
+    rows += [[f"  called {name}", n] for name, n in treated["moa_call"].dropna().value_counts().items()]
+    well = calibration.get("well", {})
+    said = (
+        f"Mechanism calls of this kind were right on {well['accuracy']:.3f} of the reference wells when their "
+        f"compound was left out of the references ({well['units']} wells; mean probability claimed "
+        f"{well['mean_probability']:.2f}): read each call's probability against that."
+        if well.get("accuracy") is not None
+        else html.escape(str(well.get("skipped", "no calibration")))
+    )
+    return ["<h2>What the new treatments do</h2>", html_table(["", "count"], rows), f"<p>{said}</p>"]
+
+
+def map_section(calls: pd.DataFrame, references: References, query_treatments: pd.DataFrame, out: Path) -> list[str]:
+    """PCA map and clustered similarity heat map."""
+    features = references.features
+    refs = treatment_table(references.fields, features)
+    new = query_treatments[~query_treatments["treatment"].isin(set(calls.loc[calls["control"], "treatment"]))]
+    if new.empty or len(refs) < 3:
+        return []
+    pca = PCA(n_components=2, random_state=0).fit(refs[features].to_numpy())
+    novel = new["treatment"].map(calls.set_index("treatment")["novel"]).fillna(False).astype(bool).tolist()
+    moa = refs["moa"].astype(str).tolist() if references.has_moa else ["reference"] * len(refs)
+    explained = pca.explained_variance_ratio_
+    map_png = profile_map(
+        (pca.transform(refs[features].to_numpy()), moa),
+        (pca.transform(new[features].to_numpy()), new["treatment"].astype(str).tolist(), novel),
+        out / "treatment_map.png",
+        (f"PC 1 ({explained[0]:.0%})", f"PC 2 ({explained[1]:.0%})"),
+    )
+    shown = new.head(HEATMAP_ROWS)
+    similarity = cosine(shown[features].to_numpy(), refs[features].to_numpy())
+    close = np.unique(np.argsort(-similarity, axis=1)[:, :3])
+    matrix = similarity[:, close]
+    row_order = leaves_list(linkage(matrix, "average")) if len(matrix) > 2 else np.arange(len(matrix))
+    column_order = leaves_list(linkage(matrix.T, "average")) if matrix.shape[1] > 2 else np.arange(matrix.shape[1])
+    names = (refs["treatment"].astype(str) + (" · " + refs["moa"].astype(str) if references.has_moa else "")).to_numpy()
+    heat_png = similarity_heatmap(
+        matrix[np.ix_(row_order, column_order)],
+        shown["treatment"].astype(str).to_numpy()[row_order].tolist(),
+        names[close][column_order].tolist(),
+        out / "similarity.png",
+    )
+    return [
+        "<h2>Where the new treatments sit among the references</h2>",
+        "<p>Treatment profiles projected on the references' first two principal components; references coloured by "
+        "mechanism, new treatments as crosses (red: novel).</p>",
+        inline_png(map_png, "map of treatment profiles"),
+        "<h2>Similarity to the closest references</h2>",
+        f"<p>Cosine similarity of {len(shown)} new treatments to each one's three closest reference treatments, "
+        "rows and columns clustered (average linkage).</p>",
+        inline_png(heat_png, "similarity heat map"),
+    ]
+
+
+def calls_table(calls: pd.DataFrame, moa_column: str | None) -> str:
+    columns = ["treatment", *([moa_column] if moa_column in calls else []), "active", "activity_q", "activity_level"]
+    columns += ["moa_call", "moa_probability", "novel", "nearest_1", "nearest_1_similarity", "nearest_2"]
+    treated = calls[~calls["control"]]
+    return html_table(columns, treated[columns].astype(object).where(treated[columns].notna(), None).values.tolist())
+
+
+def build_treatment_report(
+    out: Path,
+    calls: pd.DataFrame,
+    references: References,
+    query_treatments: pd.DataFrame,
+    strips: tuple[CellSource, CellSource | None, list[str], int] | None,
+    pixel_size_um: float | None = None,
+) -> Path:
+    """Write ``out/index.html`` (and its PNGs): ``calls`` the treatment calls, ``query_treatments`` the new
+    treatments' normalised profiles, ``strips`` where to cut cells from (query, reference or None, the cell
+    features that pick representative cells, the crop side in pixels)."""
+    out.mkdir(parents=True, exist_ok=True)
+    parts = ["<h1>cellresponse — what the new treatments do</h1>"]
+    parts += counts_section(calls, references.calibration)
+    parts += map_section(calls, references, query_treatments, out)
+    treated = calls[~calls["control"]].sort_values(["novel", "moa_probability"], ascending=[False, False])
+    if strips is not None:
+        query, reference, features, side = strips
+        rows = strip_rows(treated, query, reference, features, side)
+        if rows:
+            missing = "" if reference is not None else " (the training run's images are not beside the bundle)"
+            parts += [
+                "<h2>Cells of the new treatments and of their nearest reference</h2>",
+                f"<p>The {CELLS} cells closest to each treatment's median cell{html.escape(missing)}.</p>",
+                inline_png(cell_strips(rows, out / "cells.png", pixel_size_um), "representative cells"),
+            ]
+    parts += ["<h2>Treatment calls</h2>", calls_table(treated, references.columns.get("moa"))]
+    rows = [[level, *(c.get(k) for k in ("units", "accuracy", "mean_probability", "temperature", "novelty_threshold"))]
+            for level, c in references.calibration.items()]  # fmt: skip
+    parts += [
+        "<h2>How the references were calibrated</h2>",
+        f"<p>{html.escape(references.kind)} profiles of {references.fields['treatment'].nunique()} reference "
+        "treatments; each reference compound left out in turn and queried against the others.</p>",
+        html_table(["level", "units", "accuracy", "mean probability", "temperature", "novel below"], rows),
+    ]
+    write_text(out / "index.html", page("cellresponse — treatment calls", parts))
+    return out / "index.html"
