@@ -35,6 +35,7 @@ from cellresponse.references import (
     build_references,
     choose_kind,
     image_meta,
+    leave_one_compound_out,
     level_table,
     match,
     normalize_query,
@@ -42,6 +43,16 @@ from cellresponse.references import (
 )
 from cellresponse.runfolder import RunFolder
 from cellresponse.stages.embed import mean_embeddings
+
+SWEEP = (0.05, 0.1, 0.25, 0.5)  # novelty quantiles whose trade-off is printed
+
+
+def thresholds(refs) -> dict[float, float]:
+    """The well-level novelty threshold each quantile of :data:`SWEEP` would give these references."""
+    same = leave_one_compound_out(refs, "well")["same_moa_similarity"].to_numpy()
+    same = same[np.isfinite(same)]
+    return {q: float(np.quantile(same, q)) for q in SWEEP}
+
 
 KIND_BLOCKS = {"measured": ["measured"], "deep": ["deep"], "both": ["measured", "deep"]}
 COLUMNS = {
@@ -65,7 +76,7 @@ def blocks_of(tables: dict[str, pd.DataFrame], kind: str, ids: pd.Index) -> dict
 
 
 def answered(refs, tables, kind, meta, query_ids, mode_setting, level):
-    mode, _ = query_normalization(refs, False, mode_setting)
+    mode, _ = query_normalization(refs, False, mode_setting, meta.loc[query_ids, "treatment"].nunique())
     fields = normalize_query(blocks_of(tables, kind, query_ids), meta.loc[query_ids], None, refs, mode)
     units = level_table(fields, refs.features, level)
     return units, match(units, refs, level, 5)
@@ -74,12 +85,17 @@ def answered(refs, tables, kind, meta, query_ids, mode_setting, level):
 def unseen_compounds(tables, kind, meta, ref_ids, query_ids, quantile, mode_setting) -> dict[str, float]:
     """Each compound withheld from the references in turn, its units on the query side answered."""
     rows = {"field": [], "well": []}
+    swept: dict[float, list[bool]] = {}
     for compound in sorted(meta["compound"].unique()):
         kept = ref_ids[meta.loc[ref_ids, "compound"] != compound]
         refs = build_references(blocks_of(tables, kind, kept), meta.loc[kept], None, kind, COLUMNS, quantile)
         for level in rows:
             units, calls = answered(refs, tables, kind, meta, query_ids, mode_setting, level)
             mine = (units["compound"] == compound).to_numpy()
+            if level == "well":
+                limits = thresholds(refs)
+                for q in SWEEP:
+                    swept.setdefault(q, []).extend(calls.loc[mine, "best_similarity"] < limits[q])
             rows[level].append(pd.concat([units.loc[mine, ["moa"]].reset_index(drop=True),
                                           calls[mine].reset_index(drop=True)], axis=1))  # fmt: skip
     out = {}
@@ -92,12 +108,14 @@ def unseen_compounds(tables, kind, meta, ref_ids, query_ids, quantile, mode_sett
         out[f"{level}_novel"] = float(table["novel"].astype(bool).mean())
         out[f"{level}_mean_probability"] = float(table.loc[called, "moa_probability"].mean())
         out[f"{level}_ece"] = expected_calibration_error(table.loc[called, "moa_probability"].to_numpy(), right[called])
+    out["swept_novel"] = {q: float(np.mean(flags)) for q, flags in swept.items()}
     return out
 
 
 def novel_mechanisms(tables, kind, meta, ref_ids, query_ids, quantile, mode_setting) -> dict[str, float]:
     """Each mechanism withheld in turn: the share of its query wells flagged novel, and of the others'."""
     withheld_novel, known_novel = [], []
+    swept: dict[float, list[float]] = {}
     for moa in sorted(meta["moa"].unique()):
         kept = ref_ids[meta.loc[ref_ids, "moa"] != moa]
         refs = build_references(blocks_of(tables, kind, kept), meta.loc[kept], None, kind, COLUMNS, quantile)
@@ -106,8 +124,12 @@ def novel_mechanisms(tables, kind, meta, ref_ids, query_ids, quantile, mode_sett
         mine = (units["moa"] == moa).to_numpy()
         withheld_novel.append(novel[mine].mean())
         known_novel.append(novel[~mine])
+        limits = thresholds(refs)
+        for q in SWEEP:
+            swept.setdefault(q, []).append(float((calls.loc[mine, "best_similarity"] < limits[q]).mean()))
     return {"withheld_novel": float(np.mean(withheld_novel)), "known_novel": float(np.concatenate(known_novel).mean()),
-            "worst_withheld": float(np.min(withheld_novel))}  # fmt: skip
+            "worst_withheld": float(np.min(withheld_novel)),
+            "swept_withheld": {q: float(np.mean(v)) for q, v in swept.items()}}  # fmt: skip
 
 
 def main() -> None:
@@ -148,7 +170,11 @@ def main() -> None:
                   f"mean probability {unseen['field_mean_probability']:.3f} / {unseen['well_mean_probability']:.3f}, "
                   f"ECE {unseen['field_ece']:.3f} / {unseen['well_ece']:.3f}; novel mechanisms: withheld wells "
                   f"flagged {novel['withheld_novel']:.3f} (worst mechanism {novel['worst_withheld']:.3f}), known "
-                  f"wells {novel['known_novel']:.3f}; build {build_seconds:.2f} s, answer {answer_seconds:.2f} s")  # fmt: skip
+                  f"wells {novel['known_novel']:.3f}; build {build_seconds:.2f} s, "
+                  f"answer {answer_seconds:.2f} s")  # fmt: skip
+            sweep = "; ".join(f"{q:g}: withheld mechanisms {novel['swept_withheld'][q]:.3f}, unseen compounds of "
+                              f"known ones {unseen['swept_novel'][q]:.3f}" for q in SWEEP)  # fmt: skip
+            print(f"           novelty_quantile → wells flagged novel: {sweep}")
 
 
 if __name__ == "__main__":

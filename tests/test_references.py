@@ -238,3 +238,19 @@ def test_a_bundle_made_before_references_predicts_and_says_so_in_one_line(tiny_d
     assert printed.count("keeps no reference profiles") == 1 and "retrain" in printed
     assert (out / "predictions" / "well_predictions.parquet").is_file()
     assert not (out / "predictions" / "treatment_calls.parquet").exists()
+
+
+def test_without_a_mechanism_the_summary_says_why_there_is_no_call():
+    from cellresponse.calls import summary
+
+    blocks, images = reference_plate()
+    meta = image_meta(images, ["Metadata_Compound"], "Metadata_Compound", None)
+    refs = build_references(blocks, meta, None, "measured", {"moa": None}, 0.05)
+    query_blocks, query_images = plate([("actin-0", "1", "actin", 2)], seed=12, plate_name="Q")
+    query_meta = image_meta(query_images, ["Metadata_Compound"], "Metadata_Compound", None)
+    fields = normalize_query(query_blocks, query_meta, None, refs, "references")
+    raw, _ = profile_fields(query_blocks, query_meta)
+    answers = answer(fields, raw, refs, None, neighbours=3, fdr=0.05)
+    line = summary(answers, refs.calibration)
+    assert "no moa_call: the references have no mechanism column" in line and "0 called" in line
+    assert answers.treatments["nearest_1"].tolist() == ["actin-0"]

@@ -139,6 +139,8 @@ def summary(answers: Answers, calibration: dict, moa_column: str | None = None) 
     if len(calls):
         line += " — " + ", ".join(f"{name} ({n})" for name, n in calls.head(5).items())
     well = calibration.get("well", {})
+    if well.get("skipped"):
+        line += f"; no moa_call: {well['skipped']}"
     if well.get("accuracy") is not None:
         line += (
             f"; such calls were right on {well['accuracy']:.3f} of reference wells left out "

@@ -12,7 +12,8 @@ import pandas as pd
 
 CSS = (
     "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-    "table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+    "table{border-collapse:collapse;margin:.6em 0;max-width:100%}"
+    "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
     "th{background:#f2f2f2}td:first-child{text-align:left}img{max-width:100%;margin:.3em 0}"
     ".note{background:#fff6d6;border-left:4px solid #e0b000;padding:.5em 1em}"
     ".good{background:#e6f5e6;border-left:4px solid #3a3;padding:.5em 1em}pre{background:#f7f7f7;padding:1em;"

@@ -44,13 +44,41 @@ def _called_right(model: dict[str, Any], features: pd.DataFrame, labels: pd.Seri
     return int(np.sum(logits.argmax(axis=1) == codes)), (logits, codes)
 
 
+def cross_validated(
+    kind: str, train: pd.DataFrame, y_train: pd.Series, labels: pd.Series, wells: pd.Series
+) -> tuple[int, int, int, list[tuple]]:
+    """Grouped ``FOLDS``-fold cross-validation of a kind's profile model over the training images (folds by well,
+    so sites of one well never score each other): images called right, images scored, folds, and each fold's
+    held-out logits and true columns (for the temperature)."""
+    groups = wells.loc[train.index].to_numpy()
+    folds = min(FOLDS, len(set(groups)))
+    if folds < 2:
+        return 0, 0, folds, []
+    correct = scored = 0
+    held_out = []
+    for fit_rows, score_rows in GroupKFold(folds).split(train, groups=groups):
+        fit_labels = y_train.iloc[fit_rows]
+        # an image whose class has no other well cannot be scored: its fold holds the class's only well
+        score_rows = score_rows[y_train.iloc[score_rows].isin(set(fit_labels)).to_numpy()]
+        if why_no_features_model(fit_labels) or not len(score_rows):
+            continue
+        model = fit_features_model(train.iloc[fit_rows], fit_labels.to_numpy(), kind)
+        right, logits = _called_right(model, train.iloc[score_rows], labels)
+        correct += right
+        scored += len(score_rows)
+        held_out.append(logits)
+    return correct, scored, folds, held_out
+
+
 def profile_validation_scores(
     tables: dict[str, pd.DataFrame], labels: pd.Series, sides: pd.Series, wells: pd.Series
 ) -> dict[str, dict[str, Any]]:
     """Per profile kind, the image accuracy of its model on held-out non-test images: fitted on the training side
-    and scored on the validation side, or (no validation side) grouped ``FOLDS``-fold cross-validation over the
-    training side; and the ``temperature`` those held-out images fit (1 where none were scored).
-    ``labels``, ``sides`` and ``wells`` are indexed by image id; test images are never read."""
+    and scored on the validation side, or (no validation side) by grouped cross-validation over the training side
+    (:func:`cross_validated`); and the ``temperature`` fitted on every held-out image there is — the validation side
+    *and* the training side's out-of-fold images, pooled (``calibration_images``): a validation side of a few
+    images alone cannot tell a model that is right by luck from one that is right. ``labels``, ``sides`` and
+    ``wells`` are indexed by image id; test images are never read."""
     scores: dict[str, dict[str, Any]] = {}
     for kind, table in tables.items():
         side = sides.reindex(table.index)
@@ -58,41 +86,24 @@ def profile_validation_scores(
         y_train = labels.loc[train.index].astype(str)
         if why := why_no_features_model(y_train):
             scores[kind] = {"accuracy": None, "skipped": why}
-        elif len(validation):
-            right, held_out = _called_right(fit_features_model(train, y_train.to_numpy(), kind), validation, labels)
-            scores[kind] = {
-                "accuracy": right / len(validation),
-                "images": len(validation),
-                "temperature": fit_temperature([held_out]),
-            }
+            continue
+        correct, scored, folds, held_out = cross_validated(kind, train, y_train, labels, wells)
+        if len(validation):
+            right, logits = _called_right(fit_features_model(train, y_train.to_numpy(), kind), validation, labels)
+            scores[kind] = {"accuracy": right / len(validation), "images": len(validation)}
+            held_out = [logits, *held_out]
+        elif scored:
+            scores[kind] = {"accuracy": correct / scored, "images": scored, "folds": folds}
         else:
-            groups = wells.loc[train.index].to_numpy()
-            folds = min(FOLDS, len(set(groups)))
-            if folds < 2:
-                scores[kind] = {"accuracy": None, "skipped": "one well on the training side: nothing to cross-validate"}
-                continue
-            correct = scored = 0
-            folds_held_out = []
-            for fit_rows, score_rows in GroupKFold(folds).split(train, groups=groups):
-                fit_labels = y_train.iloc[fit_rows]
-                # an image whose class has no other well cannot be scored: its fold holds the class's only well
-                score_rows = score_rows[y_train.iloc[score_rows].isin(set(fit_labels)).to_numpy()]
-                if why_no_features_model(fit_labels) or not len(score_rows):
-                    continue
-                model = fit_features_model(train.iloc[fit_rows], fit_labels.to_numpy(), kind)
-                right, held_out = _called_right(model, train.iloc[score_rows], labels)
-                correct += right
-                scored += len(score_rows)
-                folds_held_out.append(held_out)
-            if not scored:
-                scores[kind] = {"accuracy": None, "skipped": "no class has two wells on the training side"}
-                continue
-            scores[kind] = {
-                "accuracy": correct / scored,
-                "images": scored,
-                "folds": folds,
-                "temperature": fit_temperature(folds_held_out),
-            }
+            why = (
+                "one well on the training side: nothing to cross-validate"
+                if folds < 2
+                else "no class has two wells on the training side"
+            )
+            scores[kind] = {"accuracy": None, "skipped": why}
+            continue
+        scores[kind]["temperature"] = fit_temperature(held_out)
+        scores[kind]["calibration_images"] = int(sum(len(codes) for _, codes in held_out))
     return scores
 
 
@@ -170,6 +181,8 @@ def auto_summary(choice: dict[str, Any], metrics: dict[str, Any], vote_name: str
         "model": chosen,
         "scored_on": choice["scored_on"],
         "validation": {kind: s.get("accuracy") for kind, s in choice["scores"].items()},
+        "validation_images": {kind: s.get("images") for kind, s in choice["scores"].items()},
+        "calibration_images": {kind: s.get("calibration_images") for kind, s in choice["scores"].items()},
         "test": test,
         "sentence": sentence,
     }

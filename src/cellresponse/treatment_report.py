@@ -151,10 +151,30 @@ def map_section(calls: pd.DataFrame, references: References, query_treatments: p
 
 
 def calls_table(calls: pd.DataFrame, moa_column: str | None) -> str:
-    columns = ["treatment", *([moa_column] if moa_column in calls else []), "active", "activity_q", "activity_level"]
-    columns += ["moa_call", "moa_probability", "novel", "nearest_1", "nearest_1_similarity", "nearest_2"]
-    treated = calls[~calls["control"]]
-    return html_table(columns, treated[columns].astype(object).where(treated[columns].notna(), None).values.tolist())
+    """The treatment calls, one row each, compact enough for a page: activity with its q, the mechanism call with its
+    probability, novelty and the two nearest references with their similarity."""
+
+    def activity(row: Any) -> str:
+        if pd.isna(row.active):
+            return f"not scored ({row.activity_level})" if isinstance(row.activity_level, str) else "—"
+        return f"{'yes' if row.active else 'no'} (q {row.activity_q:.3g}, {row.activity_level})"
+
+    def nearest(row: Any) -> str:
+        return "; ".join(
+            f"{getattr(row, f'nearest_{i}')} ({getattr(row, f'nearest_{i}_similarity'):.2f})"
+            for i in (1, 2)
+            if f"nearest_{i}" in calls and isinstance(getattr(row, f"nearest_{i}"), str)
+        )
+
+    given = moa_column if moa_column in calls else None
+    rows = []
+    for row in calls.rename(columns={given: "given"} if given else {}).itertuples():
+        call = "—" if pd.isna(row.moa_call) else f"{row.moa_call} ({row.moa_probability:.2f})"
+        rows.append(
+            [row.treatment, *([row.given] if given else []), activity(row), call, bool(row.novel), nearest(row)]
+        )
+    header = ["treatment", *([given] if given else []), "active", "mechanism (probability)", "novel", "nearest"]
+    return html_table(header, rows)
 
 
 def build_treatment_report(

@@ -66,6 +66,8 @@ from cellresponse.treatment_report import CellSource, build_treatment_report
 
 log = logging.getLogger(__name__)
 
+# A validation side of fewer images than this chose the model on little evidence: predict's summary says so.
+SMALL_SIDE = 30
 # Settings a user may change for prediction: how it runs, not what the model sees.
 RUNTIME_KEYS = (
     "runtime.",
@@ -189,8 +191,13 @@ def well_calls_summary(
     if validation and validation.get("accuracy") is not None:
         line += (
             f" (on the bundle's validation side this model called {validation['accuracy']:.3f} of "
-            f"{validation.get('images', 'its')} images right)"
+            f"{validation.get('images', 'its')} images right"
         )
+        if validation.get("calibration_images"):
+            line += f"; its probabilities tempered on {validation['calibration_images']} held-out images"
+        line += ")"
+        if validation.get("images", SMALL_SIDE) < SMALL_SIDE:
+            line += f" — chosen on only {validation['images']} images: read its probabilities with care"
     if group_column is not None and f"predicted_{group_column}" in calls:
         # what the called compounds do: the wells per group (a label without one, such as the control, not counted)
         groups = calls[f"predicted_{group_column}"].value_counts()
@@ -325,7 +332,10 @@ def answer_open_world(plan: PredictionPlan, out: RunFolder, cells: pd.DataFrame,
     meta = image_meta(table, treatment, compound, moa)
     controls = negative_controls(table, [config.input.label, compound], config.input.control_label)
     r = config.references
-    mode, why = query_normalization(references, controls is not None, r.query_normalization)
+    treated = (
+        meta["treatment"][~meta.index.isin(controls.index[controls])] if controls is not None else meta["treatment"]
+    )
+    mode, why = query_normalization(references, controls is not None, r.query_normalization, treated.nunique())
     log.info(why)
     fields = normalize_query(blocks, meta, controls, references, mode)
     raw, _ = profile_fields(blocks, meta)

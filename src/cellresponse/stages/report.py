@@ -138,8 +138,11 @@ def model_choice_rows(metrics: dict[str, Any]) -> list[list[Any]]:
         test = {lvl: blocks.get(lvl, {}).get("accuracy", nan) for lvl in ("image", "well")}
         sure = call_probability(metrics, kind)
         name = f"{kind} ← auto" if kind == auto.get("model") else kind
-        row = [name, what, nan if accuracy is None else accuracy, test["image"], test["well"]]
-        rows.append([*row, nan if sure is None else sure])
+        chosen_on = auto.get("validation_images", {}).get(kind)
+        tempered_on = auto.get("calibration_images", {}).get(kind)
+        row = [name, what, nan if accuracy is None else accuracy, "—" if chosen_on is None else chosen_on]
+        row += [test["image"], test["well"], nan if sure is None else sure, "—" if tempered_on is None else tempered_on]
+        rows.append(row)
     return rows
 
 
@@ -245,15 +248,18 @@ def section_model_choice(metrics: dict[str, Any]) -> list[str]:
         "model",
         "what",
         "validation acc.",
+        "held-out images that chose",
         "test acc. (images)",
         "test acc. (wells)",
         "mean probability of the image calls",
+        "held-out images that tempered it",
     ]
     parts.append(html_table(header, model_choice_rows(metrics)))
     parts.append(
         "<p class='note'>A model whose calls are right as often as their mean probability says can be taken at its "
-        "word. The profile models' probabilities are tempered on held-out non-test images (the LDA alone is sure "
-        "of nearly every call, wrong ones included); the network's are the mean of its cells' probabilities, which "
+        "word. The profile models' probabilities are tempered on every held-out non-test image — the validation "
+        "side and the training side's out-of-fold images, pooled (the LDA alone is sure of nearly every call, wrong "
+        "ones included); the network's are the mean of its cells' probabilities, which "
         "say how sure its cells are, not how often a field's vote is right.</p>"
     )
     if metrics.get("embeddings_verdict"):

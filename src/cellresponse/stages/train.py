@@ -262,6 +262,19 @@ def reference_profiles(
     return candidates[kind]
 
 
+def bundle_extras(
+    run: RunFolder, config: Config, images: pd.DataFrame, val_side: str, epoch: int | None, embedded: bool
+) -> dict[str, Any]:
+    """What bundle.json keeps beside the network: the validation side, the best epoch, the frozen embedding's
+    settings (for the deep profile models) and the labels' grouping."""
+    return {
+        "validation_side": val_side,
+        "best_checkpoint_epoch": epoch,
+        "embedding": frozen_embedding_settings(run) if embedded else None,
+        "label_grouping": grouping_record(label_grouping_of(images, config.input.label, config)),
+    }
+
+
 def out_of_memory_advice(config: Config, error: BaseException) -> str:
     """One line for a GPU that ran out of memory: what ran, what to change (the study's float32 at batch 512
     took 89 GiB on an H200 and did not fit an 80 GB H100; bf16-mixed took 45 GiB)."""
@@ -340,12 +353,7 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
         crop_settings(config, names),
         names,
         label_to_target(images, config),
-        extra={
-            "validation_side": val_side,
-            "best_checkpoint_epoch": checkpoint.get("epoch"),
-            "embedding": frozen_embedding_settings(run) if "deep" in tables else None,
-            "label_grouping": grouping_record(label_grouping_of(images, config.input.label, config)),
-        },
+        extra=bundle_extras(run, config, images, val_side, checkpoint.get("epoch"), "deep" in tables),
         profile_models=profile_models(tables, labels, side_of, temperatures),
         references=reference_profiles(tables, table, side_of, config),
     )
