@@ -202,17 +202,27 @@ def similarity_heatmap(matrix: np.ndarray, rows: list[str], columns: list[str], 
 
 
 def cell_strips(rows: list[tuple[str, list[np.ndarray]]], path: str | Path, pixel_size_um: float | None = None) -> Path:
-    """Rows of cell crops (RGB, same side), each row titled; a scale bar on the first crop of each row."""
-    width = max((len(crops) for _, crops in rows), default=1)
-    fig = new_figure(1.3 * max(width, 1) + 0.5, 1.45 * len(rows))
-    axes = np.atleast_2d(fig.subplots(len(rows), max(width, 1), squeeze=False))
-    for (title, crops), row in zip(rows, axes, strict=True):
-        for i, ax in enumerate(row):
-            ax.axis("off")
-            if i < len(crops):
-                ax.imshow(crops[i], interpolation="nearest")
-                if i == 0:
-                    add_scale_bar(ax, crops[i].shape[1], crops[i].shape[0], pixel_size_um)
-        row[0].set_title(title, fontsize=8, loc="left")
-    fig.tight_layout()
+    """Rows of cell crops (RGB, same side), each row titled, drawn as one mosaic (one image, not a panel per crop:
+    a hundred panels cost matplotlib seconds); a scale bar on the first crop of each row."""
+    side = max(crop.shape[0] for _, crops in rows for crop in crops)
+    width = max(len(crops) for _, crops in rows)
+    gap, title = max(side // 12, 2), max(side // 3, 12)
+    mosaic = np.ones((len(rows) * (side + title), width * (side + gap), 3), np.float32)
+    for r, (_, crops) in enumerate(rows):
+        top = r * (side + title) + title
+        for c, crop in enumerate(crops):
+            left = c * (side + gap)
+            mosaic[top : top + crop.shape[0], left : left + crop.shape[1]] = crop[..., :3]
+    fig = new_figure(min(1.1 * width + 0.4, 12), min(1.1 * len(rows) * (side + title) / side + 0.3, 40))
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.axis("off")
+    length = scale_bar_length(side)
+    label = f"{length * pixel_size_um:g} µm" if pixel_size_um else f"{length} px"
+    for r, (name, _) in enumerate(rows):
+        top = r * (side + title)
+        ax.text(2, top + title * 0.8, name, fontsize=8, va="bottom")
+        y = top + title + side * 0.92
+        ax.plot([side * 0.95 - length, side * 0.95], [y, y], color="white", linewidth=2.5, solid_capstyle="butt")
+        ax.text(side * 0.95 - length / 2, y - side * 0.04, label, color="white", fontsize=6, ha="center", va="bottom")
     return save_png(fig, path, dpi=90)
