@@ -32,6 +32,27 @@ def test_a_misspelt_label_is_refused_before_segmentation_and_leaves_nothing(tiny
     assert not run.exists()  # a refused command leaves no run folder behind
 
 
+@pytest.mark.parametrize(
+    "flags, near",
+    [
+        (["--split-column", "Metadata_Plat", "--test-values", "P1"], "Metadata_Plate"),
+        (["--set", "profiles.batch=Metadata_Plat"], "Metadata_Plate"),
+        (["--set", "profiles.moa=Metadata_targt"], "Metadata_target"),
+    ],
+)
+def test_a_misspelt_split_or_profile_column_is_refused_before_segmentation(tiny_plates, tmp_path, flags, near):
+    """Every column a command names is checked before any image work (a misspelt --split-column used to run
+    segment, measure, crops and embed first)."""
+    run = tmp_path / "run"
+    result = run_cli(
+        "run", "--load-data", tiny_plates / "load_data.csv", *flags, "--out", run, "--workers", "0",
+        "--no-progress", check=False,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert f"did you mean {near}?" in result.stderr
+    assert "segmentation backend" not in result.stderr and not run.exists()
+
+
 def test_a_misspelt_config_key_names_the_near_one(tiny_plates, tmp_path):
     result = run_cli("config", "show", "--set", "training.max_epoch=3", check=False)
     assert result.returncode == 2 and "did you mean training.max_epochs?" in result.stderr
@@ -269,3 +290,14 @@ def test_the_mechanism_column_is_found_or_the_reason_it_is_not_is_given():
     assert "--set profiles.compound" in mechanism_benchmark_skipped("Metadata_MoA", "Metadata_MoA", columns)
     assert "['Metadata_pathway']" in mechanism_benchmark_skipped("Metadata_pathway", "Metadata_Compound", columns)
     assert mechanism_benchmark_skipped("Metadata_MoA", "Metadata_Compound", columns) is None
+
+
+def test_a_mistyped_run_folder_is_said_not_to_exist(tmp_path):
+    for verb in ("segment", "report", "train"):
+        result = run_cli(verb, tmp_path / "runs" / "typo", "--no-progress", check=False)
+        assert result.returncode == 2 and "does not exist — check the path" in result.stderr, result.stderr
+        assert "run images first" not in result.stderr and "missing" not in result.stderr
+
+
+def test_every_verb_accepts_no_progress():
+    assert run_cli("config", "show", "--no-progress").stdout.startswith("seed:")

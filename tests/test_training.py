@@ -375,3 +375,39 @@ def test_trainer_takes_precision_and_determinism_from_the_config(tmp_path):
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
         torch.backends.cudnn.benchmark = False
+
+
+def test_ctrl_c_in_train_says_how_to_resume_and_exits_130(tiny_demo, tmp_path):
+    """Ctrl-C (SIGINT) while the network trains: the same line and exit status as the other stages (Lightning's
+    own answer is exit 1 and nothing said), and the rerun resumes without a checkpoint-folder warning."""
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import run_cli
+
+    demo, _ = tiny_demo
+    run = tmp_path / "run"
+    shutil.copytree(demo / "run", run)
+    shutil.rmtree(run / "model")
+    command = [sys.executable, "-m", "cellresponse.cli", "train", str(run), "--no-progress"]
+    process = subprocess.Popen(
+        [*command, "--set", "training.max_epochs=200", "--set", "training.patience=200"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and not (run / "model" / "history.csv").exists() and process.poll() is None:
+        time.sleep(0.2)
+    if process.poll() is not None:
+        pytest.skip("train finished before the interrupt could land")
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-2000:]
+    assert "interrupted" in stderr and "rerun the same command to resume" in stderr
+    resumed = run_cli("train", run, "--no-progress", "--set", "training.max_epochs=2")
+    assert "exists and is not empty" not in resumed.stderr + resumed.stdout
+    assert (run / "model" / "bundle" / "bundle.json").is_file()

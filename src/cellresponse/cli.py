@@ -404,6 +404,11 @@ def demo_extra(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
+def no_progress_flag(parser: argparse.ArgumentParser) -> None:
+    """``--no-progress`` on a verb that shows no bars (report, config show), so one flag works with every verb."""
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars (accepted by every verb)")
+
+
 def config_extra(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="config_verb", metavar="ACTION", required=True)
     show = actions.add_parser("show", help="print the resolved config (YAML)")
@@ -411,6 +416,7 @@ def config_extra(parser: argparse.ArgumentParser) -> None:
     show.add_argument("--preset", choices=sorted(PRESETS), help="study, cpu or finetune")
     show.add_argument("--config", type=Path, help="YAML config file")
     _set_flag(show)
+    no_progress_flag(show)
     show.set_defaults(func=cmd_config)
 
 
@@ -456,7 +462,12 @@ VERBS = (
         (evaluate_extra, config_flags, model_flags, runtime_flags),
         cmd_evaluate,
     ),
-    Verb("report", "the HTML report: RUN/report/index.html", (run_folder_argument, verbose_flag), cmd_report),
+    Verb(
+        "report",
+        "the HTML report: RUN/report/index.html",
+        (run_folder_argument, verbose_flag, no_progress_flag),
+        cmd_report,
+    ),
     Verb(
         "predict",
         "predict new plates with a model bundle",
@@ -507,7 +518,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; finished images are kept, rerun the same command to resume", file=sys.stderr)
+        print(
+            "interrupted; finished work is kept (images, checkpoints), rerun the same command to resume",
+            file=sys.stderr,
+        )
         return 130
 
 

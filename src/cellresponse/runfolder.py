@@ -153,7 +153,13 @@ class RunFolder:
         return self
 
     def require(self, path: Path, stage: str) -> Path:
-        """``path`` if it exists, else one line naming the command that makes it."""
+        """``path`` if it exists, else one line naming the command that makes it (or saying that the run folder
+        itself does not exist: a mistyped path is not a run that lacks a stage)."""
+        if not self.root.exists():
+            raise InputError(
+                f"run folder {self.root} does not exist — check the path (a new run starts with `cellresponse run` "
+                "or `cellresponse images`)"
+            )
         if not path.exists():
             command = MAKES.get(stage, f"cellresponse {stage} {{root}}").format(root=self.root)
             raise InputError(f"{path} is missing — run `{command}` first")

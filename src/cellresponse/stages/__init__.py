@@ -45,13 +45,20 @@ def run_stage(
 
 
 def check_stage_inputs(run: RunFolder, config: Config, stages: tuple[str, ...]) -> None:
-    """The columns the given stages will need, checked on the image table before any image work: the label for
-    train/evaluate, the treatment/compound/MoA columns for profile (a misspelt --label used to fail only after
-    segmentation, measurement and crops)."""
+    """The columns the given stages will need, checked on the image table before any image work: the label and the
+    split column for train/evaluate, the treatment, compound, mechanism and batch columns for profile (a misspelt
+    --split-column used to fail only after segmentation, measurement, crops and embeddings: nine minutes on
+    BBBC021-moa)."""
     table = run.read_images()
     if {"train", "evaluate"} & set(stages):
         check_label(table, config.input.label)
+        if config.split.by == "column" and config.split.column:
+            check_columns(table, [config.split.column], "split", "split.column (--split-column)")
     if "profile" in stages:
+        p = config.profiles
+        named_columns = [c for c in (p.batch, p.moa if p.moa != "auto" else None) if c]
+        named_columns += [p.compound] if p.compound not in (None, "auto") else []
+        check_columns(table, named_columns, "profiles", "profiles.batch / profiles.moa / profiles.compound")
         named = [*table.columns, *WELL_TREATMENT]  # the image table's plate and well are the profiles' Metadata_*
         check_columns(
             table,

@@ -328,6 +328,12 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
         trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
     except torch.OutOfMemoryError as error:
         raise ResourceError(out_of_memory_advice(config, error)) from None
+    except SystemExit:
+        # Lightning answers Ctrl-C by saving nothing more and exiting with status 1; the CLI says "interrupted,
+        # rerun to resume" and exits 130 for a KeyboardInterrupt, as every other stage does.
+        if trainer.interrupted:
+            raise KeyboardInterrupt from None
+        raise
     if not trainer.is_global_zero:
         return {}
     best = run.best_checkpoint if run.best_checkpoint.exists() else run.last_checkpoint
