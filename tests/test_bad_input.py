@@ -225,7 +225,7 @@ def test_image_without_cells_is_recorded(tiny_plates, tmp_path):
 
 
 def test_gpu_out_of_memory_ends_in_one_line_saying_what_to_change(cropped_tiny, tmp_path, capsys, monkeypatch):
-    """The study's float32 at batch 512 did not fit an 80 GB H100 (README 'Training on a GPU'): the user gets one
+    """The study's float32 at batch 512 did not fit an 80 GB H100 (docs/benchmarks.md): the user gets one
     line naming bf16-mixed and a smaller batch, not a CUDA traceback."""
     from cellresponse.stages import train
 

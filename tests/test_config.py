@@ -34,7 +34,7 @@ def test_presets_layer_on_the_defaults():
     assert (cpu.training.weight_decay, cpu.training.step_size) == (study.training.weight_decay, 2)
     finetune = load_config(preset="finetune")
     assert (finetune.crops.recipe, finetune.model.pretrained) == ("fluorescence", "imagenet")
-    # README "Which model predicts"
+    # docs/results.md "Which model predicts"
     assert finetune.embedding.mode == "per_channel" and Config().embedding.mode == "rgb"
 
 

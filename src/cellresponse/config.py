@@ -135,7 +135,7 @@ class TrainingConfig(_Section):
         "32-true",
         description="Lightning precision. The study trained in float32; bf16-mixed runs the network in bfloat16 on "
         "GPUs that have it (A100, H100): 2,239 vs 1,627 cells/s and half the memory on an H200 at the study's "
-        "settings (README 'Training on a GPU').",
+        "settings (docs/benchmarks.md).",
     )
     # Deterministic mode warns rather than raises on an op without a deterministic CUDA kernel (torch's docs list
     # some, adaptive pooling's backward among them), so such an op cannot stop a long GPU run. This network has
@@ -143,7 +143,7 @@ class TrainingConfig(_Section):
     deterministic: bool = Field(
         True,
         description="Deterministic kernels (a seed gives the same run on a CPU). false: cuDNN picks the fastest "
-        "kernels — 1,627 vs 1,206 cells/s in float32 on an H200 (README 'Training on a GPU').",
+        "kernels — 1,627 vs 1,206 cells/s in float32 on an H200 (docs/benchmarks.md).",
     )
     accelerator: str = "auto"
     devices: int | str = "auto"
@@ -351,7 +351,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "evaluation": {"vote": "majority"},
         "measurement": {"intensity_channels": [], "extended": False},
     },
-    # Small and fast for 2 CPU cores; each value measured on the shared sets (README "Defaults and why").
+    # Small and fast for 2 CPU cores; each value measured on the shared sets (docs/design.md "Defaults and why").
     "cpu": {
         "crops": {"store_size": 32, "size": 32, "padding": 0.5},
         # From scratch on a CPU: 1e-3 reached 0.60 validation accuracy in 8 epochs where 1e-4 reached 0.38
@@ -386,7 +386,7 @@ def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 # The network fine-tuned from ImageNet on the fluorescence (issue 15): the cpu preset, but crops that show the
 # stains to an ImageNet-initialised Lite0, upsampled to 48 px, at a lower rate. Chosen on the validation side of
 # BBBC021-moa, train replicate 1 (one run each): validation cell accuracy 0.799 after 3 epochs vs 0.671 for the
-# cpu preset's from-scratch mask_flow network after 4 (README "Which model predicts"). Its frozen embeddings show
+# cpu preset's from-scratch mask_flow network after 4 (docs/results.md). Its frozen embeddings show
 # each channel as its own grey image: chosen on the direction train replicate 1 → test replicate 2 (compound per
 # field: deep 0.773 vs 0.718 with rgb, both 0.768 vs 0.709; MoA both 1.000 vs 0.986) at three times rgb's embedding
 # time (414 vs 180 s for 46,849 cells), which this preset can afford and the defaults (300 cells/s) cannot.
@@ -396,7 +396,7 @@ PRESETS["finetune"] = _deep_merge(
         "crops": {"recipe": "fluorescence", "size": 48},
         "model": {"backbone": "efficientnet-lite0", "pretrained": "imagenet"},
         "embedding": {"mode": "per_channel"},
-        # measured on BBBC021-moa without the cpu preset's cell cap (its README numbers), so none here
+        # measured on BBBC021-moa without the cpu preset's cell cap (its numbers in docs/results.md), so none here
         "training": {"learning_rate": 3e-4, "max_epochs": 3, "max_cells_per_image": None},
     },
 )

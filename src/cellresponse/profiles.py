@@ -28,7 +28,7 @@ from cellresponse.errors import InputError
 
 # Per-image profile of the cell features: their distribution over the field's cells, not only the mean,
 # because a treatment often shifts a subpopulation (mitotic, apoptotic cells) more than the average.
-# Measured on BBBC021-moa leave-replicate-out (benchmarks/features_ablation.py, README), same features and
+# Measured on BBBC021-moa leave-replicate-out (benchmarks/features_ablation.py, docs/design.md), same features and
 # classifier: mean only → compound 0.595 / 0.641 per field; mean, sd and five quantiles → 0.714 / 0.800.
 PROFILE_STATISTICS = ("mean", "std", "q05", "q25", "q50", "q75", "q95")
 FEATURES_MODEL = (

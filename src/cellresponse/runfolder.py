@@ -1,4 +1,4 @@
-"""The run folder: every path of its documented layout, in one place (README "Output files").
+"""The run folder: every path of its documented layout, in one place (docs/design.md "Output files").
 
     RUN/config.yaml                  resolved config of the run
     RUN/images.parquet               the image table (plate.py)

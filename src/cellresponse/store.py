@@ -15,7 +15,7 @@ without touching the rest.
 
 Why not zarr: a zarr 3 array per image (1-cell chunks, one shard per image, Blosc zstd) read a random 64-cell
 batch of 32-px crops in 166-200 ms on this machine — its per-call overhead is milliseconds — where this format
-reads a random 64-cell batch of 96-px crops in 9 ms (README "A whole plate on a small machine"). The codec is
+reads a random 64-cell batch of 96-px crops in 9 ms (docs/benchmarks.md). The codec is
 numcodecs', the field's (zarr's own).
 """
 
