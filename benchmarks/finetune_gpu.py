@@ -51,7 +51,8 @@ PROFILES = [
 # Candidates, fixed before any run: the preset's 48-px input and the frozen embeddings' 96 px (the preset already
 # flips and turns the crops: `augment` is on in the cpu preset it builds on), each trained until early stopping
 # (patience 3 on validation loss, at most 12 epochs, the rate halved every 4 epochs), in bfloat16
-# (docs/benchmarks.md "Training on a GPU"). Six runs side by side, each loading in its training process, trained ~560 cells/s each on an H200
+# (docs/benchmarks.md "Training on a GPU"). Six runs side by side, each loading in its training process, trained
+# ~560 cells/s each on an H200
 # (37 s an epoch, 2026-11-26); two runs at 96 px with two loader workers each, ~800 cells/s each on an H100 (26 s an
 # epoch): the loaders, not the GPU, set the pace. `evaluate` ran the network on the CPU in both runs (since fixed).
 SCHEDULE = [
