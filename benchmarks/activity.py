@@ -21,10 +21,10 @@ import argparse
 import numpy as np
 import pandas as pd
 
-from cellresponse.calls import activity_table
-from cellresponse.measure import feature_columns
-from cellresponse.profiles import image_feature_table
-from cellresponse.references import (
+from cellresponse.features.cell_features import feature_columns
+from cellresponse.input.runfolder import RunFolder
+from cellresponse.profiling.profile_models import image_feature_table
+from cellresponse.profiling.references import (
     References,
     fit_normalization,
     image_meta,
@@ -32,7 +32,7 @@ from cellresponse.references import (
     profile_fields,
     well_table,
 )
-from cellresponse.runfolder import RunFolder
+from cellresponse.profiling.treatment_calls import activity_table
 from cellresponse.stages.embed import mean_embeddings
 
 TREATMENT = ["Metadata_Compound", "Metadata_Concentration"]

@@ -29,12 +29,12 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import log_loss
 
-from cellresponse.baselines import features_baseline
 from cellresponse.config import load_config
-from cellresponse.plate import labelled_images
-from cellresponse.profiles import features_model_probabilities
-from cellresponse.runfolder import RunFolder
-from cellresponse.splits import TEST, assign_split
+from cellresponse.input.plate import labelled_images
+from cellresponse.input.runfolder import RunFolder
+from cellresponse.learning.baselines import features_baseline
+from cellresponse.learning.splits import TEST, assign_split
+from cellresponse.profiling.profile_models import features_model_probabilities
 from cellresponse.stages.profile import profile_tables
 from cellresponse.stages.train import profile_models, profile_scores
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 
 from cellresponse.config import Config, load_config
-from cellresponse.runfolder import RunFolder
-from cellresponse.splits import assign_split, downsample_control
+from cellresponse.input.runfolder import RunFolder
+from cellresponse.learning.splits import assign_split, downsample_control
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 STUDY_FIELDS = 2867  # fields of the study's plate BR00116991
@@ -27,7 +27,7 @@ def subset_csv(source: Path, n: int, folder: Path) -> Path:
 def prepared_run(source: Path, n: int, folder: Path, config: Config, stages: tuple[str, ...]) -> RunFolder:
     """A run folder of the first ``n`` images of a load_data.csv, through ``images`` and then ``stages`` (names of
     per-image stages, in order) in this process, without progress bars."""
-    from cellresponse.plate import ImageSource
+    from cellresponse.input.plate import ImageSource
     from cellresponse.stages import crops, images, measure, segment
 
     modules = {"segment": segment, "measure": measure, "crops": crops}

@@ -15,7 +15,7 @@ import torch
 from common import SHARED, prepared_run
 
 from cellresponse.config import load_config
-from cellresponse.embeddings import Embedder
+from cellresponse.networks.embeddings import Embedder
 from cellresponse.stages import embed as embed_stage
 
 DEFAULT_DATA = SHARED / "bbbc021-moa" / "load_data.csv"

@@ -33,8 +33,8 @@ import numpy as np
 import pandas as pd
 from common import SHARED
 
-from cellresponse.measure import EXTENDED_PREFIXES, FEATURES, feature_columns
-from cellresponse.profiles import features_model_probabilities, fit_features_model, image_feature_table
+from cellresponse.features.cell_features import EXTENDED_PREFIXES, FEATURES, feature_columns
+from cellresponse.profiling.profile_models import features_model_probabilities, fit_features_model, image_feature_table
 
 LABELS = ("Metadata_MoA", "Metadata_Compound")
 

@@ -20,12 +20,12 @@ import time
 import numpy as np
 import torch
 
-from cellresponse.bundle import predict_probabilities
 from cellresponse.config import Config
 from cellresponse.devices import inference_device
-from cellresponse.embeddings import Embedder
-from cellresponse.model import CellResponseNet
-from cellresponse.store import CHANNELS
+from cellresponse.features.crop_store import CHANNELS
+from cellresponse.learning.bundle import predict_probabilities
+from cellresponse.networks.embeddings import Embedder
+from cellresponse.networks.model import CellResponseNet
 
 
 class ArrayStore:

@@ -30,8 +30,8 @@ import torch
 from common import SHARED, prepared_run
 
 from cellresponse.config import Config, load_config
-from cellresponse.store import CropStore
-from cellresponse.training import CellDataModule, CellResponseModule, CellSet, build_trainer, make_loader
+from cellresponse.features.crop_store import CropStore
+from cellresponse.learning.training import CellDataModule, CellResponseModule, CellSet, build_trainer, make_loader
 
 N_FEATURES, N_CLASSES = 12, 250
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

@@ -20,10 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from cellresponse.bundle import find_bundle
 from cellresponse.config import apply_overrides
-from cellresponse.references import save_references
-from cellresponse.runfolder import RunFolder
+from cellresponse.input.runfolder import RunFolder
+from cellresponse.learning.bundle import find_bundle
+from cellresponse.profiling.references import save_references
 from cellresponse.stages.profile import profile_tables
 from cellresponse.stages.train import reference_profiles
 

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from cellresponse.aggregation import TREATMENT, treatment_profiles
 from cellresponse.config import load_config
-from cellresponse.retrieval import nsc_accuracy
-from cellresponse.runfolder import RunFolder
+from cellresponse.input.runfolder import RunFolder
+from cellresponse.profiling.profile_benchmarks import nsc_accuracy
+from cellresponse.profiling.well_profiles import TREATMENT, treatment_profiles
 from cellresponse.stages.profile import combined_profiles, image_metadata, image_tables, normalized_wells
 
 SETTINGS = [

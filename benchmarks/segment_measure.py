@@ -26,14 +26,14 @@ import numpy as np
 from common import SHARED, subset_csv
 from skimage.measure import regionprops_table
 
-from cellresponse.cellpose_backend import cellpose_weights_available
-from cellresponse.channels import apply_recipe, load_stack
 from cellresponse.config import load_config
-from cellresponse.io import read_tiff
-from cellresponse.measure import PROPERTIES
-from cellresponse.plate import ImageSource, channel_names
-from cellresponse.runfolder import RunFolder
-from cellresponse.segmentation import Segmenter
+from cellresponse.features.cell_features import PROPERTIES
+from cellresponse.input.channels import apply_recipe, load_stack
+from cellresponse.input.io import read_tiff
+from cellresponse.input.plate import ImageSource, channel_names
+from cellresponse.input.runfolder import RunFolder
+from cellresponse.segmentation.cellpose_backend import cellpose_weights_available
+from cellresponse.segmentation.offline import Segmenter
 from cellresponse.stages import images as images_stage
 from cellresponse.stages import segment as segment_stage
 from cellresponse.stages.measure import measure_one

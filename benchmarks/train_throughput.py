@@ -21,15 +21,15 @@ import pandas as pd
 import torch
 from common import SHARED, prepared_run
 
-from cellresponse.channels import apply_recipe, load_stack
 from cellresponse.config import load_config
-from cellresponse.crops import cell_crops
-from cellresponse.io import read_parquet, read_tiff
-from cellresponse.plate import channel_names
-from cellresponse.runfolder import RunFolder
-from cellresponse.store import CropStore
-from cellresponse.training import CellResponseModule, CellSet, make_loader
-from cellresponse.transforms import flow_planes, prepare_batch, to_unit
+from cellresponse.features.crop_store import CropStore
+from cellresponse.features.crops import cell_crops
+from cellresponse.input.channels import apply_recipe, load_stack
+from cellresponse.input.io import read_parquet, read_tiff
+from cellresponse.input.plate import channel_names
+from cellresponse.input.runfolder import RunFolder
+from cellresponse.input.transforms import flow_planes, prepare_batch, to_unit
+from cellresponse.learning.training import CellResponseModule, CellSet, make_loader
 
 DEFAULT_DATA = SHARED / "bbbc021-moa" / "load_data.csv"
 

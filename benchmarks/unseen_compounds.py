@@ -29,9 +29,10 @@ import numpy as np
 import pandas as pd
 
 from cellresponse.config import load_config
-from cellresponse.measure import feature_columns
-from cellresponse.profiles import image_feature_table
-from cellresponse.references import (
+from cellresponse.features.cell_features import feature_columns
+from cellresponse.input.runfolder import RunFolder
+from cellresponse.profiling.profile_models import image_feature_table
+from cellresponse.profiling.references import (
     build_references,
     choose_kind,
     image_meta,
@@ -41,7 +42,6 @@ from cellresponse.references import (
     normalize_query,
     query_normalization,
 )
-from cellresponse.runfolder import RunFolder
 from cellresponse.stages.embed import mean_embeddings
 
 SWEEP = (0.05, 0.1, 0.25, 0.5)  # novelty quantiles whose trade-off is printed

@@ -22,8 +22,8 @@ def shared(*parts: str) -> Path:
 
 
 def synthetic_plates(tmp_path_factory, name: str, **spec) -> Path:
-    """Write synthetic plates (cellresponse.synth) into a fresh temporary folder."""
-    from cellresponse.synth import SynthSpec, make_plates
+    """Write synthetic plates (cellresponse.input.synth) into a fresh temporary folder."""
+    from cellresponse.input.synth import SynthSpec, make_plates
 
     out = tmp_path_factory.mktemp(name)
     make_plates(out, SynthSpec(**spec))

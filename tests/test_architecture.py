@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 import cellresponse
-from cellresponse.runfolder import RunFolder
+from cellresponse.input.runfolder import RunFolder
 from cellresponse.stages import PIPELINE, stage_module
 
 MODULES = sorted(m.name for m in pkgutil.walk_packages(cellresponse.__path__, "cellresponse."))
@@ -80,9 +80,13 @@ def test_run_folder_tables_have_string_ids(tmp_path):
 
 
 def test_missing_input_names_a_command_that_works(tmp_path):
-    """The suggested command for a missing image table is one that can be typed as is (it needs --out)."""
+    """The suggested command for a missing image table is one that can be typed as is (it needs --out); a run folder
+    that does not exist at all is said not to exist (a mistyped path is not a run that lacks a stage)."""
+    (tmp_path / "run").mkdir()
     with pytest.raises(cellresponse.errors.InputError, match=r"--out .*run`"):
         RunFolder(tmp_path / "run").read_images()
+    with pytest.raises(cellresponse.errors.InputError, match="does not exist"):
+        RunFolder(tmp_path / "typo").read_images()
 
 
 def test_report_shows_top_k_whatever_k_is():
@@ -98,7 +102,7 @@ def test_report_shows_top_k_whatever_k_is():
 
 def test_seed_everything_leaves_pythonhashseed_alone(monkeypatch):
     """Setting PYTHONHASHSEED after the interpreter started has no effect; the old code set it anyway."""
-    from cellresponse.training import seed_everything
+    from cellresponse.learning.training import seed_everything
 
     monkeypatch.delenv("PYTHONHASHSEED", raising=False)
     seed_everything(3)

@@ -3,7 +3,9 @@ import pandas as pd
 import pytest
 import tifffile
 
-from cellresponse.channels import (
+from cellresponse.config import ChannelRecipe
+from cellresponse.errors import InputError
+from cellresponse.input.channels import (
     SELECTION_MEDIAN_MAX_CHANNELS,
     apply_recipe,
     channel_median,
@@ -11,9 +13,7 @@ from cellresponse.channels import (
     load_stack,
     resolve_channel,
 )
-from cellresponse.config import ChannelRecipe
-from cellresponse.errors import InputError
-from cellresponse.plate import ImageSource, build_image_table, channel_names
+from cellresponse.input.plate import ImageSource, build_image_table, channel_names
 from tests.conftest import shared
 
 NAMES = ["ch1", "ch2", "ch3", "ch4", "ch5"]

@@ -6,12 +6,12 @@ import numpy as np
 import pandas as pd
 from skimage.transform import resize
 
-from cellresponse.crops import cell_crops, cut_square, resize_square, square_boxes
-from cellresponse.io import read_tiff
-from cellresponse.runfolder import RunFolder
-from cellresponse.segmentation import flows_from_masks
-from cellresponse.store import CropStore
-from cellresponse.transforms import flow_planes
+from cellresponse.features.crop_store import CropStore
+from cellresponse.features.crops import cell_crops, cut_square, resize_square, square_boxes
+from cellresponse.input.io import read_tiff
+from cellresponse.input.runfolder import RunFolder
+from cellresponse.input.transforms import flow_planes
+from cellresponse.segmentation.offline import flows_from_masks
 
 
 def test_square_box_is_centred_on_the_bbox_and_covers_it():

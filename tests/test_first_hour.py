@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from cellresponse.baselines import compare_with_baseline, compare_with_embeddings
-from cellresponse.bundle import find_bundle
 from cellresponse.errors import InputError
-from cellresponse.metrics import classification_metrics, per_class_from_confusion, wrong_calls_sentence
+from cellresponse.evaluation.metrics import classification_metrics, per_class_from_confusion, wrong_calls_sentence
+from cellresponse.learning.baselines import compare_with_baseline, compare_with_embeddings
+from cellresponse.learning.bundle import find_bundle
 from cellresponse.stages.report import (
     headline_of_the_predicting_model,
     never_predicted,
@@ -155,7 +155,7 @@ def test_the_baseline_verdict_does_not_ask_for_what_predict_already_does():
 
 
 def test_a_benchmark_not_computed_says_why():
-    from cellresponse.retrieval import nsc_summary
+    from cellresponse.profiling.profile_benchmarks import nsc_summary
     from cellresponse.stages.report import section_profiles
 
     missing = {"skipped": "columns ['Metadata_target'] not in the metadata — name the MoA and compound columns"}
@@ -301,3 +301,25 @@ def test_a_mistyped_run_folder_is_said_not_to_exist(tmp_path):
 
 def test_every_verb_accepts_no_progress():
     assert run_cli("config", "show", "--no-progress").stdout.startswith("seed:")
+
+
+def test_every_output_says_what_made_it(tiny_demo):
+    """Version, commit (where run from a clone) and date in every stage's log, config.yaml, metrics.json, the
+    profiles' metrics, the bundle and the report — a number can be traced to the code that made it."""
+    import json
+
+    from cellresponse import __version__
+
+    out, _ = tiny_demo
+    run = out / "run"
+    for path in (
+        run / "logs" / "segment.json",
+        run / "metrics.json",
+        run / "profiles" / "metrics.json",
+        run / "model" / "bundle" / "bundle.json",
+    ):
+        made = json.loads(path.read_text())["made_by"]
+        assert made["cellresponse"] == __version__ and made["date"].startswith("20"), path
+        assert "commit" in made
+    assert (run / "config.yaml").read_text().startswith(f"# written by cellresponse {__version__}")
+    assert f"Made by cellresponse {__version__}" in (run / "report" / "index.html").read_text()

@@ -8,7 +8,7 @@ import json
 
 import pandas as pd
 
-from cellresponse.measure import FEATURES
+from cellresponse.features.cell_features import FEATURES
 from tests.conftest import run_cli, synthetic_plates
 
 

@@ -3,7 +3,14 @@ import pandas as pd
 import pytest
 from skimage.measure import regionprops_table
 
-from cellresponse.measure import FEATURES, PROPERTIES, RENAMES, measure_cells, neighbour_counts, sobel_magnitude
+from cellresponse.features.cell_features import (
+    FEATURES,
+    PROPERTIES,
+    RENAMES,
+    measure_cells,
+    neighbour_counts,
+    sobel_magnitude,
+)
 from tests.conftest import shared
 
 
@@ -38,7 +45,7 @@ def test_per_channel_intensities():
 
 
 def test_values_equal_regionprops_on_a_real_field(tmp_path):
-    from cellresponse.segmentation import Segmenter
+    from cellresponse.segmentation.offline import Segmenter
     from tests.test_segmentation import _real_field
 
     seg_input, nuclear, config = _real_field("bbbc021-moa", "load_data.csv", loader="load_data")
@@ -117,9 +124,9 @@ def test_labels_with_gaps_get_their_own_values():
 def test_compartments_on_a_real_field_put_dna_in_the_nucleus():
     """On real MCF-7 cells the DNA-bright part is a nucleus: DNA clearly brighter there than around it,
     covering a plausible fraction of the cell (all 440 fields: median 0.28)."""
-    from cellresponse.channels import load_stack
-    from cellresponse.plate import ImageSource, build_image_table, channel_names
-    from cellresponse.segmentation import Segmenter
+    from cellresponse.input.channels import load_stack
+    from cellresponse.input.plate import ImageSource, build_image_table, channel_names
+    from cellresponse.segmentation.offline import Segmenter
     from tests.test_segmentation import _real_field
 
     seg_input, nuclear, config = _real_field("bbbc021-moa", "load_data.csv", loader="load_data")
@@ -228,7 +235,7 @@ def test_channel_correlation_and_neighbour_counts():
 def test_neighbour_counts_equal_a_dilation_of_each_cell_on_a_real_field():
     from scipy import ndimage
 
-    from cellresponse.segmentation import Segmenter
+    from cellresponse.segmentation.offline import Segmenter
     from tests.test_segmentation import _real_field
 
     seg_input, nuclear, config = _real_field("bbbc021-moa", "load_data.csv", loader="load_data")
@@ -246,9 +253,9 @@ def test_extended_measures_on_a_real_field_are_finite_and_plausible():
     """Real MCF-7 cells: every extended value finite, each cell's rings sum to one, DNA sits in the inner rings more
     than actin (a cortical stain), DNA and tubulin stains correlate less than a channel with itself would (< 1),
     and crowded cells have neighbours."""
-    from cellresponse.channels import load_stack
-    from cellresponse.plate import ImageSource, build_image_table, channel_names
-    from cellresponse.segmentation import Segmenter
+    from cellresponse.input.channels import load_stack
+    from cellresponse.input.plate import ImageSource, build_image_table, channel_names
+    from cellresponse.segmentation.offline import Segmenter
     from tests.test_segmentation import _real_field
 
     seg_input, nuclear, config = _real_field("bbbc021-moa", "load_data.csv", loader="load_data")

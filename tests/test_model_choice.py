@@ -13,9 +13,18 @@ from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from cellresponse.baselines import features_baseline
-from cellresponse.bundle import load_bundle
-from cellresponse.profiles import (
+from cellresponse.input.runfolder import RunFolder
+from cellresponse.learning.baselines import features_baseline
+from cellresponse.learning.bundle import load_bundle
+from cellresponse.learning.model_choice import (
+    NETWORK,
+    auto_summary,
+    choose_model,
+    describe_choice,
+    profile_validation_scores,
+)
+from cellresponse.learning.splits import TEST, TRAIN, VALIDATION
+from cellresponse.profiling.profile_models import (
     MAX_TEMPERATURE,
     PROFILE_KINDS,
     features_model_logits,
@@ -23,9 +32,6 @@ from cellresponse.profiles import (
     fit_temperature,
     why_no_features_model,
 )
-from cellresponse.runfolder import RunFolder
-from cellresponse.selection import NETWORK, auto_summary, choose_model, describe_choice, profile_validation_scores
-from cellresponse.splits import TEST, TRAIN, VALIDATION
 from cellresponse.stages.profile import profile_tables
 from cellresponse.stages.train import profile_models
 from tests.conftest import run_cli

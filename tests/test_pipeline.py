@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 import tifffile
 
-from cellresponse.measure import FEATURES
-from cellresponse.store import CropStore
+from cellresponse.features.cell_features import FEATURES
+from cellresponse.features.crop_store import CropStore
 from tests.conftest import run_cli, shared, synthetic_plates
 
 STAGE_FLAGS = ("--no-progress",)

@@ -4,7 +4,7 @@ import pytest
 import tifffile
 
 from cellresponse.errors import InputError
-from cellresponse.plate import (
+from cellresponse.input.plate import (
     ImageSource,
     build_image_table,
     channel_names,

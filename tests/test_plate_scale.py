@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 import tifffile
 
-from cellresponse.splits import cap_cells
-from cellresponse.transforms import flow_planes
+from cellresponse.input.transforms import flow_planes
+from cellresponse.learning.splits import cap_cells
 from tests.conftest import run_cli, shared
 
 FIRST = "SYN0001/Images/r01c01f01p01-ch{}sk1fk1fl1.tiff"

@@ -7,8 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cellresponse.calls import answer
-from cellresponse.references import (
+from cellresponse.profiling.references import (
     build_references,
     image_meta,
     leave_one_compound_out,
@@ -20,6 +19,7 @@ from cellresponse.references import (
     profile_fields,
     save_references,
 )
+from cellresponse.profiling.treatment_calls import answer
 
 FEATURES = 40
 MOAS = ("actin", "tubulin", "dna")
@@ -241,7 +241,7 @@ def test_a_bundle_made_before_references_predicts_and_says_so_in_one_line(tiny_d
 
 
 def test_without_a_mechanism_the_summary_says_why_there_is_no_call():
-    from cellresponse.calls import summary
+    from cellresponse.profiling.treatment_calls import summary
 
     blocks, images = reference_plate()
     meta = image_meta(images, ["Metadata_Compound"], "Metadata_Compound", None)

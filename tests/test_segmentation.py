@@ -6,13 +6,13 @@ import tifffile
 from scipy import ndimage as ndi
 from skimage import io as skio
 
-from cellresponse.cellpose_backend import CellposeSegmenter, cellpose_weight_files, ensure_cellpose_weights
-from cellresponse.channels import apply_recipe, find_nuclear_channel, load_stack
 from cellresponse.config import Config, SegmentationConfig
 from cellresponse.errors import WeightsUnavailableError
-from cellresponse.metrics import match_f1
-from cellresponse.plate import ImageSource, build_image_table, channel_names
-from cellresponse.segmentation import Segmenter, choose_backend, flows_from_masks, split_objects
+from cellresponse.evaluation.metrics import match_f1
+from cellresponse.input.channels import apply_recipe, find_nuclear_channel, load_stack
+from cellresponse.input.plate import ImageSource, build_image_table, channel_names
+from cellresponse.segmentation.cellpose_backend import CellposeSegmenter, cellpose_weight_files, ensure_cellpose_weights
+from cellresponse.segmentation.offline import Segmenter, choose_backend, flows_from_masks, split_objects
 from tests.conftest import shared
 
 
@@ -219,7 +219,7 @@ def test_fill_holes_and_li_threshold_equal_scipy_and_scikit_image():
     """The faster fill_holes and threshold_li give what ndi.binary_fill_holes and skimage's threshold_li give."""
     from skimage import filters
 
-    from cellresponse.segmentation import fill_holes, threshold_li
+    from cellresponse.segmentation.offline import fill_holes, threshold_li
 
     rng = np.random.default_rng(0)
     for _ in range(20):

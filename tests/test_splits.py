@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from cellresponse.errors import InputError
-from cellresponse.plate import group_keys, parse_phenix_name
-from cellresponse.splits import (
+from cellresponse.input.plate import group_keys, parse_phenix_name
+from cellresponse.learning.splits import (
     TEST,
     TRAIN,
     VALIDATION,

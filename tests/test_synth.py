@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import tifffile
 
-from cellresponse.plate import ImageSource, build_image_table
-from cellresponse.synth import SynthSpec, make_plates
+from cellresponse.input.plate import ImageSource, build_image_table
+from cellresponse.input.synth import SynthSpec, make_plates
 
 
 def _digest(folder):

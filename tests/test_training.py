@@ -15,10 +15,10 @@ import pandas as pd
 import pytest
 import torch
 
-from cellresponse.bundle import load_bundle, predict_probabilities
 from cellresponse.config import load_config
-from cellresponse.runfolder import RunFolder
-from cellresponse.store import CropStore
+from cellresponse.features.crop_store import CropStore
+from cellresponse.input.runfolder import RunFolder
+from cellresponse.learning.bundle import load_bundle, predict_probabilities
 from tests.conftest import BBBC021_TEST_PLATES, run_cli, shared
 
 
@@ -292,7 +292,7 @@ def test_training_killed_mid_epoch_resumes_from_its_last_checkpoint(tiny_plates,
 
 
 def test_batch_sampler_shards_shuffles_and_never_trains_on_one_cell():
-    from cellresponse.training import ShardedBatchSampler
+    from cellresponse.learning.training import ShardedBatchSampler
 
     sampler = ShardedBatchSampler(129, 64, shuffle=True, seed=0)
     batches = list(sampler)
@@ -337,7 +337,7 @@ def test_embed_from_the_trained_network_writes_its_projection_layer(trained, tmp
     own forward pass up to the classifier."""
     import shutil
 
-    from cellresponse.bundle import predict_cells
+    from cellresponse.learning.bundle import predict_cells
 
     run, _ = trained
     copy = tmp_path / "copy"
@@ -357,7 +357,7 @@ def test_embed_from_the_trained_network_writes_its_projection_layer(trained, tmp
 
 def test_trainer_takes_precision_and_determinism_from_the_config(tmp_path):
     """training.precision and training.deterministic reach Lightning (the GPU rates in the README depend on them)."""
-    from cellresponse.training import build_trainer
+    from cellresponse.learning.training import build_trainer
 
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     try:

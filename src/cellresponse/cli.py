@@ -21,11 +21,11 @@ from pathlib import Path
 from cellresponse import __version__
 from cellresponse.config import PRESETS, Config, apply_overrides, load_config, preset_overrides
 from cellresponse.errors import CellResponseError, StageError
+from cellresponse.input.plate import ImageSource
+from cellresponse.input.runfolder import RunFolder
+from cellresponse.input.synth import SynthSpec, make_plates
 from cellresponse.parallel import is_main_process
-from cellresponse.plate import ImageSource
-from cellresponse.runfolder import RunFolder
 from cellresponse.stages import PIPELINE, run_pipeline, run_stage
-from cellresponse.synth import SynthSpec, make_plates
 
 log = logging.getLogger("cellresponse")
 

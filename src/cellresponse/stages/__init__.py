@@ -16,9 +16,9 @@ from typing import Any
 
 from cellresponse.config import WELL_TREATMENT, Config
 from cellresponse.errors import CellResponseError
+from cellresponse.input.plate import ImageSource, check_columns, check_label
+from cellresponse.input.runfolder import RunFolder
 from cellresponse.parallel import is_main_process
-from cellresponse.plate import ImageSource, check_columns, check_label
-from cellresponse.runfolder import RunFolder
 
 log = logging.getLogger(__name__)
 

@@ -11,12 +11,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cellresponse.channels import apply_recipe, load_stack, resolve_channel
 from cellresponse.config import Config
-from cellresponse.crops import FLOW_NAMES, MASK_FLOW_NAMES, cell_crops
 from cellresponse.errors import InputError
-from cellresponse.io import read_tiff, read_tiff_info
-from cellresponse.runfolder import RunFolder
+from cellresponse.features.crop_store import write_index, write_part
+from cellresponse.features.crops import FLOW_NAMES, MASK_FLOW_NAMES, cell_crops
+from cellresponse.input.channels import apply_recipe, load_stack, resolve_channel
+from cellresponse.input.io import read_tiff, read_tiff_info
+from cellresponse.input.runfolder import RunFolder
+from cellresponse.input.transforms import DISPLAY_PERCENTILES, flow_planes, to_unit
 from cellresponse.stages.per_image import (
     config_from_json,
     image_rows,
@@ -24,8 +26,6 @@ from cellresponse.stages.per_image import (
     require_outputs,
     settled_scales,
 )
-from cellresponse.store import write_index, write_part
-from cellresponse.transforms import DISPLAY_PERCENTILES, flow_planes, to_unit
 
 log = logging.getLogger(__name__)
 

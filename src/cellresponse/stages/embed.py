@@ -23,11 +23,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from cellresponse.bundle import load_bundle, predict_cells
-from cellresponse.channels import load_stack, resolve_channel
 from cellresponse.config import Config
 from cellresponse.devices import device_name, inference_device
-from cellresponse.embeddings import (
+from cellresponse.features.cell_features import cell_ids
+from cellresponse.features.crop_store import CropStore
+from cellresponse.input.channels import load_stack, resolve_channel
+from cellresponse.input.io import atomic_path, remove_stale_temporaries, write_parquet
+from cellresponse.input.runfolder import RunFolder
+from cellresponse.input.transforms import to_unit
+from cellresponse.learning.bundle import load_bundle, predict_cells
+from cellresponse.networks.embeddings import (
     GPU_BATCH,
     Embedder,
     cell_windows,
@@ -36,13 +41,8 @@ from cellresponse.embeddings import (
     embedding_columns,
     window_side,
 )
-from cellresponse.io import atomic_path, remove_stale_temporaries, write_parquet
-from cellresponse.measure import cell_ids
-from cellresponse.runfolder import RunFolder
 from cellresponse.stages.crops import plate_scales, raw_planes
 from cellresponse.stages.per_image import image_rows, require_outputs, settled_scales
-from cellresponse.store import CropStore
-from cellresponse.transforms import to_unit
 
 log = logging.getLogger(__name__)
 

@@ -13,21 +13,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cellresponse.baselines import (
-    cell_features_baseline,
-    compare_with_baseline,
-    compare_with_embeddings,
-    features_baseline,
-    headline,
-    sanity_check,
-)
-from cellresponse.bundle import Bundle, load_bundle, predict_cells
 from cellresponse.config import Config, differences
 from cellresponse.devices import device_name, inference_device
 from cellresponse.errors import InputError
-from cellresponse.io import write_json, write_parquet
-from cellresponse.measure import feature_columns
-from cellresponse.metrics import (
+from cellresponse.evaluation.metrics import (
     LEVELS,
     classification_metrics,
     grouping_record,
@@ -37,12 +26,24 @@ from cellresponse.metrics import (
     wrong_calls,
     wrong_calls_sentence,
 )
-from cellresponse.plate import group_keys, labelled_images, read_table
-from cellresponse.runfolder import RunFolder
-from cellresponse.selection import auto_summary, profile_validation_scores
-from cellresponse.splits import TEST, assign_split, log_split
+from cellresponse.features.cell_features import feature_columns
+from cellresponse.features.crop_store import CropStore
+from cellresponse.input.io import write_json, write_parquet
+from cellresponse.input.plate import group_keys, labelled_images, read_table
+from cellresponse.input.runfolder import RunFolder
+from cellresponse.learning.baselines import (
+    cell_features_baseline,
+    compare_with_baseline,
+    compare_with_embeddings,
+    features_baseline,
+    headline,
+    sanity_check,
+)
+from cellresponse.learning.bundle import Bundle, load_bundle, predict_cells
+from cellresponse.learning.model_choice import auto_summary, profile_validation_scores
+from cellresponse.learning.splits import TEST, assign_split, log_split
+from cellresponse.provenance import made_by
 from cellresponse.stages.profile import label_grouping_of, profile_tables
-from cellresponse.store import CropStore
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ def test_cells(run: RunFolder, images: pd.DataFrame, sides: pd.Series, label: st
 def wrong_calls_by_group(metrics: dict[str, Any], grouping: tuple[str, dict[str, str]] | None) -> dict[str, Any] | None:
     """Per candidate model (the network's headline vote and each profile model) and level (image, well): where its
     wrong test calls go against the labels' ``grouping`` (:func:`label_grouping_of`;
-    :func:`cellresponse.metrics.wrong_calls`). None when the images carry no such grouping."""
+    :func:`cellresponse.evaluation.metrics.wrong_calls`). None when the images carry no such grouping."""
     if grouping is None:
         return None
     column, groups = grouping
@@ -170,7 +171,7 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
     if grouped:
         metrics["wrong_calls"] = grouped
     metrics["seconds"] = round(time.perf_counter() - started, 2)
-    write_json(run.metrics, metrics)
+    write_json(run.metrics, {**metrics, "made_by": made_by()})
     for line in headline(metrics, e.vote):
         log.info(line)
     log.info(metrics["verdict"])
@@ -260,7 +261,7 @@ def run_feature_table(path: str | Path, config: Config, out: str | Path) -> dict
         **{k: baseline[k] for k in LEVELS if k in baseline},
         "split": report.to_dict(),
     }
-    write_json(Path(out) / "metrics.json", metrics)
+    write_json(Path(out) / "metrics.json", {**metrics, "made_by": made_by()})
     for level in LEVELS:
         if level in metrics:
             b = metrics[level]

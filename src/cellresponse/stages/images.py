@@ -9,9 +9,9 @@ from typing import Any
 
 from cellresponse.config import Config
 from cellresponse.errors import InputError
-from cellresponse.io import write_parquet
-from cellresponse.plate import ImageSource, build_image_table, channel_names, check_label
-from cellresponse.runfolder import RunFolder
+from cellresponse.input.io import write_parquet
+from cellresponse.input.plate import ImageSource, build_image_table, channel_names, check_label
+from cellresponse.input.runfolder import RunFolder
 
 log = logging.getLogger(__name__)
 

@@ -11,12 +11,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cellresponse.channels import apply_recipe, find_nuclear_channel, load_stack, resolve_channel
 from cellresponse.config import Config
 from cellresponse.errors import InputError
-from cellresponse.io import atomic_path, read_tiff, write_parquet
-from cellresponse.measure import cell_ids, empty_cells_table, measure_cells
-from cellresponse.runfolder import RunFolder
+from cellresponse.features.cell_features import cell_ids, empty_cells_table, measure_cells
+from cellresponse.input.channels import apply_recipe, find_nuclear_channel, load_stack, resolve_channel
+from cellresponse.input.io import atomic_path, read_tiff, write_parquet
+from cellresponse.input.runfolder import RunFolder
 from cellresponse.stages.per_image import config_from_json, image_rows, map_stage, require_outputs, settled_scales
 
 log = logging.getLogger(__name__)

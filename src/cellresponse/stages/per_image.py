@@ -17,10 +17,10 @@ from typing import Any
 
 from cellresponse.config import Config
 from cellresponse.errors import InputError
-from cellresponse.io import remove_stale_temporaries, write_json
+from cellresponse.input.io import remove_stale_temporaries, write_json
+from cellresponse.input.plate import channel_names
+from cellresponse.input.runfolder import RunFolder
 from cellresponse.parallel import TaskResult, map_images
-from cellresponse.plate import channel_names
-from cellresponse.runfolder import RunFolder
 
 
 @dataclass

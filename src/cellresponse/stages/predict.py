@@ -34,22 +34,24 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cellresponse.bundle import Bundle, find_bundle, load_bundle, predict_cells
-from cellresponse.calls import FIELD_COLUMNS, WELL_COLUMNS, Answers, answer, summary
 from cellresponse.config import WELL_TREATMENT, Config, apply_overrides
 from cellresponse.devices import device_name, inference_device
 from cellresponse.errors import InputError
-from cellresponse.io import atomic_path, write_parquet
-from cellresponse.measure import feature_columns
-from cellresponse.metrics import prediction_table, vote
-from cellresponse.plate import ImageSource, channel_names, group_keys
-from cellresponse.profiles import (
+from cellresponse.evaluation.metrics import prediction_table, vote
+from cellresponse.features.cell_features import feature_columns
+from cellresponse.features.crop_store import CropStore
+from cellresponse.input.io import atomic_path, write_parquet
+from cellresponse.input.plate import ImageSource, channel_names, group_keys
+from cellresponse.input.runfolder import RunFolder
+from cellresponse.learning.bundle import Bundle, find_bundle, load_bundle, predict_cells
+from cellresponse.learning.model_choice import MODEL_CHOICES, NETWORK
+from cellresponse.profiling.profile_models import (
     features_model_probabilities,
     image_feature_table,
     image_profiles,
     profile_cell_columns,
 )
-from cellresponse.references import (
+from cellresponse.profiling.references import (
     DEEP_PREFIX,
     image_meta,
     level_table,
@@ -58,11 +60,9 @@ from cellresponse.references import (
     profile_fields,
     query_normalization,
 )
-from cellresponse.runfolder import RunFolder
-from cellresponse.selection import MODEL_CHOICES, NETWORK
+from cellresponse.profiling.treatment_calls import FIELD_COLUMNS, WELL_COLUMNS, Answers, answer, summary
+from cellresponse.reporting.treatment_report import CellSource, build_treatment_report
 from cellresponse.stages import crops, embed, images, measure, segment
-from cellresponse.store import CropStore
-from cellresponse.treatment_report import CellSource, build_treatment_report
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,15 @@ from typing import Any
 
 import pandas as pd
 
-from cellresponse.aggregation import (
+from cellresponse.config import MOA_COLUMNS, Config
+from cellresponse.evaluation.metrics import label_grouping
+from cellresponse.features.cell_features import feature_columns
+from cellresponse.input.io import write_json, write_parquet
+from cellresponse.input.plate import check_columns
+from cellresponse.input.runfolder import RunFolder
+from cellresponse.profiling.profile_benchmarks import nsc_accuracy, nsc_summary, retrieval_map
+from cellresponse.profiling.profile_models import PROFILE_KINDS, image_feature_table, image_profiles
+from cellresponse.profiling.well_profiles import (
     PLATE,
     TREATMENT,
     WELL,
@@ -29,14 +37,7 @@ from cellresponse.aggregation import (
     treatment_profiles,
     well_profiles,
 )
-from cellresponse.config import MOA_COLUMNS, Config
-from cellresponse.io import write_json, write_parquet
-from cellresponse.measure import feature_columns
-from cellresponse.metrics import label_grouping
-from cellresponse.plate import check_columns
-from cellresponse.profiles import PROFILE_KINDS, image_feature_table, image_profiles
-from cellresponse.retrieval import nsc_accuracy, nsc_summary, retrieval_map
-from cellresponse.runfolder import RunFolder
+from cellresponse.provenance import made_by
 from cellresponse.stages.embed import mean_embeddings
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ def label_grouping_of(images: pd.DataFrame, label: str, config: Config) -> tuple
     """The coarser grouping of the labels that evaluation reads wrong calls against and predictions name beside
     each call: the MoA column (``profiles.moa``; ``auto``: :meth:`Config.moa_column`), else the gene target column
     (``input.target_column``) — the first that the images carry, is not the label and gives every label one group
-    (:func:`cellresponse.metrics.label_grouping`)."""
+    (:func:`cellresponse.evaluation.metrics.label_grouping`)."""
     return label_grouping(images, label, (config.moa_column(images.columns), config.input.target_column))
 
 
@@ -235,6 +236,6 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
             f"{result['map_replicates'].get('mean_average_precision', float('nan')):.3f}",
         )
     metrics["seconds"] = round(time.perf_counter() - started, 2)
-    write_json(run.profile_metrics, metrics)
+    write_json(run.profile_metrics, {**metrics, "made_by": made_by()})
     run.record_stage("profile", {"kinds": p.kinds, "seconds": metrics["seconds"]})
     return metrics

@@ -17,16 +17,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cellresponse.baselines import compare_with_baseline
 from cellresponse.config import Config
-from cellresponse.figures import plot_confusion, plot_history, treatment_panels
-from cellresponse.htmlpage import CSS, html_table, inline_png
-from cellresponse.io import read_tiff, write_text
-from cellresponse.metrics import per_class_from_confusion, wrong_calls_sentence
-from cellresponse.plate import channel_names
-from cellresponse.retrieval import nsc_not_computed, nsc_summary
-from cellresponse.runfolder import RunFolder
-from cellresponse.selection import NETWORK, call_probability, test_blocks
+from cellresponse.evaluation.metrics import per_class_from_confusion, wrong_calls_sentence
+from cellresponse.input.io import read_tiff, write_text
+from cellresponse.input.plate import channel_names
+from cellresponse.input.runfolder import RunFolder
+from cellresponse.learning.baselines import compare_with_baseline
+from cellresponse.learning.model_choice import NETWORK, call_probability, test_blocks
+from cellresponse.profiling.profile_benchmarks import nsc_not_computed, nsc_summary
+from cellresponse.provenance import made_by_line
+from cellresponse.reporting.figures import plot_confusion, plot_history, treatment_panels
+from cellresponse.reporting.htmlpage import CSS, html_table, inline_png
 from cellresponse.stages import PIPELINE
 from cellresponse.stages.segment import segmentation_inputs
 
@@ -508,6 +509,7 @@ def build_report(run: RunFolder, config: Config) -> Path:
         *section_split(split),
         *section_training(run.read_history(), out),
         *section_segmentation(run, config, out),
+        f"<p>Made by {html.escape(made_by_line())}.</p>",
         "<h2>Config</h2>",
         f"<pre>{html.escape(config.to_yaml())}</pre>",
         "</body></html>",

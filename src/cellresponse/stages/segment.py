@@ -11,13 +11,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cellresponse.cellpose_backend import ensure_cellpose_weights
-from cellresponse.channels import apply_recipe, find_nuclear_channel, load_stack, recipe_channels
 from cellresponse.config import Config
 from cellresponse.errors import InputError
-from cellresponse.io import read_tiff, read_tiff_info, write_parquet, write_tiff
-from cellresponse.runfolder import RunFolder
-from cellresponse.segmentation import Segmenter, choose_backend
+from cellresponse.input.channels import apply_recipe, find_nuclear_channel, load_stack, recipe_channels
+from cellresponse.input.io import read_tiff, read_tiff_info, write_parquet, write_tiff
+from cellresponse.input.runfolder import RunFolder
+from cellresponse.segmentation.cellpose_backend import ensure_cellpose_weights
+from cellresponse.segmentation.offline import Segmenter, choose_backend
 from cellresponse.stages.per_image import config_from_json, image_rows, map_stage
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ def segment_one(row: dict, *, config_json: str, run_root: str, names: list[str],
 
 def save_figure1(run: RunFolder, row: dict, names: list[str], config: Config) -> Path:
     # matplotlib is imported here, by the main process only: Dask workers import this module for segment_one.
-    from cellresponse.figures import figure1
+    from cellresponse.reporting.figures import figure1
 
     seg_input, _, _ = segmentation_inputs(row, names, config)
     labels = read_tiff(run.mask_path(row["image_id"]))

@@ -15,28 +15,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cellresponse.bundle import load_bundle, predict_cells, save_bundle, save_choice
 from cellresponse.config import WELL_TREATMENT, Config
 from cellresponse.devices import inference_device
 from cellresponse.errors import InputError, ResourceError
-from cellresponse.io import write_json, write_parquet
-from cellresponse.measure import feature_columns
-from cellresponse.metrics import grouping_record, label_groups, vote
-from cellresponse.parallel import is_main_process
-from cellresponse.plate import channel_names, group_keys, labelled_images
-from cellresponse.profiles import fit_features_model, why_no_features_model
-from cellresponse.references import (
-    References,
-    build_references,
-    calibration_summary,
-    choose_kind,
-    image_meta,
-    kind_blocks,
-    negative_controls,
-)
-from cellresponse.runfolder import RunFolder
-from cellresponse.selection import NETWORK, choose_model, describe_choice, profile_validation_scores
-from cellresponse.splits import (
+from cellresponse.evaluation.metrics import grouping_record, label_groups, vote
+from cellresponse.features.cell_features import feature_columns
+from cellresponse.features.crop_store import CropStore
+from cellresponse.input.io import write_json, write_parquet
+from cellresponse.input.plate import channel_names, group_keys, labelled_images
+from cellresponse.input.runfolder import RunFolder
+from cellresponse.learning.bundle import load_bundle, predict_cells, save_bundle, save_choice
+from cellresponse.learning.model_choice import NETWORK, choose_model, describe_choice, profile_validation_scores
+from cellresponse.learning.splits import (
     TEST,
     TRAIN,
     VALIDATION,
@@ -48,10 +38,20 @@ from cellresponse.splits import (
     downsample_control,
     log_split,
 )
+from cellresponse.learning.training import CellDataModule, CellResponseModule, CellSet, build_trainer, seed_everything
+from cellresponse.parallel import is_main_process
+from cellresponse.profiling.profile_models import fit_features_model, why_no_features_model
+from cellresponse.profiling.references import (
+    References,
+    build_references,
+    calibration_summary,
+    choose_kind,
+    image_meta,
+    kind_blocks,
+    negative_controls,
+)
 from cellresponse.stages.crops import changed_settings, crop_settings
 from cellresponse.stages.profile import frozen_embedding_settings, label_grouping_of, profile_tables
-from cellresponse.store import CropStore
-from cellresponse.training import CellDataModule, CellResponseModule, CellSet, build_trainer, seed_everything
 
 log = logging.getLogger(__name__)
 

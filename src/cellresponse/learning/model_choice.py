@@ -7,8 +7,9 @@ no validation side, the profile models are scored by grouped cross-validation ov
 well, so sites of one well never score each other) and the network, whose only held-out images are the test
 side, is not a candidate.
 
-The same held-out images fit each profile model's temperature (:func:`cellresponse.profiles.fit_temperature`), so
-the probabilities of the model that predicts say how often its calls are right; the choice reads only accuracy.
+The same held-out images fit each profile model's temperature
+(:func:`cellresponse.profiling.profile_models.fit_temperature`), so the probabilities of the model that predicts
+say how often its calls are right; the choice reads only accuracy.
 """
 
 from __future__ import annotations
@@ -19,15 +20,15 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import GroupKFold
 
-from cellresponse.metrics import LEVELS
-from cellresponse.profiles import (
+from cellresponse.evaluation.metrics import LEVELS
+from cellresponse.learning.splits import TRAIN, VALIDATION
+from cellresponse.profiling.profile_models import (
     PROFILE_KINDS,
     fit_features_model,
     fit_temperature,
     held_out_logits,
     why_no_features_model,
 )
-from cellresponse.splits import TRAIN, VALIDATION
 
 NETWORK = "network"
 # Ties go to the model that costs least to run on a new plate: measured profiles need no network at all, deep ones

@@ -26,10 +26,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cellresponse.config import Config, CropConfig, TrainingConfig
-from cellresponse.io import atomic_path
-from cellresponse.model import CellResponseNet
-from cellresponse.store import CropStore
-from cellresponse.transforms import augment_batch, prepare_batch
+from cellresponse.features.crop_store import CropStore
+from cellresponse.input.io import atomic_path
+from cellresponse.input.transforms import augment_batch, prepare_batch
+from cellresponse.networks.model import CellResponseNet
 
 log = logging.getLogger(__name__)
 # Seconds between training's progress lines (BatchProgress).

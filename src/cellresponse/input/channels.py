@@ -14,8 +14,8 @@ import pandas as pd
 
 from cellresponse.config import ChannelRecipe
 from cellresponse.errors import InputError
-from cellresponse.io import read_tiff
-from cellresponse.plate import channel_names, channel_paths
+from cellresponse.input.io import read_tiff
+from cellresponse.input.plate import channel_names, channel_paths
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 from cellresponse.errors import InputError
-from cellresponse.metrics import most_common_label
-from cellresponse.plate import group_keys
+from cellresponse.evaluation.metrics import most_common_label
+from cellresponse.input.plate import group_keys
 
 log = logging.getLogger(__name__)
 

@@ -12,14 +12,14 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from cellresponse.metrics import LEVELS, classification_metrics, voted_metrics
-from cellresponse.profiles import (
+from cellresponse.evaluation.metrics import LEVELS, classification_metrics, voted_metrics
+from cellresponse.learning.splits import TEST
+from cellresponse.profiling.profile_models import (
     FEATURES_MODEL,
     features_model_probabilities,
     fit_features_model,
     why_no_features_model,
 )
-from cellresponse.splits import TEST
 
 # Accuracy gap (image level) under which the network and the features-only model are called level: differences
 # of one image in a hundred are noise at the test sizes this tool sees.

@@ -30,9 +30,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cellresponse.crops import CHANNELS
 from cellresponse.errors import InputError
-from cellresponse.io import atomic_path, write_parquet
+from cellresponse.features.crops import CHANNELS
+from cellresponse.input.io import atomic_path, write_parquet
 
 MAGIC = b"CROPS01\x00"
 

@@ -26,7 +26,7 @@ import pandas as pd
 import tifffile
 from scipy import ndimage as ndi
 
-from cellresponse.plate import core_file_name, well_name
+from cellresponse.input.plate import core_file_name, well_name
 
 CHANNELS = {1: "Mito", 2: "AGP", 3: "RNA", 4: "ER", 5: "DNA"}
 SYNTHETIC_COLUMN = "Metadata_Synthetic"

@@ -31,7 +31,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from cellresponse.config import ModelConfig, TrainingConfig
 from cellresponse.errors import WeightsUnavailableError
-from cellresponse.transforms import IMAGE_CHANNELS
+from cellresponse.input.transforms import IMAGE_CHANNELS
 
 log = logging.getLogger(__name__)
 

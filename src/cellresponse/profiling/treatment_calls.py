@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from cellresponse.activity import COLUMNS as ACTIVITY_COLUMNS
-from cellresponse.activity import phenotypic_activity
-from cellresponse.references import References, level_table, match, normalized_fields
+from cellresponse.profiling.activity import COLUMNS as ACTIVITY_COLUMNS
+from cellresponse.profiling.activity import phenotypic_activity
+from cellresponse.profiling.references import References, level_table, match, normalized_fields
 
 log = logging.getLogger(__name__)
 

@@ -26,9 +26,9 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage import filters, morphology, segmentation
 
-from cellresponse.cellpose_backend import CellposeSegmenter, cellpose_weights_available
 from cellresponse.config import SegmentationConfig
-from cellresponse.transforms import SEGMENTATION_PERCENTILES, normalize_percentile
+from cellresponse.input.transforms import SEGMENTATION_PERCENTILES, normalize_percentile
+from cellresponse.segmentation.cellpose_backend import CellposeSegmenter, cellpose_weights_available
 
 log = logging.getLogger(__name__)
 

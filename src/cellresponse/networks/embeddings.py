@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cellresponse.model import FEATURES, INPUT_STATISTICS, fold_batch_norm, pretrained_trunk
+from cellresponse.networks.model import FEATURES, INPUT_STATISTICS, fold_batch_norm, pretrained_trunk
 
 PREFIX = "emb_"
 

@@ -24,7 +24,7 @@ from scipy.optimize import linear_sum_assignment
 from skimage.segmentation import relabel_sequential
 from sklearn import metrics as skm
 
-from cellresponse.plate import group_keys
+from cellresponse.input.plate import group_keys
 
 LEVELS = ("image", "well", "plate")
 # Share of cells that must carry their group's label for a vote at that level to be scored (see voted_metrics).

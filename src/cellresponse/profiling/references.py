@@ -32,8 +32,8 @@ import pandas as pd
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
 
-from cellresponse.aggregation import select_features
-from cellresponse.io import write_json, write_parquet
+from cellresponse.input.io import write_json, write_parquet
+from cellresponse.profiling.well_profiles import select_features
 
 LEVELS = ("field", "well", "treatment")
 # Metadata of a reference or query table (the per-field table every level is aggregated from).

@@ -27,12 +27,13 @@ from tqdm.auto import tqdm
 
 from cellresponse.config import Config
 from cellresponse.errors import InputError
-from cellresponse.io import atomic_path, write_json
-from cellresponse.model import CellResponseNet
-from cellresponse.references import References, load_references, save_references
-from cellresponse.splits import LabelEncoder, Scaler
-from cellresponse.store import CropStore
-from cellresponse.transforms import IMAGE_CHANNELS, prepare_batch
+from cellresponse.features.crop_store import CropStore
+from cellresponse.input.io import atomic_path, write_json
+from cellresponse.input.transforms import IMAGE_CHANNELS, prepare_batch
+from cellresponse.learning.splits import LabelEncoder, Scaler
+from cellresponse.networks.model import CellResponseNet
+from cellresponse.profiling.references import References, load_references, save_references
+from cellresponse.provenance import made_by
 
 BUNDLE_VERSION = 1
 
@@ -82,6 +83,7 @@ def save_bundle(
         save_file(state, str(tmp))
     meta = {
         "format": "cellresponse-bundle",
+        "made_by": made_by(),
         "version": BUNDLE_VERSION,
         "n_features": model.n_features,
         "classes": encoder.classes,

@@ -23,12 +23,13 @@ import pandas as pd
 from scipy.cluster.hierarchy import leaves_list, linkage
 from sklearn.decomposition import PCA
 
-from cellresponse.channels import load_stack
-from cellresponse.figures import cell_strips, profile_map, similarity_heatmap
-from cellresponse.htmlpage import html_table, inline_png, page
-from cellresponse.io import write_text
-from cellresponse.references import References, cosine, treatment_table
-from cellresponse.transforms import normalize_percentile
+from cellresponse.input.channels import load_stack
+from cellresponse.input.io import write_text
+from cellresponse.input.transforms import normalize_percentile
+from cellresponse.profiling.references import References, cosine, treatment_table
+from cellresponse.provenance import made_by_line
+from cellresponse.reporting.figures import cell_strips, profile_map, similarity_heatmap
+from cellresponse.reporting.htmlpage import html_table, inline_png, page
 
 STRIPS = 8  # new treatments shown with their cells
 CELLS = 6  # cells per strip
@@ -166,13 +167,14 @@ def calls_table(calls: pd.DataFrame, moa_column: str | None) -> str:
             if f"nearest_{i}" in calls and isinstance(getattr(row, f"nearest_{i}"), str)
         )
 
+    def novel(row: Any) -> str:
+        return "—" if pd.isna(row.novel) else ("yes" if row.novel else "no")
+
     given = moa_column if moa_column in calls else None
     rows = []
     for row in calls.rename(columns={given: "given"} if given else {}).itertuples():
         call = "—" if pd.isna(row.moa_call) else f"{row.moa_call} ({row.moa_probability:.2f})"
-        rows.append(
-            [row.treatment, *([row.given] if given else []), activity(row), call, bool(row.novel), nearest(row)]
-        )
+        rows.append([row.treatment, *([row.given] if given else []), activity(row), call, novel(row), nearest(row)])
     header = ["treatment", *([given] if given else []), "active", "mechanism (probability)", "novel", "nearest"]
     return html_table(header, rows)
 
@@ -212,5 +214,6 @@ def build_treatment_report(
         "treatments; each reference compound left out in turn and queried against the others.</p>",
         html_table(["level", "units", "accuracy", "mean probability", "temperature", "novel below"], rows),
     ]
+    parts.append(f"<p>Made by {html.escape(made_by_line())}.</p>")
     write_text(out / "index.html", page("cellresponse — treatment calls", parts))
     return out / "index.html"

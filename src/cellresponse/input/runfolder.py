@@ -34,7 +34,8 @@ import pandas as pd
 
 from cellresponse.config import Config, load_config
 from cellresponse.errors import InputError, StageError
-from cellresponse.io import atomic_path, read_parquet, write_json, write_text
+from cellresponse.input.io import atomic_path, read_parquet, write_json, write_text
+from cellresponse.provenance import made_by, made_by_line
 
 ID_COLUMNS = ("image_id", "cell_id")
 
@@ -156,9 +157,9 @@ class RunFolder:
         """``path`` if it exists, else one line naming the command that makes it (or saying that the run folder
         itself does not exist: a mistyped path is not a run that lacks a stage)."""
         if not self.root.exists():
+            start = MAKES["images"].format(root=self.root)
             raise InputError(
-                f"run folder {self.root} does not exist — check the path (a new run starts with `cellresponse run` "
-                "or `cellresponse images`)"
+                f"run folder {self.root} does not exist — check the path, or start it: run `{start}` first"
             )
         if not path.exists():
             command = MAKES.get(stage, f"cellresponse {stage} {{root}}").format(root=self.root)
@@ -167,7 +168,7 @@ class RunFolder:
 
     # ---- config ------------------------------------------------------------------------------
     def save_config(self, config: Config) -> None:
-        write_text(self.config, config.to_yaml())
+        write_text(self.config, f"# written by {made_by_line()}\n" + config.to_yaml())
 
     def load_config(self) -> Config:
         return load_config(self.require(self.config, "images"))
@@ -214,7 +215,7 @@ class RunFolder:
                 frame.to_csv(tmp, index=False)
         elif failures.exists():
             failures.unlink()
-        write_json(self.stage_summary(stage), summary)
+        write_json(self.stage_summary(stage), {**summary, "made_by": made_by()})
         if failed:
             raise StageError(
                 f"{stage}: {len(failed)} of {summary.get('images', '?')} images failed "

@@ -17,8 +17,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from skimage import segmentation
 
-from cellresponse.io import atomic_path
-from cellresponse.transforms import normalize_percentile
+from cellresponse.input.io import atomic_path
+from cellresponse.input.transforms import normalize_percentile
 
 MAX_CONFUSION_CLASSES = 25
 

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 from skimage.transform import resize
 
-from cellresponse.transforms import IMAGE_CHANNELS
+from cellresponse.input.transforms import IMAGE_CHANNELS
 
 CHANNELS = 2 * IMAGE_CHANNELS  # the image half, then the flow half
 MASK_FLOW_NAMES = ("segmentation_input", "cell_mask", "other_masks", "input_x_mask")
