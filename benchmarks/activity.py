@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from cellresponse.features.cell_features import feature_columns
+from cellresponse.features.embedding_tables import mean_embeddings
 from cellresponse.input.runfolder import RunFolder
 from cellresponse.profiling.profile_models import image_feature_table
 from cellresponse.profiling.references import (
@@ -33,7 +34,6 @@ from cellresponse.profiling.references import (
     well_table,
 )
 from cellresponse.profiling.treatment_calls import activity_table
-from cellresponse.stages.embed import mean_embeddings
 
 TREATMENT = ["Metadata_Compound", "Metadata_Concentration"]
 

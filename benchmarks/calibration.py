@@ -33,9 +33,9 @@ from cellresponse.config import load_config
 from cellresponse.input.plate import labelled_images
 from cellresponse.input.runfolder import RunFolder
 from cellresponse.learning.baselines import features_baseline
+from cellresponse.learning.profile_tables import profile_tables
 from cellresponse.learning.splits import TEST, assign_split
 from cellresponse.profiling.profile_models import features_model_probabilities
-from cellresponse.stages.profile import profile_tables
 from cellresponse.stages.train import profile_models, profile_scores
 
 LABELS = ("Metadata_MoA", "Metadata_Compound")

@@ -23,8 +23,8 @@ from pathlib import Path
 from cellresponse.config import apply_overrides
 from cellresponse.input.runfolder import RunFolder
 from cellresponse.learning.bundle import find_bundle
+from cellresponse.learning.profile_tables import profile_tables
 from cellresponse.profiling.references import save_references
-from cellresponse.stages.profile import profile_tables
 from cellresponse.stages.train import reference_profiles
 
 

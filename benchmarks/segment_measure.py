@@ -33,11 +33,11 @@ from cellresponse.input.io import read_tiff
 from cellresponse.input.plate import ImageSource, channel_names
 from cellresponse.input.runfolder import RunFolder
 from cellresponse.segmentation.cellpose_backend import cellpose_weights_available
+from cellresponse.segmentation.inputs import segmentation_inputs
 from cellresponse.segmentation.offline import Segmenter
 from cellresponse.stages import images as images_stage
 from cellresponse.stages import segment as segment_stage
 from cellresponse.stages.measure import measure_one
-from cellresponse.stages.segment import segmentation_inputs
 
 DEFAULT_DATA = SHARED / "bbbc021-moa" / "load_data.csv"
 

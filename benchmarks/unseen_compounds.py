@@ -30,6 +30,7 @@ import pandas as pd
 
 from cellresponse.config import load_config
 from cellresponse.features.cell_features import feature_columns
+from cellresponse.features.embedding_tables import mean_embeddings
 from cellresponse.input.runfolder import RunFolder
 from cellresponse.profiling.profile_models import image_feature_table
 from cellresponse.profiling.references import (
@@ -42,7 +43,6 @@ from cellresponse.profiling.references import (
     normalize_query,
     query_normalization,
 )
-from cellresponse.stages.embed import mean_embeddings
 
 SWEEP = (0.05, 0.1, 0.25, 0.5)  # novelty quantiles whose trade-off is printed
 

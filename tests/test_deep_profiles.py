@@ -13,12 +13,12 @@ import pandas as pd
 import pytest
 import torch
 
+from cellresponse.features.embedding_tables import mean_embeddings
 from cellresponse.input.runfolder import RunFolder
 from cellresponse.networks.embeddings import cell_windows, embed_channels, window_side
 from cellresponse.networks.model import INPUT_STATISTICS, fold_batch_norm, pretrained_trunk
 from cellresponse.profiling.profile_benchmarks import nsc_accuracy, retrieval_map
 from cellresponse.profiling.well_profiles import TREATMENT, combine_blocks, normalization_scope
-from cellresponse.stages.embed import mean_embeddings
 from tests.conftest import run_cli
 
 

@@ -23,6 +23,7 @@ from cellresponse.learning.model_choice import (
     describe_choice,
     profile_validation_scores,
 )
+from cellresponse.learning.profile_tables import profile_tables
 from cellresponse.learning.splits import TEST, TRAIN, VALIDATION
 from cellresponse.profiling.profile_models import (
     MAX_TEMPERATURE,
@@ -32,7 +33,6 @@ from cellresponse.profiling.profile_models import (
     fit_temperature,
     why_no_features_model,
 )
-from cellresponse.stages.profile import profile_tables
 from cellresponse.stages.train import profile_models
 from tests.conftest import run_cli
 

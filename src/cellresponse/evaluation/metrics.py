@@ -24,6 +24,7 @@ from scipy.optimize import linear_sum_assignment
 from skimage.segmentation import relabel_sequential
 from sklearn import metrics as skm
 
+from cellresponse.config import Config
 from cellresponse.input.plate import group_keys
 
 LEVELS = ("image", "well", "plate")
@@ -338,3 +339,11 @@ def wrong_calls_sentence(metrics: dict[str, Any]) -> str:
             "which may look alike in these images."
         )
     return sentence
+
+
+def label_grouping_of(images: pd.DataFrame, label: str, config: Config) -> tuple[str, dict[str, str]] | None:
+    """The coarser grouping of the labels that evaluation reads wrong calls against and predictions name beside
+    each call: the MoA column (``profiles.moa``; ``auto``: :meth:`Config.moa_column`), else the gene target column
+    (``input.target_column``) — the first that the images carry, is not the label and gives every label one group
+    (:func:`cellresponse.evaluation.metrics.label_grouping`)."""
+    return label_grouping(images, label, (config.moa_column(images.columns), config.input.target_column))

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -221,3 +221,15 @@ class RunFolder:
                 f"{stage}: {len(failed)} of {summary.get('images', '?')} images failed "
                 f"(first: {failed[0].image_id}: {failed[0].error}); list in {failures}"
             )
+
+
+def require_outputs(
+    run: RunFolder, image_ids: Iterable[str], path_of: Callable[[str], Path], what: str, stage: str
+) -> None:
+    """Every image must have the output of an earlier stage (``path_of(image_id)``), else one line naming the
+    command that makes it."""
+    missing = [image_id for image_id in image_ids if not path_of(image_id).exists()]
+    if missing:
+        raise InputError(
+            f"{len(missing)} images have no {what} (e.g. {missing[0]}) — run `cellresponse {stage} {run.root}` first"
+        )

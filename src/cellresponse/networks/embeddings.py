@@ -13,14 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cellresponse.features.embedding_tables import PREFIX, embedding_columns  # noqa: F401
 from cellresponse.networks.model import FEATURES, INPUT_STATISTICS, fold_batch_norm, pretrained_trunk
-
-PREFIX = "emb_"
-
-
-def embedding_columns(n: int) -> list[str]:
-    """Column names of an embedding table: ``emb_0000``, ``emb_0001``, …"""
-    return [f"{PREFIX}{i:04d}" for i in range(n)]
 
 
 def cell_windows(planes: np.ndarray, centroids: np.ndarray, side: int) -> np.ndarray:

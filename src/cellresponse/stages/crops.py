@@ -14,95 +14,16 @@ import pandas as pd
 from cellresponse.config import Config
 from cellresponse.errors import InputError
 from cellresponse.features.crop_store import write_index, write_part
-from cellresponse.features.crops import FLOW_NAMES, MASK_FLOW_NAMES, cell_crops
-from cellresponse.input.channels import apply_recipe, load_stack, resolve_channel
+from cellresponse.features.crops import cell_crops, crop_planes, crop_settings, plate_scales, raw_planes
+from cellresponse.input.channels import load_stack
 from cellresponse.input.io import read_tiff, read_tiff_info
-from cellresponse.input.runfolder import RunFolder
-from cellresponse.input.transforms import DISPLAY_PERCENTILES, flow_planes, to_unit
-from cellresponse.stages.per_image import (
-    config_from_json,
-    image_rows,
-    map_stage,
-    require_outputs,
-    settled_scales,
-)
+from cellresponse.input.runfolder import RunFolder, require_outputs
+from cellresponse.input.transforms import flow_planes, to_unit
+from cellresponse.stages.per_image import config_from_json, image_rows, map_stage, settled_scales
 
 log = logging.getLogger(__name__)
 
-SCALE_SAMPLE_IMAGES = 8  # images per plate whose percentiles set the plate's intensity scale
 BBOX_COLUMNS = ["bbox_min_row", "bbox_min_col", "bbox_max_row", "bbox_max_col"]
-
-
-def crop_planes(config: Config, names: list[str]) -> list[str]:
-    """What the image half of a crop is built from: the segmentation input or named channels."""
-    if config.crops.recipe == "mask_flow":
-        return ["segmentation_input"]
-    chosen = list(config.crops.fluorescence_channels)
-    if not chosen:
-        chosen = names[:4]
-    for name in chosen:
-        resolve_channel(names, name)  # unknown names fail here, once, with the list of channels
-    return [chosen[i % len(chosen)] for i in range(4)]
-
-
-def raw_planes(stack: np.ndarray, planes: list[str], names: list[str], config: Config) -> np.ndarray:
-    """The image-half planes of one field, in raw intensity units."""
-    out = []
-    for plane in planes:
-        if plane == "segmentation_input":
-            out.append(apply_recipe(stack, config.segmentation.input, names))
-        else:
-            out.append(stack[resolve_channel(names, plane)].astype(np.float32))
-    return np.stack(out)
-
-
-def plate_scales(
-    rows: list[dict],
-    names: list[str],
-    planes: list[str],
-    config: Config,
-    seed: int = 0,
-    percentiles: tuple[float, float] = DISPLAY_PERCENTILES,
-) -> dict[str, list[list[float]]]:
-    """Per plate and plane, the low and high intensity ``percentiles``, medians over a few sampled images.
-
-    Per-plate (not per-image) scaling keeps a compound's effect on brightness visible to the model
-    while absorbing plate-to-plate gain differences, as plate normalisation does in profiling.
-    """
-    by_plate: dict[str, list[dict]] = {}
-    for row in rows:
-        by_plate.setdefault(str(row["plate"]), []).append(row)
-    rng = np.random.default_rng(seed)
-    scales = {}
-    for plate, plate_rows in by_plate.items():
-        picks = rng.choice(len(plate_rows), size=min(SCALE_SAMPLE_IMAGES, len(plate_rows)), replace=False)
-        lows, highs = [], []
-        for i in sorted(picks):
-            raw = raw_planes(load_stack(plate_rows[i], names), planes, names, config)
-            q = np.percentile(raw.reshape(len(planes), -1), list(percentiles), axis=1)
-            lows.append(q[0])
-            highs.append(q[1])
-        scales[plate] = np.stack([np.median(lows, axis=0), np.median(highs, axis=0)], axis=1).tolist()
-    return scales
-
-
-def crop_settings(config: Config, names: list[str]) -> dict[str, Any]:
-    """What makes two crop stores compatible (compared by ``predict`` against a model bundle)."""
-    planes = crop_planes(config, names)
-    image_names = list(MASK_FLOW_NAMES) if config.crops.recipe == "mask_flow" else planes
-    return {
-        "recipe": config.crops.recipe,
-        "store_size": config.crops.store_size,
-        "padding": config.crops.padding,
-        "planes": planes,
-        "channels": [*image_names, *FLOW_NAMES],
-        "segmentation_input": config.segmentation.input.model_dump(),
-    }
-
-
-def changed_settings(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
-    """The keys whose values differ between two :func:`crop_settings` (a key on one side only counts)."""
-    return sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
 
 
 def crop_one(row: dict, *, config_json: str, run_root: str, names: list[str], scales: dict) -> dict:

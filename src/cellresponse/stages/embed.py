@@ -27,9 +27,11 @@ from cellresponse.config import Config
 from cellresponse.devices import device_name, inference_device
 from cellresponse.features.cell_features import cell_ids
 from cellresponse.features.crop_store import CropStore
+from cellresponse.features.crops import plate_scales, raw_planes
+from cellresponse.features.embedding_tables import write_embedding_means
 from cellresponse.input.channels import load_stack, resolve_channel
-from cellresponse.input.io import atomic_path, remove_stale_temporaries, write_parquet
-from cellresponse.input.runfolder import RunFolder
+from cellresponse.input.io import atomic_path, remove_stale_temporaries
+from cellresponse.input.runfolder import RunFolder, require_outputs
 from cellresponse.input.transforms import to_unit
 from cellresponse.learning.bundle import load_bundle, predict_cells
 from cellresponse.networks.embeddings import (
@@ -41,8 +43,7 @@ from cellresponse.networks.embeddings import (
     embedding_columns,
     window_side,
 )
-from cellresponse.stages.crops import plate_scales, raw_planes
-from cellresponse.stages.per_image import image_rows, require_outputs, settled_scales
+from cellresponse.stages.per_image import image_rows, settled_scales
 
 log = logging.getLogger(__name__)
 
@@ -229,46 +230,3 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
         summary["cells_per_second"],
     )
     return summary
-
-
-def _mean_from_file(path: Path) -> tuple[np.ndarray, int]:
-    table = pq.read_table(path)
-    columns = [name for name in table.column_names if name.startswith("emb_")]
-    if not table.num_rows:
-        return np.zeros(len(columns)), 0
-    return np.column_stack([table.column(c).to_numpy() for c in columns]).mean(axis=0, dtype=np.float64), table.num_rows
-
-
-def write_embedding_means(
-    run: RunFolder, image_ids: list[str], means: dict[str, tuple[np.ndarray, int]], columns: list[str]
-) -> None:
-    """``RUN/embedding_means.parquet``: every image's mean embedding and cell count, from ``means`` (the images
-    embedded now) and the files of those embedded before. Profiles, training and evaluation each need every
-    image's mean, and reading the per-cell files again took 70-77 s for BBBC021-moa's 440 fields at 3 × 1,280
-    columns (on a shared machine), three times a run."""
-    if run.embedding_means.is_file():
-        return
-    rows = [means.get(i) or _mean_from_file(run.embedding_path(i)) for i in image_ids]
-    table = pd.DataFrame(np.stack([vector for vector, _ in rows]) if rows else np.zeros((0, len(columns))))
-    table.columns = columns
-    table.insert(0, "cell_count", [count for _, count in rows])
-    table.insert(0, "image_id", image_ids)
-    write_parquet(run.embedding_means, table)
-
-
-def mean_embeddings(run: RunFolder, image_ids: list[str]) -> pd.DataFrame:
-    """Each image's mean cell embedding (index image_id, columns emb_…); images without cells are left out.
-    Read from ``RUN/embedding_means.parquet`` when it holds every image asked for, else from the per-cell files."""
-    require_outputs(run, image_ids, run.embedding_path, "embeddings", "embed")
-    if run.embedding_means.is_file():
-        table = pd.read_parquet(run.embedding_means).set_index("image_id")
-        if set(image_ids) <= set(table.index):
-            table = table.loc[list(image_ids)]
-            return table[table.pop("cell_count") > 0].rename_axis(None)
-    means = {}
-    for image_id in image_ids:
-        vector, count = _mean_from_file(run.embedding_path(image_id))
-        if count:
-            means[image_id] = vector
-    columns = embedding_columns(len(next(iter(means.values())))) if means else []
-    return pd.DataFrame.from_dict(means, orient="index", columns=columns)

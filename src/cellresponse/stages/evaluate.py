@@ -20,6 +20,7 @@ from cellresponse.evaluation.metrics import (
     LEVELS,
     classification_metrics,
     grouping_record,
+    label_grouping_of,
     prediction_table,
     vote,
     voted_metrics,
@@ -41,9 +42,9 @@ from cellresponse.learning.baselines import (
 )
 from cellresponse.learning.bundle import Bundle, load_bundle, predict_cells
 from cellresponse.learning.model_choice import auto_summary, profile_validation_scores
+from cellresponse.learning.profile_tables import profile_tables
 from cellresponse.learning.splits import TEST, assign_split, log_split
 from cellresponse.provenance import made_by
-from cellresponse.stages.profile import label_grouping_of, profile_tables
 
 log = logging.getLogger(__name__)
 

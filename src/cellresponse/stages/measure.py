@@ -16,8 +16,8 @@ from cellresponse.errors import InputError
 from cellresponse.features.cell_features import cell_ids, empty_cells_table, measure_cells
 from cellresponse.input.channels import apply_recipe, find_nuclear_channel, load_stack, resolve_channel
 from cellresponse.input.io import atomic_path, read_tiff, write_parquet
-from cellresponse.input.runfolder import RunFolder
-from cellresponse.stages.per_image import config_from_json, image_rows, map_stage, require_outputs, settled_scales
+from cellresponse.input.runfolder import RunFolder, require_outputs
+from cellresponse.stages.per_image import config_from_json, image_rows, map_stage, settled_scales
 
 log = logging.getLogger(__name__)
 

@@ -46,18 +46,6 @@ def image_rows(run: RunFolder) -> tuple[list[dict[str, Any]], list[str]]:
     return table.to_dict("records"), channel_names(table)
 
 
-def require_outputs(
-    run: RunFolder, image_ids: Iterable[str], path_of: Callable[[str], Path], what: str, stage: str
-) -> None:
-    """Every image must have the output of an earlier stage (``path_of(image_id)``), else one line naming the
-    command that makes it."""
-    missing = [image_id for image_id in image_ids if not path_of(image_id).exists()]
-    if missing:
-        raise InputError(
-            f"{len(missing)} images have no {what} (e.g. {missing[0]}) — run `cellresponse {stage} {run.root}` first"
-        )
-
-
 def settled_scales(
     folder: Path,
     settings_path: Path,

@@ -40,6 +40,9 @@ from cellresponse.errors import InputError
 from cellresponse.evaluation.metrics import prediction_table, vote
 from cellresponse.features.cell_features import feature_columns
 from cellresponse.features.crop_store import CropStore
+from cellresponse.features.crops import changed_settings
+from cellresponse.features.crops import crop_settings as crop_settings_of
+from cellresponse.features.embedding_tables import mean_embeddings
 from cellresponse.input.io import atomic_path, write_parquet
 from cellresponse.input.plate import ImageSource, channel_names, group_keys
 from cellresponse.input.runfolder import RunFolder
@@ -94,7 +97,7 @@ def check_compatible(bundle_channels: list[str], names: list[str], bundle_crops:
             "predict needs the same channels in the same order: give a load_data.csv whose FileName_Orig<name> "
             "columns carry the model's names (a Phenix folder names its channels ch1, ch2, …)"
         )
-    changed = crops.changed_settings(bundle_crops, crop_settings)
+    changed = changed_settings(bundle_crops, crop_settings)
     if changed:
         raise InputError(f"crop settings differ from the model bundle's in {changed}; use the bundle's settings")
 
@@ -259,7 +262,7 @@ def predict_with_profiles(
     deep = None
     if kind != "measured":
         embed.run(out, embedding_config(config, bundle), progress=progress)
-        deep = embed.mean_embeddings(out, [str(i) for i in measured.index])
+        deep = mean_embeddings(out, [str(i) for i in measured.index])
     features = image_profiles(kind, measured, deep)
     probs = features_model_probabilities(model, features)
     table = meta.loc[features.index].reset_index()
@@ -284,7 +287,7 @@ def query_blocks(bundle: Bundle, cells: pd.DataFrame, out: RunFolder, config: Co
         blocks["measured"] = image_feature_table(cells, profile_cell_columns(measured))
     if len(measured) < len(features):
         embed.run(out, embedding_config(config, bundle), progress=progress)
-        blocks["deep"] = embed.mean_embeddings(out, sorted(cells["image_id"].astype(str).unique()))
+        blocks["deep"] = mean_embeddings(out, sorted(cells["image_id"].astype(str).unique()))
     return blocks
 
 
@@ -422,7 +425,7 @@ def prepare(
     images.run(out, config, source=source)
     table = out.read_images()
     names = channel_names(table)
-    check_compatible(bundle.channels, names, bundle.crop_settings, crops.crop_settings(config, names))
+    check_compatible(bundle.channels, names, bundle.crop_settings, crop_settings_of(config, names))
     return PredictionPlan(bundle, config, model, device, table, Path(bundle_path))
 
 

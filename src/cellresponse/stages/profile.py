@@ -9,7 +9,6 @@ Writes ``RUN/profiles/<kind>_wells.parquet``, ``RUN/profiles/<kind>_treatments.p
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Iterable
@@ -18,13 +17,13 @@ from typing import Any
 import pandas as pd
 
 from cellresponse.config import MOA_COLUMNS, Config
-from cellresponse.evaluation.metrics import label_grouping
 from cellresponse.features.cell_features import feature_columns
+from cellresponse.features.embedding_tables import mean_embeddings
 from cellresponse.input.io import write_json, write_parquet
 from cellresponse.input.plate import check_columns
 from cellresponse.input.runfolder import RunFolder
 from cellresponse.profiling.profile_benchmarks import nsc_accuracy, nsc_summary, retrieval_map
-from cellresponse.profiling.profile_models import PROFILE_KINDS, image_feature_table, image_profiles
+from cellresponse.profiling.profile_models import image_feature_table
 from cellresponse.profiling.well_profiles import (
     PLATE,
     TREATMENT,
@@ -38,7 +37,6 @@ from cellresponse.profiling.well_profiles import (
     well_profiles,
 )
 from cellresponse.provenance import made_by
-from cellresponse.stages.embed import mean_embeddings
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +53,6 @@ def image_metadata(images: pd.DataFrame, config: Config) -> pd.DataFrame:
     return meta
 
 
-def label_grouping_of(images: pd.DataFrame, label: str, config: Config) -> tuple[str, dict[str, str]] | None:
-    """The coarser grouping of the labels that evaluation reads wrong calls against and predictions name beside
-    each call: the MoA column (``profiles.moa``; ``auto``: :meth:`Config.moa_column`), else the gene target column
-    (``input.target_column``) — the first that the images carry, is not the label and gives every label one group
-    (:func:`cellresponse.evaluation.metrics.label_grouping`)."""
-    return label_grouping(images, label, (config.moa_column(images.columns), config.input.target_column))
-
-
 def image_tables(run: RunFolder, kinds: list[str], images: pd.DataFrame) -> dict[str, tuple[pd.DataFrame, list[str]]]:
     """Per image, the profile each kind starts from: ``measured`` = the distribution of every measured cell
     feature over the field's cells (mean, sd, 5/25/50/75/95th percentiles, cell count: profiles.py), ``deep`` =
@@ -76,28 +66,6 @@ def image_tables(run: RunFolder, kinds: list[str], images: pd.DataFrame) -> dict
         means = mean_embeddings(run, images["image_id"].tolist())
         tables["deep"] = (means.rename_axis("image_id").reset_index(), list(means.columns))
     return tables
-
-
-def frozen_embedding_settings(run: RunFolder) -> dict[str, Any] | None:
-    """The settings of the run's embeddings when they come from the frozen pretrained network (the only ones a
-    new plate can be embedded with before a model exists); None otherwise."""
-    if not run.embedding_settings.is_file():
-        return None
-    settings = json.loads(run.embedding_settings.read_text()).get("settings", {})
-    return settings if "window" in settings else None
-
-
-def profile_tables(run: RunFolder, cells: pd.DataFrame, image_ids: list[str]) -> dict[str, pd.DataFrame]:
-    """Per-image profiles of every kind the run has: measured always, deep and both once every image of the
-    split has its embeddings from the frozen pretrained network (``cellresponse embed``)."""
-    measured = image_feature_table(cells[cells["image_id"].isin(set(image_ids))], feature_columns(cells.columns))
-    embedded = frozen_embedding_settings(run) is not None and all(run.embedding_path(i).is_file() for i in image_ids)
-    if not embedded:
-        log.info("no frozen-network embeddings for every image: the deep and both profile models are left out")
-    deep = mean_embeddings(run, image_ids) if embedded else None
-    return {
-        kind: image_profiles(kind, measured, deep) for kind in PROFILE_KINDS if deep is not None or kind == "measured"
-    }
 
 
 def normalized_wells(

@@ -28,8 +28,8 @@ from cellresponse.profiling.profile_benchmarks import nsc_not_computed, nsc_summ
 from cellresponse.provenance import made_by_line
 from cellresponse.reporting.figures import plot_confusion, plot_history, treatment_panels
 from cellresponse.reporting.htmlpage import CSS, html_table, inline_png
+from cellresponse.segmentation.inputs import segmentation_inputs
 from cellresponse.stages import PIPELINE
-from cellresponse.stages.segment import segmentation_inputs
 
 FIGURE1_PANELS = 3
 METRIC_HEADER = ["level", "vote", "accuracy", "balanced acc.", "top-{k}", "chance", "majority", "features-only", "n"]

@@ -12,11 +12,11 @@ import numpy as np
 import pandas as pd
 
 from cellresponse.config import Config
-from cellresponse.errors import InputError
-from cellresponse.input.channels import apply_recipe, find_nuclear_channel, load_stack, recipe_channels
+from cellresponse.input.channels import recipe_channels
 from cellresponse.input.io import read_tiff, read_tiff_info, write_parquet, write_tiff
 from cellresponse.input.runfolder import RunFolder
 from cellresponse.segmentation.cellpose_backend import ensure_cellpose_weights
+from cellresponse.segmentation.inputs import segmentation_inputs
 from cellresponse.segmentation.offline import Segmenter, choose_backend
 from cellresponse.stages.per_image import config_from_json, image_rows, map_stage
 
@@ -33,20 +33,6 @@ def _segmenter(config: Config, backend: str) -> Segmenter:
     if key not in _SEGMENTERS:
         _SEGMENTERS[key] = Segmenter(config.segmentation, backend=backend)
     return _SEGMENTERS[key]
-
-
-def segmentation_inputs(row: dict, names: list[str], config: Config) -> tuple[np.ndarray, np.ndarray | None, str]:
-    """The segmentation input (recipe), the nuclear channel and its name, of one field."""
-    stack = load_stack(row, names)
-    seg_input = apply_recipe(stack, config.segmentation.input, names)
-    if seg_input.ndim != 2:
-        raise InputError("segmentation.input must give one 2-D image (kind median/mean/max/single)")
-    nuclear = find_nuclear_channel(names, config.segmentation.nuclear_channel, stack)
-    return (
-        seg_input,
-        (stack[nuclear] if nuclear is not None else None),
-        (names[nuclear] if nuclear is not None else ""),
-    )
 
 
 def segment_one(row: dict, *, config_json: str, run_root: str, names: list[str], backend: str) -> dict:

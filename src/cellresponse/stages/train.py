@@ -18,14 +18,17 @@ import torch
 from cellresponse.config import WELL_TREATMENT, Config
 from cellresponse.devices import inference_device
 from cellresponse.errors import InputError, ResourceError
-from cellresponse.evaluation.metrics import grouping_record, label_groups, vote
+from cellresponse.evaluation.metrics import grouping_record, label_grouping_of, label_groups, vote
 from cellresponse.features.cell_features import feature_columns
 from cellresponse.features.crop_store import CropStore
+from cellresponse.features.crops import changed_settings, crop_settings
+from cellresponse.features.embedding_tables import frozen_embedding_settings
 from cellresponse.input.io import write_json, write_parquet
 from cellresponse.input.plate import channel_names, group_keys, labelled_images
 from cellresponse.input.runfolder import RunFolder
 from cellresponse.learning.bundle import load_bundle, predict_cells, save_bundle, save_choice
 from cellresponse.learning.model_choice import NETWORK, choose_model, describe_choice, profile_validation_scores
+from cellresponse.learning.profile_tables import profile_tables
 from cellresponse.learning.splits import (
     TEST,
     TRAIN,
@@ -50,8 +53,6 @@ from cellresponse.profiling.references import (
     kind_blocks,
     negative_controls,
 )
-from cellresponse.stages.crops import changed_settings, crop_settings
-from cellresponse.stages.profile import frozen_embedding_settings, label_grouping_of, profile_tables
 
 log = logging.getLogger(__name__)
 
