@@ -97,7 +97,8 @@ def test_report_shows_top_k_whatever_k_is():
     votes = {"majority_vote": block, "soft_vote": block}
     metrics = {"cell": {**block, "chance_rate": 0.1, "majority_rate": 0.2}, "image": votes}
     rows = metrics_rows(metrics)
-    assert [row[4] for row in rows] == [0.75, 0.75, 0.75]
+    assert [row[5] for row in rows] == [0.75, 0.75, 0.75]
+    assert [row[3] for row in rows] == ["0.15–0.85"] * 3  # 2 of 4 right: the Wilson interval says how little that is
 
 
 def test_seed_everything_leaves_pythonhashseed_alone(monkeypatch):

@@ -368,3 +368,11 @@ def test_unseen_compounds_are_called_by_their_mechanism_on_real_cells(moa_site1_
         right += list(calls["moa_call"].astype(object) == wells["moa"])
     # measured 0.800 on these single fields (chance 0.114); whole wells of four fields: benchmarks/unseen_compounds.py
     assert len(right) == 55 and np.mean(right) >= 0.7, np.mean(right)
+
+
+def test_the_wilson_interval_matches_known_values():
+    from cellresponse.evaluation.metrics import wilson_interval
+
+    low, high = wilson_interval(18, 20)  # 0.90 on 20 fields
+    assert abs(low - 0.699) < 0.002 and abs(high - 0.972) < 0.002
+    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0

@@ -323,3 +323,14 @@ def test_every_output_says_what_made_it(tiny_demo):
         assert "commit" in made
     assert (run / "config.yaml").read_text().startswith(f"# written by cellresponse {__version__}")
     assert f"Made by cellresponse {__version__}" in (run / "report" / "index.html").read_text()
+
+
+def test_a_resumed_embed_says_there_was_nothing_to_embed(tiny_demo, tmp_path):
+    import shutil
+
+    demo, _ = tiny_demo
+    run = tmp_path / "run"
+    shutil.copytree(demo / "run", run)
+    result = run_cli("embed", run, "--no-progress")
+    printed = result.stdout + result.stderr
+    assert "nothing to embed" in printed and "None cells/s" not in printed

@@ -347,3 +347,14 @@ def label_grouping_of(images: pd.DataFrame, label: str, config: Config) -> tuple
     (``input.target_column``) — the first that the images carry, is not the label and gives every label one group
     (:func:`cellresponse.evaluation.metrics.label_grouping`)."""
     return label_grouping(images, label, (config.moa_column(images.columns), config.input.target_column))
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a proportion (95 % for ``z`` = 1.96): honest on small test sides and near 0 or 1,
+    where the normal approximation is not."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))

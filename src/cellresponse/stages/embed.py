@@ -221,12 +221,15 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
         "seconds": round(seconds, 2),
     }
     run.record_stage("embed", summary)
-    log.info(
-        "embedded %d cells (%d dims, %s) in %.0f s — %s cells/s",
-        embedded,
-        len(columns),
-        ", ".join(settings["channels"]),
-        seconds,
-        summary["cells_per_second"],
-    )
+    if embedded:
+        log.info(
+            "embedded %d cells (%d dims, %s) in %.0f s — %s cells/s",
+            embedded,
+            len(columns),
+            ", ".join(settings["channels"]),
+            seconds,
+            summary["cells_per_second"],
+        )
+    else:  # a resumed run with every image done: no rate to report
+        log.info("embeddings already there for all %d images: nothing to embed", len(rows))
     return summary

@@ -22,7 +22,7 @@ from cellresponse.features.embedding_tables import mean_embeddings
 from cellresponse.input.io import write_json, write_parquet
 from cellresponse.input.plate import check_columns
 from cellresponse.input.runfolder import RunFolder
-from cellresponse.profiling.profile_benchmarks import nsc_accuracy, nsc_summary, retrieval_map
+from cellresponse.profiling.profile_benchmarks import nsc_accuracy, nsc_not_computed, nsc_summary, retrieval_map
 from cellresponse.profiling.profile_models import image_feature_table
 from cellresponse.profiling.well_profiles import (
     PLATE,
@@ -182,6 +182,7 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
     if "both" in p.kinds:
         normalized["both"] = combined_profiles(*normalized["measured"], *normalized["deep"])
     metrics: dict[str, Any] = {"normalization": sorted(notes), "kinds": {}}
+    not_computed: set[str] = set()
     for kind in p.kinds:
         wells, features = normalized[kind]
         treatments = treatment_profiles(wells, features, p.aggregate)
@@ -194,15 +195,20 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
             "treatments": len(treatments),
             **result,
         }
+        why = nsc_not_computed(result.get("nsc", {}))
+        if why:
+            not_computed.add(why)
         log.info(
             "%s profiles: %d wells, %d treatments, %d features; %s; replicate mAP %s",
             kind,
             len(wells),
             len(treatments),
             len(features),
-            nsc_summary(result.get("nsc", {})),
+            "NSC not computed" if why else nsc_summary(result.get("nsc", {})),
             f"{result['map_replicates'].get('mean_average_precision', float('nan')):.3f}",
         )
+    for why in sorted(not_computed):  # said once, not once per kind
+        log.info("NSC MoA accuracy not computed: %s", why)
     metrics["seconds"] = round(time.perf_counter() - started, 2)
     write_json(run.profile_metrics, {**metrics, "made_by": made_by()})
     run.record_stage("profile", {"kinds": p.kinds, "seconds": metrics["seconds"]})
