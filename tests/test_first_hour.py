@@ -334,3 +334,14 @@ def test_a_resumed_embed_says_there_was_nothing_to_embed(tiny_demo, tmp_path):
     result = run_cli("embed", run, "--no-progress")
     printed = result.stdout + result.stderr
     assert "nothing to embed" in printed and "None cells/s" not in printed
+
+
+def test_the_report_lists_what_each_test_image_was_called(tiny_demo):
+    import pandas as pd
+
+    out, _ = tiny_demo
+    run = out / "run"
+    page = (run / "report" / "index.html").read_text()
+    assert "What each test image was called" in page
+    calls = pd.read_parquet(run / "predictions" / "image_predictions.parquet")
+    assert all(str(image_id) in page for image_id in calls["image_id"])

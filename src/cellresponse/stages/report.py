@@ -351,6 +351,33 @@ def section_results(metrics: dict[str, Any], out: Path) -> list[str]:
     return parts
 
 
+CALL_ROWS = 100  # test images listed in the report's call table (all of them are in the Parquet file)
+
+
+def section_image_calls(run: RunFolder, label: str) -> list[str]:
+    """What each held-out test image was called by the network (its headline vote): the true label, the call, its
+    probability and whether it was right — wrong calls first, at most :data:`CALL_ROWS` rows."""
+    if not run.image_predictions.is_file():
+        return []
+    table = pd.read_parquet(run.image_predictions)
+    if label not in table.columns or table.empty:
+        return []
+    right = table[label].astype(str) == table["predicted_label"].astype(str)
+    shown = table.assign(right=right).sort_values(["right", "probability"], ascending=[True, False]).head(CALL_ROWS)
+    columns = [shown[c].astype(str) for c in ("image_id", "plate", "well", label, "predicted_label")]
+    rows = [
+        [*names, float(probability), "yes" if ok else "no"]
+        for *names, probability, ok in zip(*columns, shown["probability"], shown["right"], strict=True)
+    ]
+    said = f"the first {CALL_ROWS} of {len(table)}, " if len(table) > CALL_ROWS else ""
+    return [
+        "<h2>What each test image was called</h2>",
+        f"<p>The network's call per held-out image ({said}wrong calls first; every image in "
+        f"<code>{html.escape(str(run.image_predictions))}</code>).</p>",
+        html_table(["image", "plate", "well", "true label", "called", "probability", "right"], rows),
+    ]
+
+
 def section_profiles(profiles: dict[str, Any]) -> list[str]:
     """The profile-level benchmarks: NSC MoA accuracy, replicate and MoA retrieval mAP, per profile kind."""
     if not profiles.get("kinds"):
@@ -524,6 +551,7 @@ def build_report(run: RunFolder, config: Config) -> Path:
         f"Run folder: <code>{html.escape(str(run.root))}</code></p>",
         *section_data(run, summaries),
         *section_results(metrics, out),
+        *section_image_calls(run, config.input.label),
         *section_profiles(json.loads(run.profile_metrics.read_text()) if run.profile_metrics.exists() else {}),
         *section_split(split),
         *section_training(run.read_history(), out),
