@@ -41,6 +41,7 @@ from cellresponse.profiling.references import (
     level_table,
     match,
     normalize_query,
+    profile_fields,
     query_normalization,
 )
 
@@ -76,8 +77,9 @@ def blocks_of(tables: dict[str, pd.DataFrame], kind: str, ids: pd.Index) -> dict
 
 
 def answered(refs, tables, kind, meta, query_ids, mode_setting, level):
-    mode, _ = query_normalization(refs, False, mode_setting, meta.loc[query_ids, "treatment"].nunique())
-    fields = normalize_query(blocks_of(tables, kind, query_ids), meta.loc[query_ids], None, refs, mode)
+    mode, _ = query_normalization(refs, False, mode_setting)
+    raw, _ = profile_fields(blocks_of(tables, kind, query_ids), meta.loc[query_ids])
+    fields = normalize_query(raw, None, refs, mode)
     units = level_table(fields, refs.features, level)
     return units, match(units, refs, level, 5)
 

@@ -348,7 +348,14 @@ def test_unseen_compounds_are_called_by_their_mechanism_on_real_cells(moa_site1_
     (its references dropped, the rest recalibrated leave-one-compound-out), replicate 2's wells of that compound
     answered as predict answers a new plate — the mechanism comes from the nearest other compounds."""
     from cellresponse.features.cell_features import feature_columns
-    from cellresponse.profiling.references import build_references, image_meta, level_table, match, normalize_query
+    from cellresponse.profiling.references import (
+        build_references,
+        image_meta,
+        level_table,
+        match,
+        normalize_query,
+        profile_fields,
+    )
 
     cells, images = moa_site1_cells
     table = image_feature_table(cells, feature_columns(cells.columns))
@@ -360,7 +367,8 @@ def test_unseen_compounds_are_called_by_their_mechanism_on_real_cells(moa_site1_
     for compound in sorted(meta["compound"].unique()):
         kept = reference_ids[meta.loc[reference_ids, "compound"] != compound]
         refs = build_references({"measured": table.loc[kept]}, meta.loc[kept], None, "measured", columns, 0.05)
-        fields = normalize_query({"measured": table.loc[query_ids]}, meta.loc[query_ids], None, refs, "references")
+        raw, _ = profile_fields({"measured": table.loc[query_ids]}, meta.loc[query_ids])
+        fields = normalize_query(raw, None, refs, "references")
         wells = level_table(fields, refs.features, "well")
         wells = wells[wells["compound"] == compound].reset_index(drop=True)
         calls = match(wells, refs, "well", 5)

@@ -80,8 +80,8 @@ def references_of(blocks, images, quantile: float = 0.05):
 def query_answer(references, blocks, images):
     meta = image_meta(images, ["Metadata_Compound", "Metadata_Concentration"], "Metadata_Compound", "Metadata_MoA")
     controls = negative_controls(images, ["Metadata_Compound"], "DMSO")
-    fields = normalize_query(blocks, meta, controls, references, "controls" if controls is not None else "references")
     raw, _ = profile_fields(blocks, meta)
+    fields = normalize_query(raw, controls, references, "controls" if controls is not None else "references")
     return answer(fields, raw, references, controls, neighbours=5, fdr=0.05)
 
 
@@ -248,8 +248,8 @@ def test_without_a_mechanism_the_summary_says_why_there_is_no_call():
     refs = build_references(blocks, meta, None, "measured", {"moa": None}, 0.05)
     query_blocks, query_images = plate([("actin-0", "1", "actin", 2)], seed=12, plate_name="Q")
     query_meta = image_meta(query_images, ["Metadata_Compound"], "Metadata_Compound", None)
-    fields = normalize_query(query_blocks, query_meta, None, refs, "references")
     raw, _ = profile_fields(query_blocks, query_meta)
+    fields = normalize_query(raw, None, refs, "references")
     answers = answer(fields, raw, refs, None, neighbours=3, fdr=0.05)
     line = summary(answers, refs.calibration)
     assert "no moa_call: the references have no mechanism column" in line and "0 called" in line

@@ -25,7 +25,7 @@ def embedding_columns(n: int) -> list[str]:
 
 def _mean_from_file(path: Path) -> tuple[np.ndarray, int]:
     table = pq.read_table(path)
-    columns = [name for name in table.column_names if name.startswith("emb_")]
+    columns = [name for name in table.column_names if name.startswith(PREFIX)]
     if not table.num_rows:
         return np.zeros(len(columns)), 0
     return np.column_stack([table.column(c).to_numpy() for c in columns]).mean(axis=0, dtype=np.float64), table.num_rows

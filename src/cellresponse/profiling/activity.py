@@ -99,9 +99,10 @@ def phenotypic_activity(
         parts.append(scored.assign(activity_level=level))
     lone = sorted(set(treated["treatment"]) - replicated - one_well)
     parts.append(pd.DataFrame({"treatment": lone, "activity_level": "one field"}))
-    table = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) else None
-    if table is None:
+    parts = [part for part in parts if len(part)]
+    if not parts:
         return pd.DataFrame(columns=["treatment", *COLUMNS])
+    table = pd.concat(parts, ignore_index=True)
     for column in COLUMNS:
         if column not in table:
             table[column] = np.nan

@@ -17,10 +17,14 @@ NULL_SIZE = 10000
 ALPHA = 0.05
 
 
-def cosine_similarity(features: np.ndarray) -> np.ndarray:
-    x = np.asarray(features, dtype=np.float64)
-    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    return x @ x.T
+def cosine_similarity(a: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+    """Cosine similarity of every row of ``a`` with every row of ``b`` (of ``a`` itself without ``b``)."""
+    a = np.asarray(a, dtype=np.float64)
+    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+    if b is None:
+        return a @ a.T
+    b = np.asarray(b, dtype=np.float64)
+    return a @ (b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)).T
 
 
 def nsc_accuracy(

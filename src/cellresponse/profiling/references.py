@@ -33,6 +33,7 @@ from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
 
 from cellresponse.input.io import write_json, write_parquet
+from cellresponse.profiling.profile_benchmarks import cosine_similarity
 from cellresponse.profiling.well_profiles import select_features
 
 LEVELS = ("field", "well", "treatment")
@@ -100,6 +101,13 @@ class References:
         }
 
 
+def control_flags(controls: pd.Series | None, image_ids: pd.Series) -> np.ndarray:
+    """Per image of ``image_ids``, whether :func:`negative_controls` marked it (all False without controls)."""
+    if controls is None:
+        return np.zeros(len(image_ids), bool)
+    return controls.reindex(image_ids.astype(str)).fillna(False).to_numpy(bool)
+
+
 def standardization(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """StandardScaler's parameters of the rows (scale 1 where a column is constant or empty)."""
     center = np.nanmean(values, axis=0) if len(values) else np.zeros(values.shape[1])
@@ -140,15 +148,6 @@ def level_table(fields: pd.DataFrame, features: list[str], level: str) -> pd.Dat
     if level == "treatment":
         return treatment_table(fields, features)
     raise ValueError(f"unknown level {level!r}; levels: {', '.join(LEVELS)}")
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Cosine similarity of every row of ``a`` with every row of ``b``."""
-    a = np.asarray(a, np.float64)
-    b = np.asarray(b, np.float64)
-    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
-    return a @ b.T
 
 
 def fit_normalization(
@@ -237,7 +236,7 @@ def leave_one_compound_out(references: References, level: str) -> pd.DataFrame:
     features = references.features
     treatments = treatment_table(references.fields, features)
     units = level_table(references.fields, features, level)
-    similarity = cosine(units[features].to_numpy(), treatments[features].to_numpy())
+    similarity = cosine_similarity(units[features].to_numpy(), treatments[features].to_numpy())
     other_compound = units["compound"].to_numpy(object)[:, None] != treatments["compound"].to_numpy(object)[None, :]
     similarity = np.where(other_compound, similarity, -np.inf)
     out = pd.DataFrame({"compound": units["compound"].to_numpy(), "best_similarity": similarity.max(axis=1)})
@@ -328,7 +327,7 @@ def match(
     per query, a compound whose references it may not match (the leave-one-compound-out benchmarks)."""
     features = references.features
     treatments = treatment_table(references.fields, features)
-    similarity = cosine(queries[features].to_numpy(), treatments[features].to_numpy())
+    similarity = cosine_similarity(queries[features].to_numpy(), treatments[features].to_numpy())
     if exclude is not None:
         barred = exclude.astype(str).to_numpy(object)[:, None] == treatments["compound"].astype(str).to_numpy(object)
         similarity = np.where(barred, -np.inf, similarity)
@@ -380,15 +379,11 @@ def build_references(
     fields[everything] = fields[everything].astype(np.float64).replace([np.inf, -np.inf], np.nan)
     fields[everything] = fields[everything].fillna(fields[everything].mean()).fillna(0.0)
     fields = fields.copy()  # one block per dtype, not a column each
-    is_control = (
-        controls.reindex(fields["image_id"]).fillna(False).to_numpy(bool)
-        if controls is not None
-        else np.zeros(len(fields), bool)
-    )
+    is_control = control_flags(controls, fields["image_id"])
     wells = well_table(fields, everything)
-    control_wells = set(group_of(fields[is_control]))
-    sample_wells = pd.Series(group_of(wells)).isin(control_wells).to_numpy() if is_control.any() else None
-    sample_wells = np.ones(len(wells), bool) if sample_wells is None else sample_wells
+    sample_wells = np.ones(len(wells), bool)
+    if is_control.any():
+        sample_wells = pd.Series(group_of(wells)).isin(set(group_of(fields[is_control]))).to_numpy()
     name = "negative controls" if is_control.any() else "all wells"
     normalization = fit_normalization(wells, everything, sample_wells, name, block_columns)
     if is_control.any():
@@ -401,12 +396,10 @@ def build_references(
     return references
 
 
-def query_normalization(
-    references: References, has_controls: bool, setting: str, treatments: int = 0
-) -> tuple[str, str]:
+def query_normalization(references: References, has_controls: bool, setting: str) -> tuple[str, str]:
     """How a new plate's profiles are normalised before they meet the references, and why: ``controls`` (to its own
     negative controls, per plate, as the references were), else ``references`` (the references' own parameters);
-    ``self`` (to all its own wells) only when asked. ``treatments`` counts the plate's treatments, for the log."""
+    ``self`` (to all its own wells) only when asked."""
     if setting != "auto":
         return setting, f"references.query_normalization: {setting} (config)"
     if references.normalization.samples == "negative controls" and has_controls:
@@ -420,24 +413,22 @@ def query_normalization(
     # and not adopted: unseen compounds' mechanism right on 0.882 / 0.909 of fields / wells against 0.914 / 0.927
     # with the references' parameters (BBBC021-moa, references replicate 1 → queries 2; unseen_compounds.py).
     return "references", (
-        f"normalised with the references' parameters ({treatments} treatments, no negative controls; they were "
-        "standardised to all their wells)"
+        "normalised with the references' parameters (no negative controls; they were standardised to all their wells)"
     )
 
 
 def normalize_query(
-    blocks: dict[str, pd.DataFrame], meta: pd.DataFrame, controls: pd.Series | None, references: References, mode: str
+    fields: pd.DataFrame, controls: pd.Series | None, references: References, mode: str
 ) -> pd.DataFrame:
-    """A new plate's per-image profile blocks as normalised fields in the references' columns (``mode`` from
-    :func:`query_normalization`)."""
-    fields, _ = profile_fields(blocks, meta)
+    """A new plate's per-image profiles (:func:`profile_fields`) as normalised fields in the references' columns
+    (``mode`` from :func:`query_normalization`)."""
     missing = [c for c in references.features if c not in fields.columns]
     if missing:
         raise ValueError(f"the new images lack {len(missing)} reference profile columns, e.g. {missing[:3]}")
     if mode == "references":
         return normalized_fields(fields, references.normalization)
     if mode == "controls":
-        flags = controls.reindex(fields["image_id"]).fillna(False).to_numpy(bool)
+        flags = control_flags(controls, fields["image_id"])
         return normalized_fields(fields, references.normalization, pd.Series(flags), per_plate=True)
     return normalized_fields(fields, references.normalization, pd.Series(np.ones(len(fields), bool)), per_plate=False)
 

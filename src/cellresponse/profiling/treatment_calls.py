@@ -15,12 +15,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 
 from cellresponse.profiling.activity import COLUMNS as ACTIVITY_COLUMNS
 from cellresponse.profiling.activity import phenotypic_activity
-from cellresponse.profiling.references import References, level_table, match, normalized_fields
+from cellresponse.profiling.references import References, control_flags, level_table, match, normalized_fields
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +70,7 @@ def activity_table(
     columns = ["treatment", *ACTIVITY_COLUMNS]
     if controls is None:
         return pd.DataFrame(columns=columns), "no negative controls among these images: activity not computed"
-    flags = controls.reindex(raw_fields["image_id"].astype(str)).fillna(False).to_numpy(bool)
+    flags = control_flags(controls, raw_fields["image_id"])
     if flags.all():
         return pd.DataFrame(columns=columns), "every image is a negative control: no treatment to score"
     profiles = normalized_fields(raw_fields, references.normalization, pd.Series(flags), per_plate=True)
@@ -101,11 +100,7 @@ def answer(
     for the activity test): activity per treatment, nearest references, mechanism and novelty at each level. A
     negative control's rows carry ``control = True`` and no activity."""
     features = references.features
-    control_of = (
-        controls.reindex(fields["image_id"].astype(str)).fillna(False).to_numpy(bool)
-        if controls is not None
-        else np.zeros(len(fields), bool)
-    )
+    control_of = control_flags(controls, fields["image_id"])
     activity, note = activity_table(raw_fields, references, controls, fdr, seed)
     control_treatments = set(fields.loc[control_of, "treatment"].astype(str))
     out = {}

@@ -26,7 +26,8 @@ from sklearn.decomposition import PCA
 from cellresponse.input.channels import load_stack
 from cellresponse.input.io import write_text
 from cellresponse.input.transforms import normalize_percentile
-from cellresponse.profiling.references import References, cosine, treatment_table
+from cellresponse.profiling.profile_benchmarks import cosine_similarity
+from cellresponse.profiling.references import References, treatment_table
 from cellresponse.provenance import made_by_line
 from cellresponse.reporting.figures import cell_strips, profile_map, similarity_heatmap
 from cellresponse.reporting.htmlpage import html_table, inline_png, page
@@ -127,7 +128,7 @@ def map_section(calls: pd.DataFrame, references: References, query_treatments: p
         (f"PC 1 ({explained[0]:.0%})", f"PC 2 ({explained[1]:.0%})"),
     )
     shown = new.head(HEATMAP_ROWS)
-    similarity = cosine(shown[features].to_numpy(), refs[features].to_numpy())
+    similarity = cosine_similarity(shown[features].to_numpy(), refs[features].to_numpy())
     close = np.unique(np.argsort(-similarity, axis=1)[:, :3])
     matrix = similarity[:, close]
     row_order = leaves_list(linkage(matrix, "average")) if len(matrix) > 2 else np.arange(len(matrix))

@@ -335,13 +335,10 @@ def answer_open_world(plan: PredictionPlan, out: RunFolder, cells: pd.DataFrame,
     meta = image_meta(table, treatment, compound, moa)
     controls = negative_controls(table, [config.input.label, compound], config.input.control_label)
     r = config.references
-    treated = (
-        meta["treatment"][~meta.index.isin(controls.index[controls])] if controls is not None else meta["treatment"]
-    )
-    mode, why = query_normalization(references, controls is not None, r.query_normalization, treated.nunique())
+    mode, why = query_normalization(references, controls is not None, r.query_normalization)
     log.info(why)
-    fields = normalize_query(blocks, meta, controls, references, mode)
     raw, _ = profile_fields(blocks, meta)
+    fields = normalize_query(raw, controls, references, mode)
     answers = answer(fields, raw, references, controls, r.neighbours, r.activity_fdr, config.seed)
     if answers.activity_note:
         named = " or ".join(dict.fromkeys(c for c in (config.input.label, compound) if c))
