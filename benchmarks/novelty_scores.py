@@ -1,0 +1,108 @@
+"""How well could *any* novelty rule separate new mechanisms from unseen compounds of known ones? (issue 33 probe)
+
+    python benchmarks/novelty_scores.py RUN [--reference-side 1]
+
+RUN as for ``unseen_compounds.py`` (bbbc021-moa through ``profile``). Per query well, three groups:
+``withheld_moa`` (its whole mechanism withheld from the references — should be novel), ``unseen_compound`` (its
+compound withheld, two or more of its mechanism's compounds kept — should not) and ``known`` (its compound among the
+references — should not). For each score the ROC AUC of separating the first group from each other group, and the
+flag rates of the per-mechanism rule at a few cut-offs. Scores:
+
+* ``best`` — the best cosine similarity to a reference treatment (what ``references.novelty_quantile`` thresholds);
+* ``percentile`` — where ``best`` falls among the leave-one-compound-out same-mechanism similarities of the
+  mechanism it is nearest to (a per-mechanism threshold);
+* ``margin`` — best mechanism's similarity minus the second's;
+* ``top3`` — the mean similarity of the three nearest treatments.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_auc_score
+from unseen_compounds import COLUMNS, answered, blocks_of
+
+from cellresponse.features.cell_features import feature_columns
+from cellresponse.features.embedding_tables import mean_embeddings
+from cellresponse.input.runfolder import RunFolder
+from cellresponse.profiling.profile_benchmarks import cosine_similarity
+from cellresponse.profiling.profile_models import image_feature_table
+from cellresponse.profiling.references import (
+    build_references,
+    image_meta,
+    leave_one_compound_out,
+    moa_similarities,
+    treatment_table,
+)
+
+KIND = "both"  # the kind references.kind: auto chose on this run (docs/results.md)
+
+
+def scores(refs, units: pd.DataFrame, calls: pd.DataFrame) -> pd.DataFrame:
+    loco = leave_one_compound_out(refs, "well")
+    same = {moa: group["same_moa_similarity"].to_numpy() for moa, group in loco.groupby("moa")}
+    best = calls["best_similarity"].to_numpy()
+    nearest = calls["nearest_1_moa"].to_numpy()
+    percentile = np.array(
+        [(same[m] <= b).mean() if np.isfinite(same[m]).any() else 1.0 for m, b in zip(nearest, best, strict=True)]
+    )
+    treatments = treatment_table(refs.fields, refs.features)
+    similarity = cosine_similarity(units[refs.features].to_numpy(), treatments[refs.features].to_numpy())
+    moas = sorted(treatments["moa"].astype(str).unique())
+    by_moa = np.sort(moa_similarities(similarity, treatments["moa"].astype(str).to_numpy(), moas), axis=1)
+    return pd.DataFrame({"best": best, "percentile": percentile, "margin": by_moa[:, -1] - by_moa[:, -2],
+                         "top3": np.sort(similarity, axis=1)[:, -3:].mean(axis=1)})  # fmt: skip
+
+
+def groups(tables, meta, ref_ids, query_ids) -> pd.DataFrame:
+    parts = []
+    for withheld, key in [(m, "moa") for m in sorted(meta["moa"].unique())] + [
+        (c, "compound") for c in sorted(meta["compound"].unique())
+    ]:
+        kept = ref_ids[meta.loc[ref_ids, key] != withheld]
+        refs = build_references(blocks_of(tables, KIND, kept), meta.loc[kept], None, KIND, COLUMNS, 0.05)
+        units, calls = answered(refs, tables, KIND, meta, query_ids, "auto", "well")
+        mine = (units[key] == withheld).to_numpy()
+        table = scores(refs, units, calls)
+        if key == "moa":
+            table["group"] = np.where(mine, "withheld_moa", "known")
+        else:
+            table, table["group"] = table[mine], "unseen_compound"
+        parts.append(table)
+    return pd.concat(parts, ignore_index=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run")
+    parser.add_argument("--reference-side", default="1")
+    args = parser.parse_args()
+    run = RunFolder(args.run)
+    images, cells = run.read_images(), run.read_cells()
+    tables = {"measured": image_feature_table(cells, feature_columns(cells.columns)),
+              "deep": mean_embeddings(run, images["image_id"].astype(str).tolist())}  # fmt: skip
+    meta = image_meta(images, COLUMNS["treatment"], "Metadata_Compound", "Metadata_MoA")
+    replicate = images.set_index(images["image_id"].astype(str))["Metadata_Replicate"].astype(str)
+    ref_ids, query_ids = (
+        replicate.index[replicate == args.reference_side],
+        replicate.index[replicate != args.reference_side],
+    )
+    table = groups(tables, meta, ref_ids, query_ids)
+    novel = table[table["group"] == "withheld_moa"]
+    print(f"references replicate {args.reference_side}: wells {table['group'].value_counts().to_dict()}")
+    for score in ("best", "percentile", "margin", "top3"):
+        aucs = []
+        for other in ("unseen_compound", "known"):
+            rest = table[table["group"] == other]
+            truth = np.r_[np.ones(len(novel)), np.zeros(len(rest))]
+            aucs.append(1 - roc_auc_score(truth, np.r_[novel[score], rest[score]]))  # low score = novel
+        print(f"  {score:>10}: ROC AUC new mechanism vs unseen compound {aucs[0]:.3f}, vs known compound {aucs[1]:.3f}")
+    for cut in (0.05, 0.2, 0.3):
+        rates = {g: float((t["percentile"] < cut).mean()) for g, t in table.groupby("group")}
+        print(f"  percentile < {cut}: flagged " + ", ".join(f"{g} {r:.3f}" for g, r in sorted(rates.items())))
+
+
+if __name__ == "__main__":
+    main()
