@@ -234,7 +234,7 @@ def cmd_images(args: argparse.Namespace) -> int:
     run = RunFolder(args.out)
     with new_run_folder(run):
         setup_logging(args.verbose, run)
-        run_stage("images", run, config, source=image_source(args))
+        run_stage("images", run, config, source=image_source(args), progress=not args.no_progress)
     print(f"wrote {run.images}")
     return 0
 
@@ -437,7 +437,7 @@ VERBS = (
     Verb(
         "images",
         "build RUN/images.parquet from a Phenix folder or a load_data.csv",
-        (input_flags, config_flags, images_extra, verbose_flag),
+        (input_flags, config_flags, images_extra, no_progress_flag, verbose_flag),
         cmd_images,
     ),
     Verb("segment", "segment every image: RUN/masks, RUN/flows, RUN/figures", STAGE_FLAGS, stage_verb("segment")),

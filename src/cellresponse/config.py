@@ -36,6 +36,15 @@ class InputConfig(_Section):
     join: Literal["auto", "core", "well", "platemap"] = Field(
         "auto", description="How metadata joins images: CoreFileName, plate/well or a JUMP platemap."
     )
+    illumination: Literal["auto", "compute", "none"] = Field(
+        "auto",
+        description="auto: divide by the CellProfiler illumination functions a load_data names (FileName_Illum<Ch>), "
+        "none where it names none; compute: one per plate and channel as JUMP's CorrectIlluminationCalculate "
+        "(saved in RUN/illumination/); none: raw images.",
+    )
+    illumination_filter: int = Field(
+        500, ge=3, description="Median filter size (px) of computed illumination functions (JUMP's setting)."
+    )
 
 
 class ChannelRecipe(_Section):

@@ -14,6 +14,13 @@ import pandas as pd
 
 from cellresponse.config import ChannelRecipe
 from cellresponse.errors import InputError
+from cellresponse.input.illumination import (
+    check_function,
+    corrected_stack,
+    illumination_channels,
+    illumination_path,
+    read_function,
+)
 from cellresponse.input.io import read_tiff
 from cellresponse.input.plate import channel_names, channel_paths
 
@@ -149,7 +156,8 @@ def apply_recipe(stack: np.ndarray, recipe: ChannelRecipe, names: Sequence[str])
 
 
 def load_stack(row: pd.Series | dict, names: Sequence[str] | None = None) -> np.ndarray:
-    """Read the channels of one field into a ``(C, H, W)`` array, checking shapes and dtypes agree."""
+    """Read the channels of one field into a ``(C, H, W)`` array, checking shapes and dtypes agree; where the row
+    names illumination functions (``FileName_Illum<Ch>``), the stack is corrected by them (illumination.py)."""
     if names is None:
         names = channel_names(pd.DataFrame([row]))
     images = []
@@ -169,4 +177,16 @@ def load_stack(row: pd.Series | dict, names: Sequence[str] | None = None) -> np.
     if len(dtypes) > 1:
         detail = ", ".join(f"{p.name}: {img.dtype}" for p, img in zip(paths, images, strict=True))
         raise InputError(f"channels of one image differ in dtype ({detail})")
-    return np.stack(images)
+    stack = np.stack(images)
+    named = illumination_channels(row, names)
+    if not named:
+        return stack
+    # The image table names CellProfiler illumination functions (a load_data_with_illum.csv, or computed by the
+    # images stage): the stack comes back on CellProfiler's 0-1 scale, divided by them.
+    functions = []
+    for name in names:
+        path = illumination_path(row, name)
+        if path is None:
+            raise InputError(f"image {row.get('image_id', paths[0])} names no illumination function for {name}")
+        functions.append(check_function(read_function(str(path)), path, stack.shape[1:]))
+    return corrected_stack(stack, functions)

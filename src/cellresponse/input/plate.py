@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from cellresponse.errors import InputError
+from cellresponse.input.illumination import ILLUM_PATH
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +210,11 @@ def read_load_data(csv_path: str | Path) -> pd.DataFrame:
         base = csv_path.parent.resolve()
         table[f"{PATH_PREFIX}{name}"] = [
             str(p if Path(p).is_absolute() else (base / p).resolve()) for p in table[f"{PATH_PREFIX}{name}"].astype(str)
+        ]
+    for column in [c for c in table.columns if c.startswith(ILLUM_PATH)]:  # CellProfiler's illumination functions
+        table[column] = [
+            p if pd.isna(p) or Path(str(p)).is_absolute() else str((csv_path.parent.resolve() / str(p)).resolve())
+            for p in table[column]
         ]
     for required in ("Metadata_Well",):
         if required not in table.columns:

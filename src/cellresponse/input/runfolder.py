@@ -2,6 +2,7 @@
 
     RUN/config.yaml                  resolved config of the run
     RUN/images.parquet               the image table (plate.py)
+    RUN/illumination/<plate>/Illum<Ch>.npy  computed illumination functions (input.illumination: compute)
     RUN/masks/<image_id>.tif         uint32 labels; the TIFF description holds JSON (cells, diameter, backend)
     RUN/flows/<image_id>.tif         float32 (3, H, W): dY, dX, cell probability
     RUN/segmentation.parquet         one row per segmented image
@@ -78,6 +79,7 @@ class RunFolder:
     config = property(lambda self: self.root / "config.yaml")
     images = property(lambda self: self.root / "images.parquet")
     masks = property(lambda self: self.root / "masks")
+    illumination = property(lambda self: self.root / "illumination")
     flows = property(lambda self: self.root / "flows")
     segmentation = property(lambda self: self.root / "segmentation.parquet")
     figures = property(lambda self: self.root / "figures")

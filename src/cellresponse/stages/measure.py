@@ -15,6 +15,7 @@ from cellresponse.config import Config
 from cellresponse.errors import InputError
 from cellresponse.features.cell_features import cell_ids, empty_cells_table, measure_cells
 from cellresponse.input.channels import apply_recipe, find_nuclear_channel, load_stack, resolve_channel
+from cellresponse.input.illumination import illumination_channels
 from cellresponse.input.io import atomic_path, read_tiff, write_parquet
 from cellresponse.input.runfolder import RunFolder, require_outputs
 from cellresponse.stages.per_image import config_from_json, image_rows, map_stage, settled_scales
@@ -64,6 +65,8 @@ def check_measured_parts(run: RunFolder, rows: list[dict], config: Config, names
     (``--overwrite`` measures them all again). Parts from before the settings were recorded are checked by
     their columns."""
     settings = measure_settings(config, names)
+    if rows and illumination_channels(rows[0], names):  # only then, so runs made before it resume as they were
+        settings["illumination"] = "divided by the image table's illumination functions"
     if not overwrite and not run.measure_settings.exists():
         done = next((run.cells_path(r["image_id"]) for r in rows if run.cells_path(r["image_id"]).exists()), None)
         if done is not None:
