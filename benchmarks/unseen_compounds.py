@@ -1,6 +1,7 @@
 """Unseen compounds and novel mechanisms on BBBC021-moa, as ``predict`` answers them (references.py, calls.py).
 
     python benchmarks/unseen_compounds.py RUN [--kinds auto measured deep both] [--query-normalization auto]
+                                              [--batch-correction none|spherize|harmony]
 
 RUN is a run folder of bbbc021-moa through ``profile`` (measured cells, embeddings), e.g.
 ``cellresponse run --load-data ../shared/data/bbbc021-moa/load_data.csv --label Metadata_Compound
@@ -34,6 +35,7 @@ from cellresponse.features.embedding_tables import mean_embeddings
 from cellresponse.input.runfolder import RunFolder
 from cellresponse.profiling.profile_models import image_feature_table
 from cellresponse.profiling.references import (
+    batch_corrected,
     build_references,
     choose_kind,
     image_meta,
@@ -46,6 +48,7 @@ from cellresponse.profiling.references import (
 )
 
 SWEEP = (0.05, 0.1, 0.25, 0.5)  # novelty quantiles whose trade-off is printed
+BATCH = ["none"]  # --batch-correction (profiles.batch_correction) of the references
 
 
 def thresholds(refs) -> dict[float, float]:
@@ -80,6 +83,7 @@ def answered(refs, tables, kind, meta, query_ids, mode_setting, level):
     mode, _ = query_normalization(refs, False, mode_setting)
     raw, _ = profile_fields(blocks_of(tables, kind, query_ids), meta.loc[query_ids])
     fields = normalize_query(raw, None, refs, mode)
+    refs, fields = batch_corrected(refs, fields, None, refs.calibration["well"].get("novelty_quantile", 0.05), 0)
     units = level_table(fields, refs.features, level)
     return units, match(units, refs, level, 5)
 
@@ -90,7 +94,8 @@ def unseen_compounds(tables, kind, meta, ref_ids, query_ids, quantile, mode_sett
     swept: dict[float, list[bool]] = {}
     for compound in sorted(meta["compound"].unique()):
         kept = ref_ids[meta.loc[ref_ids, "compound"] != compound]
-        refs = build_references(blocks_of(tables, kind, kept), meta.loc[kept], None, kind, COLUMNS, quantile)
+        refs = build_references(blocks_of(tables, kind, kept), meta.loc[kept], None, kind, COLUMNS, quantile,
+                                batch_correction=BATCH[0])  # fmt: skip
         for level in rows:
             units, calls = answered(refs, tables, kind, meta, query_ids, mode_setting, level)
             mine = (units["compound"] == compound).to_numpy()
@@ -120,7 +125,8 @@ def novel_mechanisms(tables, kind, meta, ref_ids, query_ids, quantile, mode_sett
     swept: dict[float, list[float]] = {}
     for moa in sorted(meta["moa"].unique()):
         kept = ref_ids[meta.loc[ref_ids, "moa"] != moa]
-        refs = build_references(blocks_of(tables, kind, kept), meta.loc[kept], None, kind, COLUMNS, quantile)
+        refs = build_references(blocks_of(tables, kind, kept), meta.loc[kept], None, kind, COLUMNS, quantile,
+                                batch_correction=BATCH[0])  # fmt: skip
         units, calls = answered(refs, tables, kind, meta, query_ids, mode_setting, "well")
         novel = calls["novel"].astype(bool).to_numpy()
         mine = (units["moa"] == moa).to_numpy()
@@ -140,21 +146,25 @@ def main() -> None:
     parser.add_argument("--kinds", nargs="+", default=["auto", "measured", "deep", "both"])
     parser.add_argument("--query-normalization", default="auto", choices=["auto", "references", "self"])
     parser.add_argument("--quantile", type=float, default=load_config().references.novelty_quantile)
+    parser.add_argument("--batch-correction", default="none", choices=["none", "spherize", "harmony"])
     args = parser.parse_args()
+    BATCH[0] = args.batch_correction
     run = RunFolder(args.run)
     images = run.read_images()
     cells = run.read_cells()
     tables = {"measured": image_feature_table(cells, feature_columns(cells.columns)),
               "deep": mean_embeddings(run, images["image_id"].astype(str).tolist())}  # fmt: skip
-    meta = image_meta(images, COLUMNS["treatment"], "Metadata_Compound", "Metadata_MoA")
+    # the replicates are the batches (BBBC021's plates each hold one compound: batches they cannot be)
+    meta = image_meta(images, COLUMNS["treatment"], "Metadata_Compound", "Metadata_MoA", "Metadata_Replicate")
     replicate = images.set_index(images["image_id"].astype(str))["Metadata_Replicate"].astype(str)
     print(f"run {args.run}: {len(images)} fields; query normalization {args.query_normalization}; "
-          f"novelty quantile {args.quantile}")  # fmt: skip
+          f"novelty quantile {args.quantile}; batch correction {args.batch_correction}")  # fmt: skip
     for reference_side, query_side in (("1", "2"), ("2", "1")):
         ref_ids, query_ids = replicate.index[replicate == reference_side], replicate.index[replicate == query_side]
         started = time.perf_counter()
         candidates = {kind: build_references(blocks_of(tables, kind, ref_ids), meta.loc[ref_ids], None, kind,
-                                             COLUMNS, args.quantile) for kind in KIND_BLOCKS}  # fmt: skip
+                                             COLUMNS, args.quantile, batch_correction=BATCH[0])
+                      for kind in KIND_BLOCKS}  # fmt: skip
         build_seconds = (time.perf_counter() - started) / len(candidates)
         auto, why = choose_kind(candidates)
         print(f"\nreferences replicate {reference_side} → queries replicate {query_side}"

@@ -98,8 +98,9 @@ def test_a_bad_function_is_named_before_any_image_work(tmp_path, function, messa
 
 def test_illumination_none_drops_the_functions(tmp_path):
     csv = load_data_with_illum(tmp_path, {"DNA": np.zeros((64, 64)), "AGP": np.zeros((64, 64))})
-    run_cli("images", "--load-data", csv, "--out", tmp_path / "run", "--no-progress", "--set", "input.illumination=none")
-    assert not any("Illum" in c for c in RunFolder(tmp_path / "run").read_images().columns)
+    out = tmp_path / "run"
+    run_cli("images", "--load-data", csv, "--out", out, "--no-progress", "--set", "input.illumination=none")
+    assert not any("Illum" in c for c in RunFolder(out).read_images().columns)
 
 
 def test_computed_per_plate_saved_and_resumed(tiny_plates, tmp_path):

@@ -29,7 +29,14 @@ class InputConfig(_Section):
 
     label: str = Field("Metadata_pert_iname", description="Metadata column predicted by the model.")
     target_column: str = Field("Metadata_target", description="Second label (gene target), encoded too.")
-    control_label: str = Field("DMSO", description="Label value of the negative-control wells.")
+    control_label: str = Field(
+        "DMSO",
+        description="Label or compound value of the negative-control wells, besides JUMP's pert_type / control_type "
+        "columns (control_type negcon), which are read where the metadata has them.",
+    )
+    positive_controls: Literal["exclude", "include"] = Field(
+        "exclude", description="Positive controls (control_type poscon*): neither references nor queries, or kept."
+    )
     pixel_size_um: float | None = Field(
         None, gt=0, description="Microns per pixel, when known (report scale bars in µm instead of pixels)."
     )
@@ -245,7 +252,16 @@ class ProfilesConfig(_Section):
         + ", ".join(MOA_COLUMNS)
         + " that the metadata has.",
     )
-    batch: str | None = Field(None, description="Batch column for NSCB (not same compound, not same batch).")
+    batch: str | None = Field(
+        None,
+        description="Batch column: NSCB (not same compound, not same batch) and batch correction (there, null = "
+        "Metadata_Batch where the metadata has it, else the plate).",
+    )
+    batch_correction: Literal["none", "spherize", "harmony"] = Field(
+        "none",
+        description="After normalisation: spherize (pycytominer, ZCA-cor on the negative controls) or harmony "
+        "(harmonypy on principal components); skipped where batches are confounded with compounds.",
+    )
     aggregate: Literal["mean", "median"] = Field("mean", description="Cells → well, and wells → treatment.")
     normalize: Literal["auto", "plate", "experiment", "none"] = Field(
         "auto",

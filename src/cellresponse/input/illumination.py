@@ -28,7 +28,7 @@ from cellresponse.input.io import read_tiff
 ILLUM_FILE, ILLUM_PATH = "FileName_Illum", "PathName_Illum"
 ROBUST_MINIMUM = 0.02  # CellProfiler's robust-minimum rescaling: the 2 % point of the function's positive values
 JUMP_FILTER_SIZE = 500  # px: the median filter of JUMP's CorrectIlluminationCalculate
-SMOOTHING_SIDE = 216  # px: the average is median-filtered at this side (1080 / 5), then interpolated back
+SMOOTHING_SIDE = 108  # px: the average is median-filtered at about this side (1080 / 10), then interpolated back
 
 
 def illumination_channels(table: pd.DataFrame | Mapping, names: Iterable[str]) -> list[str]:

@@ -332,6 +332,11 @@ def platemap_to_metadata(platemap: pd.DataFrame, compounds: list[pd.DataFrame]) 
     empty = table["broad_sample"].isna()
     table["pert_iname"] = table["pert_iname"].astype(object)
     table.loc[empty, "pert_iname"] = control[empty] if isinstance(control, pd.Series) else control
+    # The solvent wells are JUMP's negative controls: say so where the compound table uses pert_type / control_type.
+    for column, value in (("pert_type", "control"), ("control_type", "negcon")):
+        if column in table.columns:
+            table[column] = table[column].astype(object)
+            table.loc[empty, column] = value
     if "target" not in table.columns and "target_list" in table.columns:
         table["target"] = table["target_list"]
     table["Metadata_Well"] = [well_name(*parse_well(w)) for w in table["well_position"]]

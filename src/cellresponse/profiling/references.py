@@ -22,8 +22,9 @@ lacked, and the query plate is never read.
 from __future__ import annotations
 
 import json
+import logging
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +33,17 @@ import pandas as pd
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
 
-from cellresponse.input.io import write_json, write_parquet
+from cellresponse.input.controls import control_kinds, is_negative, is_positive
+from cellresponse.input.io import atomic_path, write_json, write_parquet
+from cellresponse.profiling.batch_correction import apply_spherize, confounded, fit_spherize, harmony
 from cellresponse.profiling.profile_benchmarks import cosine_similarity
 from cellresponse.profiling.well_profiles import select_features
 
+log = logging.getLogger(__name__)
+
 LEVELS = ("field", "well", "treatment")
 # Metadata of a reference or query table (the per-field table every level is aggregated from).
-META = ("image_id", "plate", "well", "treatment", "compound", "moa")
+META = ("image_id", "plate", "well", "treatment", "compound", "moa", "batch")
 # Bounds of the similarity temperature: cosine similarities of profiles differ by a few hundredths to tenths
 # between mechanisms, so useful temperatures lie far below 1.
 TEMPERATURE_BOUNDS = (1e-3, 1.0)
@@ -79,6 +84,10 @@ class References:
     kind: str
     columns: dict[str, Any]
     calibration: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # profiles.batch_correction as the references were built: {"method": none | spherize | harmony, "note": ...};
+    # sphering keeps its map (``sphere``) for new plates, Harmony re-fits on references and new plate together
+    batch_correction: dict[str, Any] = field(default_factory=lambda: {"method": "none"})
+    sphere: dict[str, np.ndarray] | None = None
 
     @property
     def features(self) -> list[str]:
@@ -95,6 +104,7 @@ class References:
             "columns": self.columns,
             "normalization": asdict(self.normalization),
             "calibration": self.calibration,
+            "batch_correction": self.batch_correction,
             "treatments": int(self.fields["treatment"].nunique()),
             "compounds": int(self.fields["compound"].nunique()),
             "fields": len(self.fields),
@@ -367,13 +377,16 @@ def build_references(
     columns: dict[str, Any],
     quantile: float,
     per_plate: bool = True,
+    batch_correction: str = "none",
+    seed: int = 0,
 ) -> References:
     """References of one profile ``kind`` from the training images: ``blocks`` its per-image profiles, ``meta``
     each image's :data:`META` columns (index image_id), ``controls`` a boolean per image marking negative controls
     (None: the images have none). Profiles are standardised to the control wells — per plate unless
     ``per_plate`` is False — or, without controls, to all wells across the experiment (a plate may hold one
-    treatment); the controls themselves are normalisation samples, not references. Calibrated by
-    leave-one-compound-out (:func:`calibrate`)."""
+    treatment); the controls themselves are normalisation samples, not references. ``batch_correction``
+    (``spherize`` or ``harmony``; batches from ``meta``'s ``batch`` column) follows (batch_correction.py).
+    Calibrated by leave-one-compound-out (:func:`calibrate`), in the batch-corrected space."""
     fields, block_columns = profile_fields(blocks, meta)
     everything = [c for names in block_columns.values() for c in names]
     fields[everything] = fields[everything].astype(np.float64).replace([np.inf, -np.inf], np.nan)
@@ -392,8 +405,86 @@ def build_references(
     else:
         normalized = normalized_fields(fields, normalization)
     references = References(normalized[~is_control].reset_index(drop=True), normalization, kind, columns)
-    references.calibration = calibrate(references, quantile)
+    if batch_correction == "spherize":
+        # fitted on the control fields where there are enough, as JUMP spheres on its negative controls
+        fit = normalized[is_control] if is_control.sum() > 2 else references.fields
+        references.sphere = fit_spherize(fit[normalization.columns].to_numpy(np.float64))
+        references.fields[normalization.columns] = apply_spherize(
+            references.fields[normalization.columns].to_numpy(np.float64), references.sphere
+        )
+        references.batch_correction = {"method": "spherize", "fitted_on": len(fit)}
+    elif batch_correction == "harmony":
+        references.batch_correction = {"method": "harmony", "batches": int(references.fields["batch"].nunique())}
+    references.calibration = calibrate(in_batch_corrected_space(references, None, seed)[0], quantile)
     return references
+
+
+def batch_corrected(
+    references: References, queries: pd.DataFrame, controls: pd.Series | None, quantile: float, seed: int
+) -> tuple[References, pd.DataFrame]:
+    """A new plate's normalised fields and the references, both batch-corrected as the references were
+    (:func:`in_batch_corrected_space`); after a joint Harmony fit the references are calibrated again. A new plate
+    whose batches are its compounds (one compound, no controls) is not put through Harmony: it is compared with the
+    uncorrected references, calibrated again uncorrected, and it says so."""
+    if references.batch_correction.get("method") == "harmony":
+        batches = queries["batch" if "batch" in queries.columns else "plate"]
+        if confounded(batches, queries["compound"], control_flags(controls, queries["image_id"])):
+            log.warning(
+                "harmony: the new plate's batches hold one compound each and no negative control — aligning them "
+                "would align the treatments, so the new plate and the references are compared without it"
+            )
+            plain = replace(references, batch_correction={"method": "none", "skipped": "harmony: confounded plate"})
+            plain.calibration = calibrate(plain, quantile)
+            return plain, queries
+    corrected, queries = in_batch_corrected_space(references, queries, seed)
+    if corrected is not references:
+        log.info("harmony: references and the new plate corrected together; calibration fitted again on them")
+        corrected.calibration = calibrate(corrected, quantile)
+    return corrected, queries
+
+
+def batch_method(meta: pd.DataFrame, controls: pd.Series | None, method: str) -> tuple[str, str | None]:
+    """``profiles.batch_correction`` for references named by ``meta`` (:func:`image_meta`), or ``none`` and why
+    where their batches are confounded with compounds (batch_correction.confounded)."""
+    if method == "none" or not confounded(meta["batch"], meta["compound"], control_flags(controls, meta.index)):
+        return method, None
+    return "none", f"batch correction {method} skipped — the batches are confounded with compounds"
+
+
+def in_batch_corrected_space(
+    references: References, queries: pd.DataFrame | None, seed: int
+) -> tuple[References, pd.DataFrame | None]:
+    """The references (and normalised ``queries``) as they are compared: sphered queries put through the
+    references' map; with Harmony, both re-fitted together (the query's plates as batches of their own) into
+    principal components — a new plate moves the references too, so their calibration is fitted again by the
+    caller (:func:`calibrate`). The queries' batches are their ``batch`` column (else their plate), apart from
+    every reference batch. Unchanged without batch correction."""
+    method = references.batch_correction.get("method", "none")
+    features = references.features
+    if method == "spherize" and queries is not None:
+        queries = queries.copy()
+        queries[features] = apply_spherize(queries[features].to_numpy(np.float64), references.sphere)
+    if method != "harmony":
+        return references, queries
+    parts = [references.fields] + ([queries] if queries is not None else [])
+    values = np.vstack([part[features].to_numpy(np.float64) for part in parts])
+    batches = references.fields["batch"].astype(str).tolist()
+    if queries is not None:
+        batches += ("new " + queries["batch" if "batch" in queries.columns else "plate"].astype(str)).tolist()
+    if len(set(batches)) < 2:
+        return references, queries  # one batch: nothing to align (the references of a single plate or batch)
+    corrected = harmony(values, np.asarray(batches), seed)
+    names = [f"harmony_{i + 1}" for i in range(corrected.shape[1])]
+    frame = Normalization(names, [0.0] * len(names), [1.0] * len(names), [1.0] * len(names),
+                          references.normalization.samples, references.normalization.scope)  # fmt: skip
+    n = len(references.fields)
+
+    def rebuilt(part: pd.DataFrame, rows: np.ndarray) -> pd.DataFrame:
+        meta = part[[c for c in META if c in part.columns]].reset_index(drop=True)
+        return pd.concat([meta, pd.DataFrame(rows, columns=names)], axis=1)
+
+    harmonized = replace(references, fields=rebuilt(references.fields, corrected[:n]), normalization=frame)
+    return harmonized, (rebuilt(queries, corrected[n:]) if queries is not None else None)
 
 
 def query_normalization(references: References, has_controls: bool, setting: str) -> tuple[str, str]:
@@ -467,6 +558,9 @@ def save_references(folder: str | Path, references: References) -> None:
     folder = Path(folder)
     write_parquet(folder / "references.parquet", references.fields)
     write_json(folder / "references.json", references.describe())
+    if references.sphere is not None:
+        with atomic_path(folder / "references_sphere.npz") as tmp, open(tmp, "wb") as handle:
+            np.savez(handle, **{k: v.astype(np.float32) for k, v in references.sphere.items()})
 
 
 def load_references(folder: str | Path) -> References | None:
@@ -481,13 +575,18 @@ def load_references(folder: str | Path) -> References | None:
         kind=described["kind"],
         columns=described["columns"],
         calibration=described["calibration"],
+        batch_correction=described.get("batch_correction", {"method": "none"}),
+        sphere=dict(np.load(sphere)) if (sphere := folder / "references_sphere.npz").is_file() else None,
     )
 
 
-def image_meta(images: pd.DataFrame, treatment: list[str], compound: str | None, moa: str | None) -> pd.DataFrame:
+def image_meta(
+    images: pd.DataFrame, treatment: list[str], compound: str | None, moa: str | None, batch: str | None = None
+) -> pd.DataFrame:
     """Per image (index image_id) the :data:`META` columns references and queries are named by: plate, well, the
     treatment (the ``treatment`` columns' values joined by `` @ ``), the compound (the treatment where there is no
-    compound column) and the mechanism (None where there is no mechanism column)."""
+    compound column), the mechanism (None where there is no mechanism column) and the batch (the ``batch``
+    column's value, else the plate)."""
     table = images.assign(Metadata_Plate=images["plate"].astype(str), Metadata_Well=images["well"].astype(str))
     name = table[treatment].astype(str).agg(" @ ".join, axis=1)
     return pd.DataFrame(
@@ -497,20 +596,26 @@ def image_meta(images: pd.DataFrame, treatment: list[str], compound: str | None,
             "treatment": name.to_numpy(),
             "compound": (table[compound].astype(str) if compound in table.columns else name).to_numpy(),
             "moa": table[moa].astype(str).to_numpy() if moa in table.columns else None,
+            "batch": table[batch if batch in table.columns else "plate"].astype(str).to_numpy(),
         },
         index=table["image_id"].astype(str).to_numpy(),
     )
 
 
 def negative_controls(images: pd.DataFrame, columns: list[str | None], control: str) -> pd.Series | None:
-    """Per image (index image_id) whether it is a negative control — any of ``columns`` (the label, the compound
-    column) equal to ``control`` (``input.control_label``); None where no image is."""
-    flags = np.zeros(len(images), bool)
-    for column in dict.fromkeys(c for c in columns if c and c in images.columns):
-        flags |= images[column].astype(str).to_numpy() == control
+    """Per image (index image_id) whether it is a negative control (controls.py: JUMP's ``control_type`` /
+    ``pert_type``, or any of ``columns`` — the label, the compound column — equal to ``control``,
+    ``input.control_label``); None where no image is."""
+    flags = is_negative(control_kinds(images, columns, control))
     if not flags.any():
         return None
     return pd.Series(flags, index=images["image_id"].astype(str).to_numpy())
+
+
+def positive_controls(images: pd.DataFrame, columns: list[str | None], control: str) -> pd.Index:
+    """The image ids of positive controls (``control_type`` ``poscon*``): neither references nor queries unless
+    ``input.positive_controls: include``."""
+    return pd.Index(images["image_id"].astype(str).to_numpy()[is_positive(control_kinds(images, columns, control))])
 
 
 def calibration_summary(references: References) -> str:

@@ -48,6 +48,7 @@ from cellresponse.input.plate import ImageSource, channel_names, group_keys
 from cellresponse.input.runfolder import RunFolder
 from cellresponse.learning.bundle import Bundle, find_bundle, load_bundle, predict_cells
 from cellresponse.learning.model_choice import MODEL_CHOICES, NETWORK
+from cellresponse.profiling.batch_correction import batch_column
 from cellresponse.profiling.profile_models import (
     features_model_probabilities,
     image_feature_table,
@@ -56,10 +57,12 @@ from cellresponse.profiling.profile_models import (
 )
 from cellresponse.profiling.references import (
     DEEP_PREFIX,
+    batch_corrected,
     image_meta,
     level_table,
     negative_controls,
     normalize_query,
+    positive_controls,
     profile_fields,
     query_normalization,
 )
@@ -332,13 +335,19 @@ def answer_open_world(plan: PredictionPlan, out: RunFolder, cells: pd.DataFrame,
         return []
     blocks = query_blocks(bundle, cells, out, config, progress)
     treatment, compound, moa = query_columns(table, config, references.columns.get("moa"))
-    meta = image_meta(table, treatment, compound, moa)
+    meta = image_meta(table, treatment, compound, moa, batch_column(table.columns, config.profiles.batch, "plate"))
     controls = negative_controls(table, [config.input.label, compound], config.input.control_label)
     r = config.references
     mode, why = query_normalization(references, controls is not None, r.query_normalization)
     log.info(why)
     raw, _ = profile_fields(blocks, meta)
+    if config.input.positive_controls == "exclude":
+        positives = positive_controls(table, [config.input.label, compound], config.input.control_label)
+        if len(positives):
+            log.info("%d positive-control fields are not queries (input.positive_controls: include)", len(positives))
+            raw = raw[~raw["image_id"].isin(positives)].reset_index(drop=True)
     fields = normalize_query(raw, controls, references, mode)
+    references, fields = batch_corrected(references, fields, controls, r.novelty_quantile, config.seed)
     answers = answer(fields, raw, references, controls, r.neighbours, r.activity_fdr, config.seed)
     if answers.activity_note:
         named = " or ".join(dict.fromkeys(c for c in (config.input.label, compound) if c))

@@ -14,14 +14,18 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from cellresponse.config import MOA_COLUMNS, Config
 from cellresponse.features.cell_features import feature_columns
 from cellresponse.features.embedding_tables import mean_embeddings
+from cellresponse.input.controls import NEGATIVE, POSITIVE, control_kinds, describe_controls
+from cellresponse.input.controls import TREATMENT as TREATMENT_KIND
 from cellresponse.input.io import write_json, write_parquet
 from cellresponse.input.plate import check_columns
 from cellresponse.input.runfolder import RunFolder
+from cellresponse.profiling.batch_correction import corrected_profiles
 from cellresponse.profiling.profile_benchmarks import nsc_accuracy, nsc_not_computed, nsc_summary, retrieval_map
 from cellresponse.profiling.profile_models import image_feature_table
 from cellresponse.profiling.well_profiles import (
@@ -40,6 +44,8 @@ from cellresponse.provenance import made_by
 
 log = logging.getLogger(__name__)
 
+CONTROL_KIND = "Metadata_control_kind"  # negcon / poscon / trt per image (controls.py)
+
 
 def image_metadata(images: pd.DataFrame, config: Config) -> pd.DataFrame:
     """Per image: ``image_id``, ``Metadata_Plate``/``Metadata_Well`` (from plate/well), the treatment name and
@@ -50,6 +56,8 @@ def image_metadata(images: pd.DataFrame, config: Config) -> pd.DataFrame:
     columns = config.treatment_columns(meta.columns)
     check_columns(meta, columns, "treatment", "profiles.treatment")
     meta[TREATMENT] = treatment_names(meta, columns).to_numpy()
+    compound = config.compound_column(meta.columns)
+    meta[CONTROL_KIND] = control_kinds(meta, [config.input.label, compound], config.input.control_label).to_numpy()
     return meta
 
 
@@ -81,8 +89,7 @@ def normalized_wells(
     features kept and the sentence saying how they were normalised."""
     fields = meta.merge(table, on="image_id", how="inner").copy()
     wells = well_profiles(fields.drop(columns=["image_id"]), features, config.profiles.aggregate)
-    label = config.input.label
-    treated = wells[label].astype(str) != config.input.control_label if label in wells.columns else None
+    treated = wells[CONTROL_KIND] == TREATMENT_KIND if CONTROL_KIND in wells.columns else None
     compound = config.compound_column(wells.columns) or TREATMENT
     scope, why = normalization_scope(wells, config.profiles.normalize, compound, treated)
     wells[features] = wells[features].fillna(wells[features].mean()).fillna(0.0)
@@ -103,11 +110,13 @@ def combined_profiles(
 
 
 def without_controls(table: pd.DataFrame, config: Config) -> pd.DataFrame:
-    """The treated rows: controls (``input.label`` == ``input.control_label``) are not queries of a benchmark."""
-    label = config.input.label
-    if label not in table.columns:
-        return table
-    return table[table[label].astype(str) != config.input.control_label]
+    """The treated rows: negative controls (controls.py) are not queries of a benchmark, nor positive controls
+    unless ``input.positive_controls: include``."""
+    if CONTROL_KIND not in table.columns:
+        label = config.input.label
+        return table[table[label].astype(str) != config.input.control_label] if label in table.columns else table
+    kept = [TREATMENT_KIND] + ([POSITIVE] if config.input.positive_controls == "include" else [])
+    return table[table[CONTROL_KIND].isin(kept).to_numpy()]
 
 
 def mechanism_benchmark_skipped(moa: str | None, compound: str, columns: Iterable[str]) -> str | None:
@@ -167,9 +176,9 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
     p = config.profiles
     images = run.read_images()
     meta = image_metadata(images, config)
-    label, control = config.input.label, config.input.control_label
-    has_controls = label in meta.columns and (meta[label].astype(str) == control).any()
-    control_query = f"{label} == '{control}'" if has_controls else None
+    log.info("controls: %s", describe_controls(meta[CONTROL_KIND], meta, config.input.control_label))
+    has_controls = (meta[CONTROL_KIND] == NEGATIVE).any()
+    control_query = f"{CONTROL_KIND} == '{NEGATIVE}'" if has_controls else None
     tables = image_tables(run, p.kinds, images)
     normalized: dict[str, tuple[pd.DataFrame, list[str]]] = {}
     notes = set()
@@ -177,10 +186,19 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
         wells, kept, why = normalized_wells(table, features, meta, config, control_query)
         normalized[kind] = (wells, kept)
         notes.add(why)
-    for note in sorted(notes):
-        log.log(logging.WARNING if "confounded" in note else logging.INFO, note)
     if "both" in p.kinds:
         normalized["both"] = combined_profiles(*normalized["measured"], *normalized["deep"])
+    for kind, (wells, features) in normalized.items():
+        controls = (wells[CONTROL_KIND] == NEGATIVE).to_numpy()
+        fit_rows = controls if has_controls else np.ones(len(wells), bool)
+        compound = config.compound_column(wells.columns)
+        corrected = corrected_profiles(
+            wells, features, p.batch_correction, p.batch, compound, fit_rows, config.seed, controls
+        )
+        normalized[kind] = corrected[:2]
+        notes.add(corrected[2])
+    for note in sorted(notes):
+        log.log(logging.WARNING if "confounded" in note else logging.INFO, note)
     metrics: dict[str, Any] = {"normalization": sorted(notes), "kinds": {}}
     not_computed: set[str] = set()
     for kind in p.kinds:

@@ -43,15 +43,18 @@ from cellresponse.learning.splits import (
 )
 from cellresponse.learning.training import CellDataModule, CellResponseModule, CellSet, build_trainer, seed_everything
 from cellresponse.parallel import is_main_process
+from cellresponse.profiling.batch_correction import batch_column
 from cellresponse.profiling.profile_models import fit_features_model, why_no_features_model
 from cellresponse.profiling.references import (
     References,
+    batch_method,
     build_references,
     calibration_summary,
     choose_kind,
     image_meta,
     kind_blocks,
     negative_controls,
+    positive_controls,
 )
 
 log = logging.getLogger(__name__)
@@ -236,9 +239,14 @@ def reference_profiles(
     columns = [*images.columns, *WELL_TREATMENT]
     compound, moa = config.compound_column(columns), config.moa_column(columns)
     treatment = config.treatment_columns(columns)
-    meta = image_meta(images, treatment, compound, moa)
+    meta = image_meta(images, treatment, compound, moa, batch_column(columns, config.profiles.batch, "plate"))
     controls = negative_controls(images, [config.input.label, compound], config.input.control_label)
+    method, why = batch_method(meta, controls, config.profiles.batch_correction)
+    if why:
+        log.warning("references: %s", why)
     keep = side_of.index[side_of != TEST]
+    if config.input.positive_controls == "exclude":
+        keep = keep.difference(positive_controls(images, [config.input.label, compound], config.input.control_label))
     described = {"treatment": treatment, "compound": compound, "moa": moa, "control": config.input.control_label}
     r = config.references
     candidates = {}
@@ -254,6 +262,8 @@ def reference_profiles(
             described,
             r.novelty_quantile,
             per_plate=config.profiles.normalize != "experiment",
+            batch_correction=method,
+            seed=config.seed,
         )
     if not candidates:
         return None
