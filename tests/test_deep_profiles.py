@@ -10,8 +10,10 @@ import time
 
 import numpy as np
 import pandas as pd
+import pycytominer
 import pytest
 import torch
+from pycytominer.cyto_utils import infer_cp_features
 
 from cellresponse.features.embedding_tables import mean_embeddings
 from cellresponse.input.runfolder import RunFolder
@@ -246,6 +248,11 @@ def test_profile_writes_pycytominer_tables_and_benchmarks(measured_run, tmp_path
         assert wells.columns.tolist() == meta + features  # pycytominer's convention: metadata first
         assert len(wells) == wells[["Metadata_Plate", "Metadata_Well"]].drop_duplicates().shape[0]
         assert treatments[TREATMENT].is_unique
+        # CellProfiler's compartment prefix: pycytominer infers the features without being told them
+        assert all(c.startswith("Cells_") for c in features)
+        assert infer_cp_features(wells) == features
+        normalized = pycytominer.normalize(wells, samples="all")
+        assert normalized.columns.tolist() == wells.columns.tolist()
     metrics = json.loads((run / "profiles" / "metrics.json").read_text())
     for kind in ("measured", "deep", "both"):
         block = metrics["kinds"][kind]

@@ -81,12 +81,12 @@ def test_edge_core_spread_and_texture_on_known_cells():
     image[11:18, 11:18] = 5.0  # cell 2: flat
     table, _ = measure_cells(labels, np.ones((20, 20)), channels={"Actin": image})
     one, two = table.iloc[0], table.iloc[1]
-    assert one["Intensity_MeanIntensityEdge_Actin"] == 10.0 and one["Intensity_MeanIntensityCore_Actin"] == 2.0
+    assert one["Intensity_MeanIntensityEdge_Actin"] == 10.0 and one["CR_MeanIntensityCore_Actin"] == 2.0
     assert one["Intensity_IntegratedIntensity_Actin"] == 24 * 10.0 + 25 * 2.0
     assert one["Intensity_StdIntensity_Actin"] == pytest.approx(np.std(image[2:9, 2:9]))
     assert two["Intensity_StdIntensity_Actin"] == 0.0
     # Flat inside, edges only at the border: the textured cell has the larger mean gradient.
-    assert one["Texture_MeanGradient_Actin"] > two["Texture_MeanGradient_Actin"] > 0
+    assert one["CR_MeanGradient_Actin"] > two["CR_MeanGradient_Actin"] > 0
 
 
 def test_compartments_split_each_cell_at_its_dna_bright_part():
@@ -99,10 +99,10 @@ def test_compartments_split_each_cell_at_its_dna_bright_part():
     channels = {"DNA": dna, "Tubulin": tubulin}
     table, _ = measure_cells(labels, np.ones((12, 12)), channels=channels, nuclear_channel="DNA")
     cell = table.iloc[0]
-    assert cell["AreaShape_NuclearFraction"] == pytest.approx(0.16)
-    assert cell["Intensity_MeanIntensityNucleus_DNA"] == 50.0 and cell["Intensity_MeanIntensityCytoplasm_DNA"] == 0.0
-    assert cell["Intensity_MeanIntensityNucleus_Tubulin"] == 1.0
-    assert cell["Intensity_MeanIntensityCytoplasm_Tubulin"] == 6.0
+    assert cell["CR_NuclearFraction"] == pytest.approx(0.16)
+    assert cell["CR_MeanIntensityNucleus_DNA"] == 50.0 and cell["CR_MeanIntensityCytoplasm_DNA"] == 0.0
+    assert cell["CR_MeanIntensityNucleus_Tubulin"] == 1.0
+    assert cell["CR_MeanIntensityCytoplasm_Tubulin"] == 6.0
     # Without a nuclear channel there are no compartment columns; an empty image has the same columns.
     plain, _ = measure_cells(labels, np.ones((12, 12)), channels=channels)
     assert not any("Nucleus" in c or "NuclearFraction" in c for c in plain.columns)
@@ -137,9 +137,9 @@ def test_compartments_on_a_real_field_put_dna_in_the_nucleus():
     channels = {name: stack[i] for i, name in enumerate(names)}
     table, _ = measure_cells(labels, seg_input, channels=channels, nuclear_channel="DNA")
     assert len(table) > 50
-    dna_ratio = table["Intensity_MeanIntensityNucleus_DNA"] / table["Intensity_MeanIntensityCytoplasm_DNA"]
+    dna_ratio = table["CR_MeanIntensityNucleus_DNA"] / table["CR_MeanIntensityCytoplasm_DNA"]
     assert (dna_ratio > 1.2).mean() > 0.95
-    assert 0.15 < table["AreaShape_NuclearFraction"].median() < 0.6
+    assert 0.15 < table["CR_NuclearFraction"].median() < 0.6
 
 
 def _extended(labels, channels):
@@ -168,15 +168,15 @@ def test_cooccurrence_texture_equals_scikit_image_on_a_cell_that_fills_a_rectang
     averaged = np.concatenate([axes, diagonals], axis=3).mean(axis=3, keepdims=True)
     i, j = np.indices((8, 8))
     homogeneity = (averaged[:, :, 0, 0] / (1.0 + np.abs(i - j))).sum()  # MATLAB's (scikit-image squares i - j)
-    assert cell["Texture_Homogeneity_DNA_3"] == pytest.approx(homogeneity)
+    assert cell["CR_Texture_Homogeneity_DNA_3"] == pytest.approx(homogeneity)
     for measure, skimage_name in (
         ("Contrast", "contrast"),
         ("AngularSecondMoment", "ASM"),
         ("Correlation", "correlation"),
     ):
-        assert cell[f"Texture_{measure}_DNA_3"] == pytest.approx(graycoprops(averaged, skimage_name)[0, 0])
+        assert cell[f"CR_Texture_{measure}_DNA_3"] == pytest.approx(graycoprops(averaged, skimage_name)[0, 0])
     entropy_bits = graycoprops(averaged, "entropy")[0, 0] / np.log(2)
-    assert cell["Texture_Entropy_DNA_3"] == pytest.approx(entropy_bits)
+    assert cell["CR_Texture_Entropy_DNA_3"] == pytest.approx(entropy_bits)
 
 
 def test_texture_ignores_brightness_and_tells_stripes_from_a_smooth_cell():
@@ -188,9 +188,9 @@ def test_texture_ignores_brightness_and_tells_stripes_from_a_smooth_cell():
     image[2:18, 22:38] = np.linspace(0.0, 9.0, 16)  # a smooth ramp
     table = _extended(labels, {"Actin": image})
     brighter = _extended(labels, {"Actin": 5.0 * image + 100.0})
-    assert table.loc[1, "Texture_Contrast_Actin_3"] > 5 * table.loc[2, "Texture_Contrast_Actin_3"]
-    assert table.loc[1, "Texture_Homogeneity_Actin_3"] < table.loc[2, "Texture_Homogeneity_Actin_3"]
-    texture = [c for c in table.columns if c.startswith("Texture_") and c.endswith("_3")]
+    assert table.loc[1, "CR_Texture_Contrast_Actin_3"] > 5 * table.loc[2, "CR_Texture_Contrast_Actin_3"]
+    assert table.loc[1, "CR_Texture_Homogeneity_Actin_3"] < table.loc[2, "CR_Texture_Homogeneity_Actin_3"]
+    texture = [c for c in table.columns if c.startswith("CR_Texture_") and c.endswith("_3")]
     pd.testing.assert_frame_equal(table[texture], brighter[texture])
 
 
@@ -205,11 +205,11 @@ def test_radial_distribution_puts_a_centred_stain_inside_and_a_cortical_stain_at
     cortex[2:11, 2:11] = 0.0  # outline of cell 1 only
     cortex[2:11, 15:24] = 0.0
     table = _extended(labels, {"DNA": centre, "Actin": cortex})
-    rings = [f"RadialDistribution_FracAtD_DNA_{k}of4" for k in range(1, 5)]
+    rings = [f"CR_RingFraction_DNA_{k}of4" for k in range(1, 5)]
     np.testing.assert_allclose(table[rings].sum(axis=1), 1.0)
-    assert table.loc[1, "RadialDistribution_FracAtD_DNA_1of4"] > 0.5
-    assert table.loc[1, "RadialDistribution_FracAtD_DNA_4of4"] == 0.0
-    assert table.loc[1, "RadialDistribution_FracAtD_Actin_4of4"] == 1.0
+    assert table.loc[1, "CR_RingFraction_DNA_1of4"] > 0.5
+    assert table.loc[1, "CR_RingFraction_DNA_4of4"] == 0.0
+    assert table.loc[1, "CR_RingFraction_Actin_4of4"] == 1.0
 
 
 def test_channel_correlation_and_neighbour_counts():
@@ -223,13 +223,13 @@ def test_channel_correlation_and_neighbour_counts():
     assert table["Correlation_Correlation_DNA_Tubulin"].tolist() == pytest.approx([1.0, 1.0, 1.0])
     assert table["Correlation_Correlation_DNA_Actin"].tolist() == pytest.approx([-1.0, -1.0, -1.0])
     assert table["Correlation_Correlation_DNA_Flat"].tolist() == [0.0, 0.0, 0.0]
-    assert table["Neighbors_NumberOfNeighbors_2"].tolist() == [1.0, 1.0, 0.0]
+    assert table["CR_NumberOfNeighbors_2"].tolist() == [1.0, 1.0, 0.0]
     # The empty table has the same columns, and the extended measurement needs no channel for neighbours.
     empty, _ = measure_cells(np.zeros((12, 30), np.uint16), np.ones((12, 30)), channels=channels, extended=True)
     full, _ = measure_cells(labels, np.ones((12, 30)), channels=channels, extended=True)
     assert list(empty.columns) == list(full.columns)
     alone, _ = measure_cells(labels, np.ones((12, 30)), extended=True)
-    assert alone["Neighbors_NumberOfNeighbors_2"].tolist() == [1.0, 1.0, 0.0]
+    assert alone["CR_NumberOfNeighbors_2"].tolist() == [1.0, 1.0, 0.0]
 
 
 def test_neighbour_counts_equal_a_dilation_of_each_cell_on_a_real_field():
@@ -264,13 +264,15 @@ def test_extended_measures_on_a_real_field_are_finite_and_plausible():
     names = channel_names(images)
     stack = load_stack(images.iloc[0].to_dict(), names)
     table, _ = measure_cells(labels, seg_input, channels={n: stack[i] for i, n in enumerate(names)}, extended=True)
-    extended = [c for c in table.columns if c.startswith(("Texture_", "RadialDistribution_", "Correlation_", "Neigh"))]
-    assert len(table) > 50 and len(extended) == 1 + 3 * (1 + 5 + 4) + 3
+    extended = [
+        c for c in table.columns if c.startswith(("CR_Texture_", "CR_RingFraction_", "Correlation_", "CR_NumberOf"))
+    ]
+    assert len(table) > 50 and len(extended) == 1 + 3 * (5 + 4) + 3
     assert np.isfinite(table[extended].to_numpy()).all()
     for name in names:
-        rings = table[[f"RadialDistribution_FracAtD_{name}_{k}of4" for k in range(1, 5)]].sum(axis=1)
+        rings = table[[f"CR_RingFraction_{name}_{k}of4" for k in range(1, 5)]].sum(axis=1)
         np.testing.assert_allclose(rings, 1.0)
-    inner = "RadialDistribution_FracAtD_{}_1of4"
+    inner = "CR_RingFraction_{}_1of4"
     assert table[inner.format("DNA")].median() > table[inner.format("Actin")].median()
     assert table["Correlation_Correlation_DNA_Tubulin"].between(-1, 1).all()
-    assert table["Neighbors_NumberOfNeighbors_2"].median() >= 1
+    assert table["CR_NumberOfNeighbors_2"].median() >= 1

@@ -244,8 +244,8 @@ def test_measure_refuses_to_mix_settings_in_a_half_measured_run(tmp_path, plate4
     refused = run_cli("measure", run, "--workers", "0", *other, *STAGE_FLAGS, check=False)
     assert refused.returncode != 0 and "columns" in refused.stderr and "--overwrite" in refused.stderr
     run_cli("measure", run, "--workers", "0", *STAGE_FLAGS)  # the same settings as the parts: resumes
-    assert any(c.startswith("Texture_Contrast") for c in pd.read_parquet(run / "cells.parquet").columns)
+    assert any(c.startswith("CR_Texture_Contrast") for c in pd.read_parquet(run / "cells.parquet").columns)
     run_cli("measure", run, "--workers", "0", "--overwrite", *other, *STAGE_FLAGS)
     cells = pd.read_parquet(run / "cells.parquet")
-    assert not [c for c in cells.columns if c.startswith(("Texture_Contrast", "RadialDistribution_"))]
+    assert not [c for c in cells.columns if c.startswith(("CR_Texture_Contrast", "CR_RingFraction_"))]
     assert cells["image_id"].nunique() == len(parts)

@@ -96,6 +96,11 @@ class MeasurementConfig(_Section):
         description="CellProfiler-style texture (co-occurrence at 3 px), radial distribution, colocalisation "
         "per measured channel and neighbour counts.",
     )
+    set: Literal["default", "cellprofiler"] = Field(
+        "default",
+        description="cellprofiler adds CellProfiler's own per-cell measurements through cp_measure (size/shape, "
+        "Zernike, intensity, texture, granularity, radial distribution, colocalisation) under CellProfiler's names.",
+    )
 
 
 class CropConfig(_Section):

@@ -9,33 +9,39 @@ Columns of ``cells.parquet`` (one row per cell):
 ``mean_intensity``, ``min_intensity``, ``max_intensity``  on the segmentation input (median of channels 1-3)
 ``centroid_y``, ``centroid_x``                 position (px; the study's centroid split in two)
 ``bbox_min_row``, ``bbox_min_col``, ``bbox_max_row``, ``bbox_max_col``  bounding box (max exclusive)
-Per channel in ``measurement.intensity_channels`` (CellProfiler's names, raw image units):
+Per channel in ``measurement.intensity_channels``. Columns named as CellProfiler names a measurement hold what
+CellProfiler computes (checked against ``cp_measure``, CellProfiler's own code, on real fields:
+tests/test_cellprofiler_names.py), on CellProfiler's intensity scale (0-1: raw counts over the image type's
+maximum, or the illumination-corrected image); columns starting ``CR_`` are cellresponse's own measures, named so
+that nobody takes them for CellProfiler's:
 
 ``Intensity_MeanIntensity_<Ch>``, ``Intensity_MinIntensity_<Ch>``, ``Intensity_MaxIntensity_<Ch>``
 ``Intensity_StdIntensity_<Ch>``, ``Intensity_IntegratedIntensity_<Ch>``  spread and sum over the cell
 ``Intensity_MeanIntensityEdge_<Ch>``           mean on the cell's outline pixels (cortical stain, e.g. actin)
-``Intensity_MeanIntensityCore_<Ch>``           mean inside the outline (the cell mean when nothing is inside)
-``Texture_MeanGradient_<Ch>``                  mean Sobel gradient magnitude over the cell (fibres, speckles)
+``CR_MeanIntensityCore_<Ch>``                  mean inside the outline (the cell mean when nothing is inside)
+``CR_MeanGradient_<Ch>``                       mean Sobel gradient magnitude over the cell (fibres, speckles)
 
-With ``measurement.extended`` (CellProfiler's MeasureTexture, MeasureObjectIntensityDistribution,
-MeasureColocalization and MeasureObjectNeighbors, in their names):
+With ``measurement.extended`` (in the spirit of CellProfiler's MeasureTexture, MeasureObjectIntensityDistribution,
+MeasureColocalization and MeasureObjectNeighbors; ``measurement.set: cellprofiler`` adds CellProfiler's own):
 
-``Texture_{Contrast,Homogeneity,AngularSecondMoment,Correlation,Entropy}_<Ch>_3``
+``CR_Texture_{Contrast,Homogeneity,AngularSecondMoment,Correlation,Entropy}_<Ch>_3``
                                                Haralick features of the cell's grey-level co-occurrence at 3 px,
                                                averaged over four directions, on 8 grey levels spanning the
                                                cell's own range (so a plate's brightness does not move them);
                                                homogeneity is MATLAB's, Σ p / (1 + |i − j|)
-``RadialDistribution_FracAtD_<Ch>_<k>of4``     fraction of the cell's intensity in ring k of 4, from the cell's
-                                               centre-most pixels (1) to its outline (4)
+``CR_RingFraction_<Ch>_<k>of4``                fraction of the cell's intensity in ring k of 4, from the cell's
+                                               centre-most pixels (1) to its outline (4) — not CellProfiler's
+                                               FracAtD, whose rings are scaled by the distance to the centre
 ``Correlation_Correlation_<A>_<B>``            Pearson correlation of two channels over the cell's pixels
-``Neighbors_NumberOfNeighbors_2``              cells within 2 px of the cell's outline (needs no channel)
+                                               (CellProfiler's MeasureColocalization)
+``CR_NumberOfNeighbors_2``                     cells within 2 px of the cell's outline (needs no channel)
 
 With a nuclear channel (``segmentation.nuclear_channel``) and ``measurement.compartments``, the nucleus
 is taken as the cell's DNA-bright part (pixels above the cell's mean DNA intensity), which needs no
 second segmentation and holds for cells of 15 px:
 
-``AreaShape_NuclearFraction``                  nucleus area / cell area
-``Intensity_MeanIntensityNucleus_<Ch>``, ``Intensity_MeanIntensityCytoplasm_<Ch>``
+``CR_NuclearFraction``                         nucleus area / cell area
+``CR_MeanIntensityNucleus_<Ch>``, ``CR_MeanIntensityCytoplasm_<Ch>``
                                                mean in each compartment (the cell mean where one is empty)
 
 Cells with perimeter 0 (single pixels and one-pixel lines) are dropped, as in the study.
@@ -51,6 +57,8 @@ import pandas as pd
 from scipy import ndimage
 from skimage.measure import regionprops_table
 from skimage.segmentation import find_boundaries
+
+from cellresponse.input.illumination import unit_scale
 
 PROPERTIES = (
     "label",
@@ -103,8 +111,17 @@ FEATURES = (
     "solidity",
     "extent",
 )
-# Prefixes of the per-channel and compartment columns, all of them features too.
-FEATURE_PREFIXES = ("Intensity_", "Texture_", "AreaShape_", "RadialDistribution_", "Correlation_", "Neighbors_")
+# Prefixes of the per-channel and compartment columns, all of them features too (measurement.set: cellprofiler
+# adds AreaShape_, Texture_, Granularity_ and RadialDistribution_ columns: cellprofiler_set.py).
+FEATURE_PREFIXES = (
+    "Intensity_",
+    "Correlation_",
+    "CR_",
+    "AreaShape_",
+    "Texture_",
+    "Granularity_",
+    "RadialDistribution_",
+)
 CHANNEL_MEASURES = (
     "Intensity_MeanIntensity",
     "Intensity_MinIntensity",
@@ -112,19 +129,24 @@ CHANNEL_MEASURES = (
     "Intensity_StdIntensity",
     "Intensity_IntegratedIntensity",
     "Intensity_MeanIntensityEdge",
-    "Intensity_MeanIntensityCore",
-    "Texture_MeanGradient",
+    "CR_MeanIntensityCore",
+    "CR_MeanGradient",
 )
-COMPARTMENT_MEASURES = ("Intensity_MeanIntensityNucleus", "Intensity_MeanIntensityCytoplasm")
+COMPARTMENT_MEASURES = ("CR_MeanIntensityNucleus", "CR_MeanIntensityCytoplasm")
 # The extended measurement's settings, CellProfiler's defaults where it has one (texture scale 3, four rings).
 TEXTURE_SCALE = 3
 TEXTURE_LEVELS = 8  # per cell: 64 co-occurrence bins stay filled in cells of a few hundred pixels
 TEXTURE_MEASURES = ("Contrast", "Homogeneity", "AngularSecondMoment", "Correlation", "Entropy")
 RADIAL_BINS = 4
 NEIGHBOUR_DISTANCE = 2
-NEIGHBOURS_COLUMN = f"Neighbors_NumberOfNeighbors_{NEIGHBOUR_DISTANCE}"
+NEIGHBOURS_COLUMN = f"CR_NumberOfNeighbors_{NEIGHBOUR_DISTANCE}"
 # What the extended measurement's columns start with (to set them apart, e.g. in benchmarks/features_ablation.py).
-EXTENDED_PREFIXES = ("RadialDistribution_", "Correlation_", "Neighbors_", *(f"Texture_{m}_" for m in TEXTURE_MEASURES))
+EXTENDED_PREFIXES = (
+    "CR_RingFraction_",
+    "Correlation_",
+    "CR_NumberOfNeighbors_",
+    *(f"CR_Texture_{m}_" for m in TEXTURE_MEASURES),
+)
 # The columns of PROPERTIES as a cell table names them, in regionprops_table's order (centroid and bbox last).
 PROPERTY_COLUMNS = (
     *(RENAMES.get(p, p) for p in PROPERTIES if p not in ("centroid", "bbox")),
@@ -150,14 +172,14 @@ def feature_columns(columns: Iterable[str]) -> list[str]:
 
 def channel_columns(channels: tuple[str, ...], compartments: bool = False, extended: bool = False) -> list[str]:
     """The per-channel (compartment, extended) column names :func:`measure_cells` writes, in order."""
-    columns = ["AreaShape_NuclearFraction"] if compartments and channels else []
+    columns = ["CR_NuclearFraction"] if compartments and channels else []
     columns += [NEIGHBOURS_COLUMN] if extended else []
     measures = CHANNEL_MEASURES + (COMPARTMENT_MEASURES if compartments else ())
     for name in channels:
         columns += [f"{measure}_{name}" for measure in measures]
         if extended:
-            columns += [f"Texture_{measure}_{name}_{TEXTURE_SCALE}" for measure in TEXTURE_MEASURES]
-            columns += [f"RadialDistribution_FracAtD_{name}_{k}of{RADIAL_BINS}" for k in range(1, RADIAL_BINS + 1)]
+            columns += [f"CR_Texture_{measure}_{name}_{TEXTURE_SCALE}" for measure in TEXTURE_MEASURES]
+            columns += [f"CR_RingFraction_{name}_{k}of{RADIAL_BINS}" for k in range(1, RADIAL_BINS + 1)]
     if extended:
         columns += [f"Correlation_Correlation_{a}_{b}" for a, b in channel_pairs(channels)]
     return columns
@@ -306,13 +328,13 @@ def channel_measures(
         "Intensity_StdIntensity": np.sqrt(np.maximum(mean_sq - mean * mean, 0.0)),
         "Intensity_IntegratedIntensity": mean * area,
         "Intensity_MeanIntensityEdge": edge,
-        "Intensity_MeanIntensityCore": np.where(core_area > 0, core, mean),
-        "Texture_MeanGradient": cell.means(sobel_magnitude(image)),
+        "CR_MeanIntensityCore": np.where(core_area > 0, core, mean),
+        "CR_MeanGradient": cell.means(sobel_magnitude(image)),
     }
     if "nucleus" in regions:
         inside, outside = regions["nucleus"], regions["cytoplasm"]
-        out["Intensity_MeanIntensityNucleus"] = np.where(inside.counts > 0, inside.means(image), mean)
-        out["Intensity_MeanIntensityCytoplasm"] = np.where(outside.counts > 0, outside.means(image), mean)
+        out["CR_MeanIntensityNucleus"] = np.where(inside.counts > 0, inside.means(image), mean)
+        out["CR_MeanIntensityCytoplasm"] = np.where(outside.counts > 0, outside.means(image), mean)
     return {k: v[1:] for k, v in out.items()}
 
 
@@ -474,10 +496,10 @@ def extended_measures(
     gathered = {name: pixels[0] for name, pixels in channels.items()}
     for name, pixels in channels.items():
         for measure, value in cooccurrence_texture(per_cell_levels(pixels, cell), pairs, n).items():
-            out[f"Texture_{measure}_{name}_{TEXTURE_SCALE}"] = value
+            out[f"CR_Texture_{measure}_{name}_{TEXTURE_SCALE}"] = value
         fractions = radial_fractions(gathered[name], cell, rings)
         for k in range(RADIAL_BINS):
-            out[f"RadialDistribution_FracAtD_{name}_{k + 1}of{RADIAL_BINS}"] = fractions[:, k]
+            out[f"CR_RingFraction_{name}_{k + 1}of{RADIAL_BINS}"] = fractions[:, k]
     for (first, second), value in pixel_correlations(gathered, cell).items():
         out[f"Correlation_Correlation_{first}_{second}"] = value
     return {k: v[1:] for k, v in out.items()}
@@ -506,7 +528,8 @@ def measure_cells(
     of them whose bright part is the nucleus, adding the compartment columns; ``extended`` adds texture,
     radial distribution, colocalisation and neighbour columns.
     """
-    channels = dict(channels or {})
+    # CellProfiler's scale: an integer image over its type's maximum (a corrected image is already on it)
+    channels = {name: unit_scale(image) for name, image in (channels or {}).items()}
     if nuclear_channel is not None and nuclear_channel not in channels:
         raise ValueError(f"nuclear channel {nuclear_channel!r} is not among the measured channels {list(channels)}")
     compartments = nuclear_channel is not None
@@ -524,7 +547,7 @@ def measure_cells(
     nucleus, columns = None, {}
     if compartments:
         nucleus = nucleus_pixels(cell, channels[nuclear_channel])
-        columns["AreaShape_NuclearFraction"] = cell.means(nucleus)[1:]
+        columns["CR_NuclearFraction"] = cell.means(nucleus)[1:]
     regions = cell_regions(labels, cell, nucleus) if channels or extended else {}
     pixels = {name: channel_pixels(image, cell) for name, image in channels.items()}
     for name, image in channels.items():

@@ -147,3 +147,20 @@ def combine_blocks(blocks: Sequence[pd.DataFrame], names: Sequence[str]) -> tupl
         scaled.append(pd.DataFrame(values, columns=[f"{name}__{c}" for c in block.columns], index=block.index))
     combined = pd.concat(scaled, axis=1)
     return combined, list(combined.columns)
+
+
+EMBEDDING_COLUMN = (
+    "Cells_Embedding_"  # a deep profile's columns in the written profiles (emb_0001 → Cells_Embedding_0001)
+)
+
+
+def cellprofiler_prefixed(table: pd.DataFrame, features: list[str]) -> tuple[pd.DataFrame, list[str]]:
+    """The profile table with its feature columns under CellProfiler's compartment prefix, so that pycytominer's
+    ``normalize`` / ``feature_select`` infer them without a list: every measure here is of the cell object
+    (``Cells_``; the nucleus is the cell's DNA-bright part, not a second object), an embedding column
+    ``Cells_Embedding_<i>``; the ``both`` kind's block names (``measured__`` / ``deep__``) are dropped."""
+    renamed = {}
+    for column in features:
+        bare = column.removeprefix("measured__").removeprefix("deep__")
+        renamed[column] = EMBEDDING_COLUMN + bare[4:] if bare.startswith("emb_") else f"Cells_{bare}"
+    return table.rename(columns=renamed), [renamed[c] for c in features]

@@ -226,3 +226,21 @@ def cell_strips(rows: list[tuple[str, list[np.ndarray]]], path: str | Path, pixe
         ax.plot([side * 0.95 - length, side * 0.95], [y, y], color="white", linewidth=2.5, solid_capstyle="butt")
         ax.text(side * 0.95 - length / 2, y - side * 0.04, label, color="white", fontsize=6, ha="center", va="bottom")
     return save_png(fig, path, dpi=90)
+
+
+def plot_illumination(functions: dict[str, dict[str, np.ndarray]], path: str | Path, plates: int = 3) -> Path:
+    """The illumination functions of up to ``plates`` plates (rows) and every channel (columns), each with its own
+    colour scale (they are ≥ 1: the brightest corner of the field is 1)."""
+    shown = list(functions)[:plates]
+    channels = list(functions[shown[0]])
+    figure = new_figure(2.2 * len(channels), 2.0 * len(shown) + 0.3)
+    for row, plate in enumerate(shown):
+        for col, channel in enumerate(channels):
+            axis = figure.add_subplot(len(shown), len(channels), row * len(channels) + col + 1)
+            function = functions[plate][channel]
+            image = axis.imshow(function, cmap="viridis")
+            figure.colorbar(image, ax=axis, fraction=0.046, pad=0.02)
+            axis.set_title(f"{plate} · {channel}\nmax/min {function.max() / function.min():.2f}", fontsize=7)
+            axis.set_axis_off()
+    figure.tight_layout()
+    return save_png(figure, path, dpi=90)

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 from cellresponse.config import Config
 from cellresponse.errors import InputError
 from cellresponse.features.cell_features import cell_ids, empty_cells_table, measure_cells
+from cellresponse.features.cellprofiler_set import cellprofiler_measurements
 from cellresponse.input.channels import apply_recipe, find_nuclear_channel, load_stack, resolve_channel
 from cellresponse.input.illumination import illumination_channels
 from cellresponse.input.io import atomic_path, read_tiff, write_parquet
@@ -57,6 +58,8 @@ def measure_settings(config: Config, names: list[str]) -> dict[str, Any]:
         "intensity_channels": intensity_channels(config, names),
         "compartment_channel": compartment_channel(config, names),
         "extended": config.measurement.extended,
+        "intensity_scale": "CellProfiler (0-1)",  # raw counts before 2026-12-05
+        **({"set": "cellprofiler"} if config.measurement.set == "cellprofiler" else {}),
     }
 
 
@@ -104,6 +107,8 @@ def measure_one(row: dict, *, config_json: str, run_root: str, names: list[str])
         compartment_channel(config, names),
         extended=config.measurement.extended,
     )
+    if config.measurement.set == "cellprofiler" and len(table):
+        table = table.merge(cellprofiler_measurements(labels, extra), on="label", how="left")
     arrow = pa.Table.from_pandas(table, preserve_index=False)
     arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}), DROPPED_KEY: str(dropped)})
     with atomic_path(run.cells_path(row["image_id"])) as tmp:

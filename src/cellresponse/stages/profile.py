@@ -32,6 +32,7 @@ from cellresponse.profiling.well_profiles import (
     PLATE,
     TREATMENT,
     WELL,
+    cellprofiler_prefixed,
     combine_blocks,
     normalization_scope,
     normalize_profiles,
@@ -202,7 +203,7 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
     metrics: dict[str, Any] = {"normalization": sorted(notes), "kinds": {}}
     not_computed: set[str] = set()
     for kind in p.kinds:
-        wells, features = normalized[kind]
+        wells, features = cellprofiler_prefixed(*normalized[kind])
         treatments = treatment_profiles(wells, features, p.aggregate)
         write_parquet(run.profile_path(kind, "wells"), wells)
         write_parquet(run.profile_path(kind, "treatments"), treatments)

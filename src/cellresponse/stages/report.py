@@ -19,6 +19,7 @@ import pandas as pd
 
 from cellresponse.config import Config
 from cellresponse.evaluation.metrics import per_class_from_confusion, wilson_interval, wrong_calls_sentence
+from cellresponse.input.illumination import illumination_channels, illumination_path, read_function
 from cellresponse.input.io import read_tiff, write_text
 from cellresponse.input.plate import channel_names
 from cellresponse.input.runfolder import RunFolder
@@ -26,7 +27,7 @@ from cellresponse.learning.baselines import compare_with_baseline
 from cellresponse.learning.model_choice import NETWORK, call_probability, test_blocks
 from cellresponse.profiling.profile_benchmarks import nsc_not_computed, nsc_summary
 from cellresponse.provenance import made_by_line
-from cellresponse.reporting.figures import plot_confusion, plot_history, treatment_panels
+from cellresponse.reporting.figures import plot_confusion, plot_history, plot_illumination, treatment_panels
 from cellresponse.reporting.htmlpage import CSS, html_table, inline_png
 from cellresponse.segmentation.inputs import segmentation_inputs
 from cellresponse.stages import PIPELINE
@@ -458,6 +459,27 @@ def section_split(split: dict[str, Any]) -> list[str]:
     return parts + [f"<p class='note'>{html.escape(n)}</p>" for n in notes]
 
 
+def section_illumination(run: RunFolder, out: Path) -> list[str]:
+    """The illumination functions the images were divided by (computed by the images stage, or the load_data's)."""
+    images = run.read_images() if run.images.exists() else pd.DataFrame()
+    names = channel_names(images) if len(images) else []
+    if not names or not illumination_channels(images, names):
+        return []
+    functions: dict[str, dict[str, np.ndarray]] = {}
+    for plate, rows in images.groupby("plate", sort=True):
+        row = rows.iloc[0].to_dict()
+        functions[str(plate)] = {n: read_function(str(illumination_path(row, n))) for n in names}
+    png = plot_illumination(functions, out / "illumination.png")
+    spread = [f.max() / f.min() for plate in functions.values() for f in plate.values()]
+    return [
+        "<h2>Illumination correction</h2>",
+        inline_png(png, "illumination functions"),
+        f"<p class='note'>Each image was divided by its plate's function per channel, on CellProfiler's 0-1 scale; "
+        f"{len(functions)} plates, brightest / dimmest point of a function {min(spread):.2f}–{max(spread):.2f} "
+        f"(the first three plates shown).</p>",
+    ]
+
+
 def section_training(history: list[dict[str, float]], out: Path) -> list[str]:
     if not history:
         return []
@@ -555,6 +577,7 @@ def build_report(run: RunFolder, config: Config) -> Path:
         *section_profiles(json.loads(run.profile_metrics.read_text()) if run.profile_metrics.exists() else {}),
         *section_split(split),
         *section_training(run.read_history(), out),
+        *section_illumination(run, out),
         *section_segmentation(run, config, out),
         f"<p>Made by {html.escape(made_by_line())}.</p>",
         "<h2>Config</h2>",
