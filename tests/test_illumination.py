@@ -130,3 +130,15 @@ def test_a_table_naming_functions_for_some_channels_only_is_refused(tmp_path):
         from cellresponse.input.illumination import check_illumination
 
         check_illumination(read_load_data(csv), ["DNA", "AGP"], (64, 64))
+
+
+def test_auto_computes_only_over_enough_images():
+    from cellresponse.input.illumination import MIN_IMAGES, illumination_plan
+
+    many, few = pd.Series([MIN_IMAGES, MIN_IMAGES + 3]), pd.Series([MIN_IMAGES, 12])
+    assert illumination_plan("auto", True, few)[0] == "load_data"
+    assert illumination_plan("auto", False, many)[0] == "compute"
+    plan, why = illumination_plan("auto", False, few)
+    assert plan == "none" and "12 images" in why and "input.illumination: compute" in why
+    assert illumination_plan("compute", False, few)[0] == "compute"
+    assert illumination_plan("none", True, many)[0] == "none"

@@ -46,8 +46,8 @@ class InputConfig(_Section):
     illumination: Literal["auto", "compute", "none"] = Field(
         "auto",
         description="auto: divide by the CellProfiler illumination functions a load_data names (FileName_Illum<Ch>), "
-        "none where it names none; compute: one per plate and channel as JUMP's CorrectIlluminationCalculate "
-        "(saved in RUN/illumination/); none: raw images.",
+        "else compute them where every plate has 50+ images; compute: one per plate and channel as JUMP's "
+        "CorrectIlluminationCalculate (saved in RUN/illumination/); none: raw images.",
     )
     illumination_filter: int = Field(
         500, ge=3, description="Median filter size (px) of computed illumination functions (JUMP's setting)."

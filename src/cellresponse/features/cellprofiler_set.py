@@ -18,6 +18,7 @@ Images on CellProfiler's 0-1 scale (illumination.unit_scale).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 
 import numpy as np
@@ -65,6 +66,14 @@ def cellprofiler_measurements(labels: np.ndarray, channels: Mapping[str, np.ndar
 
     core, pairs = get_core_measurements(), get_correlation_measurements()
     labels = labels.astype(np.int32, copy=False)
+    with warnings.catch_warnings():
+        # a ring with no pixel in a small cell divides 0 by 0: NaN, as in CellProfiler, said once per field otherwise
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return measured_table(labels, channels, core, pairs)
+
+
+def measured_table(labels: np.ndarray, channels: Mapping[str, np.ndarray], core: dict, pairs: dict) -> pd.DataFrame:
+    """:func:`cellprofiler_measurements` with cp_measure's functions given."""
     columns: dict[str, np.ndarray] = {}
     for name in ("sizeshape", "zernike", "feret"):
         for key, values in core[name](labels, None).items():

@@ -28,6 +28,7 @@ from cellresponse.input.io import read_tiff
 ILLUM_FILE, ILLUM_PATH = "FileName_Illum", "PathName_Illum"
 ROBUST_MINIMUM = 0.02  # CellProfiler's robust-minimum rescaling: the 2 % point of the function's positive values
 JUMP_FILTER_SIZE = 500  # px: the median filter of JUMP's CorrectIlluminationCalculate
+MIN_IMAGES = 50  # a plate's mean image is its illumination only over many fields (JUMP averages hundreds)
 SMOOTHING_SIDE = 108  # px: the average is median-filtered at about this side (1080 / 10), then interpolated back
 
 
@@ -150,3 +151,22 @@ def average_images(stacks: Iterable[np.ndarray]) -> np.ndarray:
     if total is None:
         raise InputError("no images to average for an illumination function")
     return total / count
+
+
+def illumination_plan(setting: str, named: bool, images_per_plate: pd.Series) -> tuple[str, str]:
+    """What ``input.illumination`` does with this table: ``load_data`` (divide by the functions it names),
+    ``compute`` or ``none``, and why. ``auto`` computes only where every plate has :data:`MIN_IMAGES` images or
+    more: over a few fields the average is the cells' layout, not the illumination."""
+    if setting == "none":
+        return "none", "input.illumination: none"
+    if setting == "compute":
+        return "compute", "input.illumination: compute"
+    if named:
+        return "load_data", "the load_data names CellProfiler illumination functions"
+    fewest = int(images_per_plate.min()) if len(images_per_plate) else 0
+    if fewest >= MIN_IMAGES:
+        return "compute", f"no functions named; every plate has {MIN_IMAGES}+ images, so one is computed per channel"
+    return "none", (
+        f"no functions named, and a plate has only {fewest} images (under {MIN_IMAGES} the average is the cells' "
+        "layout, not the illumination); input.illumination: compute computes them anyway"
+    )

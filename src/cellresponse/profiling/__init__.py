@@ -1,6 +1,7 @@
 """Profiles of fields, wells and treatments, and what they tell about a compound.
 
-``well_profiles`` (pycytominer aggregate / normalize / feature_select, confounded-plate detection),
+``well_profiles`` (pycytominer aggregate / normalize / feature_select, confounded-plate detection, CellProfiler's
+compartment prefixes), ``batch_correction`` (sphering and Harmony, confounded batches left alone),
 ``profile_models`` (per-field profiles of each kind and the shrinkage-LDA models on them), ``profile_benchmarks``
 (NSC MoA accuracy and copairs mAP), ``references`` (the bundle's reference profiles, leave-one-compound-out
 calibration, nearest treatments, mechanism calls and novelty), ``activity`` (phenotypic activity against the

@@ -22,6 +22,7 @@ from cellresponse.input.illumination import (
     check_illumination,
     illumination_channels,
     illumination_function,
+    illumination_plan,
 )
 from cellresponse.input.io import atomic_path, write_json, write_parquet
 from cellresponse.input.plate import ImageSource, build_image_table, channel_names, check_label, safe_id
@@ -86,22 +87,21 @@ def settle_illumination(
 ) -> tuple[pd.DataFrame, str]:
     """The image table with the illumination functions its images will be divided by (``input.illumination``),
     every one read and checked here, before any image work; and a line saying which."""
-    names, setting = channel_names(table), config.input.illumination
+    names = channel_names(table)
     named = illumination_channels(table, names)
-    if setting == "none":
+    plan, why = illumination_plan(config.input.illumination, bool(named), table.groupby("plate").size())
+    if plan == "none":
         if named:
             log.info("illumination: none — the load_data's illumination functions are not applied")
-        return without_illumination(table), "none"
-    if setting == "auto" and not named:
-        return table, "none (the image table names no illumination functions; input.illumination: compute makes them)"
-    if setting == "compute":
+        log.info("illumination: none (%s)", why)
+        return without_illumination(table), f"none ({why})"
+    if plan == "compute":
         if named:
             log.info("illumination: compute — the load_data's illumination functions are replaced by computed ones")
         table = computed_illumination(run, without_illumination(table), config, overwrite, progress)
     shape = load_stack(without_illumination(table.iloc[:1]).iloc[0].to_dict(), names).shape[1:]
     count = check_illumination(table, names, shape)
-    where = "computed per plate and channel" if setting == "compute" else "from the load_data"
-    line = f"{count} illumination functions ({where})"
+    line = f"{count} illumination functions ({why})"
     log.info("illumination: %s; images are divided by them on CellProfiler's 0-1 scale", line)
     return table, line
 
