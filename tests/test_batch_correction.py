@@ -122,3 +122,17 @@ def test_harmony_references_refit_with_the_new_plate():
     joint, corrected = batch_corrected(refs, queries, None, 0.05, 0)
     assert joint.features[0] == "harmony_1" and list(corrected.columns[-len(joint.features) :]) == joint.features
     assert "temperature" in joint.calibration["well"]  # calibrated again in the joint space
+
+
+def test_one_control_well_cannot_scale_the_references():
+    """With a single control well there is no spread to standardise by: the references are standardised to all
+    their wells instead (raw units would let areas in pixels drown 0-1 intensities)."""
+    wells, features = two_batches(shift=0.0)
+    blocks, meta = field_blocks(wells, features)
+    blocks["measured"]["f0"] *= 1000.0  # one feature in far larger units
+    one = pd.Series(meta.index == meta.index[0], index=meta.index)
+    refs = build_references(blocks, meta, one, "measured", COLUMNS, 0.05)
+    assert refs.normalization.samples == "all wells"
+    assert np.allclose(refs.fields[refs.features].std(), 1.0, atol=0.1)
+    two = pd.Series(meta["well"].isin(meta["well"].iloc[:2]).to_numpy(), index=meta.index)
+    assert build_references(blocks, meta, two, "measured", COLUMNS, 0.05).normalization.samples == "negative controls"

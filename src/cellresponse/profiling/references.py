@@ -394,12 +394,15 @@ def build_references(
     fields = fields.copy()  # one block per dtype, not a column each
     is_control = control_flags(controls, fields["image_id"])
     wells = well_table(fields, everything)
-    sample_wells = np.ones(len(wells), bool)
-    if is_control.any():
-        sample_wells = pd.Series(group_of(wells)).isin(set(group_of(fields[is_control]))).to_numpy()
-    name = "negative controls" if is_control.any() else "all wells"
+    sample_wells = pd.Series(group_of(wells)).isin(set(group_of(fields[is_control]))).to_numpy()
+    # One control well cannot give a scale (its standard deviation is 0): every feature would keep its raw units,
+    # and a 0-1 intensity would weigh nothing beside an area in pixels. Under two, standardise to all wells.
+    to_controls = sample_wells.sum() >= 2
+    if not to_controls:
+        sample_wells = np.ones(len(wells), bool)
+    name = "negative controls" if to_controls else "all wells"
     normalization = fit_normalization(wells, everything, sample_wells, name, block_columns)
-    if is_control.any():
+    if to_controls:
         normalized = normalized_fields(fields, normalization, pd.Series(is_control), per_plate)
         normalization = Normalization(**{**asdict(normalization), "scope": "plate" if per_plate else "experiment"})
     else:
