@@ -20,7 +20,8 @@ from pathlib import Path
 
 from cellresponse import __version__
 from cellresponse.config import PRESETS, Config, apply_overrides, load_config, preset_overrides
-from cellresponse.errors import CellResponseError, StageError
+from cellresponse.errors import CellResponseError, StageError, disk_full_message
+from cellresponse.input.locks import folder_lock
 from cellresponse.input.plate import ImageSource
 from cellresponse.input.runfolder import RunFolder
 from cellresponse.input.synth import SynthSpec, make_plates
@@ -280,10 +281,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from cellresponse.stages import predict
 
     out = RunFolder(args.out)
-    with new_run_folder(out):  # a refused bundle, model or set of channels leaves no output folder behind
-        setup_logging(args.verbose, out)
-        plan = predict.prepare(args.bundle, out, image_source(args), overrides=cli_overrides(args), model=args.model)
-    paths = predict.predict_images(plan, out, overwrite=args.overwrite, progress=not args.no_progress)
+    with contextlib.ExitStack() as held:
+        with new_run_folder(out):  # a refused bundle, model or set of channels leaves no output folder behind
+            held.enter_context(folder_lock(out.root))  # one writer; held until the predictions are written
+            setup_logging(args.verbose, out)
+            plan = predict.prepare(
+                args.bundle, out, image_source(args), overrides=cli_overrides(args), model=args.model
+            )
+        paths = predict.predict_images(plan, out, overwrite=args.overwrite, progress=not args.no_progress)
     if args.csv:
         paths += predict.write_csv_copies([p for p in paths if p != out.cell_predictions and p.suffix == ".parquet"])
     for path in paths:
@@ -507,6 +512,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # A log line that cannot be written (a full disk) must not print a traceback beside the one error line.
+    logging.raiseExceptions = False
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -517,6 +524,11 @@ def main(argv: list[str] | None = None) -> int:
     except CellResponseError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        if (message := disk_full_message(exc)) is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(
             "interrupted; finished work is kept (images, checkpoints), rerun the same command to resume",

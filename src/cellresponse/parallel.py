@@ -21,7 +21,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from cellresponse.config import RuntimeConfig
-from cellresponse.errors import CellResponseError, InputError
+from cellresponse.errors import CellResponseError, InputError, disk_full_message
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,8 @@ def run_task(func: Callable[[dict], dict], row: dict) -> TaskResult:
     except CellResponseError as exc:
         return TaskResult(image_id, False, error=str(exc))
     except Exception as exc:
+        if (message := disk_full_message(exc)) is not None:
+            return TaskResult(image_id, False, error=message)
         frame = traceback.extract_tb(exc.__traceback__)[-1]
         where = f"{os.path.basename(frame.filename)}:{frame.lineno}"
         return TaskResult(image_id, False, error=f"{type(exc).__name__}: {exc} (at {where})")

@@ -8,6 +8,7 @@ report read the order from :data:`PIPELINE`; nothing else lists it.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import time
@@ -16,6 +17,7 @@ from typing import Any
 
 from cellresponse.config import WELL_TREATMENT, Config
 from cellresponse.errors import CellResponseError
+from cellresponse.input.locks import folder_lock
 from cellresponse.input.plate import ImageSource, check_columns, check_label
 from cellresponse.input.runfolder import RunFolder
 from cellresponse.parallel import is_main_process
@@ -38,10 +40,17 @@ def run_stage(
 ) -> dict[str, Any]:
     """One stage on a run folder; the config is saved to ``RUN/config.yaml`` once the stage has succeeded (so a
     failed call leaves it as it was; the report only reads it)."""
-    summary = stage_module(name).run(run, config, overwrite=overwrite, progress=progress, **options)
-    if is_main_process() and name != "report":
-        run.save_config(config)
+    with writer_lock(run):
+        summary = stage_module(name).run(run, config, overwrite=overwrite, progress=progress, **options)
+        if is_main_process() and name != "report":
+            run.save_config(config)
     return summary
+
+
+def writer_lock(run: RunFolder) -> contextlib.AbstractContextManager:
+    """The run folder's lock (locks.py) in the main process; the extra processes of Lightning's DDP launcher run
+    under their parent's."""
+    return folder_lock(run.root) if is_main_process() else contextlib.nullcontext()
 
 
 def check_stage_inputs(run: RunFolder, config: Config, stages: tuple[str, ...]) -> None:
@@ -86,8 +95,20 @@ def run_pipeline(
         raise CellResponseError(f"--from {start} comes after --until {stop}")
     if not is_main_process():
         first = last = PIPELINE.index("train")
+    with writer_lock(run):  # held across the stages: no other command slips in between two of them
+        return run_stages(run, config, PIPELINE[first : last + 1], source, overwrite, progress)
+
+
+def run_stages(
+    run: RunFolder,
+    config: Config,
+    stages: tuple[str, ...],
+    source: ImageSource | None,
+    overwrite: bool,
+    progress: bool,
+) -> dict[str, float]:
+    """:func:`run_pipeline`'s loop: each stage in turn, the columns checked once the image table exists."""
     timings: dict[str, float] = {}
-    stages = PIPELINE[first : last + 1]
     checked = False
     for name in stages:
         if not checked and name != "images":  # right after the image table exists, before any image work
