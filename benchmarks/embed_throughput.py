@@ -1,7 +1,11 @@
 """Embedding throughput of `cellresponse embed` on real BBBC021-moa fields (goal: >= 300 cells/s on 2 cores at the
 default 96 px input), and the network alone at several batch sizes (why embedding.batch_size is 16).
 
-    python benchmarks/embed_throughput.py [--images 100]
+    python benchmarks/embed_throughput.py [--images 100] [--scale-out]
+
+``--scale-out``: the same images embedded in this process (``embedding.execution: process``, the default on one
+machine) and on 1 and 2 local Dask workers (``workers``: a task per image, each worker loading the backbone once),
+in one run: the workers' speed-up 1 → 2 and how they compare with this process.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--images", type=int, default=100)
+    parser.add_argument("--scale-out", action="store_true")
     args = parser.parse_args()
     if not args.data.is_file():
         raise SystemExit(f"data not found: {args.data} (needs ../shared/data)")
@@ -38,6 +43,8 @@ def main() -> None:
             f"window {summary['settings']['window']} px -> {config.embedding.input_size} px, torch threads "
             f"{torch.get_num_threads()})"
         )
+        if args.scale_out:
+            scale_out(run, config)
     x = (torch.rand(512, 3, 48, 48) * 255).to(torch.uint8).numpy()
     for batch in (16, 32, 64, 256):
         embedder = Embedder(input_size=config.embedding.input_size, batch_size=batch)
@@ -45,6 +52,26 @@ def main() -> None:
         began = time.perf_counter()
         embedder(x)
         print(f"network alone, batch {batch:3d}: {len(x) / (time.perf_counter() - began):6.0f} windows/s")
+
+
+def scale_out(run, config) -> None:
+    """Embed the run's images again in this process and on 1 and 2 Dask workers; print cells/s and the ratios."""
+    import shutil
+
+    rates = {}
+    for name, execution, workers in (("this process", "process", 0), ("1 worker", "workers", 1),
+                                     ("2 workers", "workers", 2)):  # fmt: skip
+        shutil.rmtree(run.embeddings, ignore_errors=True)
+        run.embedding_means.unlink(missing_ok=True)
+        chosen = config.model_copy(update={
+            "embedding": config.embedding.model_copy(update={"execution": execution}),
+            "runtime": config.runtime.model_copy(update={"workers": workers}),
+        })  # fmt: skip
+        summary = embed_stage.run(run, chosen, progress=False)
+        rates[name] = summary["cells_embedded_now"] / summary["seconds"]
+        print(f"  {name:>12}: {rates[name]:6.0f} cells/s ({summary['seconds']:.1f} s, start-up included)")
+    print(f"  workers 1 → 2: ×{rates['2 workers'] / rates['1 worker']:.2f}; 2 workers against this process: "
+          f"×{rates['2 workers'] / rates['this process']:.2f}")  # fmt: skip
 
 
 if __name__ == "__main__":

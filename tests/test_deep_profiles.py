@@ -353,3 +353,41 @@ def test_embed_holds_only_the_images_in_flight(measured_run, tmp_path, monkeypat
     assert summary["device"] == "cpu"  # the stage's record names where the network ran
     assert images >= 3 * embed.PREFETCH and len(most_alive) == images
     assert max(most_alive) <= embed.PREFETCH + 1
+
+
+def test_embed_on_dask_workers_equals_embed_in_process(measured_run, tmp_path):
+    """embedding.execution: workers — one task per image on two worker processes, each loading the backbone once —
+    writes the embeddings (and the means) the in-process run writes."""
+    import shutil
+
+    here, workers = tmp_path / "here", tmp_path / "workers"
+    for folder in (here, workers):
+        shutil.copytree(measured_run, folder, ignore=shutil.ignore_patterns("embeddings", "embedding_means.parquet"))
+    run_cli("embed", here, "--no-progress")
+    run_cli("embed", workers, "--workers", "2", "--set", "embedding.execution=workers", "--no-progress")
+    assert RunFolder(workers).read_summary("embed")["execution"] == "Dask workers"
+    assert RunFolder(here).read_summary("embed")["execution"] == "this process"
+    ids = RunFolder(here).read_images()["image_id"].tolist()
+    for image_id in ids:
+        a = pd.read_parquet(RunFolder(here).embedding_path(image_id))
+        b = pd.read_parquet(RunFolder(workers).embedding_path(image_id))
+        pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-4, atol=1e-5)
+    pd.testing.assert_frame_equal(
+        mean_embeddings(RunFolder(here), ids), mean_embeddings(RunFolder(workers), ids), rtol=1e-4, atol=1e-5
+    )
+
+
+def test_measured_profiles_built_plate_by_plate_equal_those_of_the_whole_table(measured_run):
+    """The profile stage reads the per-image parts one plate at a time (a screen holds one plate's cells at once);
+    the per-image table equals the one built from all cells of cells.parquet."""
+    from cellresponse.features.cell_features import feature_columns
+    from cellresponse.profiling.profile_models import image_feature_table
+    from cellresponse.stages.profile import measured_image_table
+
+    run = RunFolder(measured_run)
+    images = run.read_images()
+    assert images["plate"].nunique() == 2
+    cells = run.read_cells()
+    whole = image_feature_table(cells, feature_columns(cells.columns))
+    by_plate = measured_image_table(run, images)
+    pd.testing.assert_frame_equal(by_plate.sort_index(), whole.sort_index(), check_exact=False, rtol=1e-9)

@@ -222,6 +222,12 @@ class EmbeddingConfig(_Section):
     batch_size: int | None = Field(
         None, ge=1, description="Windows per forward pass; null = 16 on the CPU, 256 on a GPU."
     )
+    execution: Literal["auto", "process", "workers"] = Field(
+        "auto",
+        description="Where embed (and predict's embedding) runs: process = here, on all cores; workers = one task per "
+        "image on the Dask workers (runtime.workers / --scheduler), each loading the backbone once; auto = workers "
+        "where --scheduler names a cluster, else here (the faster on one machine).",
+    )
 
 
 # The mechanism columns `profiles.moa: auto` looks for, in this order: a MoA column as BBBC021 and most

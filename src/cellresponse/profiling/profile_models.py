@@ -15,6 +15,7 @@ images (:func:`fit_temperature`) so that its probabilities say how often its cal
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -50,6 +51,23 @@ MAX_TEMPERATURE = 100.0
 def image_feature_table(cells: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     """Per-image profile: mean, standard deviation and quantiles of each cell feature, plus the cell count
     (the features-only model's input). Columns are ``<feature>__<statistic>`` and ``cell_count``."""
+    return filled(image_feature_statistics(cells, columns))
+
+
+def filled(table: pd.DataFrame) -> pd.DataFrame:
+    """Missing statistics (a feature no cell of a field had) as the mean over fields, else 0."""
+    return table.fillna(table.mean()).fillna(0.0).copy()  # copy: one block, not hundreds of inserted columns
+
+
+def plate_by_plate_feature_table(plates: Iterable[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
+    """:func:`image_feature_table` of cells that come one plate at a time (``plates``, e.g. read from the per-image
+    parts), holding one plate's cells at once: a screen's memory stays that of its largest plate."""
+    parts = [image_feature_statistics(cells, columns) for cells in plates if len(cells)]
+    return filled(pd.concat(parts)) if parts else pd.DataFrame()
+
+
+def image_feature_statistics(cells: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """:func:`image_feature_table` before missing values are filled."""
     values = cells[[*columns]].replace([np.inf, -np.inf], np.nan).astype(np.float64)
     groups = values.groupby(cells["image_id"].astype(str))
     parts = []
@@ -63,7 +81,7 @@ def image_feature_table(cells: pd.DataFrame, columns: list[str]) -> pd.DataFrame
         parts.append(part.add_suffix(f"__{statistic}"))
     table = pd.concat(parts, axis=1)
     table["cell_count"] = cells.groupby(cells["image_id"].astype(str)).size()
-    return table.fillna(table.mean()).fillna(0.0).copy()  # copy: one block, not hundreds of inserted columns
+    return table
 
 
 def image_profiles(kind: str, measured: pd.DataFrame | None, deep: pd.DataFrame | None) -> pd.DataFrame:

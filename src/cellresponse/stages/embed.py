@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from cellresponse.config import Config
 from cellresponse.devices import device_name, inference_device
+from cellresponse.errors import InputError
 from cellresponse.features.cell_features import cell_ids
 from cellresponse.features.crop_store import CropStore
 from cellresponse.features.crops import plate_scales, raw_planes
@@ -35,6 +36,7 @@ from cellresponse.input.runfolder import RunFolder, require_outputs
 from cellresponse.input.transforms import to_unit
 from cellresponse.learning.bundle import load_bundle, predict_cells
 from cellresponse.networks.embeddings import (
+    FEATURES,
     GPU_BATCH,
     Embedder,
     cell_windows,
@@ -43,7 +45,7 @@ from cellresponse.networks.embeddings import (
     embedding_columns,
     window_side,
 )
-from cellresponse.stages.per_image import image_rows, settled_scales
+from cellresponse.stages.per_image import config_from_json, image_rows, map_stage, settled_scales
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +141,109 @@ def embed_with_network(run: RunFolder, config: Config, *, overwrite: bool, progr
     return summary
 
 
+_EMBEDDERS: dict[str, Embedder] = {}
+
+
+def _embedder(config: Config) -> Embedder:
+    # Built once per worker process and kept: loading the backbone for every image would dominate the run.
+    e = config.embedding
+    device = inference_device(config.training.accelerator)
+    key = e.model_dump_json() + str(device)
+    if key not in _EMBEDDERS:
+        batch_size = embedding_batch_size(e.batch_size, device)
+        _EMBEDDERS[key] = Embedder(e.backbone, e.pretrained, e.input_size, e.mode, batch_size, device)
+    return _EMBEDDERS[key]
+
+
+def read_windows(run: RunFolder, row: dict, names: list[str], settings: dict, scales: dict, config: Config) -> tuple:
+    """One image's cell ids and the windows around its cells (per-plate scales applied)."""
+    cells = pd.read_parquet(run.cells_path(row["image_id"]), columns=["label", "centroid_y", "centroid_x"])
+    cells.insert(0, "image_id", row["image_id"])
+    cells.insert(0, "cell_id", cell_ids(row["image_id"], cells["label"]))
+    return _windows(row, cells, names, settings, scales, config)
+
+
+def embed_one(row: dict, *, config_json: str, run_root: str, names: list[str], settings: dict, scales: dict) -> dict:
+    """Embed one image's cells on a Dask worker (its backbone loaded once and kept); returns the image's mean
+    embedding and cell count for ``embedding_means.parquet``."""
+    config = config_from_json(config_json)
+    run = RunFolder(run_root)
+    image_id, ids, windows = read_windows(run, row, names, settings, scales, config)
+    embedder = _embedder(config)
+    columns = embedding_columns(embedder.dims(len(settings["channels"])))
+    vectors = embedder(windows) if len(windows) else np.zeros((0, len(columns)), np.float32)
+    write_embeddings(run.embedding_path(image_id), ids, vectors, columns)
+    mean = vectors.mean(axis=0, dtype=np.float64).tolist() if len(vectors) else None
+    return {"mean": mean, "cells": len(vectors), "dims": len(columns)}
+
+
+def on_workers(config: Config) -> bool:
+    """``embedding.execution``: on the Dask workers where asked, or (``auto``) where a scheduler names a cluster;
+    in this process otherwise (on one machine it is the faster: docs/benchmarks.md)."""
+    execution = config.embedding.execution
+    return execution == "workers" or (execution == "auto" and bool(config.runtime.scheduler))
+
+
+def embed_on_workers(
+    run: RunFolder, config: Config, todo: list[dict], names: list[str], settings: dict, scales: dict, progress: bool
+) -> tuple[dict[str, tuple[np.ndarray, int]], int, int]:
+    """Every image of ``todo`` embedded by a task on the Dask workers (``runtime.workers`` / ``--scheduler``);
+    returns the means, the cells embedded and the embedding's width."""
+    outcome = map_stage("embed", embed_one, run, config, todo, is_done=lambda r: False, progress=progress,
+                        names=names, settings=settings, scales=scales)  # fmt: skip
+    if outcome.failed:
+        failed = outcome.failed[0]
+        raise InputError(f"embed failed on image {failed.image_id}: {failed.error}")
+    means = {r.image_id: (np.asarray(r.info["mean"]), r.info["cells"]) for r in outcome.done if r.info["cells"]}
+    dims = next((r.info["dims"] for r in outcome.done), 0)
+    return means, sum(r.info["cells"] for r in outcome.done), dims
+
+
+def embed_in_process(
+    run: RunFolder, embedder: Embedder, todo: list[dict], names: list[str], settings: dict, scales: dict,
+    config: Config, progress: bool,
+) -> tuple[dict[str, tuple[np.ndarray, int]], int, float]:  # fmt: skip
+    """Every image of ``todo`` embedded here, on all cores, over batches gathered across images while a thread
+    reads the next ones; returns the means, the cells embedded and the seconds the network took."""
+    columns = embedding_columns(embedder.dims(len(settings["channels"])))
+    means: dict[str, tuple[np.ndarray, int]] = {}
+    bar = tqdm(total=len(todo), desc="embed", unit="image", disable=not progress)
+    embedded, network_seconds = 0, 0.0
+    with ThreadPoolExecutor(max_workers=1) as pool, ThreadPoolExecutor(max_workers=1) as writer:
+        written = []
+
+        def prefetched() -> Iterator[tuple]:
+            # A queue, not a list: a finished future holds its image's windows, and a list of them all grew the
+            # main process by ~10 MB an image (1.5 GB at 48 CPJUMP1 fields, so tens of GB at a plate).
+            def load(row: dict) -> tuple:
+                return read_windows(run, row, names, settings, scales, config)
+
+            futures = deque(pool.submit(load, row) for row in todo[:PREFETCH])
+            for i in range(len(todo)):
+                if i + PREFETCH < len(todo):
+                    futures.append(pool.submit(load, todo[i + PREFETCH]))
+                yield futures.popleft().result()
+
+        for group in _batches(prefetched(), GATHER):
+            windows = np.concatenate([part[2] for part in group])
+            began = time.perf_counter()
+            vectors = embedder(windows) if len(windows) else np.zeros((0, len(columns)), np.float32)
+            network_seconds += time.perf_counter() - began
+            start = 0
+            for image_id, ids, part in group:
+                chunk = vectors[start : start + len(part)]
+                written.append(writer.submit(write_embeddings, run.embedding_path(image_id), ids, chunk, columns))
+                if len(chunk):
+                    means[image_id] = (chunk.mean(axis=0, dtype=np.float64), len(chunk))
+                start += len(part)
+                bar.update(1)
+            embedded += len(windows)
+        for future in written:
+            future.result()  # a failed write fails the stage here (a finished write's future holds nothing)
+    bar.close()
+    return means, embedded, network_seconds
+
+
 def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Embed every measured cell; images with an embedding file are skipped."""
     if config.embedding.source == "network":
@@ -160,50 +265,20 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
     todo = [row for row in rows if not run.embedding_path(row["image_id"]).exists()]
     if todo:
         run.embedding_means.unlink(missing_ok=True)  # stale the moment one image's embeddings change
-    means: dict[str, tuple[np.ndarray, int]] = {}
     e = config.embedding
     device = inference_device(config.training.accelerator)
     batch_size = embedding_batch_size(e.batch_size, device)
-    embedder = Embedder(e.backbone, e.pretrained, e.input_size, e.mode, batch_size, device)
-    columns = embedding_columns(embedder.dims(len(settings["channels"])))
-    bar = tqdm(total=len(todo), desc="embed", unit="image", disable=not progress)
-    embedded = 0
-    network_seconds = 0.0
-    with ThreadPoolExecutor(max_workers=1) as pool, ThreadPoolExecutor(max_workers=1) as writer:
-        written = []
-
-        def read(row: dict) -> tuple:
-            cells = pd.read_parquet(run.cells_path(row["image_id"]), columns=["label", "centroid_y", "centroid_x"])
-            cells.insert(0, "image_id", row["image_id"])
-            cells.insert(0, "cell_id", cell_ids(row["image_id"], cells["label"]))
-            return _windows(row, cells, names, settings, scales, config)
-
-        def prefetched() -> Iterator[tuple]:
-            # A queue, not a list: a finished future holds its image's windows, and a list of them all grew the
-            # main process by ~10 MB an image (1.5 GB at 48 CPJUMP1 fields, so tens of GB at a plate).
-            futures = deque(pool.submit(read, row) for row in todo[:PREFETCH])
-            for i in range(len(todo)):
-                if i + PREFETCH < len(todo):
-                    futures.append(pool.submit(read, todo[i + PREFETCH]))
-                yield futures.popleft().result()
-
-        for group in _batches(prefetched(), GATHER):
-            windows = np.concatenate([part[2] for part in group])
-            began = time.perf_counter()
-            vectors = embedder(windows) if len(windows) else np.zeros((0, len(columns)), np.float32)
-            network_seconds += time.perf_counter() - began
-            start = 0
-            for image_id, ids, part in group:
-                chunk = vectors[start : start + len(part)]
-                written.append(writer.submit(write_embeddings, run.embedding_path(image_id), ids, chunk, columns))
-                if len(chunk):
-                    means[image_id] = (chunk.mean(axis=0, dtype=np.float64), len(chunk))
-                start += len(part)
-                bar.update(1)
-            embedded += len(windows)
-        for future in written:
-            future.result()  # a failed write fails the stage here (a finished write's future holds nothing)
-    bar.close()
+    workers = on_workers(config)
+    network_seconds = None
+    if workers:
+        means, embedded, dims = embed_on_workers(run, config, todo, names, settings, scales, progress)
+        width = FEATURES * (len(settings["channels"]) if e.mode == "per_channel" else 1)
+        columns = embedding_columns(dims or width)
+    else:
+        embedder = Embedder(e.backbone, e.pretrained, e.input_size, e.mode, batch_size, device)
+        columns = embedding_columns(embedder.dims(len(settings["channels"])))
+        means, embedded, network_seconds = embed_in_process(run, embedder, todo, names, settings, scales, config,
+                                                            progress)  # fmt: skip
     write_embedding_means(run, [row["image_id"] for row in rows], means, columns)
     seconds = time.perf_counter() - started
     summary = {
@@ -214,21 +289,23 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
         "cells_embedded_now": embedded,
         "dims": len(columns),
         "settings": settings,
+        "execution": "Dask workers" if workers else "this process",
         "device": device_name(device),
         "batch_size": batch_size,
         "cells_per_second": round(embedded / seconds, 1) if embedded else None,
-        "network_seconds": round(network_seconds, 2),
+        "network_seconds": round(network_seconds, 2) if network_seconds is not None else None,
         "seconds": round(seconds, 2),
     }
     run.record_stage("embed", summary)
     if embedded:
         log.info(
-            "embedded %d cells (%d dims, %s) in %.0f s — %s cells/s",
+            "embedded %d cells (%d dims, %s) in %.0f s — %s cells/s (%s)",
             embedded,
             len(columns),
             ", ".join(settings["channels"]),
             seconds,
             summary["cells_per_second"],
+            summary["execution"],
         )
     else:  # a resumed run with every image done: no rate to report
         log.info("embeddings already there for all %d images: nothing to embed", len(rows))
