@@ -108,3 +108,16 @@ def test_seed_everything_leaves_pythonhashseed_alone(monkeypatch):
     monkeypatch.delenv("PYTHONHASHSEED", raising=False)
     seed_everything(3)
     assert "PYTHONHASHSEED" not in os.environ
+
+
+def test_no_function_is_longer_than_80_lines():
+    """The house rule: a function that does not fit on a screen is split into named steps."""
+    import ast
+    from pathlib import Path
+
+    long = []
+    for path in Path(cellresponse.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno + 1 > 80:
+                long.append(f"{path.name}:{node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    assert not long, long

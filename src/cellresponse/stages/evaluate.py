@@ -111,6 +111,28 @@ def wrong_calls_by_group(metrics: dict[str, Any], grouping: tuple[str, dict[str,
     return {"column": column, "models": {name: levels for name, levels in models.items() if levels}}
 
 
+def say_results(metrics: dict[str, Any], vote: str) -> None:
+    """The log lines of an evaluation: headline, verdicts, where the calls go wrong, and the split's caveats."""
+    for line in headline(metrics, vote):
+        log.info(line)
+    log.info(metrics["verdict"])
+    for line in (metrics["embeddings_verdict"], metrics.get("auto", {}).get("sentence"), wrong_calls_sentence(metrics)):
+        if line:
+            log.info(line)
+    split_report = metrics["split"]
+    if split_report.get("leaky_classes"):
+        log.warning(
+            "%d classes have sites of one well on both sides of the split: the image-level number is optimistic",
+            split_report["leaky_classes"],
+        )
+    if split_report.get("plate_confounded_images"):
+        log.warning(
+            "%d test images sit on plates whose training images all carry their label: a model can recognise the "
+            "plate, so their accuracy is optimistic (split by plate or replicate for an honest number)",
+            split_report["plate_confounded_images"],
+        )
+
+
 def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Predict the test side, vote, score, add baselines; writes RUN/predictions and RUN/metrics.json."""
     started = time.perf_counter()
@@ -173,27 +195,7 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
         metrics["wrong_calls"] = grouped
     metrics["seconds"] = round(time.perf_counter() - started, 2)
     write_json(run.metrics, {**metrics, "made_by": made_by()})
-    for line in headline(metrics, e.vote):
-        log.info(line)
-    log.info(metrics["verdict"])
-    if metrics["embeddings_verdict"]:
-        log.info(metrics["embeddings_verdict"])
-    if "auto" in metrics:
-        log.info(metrics["auto"]["sentence"])
-    where_wrong = wrong_calls_sentence(metrics)
-    if where_wrong:
-        log.info(where_wrong)
-    if split_report.get("leaky_classes"):
-        log.warning(
-            "%d classes have sites of one well on both sides of the split: the image-level number is optimistic",
-            split_report["leaky_classes"],
-        )
-    if split_report.get("plate_confounded_images"):
-        log.warning(
-            "%d test images sit on plates whose training images all carry their label: a model can recognise the "
-            "plate, so their accuracy is optimistic (split by plate or replicate for an honest number)",
-            split_report["plate_confounded_images"],
-        )
+    say_results(metrics, e.vote)
     run.record_stage("evaluate", {"cells": len(test), "device": device_name(device), "seconds": metrics["seconds"]})
     return metrics
 

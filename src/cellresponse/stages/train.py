@@ -9,6 +9,7 @@ import json
 import logging
 import shutil
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -300,6 +301,34 @@ def out_of_memory_advice(config: Config, error: BaseException) -> str:
     )
 
 
+def matching_crop_store(run: RunFolder, config: Config, names: list[str]) -> CropStore:
+    """The run's crop store, refused where it was cut with other settings than these."""
+    store = CropStore(run.crops)
+    wanted = crop_settings(config, names)
+    changed = changed_settings(store.settings, wanted) if store.settings else []
+    if changed:
+        raise InputError(
+            f"the crop store was cut with other settings ({', '.join(changed)}: "
+            f"{', '.join(f'{store.settings.get(k)!r} → {wanted[k]!r}' for k in changed)}) — cut them again with "
+            f"`cellresponse crops {run.root} --overwrite` and the same settings, or train without changing them"
+        )
+    return store
+
+
+def fit(trainer: Any, module: Any, data: Any, resume: Path | None, config: Config) -> None:
+    """``trainer.fit``, with out-of-memory and Ctrl-C turned into the CLI's one line."""
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
+    except torch.OutOfMemoryError as error:
+        raise ResourceError(out_of_memory_advice(config, error)) from None
+    except SystemExit:
+        # Lightning answers Ctrl-C by saving nothing more and exiting with status 1; the CLI says "interrupted,
+        # rerun to resume" and exits 130 for a KeyboardInterrupt, as every other stage does.
+        if trainer.interrupted:
+            raise KeyboardInterrupt from None
+        raise
+
+
 def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train the network on RUN/crops and write RUN/model (checkpoints, history, split, bundle)."""
     started = time.perf_counter()
@@ -309,15 +338,7 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
     table = run.read_images()
     images = labelled_images(table, config.input.label)
     cells = run.read_cells()
-    store = CropStore(run.crops)
-    wanted = crop_settings(config, channel_names(table))
-    changed = changed_settings(store.settings, wanted) if store.settings else []
-    if changed:
-        raise InputError(
-            f"the crop store was cut with other settings ({', '.join(changed)}: "
-            f"{', '.join(f'{store.settings.get(k)!r} → {wanted[k]!r}' for k in changed)}) — cut them again with "
-            f"`cellresponse crops {run.root} --overwrite` and the same settings, or train without changing them"
-        )
+    store = matching_crop_store(run, config, channel_names(table))
     sides, report = make_split(run, config, images, cells)
     encoder, scaler, train, val, val_side = cell_sets(cells, sides, images, config, store)
     log.info(
@@ -335,16 +356,7 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
     resume = run.last_checkpoint if run.last_checkpoint.exists() else None
     if resume:
         log.info("resuming from %s", resume)
-    try:
-        trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
-    except torch.OutOfMemoryError as error:
-        raise ResourceError(out_of_memory_advice(config, error)) from None
-    except SystemExit:
-        # Lightning answers Ctrl-C by saving nothing more and exiting with status 1; the CLI says "interrupted,
-        # rerun to resume" and exits 130 for a KeyboardInterrupt, as every other stage does.
-        if trainer.interrupted:
-            raise KeyboardInterrupt from None
-        raise
+    fit(trainer, module, data, resume, config)
     if not trainer.is_global_zero:
         return {}
     best = run.best_checkpoint if run.best_checkpoint.exists() else run.last_checkpoint
