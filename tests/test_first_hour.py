@@ -345,3 +345,16 @@ def test_the_report_lists_what_each_test_image_was_called(tiny_demo):
     assert "What each test image was called" in page
     calls = pd.read_parquet(run / "predictions" / "image_predictions.parquet")
     assert all(str(image_id) in page for image_id in calls["image_id"])
+
+
+def test_train_alone_refuses_a_misspelt_reference_batch_column_before_training(tiny_plates, tmp_path):
+    """profiles.batch with a batch correction names the references' batches; misspelt, it would fall back to the
+    plate without a word — `train` on its own says so before any training."""
+    run = tmp_path / "run"
+    run_cli("images", "--load-data", tiny_plates / "load_data.csv", "--out", run, "--no-progress")
+    result = run_cli(
+        "train", run, "--set", "profiles.batch=Metadata_Plat", "--set", "profiles.batch_correction=harmony",
+        "--no-progress", check=False,
+    )  # fmt: skip
+    assert result.returncode == 2 and "did you mean Metadata_Plate?" in result.stderr
+    assert not (run / "model").exists()

@@ -122,16 +122,16 @@ FEATURE_PREFIXES = (
     "Granularity_",
     "RadialDistribution_",
 )
-CHANNEL_MEASURES = (
+# The per-channel measures that are CellProfiler's MeasureObjectIntensity (equal to cp_measure's), then our own.
+CELLPROFILER_INTENSITY = (
     "Intensity_MeanIntensity",
     "Intensity_MinIntensity",
     "Intensity_MaxIntensity",
     "Intensity_StdIntensity",
     "Intensity_IntegratedIntensity",
     "Intensity_MeanIntensityEdge",
-    "CR_MeanIntensityCore",
-    "CR_MeanGradient",
 )
+CHANNEL_MEASURES = (*CELLPROFILER_INTENSITY, "CR_MeanIntensityCore", "CR_MeanGradient")
 COMPARTMENT_MEASURES = ("CR_MeanIntensityNucleus", "CR_MeanIntensityCytoplasm")
 # The extended measurement's settings, CellProfiler's defaults where it has one (texture scale 3, four rings).
 TEXTURE_SCALE = 3

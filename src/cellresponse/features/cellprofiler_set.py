@@ -24,18 +24,11 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
+from cellresponse.features.cell_features import CELLPROFILER_INTENSITY
 from cellresponse.input.illumination import unit_scale
 
 # positions, not phenotypes: a profile must not learn where in the field a cell sat
 POSITIONAL = ("Center_", "BoundingBox", "Location_", "SpatialMoment_", "CentralMoment_0_", "NormalizedMoment_0_")
-DEFAULT_INTENSITY = (
-    "Intensity_MeanIntensity",
-    "Intensity_MinIntensity",
-    "Intensity_MaxIntensity",
-    "Intensity_StdIntensity",
-    "Intensity_IntegratedIntensity",
-    "Intensity_MeanIntensityEdge",
-)
 
 
 def per_channel_name(key: str, channel: str) -> str:
@@ -84,7 +77,7 @@ def measured_table(labels: np.ndarray, channels: Mapping[str, np.ndarray], core:
         for name in ("intensity", "texture", "granularity", "radial_distribution", "radial_zernikes"):
             for key, values in core[name](labels, image).items():
                 column = per_channel_name(key, channel)
-                if not key.startswith("Location_") and column not in {f"{m}_{channel}" for m in DEFAULT_INTENSITY}:
+                if not key.startswith("Location_") and column not in {f"{m}_{channel}" for m in CELLPROFILER_INTENSITY}:
                     columns[column] = np.asarray(values, np.float64)
     names = list(scaled)
     for i, first in enumerate(names):

@@ -18,8 +18,8 @@ from cellresponse.input.illumination import (
     check_function,
     corrected_stack,
     illumination_channels,
-    illumination_path,
     read_function,
+    row_functions,
 )
 from cellresponse.input.io import read_tiff
 from cellresponse.input.plate import channel_names, channel_paths
@@ -183,10 +183,5 @@ def load_stack(row: pd.Series | dict, names: Sequence[str] | None = None) -> np.
         return stack
     # The image table names CellProfiler illumination functions (a load_data_with_illum.csv, or computed by the
     # images stage): the stack comes back on CellProfiler's 0-1 scale, divided by them.
-    functions = []
-    for name in names:
-        path = illumination_path(row, name)
-        if path is None:
-            raise InputError(f"image {row.get('image_id', paths[0])} names no illumination function for {name}")
-        functions.append(check_function(read_function(str(path)), path, stack.shape[1:]))
+    functions = [check_function(read_function(str(p)), p, stack.shape[1:]) for p in row_functions(row, names)]
     return corrected_stack(stack, functions)

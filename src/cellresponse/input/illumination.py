@@ -46,6 +46,17 @@ def illumination_path(row: Mapping, name: str) -> Path | None:
     return Path(str(folder)) / str(file)
 
 
+def row_functions(row: Mapping, names: Iterable[str]) -> list[Path]:
+    """The illumination file of each channel an image-table row names; an empty cell is an :class:`InputError`."""
+    paths = []
+    for name in names:
+        path = illumination_path(row, name)
+        if path is None:
+            raise InputError(f"image {row.get('image_id', '?')} names no illumination function for {name} (empty cell)")
+        paths.append(path)
+    return paths
+
+
 def check_function(function: np.ndarray, path: Path | str, shape: tuple[int, ...] | None = None) -> np.ndarray:
     """The function as float32, or an :class:`InputError` naming the file: not 2-D, another shape than the
     images, non-finite values, or zeros and negatives (a division by them would blow the image up)."""
@@ -84,15 +95,8 @@ def check_illumination(table: pd.DataFrame, names: list[str], shape: tuple[int, 
     if len(named) != len(names):
         missing = [n for n in names if n not in named]
         raise InputError(f"the image table names illumination functions for {named} but not for {missing}")
-    paths = set()
-    for row in table[[c for n in named for c in (f"{ILLUM_FILE}{n}", f"{ILLUM_PATH}{n}")] + ["image_id"]].to_dict(
-        "records"
-    ):
-        for name in named:
-            path = illumination_path(row, name)
-            if path is None:
-                raise InputError(f"image {row['image_id']} names no illumination function for {name} (empty cell)")
-            paths.add(str(path))
+    columns = [c for n in named for c in (f"{ILLUM_FILE}{n}", f"{ILLUM_PATH}{n}")] + ["image_id"]
+    paths = {str(path) for row in table[columns].to_dict("records") for path in row_functions(row, named)}
     for path in sorted(paths):
         check_function(read_function(path), path, shape)
     return len(paths)
@@ -145,7 +149,7 @@ def average_images(stacks: Iterable[np.ndarray]) -> np.ndarray:
     """The mean ``(C, H, W)`` stack on CellProfiler's scale (:func:`unit_scale`), one image in memory at a time."""
     total, count = None, 0
     for stack in stacks:
-        planes = np.stack([unit_scale(plane) for plane in stack]).astype(np.float64)
+        planes = unit_scale(stack).astype(np.float64)
         total = planes if total is None else total + planes
         count += 1
     if total is None:

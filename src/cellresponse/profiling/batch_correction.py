@@ -17,6 +17,9 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
+from cellresponse.errors import InputError
+from cellresponse.input.plate import did_you_mean
+
 METHODS = ("none", "spherize", "harmony")
 BATCH_COLUMNS = ("Metadata_Batch", "Metadata_batch")
 SPHERIZE_EPSILON = 1e-3  # ridge on the correlation eigenvalues; see docs/results.md (batch correction)
@@ -85,8 +88,9 @@ def correct_batches(
     values = wells[features].to_numpy(np.float64)
     meta = wells.drop(columns=features).reset_index(drop=True)
     if method == "spherize":
-        out = apply_spherize(values, fit_spherize(values[fit_rows] if fit_rows.sum() > 2 else values))
-        names, note = features, f"batch correction: spherize (ZCA-cor, fitted on {int(fit_rows.sum())} wells)"
+        fit = values[fit_rows] if fit_rows.sum() > 2 else values
+        out = apply_spherize(values, fit_spherize(fit))
+        names, note = features, f"batch correction: spherize (ZCA-cor, fitted on {len(fit)} wells)"
     else:
         if batches.nunique() < 2:
             return wells, features, "batch correction: harmony skipped — there is one batch"
@@ -115,20 +119,11 @@ def corrected_profiles(
     controls = np.zeros(len(wells), bool) if controls is None else controls
     column = batch_column(wells.columns, batch_setting, "Metadata_Plate")
     if column not in wells.columns:
-        raise_missing(column, wells.columns)
+        near = did_you_mean(column, list(wells.columns))
+        raise InputError(f"batch column {column!r} (profiles.batch) is not in the profiles{near}")
     batches = wells[column].astype(str)
     if compound and compound in wells.columns and confounded(batches, wells[compound], controls):
         why = "most hold one compound and no negative control: aligning them would align the treatments"
         return wells, features, f"batch correction: {method} skipped — batches ({column}) are confounded ({why})"
     table, names, note = correct_batches(wells, features, method, batches, fit_rows, seed)
     return table, names, f"{note}; batches from {column}"
-
-
-def raise_missing(column: str, columns: Iterable[str]) -> None:
-    import difflib
-
-    from cellresponse.errors import InputError
-
-    near = difflib.get_close_matches(column, list(columns), n=1, cutoff=0.5)
-    hint = f"; did you mean {near[0]!r}?" if near else ""
-    raise InputError(f"batch column {column!r} (profiles.batch) is not in the profiles{hint}")

@@ -429,21 +429,26 @@ def batch_corrected(
     (:func:`in_batch_corrected_space`); after a joint Harmony fit the references are calibrated again. A new plate
     whose batches are its compounds (one compound, no controls) is not put through Harmony: it is compared with the
     uncorrected references, calibrated again uncorrected, and it says so."""
-    if references.batch_correction.get("method") == "harmony":
-        batches = queries["batch" if "batch" in queries.columns else "plate"]
-        if confounded(batches, queries["compound"], control_flags(controls, queries["image_id"])):
-            log.warning(
-                "harmony: the new plate's batches hold one compound each and no negative control — aligning them "
-                "would align the treatments, so the new plate and the references are compared without it"
-            )
-            plain = replace(references, batch_correction={"method": "none", "skipped": "harmony: confounded plate"})
-            plain.calibration = calibrate(plain, quantile)
-            return plain, queries
+    harmony_on = references.batch_correction.get("method") == "harmony"
+    flags = control_flags(controls, queries["image_id"])
+    if harmony_on and confounded(query_batches(queries), queries["compound"], flags):
+        log.warning(
+            "harmony: the new plate's batches hold one compound each and no negative control — aligning them "
+            "would align the treatments, so the new plate and the references are compared without it"
+        )
+        plain = replace(references, batch_correction={"method": "none", "skipped": "harmony: confounded plate"})
+        plain.calibration = calibrate(plain, quantile)
+        return plain, queries
     corrected, queries = in_batch_corrected_space(references, queries, seed)
     if corrected is not references:
         log.info("harmony: references and the new plate corrected together; calibration fitted again on them")
         corrected.calibration = calibrate(corrected, quantile)
     return corrected, queries
+
+
+def query_batches(queries: pd.DataFrame) -> pd.Series:
+    """A new plate's batch per field: its ``batch`` column (image_meta), else its plate."""
+    return queries["batch" if "batch" in queries.columns else "plate"].astype(str)
 
 
 def batch_method(meta: pd.DataFrame, controls: pd.Series | None, method: str) -> tuple[str, str | None]:
@@ -473,7 +478,7 @@ def in_batch_corrected_space(
     values = np.vstack([part[features].to_numpy(np.float64) for part in parts])
     batches = references.fields["batch"].astype(str).tolist()
     if queries is not None:
-        batches += ("new " + queries["batch" if "batch" in queries.columns else "plate"].astype(str)).tolist()
+        batches += ("new " + query_batches(queries)).tolist()
     if len(set(batches)) < 2:
         return references, queries  # one batch: nothing to align (the references of a single plate or batch)
     corrected = harmony(values, np.asarray(batches), seed)

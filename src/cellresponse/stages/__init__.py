@@ -15,6 +15,8 @@ import time
 from types import ModuleType
 from typing import Any
 
+import pandas as pd
+
 from cellresponse.config import WELL_TREATMENT, Config
 from cellresponse.errors import CellResponseError
 from cellresponse.input.locks import folder_lock
@@ -63,6 +65,8 @@ def check_stage_inputs(run: RunFolder, config: Config, stages: tuple[str, ...]) 
         check_label(table, config.input.label)
         if config.split.by == "column" and config.split.column:
             check_columns(table, [config.split.column], "split", "split.column (--split-column)")
+    if "train" in stages:
+        check_reference_batch(table, config)
     if "profile" in stages:
         p = config.profiles
         named_columns = [c for c in (p.batch, p.moa if p.moa != "auto" else None) if c]
@@ -75,6 +79,14 @@ def check_stage_inputs(run: RunFolder, config: Config, stages: tuple[str, ...]) 
             "treatment",
             "profiles.treatment",
         )
+
+
+def check_reference_batch(table: pd.DataFrame, config: Config) -> None:
+    """The batch column the bundle's references are corrected by (profiles.batch with batch_correction), which
+    would otherwise fall back to the plate without a word."""
+    p = config.profiles
+    if p.batch and p.batch_correction != "none":
+        check_columns(table, [p.batch], "references' batch", "profiles.batch (with profiles.batch_correction)")
 
 
 def run_pipeline(

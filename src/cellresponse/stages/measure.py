@@ -50,16 +50,18 @@ def empty_part(config: Config, names: list[str]) -> pd.DataFrame:
     return empty_cells_table(tuple(intensity_channels(config, names)), compartments, config.measurement.extended)
 
 
-def measure_settings(config: Config, names: list[str]) -> dict[str, Any]:
+def measure_settings(config: Config, names: list[str], illuminated: bool) -> dict[str, Any]:
     """What the per-image parts depend on besides the masks: a resumed run must measure its remaining images the
-    same way, or cells.parquet would mix column sets (or intensities of different inputs)."""
+    same way, or cells.parquet would mix column sets (or intensities of different inputs). ``illuminated``: the
+    images are divided by illumination functions."""
     return {
         "input": config.segmentation.input.model_dump(mode="json"),
         "intensity_channels": intensity_channels(config, names),
         "compartment_channel": compartment_channel(config, names),
         "extended": config.measurement.extended,
         "intensity_scale": "CellProfiler (0-1)",  # raw counts before 2026-12-05
-        **({"set": "cellprofiler"} if config.measurement.set == "cellprofiler" else {}),
+        "set": config.measurement.set,
+        "illumination": illuminated,
     }
 
 
@@ -67,9 +69,7 @@ def check_measured_parts(run: RunFolder, rows: list[dict], config: Config, names
     """Refuse, before measuring anything, to add images measured with other settings to the parts already there
     (``--overwrite`` measures them all again). Parts from before the settings were recorded are checked by
     their columns."""
-    settings = measure_settings(config, names)
-    if rows and illumination_channels(rows[0], names):  # only then, so runs made before it resume as they were
-        settings["illumination"] = "divided by the image table's illumination functions"
+    settings = measure_settings(config, names, bool(rows) and bool(illumination_channels(rows[0], names)))
     if not overwrite and not run.measure_settings.exists():
         done = next((run.cells_path(r["image_id"]) for r in rows if run.cells_path(r["image_id"]).exists()), None)
         if done is not None:

@@ -57,6 +57,7 @@ from cellresponse.profiling.references import (
     negative_controls,
     positive_controls,
 )
+from cellresponse.stages import check_reference_batch
 
 log = logging.getLogger(__name__)
 
@@ -332,10 +333,11 @@ def fit(trainer: Any, module: Any, data: Any, resume: Path | None, config: Confi
 def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train the network on RUN/crops and write RUN/model (checkpoints, history, split, bundle)."""
     started = time.perf_counter()
+    table = run.read_images()
+    check_reference_batch(table, config)  # before the hours of training, not at the references after them
     if overwrite and run.model.exists() and is_main_process():
         shutil.rmtree(run.model)
     run.model.mkdir(parents=True, exist_ok=True)
-    table = run.read_images()
     images = labelled_images(table, config.input.label)
     cells = run.read_cells()
     store = matching_crop_store(run, config, channel_names(table))
