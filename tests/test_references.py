@@ -254,3 +254,20 @@ def test_without_a_mechanism_the_summary_says_why_there_is_no_call():
     line = summary(answers, refs.calibration)
     assert "no moa_call: the references have no mechanism column" in line and "0 called" in line
     assert answers.treatments["nearest_1"].tolist() == ["actin-0"]
+
+
+def test_correlated_features_are_dropped_over_enough_wells_and_kept_over_a_handful():
+    from cellresponse.profiling.references import CORRELATION_MIN_WELLS, fit_normalization
+
+    rng = np.random.default_rng(0)
+
+    def kept_of(wells: int) -> list[str]:
+        base = rng.normal(0, 1, (wells, 3))
+        values = np.column_stack([base, base[:, 0] * 2 + rng.normal(0, 0.01, wells)])  # f3 copies f0
+        table = pd.DataFrame(values, columns=["f0", "f1", "f2", "f3"])
+        columns = list(table.columns)
+        return fit_normalization(table, columns, np.ones(wells, bool), "all wells", {"measured": columns}).columns
+
+    many = kept_of(CORRELATION_MIN_WELLS * 2)
+    assert len(many) == 3 and "f1" in many and "f2" in many and not {"f0", "f3"} <= set(many)
+    assert kept_of(CORRELATION_MIN_WELLS - 1) == ["f0", "f1", "f2", "f3"]

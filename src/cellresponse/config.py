@@ -290,8 +290,16 @@ class ReferencesConfig(_Section):
         "on the references' own fields, leave-one-compound-out.",
     )
     neighbours: int = Field(5, ge=1, le=50, description="Nearest reference treatments listed per query.")
+    feature_selection: list[Literal["variance_threshold", "drop_na_columns", "correlation_threshold", "blocklist"]] = (
+        Field(
+            default_factory=lambda: ["variance_threshold", "drop_na_columns", "correlation_threshold"],
+            description="pycytominer feature_select operations on the normalised reference wells; "
+            "correlation_threshold (0.9) drops near-copies, which otherwise outvote the rest in a cosine "
+            "(chosen on BBBC021-moa, references replicate 1 → queries 2; docs/results.md).",
+        )
+    )
     novelty_quantile: float = Field(
-        0.05,
+        0.1,
         gt=0.0,
         lt=0.5,
         description="A query is novel below this quantile of the similarity known compounds reach to the other "

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ import pandas as pd
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
 
+from cellresponse.config import ReferencesConfig
 from cellresponse.input.controls import control_kinds, is_negative, is_positive
 from cellresponse.input.io import atomic_path, write_json, write_parquet
 from cellresponse.profiling.batch_correction import apply_spherize, confounded, fit_spherize, harmony
@@ -47,6 +49,12 @@ META = ("image_id", "plate", "well", "treatment", "compound", "moa", "batch")
 # Bounds of the similarity temperature: cosine similarities of profiles differ by a few hundredths to tenths
 # between mechanisms, so useful temperatures lie far below 1.
 TEMPERATURE_BOUNDS = (1e-3, 1.0)
+# pycytominer feature_select on the reference wells: references.feature_selection's default (config.py)
+FEATURE_SELECTION = tuple(ReferencesConfig().feature_selection)
+# Over a handful of wells, thousands of features correlate near ±1 by chance (their matrix has rank ≤ wells) and a
+# correlation threshold would keep almost nothing (the tiny demo: a compound no longer matched itself); BBBC021-moa's
+# references have 55 wells a replicate.
+CORRELATION_MIN_WELLS = 20
 
 
 @dataclass(frozen=True)
@@ -161,15 +169,21 @@ def level_table(fields: pd.DataFrame, features: list[str], level: str) -> pd.Dat
 
 
 def fit_normalization(
-    wells: pd.DataFrame, columns: list[str], samples: np.ndarray, samples_name: str, blocks: dict[str, list[str]]
+    wells: pd.DataFrame,
+    columns: list[str],
+    samples: np.ndarray,
+    samples_name: str,
+    blocks: dict[str, list[str]],
+    feature_selection: Sequence[str] = FEATURE_SELECTION,
 ) -> Normalization:
     """The standardisation of the reference wells to their ``samples`` wells (pooled over plates: the frame a new
-    plate without controls is put in), the columns pycytominer's ``feature_select`` keeps after it (variance
-    threshold, no empty columns), and the block weights (1/√kept columns of each block)."""
+    plate without controls is put in), the columns pycytominer's ``feature_select`` keeps after it
+    (``feature_selection``: by default variance threshold, no empty columns, one of each pair correlated over 0.9),
+    and the block weights (1/√kept columns of each block)."""
     center, scale = standardization(wells.loc[samples, columns].to_numpy(np.float64))
     normalized = pd.DataFrame((wells[columns].to_numpy(np.float64) - center) / scale, columns=columns)
     normalized = normalized.fillna(0.0)
-    _, kept = select_features(normalized, columns)
+    _, kept = select_features(normalized, columns, usable_selection(feature_selection, len(wells)))
     position = {c: i for i, c in enumerate(columns)}
     weight = {}
     for block in blocks.values():
@@ -183,6 +197,15 @@ def fit_normalization(
         samples=samples_name,
         scope="experiment",
     )
+
+
+def usable_selection(operations: Sequence[str], wells: int) -> list[str]:
+    """``operations`` without ``correlation_threshold`` where there are fewer than :data:`CORRELATION_MIN_WELLS`
+    wells to correlate features over (and a log line saying so)."""
+    if "correlation_threshold" not in operations or wells >= CORRELATION_MIN_WELLS:
+        return list(operations)
+    log.info("references: %d wells, too few to drop correlated features (needs %d)", wells, CORRELATION_MIN_WELLS)
+    return [o for o in operations if o != "correlation_threshold"]
 
 
 def sample_standardization(raw: np.ndarray, fields: pd.DataFrame, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -379,6 +402,7 @@ def build_references(
     per_plate: bool = True,
     batch_correction: str = "none",
     seed: int = 0,
+    feature_selection: Sequence[str] = FEATURE_SELECTION,
 ) -> References:
     """References of one profile ``kind`` from the training images: ``blocks`` its per-image profiles, ``meta``
     each image's :data:`META` columns (index image_id), ``controls`` a boolean per image marking negative controls
@@ -401,7 +425,7 @@ def build_references(
     if not to_controls:
         sample_wells = np.ones(len(wells), bool)
     name = "negative controls" if to_controls else "all wells"
-    normalization = fit_normalization(wells, everything, sample_wells, name, block_columns)
+    normalization = fit_normalization(wells, everything, sample_wells, name, block_columns, feature_selection)
     if to_controls:
         normalized = normalized_fields(fields, normalization, pd.Series(is_control), per_plate)
         normalization = Normalization(**{**asdict(normalization), "scope": "plate" if per_plate else "experiment"})

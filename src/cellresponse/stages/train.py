@@ -266,6 +266,7 @@ def reference_profiles(
             per_plate=config.profiles.normalize != "experiment",
             batch_correction=method,
             seed=config.seed,
+            feature_selection=r.feature_selection,
         )
     if not candidates:
         return None
@@ -339,7 +340,7 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
         shutil.rmtree(run.model)
     run.model.mkdir(parents=True, exist_ok=True)
     images = labelled_images(table, config.input.label)
-    cells = run.read_cells()
+    cells = run.read_cells(image_ids=images["image_id"])  # the plates with labelled images only
     store = matching_crop_store(run, config, channel_names(table))
     sides, report = make_split(run, config, images, cells)
     encoder, scaler, train, val, val_side = cell_sets(cells, sides, images, config, store)
