@@ -74,7 +74,7 @@ def main() -> None:
     warnings.simplefilter("ignore")  # LDA's one-image classes; log_loss's renormalisation
     started = time.perf_counter()
     run = RunFolder(args.run)
-    if not (run.config.is_file() and run.cells.is_file()):
+    if not (run.config.is_file() and run.cells.exists()):
         raise SystemExit(f"{args.run} is not a measured run folder — make one with the command in this script's help")
     config = load_config(run.config)
     table = run.read_images()

@@ -92,10 +92,11 @@ def _train_after(mutate: Callable[[Path], None], *extra: str) -> Callable[[Path,
 
 
 def _nan_features(run: Path) -> None:
-    cells = pd.read_parquet(run / "cells.parquet")
+    part = sorted((run / "cells.parquet").glob("*.parquet"))[0]  # one plate's part
+    cells = pd.read_parquet(part)
     cells.loc[cells.index[:5], "solidity"] = np.nan
     cells.loc[cells.index[5:8], "eccentricity"] = np.inf
-    cells.to_parquet(run / "cells.parquet", index=False)
+    cells.to_parquet(part, index=False)
 
 
 def _single_image_class(table: pd.DataFrame) -> pd.DataFrame:

@@ -10,6 +10,7 @@ import contextlib
 import functools
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,8 +56,31 @@ def remove_stale_temporaries(folder: str | Path) -> int:
         return 0
     stale = list(folder.glob(".*.tmp"))
     for path in stale:
-        path.unlink(missing_ok=True)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
     return len(stale)
+
+
+@contextlib.contextmanager
+def atomic_folder(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary folder next to ``target``; it takes ``target``'s place (a file or a folder) only if the
+    block succeeds, so a reader finds the old table or the new one whole, never some of its parts."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    os.chmod(tmp, 0o777 & ~process_umask())
+    try:
+        yield tmp
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", suffix=".tmp", dir=target.parent))
+        if target.exists():
+            os.replace(target, old / target.name)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_tiff(path: str | Path, array: np.ndarray, info: dict | None = None) -> None:
@@ -101,11 +125,17 @@ def write_parquet(path: str | Path, table: pd.DataFrame) -> None:
         table.to_parquet(tmp, index=False)
 
 
-def read_parquet(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"table not found: {path} — run the stage that writes it first")
-    return pd.read_parquet(path, columns=columns)
+def read_parquet(path: str | Path | list[Path], columns: list[str] | None = None) -> pd.DataFrame:
+    """A Parquet file, a folder of parts (a dataset: its hidden ``.…tmp`` files ignored) or a list of part files."""
+    paths = [Path(p) for p in path] if isinstance(path, list) else [Path(path)]
+    if not paths:
+        raise InputError("table not found: no parts to read — run the stage that writes it first")
+    for p in paths:
+        if not p.exists():
+            raise InputError(f"table not found: {p} — run the stage that writes it first")
+    if len(paths) == 1:
+        return pd.read_parquet(paths[0], columns=columns)
+    return pd.concat([pd.read_parquet(p, columns=columns) for p in paths], ignore_index=True)
 
 
 def write_text(path: str | Path, text: str) -> None:

@@ -8,7 +8,8 @@
     RUN/segmentation.parquet         one row per segmented image
     RUN/figures/<image_id>.png       Figure 1 panels
     RUN/cells/<image_id>.parquet     per-image measurements (the resume unit)
-    RUN/cells.parquet                all cells; cells.csv with --csv
+    RUN/cells.parquet/<plate>.parquet  all cells, one part per plate (a Parquet dataset: pd.read_parquet reads the
+                                     folder whole); cells.csv with --csv
     RUN/crops/                       index.parquet, settings.json, parts/<image_id>.crops (store.py)
     RUN/embeddings/<image_id>.parquet  per-cell embeddings (cell_id, image_id, emb_…); settings.json
     RUN/embedding_means.parquet      each image's mean embedding and cell count, written when embed finishes
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +60,11 @@ class Failure(Protocol):
 
     image_id: str
     error: str
+
+
+def safe_file_name(name: str) -> str:
+    """``name`` with every character a file name may not safely hold (path separators, spaces, …) as ``_``."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", str(name)) or "_"
 
 
 def with_typed_ids(table: pd.DataFrame) -> pd.DataFrame:
@@ -124,6 +131,10 @@ class RunFolder:
     def cells_path(self, image_id: str) -> Path:
         return self.cells_per_image / f"{image_id}.parquet"
 
+    def cells_part(self, plate: str) -> Path:
+        """``cells.parquet/<plate>.parquet``: one plate's cells (the plate's name made safe for a file name)."""
+        return self.cells / f"{safe_file_name(plate)}.parquet"
+
     def crop_part(self, image_id: str) -> Path:
         return self.crop_parts / f"{image_id}.crops"
 
@@ -182,9 +193,26 @@ class RunFolder:
     def read_images(self) -> pd.DataFrame:
         return self.read_table(self.images, "images")
 
-    def read_cells(self, columns: list[str] | None = None) -> pd.DataFrame:
-        """The measured cells (``columns`` only, when given: a whole plate's table takes ~630 bytes a cell)."""
-        return self.read_table(self.cells, "measure", columns)
+    def read_cells(self, columns: list[str] | None = None, image_ids: Iterable[str] | None = None) -> pd.DataFrame:
+        """The measured cells (``columns`` only, when given: a whole plate's table takes ~630 bytes a cell), of
+        ``image_ids`` only when given — read from the parts of the plates that hold them, so that a stage needing
+        some plates of a screen never loads the others. A run measured before the table was partitioned (one
+        ``cells.parquet`` file) reads the same."""
+        path = self.require(self.cells, "measure")
+        wanted = None if image_ids is None else {str(i) for i in image_ids}
+        if wanted is not None and columns is not None and "image_id" not in columns:
+            columns = ["image_id", *columns]
+        source: Path | list[Path] = path
+        if path.is_dir():  # the parts in the image table's plate order: the rows in image-table order
+            images = self.read_images()
+            if wanted is not None:
+                images = images[images["image_id"].isin(wanted)]
+            source = [self.cells_part(p) for p in pd.unique(images["plate"].astype(str))]
+            source = [p for p in source if p.exists()] or sorted(path.glob("[!._]*.parquet"))[:1]
+        cells = with_typed_ids(read_parquet(source, columns))
+        if wanted is not None:
+            cells = cells[cells["image_id"].isin(wanted)].reset_index(drop=True)
+        return cells
 
     def read_split(self) -> tuple[pd.Series, dict[str, Any]]:
         """Each split image's side (indexed by image_id) and the split report."""

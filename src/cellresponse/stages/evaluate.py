@@ -81,9 +81,8 @@ def check_same_model_settings(bundle: Bundle, config: Config) -> None:
 
 def test_cells(run: RunFolder, images: pd.DataFrame, sides: pd.Series, label: str) -> pd.DataFrame:
     """The measured cells of the split's images, with their true label, plate and well."""
-    cells = run.read_cells()
+    cells = run.read_cells(image_ids=sides.index)  # the split's plates only
     meta = images.set_index("image_id")
-    cells = cells[cells["image_id"].isin(sides.index)].copy()
     cells["true_label"] = cells["image_id"].map(meta[label])
     cells["plate"] = cells["image_id"].map(meta["plate"])
     cells["well"] = cells["image_id"].map(meta["well"])

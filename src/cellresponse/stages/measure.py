@@ -1,10 +1,11 @@
-"""``cellresponse measure``: per-cell features of every segmented image into ``RUN/cells.parquet`` (per-image
-parts ``RUN/cells/<image_id>.parquet`` are the resume unit); parallel."""
+"""``cellresponse measure``: per-cell features of every segmented image into ``RUN/cells.parquet/`` (one part per
+plate; per-image parts ``RUN/cells/<image_id>.parquet`` are the resume unit); parallel."""
 
 from __future__ import annotations
 
 import logging
 import time
+from contextlib import nullcontext
 from typing import Any
 
 import pandas as pd
@@ -17,7 +18,7 @@ from cellresponse.features.cell_features import cell_ids, empty_cells_table, mea
 from cellresponse.features.cellprofiler_set import cellprofiler_measurements
 from cellresponse.input.channels import apply_recipe, find_nuclear_channel, load_stack, resolve_channel
 from cellresponse.input.illumination import illumination_channels
-from cellresponse.input.io import atomic_path, read_tiff, write_parquet
+from cellresponse.input.io import atomic_folder, atomic_path, read_tiff, write_parquet
 from cellresponse.input.runfolder import RunFolder, require_outputs
 from cellresponse.stages.per_image import config_from_json, image_rows, map_stage, settled_scales
 
@@ -117,7 +118,8 @@ def measure_one(row: dict, *, config_json: str, run_root: str, names: list[str])
 
 
 def gather_cells(run: RunFolder, rows: list[dict], config: Config, names: list[str]) -> tuple[pd.DataFrame, int]:
-    """All per-image parts in image-table order, with ``cell_id``, and the count of perimeter-0 cells dropped."""
+    """The per-image parts of ``rows`` (one plate's) in image-table order, with ``cell_id``, and the count of
+    perimeter-0 cells dropped."""
     parts, dropped = [], 0
     for row in rows:
         path = run.cells_path(row["image_id"])
@@ -131,10 +133,29 @@ def gather_cells(run: RunFolder, rows: list[dict], config: Config, names: list[s
     return cells, dropped
 
 
+def write_cell_table(run: RunFolder, rows: list[dict], config: Config, names: list[str], csv: bool) -> tuple[int, int]:
+    """``RUN/cells.parquet/<plate>.parquet`` from the per-image parts, one plate at a time (a screen's cells are
+    never held at once), and ``cells.csv`` with ``csv``; the folder replaces the old table only once every part is
+    written. Returns the cells written and the perimeter-0 cells dropped."""
+    plates = list(pd.unique(pd.Series([str(r["plate"]) for r in rows], dtype=object)))
+    total, dropped = 0, 0
+    with atomic_folder(run.cells) as folder, atomic_path(run.cells_csv) if csv else nullcontext() as csv_tmp:
+        for plate in plates:
+            cells, lost = gather_cells(run, [r for r in rows if str(r["plate"]) == plate], config, names)
+            dropped += lost
+            if cells.empty and (total or plate != plates[-1]):
+                continue  # an empty plate adds no part; a run without cells keeps one, for its columns
+            write_parquet(folder / run.cells_part(plate).name, cells)
+            if csv_tmp is not None:
+                cells.to_csv(csv_tmp, mode="a", header=total == 0, index=False)
+            total += len(cells)
+    return total, dropped
+
+
 def run(
     run: RunFolder, config: Config, *, overwrite: bool = False, progress: bool = True, csv: bool = False
 ) -> dict[str, Any]:
-    """Measure every segmented image into ``RUN/cells.parquet`` (and ``cells.csv`` with ``csv``)."""
+    """Measure every segmented image into ``RUN/cells.parquet/`` (and ``cells.csv`` with ``csv``)."""
     started = time.perf_counter()
     rows, names = image_rows(run)
     require_outputs(run, [r["image_id"] for r in rows], run.mask_path, "mask", "segment")
@@ -148,20 +169,16 @@ def run(
         is_done=lambda r: run.cells_path(r["image_id"]).exists(),
         overwrite=overwrite,
         progress=progress,
-        temporaries=(run.cells_per_image,),
+        temporaries=(run.cells_per_image, run.root),  # the root: a killed run's cells.parquet folder
         names=names,
     )
-    cells, dropped = gather_cells(run, rows, config, names)
-    write_parquet(run.cells, cells)
-    if csv:
-        with atomic_path(run.cells_csv) as tmp:
-            cells.to_csv(tmp, index=False)
+    cells, dropped = write_cell_table(run, rows, config, names, csv)
     summary = {
         **outcome.counts("measured_now"),
-        "cells": len(cells),
+        "cells": cells,
         "dropped_perimeter0": dropped,
         "seconds": round(time.perf_counter() - started, 2),
     }
     run.record_stage("measure", summary, outcome.failed)
-    log.info("measured %d cells in %d images (%d cells with perimeter 0 dropped)", len(cells), len(rows), dropped)
+    log.info("measured %d cells in %d images (%d cells with perimeter 0 dropped)", cells, len(rows), dropped)
     return summary

@@ -372,7 +372,7 @@ def reference_cells(plan: PredictionPlan) -> CellSource | None:
     references = plan.bundle.references
     root = find_bundle(plan.bundle_path).parent.parent
     run = RunFolder(root)
-    if not (run.images.is_file() and run.cells.is_file()):
+    if not (run.images.is_file() and run.cells.exists()):
         return None
     images = run.read_images()
     columns = references.columns
@@ -380,7 +380,8 @@ def reference_cells(plan: PredictionPlan) -> CellSource | None:
         meta = image_meta(images, columns["treatment"], columns.get("compound"), columns.get("moa"))
     except KeyError:
         return None
-    return CellSource(images, run.read_cells(), meta["treatment"], channel_names(images))
+    cells = run.read_cells(image_ids=references.fields["image_id"])  # the references' plates only
+    return CellSource(images, cells, meta["treatment"], channel_names(images))
 
 
 def open_world_report(

@@ -1,0 +1,113 @@
+"""Tables that grow by plate (issue 36): ``RUN/cells.parquet/`` holds one part per plate, reads back equal to the
+single table it replaced, serves the plates a stage asks for, and a two-plate run gives each plate the profiles
+that a run of that plate alone gives."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cellresponse.features.cell_features import cell_ids
+from cellresponse.input.runfolder import RunFolder
+from tests.conftest import run_cli
+
+STEPS = ("images", "segment", "measure", "profile")
+
+
+def run_through_profile(load_data: Path, out: Path) -> RunFolder:
+    """``images`` → ``profile`` (measured profiles only, each plate normalised to its DMSO wells as a screen's
+    plates of many compounds are; the tiny plates' three compounds would read as confounded) on ``load_data``."""
+    settings = ("--set", "profiles.kinds=[measured]", "--set", "profiles.normalize=plate")
+    run_cli("images", "--load-data", load_data, "--out", out, "--no-progress", *settings)
+    for step in STEPS[1:]:
+        run_cli(step, out, "--no-progress", "--workers", "0")
+    return RunFolder(out)
+
+
+def one_plate(load_data: Path, plate: str, folder: Path) -> Path:
+    """A load_data holding ``plate``'s rows only, its image folders made absolute."""
+    table = pd.read_csv(load_data)
+    table = table[table["Metadata_Plate"].astype(str) == plate].copy()
+    for column in [c for c in table.columns if c.startswith("PathName_")]:
+        table[column] = [str((load_data.parent / p).resolve()) for p in table[column]]
+    path = folder / f"load_data_{plate}.csv"
+    table.to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def two_plate_run(tiny_plates, tmp_path_factory) -> RunFolder:
+    return run_through_profile(tiny_plates / "load_data.csv", tmp_path_factory.mktemp("screen") / "both")
+
+
+def test_cells_are_written_one_part_per_plate_and_read_back_equal_to_the_single_table(two_plate_run):
+    run = two_plate_run
+    images = run.read_images()
+    plates = list(pd.unique(images["plate"].astype(str)))
+    assert len(plates) == 2
+    assert sorted(p.name for p in run.cells.glob("*.parquet")) == sorted(f"{p}.parquet" for p in plates)
+    # the table measure wrote before it was partitioned: every per-image part, in image-table order, with cell ids
+    parts = [pd.read_parquet(run.cells_path(i)) for i in images["image_id"] if run.cells_path(i).exists()]
+    single = pd.concat([p for p in parts if len(p)], ignore_index=True)
+    single.insert(0, "cell_id", cell_ids(single["image_id"], single["label"]))
+    pd.testing.assert_frame_equal(run.read_cells(), single.astype({"image_id": str, "cell_id": str}))
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(run.cells).sort_values("cell_id", ignore_index=True),
+        single.sort_values("cell_id", ignore_index=True),
+        check_dtype=False,
+    )  # what a user reading the folder with pandas gets
+
+
+def test_a_stage_reads_only_the_plates_of_the_images_it_asks_for(two_plate_run, tmp_path):
+    run = two_plate_run
+    images = run.read_images()
+    first = images[images["plate"].astype(str) == str(images["plate"].iloc[0])]["image_id"]
+    every = run.read_cells()
+    some = run.read_cells(columns=["area"], image_ids=first.iloc[:1])
+    assert list(some.columns) == ["image_id", "area"]
+    assert set(some["image_id"]) == {first.iloc[0]}
+    expected = every.loc[every["image_id"] == first.iloc[0], ["image_id", "area"]].reset_index(drop=True)
+    pd.testing.assert_frame_equal(some, expected)
+    # the other plate's part is not opened: with it gone, the first plate still reads
+    other = [p for p in run.cells.glob("*.parquet") if p.stem != str(images["plate"].iloc[0])]
+    moved = tmp_path / "elsewhere.parquet"
+    other[0].rename(moved)
+    try:
+        assert len(run.read_cells(image_ids=first)) == (every["image_id"].isin(set(first))).sum()
+    finally:
+        moved.rename(other[0])
+
+
+def test_a_run_measured_as_one_file_reads_the_same(two_plate_run, tmp_path):
+    old = RunFolder(tmp_path / "old")
+    old.root.mkdir()
+    (old.root / "images.parquet").write_bytes(two_plate_run.images.read_bytes())
+    every = two_plate_run.read_cells()
+    every.to_parquet(old.cells, index=False)
+    pd.testing.assert_frame_equal(old.read_cells(), every)
+    ids = every["image_id"].iloc[:1]
+    assert set(old.read_cells(image_ids=ids)["image_id"]) == set(ids)
+
+
+def test_a_two_plate_run_gives_each_plate_the_profiles_of_its_own_run(two_plate_run, tiny_plates, tmp_path):
+    """Per-plate normalisation to each plate's DMSO wells: a plate's well profiles do not depend on the other plate
+    (compared on the features both runs keep; feature selection sees different wells; a NaN is filled with the mean
+    of the wells a run holds, which the synthetic cells never need)."""
+    together = pd.read_parquet(two_plate_run.profile_path("measured", "wells"))
+    for plate in pd.unique(together["Metadata_Plate"].astype(str)):
+        alone_run = run_through_profile(one_plate(tiny_plates / "load_data.csv", plate, tmp_path), tmp_path / plate)
+        alone = pd.read_parquet(alone_run.profile_path("measured", "wells"))
+        mine = together[together["Metadata_Plate"].astype(str) == plate]
+        features = [c for c in alone.columns if c.startswith("Cells_") and c in mine.columns]
+        assert len(features) > 20
+        keys = ["Metadata_Plate", "Metadata_Well"]
+        a = alone.set_index(keys).sort_index()[features]
+        b = mine.set_index(keys).sort_index()[features]
+        assert a.index.equals(b.index)
+        np.testing.assert_allclose(a.to_numpy(), b.to_numpy(), rtol=1e-6, atol=1e-9)
+        cells_alone = alone_run.read_cells().drop(columns=["cell_id"])
+        cells_mine = two_plate_run.read_cells(image_ids=alone_run.read_images()["image_id"]).drop(columns=["cell_id"])
+        assert len(cells_alone) == len(cells_mine) > 0
