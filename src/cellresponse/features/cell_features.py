@@ -11,7 +11,7 @@ Columns of ``cells.parquet`` (one row per cell):
 ``bbox_min_row``, ``bbox_min_col``, ``bbox_max_row``, ``bbox_max_col``  bounding box (max exclusive)
 Per channel in ``measurement.intensity_channels``. Columns named as CellProfiler names a measurement hold what
 CellProfiler computes (checked against ``cp_measure``, CellProfiler's own code, on real fields:
-tests/test_cellprofiler_names.py), on CellProfiler's intensity scale (0-1: raw counts over the image type's
+tests/features/test_cellprofiler_names.py), on CellProfiler's intensity scale (0-1: raw counts over the image type's
 maximum, or the illumination-corrected image); columns starting ``CR_`` are cellresponse's own measures, named so
 that nobody takes them for CellProfiler's:
 

@@ -144,7 +144,7 @@ def split_objects(image: np.ndarray, min_size: int = 15, diameter: float | None 
 
     Returns labels and the object diameter used (estimated from the image when not given). Seeds
     are maxima of the smoothed distance transform at least a quarter diameter apart. On the
-    DSB2018 test image this scores F1 0.93 at IoU 0.5 (tests/test_segmentation.py); the parameters
+    DSB2018 test image this scores F1 0.93 at IoU 0.5 (tests/segmentation/test_segmentation.py); the parameters
     sit in the middle of a plateau of 0.90-0.94, not at its single best point.
     """
     norm = _normalise(image)

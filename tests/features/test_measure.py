@@ -46,7 +46,7 @@ def test_per_channel_intensities():
 
 def test_values_equal_regionprops_on_a_real_field(tmp_path):
     from cellresponse.segmentation.offline import Segmenter
-    from tests.test_segmentation import _real_field
+    from tests.segmentation.test_segmentation import _real_field
 
     seg_input, nuclear, config = _real_field("bbbc021-moa", "load_data.csv", loader="load_data")
     labels = Segmenter(config.segmentation, backend="offline")(seg_input, nuclear).labels
@@ -127,7 +127,7 @@ def test_compartments_on_a_real_field_put_dna_in_the_nucleus():
     from cellresponse.input.channels import load_stack
     from cellresponse.input.plate import ImageSource, build_image_table, channel_names
     from cellresponse.segmentation.offline import Segmenter
-    from tests.test_segmentation import _real_field
+    from tests.segmentation.test_segmentation import _real_field
 
     seg_input, nuclear, config = _real_field("bbbc021-moa", "load_data.csv", loader="load_data")
     labels = Segmenter(config.segmentation, backend="offline")(seg_input, nuclear).labels
@@ -236,7 +236,7 @@ def test_neighbour_counts_equal_a_dilation_of_each_cell_on_a_real_field():
     from scipy import ndimage
 
     from cellresponse.segmentation.offline import Segmenter
-    from tests.test_segmentation import _real_field
+    from tests.segmentation.test_segmentation import _real_field
 
     seg_input, nuclear, config = _real_field("bbbc021-moa", "load_data.csv", loader="load_data")
     labels = Segmenter(config.segmentation, backend="offline")(seg_input, nuclear).labels.astype(np.int32)
@@ -256,7 +256,7 @@ def test_extended_measures_on_a_real_field_are_finite_and_plausible():
     from cellresponse.input.channels import load_stack
     from cellresponse.input.plate import ImageSource, build_image_table, channel_names
     from cellresponse.segmentation.offline import Segmenter
-    from tests.test_segmentation import _real_field
+    from tests.segmentation.test_segmentation import _real_field
 
     seg_input, nuclear, config = _real_field("bbbc021-moa", "load_data.csv", loader="load_data")
     labels = Segmenter(config.segmentation, backend="offline")(seg_input, nuclear).labels

@@ -1,0 +1,1 @@
+"""Tests of evaluation/ (metrics, votes, baselines)."""

@@ -1,0 +1,1 @@
+"""Tests of features/ (per-cell measurements, CellProfiler's names, crops, embeddings)."""

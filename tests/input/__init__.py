@@ -1,0 +1,1 @@
+"""Tests of input/ (plate, channels, illumination, controls, synthetic plates)."""

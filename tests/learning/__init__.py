@@ -1,0 +1,1 @@
+"""Tests of learning/ and networks/ (training, splits, model choice, leakage, devices)."""

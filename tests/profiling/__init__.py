@@ -1,0 +1,1 @@
+"""Tests of profiling/ (references, treatment calls, activity, batch correction)."""

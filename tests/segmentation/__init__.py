@@ -1,0 +1,1 @@
+"""Tests of segmentation/ (offline backend, Cellpose backend, inputs)."""
