@@ -104,3 +104,17 @@ def bbbc021_cropped(tmp_path_factory) -> Path:
         "--no-progress",
     )
     return run
+
+
+def run_metrics(**given):
+    """A ``RunMetrics`` record holding ``given`` and empty values for every other required field (the report's
+    functions read records; a test names only the fields it is about)."""
+    from cellresponse.evaluation.run_metrics import RunMetrics
+
+    empty = {
+        "label": "label", "classes": 0, "headline_vote": "soft", "cell": {}, "image": {}, "well": {}, "plate": {},
+        "chance_rate": float("nan"), "majority_rate": float("nan"), "split": {}, "profile_models": {},
+        "baseline_features": {}, "baseline_cell_features": {}, "sanity_check": {}, "verdict": "",
+        "embeddings_verdict": "",
+    }  # fmt: skip
+    return RunMetrics(**{**empty, **given})

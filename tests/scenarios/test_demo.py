@@ -55,3 +55,24 @@ def test_the_field_panels_rank_against_the_control_only_when_there_is_one(tiny_d
     without = "".join(section_segmentation(run, no_control, tmp_path))
     assert "one field of each of" in without and "hold no untreated control" in without
     assert "ranked by the distance" not in without
+
+
+def test_metrics_json_is_one_typed_record_and_an_older_one_still_gives_a_report(tiny_demo, tmp_path):
+    import shutil
+
+    from cellresponse.evaluation.run_metrics import RunMetrics
+    from cellresponse.input.runfolder import RunFolder
+    from tests.conftest import run_cli
+
+    run = RunFolder(tiny_demo[0] / "run")
+    stored = json.loads(run.metrics.read_text())
+    record = RunMetrics.read(run.metrics)
+    assert record is not None and record.to_json() == stored  # every key written is a field, and back
+    assert record.label == stored["label"] and record.image["soft_vote"]["n"] > 0
+    old = tmp_path / "old"
+    shutil.copytree(run.root, old)
+    json_without = {k: v for k, v in stored.items() if k != "sanity_check"}
+    (old / "metrics.json").write_text(json.dumps(json_without))
+    run_cli("report", old, "--no-progress")
+    page = (old / "report" / "index.html").read_text()
+    assert "run `cellresponse evaluate RUN` again" in page and "Timings" in page

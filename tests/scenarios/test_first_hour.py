@@ -17,7 +17,7 @@ from cellresponse.stages.report import (
     sanity_meaning,
     section_calls_per_class,
 )
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_metrics
 
 
 def test_a_misspelt_label_is_refused_before_segmentation_and_leaves_nothing(tiny_plates, tmp_path):
@@ -186,7 +186,7 @@ def test_a_skipped_sanity_check_says_why(tmp_path):
         "majority_rate": 0.3,
         "sanity_check": {"skipped": "needs 'DMSO' and treated cells on both sides"},
     }
-    text = "".join(section_results(metrics, tmp_path))
+    text = "".join(section_results(run_metrics(**metrics), tmp_path))
     assert "Sanity check (control vs treated cells) not run: needs &#x27;DMSO&#x27; and treated cells" in text
 
 
@@ -228,13 +228,13 @@ def test_the_report_leads_with_the_model_predict_uses():
         },
         "auto": {"model": "measured"},
     }
-    lead = headline_of_the_predicting_model(metrics)
+    lead = headline_of_the_predicting_model(run_metrics(**metrics))
     assert "uses the <b>measured</b> profile model" in lead and "<b>0.736</b> per image on 220 held-out" in lead
     assert "<b>0.745</b> per well (55 wells)" in lead and "mean probability of 0.767" in lead
     assert "0.591" not in lead
     # the network predicts (or an older run records no choice): its paragraph stays the headline
-    assert headline_of_the_predicting_model({**metrics, "auto": {"model": "network"}}) == ""
-    assert headline_of_the_predicting_model({k: v for k, v in metrics.items() if k != "auto"}) == ""
+    assert headline_of_the_predicting_model(run_metrics(**{**metrics, "auto": {"model": "network"}})) == ""
+    assert headline_of_the_predicting_model(run_metrics(**{k: v for k, v in metrics.items() if k != "auto"})) == ""
 
 
 def test_the_confusion_matrix_and_per_class_table_are_the_predicting_models(tmp_path):
@@ -251,10 +251,10 @@ def test_the_confusion_matrix_and_per_class_table_are_the_predicting_models(tmp_
         "profile_models": {"measured": {"image": profile_block}},
         "auto": {"model": "measured"},
     }
-    page = "".join(section_calls_per_class(metrics, "soft", tmp_path))
+    page = "".join(section_calls_per_class(run_metrics(**metrics), "soft", tmp_path))
     # with the grouping evaluate records, each class is named with its MoA (a class outside it: a dash)
     grouped = {**metrics, "label_grouping": {"column": "Metadata_MoA", "groups": {"a": "M1", "b": "M1"}}}
-    grouped_page = "".join(section_calls_per_class(grouped, "soft", tmp_path))
+    grouped_page = "".join(section_calls_per_class(run_metrics(**grouped), "soft", tmp_path))
     assert "<th>class</th><th>Metadata_MoA</th><th>images</th>" in grouped_page
     assert (
         "<td>a</td><td>M1</td><td>2</td><td>1.000</td>" in grouped_page
@@ -267,7 +267,7 @@ def test_the_confusion_matrix_and_per_class_table_are_the_predicting_models(tmp_
     assert "<td>a</td><td>2</td><td>1.000</td><td>1.000</td><td>0.500</td>" in page
     assert "c is never predicted" not in page  # that is the network's failure, not the predicting model's
     # the network predicts: its own confusion, its never-predicted classes, no second recall column
-    page = "".join(section_calls_per_class({**metrics, "auto": {"model": "network"}}, "soft", tmp_path))
+    page = "".join(section_calls_per_class(run_metrics(**{**metrics, "auto": {"model": "network"}}), "soft", tmp_path))
     assert "which <code>predict</code> uses" not in page and page.count("accuracy (recall)") == 1
     assert "c is never predicted: its 2 images were called a most often." in page
     assert (tmp_path / "confusion_image.png").is_file()

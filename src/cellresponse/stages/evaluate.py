@@ -27,6 +27,7 @@ from cellresponse.evaluation.metrics import (
     wrong_calls,
     wrong_calls_sentence,
 )
+from cellresponse.evaluation.run_metrics import RunMetrics
 from cellresponse.features.cell_features import feature_columns
 from cellresponse.features.crop_store import CropStore
 from cellresponse.input.io import write_json, write_parquet
@@ -193,7 +194,7 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
     if grouped:
         metrics["wrong_calls"] = grouped
     metrics["seconds"] = round(time.perf_counter() - started, 2)
-    write_json(run.metrics, {**metrics, "made_by": made_by()})
+    write_json(run.metrics, RunMetrics(**metrics, made_by=made_by()).to_json())  # the record checks the fields
     say_results(metrics, e.vote)
     run.record_stage("evaluate", {"cells": len(test), "device": device_name(device), "seconds": metrics["seconds"]})
     return metrics

@@ -335,7 +335,10 @@ def answer_open_world(plan: PredictionPlan, out: RunFolder, cells: pd.DataFrame,
         return []
     blocks = query_blocks(bundle, cells, out, config, progress)
     treatment, compound, moa = query_columns(table, config, references.columns.get("moa"))
-    meta = image_meta(table, treatment, compound, moa, batch_column(table.columns, config.profiles.batch, "plate"))
+    batch = batch_column(table.columns, config.profiles.batch, "plate")
+    if references.batch_correction.get("method", "none") != "none" and batch not in table.columns:
+        log.warning("the new images have no %s column (the references' batches): each plate is taken as a batch", batch)
+    meta = image_meta(table, treatment, compound, moa, batch)
     controls = negative_controls(table, [config.input.label, compound], config.input.control_label)
     r = config.references
     mode, why = query_normalization(references, controls is not None, r.query_normalization)

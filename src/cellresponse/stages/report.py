@@ -18,7 +18,9 @@ import numpy as np
 import pandas as pd
 
 from cellresponse.config import Config
+from cellresponse.errors import InputError
 from cellresponse.evaluation.metrics import per_class_from_confusion, wilson_interval, wrong_calls_sentence
+from cellresponse.evaluation.run_metrics import RunMetrics
 from cellresponse.input.illumination import illumination_channels, illumination_path, read_function
 from cellresponse.input.io import read_tiff, write_text
 from cellresponse.input.plate import channel_names
@@ -52,12 +54,12 @@ def top_k_key(block: dict[str, Any]) -> str | None:
     return next((key for key in block if re.fullmatch(r"top\d+", key)), None)
 
 
-def metrics_rows(metrics: dict[str, Any]) -> list[list[Any]]:
+def metrics_rows(metrics: RunMetrics) -> list[list[Any]]:
     """One row per level and vote: accuracy with its 95 % Wilson interval (a test side of 20 fields right on 0.90
     could be 0.70–0.97), balanced accuracy, top-k, chance, majority, features-only, n."""
     rows = []
-    base = metrics.get("baseline_features", {})
-    cell_base = metrics.get("baseline_cell_features", {})
+    base = metrics.baseline_features
+    cell_base = metrics.baseline_cell_features
     nan = float("nan")
 
     def top_k(block: dict[str, Any]) -> float:
@@ -70,13 +72,13 @@ def metrics_rows(metrics: dict[str, Any]) -> list[list[Any]]:
         low, high = wilson_interval(round(block["accuracy"] * block["n"]), block["n"])
         return f"{low:.2f}–{high:.2f}"
 
-    if "cell" in metrics:
-        c = metrics["cell"]
+    if metrics.cell:
+        c = metrics.cell
         row = ["cell", "—", c.get("accuracy", nan), interval(c), c.get("balanced_accuracy", nan), top_k(c)]
         row += [c.get("chance_rate", nan), c.get("majority_rate", nan)]
         rows.append([*row, cell_base.get("cell", {}).get("accuracy", nan), c.get("n")])
     for level in ("image", "well", "plate"):
-        block = metrics.get(level)
+        block = getattr(metrics, level)
         if not block or "skipped" in block:
             continue
         for vote in ("majority_vote", "soft_vote"):
@@ -146,18 +148,19 @@ def section_data(run: RunFolder, summaries: dict[str, dict[str, Any]]) -> list[s
     ]
 
 
-def model_choice_rows(metrics: dict[str, Any]) -> list[list[Any]]:
+def model_choice_rows(metrics: RunMetrics) -> list[list[Any]]:
     """Per candidate model: held-out validation accuracy (which chose), test accuracy per image and well, and the
     mean probability of its image calls (to read beside their accuracy)."""
-    auto = metrics.get("auto", {})
-    vote = metrics.get("headline_vote", "soft")
+    auto = metrics.auto or {}
+    vote = metrics.headline_vote
+    stored = metrics.to_json()  # the JSON view model_choice reads (evaluate calls it before the record exists)
     nan = float("nan")
     rows = []
     for kind, accuracy in auto.get("validation", {}).items():
         what = f"the trained network ({vote} vote over cells)" if kind == NETWORK else f"{kind} profiles, shrinkage LDA"
-        blocks = test_blocks(metrics, kind, vote)
+        blocks = test_blocks(stored, kind, vote)
         test = {lvl: blocks.get(lvl, {}).get("accuracy", nan) for lvl in ("image", "well")}
-        sure = call_probability(metrics, kind)
+        sure = call_probability(stored, kind)
         name = f"{kind} ← auto" if kind == auto.get("model") else kind
         chosen_on = auto.get("validation_images", {}).get(kind)
         tempered_on = auto.get("calibration_images", {}).get(kind)
@@ -167,38 +170,39 @@ def model_choice_rows(metrics: dict[str, Any]) -> list[list[Any]]:
     return rows
 
 
-def predicting_model_is_a_profile(metrics: dict[str, Any]) -> bool:
+def predicting_model_is_a_profile(metrics: RunMetrics) -> bool:
     """Whether `predict` uses a profile model by default (the report then leads with it, not the network)."""
-    chosen = metrics.get("auto", {}).get("model")
-    return chosen in metrics.get("profile_models", {}) and "image" in metrics["profile_models"][chosen]
+    chosen = (metrics.auto or {}).get("model")
+    return chosen in metrics.profile_models and "image" in metrics.profile_models[chosen]
 
 
-def headline_of_the_predicting_model(metrics: dict[str, Any]) -> str:
+def headline_of_the_predicting_model(metrics: RunMetrics) -> str:
     """The report's first figure when `predict` uses a profile model by default: that model's test accuracy per
     image and well and how sure its calls say they are — what a user of `predict` gets — ahead of the network's
     numbers (empty when the network predicts: the paragraph after it is then the headline)."""
     if not predicting_model_is_a_profile(metrics):
         return ""
-    chosen = metrics["auto"]["model"]
-    blocks = test_blocks(metrics, chosen, "soft")
+    auto = metrics.auto or {}
+    chosen = auto["model"]
+    blocks = test_blocks(metrics.to_json(), chosen, "soft")
     image, well = blocks["image"], blocks.get("well", {})
     per_well = f", <b>{well['accuracy']:.3f}</b> per well ({well['n']} wells)" if "accuracy" in well else ""
-    sure = call_probability(metrics, chosen)
+    sure = call_probability(metrics.to_json(), chosen)
     said = f"; its calls are made with a mean probability of {sure:.3f}" if sure is not None else ""
     return (
         f"<p class='good'><code>cellresponse predict</code> uses the <b>{html.escape(chosen)}</b> profile model "
-        f"(chosen on {html.escape(metrics['auto'].get('scored_on', 'held-out non-test images'))}; see "
+        f"(chosen on {html.escape(auto.get('scored_on', 'held-out non-test images'))}; see "
         f'"Which model predicts"): accuracy <b>{image["accuracy"]:.3f}</b> per '
-        f"image on {image['n']} held-out images{per_well}{said}; chance {metrics['chance_rate']:.3f}, "
-        f"always-the-most-common-class {metrics['majority_rate']:.3f}.</p>"
+        f"image on {image['n']} held-out images{per_well}{said}; chance {metrics.chance_rate:.3f}, "
+        f"always-the-most-common-class {metrics.majority_rate:.3f}.</p>"
     )
 
 
-def predicting_model_calls(metrics: dict[str, Any], vote: str) -> tuple[str, dict[str, Any]]:
+def predicting_model_calls(metrics: RunMetrics, vote: str) -> tuple[str, dict[str, Any]]:
     """The name and test-side image block (accuracy, confusion) of the model `predict` uses by default: the `auto`
     profile model, else the network's ``vote`` vote."""
-    name = metrics["auto"]["model"] if predicting_model_is_a_profile(metrics) else NETWORK
-    return name, test_blocks(metrics, name, vote).get("image", {})
+    name = (metrics.auto or {})["model"] if predicting_model_is_a_profile(metrics) else NETWORK
+    return name, test_blocks(metrics.to_json(), name, vote).get("image", {})
 
 
 def class_scores(block: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -210,18 +214,18 @@ def class_scores(block: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def per_class_rows(
-    metrics: dict[str, Any], name: str, block: dict[str, Any], vote: str
+    metrics: RunMetrics, name: str, block: dict[str, Any], vote: str
 ) -> tuple[list[str], list[list[Any]]]:
     """Header and rows of the per-class table of model ``name`` (test-side image ``block``): each tested class's
     MoA or gene target (where evaluate recorded the grouping), images, recall and precision, and the network's
     recall beside them when ``name`` is a profile model; best first."""
     per_class = class_scores(block)
     header = ["class", "images", f"accuracy (recall), {name}", f"precision, {name}"]
-    grouping = metrics.get("label_grouping") or {}
+    grouping = metrics.label_grouping or {}
     groups = grouping.get("groups", {})
     if groups:
         header.insert(1, grouping["column"])
-    network = class_scores(test_blocks(metrics, NETWORK, vote).get("image", {})) if name != NETWORK else {}
+    network = class_scores(test_blocks(metrics.to_json(), NETWORK, vote).get("image", {})) if name != NETWORK else {}
     if network:
         header.append("accuracy (recall), network")
     rows = []
@@ -237,7 +241,7 @@ def per_class_rows(
     return header, sorted(rows, key=lambda r: (-r[recall], r[0]))
 
 
-def section_calls_per_class(metrics: dict[str, Any], vote: str, out: Path) -> list[str]:
+def section_calls_per_class(metrics: RunMetrics, vote: str, out: Path) -> list[str]:
     """The confusion matrix and per-class accuracy of the model `predict` uses (the report's headline model), with
     a sentence for each class it never calls."""
     name, block = predicting_model_calls(metrics, vote)
@@ -254,9 +258,9 @@ def section_calls_per_class(metrics: dict[str, Any], vote: str, out: Path) -> li
     return parts
 
 
-def section_model_choice(metrics: dict[str, Any]) -> list[str]:
+def section_model_choice(metrics: RunMetrics) -> list[str]:
     """Which model `predict` uses by default, the validation scores that chose it and every model's test score."""
-    auto = metrics.get("auto")
+    auto = metrics.auto
     if not auto:
         return []
     parts = [
@@ -283,15 +287,15 @@ def section_model_choice(metrics: dict[str, Any]) -> list[str]:
         "ones included); the network's are the mean of its cells' probabilities, which "
         "say how sure its cells are, not how often a field's vote is right.</p>"
     )
-    if metrics.get("embeddings_verdict"):
-        parts.append(f"<p class='note'>{html.escape(metrics['embeddings_verdict'])}.</p>")
+    if metrics.embeddings_verdict:
+        parts.append(f"<p class='note'>{html.escape(metrics.embeddings_verdict)}.</p>")
     return parts
 
 
-def section_wrong_calls(metrics: dict[str, Any]) -> list[str]:
+def section_wrong_calls(metrics: RunMetrics) -> list[str]:
     """Where the wrong calls go against a coarser grouping (MoA, gene target), for every candidate model."""
-    grouped = metrics.get("wrong_calls")
-    sentence = wrong_calls_sentence(metrics)
+    grouped = metrics.wrong_calls
+    sentence = wrong_calls_sentence(metrics.to_json())
     if not grouped or not sentence:
         return []
     column = grouped["column"]
@@ -313,12 +317,12 @@ def section_wrong_calls(metrics: dict[str, Any]) -> list[str]:
     return ["<h2>Where the wrong calls go</h2>", f"<p>{html.escape(sentence)}</p>", html_table(header, rows)]
 
 
-def section_results(metrics: dict[str, Any], out: Path) -> list[str]:
-    if not metrics:
+def section_results(metrics: RunMetrics | None, out: Path) -> list[str]:
+    if metrics is None:
         return []
-    vote = metrics.get("headline_vote", "soft")
-    image = metrics.get("image", {}).get(f"{vote}_vote", {})
-    k = (top_k_key(metrics.get("cell", {})) or "top5")[3:]
+    vote = metrics.headline_vote
+    image = metrics.image.get(f"{vote}_vote", {})
+    k = (top_k_key(metrics.cell) or "top5")[3:]
     parts = [
         "<h2>How good are the predictions?</h2>",
         headline_of_the_predicting_model(metrics),
@@ -328,18 +332,18 @@ def section_results(metrics: dict[str, Any], out: Path) -> list[str]:
             if predicting_model_is_a_profile(metrics)
             else f"<p class='good'>Image-level accuracy <b>{image.get('accuracy', float('nan')):.3f}</b> ({vote} "
             f"vote over the cells of each image) on {image.get('n')} held-out images; chance "
-            f"{metrics['chance_rate']:.3f}, always-the-most-common-class {metrics['majority_rate']:.3f}. "
+            f"{metrics.chance_rate:.3f}, always-the-most-common-class {metrics.majority_rate:.3f}. "
         )
-        + f"{html.escape(compare_with_baseline(metrics, vote))}.</p>",
+        + f"{html.escape(compare_with_baseline(metrics.to_json(), vote))}.</p>",
         html_table([h.format(k=k) for h in METRIC_HEADER], metrics_rows(metrics)),
         "<p>Chance = 1 / classes; majority = accuracy of always answering the most common class; "
         "features-only = "
-        + html.escape(metrics.get("baseline_features", {}).get("model", "the features-only model"))
+        + html.escape(metrics.baseline_features.get("model", "the features-only model"))
         + " on the same split (cell row: logistic regression on single-cell features).</p>",
     ]
     parts += section_model_choice(metrics)
     parts += section_wrong_calls(metrics)
-    sanity = metrics.get("sanity_check", {})
+    sanity = metrics.sanity_check
     if "accuracy" in sanity:
         parts.append(
             f"<p>Sanity check ({html.escape(sanity['task'])}): accuracy {sanity['accuracy']:.3f}, balanced "
@@ -549,12 +553,21 @@ def section_segmentation(run: RunFolder, config: Config, out: Path) -> list[str]
     return parts
 
 
+def stored_metrics(run: RunFolder) -> tuple[RunMetrics | None, str | None]:
+    """``metrics.json`` as a record (None before ``evaluate``), or None and why where an older version wrote it
+    (the rest of the report is still built)."""
+    try:
+        return RunMetrics.read(run.metrics), None
+    except InputError as exc:
+        return None, f"No results: {exc}."
+
+
 def build_report(run: RunFolder, config: Config) -> Path:
     """Write RUN/report/index.html (+ PNGs) from whatever the run folder holds."""
     out = run.report
     out.mkdir(parents=True, exist_ok=True)
     summaries = {stage: run.read_summary(stage) for stage in PIPELINE if stage != "report"}
-    metrics = json.loads(run.metrics.read_text()) if run.metrics.exists() else {}
+    metrics, stale = stored_metrics(run)
     split = json.loads(run.split_report.read_text()) if run.split_report.exists() else {}
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>cellresponse report</title><style>{CSS}</style>"
@@ -572,6 +585,7 @@ def build_report(run: RunFolder, config: Config) -> Path:
         f"<p>Predicted label: <b>{html.escape(config.input.label)}</b>. "
         f"Run folder: <code>{html.escape(str(run.root))}</code></p>",
         *section_data(run, summaries),
+        *([f"<p class='note'>{html.escape(stale)}</p>"] if stale else []),
         *section_results(metrics, out),
         *section_image_calls(run, config.input.label),
         *section_profiles(json.loads(run.profile_metrics.read_text()) if run.profile_metrics.exists() else {}),
