@@ -378,8 +378,8 @@ def test_embed_on_dask_workers_equals_embed_in_process(measured_run, tmp_path):
 
 
 def test_measured_profiles_built_plate_by_plate_equal_those_of_the_whole_table(measured_run):
-    """The profile stage reads the per-image parts one plate at a time (a screen holds one plate's cells at once);
-    the per-image table equals the one built from all cells of cells.parquet."""
+    """The profile stage reads cells.parquet one plate's part at a time (a screen holds one plate's cells at once);
+    the per-image table equals the one built from all cells at once."""
     from cellresponse.features.cell_features import feature_columns
     from cellresponse.profiling.profile_models import image_feature_table
     from cellresponse.stages.profile import measured_image_table

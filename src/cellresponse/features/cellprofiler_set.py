@@ -74,10 +74,11 @@ def measured_table(labels: np.ndarray, channels: Mapping[str, np.ndarray], core:
                 columns[f"AreaShape_{key}"] = np.asarray(values, np.float64)
     scaled = {name: unit_scale(image).astype(np.float64) for name, image in channels.items()}
     for channel, image in scaled.items():
+        kept_from_default = {f"{m}_{channel}" for m in CELLPROFILER_INTENSITY}
         for name in ("intensity", "texture", "granularity", "radial_distribution", "radial_zernikes"):
             for key, values in core[name](labels, image).items():
                 column = per_channel_name(key, channel)
-                if not key.startswith("Location_") and column not in {f"{m}_{channel}" for m in CELLPROFILER_INTENSITY}:
+                if not key.startswith("Location_") and column not in kept_from_default:
                     columns[column] = np.asarray(values, np.float64)
     names = list(scaled)
     for i, first in enumerate(names):

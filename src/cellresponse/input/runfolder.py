@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pandas as pd
+import pyarrow.parquet as pq
 
 from cellresponse.config import Config, load_config
 from cellresponse.errors import InputError, StageError
@@ -213,6 +214,13 @@ class RunFolder:
         if wanted is not None:
             cells = cells[cells["image_id"].isin(wanted)].reset_index(drop=True)
         return cells
+
+    def cell_columns(self) -> list[str]:
+        """The columns of the cells table (from one part's schema: every part has the same columns)."""
+        path = self.require(self.cells, "measure")
+        if path.is_dir():
+            path = min(path.glob("[!._]*.parquet"), default=path)
+        return pq.read_schema(path).names
 
     def read_split(self) -> tuple[pd.Series, dict[str, Any]]:
         """Each split image's side (indexed by image_id) and the split report."""

@@ -30,6 +30,11 @@ def cell_windows(planes: np.ndarray, centroids: np.ndarray, side: int) -> np.nda
     return np.ascontiguousarray(views[:, tops, lefts].transpose(1, 0, 2, 3))
 
 
+def embedding_width(mode: str, channels: int) -> int:
+    """Columns of an embedding: the backbone's pooled width, once per channel in ``per_channel`` mode."""
+    return FEATURES * (channels if mode == "per_channel" else 1)
+
+
 class Embedder:
     """A frozen pretrained trunk: ``embedder(windows)`` → float32 ``(N, dims)``.
 
@@ -60,7 +65,7 @@ class Embedder:
         self.pad_batches = self.device.type != "cpu" if pad_batches is None else pad_batches
 
     def dims(self, channels: int) -> int:
-        return FEATURES * (channels if self.mode == "per_channel" else 1)
+        return embedding_width(self.mode, channels)
 
     def _views(self, windows: torch.Tensor) -> list[torch.Tensor]:
         if self.mode == "rgb":

@@ -36,13 +36,13 @@ from cellresponse.input.runfolder import RunFolder, require_outputs
 from cellresponse.input.transforms import to_unit
 from cellresponse.learning.bundle import load_bundle, predict_cells
 from cellresponse.networks.embeddings import (
-    FEATURES,
     GPU_BATCH,
     Embedder,
     cell_windows,
     embed_channels,
     embedding_batch_size,
     embedding_columns,
+    embedding_width,
     window_side,
 )
 from cellresponse.stages.per_image import config_from_json, image_rows, map_stage, settled_scales
@@ -174,7 +174,7 @@ def embed_one(row: dict, *, config_json: str, run_root: str, names: list[str], s
     vectors = embedder(windows) if len(windows) else np.zeros((0, len(columns)), np.float32)
     write_embeddings(run.embedding_path(image_id), ids, vectors, columns)
     mean = vectors.mean(axis=0, dtype=np.float64).tolist() if len(vectors) else None
-    return {"mean": mean, "cells": len(vectors), "dims": len(columns)}
+    return {"mean": mean, "cells": len(vectors)}
 
 
 def on_workers(config: Config) -> bool:
@@ -186,17 +186,16 @@ def on_workers(config: Config) -> bool:
 
 def embed_on_workers(
     run: RunFolder, config: Config, todo: list[dict], names: list[str], settings: dict, scales: dict, progress: bool
-) -> tuple[dict[str, tuple[np.ndarray, int]], int, int]:
+) -> tuple[dict[str, tuple[np.ndarray, int]], int]:
     """Every image of ``todo`` embedded by a task on the Dask workers (``runtime.workers`` / ``--scheduler``);
-    returns the means, the cells embedded and the embedding's width."""
+    returns the means and the cells embedded."""
     outcome = map_stage("embed", embed_one, run, config, todo, is_done=lambda r: False, progress=progress,
                         names=names, settings=settings, scales=scales)  # fmt: skip
     if outcome.failed:
         failed = outcome.failed[0]
         raise InputError(f"embed failed on image {failed.image_id}: {failed.error}")
     means = {r.image_id: (np.asarray(r.info["mean"]), r.info["cells"]) for r in outcome.done if r.info["cells"]}
-    dims = next((r.info["dims"] for r in outcome.done), 0)
-    return means, sum(r.info["cells"] for r in outcome.done), dims
+    return means, sum(r.info["cells"] for r in outcome.done)
 
 
 def embed_in_process(
@@ -271,9 +270,8 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
     workers = on_workers(config)
     network_seconds = None
     if workers:
-        means, embedded, dims = embed_on_workers(run, config, todo, names, settings, scales, progress)
-        width = FEATURES * (len(settings["channels"]) if e.mode == "per_channel" else 1)
-        columns = embedding_columns(dims or width)
+        means, embedded = embed_on_workers(run, config, todo, names, settings, scales, progress)
+        columns = embedding_columns(embedding_width(e.mode, len(settings["channels"])))
     else:
         embedder = Embedder(e.backbone, e.pretrained, e.input_size, e.mode, batch_size, device)
         columns = embedding_columns(embedder.dims(len(settings["channels"])))

@@ -137,13 +137,16 @@ def write_cell_table(run: RunFolder, rows: list[dict], config: Config, names: li
     """``RUN/cells.parquet/<plate>.parquet`` from the per-image parts, one plate at a time (a screen's cells are
     never held at once), and ``cells.csv`` with ``csv``; the folder replaces the old table only once every part is
     written. Returns the cells written and the perimeter-0 cells dropped."""
-    plates = list(pd.unique(pd.Series([str(r["plate"]) for r in rows], dtype=object)))
+    by_plate: dict[str, list[dict]] = {}  # in image-table order
+    for row in rows:
+        by_plate.setdefault(str(row["plate"]), []).append(row)
+    last = next(reversed(by_plate), None)
     total, dropped = 0, 0
     with atomic_folder(run.cells) as folder, atomic_path(run.cells_csv) if csv else nullcontext() as csv_tmp:
-        for plate in plates:
-            cells, lost = gather_cells(run, [r for r in rows if str(r["plate"]) == plate], config, names)
+        for plate, plate_rows in by_plate.items():
+            cells, lost = gather_cells(run, plate_rows, config, names)
             dropped += lost
-            if cells.empty and (total or plate != plates[-1]):
+            if cells.empty and (total or plate != last):
                 continue  # an empty plate adds no part; a run without cells keeps one, for its columns
             write_parquet(folder / run.cells_part(plate).name, cells)
             if csv_tmp is not None:

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 
 from cellresponse.config import MOA_COLUMNS, Config
 from cellresponse.features.cell_features import feature_columns
@@ -28,7 +27,7 @@ from cellresponse.input.plate import check_columns
 from cellresponse.input.runfolder import RunFolder
 from cellresponse.profiling.batch_correction import corrected_profiles
 from cellresponse.profiling.profile_benchmarks import nsc_accuracy, nsc_not_computed, nsc_summary, retrieval_map
-from cellresponse.profiling.profile_models import image_feature_table, plate_by_plate_feature_table
+from cellresponse.profiling.profile_models import plate_by_plate_feature_table
 from cellresponse.profiling.well_profiles import (
     PLATE,
     TREATMENT,
@@ -64,20 +63,14 @@ def image_metadata(images: pd.DataFrame, config: Config) -> pd.DataFrame:
 
 
 def measured_image_table(run: RunFolder, images: pd.DataFrame) -> pd.DataFrame:
-    """The measured per-image table, built plate by plate from the per-image parts (``RUN/cells/<image_id>``), so
-    that a screen never holds more than one plate's cells; from ``cells.parquet`` where the parts are gone."""
-    ids = images["image_id"].astype(str)
-    if not all(run.cells_path(i).exists() for i in ids):
-        cells = run.read_cells()
-        return image_feature_table(cells, feature_columns(cells.columns))
-    columns = feature_columns(pq.read_schema(run.cells_path(ids.iloc[0])).names)
-
-    def plates() -> Iterator[pd.DataFrame]:
-        for _, plate in images.groupby("plate", sort=False):
-            parts = [pd.read_parquet(run.cells_path(i), columns=["image_id", *columns]) for i in plate["image_id"]]
-            yield pd.concat(parts, ignore_index=True)
-
-    return plate_by_plate_feature_table(plates(), columns)
+    """The measured per-image table, built plate by plate from ``cells.parquet``'s per-plate parts, so that a
+    screen never holds more than one plate's cells."""
+    columns = feature_columns(run.cell_columns())
+    plates = (
+        run.read_cells(["image_id", *columns], image_ids=ids)
+        for _, ids in images.groupby("plate", sort=False)["image_id"]
+    )
+    return plate_by_plate_feature_table(plates, columns)
 
 
 def image_tables(run: RunFolder, kinds: list[str], images: pd.DataFrame) -> dict[str, tuple[pd.DataFrame, list[str]]]:
