@@ -24,6 +24,7 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 from unseen_compounds import COLUMNS, answered, blocks_of
 
+from cellresponse.config import ReferencesConfig
 from cellresponse.features.cell_features import feature_columns
 from cellresponse.features.embedding_tables import mean_embeddings
 from cellresponse.input.runfolder import RunFolder
@@ -36,6 +37,9 @@ from cellresponse.profiling.references import (
     moa_similarities,
     treatment_table,
 )
+
+# the references' settings (the scores read here do not depend on the novelty quantile)
+QUANTILE_005 = ReferencesConfig(novelty_quantile=0.05)
 
 KIND = "both"  # the kind references.kind: auto chose on this run (docs/results.md)
 
@@ -62,7 +66,7 @@ def groups(tables, meta, ref_ids, query_ids) -> pd.DataFrame:
         (c, "compound") for c in sorted(meta["compound"].unique())
     ]:
         kept = ref_ids[meta.loc[ref_ids, key] != withheld]
-        refs = build_references(blocks_of(tables, KIND, kept), meta.loc[kept], None, KIND, COLUMNS, 0.05)
+        refs = build_references(blocks_of(tables, KIND, kept), meta.loc[kept], None, KIND, COLUMNS, QUANTILE_005)
         units, calls = answered(refs, tables, KIND, meta, query_ids, "auto", "well")
         mine = (units[key] == withheld).to_numpy()
         table = scores(refs, units, calls)

@@ -21,8 +21,8 @@ import pandas as pd
 from cellresponse.config import load_config
 from cellresponse.input.runfolder import RunFolder
 from cellresponse.profiling.profile_benchmarks import nsc_accuracy
-from cellresponse.profiling.well_profiles import TREATMENT, treatment_profiles
-from cellresponse.stages.profile import combined_profiles, image_metadata, image_tables, normalized_wells
+from cellresponse.profiling.well_profiles import TREATMENT, combined_profiles, normalized_wells, treatment_profiles
+from cellresponse.stages.profile import image_metadata, image_tables
 
 SETTINGS = [
     "profiles.treatment=[Metadata_Compound,Metadata_Concentration]",
@@ -46,12 +46,13 @@ def main() -> None:
     config = load_config(run.config, None, SETTINGS)
     images = run.read_images()
     meta = image_metadata(images, config)
+    compound = config.compound_column(meta.columns)
     tables = image_tables(run, ["measured", "deep"], images)  # the profile stage's own fields → wells path
     print(f"{'kind':9} {'normalisation':12} {'rep 1 (chooses)':>16} {'rep 2':>7} {'both reps':>10} {'chance':>7}")
     for method in ("standardize", "spherize"):
         try:
             normalized = {
-                kind: normalized_wells(table, features, meta, config, None, method)[:2]
+                kind: normalized_wells(table, features, meta, config.profiles, compound, None, method)[:2]
                 for kind, (table, features) in tables.items()
             }
         except ValueError as exc:  # sphering fails on zero-variance columns (e.g. per-channel embeddings)

@@ -29,7 +29,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from cellresponse.config import load_config
+from cellresponse.config import ReferencesConfig, load_config
 from cellresponse.features.cell_features import feature_columns
 from cellresponse.features.embedding_tables import mean_embeddings
 from cellresponse.input.runfolder import RunFolder
@@ -90,11 +90,12 @@ def answered(refs, tables, kind, meta, query_ids, mode_setting, level):
 
 def unseen_compounds(tables, kind, meta, ref_ids, query_ids, quantile, mode_setting) -> dict[str, float]:
     """Each compound withheld from the references in turn, its units on the query side answered."""
+    settings = ReferencesConfig(novelty_quantile=quantile)
     rows = {"field": [], "well": []}
     swept: dict[float, list[bool]] = {}
     for compound in sorted(meta["compound"].unique()):
         kept = ref_ids[meta.loc[ref_ids, "compound"] != compound]
-        refs = build_references(blocks_of(tables, kind, kept), meta.loc[kept], None, kind, COLUMNS, quantile,
+        refs = build_references(blocks_of(tables, kind, kept), meta.loc[kept], None, kind, COLUMNS, settings,
                                 batch_correction=BATCH[0])  # fmt: skip
         for level in rows:
             units, calls = answered(refs, tables, kind, meta, query_ids, mode_setting, level)
@@ -121,11 +122,12 @@ def unseen_compounds(tables, kind, meta, ref_ids, query_ids, quantile, mode_sett
 
 def novel_mechanisms(tables, kind, meta, ref_ids, query_ids, quantile, mode_setting) -> dict[str, float]:
     """Each mechanism withheld in turn: the share of its query wells flagged novel, and of the others'."""
+    settings = ReferencesConfig(novelty_quantile=quantile)
     withheld_novel, known_novel = [], []
     swept: dict[float, list[float]] = {}
     for moa in sorted(meta["moa"].unique()):
         kept = ref_ids[meta.loc[ref_ids, "moa"] != moa]
-        refs = build_references(blocks_of(tables, kind, kept), meta.loc[kept], None, kind, COLUMNS, quantile,
+        refs = build_references(blocks_of(tables, kind, kept), meta.loc[kept], None, kind, COLUMNS, settings,
                                 batch_correction=BATCH[0])  # fmt: skip
         units, calls = answered(refs, tables, kind, meta, query_ids, mode_setting, "well")
         novel = calls["novel"].astype(bool).to_numpy()
@@ -159,11 +161,12 @@ def main() -> None:
     replicate = images.set_index(images["image_id"].astype(str))["Metadata_Replicate"].astype(str)
     print(f"run {args.run}: {len(images)} fields; query normalization {args.query_normalization}; "
           f"novelty quantile {args.quantile}; batch correction {args.batch_correction}")  # fmt: skip
+    settings = ReferencesConfig(novelty_quantile=args.quantile)
     for reference_side, query_side in (("1", "2"), ("2", "1")):
         ref_ids, query_ids = replicate.index[replicate == reference_side], replicate.index[replicate == query_side]
         started = time.perf_counter()
         candidates = {kind: build_references(blocks_of(tables, kind, ref_ids), meta.loc[ref_ids], None, kind,
-                                             COLUMNS, args.quantile, batch_correction=BATCH[0])
+                                             COLUMNS, settings, batch_correction=BATCH[0])
                       for kind in KIND_BLOCKS}  # fmt: skip
         build_seconds = (time.perf_counter() - started) / len(candidates)
         auto, why = choose_kind(candidates)

@@ -21,6 +21,7 @@ from pathlib import Path
 from cellresponse import __version__
 from cellresponse.config import PRESETS, Config, apply_overrides, load_config, preset_overrides
 from cellresponse.errors import CellResponseError, StageError, disk_full_message
+from cellresponse.evaluation.prediction_tables import write_csv_copies
 from cellresponse.input.locks import folder_lock
 from cellresponse.input.plate import ImageSource
 from cellresponse.input.runfolder import RunFolder
@@ -290,7 +291,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             )
         paths = predict.predict_images(plan, out, overwrite=args.overwrite, progress=not args.no_progress)
     if args.csv:
-        paths += predict.write_csv_copies([p for p in paths if p != out.cell_predictions and p.suffix == ".parquet"])
+        paths += write_csv_copies([p for p in paths if p != out.cell_predictions and p.suffix == ".parquet"])
     for path in paths:
         print(f"wrote {path}")
     return 0

@@ -7,15 +7,11 @@ import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
-from cellresponse.evaluation.metrics import (
-    classification_metrics,
-    label_groups,
-    prediction_table,
-    top_k_accuracy,
-    vote,
-    voted_metrics,
-    wrong_calls,
-)
+from cellresponse.config import ReferencesConfig, SplitConfig
+from cellresponse.evaluation.classification import classification_metrics, top_k_accuracy, voted_metrics
+from cellresponse.evaluation.label_groups import label_groups, wrong_calls
+from cellresponse.evaluation.prediction_tables import prediction_table
+from cellresponse.evaluation.votes import vote
 from cellresponse.learning.baselines import features_baseline
 from cellresponse.profiling.profile_models import (
     PROFILE_STATISTICS,
@@ -24,6 +20,9 @@ from cellresponse.profiling.profile_models import (
     image_feature_table,
     profile_cell_columns,
 )
+
+# the references' settings with novelty quantile 0.05, the default when these tests were written
+QUANTILE_005 = ReferencesConfig(novelty_quantile=0.05)
 
 
 def test_majority_vote_counts_cells_and_breaks_ties_by_mean_probability():
@@ -277,9 +276,8 @@ def test_tempered_probabilities_on_real_cells_say_how_often_the_calls_are_right(
     labels = images.set_index("image_id")["Metadata_Compound"].astype(str)
     wells = images.set_index("image_id")["plate"].astype(str) + "/" + images.set_index("image_id")["well"].astype(str)
     for test in ("1", "2"):
-        sides, _ = assign_split(
-            images, "Metadata_Compound", by="column", column="Metadata_Replicate", test_values=[test], seed=42
-        )
+        split = SplitConfig(by="column", column="Metadata_Replicate", test_values=[test])
+        sides, _ = assign_split(images, "Metadata_Compound", split, seed=42)
         sides.index = images["image_id"]
         scores = profile_validation_scores({"measured": table}, labels, sides, wells)
         temperature = scores["measured"]["temperature"]
@@ -325,17 +323,18 @@ def test_the_mechanism_benchmarks_find_the_moa_column_without_being_told(moa_sit
     skip NSC because its only treatment column was the mechanism itself."""
     from cellresponse.config import load_config
     from cellresponse.features.cell_features import feature_columns
-    from cellresponse.profiling.well_profiles import treatment_profiles
-    from cellresponse.stages.profile import evaluate_profiles, image_metadata, normalized_wells
+    from cellresponse.profiling.well_profiles import normalized_wells, treatment_profiles
+    from cellresponse.stages.profile import evaluate_profiles, image_metadata
 
     cells, images = moa_site1_cells
     config = load_config(overrides=[f"input.label={label}"])
     assert config.profiles.moa == "auto" and config.profiles.compound == "auto"
     assert config.treatment_columns(images.columns) == ["Metadata_Compound", "Metadata_Concentration"]
     table = image_feature_table(cells, feature_columns(cells.columns))
-    wells, features, _ = normalized_wells(
-        table.rename_axis("image_id").reset_index(), list(table.columns), image_metadata(images, config), config, None
-    )
+    meta = image_metadata(images, config)
+    compound = config.compound_column(meta.columns)
+    fields = table.rename_axis("image_id").reset_index()
+    wells, features, _ = normalized_wells(fields, list(table.columns), meta, config.profiles, compound, None)
     result = evaluate_profiles(wells, treatment_profiles(wells, features), features, config)
     nsc = result["nsc"]
     assert result["moa_column"] == "Metadata_MoA" and result["compound_column"] == "Metadata_Compound"
@@ -366,7 +365,14 @@ def test_unseen_compounds_are_called_by_their_mechanism_on_real_cells(moa_site1_
     right = []
     for compound in sorted(meta["compound"].unique()):
         kept = reference_ids[meta.loc[reference_ids, "compound"] != compound]
-        refs = build_references({"measured": table.loc[kept]}, meta.loc[kept], None, "measured", columns, 0.05)
+        refs = build_references(
+            {"measured": table.loc[kept]},
+            meta.loc[kept],
+            None,
+            "measured",
+            columns,
+            QUANTILE_005,
+        )
         raw, _ = profile_fields({"measured": table.loc[query_ids]}, meta.loc[query_ids])
         fields = normalize_query(raw, None, refs, "references")
         wells = level_table(fields, refs.features, "well")
@@ -379,7 +385,7 @@ def test_unseen_compounds_are_called_by_their_mechanism_on_real_cells(moa_site1_
 
 
 def test_the_wilson_interval_matches_known_values():
-    from cellresponse.evaluation.metrics import wilson_interval
+    from cellresponse.evaluation.classification import wilson_interval
 
     low, high = wilson_interval(18, 20)  # 0.90 on 20 fields
     assert abs(low - 0.699) < 0.002 and abs(high - 0.972) < 0.002

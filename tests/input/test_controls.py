@@ -5,10 +5,10 @@ from __future__ import annotations
 import pandas as pd
 
 from cellresponse.config import load_config
-from cellresponse.input.controls import control_kinds
+from cellresponse.input.controls import CONTROL_KIND, control_kinds
 from cellresponse.input.plate import platemap_to_metadata, read_table
+from cellresponse.profiling.profile_benchmarks import without_controls
 from cellresponse.profiling.references import negative_controls, positive_controls
-from cellresponse.stages.profile import CONTROL_KIND, without_controls
 from tests.conftest import shared
 
 
@@ -33,10 +33,12 @@ def test_control_type_pert_type_and_the_label_override():
 
 def test_positive_controls_are_not_benchmark_queries_unless_asked():
     table = pd.DataFrame({CONTROL_KIND: ["trt", "negcon", "poscon"], "Metadata_pert_iname": ["x", "DMSO", "y"]})
-    config = load_config()
-    assert without_controls(table, config)["Metadata_pert_iname"].tolist() == ["x"]
-    included = load_config(overrides=["input.positive_controls=include"])
-    assert without_controls(table, included)["Metadata_pert_iname"].tolist() == ["x", "y"]
+    label = load_config().input.label
+    assert without_controls(table, label, "DMSO")["Metadata_pert_iname"].tolist() == ["x"]
+    assert without_controls(table, label, "DMSO", "include")["Metadata_pert_iname"].tolist() == ["x", "y"]
+    # a table without the control-kind column: the label column equal to the control label marks the controls
+    plain = pd.DataFrame({"Metadata_pert_iname": ["x", "DMSO", "y"]})
+    assert without_controls(plain, "Metadata_pert_iname", "DMSO")["Metadata_pert_iname"].tolist() == ["x", "y"]
 
 
 def test_jump_platemap_carries_control_types():

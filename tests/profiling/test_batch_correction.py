@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cellresponse.config import ReferencesConfig
 from cellresponse.errors import InputError
 from cellresponse.profiling.batch_correction import confounded, corrected_profiles
 from cellresponse.profiling.profile_benchmarks import nsc_accuracy
@@ -16,6 +17,9 @@ from cellresponse.profiling.references import (
     load_references,
     save_references,
 )
+
+# the references' settings with novelty quantile 0.05, the default when these tests were written
+QUANTILE_005 = ReferencesConfig(novelty_quantile=0.05)
 
 COLUMNS = {"treatment": ["compound"], "compound": "compound", "moa": "moa"}
 
@@ -97,7 +101,7 @@ def field_blocks(wells: pd.DataFrame, features: list[str]) -> tuple[dict[str, pd
 def test_sphered_references_round_trip_and_new_plates_go_through_the_same_map(tmp_path):
     wells, features = two_batches(shift=0.0)
     blocks, meta = field_blocks(wells, features)
-    refs = build_references(blocks, meta, None, "measured", COLUMNS, 0.05, batch_correction="spherize")
+    refs = build_references(blocks, meta, None, "measured", COLUMNS, QUANTILE_005, batch_correction="spherize")
     assert refs.batch_correction["method"] == "spherize" and refs.sphere is not None
     save_references(tmp_path, refs)
     loaded = load_references(tmp_path)
@@ -112,7 +116,7 @@ def test_harmony_references_refit_with_the_new_plate():
     wells, features = two_batches()
     reference_rows = wells["Metadata_Batch"] == "b1"
     blocks, meta = field_blocks(wells[reference_rows].reset_index(drop=True), features)
-    refs = build_references(blocks, meta, None, "measured", COLUMNS, 0.05, batch_correction="harmony")
+    refs = build_references(blocks, meta, None, "measured", COLUMNS, QUANTILE_005, batch_correction="harmony")
     assert refs.batch_correction["method"] == "harmony"
     query_blocks, query_meta = field_blocks(wells[~reference_rows].reset_index(drop=True), features)
     from cellresponse.profiling.references import normalize_query, profile_fields
@@ -131,8 +135,11 @@ def test_one_control_well_cannot_scale_the_references():
     blocks, meta = field_blocks(wells, features)
     blocks["measured"]["f0"] *= 1000.0  # one feature in far larger units
     one = pd.Series(meta.index == meta.index[0], index=meta.index)
-    refs = build_references(blocks, meta, one, "measured", COLUMNS, 0.05)
+    refs = build_references(blocks, meta, one, "measured", COLUMNS, QUANTILE_005)
     assert refs.normalization.samples == "all wells"
     assert np.allclose(refs.fields[refs.features].std(), 1.0, atol=0.1)
     two = pd.Series(meta["well"].isin(meta["well"].iloc[:2]).to_numpy(), index=meta.index)
-    assert build_references(blocks, meta, two, "measured", COLUMNS, 0.05).normalization.samples == "negative controls"
+    assert (
+        build_references(blocks, meta, two, "measured", COLUMNS, QUANTILE_005).normalization.samples
+        == "negative controls"
+    )

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cellresponse.config import ReferencesConfig
 from cellresponse.profiling.references import (
     build_references,
     image_meta,
@@ -20,6 +21,9 @@ from cellresponse.profiling.references import (
     save_references,
 )
 from cellresponse.profiling.treatment_calls import answer
+
+# the references' settings with novelty quantile 0.05, the default when these tests were written
+QUANTILE_005 = ReferencesConfig(novelty_quantile=0.05)
 
 FEATURES = 40
 MOAS = ("actin", "tubulin", "dna")
@@ -74,7 +78,7 @@ def references_of(blocks, images, quantile: float = 0.05):
     meta = image_meta(images, ["Metadata_Compound", "Metadata_Concentration"], "Metadata_Compound", "Metadata_MoA")
     controls = negative_controls(images, ["Metadata_Compound"], "DMSO")
     columns = {"treatment": ["Metadata_Compound", "Metadata_Concentration"], "moa": "Metadata_MoA"}
-    return build_references(blocks, meta, controls, "measured", columns, quantile)
+    return build_references(blocks, meta, controls, "measured", columns, ReferencesConfig(novelty_quantile=quantile))
 
 
 def query_answer(references, blocks, images):
@@ -180,7 +184,7 @@ def test_a_bundle_round_trips_its_reference_profiles(references, tmp_path):
 def test_references_without_a_mechanism_give_neighbours_and_say_why_there_is_no_call():
     blocks, images = reference_plate()
     meta = image_meta(images, ["Metadata_Compound"], "Metadata_Compound", None)
-    refs = build_references(blocks, meta, None, "measured", {"moa": None}, 0.05)
+    refs = build_references(blocks, meta, None, "measured", {"moa": None}, QUANTILE_005)
     assert "no mechanism column" in refs.calibration["well"]["skipped"]
     units = level_table(refs.fields, refs.features, "well")
     called = match(units, refs, "well", 3)
@@ -245,7 +249,7 @@ def test_without_a_mechanism_the_summary_says_why_there_is_no_call():
 
     blocks, images = reference_plate()
     meta = image_meta(images, ["Metadata_Compound"], "Metadata_Compound", None)
-    refs = build_references(blocks, meta, None, "measured", {"moa": None}, 0.05)
+    refs = build_references(blocks, meta, None, "measured", {"moa": None}, QUANTILE_005)
     query_blocks, query_images = plate([("actin-0", "1", "actin", 2)], seed=12, plate_name="Q")
     query_meta = image_meta(query_images, ["Metadata_Compound"], "Metadata_Compound", None)
     raw, _ = profile_fields(query_blocks, query_meta)

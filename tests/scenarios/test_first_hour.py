@@ -8,7 +8,8 @@ import json
 import pytest
 
 from cellresponse.errors import InputError
-from cellresponse.evaluation.metrics import classification_metrics, per_class_from_confusion, wrong_calls_sentence
+from cellresponse.evaluation.classification import classification_metrics, per_class_from_confusion
+from cellresponse.evaluation.label_groups import wrong_calls_sentence
 from cellresponse.learning.baselines import compare_with_baseline, compare_with_embeddings
 from cellresponse.learning.bundle import find_bundle
 from cellresponse.stages.report import (
@@ -193,7 +194,7 @@ def test_a_skipped_sanity_check_says_why(tmp_path):
 def test_the_well_calls_are_summed_up_in_one_line():
     import pandas as pd
 
-    from cellresponse.stages.predict import well_calls_summary
+    from cellresponse.evaluation.prediction_tables import well_calls_summary
 
     calls = pd.DataFrame({"predicted_label": list("aaabbc"), "probability": [0.9, 0.8, 0.7, 0.6, 0.5, 0.4]})
     assert (
@@ -275,7 +276,7 @@ def test_the_confusion_matrix_and_per_class_table_are_the_predicting_models(tmp_
 
 def test_the_mechanism_column_is_found_or_the_reason_it_is_not_is_given():
     from cellresponse.config import load_config
-    from cellresponse.stages.profile import mechanism_benchmark_skipped
+    from cellresponse.profiling.profile_benchmarks import mechanism_benchmark_skipped
 
     auto = load_config()
     assert auto.moa_column(["Metadata_Compound", "Metadata_target", "Metadata_MoA"]) == "Metadata_MoA"

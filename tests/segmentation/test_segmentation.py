@@ -8,11 +8,11 @@ from skimage import io as skio
 
 from cellresponse.config import Config, SegmentationConfig
 from cellresponse.errors import WeightsUnavailableError
-from cellresponse.evaluation.metrics import match_f1
 from cellresponse.input.channels import apply_recipe, find_nuclear_channel, load_stack
 from cellresponse.input.plate import ImageSource, build_image_table, channel_names
 from cellresponse.segmentation.cellpose_backend import CellposeSegmenter, cellpose_weight_files, ensure_cellpose_weights
 from cellresponse.segmentation.offline import Segmenter, choose_backend, flows_from_masks, split_objects
+from cellresponse.segmentation.quality import match_f1
 from tests.conftest import shared
 
 

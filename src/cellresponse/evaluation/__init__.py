@@ -1,6 +1,9 @@
-"""Evaluation: votes of cells into fields and wells, classification metrics with chance and majority rates,
-confusion matrices, label groupings (compound → mechanism) and prediction tables (``metrics``); the typed record of
-``RUN/metrics.json`` that ``evaluate`` writes and the report reads (``run_metrics``).
+"""Evaluation: how right a model's calls are, and the tables its calls are written in.
+
+``votes`` (cells into fields, wells and plates), ``classification`` (accuracy, top-k, F1, confusion, chance and
+majority rates, Wilson intervals), ``label_groups`` (each label's mechanism or target, and where wrong calls go
+against it), ``prediction_tables`` (the cell, image and well calls ``predict`` writes, their console summary and CSV
+copies) and ``run_metrics`` (the typed record of ``RUN/metrics.json`` that ``evaluate`` writes and the report reads).
 
 May import: ``input``, ``config``, ``errors``.
 """

@@ -14,8 +14,9 @@ from cellresponse.errors import InputError
 @dataclass
 class RunMetrics:
     """The test side's scores of one run. ``cell``, ``image``, ``well`` and ``plate`` are
-    :func:`cellresponse.evaluation.metrics.classification_metrics` blocks (the voted levels hold one block per vote);
-    ``profile_models`` one block per profile kind; the optional fields are absent where the run has no such thing."""
+    :func:`cellresponse.evaluation.classification.classification_metrics` blocks (the voted levels hold one block
+    per vote); ``profile_models`` one block per profile kind; the optional fields are absent where the run has no
+    such thing."""
 
     label: str
     classes: int

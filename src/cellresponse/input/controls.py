@@ -16,6 +16,8 @@ import pandas as pd
 NEGATIVE, POSITIVE, TREATMENT = "negcon", "poscon", "trt"
 CONTROL_TYPE = ("Metadata_control_type", "control_type")
 PERT_TYPE = ("Metadata_pert_type", "pert_type")
+# The column the profile stage adds: each image's or well's kind (negcon / poscon / trt).
+CONTROL_KIND = "Metadata_control_kind"
 
 
 def first_column(table: pd.DataFrame, candidates: Iterable[str]) -> str | None:

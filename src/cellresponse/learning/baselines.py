@@ -12,7 +12,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from cellresponse.evaluation.metrics import LEVELS, classification_metrics, voted_metrics
+from cellresponse.evaluation.classification import classification_metrics, voted_metrics
+from cellresponse.evaluation.votes import LEVELS
 from cellresponse.learning.splits import TEST
 from cellresponse.profiling.profile_models import (
     FEATURES_MODEL,

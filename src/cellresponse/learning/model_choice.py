@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import GroupKFold
 
-from cellresponse.evaluation.metrics import LEVELS
+from cellresponse.evaluation.votes import LEVELS
 from cellresponse.learning.splits import TRAIN, VALIDATION
 from cellresponse.profiling.profile_models import (
     PROFILE_KINDS,

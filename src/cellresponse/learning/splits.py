@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cellresponse.config import SplitConfig
 from cellresponse.errors import InputError
-from cellresponse.evaluation.metrics import most_common_label
+from cellresponse.evaluation.votes import most_common_label
 from cellresponse.input.plate import group_keys
 
 log = logging.getLogger(__name__)
@@ -127,12 +128,8 @@ class SplitReport:
 def assign_split(
     images: pd.DataFrame,
     label: str,
-    by: str = "image",
-    column: str | None = None,
-    test_values: list[str] | None = None,
-    test_fraction: float = 0.2,
-    validation_fraction: float = 0.1,
-    stratify: bool = True,
+    split: SplitConfig,
+    *,
     seed: int = 42,
     control: str | None = None,
 ) -> tuple[pd.Series, SplitReport]:
@@ -143,6 +140,8 @@ def assign_split(
     """
     if label not in images.columns:
         raise InputError(f"label column {label!r} not in the image table")
+    by, column, test_values = split.by, split.column, split.test_values
+    test_fraction, validation_fraction, stratify = split.test_fraction, split.validation_fraction, split.stratify
     rng = np.random.default_rng(seed)
     groups = group_keys(images, by, column)
     # A group's class is its most frequent label (a well or image has one; a plate has many).

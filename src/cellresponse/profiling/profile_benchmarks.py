@@ -7,10 +7,15 @@ compounds — and, for NSCB, other batches — must share its mechanism. Chance 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from cellresponse.config import MOA_COLUMNS
+from cellresponse.input.controls import CONTROL_KIND, POSITIVE
+from cellresponse.input.controls import TREATMENT as TREATMENT_KIND
 
 # Permutations of copairs' null distribution and the significance level of "retrieved".
 NULL_SIZE = 10000
@@ -107,3 +112,34 @@ def retrieval_map(
         "groups": len(maps),
         "profiles": len(ap),
     }
+
+
+def without_controls(
+    table: pd.DataFrame, label: str, control_label: str | None, positive_controls: str = "exclude"
+) -> pd.DataFrame:
+    """The treated rows: negative controls (by the :data:`CONTROL_KIND` column; without it, the ``label`` column
+    equal to ``control_label``) are not queries of a benchmark, nor positive controls unless ``positive_controls``
+    is ``include``."""
+    if CONTROL_KIND not in table.columns:
+        return table[table[label].astype(str) != control_label] if label in table.columns else table
+    kept = [TREATMENT_KIND] + ([POSITIVE] if positive_controls == "include" else [])
+    return table[table[CONTROL_KIND].isin(kept).to_numpy()]
+
+
+def mechanism_benchmark_skipped(moa: str | None, compound: str, columns: Iterable[str]) -> str | None:
+    """Why NSC accuracy and MoA retrieval cannot run on treatments with these ``columns`` (None: they can)."""
+    if moa is None:
+        return f"no mechanism column (looked for {', '.join(MOA_COLUMNS)}) — name it with --set profiles.moa=COLUMN"
+    if moa == compound:
+        # Every other treatment of the same mechanism would count as the same compound: NSC would be 0 by design.
+        return (
+            f"the compound column is the mechanism column ({moa}) — name the compound column with "
+            "--set profiles.compound=COLUMN (and the treatment with profiles.treatment)"
+        )
+    missing = sorted({moa, compound} - set(columns))
+    if missing:
+        return (
+            f"columns {missing} not in the metadata — name the MoA and compound columns with "
+            "--set profiles.moa=COLUMN --set profiles.compound=COLUMN"
+        )
+    return None

@@ -398,11 +398,11 @@ def build_references(
     controls: pd.Series | None,
     kind: str,
     columns: dict[str, Any],
-    quantile: float,
+    settings: ReferencesConfig,
+    *,
     per_plate: bool = True,
     batch_correction: str = "none",
     seed: int = 0,
-    feature_selection: Sequence[str] = FEATURE_SELECTION,
 ) -> References:
     """References of one profile ``kind`` from the training images: ``blocks`` its per-image profiles, ``meta``
     each image's :data:`META` columns (index image_id), ``controls`` a boolean per image marking negative controls
@@ -410,7 +410,8 @@ def build_references(
     ``per_plate`` is False — or, without controls, to all wells across the experiment (a plate may hold one
     treatment); the controls themselves are normalisation samples, not references. ``batch_correction``
     (``spherize`` or ``harmony``; batches from ``meta``'s ``batch`` column) follows (batch_correction.py).
-    Calibrated by leave-one-compound-out (:func:`calibrate`), in the batch-corrected space."""
+    ``settings`` gives the feature selection and the novelty quantile; calibrated by leave-one-compound-out
+    (:func:`calibrate`), in the batch-corrected space."""
     fields, block_columns = profile_fields(blocks, meta)
     everything = [c for names in block_columns.values() for c in names]
     fields[everything] = fields[everything].astype(np.float64).replace([np.inf, -np.inf], np.nan)
@@ -425,7 +426,8 @@ def build_references(
     if not to_controls:
         sample_wells = np.ones(len(wells), bool)
     name = "negative controls" if to_controls else "all wells"
-    normalization = fit_normalization(wells, everything, sample_wells, name, block_columns, feature_selection)
+    selection = settings.feature_selection
+    normalization = fit_normalization(wells, everything, sample_wells, name, block_columns, selection)
     if to_controls:
         normalized = normalized_fields(fields, normalization, pd.Series(is_control), per_plate)
         normalization = Normalization(**{**asdict(normalization), "scope": "plate" if per_plate else "experiment"})
@@ -442,7 +444,7 @@ def build_references(
         references.batch_correction = {"method": "spherize", "fitted_on": len(fit)}
     elif batch_correction == "harmony":
         references.batch_correction = {"method": "harmony", "batches": int(references.fields["batch"].nunique())}
-    references.calibration = calibrate(in_batch_corrected_space(references, None, seed)[0], quantile)
+    references.calibration = calibrate(in_batch_corrected_space(references, None, seed)[0], settings.novelty_quantile)
     return references
 
 

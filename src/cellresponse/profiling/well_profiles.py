@@ -17,6 +17,10 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from cellresponse.config import ProfilesConfig
+from cellresponse.input.controls import CONTROL_KIND
+from cellresponse.input.controls import TREATMENT as TREATMENT_KIND
+
 log = logging.getLogger(__name__)
 
 TREATMENT = "Metadata_Treatment"
@@ -147,6 +151,42 @@ def combine_blocks(blocks: Sequence[pd.DataFrame], names: Sequence[str]) -> tupl
         scaled.append(pd.DataFrame(values, columns=[f"{name}__{c}" for c in block.columns], index=block.index))
     combined = pd.concat(scaled, axis=1)
     return combined, list(combined.columns)
+
+
+def normalized_wells(
+    table: pd.DataFrame,
+    features: list[str],
+    meta: pd.DataFrame,
+    profiles: ProfilesConfig,
+    compound: str | None,
+    control_query: str | None,
+    method: str = "standardize",
+) -> tuple[pd.DataFrame, list[str], str]:
+    """Fields (``table``: image_id and ``features``; ``meta``: each image's ``Metadata_*`` columns) → wells
+    (``profiles.aggregate``), normalised (``method``: standardize or spherize; to the ``control_query`` wells where
+    there are any, per plate unless ``profiles.normalize`` says otherwise or plates are confounded with the
+    ``compound`` column's values) and feature-selected; returns the wells, the features kept and the sentence
+    saying how they were normalised."""
+    fields = meta.merge(table, on="image_id", how="inner").copy()
+    wells = well_profiles(fields.drop(columns=["image_id"]), features, profiles.aggregate)
+    treated = wells[CONTROL_KIND] == TREATMENT_KIND if CONTROL_KIND in wells.columns else None
+    compound = compound if compound in wells.columns else TREATMENT
+    scope, why = normalization_scope(wells, profiles.normalize, compound, treated)
+    wells[features] = wells[features].fillna(wells[features].mean()).fillna(0.0)
+    wells = normalize_profiles(wells, features, scope, control_query, method=method)
+    wells, features = select_features(wells, features)
+    return wells, features, why
+
+
+def combined_profiles(
+    measured: pd.DataFrame, measured_features: list[str], deep: pd.DataFrame, deep_features: list[str]
+) -> tuple[pd.DataFrame, list[str]]:
+    """The ``both`` kind: each well's normalised measured and deep blocks side by side, weighted equally."""
+    keys = [PLATE, WELL]
+    deep = deep.copy().set_index(keys).loc[measured.set_index(keys).index].reset_index()  # copy: one block
+    blocks = [measured[measured_features].reset_index(drop=True), deep[deep_features].reset_index(drop=True)]
+    block, features = combine_blocks(blocks, ["measured", "deep"])
+    return pd.concat([measured.drop(columns=measured_features).reset_index(drop=True), block], axis=1), features
 
 
 EMBEDDING_COLUMN = (

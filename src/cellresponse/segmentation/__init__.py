@@ -1,8 +1,8 @@
 """Segmentation: cells (and nuclei) from the segmentation input.
 
 ``offline`` (the backend without weights: nuclei by adaptive threshold and watershed, cells grown from them, flows from
-the masks, object F1) and ``cellpose_backend`` (Cellpose with the study's parameters, weights from a folder or its
-download).
+the masks), ``cellpose_backend`` (Cellpose with the study's parameters, weights from a folder or its download) and
+``quality`` (object F1 against a ground truth).
 
 May import: ``input``, ``config``, ``errors``.
 """

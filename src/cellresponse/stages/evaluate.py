@@ -16,18 +16,11 @@ import pandas as pd
 from cellresponse.config import Config, differences
 from cellresponse.devices import device_name, inference_device
 from cellresponse.errors import InputError
-from cellresponse.evaluation.metrics import (
-    LEVELS,
-    classification_metrics,
-    grouping_record,
-    label_grouping_of,
-    prediction_table,
-    vote,
-    voted_metrics,
-    wrong_calls,
-    wrong_calls_sentence,
-)
+from cellresponse.evaluation.classification import classification_metrics, voted_metrics
+from cellresponse.evaluation.label_groups import grouping_record, label_grouping_of, wrong_calls, wrong_calls_sentence
+from cellresponse.evaluation.prediction_tables import prediction_table
 from cellresponse.evaluation.run_metrics import RunMetrics
+from cellresponse.evaluation.votes import LEVELS, vote
 from cellresponse.features.cell_features import feature_columns
 from cellresponse.features.crop_store import CropStore
 from cellresponse.input.io import write_json, write_parquet
@@ -93,7 +86,7 @@ def test_cells(run: RunFolder, images: pd.DataFrame, sides: pd.Series, label: st
 def wrong_calls_by_group(metrics: dict[str, Any], grouping: tuple[str, dict[str, str]] | None) -> dict[str, Any] | None:
     """Per candidate model (the network's headline vote and each profile model) and level (image, well): where its
     wrong test calls go against the labels' ``grouping`` (:func:`label_grouping_of`;
-    :func:`cellresponse.evaluation.metrics.wrong_calls`). None when the images carry no such grouping."""
+    :func:`cellresponse.evaluation.label_groups.wrong_calls`). None when the images carry no such grouping."""
     if grouping is None:
         return None
     column, groups = grouping
@@ -236,19 +229,8 @@ def run_feature_table(path: str | Path, config: Config, out: str | Path) -> dict
         log.warning("%d NaN/infinite values in %s replaced by column means", bad, path)
     features = features.fillna(features.mean()).fillna(0.0)
     features.index = images["image_id"]
-    s = config.split
-    side, report = assign_split(
-        images,
-        label,
-        s.by,
-        s.column,
-        s.test_values,
-        s.test_fraction,
-        0.0,
-        s.stratify,
-        config.seed,
-        control=config.input.control_label,
-    )
+    split = config.split.model_copy(update={"validation_fraction": 0.0})  # no network to stop early here
+    side, report = assign_split(images, label, split, seed=config.seed, control=config.input.control_label)
     log_split(report)
     sides = pd.Series(side.to_numpy(), index=images["image_id"])
     # tempered as `train` tempers the run's profile models; with no validation side here, on out-of-fold wells

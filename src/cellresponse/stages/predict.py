@@ -28,23 +28,27 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 
 from cellresponse.config import WELL_TREATMENT, Config, apply_overrides
 from cellresponse.devices import device_name, inference_device
 from cellresponse.errors import InputError
-from cellresponse.evaluation.metrics import prediction_table, vote
+from cellresponse.evaluation.prediction_tables import (
+    add_columns,
+    prediction_table,
+    write_image_predictions,
+    write_well_predictions,
+)
+from cellresponse.evaluation.votes import vote
 from cellresponse.features.cell_features import feature_columns
 from cellresponse.features.crop_store import CropStore
 from cellresponse.features.crops import changed_settings
 from cellresponse.features.crops import crop_settings as crop_settings_of
 from cellresponse.features.embedding_tables import mean_embeddings
-from cellresponse.input.io import atomic_path, write_parquet
-from cellresponse.input.plate import ImageSource, channel_names, group_keys
+from cellresponse.input.io import write_parquet
+from cellresponse.input.plate import ImageSource, channel_names
 from cellresponse.input.runfolder import RunFolder
 from cellresponse.learning.bundle import Bundle, find_bundle, load_bundle, predict_cells
 from cellresponse.learning.model_choice import MODEL_CHOICES, NETWORK
@@ -68,12 +72,10 @@ from cellresponse.profiling.references import (
 )
 from cellresponse.profiling.treatment_calls import FIELD_COLUMNS, WELL_COLUMNS, Answers, answer, summary
 from cellresponse.reporting.treatment_report import CellSource, build_treatment_report
-from cellresponse.stages import crops, embed, images, measure, segment
+from cellresponse.stages import stage_module
 
 log = logging.getLogger(__name__)
 
-# A validation side of fewer images than this chose the model on little evidence: predict's summary says so.
-SMALL_SIDE = 30
 # Settings a user may change for prediction: how it runs, not what the model sees.
 RUNTIME_KEYS = (
     "runtime.",
@@ -118,118 +120,6 @@ def prediction_config(bundle_config: Config, overrides: list[str]) -> Config:
     return apply_overrides(bundle_config, ["training.accelerator=auto", *overrides], "model bundle")
 
 
-def write_image_predictions(
-    path: Path,
-    table: pd.DataFrame,
-    scores: np.ndarray,
-    classes: list[str],
-    config: Config,
-    model: str,
-    grouping: tuple[str, dict[str, str]] | None = None,
-) -> None:
-    """Image predictions with the image table's columns (file paths left out), the model's name and, with the
-    bundle's ``grouping``, each call's MoA or gene target; logs the accuracy when the images carry the label (e.g. a
-    held-out plate)."""
-    keep = [c for c in table.columns if not c.startswith(("FileName_", "PathName_"))]
-    predictions = prediction_table(table[keep], scores, classes, config.evaluation.top_k, grouping)
-    predictions.insert(len(keep), "model", model)
-    write_parquet(path, predictions)
-    label = config.input.label
-    if label in table.columns:
-        predicted = np.asarray(classes, dtype=object)[scores.argmax(1)]
-        accuracy = float(np.mean(table[label].astype(str).to_numpy() == predicted))
-        line = f"these images carry {label}: image accuracy {accuracy:.3f} ({len(table)} images)"
-        if grouping is not None and grouping[0] in table.columns:
-            column = grouping[0]
-            right = predictions[f"predicted_{column}"].astype(str) == table[column].astype(str).to_numpy()
-            line += f"; their {column} called right on {float(right.mean()):.3f}"
-        log.info(line)
-
-
-def write_well_predictions(
-    path: Path,
-    rows: pd.DataFrame,
-    probs: np.ndarray,
-    images: pd.DataFrame,
-    classes: list[str],
-    config: Config,
-    model: str,
-    validation: dict[str, Any] | None = None,
-    grouping: tuple[str, dict[str, str]] | None = None,
-) -> None:
-    """One call per well — the unit a screen is laid out in: ``rows`` (cells of the network, or images of a profile
-    model, with plate and well columns) and their probabilities voted as ``evaluation.vote``; the well's metadata
-    (the image columns its images share) beside the call, so a treatment given in the metadata sits next to it."""
-    wells, scores = vote(group_keys(rows, "well").to_numpy(), probs, config.evaluation.vote)
-    keys = group_keys(images, "well")
-    described = images.drop(columns=[c for c in images.columns if c.startswith(("FileName_", "PathName_"))])
-    metadata = [c for c in described.columns if c.startswith("Metadata_")]
-    per_well = described.groupby(keys)
-    shared = [c for c, most in per_well[metadata].nunique().max().items() if most <= 1]
-    table = per_well[["plate", "well", *shared]].first()
-    table.insert(2, "images", keys.value_counts())
-    table = table.loc[wells].reset_index(drop=True)
-    table.insert(3, "model", model)
-    calls = prediction_table(table, scores, classes, config.evaluation.top_k, grouping)
-    write_parquet(path, calls)
-    log.info(well_calls_summary(calls, validation=validation, group_column=grouping[0] if grouping else None))
-
-
-def most_often(counts: pd.Series, shown: int) -> str:
-    """``a (3), b (2) and 4 more``: the first ``shown`` of value counts."""
-    top = ", ".join(f"{name} ({n})" for name, n in counts.head(shown).items())
-    return top + (f" and {len(counts) - shown} more" if len(counts) > shown else "")
-
-
-def well_calls_summary(
-    calls: pd.DataFrame, shown: int = 5, validation: dict[str, Any] | None = None, group_column: str | None = None
-) -> str:
-    """The calls in one line for the console: how many wells, the most frequent calls, how sure the model was —
-    and, where the bundle scored this model on its validation side, how often it was right there, to read beside
-    the probability (a profile model's probabilities are tempered on that side; the LDA alone, and a bundle of an
-    earlier version, call nearly everything with probability ~1, wrong calls included); with ``group_column``, the
-    calls read as the called compounds' MoA or gene target."""
-    counts = calls["predicted_label"].value_counts()
-    line = (
-        f"{len(calls)} wells called {len(counts)} ways — most often {most_often(counts, shown)}; median probability "
-        f"of the call {calls['probability'].median():.2f}"
-    )
-    if validation and validation.get("accuracy") is not None:
-        line += (
-            f" (on the bundle's validation side this model called {validation['accuracy']:.3f} of "
-            f"{validation.get('images', 'its')} images right"
-        )
-        if validation.get("calibration_images"):
-            line += f"; its probabilities tempered on {validation['calibration_images']} held-out images"
-        line += ")"
-        if validation.get("images", SMALL_SIDE) < SMALL_SIDE:
-            line += f" — chosen on only {validation['images']} images: read its probabilities with care"
-    if group_column is not None and f"predicted_{group_column}" in calls:
-        # what the called compounds do: the wells per group (a label without one, such as the control, not counted)
-        groups = calls[f"predicted_{group_column}"].value_counts()
-        line += (
-            f"; as {group_column}: {most_often(groups, shown)}, median probability "
-            f"{calls[f'probability_{group_column}'].median():.2f}"
-        )
-    return line
-
-
-def write_csv_copies(paths: list[Path]) -> list[Path]:
-    """A CSV beside each prediction table, for a spreadsheet: the top-k lists joined by ``;``."""
-    written = []
-    for path in paths:
-        table = pd.read_parquet(path)
-        for column in [c for c in table.columns if c.startswith("top")]:
-            table[column] = [
-                ";".join(f"{v:.4f}" if isinstance(v, (float, np.floating)) else str(v) for v in row)
-                for row in table[column]
-            ]
-        with atomic_path(path.with_suffix(".csv")) as tmp:
-            table.to_csv(tmp, index=False)
-        written.append(path.with_suffix(".csv"))
-    return written
-
-
 def resolve_model(requested: str, bundle: Bundle, bundle_path: str | Path) -> str:
     """The model to run: ``auto`` → the bundle's recorded choice; a profile model the bundle lacks is an error."""
     name = MODEL_ALIASES.get(requested, requested)
@@ -264,16 +154,26 @@ def predict_with_profiles(
     measured = image_feature_table(cells, model.get("cell_columns") or profile_cell_columns(model["columns"]))
     deep = None
     if kind != "measured":
-        embed.run(out, embedding_config(config, bundle), progress=progress)
+        stage_module("embed").run(out, embedding_config(config, bundle), progress=progress)
         deep = mean_embeddings(out, [str(i) for i in measured.index])
     features = image_profiles(kind, measured, deep)
     probs = features_model_probabilities(model, features)
     table = meta.loc[features.index].reset_index()
     grouping = bundle.label_grouping
-    write_image_predictions(out.image_predictions, table, probs, model["classes"], config, kind, grouping)
+    write_image_predictions(
+        out.image_predictions, table, probs, model["classes"], config.evaluation, config.input.label, kind, grouping
+    )
     validation = (bundle.choice or {}).get("scores", {}).get(kind)
     write_well_predictions(
-        out.well_predictions, table, probs, meta.reset_index(), model["classes"], config, kind, validation, grouping
+        out.well_predictions,
+        table,
+        probs,
+        meta.reset_index(),
+        model["classes"],
+        config.evaluation,
+        kind,
+        validation,
+        grouping,
     )
     log.info("predicted %d images with the %s profile model", len(features), kind)
     return [out.image_predictions, out.well_predictions]
@@ -289,7 +189,7 @@ def query_blocks(bundle: Bundle, cells: pd.DataFrame, out: RunFolder, config: Co
     if measured:
         blocks["measured"] = image_feature_table(cells, profile_cell_columns(measured))
     if len(measured) < len(features):
-        embed.run(out, embedding_config(config, bundle), progress=progress)
+        stage_module("embed").run(out, embedding_config(config, bundle), progress=progress)
         blocks["deep"] = mean_embeddings(out, sorted(cells["image_id"].astype(str).unique()))
     return blocks
 
@@ -310,16 +210,6 @@ def query_columns(table: pd.DataFrame, config: Config, moa: str | None) -> tuple
     compound = config.compound_column(columns)
     moa = moa if moa in table.columns else config.moa_column(table.columns)
     return treatment, compound if compound in table.columns else None, moa
-
-
-def add_columns(path: Path, answers: pd.DataFrame, keys: list[str], columns: tuple[str, ...]) -> None:
-    """A prediction table with the answer ``columns`` (and the treatment's name) joined on ``keys``."""
-    table = pd.read_parquet(path)
-    extra = answers[[*keys, "treatment", *[c for c in columns if c in answers.columns]]].copy()
-    for key in keys:
-        table[key], extra[key] = table[key].astype(str), extra[key].astype(str)
-    table = table.drop(columns=[c for c in extra.columns if c in table.columns and c not in keys])
-    write_parquet(path, table.merge(extra, on=keys, how="left"))
 
 
 def answer_open_world(plan: PredictionPlan, out: RunFolder, cells: pd.DataFrame, progress: bool) -> list[Path]:
@@ -432,7 +322,7 @@ def prepare(
     config = prediction_config(bundle.config, overrides or [])
     device = inference_device(config.training.accelerator)
     model = resolve_model(model, bundle, bundle_path)
-    images.run(out, config, source=source)
+    stage_module("images").run(out, config, source=source)
     table = out.read_images()
     names = channel_names(table)
     check_compatible(bundle.channels, names, bundle.crop_settings, crop_settings_of(config, names))
@@ -444,8 +334,8 @@ def predict_images(
 ) -> list[Path]:
     """Segment, measure (and embed or crop) the prepared images and predict them; returns the files written."""
     bundle, config, model, device, table = plan.bundle, plan.config, plan.model, plan.device, plan.images
-    segment.run(out, config, overwrite=overwrite, progress=progress)
-    measure.run(out, config, overwrite=overwrite, progress=progress)
+    stage_module("segment").run(out, config, overwrite=overwrite, progress=progress)
+    stage_module("measure").run(out, config, overwrite=overwrite, progress=progress)
     cells = out.read_cells()
     if cells.empty:
         raise InputError("no cells were found in these images — nothing to predict")
@@ -453,7 +343,7 @@ def predict_images(
     if model != NETWORK:
         written = predict_with_profiles(model, bundle, cells, meta, out, config, progress)
         return written + answer_open_world(plan, out, cells, progress)
-    crops.run(out, config, overwrite=overwrite, progress=progress)
+    stage_module("crops").run(out, config, overwrite=overwrite, progress=progress)
     cells["plate"] = cells["image_id"].map(meta["plate"])
     cells["well"] = cells["image_id"].map(meta["well"])
     e = config.evaluation
@@ -464,10 +354,20 @@ def predict_images(
     write_parquet(out.cell_predictions, prediction_table(cell_table, probs, classes, e.top_k, grouping))
     groups, scores = vote(cells["image_id"].to_numpy(), probs, e.vote)
     image_table = meta.loc[groups].reset_index()
-    write_image_predictions(out.image_predictions, image_table, scores, classes, config, NETWORK, grouping)
+    write_image_predictions(
+        out.image_predictions, image_table, scores, classes, config.evaluation, config.input.label, NETWORK, grouping
+    )
     validation = (bundle.choice or {}).get("scores", {}).get(NETWORK)
     write_well_predictions(
-        out.well_predictions, cells, probs, meta.reset_index(), classes, config, NETWORK, validation, grouping
+        out.well_predictions,
+        cells,
+        probs,
+        meta.reset_index(),
+        classes,
+        config.evaluation,
+        NETWORK,
+        validation,
+        grouping,
     )
     log.info("predicted %d cells in %d images", len(cells), len(groups))
     written = [out.cell_predictions, out.image_predictions, out.well_predictions]

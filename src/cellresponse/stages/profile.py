@@ -1,7 +1,7 @@
 """``cellresponse profile``: well and treatment profiles of each kind — ``measured`` (cells.parquet's features),
 ``deep`` (the embeddings) and ``both`` (each block normalised, weighted equally) — in pycytominer's conventions
-(aggregation.py), and the profile-level benchmarks (retrieval.py): not-same-compound MoA accuracy and mAP of
-replicate and MoA retrieval.
+(``profiling.well_profiles``), and the profile-level benchmarks (``profiling.profile_benchmarks``): not-same-compound
+MoA accuracy and mAP of replicate and MoA retrieval.
 
 Writes ``RUN/profiles/<kind>_wells.parquet``, ``RUN/profiles/<kind>_treatments.parquet`` and
 ``RUN/profiles/metrics.json``.
@@ -11,41 +11,41 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from cellresponse.config import MOA_COLUMNS, Config
+from cellresponse.config import Config
 from cellresponse.features.cell_features import feature_columns
 from cellresponse.features.embedding_tables import mean_embeddings
-from cellresponse.input.controls import NEGATIVE, POSITIVE, control_kinds, describe_controls
-from cellresponse.input.controls import TREATMENT as TREATMENT_KIND
+from cellresponse.input.controls import CONTROL_KIND, NEGATIVE, control_kinds, describe_controls
 from cellresponse.input.io import write_json, write_parquet
 from cellresponse.input.plate import check_columns
 from cellresponse.input.runfolder import RunFolder
 from cellresponse.profiling.batch_correction import corrected_profiles
-from cellresponse.profiling.profile_benchmarks import nsc_accuracy, nsc_not_computed, nsc_summary, retrieval_map
+from cellresponse.profiling.profile_benchmarks import (
+    mechanism_benchmark_skipped,
+    nsc_accuracy,
+    nsc_not_computed,
+    nsc_summary,
+    retrieval_map,
+    without_controls,
+)
 from cellresponse.profiling.profile_models import plate_by_plate_feature_table
 from cellresponse.profiling.well_profiles import (
     PLATE,
     TREATMENT,
     WELL,
     cellprofiler_prefixed,
-    combine_blocks,
-    normalization_scope,
-    normalize_profiles,
-    select_features,
+    combined_profiles,
+    normalized_wells,
     treatment_names,
     treatment_profiles,
-    well_profiles,
 )
 from cellresponse.provenance import made_by
 
 log = logging.getLogger(__name__)
-
-CONTROL_KIND = "Metadata_control_kind"  # negcon / poscon / trt per image (controls.py)
 
 
 def image_metadata(images: pd.DataFrame, config: Config) -> pd.DataFrame:
@@ -87,66 +87,10 @@ def image_tables(run: RunFolder, kinds: list[str], images: pd.DataFrame) -> dict
     return tables
 
 
-def normalized_wells(
-    table: pd.DataFrame,
-    features: list[str],
-    meta: pd.DataFrame,
-    config: Config,
-    control_query: str | None,
-    method: str = "standardize",
-) -> tuple[pd.DataFrame, list[str], str]:
-    """Fields → wells (aggregate), normalised (``method``: standardize or spherize, to the controls where there
-    are any, per plate unless plates are confounded with compounds) and feature-selected; returns the wells, the
-    features kept and the sentence saying how they were normalised."""
-    fields = meta.merge(table, on="image_id", how="inner").copy()
-    wells = well_profiles(fields.drop(columns=["image_id"]), features, config.profiles.aggregate)
-    treated = wells[CONTROL_KIND] == TREATMENT_KIND if CONTROL_KIND in wells.columns else None
-    compound = config.compound_column(wells.columns) or TREATMENT
-    scope, why = normalization_scope(wells, config.profiles.normalize, compound, treated)
-    wells[features] = wells[features].fillna(wells[features].mean()).fillna(0.0)
-    wells = normalize_profiles(wells, features, scope, control_query, method=method)
-    wells, features = select_features(wells, features)
-    return wells, features, why
-
-
-def combined_profiles(
-    measured: pd.DataFrame, measured_features: list[str], deep: pd.DataFrame, deep_features: list[str]
-) -> tuple[pd.DataFrame, list[str]]:
-    """The ``both`` kind: each well's normalised measured and deep blocks side by side, weighted equally."""
-    keys = [PLATE, WELL]
-    deep = deep.copy().set_index(keys).loc[measured.set_index(keys).index].reset_index()  # copy: one block
-    blocks = [measured[measured_features].reset_index(drop=True), deep[deep_features].reset_index(drop=True)]
-    block, features = combine_blocks(blocks, ["measured", "deep"])
-    return pd.concat([measured.drop(columns=measured_features).reset_index(drop=True), block], axis=1), features
-
-
-def without_controls(table: pd.DataFrame, config: Config) -> pd.DataFrame:
-    """The treated rows: negative controls (controls.py) are not queries of a benchmark, nor positive controls
-    unless ``input.positive_controls: include``."""
-    if CONTROL_KIND not in table.columns:
-        label = config.input.label
-        return table[table[label].astype(str) != config.input.control_label] if label in table.columns else table
-    kept = [TREATMENT_KIND] + ([POSITIVE] if config.input.positive_controls == "include" else [])
-    return table[table[CONTROL_KIND].isin(kept).to_numpy()]
-
-
-def mechanism_benchmark_skipped(moa: str | None, compound: str, columns: Iterable[str]) -> str | None:
-    """Why NSC accuracy and MoA retrieval cannot run on treatments with these ``columns`` (None: they can)."""
-    if moa is None:
-        return f"no mechanism column (looked for {', '.join(MOA_COLUMNS)}) — name it with --set profiles.moa=COLUMN"
-    if moa == compound:
-        # Every other treatment of the same mechanism would count as the same compound: NSC would be 0 by design.
-        return (
-            f"the compound column is the mechanism column ({moa}) — name the compound column with "
-            "--set profiles.compound=COLUMN (and the treatment with profiles.treatment)"
-        )
-    missing = sorted({moa, compound} - set(columns))
-    if missing:
-        return (
-            f"columns {missing} not in the metadata — name the MoA and compound columns with "
-            "--set profiles.moa=COLUMN --set profiles.compound=COLUMN"
-        )
-    return None
+def controls_of(config: Config) -> tuple[str, str | None, str]:
+    """The arguments of :func:`without_controls`: the label, the control label and whether positive controls are
+    queries."""
+    return config.input.label, config.input.control_label, config.input.positive_controls
 
 
 def evaluate_profiles(
@@ -156,7 +100,7 @@ def evaluate_profiles(
     (treatments). A benchmark whose columns are missing is skipped with the reason."""
     batch = config.profiles.batch
     out: dict[str, Any] = {}
-    treated = without_controls(treatments, config)
+    treated = without_controls(treatments, *controls_of(config))
     moa, compound = config.moa_column(treated.columns), config.compound_column(treated.columns) or TREATMENT
     skipped = mechanism_benchmark_skipped(moa, compound, treated.columns)
     if skipped:
@@ -168,7 +112,7 @@ def evaluate_profiles(
             out["nscb"] = nsc_accuracy(x, treated[moa], treated[compound], treated[batch].to_numpy())
         out["map_moa"] = retrieval_map(treated[[moa, compound]], x, [moa], [compound], [moa], [moa], seed=config.seed)
         out["moa_column"], out["compound_column"] = moa, compound
-    queries = without_controls(wells, config)
+    queries = without_controls(wells, *controls_of(config))
     out["map_replicates"] = retrieval_map(
         queries[[TREATMENT, PLATE, WELL]],
         queries[features].to_numpy(),
@@ -191,10 +135,11 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
     has_controls = (meta[CONTROL_KIND] == NEGATIVE).any()
     control_query = f"{CONTROL_KIND} == '{NEGATIVE}'" if has_controls else None
     tables = image_tables(run, p.kinds, images)
+    compound = config.compound_column(meta.columns)
     normalized: dict[str, tuple[pd.DataFrame, list[str]]] = {}
     notes = set()
     for kind, (table, features) in tables.items():
-        wells, kept, why = normalized_wells(table, features, meta, config, control_query)
+        wells, kept, why = normalized_wells(table, features, meta, p, compound, control_query)
         normalized[kind] = (wells, kept)
         notes.add(why)
     if "both" in p.kinds:

@@ -19,7 +19,8 @@ import pandas as pd
 
 from cellresponse.config import Config
 from cellresponse.errors import InputError
-from cellresponse.evaluation.metrics import per_class_from_confusion, wilson_interval, wrong_calls_sentence
+from cellresponse.evaluation.classification import per_class_from_confusion, wilson_interval
+from cellresponse.evaluation.label_groups import wrong_calls_sentence
 from cellresponse.evaluation.run_metrics import RunMetrics
 from cellresponse.input.illumination import illumination_channels, illumination_path, read_function
 from cellresponse.input.io import read_tiff, write_text

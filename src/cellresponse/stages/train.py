@@ -19,7 +19,8 @@ import torch
 from cellresponse.config import WELL_TREATMENT, Config
 from cellresponse.devices import inference_device
 from cellresponse.errors import InputError, ResourceError
-from cellresponse.evaluation.metrics import grouping_record, label_grouping_of, label_groups, vote
+from cellresponse.evaluation.label_groups import grouping_record, label_grouping_of, label_groups
+from cellresponse.evaluation.votes import vote
 from cellresponse.features.cell_features import feature_columns
 from cellresponse.features.crop_store import CropStore
 from cellresponse.features.crops import changed_settings, crop_settings
@@ -90,16 +91,7 @@ def make_split(
             images, per_image, config.input.label, config.input.control_label, config.seed
         )
     side, report = assign_split(
-        chosen,
-        config.input.label,
-        by=s.by,
-        column=s.column,
-        test_values=s.test_values,
-        test_fraction=s.test_fraction,
-        validation_fraction=s.validation_fraction,
-        stratify=s.stratify,
-        seed=config.seed,
-        control=config.input.control_label,
+        chosen, config.input.label, config.split, seed=config.seed, control=config.input.control_label
     )
     report.downsampling = info
     log_split(report)
@@ -262,11 +254,10 @@ def reference_profiles(
             controls,
             kind,
             described,
-            r.novelty_quantile,
+            r,
             per_plate=config.profiles.normalize != "experiment",
             batch_correction=method,
             seed=config.seed,
-            feature_selection=r.feature_selection,
         )
     if not candidates:
         return None

@@ -1,0 +1,43 @@
+"""Votes: cell predictions aggregated into images, wells and plates.
+
+majority  each cell votes for its top class; the class with most votes wins. Ties go to the
+          tied class with the highest mean probability, then to the first class in sorted
+          order (deterministic).
+soft      the class with the highest mean probability over the cells (ties: first class).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+LEVELS = ("image", "well", "plate")
+
+
+def most_common_label(labels: pd.Series, groups: np.ndarray | pd.Series) -> pd.Series:
+    """Each group's most common label (ties: the label seen first), indexed by group."""
+    return pd.Series(np.asarray(labels)).groupby(np.asarray(groups)).agg(lambda s: s.value_counts().index[0])
+
+
+def vote(groups: np.ndarray, probs: np.ndarray, method: str = "soft") -> tuple[np.ndarray, np.ndarray]:
+    """Aggregate cell probabilities ``(N, C)`` per group.
+
+    Returns the sorted unique groups and a ``(G, C)`` score matrix whose argmax (first maximum on
+    ties) is the group's prediction: mean probabilities (soft), or vote counts plus the mean
+    probability scaled below one vote as tie-breaker (majority).
+    """
+    groups = np.asarray(groups)
+    probs = np.asarray(probs, dtype=np.float64)
+    unique, inverse = np.unique(groups, return_inverse=True)
+    n_groups, n_classes = len(unique), probs.shape[1]
+    sizes = np.bincount(inverse, minlength=n_groups).astype(np.float64)
+    mean = np.zeros((n_groups, n_classes))
+    np.add.at(mean, inverse, probs)
+    mean /= sizes[:, None]
+    if method == "soft":
+        return unique, mean
+    if method != "majority":
+        raise ValueError(f"unknown vote {method!r}")
+    counts = np.zeros((n_groups, n_classes))
+    np.add.at(counts, (inverse, probs.argmax(1)), 1.0)
+    return unique, counts + mean * 0.5  # mean prob < 1 cannot outweigh one vote: it only breaks ties
