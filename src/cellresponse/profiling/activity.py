@@ -17,6 +17,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import false_discovery_control
 
+from cellresponse.profiling.profile_benchmarks import pair_batch_size
+
 # Permutations of copairs' null distribution and the default false discovery rate of "active".
 NULL_SIZE = 10000
 FDR = 0.05
@@ -43,7 +45,8 @@ def copairs_activity(
     sameby = diffby = [_TREATMENT, _REFERENCE]
     other_well = [_WELL] if wells is not None else []
     features = np.asarray(profiles, np.float64)
-    ap = average_precision(meta, features, sameby, other_well, [], diffby, progress_bar=False)
+    batch = pair_batch_size(np.shape(features)[1])
+    ap = average_precision(meta, features, sameby, other_well, [], diffby, batch_size=batch, progress_bar=False)
     ap = ap[ap[_REFERENCE].astype(int) < 0].dropna(subset=["average_precision"])  # the treated profiles
     if ap.empty:
         return pd.DataFrame(columns=["treatment", "activity_map", "activity_p"])

@@ -7,6 +7,7 @@ compounds — and, for NSCB, other batches — must share its mechanism. Chance 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -20,6 +21,11 @@ from cellresponse.input.controls import TREATMENT as TREATMENT_KIND
 # Permutations of copairs' null distribution and the significance level of "retrieved".
 NULL_SIZE = 10000
 ALPHA = 0.05
+# copairs gathers both profiles of every pair in a batch (and normalised copies of them), one batch per thread: at its
+# default 20,000 pairs, a 1,970-column `both` profile costs ~300 MB an array, and a screen reaches that cap as soon as
+# it has ~200 wells. Batches of this many bytes an array, shared by the threads, keep the profile stage's peak flat
+# in the number of plates (benchmarks/screen_scale.py); the pairs' similarities are the same whatever the batch.
+PAIR_BATCH_BYTES = 4 * 2**20
 
 
 def cosine_similarity(a: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
@@ -78,6 +84,13 @@ def nsc_summary(nsc: dict[str, Any]) -> str:
     return f"NSC MoA accuracy {nsc['accuracy']:.3f} (chance {nsc['chance_rate']:.3f})"
 
 
+def pair_batch_size(n_features: int, threads: int | None = None) -> int:
+    """copairs' ``batch_size`` (pairs a batch) that holds a batch's gathered profiles of ``n_features`` columns
+    within :data:`PAIR_BATCH_BYTES` over ``threads`` threads (copairs runs one per CPU), between 64 and 20,000."""
+    threads = threads or os.cpu_count() or 1
+    return int(min(20_000, max(64, PAIR_BATCH_BYTES // (8 * max(n_features, 1) * threads))))
+
+
 def retrieval_map(
     meta: pd.DataFrame,
     features: np.ndarray,
@@ -97,8 +110,10 @@ def retrieval_map(
 
     meta = meta.reset_index(drop=True).astype(str)
     try:
+        features = np.asarray(features, dtype=np.float64)
+        batch = pair_batch_size(features.shape[1])
         ap = average_precision(
-            meta, np.asarray(features, dtype=np.float64), pos_sameby, pos_diffby, [], neg_diffby, progress_bar=False
+            meta, features, pos_sameby, pos_diffby, [], neg_diffby, batch_size=batch, progress_bar=False
         )
     except UnpairedException as exc:  # e.g. every mechanism has a single compound
         return {"skipped": f"{exc} (positives: same {pos_sameby}, different {pos_diffby})"}
