@@ -88,10 +88,8 @@ def main() -> None:
         images = labelled_images(table, label)
         labels = images.set_index(images["image_id"].astype(str))[label]
         for test in ("2", "1"):
-            side, _ = assign_split(
-                images, label, by="column", column="Metadata_Replicate", test_values=[test],
-                validation_fraction=s.validation_fraction, stratify=s.stratify, seed=config.seed,
-            )  # fmt: skip
+            split = s.model_copy(update={"by": "column", "column": "Metadata_Replicate", "test_values": [test]})
+            side, _ = assign_split(images, label, split, seed=config.seed)
             sides = pd.Series(side.to_numpy(), index=images["image_id"].astype(str))
             tables = profile_tables(run, cells, list(sides.index))
             scores = profile_scores(tables, images, sides, labels)

@@ -53,10 +53,6 @@ def study_epoch_cells(cells_per_field: float, cap: int | None, preset: str | Non
     per_image = pd.Series(cells_per_field, index=images["image_id"])
     config = load_config(preset=preset)
     chosen, _ = downsample_control(images, per_image, "Metadata_pert_iname", "DMSO", config.seed)
-    s = config.split
-    side, _ = assign_split(
-        chosen, "Metadata_pert_iname", s.by, s.column, s.test_values, s.test_fraction, s.validation_fraction,
-        s.stratify, config.seed,
-    )  # fmt: skip
+    side, _ = assign_split(chosen, "Metadata_pert_iname", config.split, seed=config.seed)
     per_field = min(cells_per_field, cap) if cap else cells_per_field
     return int((side == "train").sum() * per_field)
