@@ -275,3 +275,41 @@ def test_correlated_features_are_dropped_over_enough_wells_and_kept_over_a_handf
     many = kept_of(CORRELATION_MIN_WELLS * 2)
     assert len(many) == 3 and "f1" in many and "f2" in many and not {"f0", "f3"} <= set(many)
     assert kept_of(CORRELATION_MIN_WELLS - 1) == ["f0", "f1", "f2", "f3"]
+
+
+def test_a_bundle_measured_otherwise_is_refused_in_one_line_that_says_how_to_retrain(tiny_demo, tiny_plates, tmp_path):
+    """A bundle whose profile model was made from a cell feature these cells lack (an earlier version named its
+    features otherwise) stops with one line naming the feature and the command, not a KeyError traceback; the
+    segmentation and measurement it did stay for the rerun."""
+    import json
+    import shutil
+
+    from tests.conftest import run_cli
+
+    demo, _ = tiny_demo
+    bundle = tmp_path / "bundle"
+    shutil.copytree(demo / "run" / "model" / "bundle", bundle)
+    models = sorted(bundle.glob("profile_*.json"))
+    assert models, "the demo bundle keeps profile models"
+    for path in models:
+        model = json.loads(path.read_text())
+        model["cell_columns"] = [*(model.get("cell_columns") or []), "Intensity_MeanIntensityCore_DNA"]
+        path.write_text(json.dumps(model))
+    out = tmp_path / "refused"
+    result = run_cli(
+        "predict", bundle, "--load-data", tiny_plates / "load_data.csv", "--out", out, "--no-progress",
+        "--model", "measured", check=False,
+    )  # fmt: skip
+    printed = result.stdout + result.stderr
+    assert result.returncode != 0 and "Traceback" not in printed
+    assert "Intensity_MeanIntensityCore_DNA" in printed and "--from measure --overwrite" in printed
+    assert (out / "cells.parquet").exists()
+
+
+def test_require_cell_features_names_what_is_missing():
+    from cellresponse.errors import InputError
+    from cellresponse.profiling.profile_models import require_cell_features
+
+    require_cell_features(["a", "b"], ["a"], "the model")  # nothing missing: no error
+    with pytest.raises(InputError, match=r"the model was made from 4 cell features .*\(c, d, e and 1 more\)"):
+        require_cell_features(["a"], ["a", "c", "d", "e", "f"], "the model")

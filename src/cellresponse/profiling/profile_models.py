@@ -54,6 +54,19 @@ def image_feature_table(cells: pd.DataFrame, columns: list[str]) -> pd.DataFrame
     return filled(image_feature_statistics(cells, columns))
 
 
+def require_cell_features(available: Iterable[str], needed: Iterable[str], what: str) -> None:
+    """Raise :class:`InputError` when cells lack features that ``what`` (a bundle's profile model or references)
+    was made from: a bundle of an earlier version, whose measurement named or computed its features otherwise."""
+    missing = sorted(set(needed) - set(available))
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise InputError(
+            f"{what} was made from {len(missing)} cell features that these cells do not have ({shown}): the bundle "
+            "comes from an earlier version or other measurement settings — measure its training run again and "
+            "retrain (cellresponse run --out RUN --from measure --overwrite)"
+        )
+
+
 def filled(table: pd.DataFrame) -> pd.DataFrame:
     """Missing statistics (a feature no cell of a field had) as the mean over fields, else 0."""
     return table.fillna(table.mean()).fillna(0.0).copy()  # copy: one block, not hundreds of inserted columns

@@ -58,6 +58,7 @@ from cellresponse.profiling.profile_models import (
     image_feature_table,
     image_profiles,
     profile_cell_columns,
+    require_cell_features,
 )
 from cellresponse.profiling.references import (
     DEEP_PREFIX,
@@ -151,7 +152,9 @@ def predict_with_profiles(
 ) -> list[Path]:
     """Image predictions of one of the bundle's profile models (no crops; the deep kinds embed the cells)."""
     model = bundle.profile_models[kind]
-    measured = image_feature_table(cells, model.get("cell_columns") or profile_cell_columns(model["columns"]))
+    cell_columns = model.get("cell_columns") or profile_cell_columns(model["columns"])
+    require_cell_features(cells.columns, cell_columns, f"the bundle's {kind} profile model")
+    measured = image_feature_table(cells, cell_columns)
     deep = None
     if kind != "measured":
         stage_module("embed").run(out, embedding_config(config, bundle), progress=progress)
@@ -187,7 +190,8 @@ def query_blocks(bundle: Bundle, cells: pd.DataFrame, out: RunFolder, config: Co
     blocks = {}
     measured = [c for c in features if not c.startswith(DEEP_PREFIX)]
     if measured:
-        blocks["measured"] = image_feature_table(cells, profile_cell_columns(measured))
+        cell_columns = profile_cell_columns(measured)
+        blocks["measured"] = image_feature_table(cells, cell_columns)
     if len(measured) < len(features):
         stage_module("embed").run(out, embedding_config(config, bundle), progress=progress)
         blocks["deep"] = mean_embeddings(out, sorted(cells["image_id"].astype(str).unique()))
@@ -222,6 +226,11 @@ def answer_open_world(plan: PredictionPlan, out: RunFolder, cells: pd.DataFrame,
             "this bundle keeps no reference profiles (made before they were kept): no activity, nearest references "
             "or mechanism calls — retrain it (cellresponse train RUN --overwrite) to get them"
         )
+        return []
+    try:
+        require_cell_features(cells.columns, profile_cell_columns(references.features), "the bundle's references")
+    except InputError as error:
+        log.warning("%s — no activity, nearest references or mechanism calls this time", error)
         return []
     blocks = query_blocks(bundle, cells, out, config, progress)
     treatment, compound, moa = query_columns(table, config, references.columns.get("moa"))
@@ -343,6 +352,7 @@ def predict_images(
     if model != NETWORK:
         written = predict_with_profiles(model, bundle, cells, meta, out, config, progress)
         return written + answer_open_world(plan, out, cells, progress)
+    require_cell_features(cells.columns, bundle.scaler.columns, "the bundle's network (its tabular branch)")
     stage_module("crops").run(out, config, overwrite=overwrite, progress=progress)
     cells["plate"] = cells["image_id"].map(meta["plate"])
     cells["well"] = cells["image_id"].map(meta["well"])
