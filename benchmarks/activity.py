@@ -21,6 +21,7 @@ import argparse
 import numpy as np
 import pandas as pd
 
+from cellresponse.config import ReferencesConfig
 from cellresponse.features.cell_features import feature_columns
 from cellresponse.features.embedding_tables import mean_embeddings
 from cellresponse.input.runfolder import RunFolder
@@ -55,7 +56,8 @@ def scored(blocks, images: pd.DataFrame, fdr: float) -> pd.DataFrame:
     fields, columns = profile_fields(blocks, meta)
     everything = [c for names in columns.values() for c in names]
     wells = well_table(fields, everything)
-    normalization = fit_normalization(wells, everything, np.ones(len(wells), bool), "all wells", columns)
+    selection = ReferencesConfig().feature_selection
+    normalization = fit_normalization(wells, everything, np.ones(len(wells), bool), "all wells", columns, selection)
     references = References(fields.iloc[:0], normalization, "activity", {})
     table, note = activity_table(fields, references, controls, fdr, seed=0)
     if note:

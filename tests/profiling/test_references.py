@@ -270,7 +270,10 @@ def test_correlated_features_are_dropped_over_enough_wells_and_kept_over_a_handf
         values = np.column_stack([base, base[:, 0] * 2 + rng.normal(0, 0.01, wells)])  # f3 copies f0
         table = pd.DataFrame(values, columns=["f0", "f1", "f2", "f3"])
         columns = list(table.columns)
-        return fit_normalization(table, columns, np.ones(wells, bool), "all wells", {"measured": columns}).columns
+        selection = ReferencesConfig().feature_selection  # the default: with the correlation threshold
+        return fit_normalization(
+            table, columns, np.ones(wells, bool), "all wells", {"measured": columns}, selection
+        ).columns
 
     many = kept_of(CORRELATION_MIN_WELLS * 2)
     assert len(many) == 3 and "f1" in many and "f2" in many and not {"f0", "f3"} <= set(many)

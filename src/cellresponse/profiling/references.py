@@ -49,8 +49,6 @@ META = ("image_id", "plate", "well", "treatment", "compound", "moa", "batch")
 # Bounds of the similarity temperature: cosine similarities of profiles differ by a few hundredths to tenths
 # between mechanisms, so useful temperatures lie far below 1.
 TEMPERATURE_BOUNDS = (1e-3, 1.0)
-# pycytominer feature_select on the reference wells: references.feature_selection's default (config.py)
-FEATURE_SELECTION = tuple(ReferencesConfig().feature_selection)
 # Over a handful of wells, thousands of features correlate near ±1 by chance (their matrix has rank ≤ wells) and a
 # correlation threshold would keep almost nothing (the tiny demo: a compound no longer matched itself); BBBC021-moa's
 # references have 55 wells a replicate.
@@ -174,11 +172,12 @@ def fit_normalization(
     samples: np.ndarray,
     samples_name: str,
     blocks: dict[str, list[str]],
-    feature_selection: Sequence[str] = FEATURE_SELECTION,
+    feature_selection: Sequence[str],
 ) -> Normalization:
     """The standardisation of the reference wells to their ``samples`` wells (pooled over plates: the frame a new
     plate without controls is put in), the columns pycytominer's ``feature_select`` keeps after it
-    (``feature_selection``: by default variance threshold, no empty columns, one of each pair correlated over 0.9),
+    (``feature_selection``: ``references.feature_selection``, by default variance threshold, no empty columns, one
+    of each pair correlated over 0.9),
     and the block weights (1/√kept columns of each block)."""
     center, scale = standardization(wells.loc[samples, columns].to_numpy(np.float64))
     normalized = pd.DataFrame((wells[columns].to_numpy(np.float64) - center) / scale, columns=columns)
@@ -426,8 +425,7 @@ def build_references(
     if not to_controls:
         sample_wells = np.ones(len(wells), bool)
     name = "negative controls" if to_controls else "all wells"
-    selection = settings.feature_selection
-    normalization = fit_normalization(wells, everything, sample_wells, name, block_columns, selection)
+    normalization = fit_normalization(wells, everything, sample_wells, name, block_columns, settings.feature_selection)
     if to_controls:
         normalized = normalized_fields(fields, normalization, pd.Series(is_control), per_plate)
         normalization = Normalization(**{**asdict(normalization), "scope": "plate" if per_plate else "experiment"})
