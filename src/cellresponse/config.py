@@ -380,6 +380,11 @@ class Config(_Section):
         present = set(columns)
         return next((column for column in MOA_COLUMNS if column in present), None)
 
+    def grouping_columns(self, columns: Iterable[str]) -> tuple[str | None, str | None]:
+        """The columns that may group the labels, in the order they are tried: the MoA column
+        (:meth:`moa_column`), then the gene target column (``input.target_column``)."""
+        return self.moa_column(columns), self.input.target_column
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 

@@ -34,7 +34,7 @@ from cellresponse.profiling.profile_models import (
     why_no_features_model,
 )
 from cellresponse.stages.train import profile_models
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_metrics
 
 
 def planted_tables(seed: int, test_signal: bool) -> tuple[dict[str, pd.DataFrame], pd.Series, pd.Series, pd.Series]:
@@ -104,14 +104,14 @@ def test_the_choice_is_told_with_its_validation_scores_and_its_test_score_after(
     choice = {"auto": "measured", "scores": scores, "scored_on": "the validation side (24 images)"}
     told = describe_choice(choice)
     assert "uses the measured model" in told and "0.950" in told and "against deep 0.900, network 0.800" in told
-    metrics = {
-        "profile_models": {"measured": {"image": {"accuracy": 0.97}, "well": {"accuracy": 1.0}}},
-        "image": {"soft_vote": {"accuracy": 0.6}},
-    }
+    metrics = run_metrics(
+        profile_models={"measured": {"image": {"accuracy": 0.97}, "well": {"accuracy": 1.0}}},
+        image={"soft_vote": {"accuracy": 0.6}},
+    )
     summary = auto_summary(choice, metrics, "soft")
     assert summary["test"] == {"image": 0.97, "well": 1.0} and summary["validation"]["deep"] == 0.9
     assert summary["sentence"].endswith("on the test side it scores 0.970 per image")
-    metrics["profile_models"]["measured"]["image"]["mean_probability"] = 0.8
+    metrics.profile_models["measured"]["image"]["mean_probability"] = 0.8
     told = auto_summary(choice, metrics, "soft")["sentence"]
     assert told.endswith("scores 0.970 per image, its calls made with a mean probability of 0.800")
     # the network chosen: its voted accuracy is the test score

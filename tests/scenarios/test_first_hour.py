@@ -95,19 +95,19 @@ def test_the_report_says_what_a_sanity_check_and_a_never_predicted_class_mean():
 def test_the_report_says_where_the_auto_models_wrong_calls_go():
     pairs = [{"true": "simvastatin", "predicted": "mevinolin", "n": 11, "same_group": True}]
     image = {"n": 220, "wrong": 20, "wrong_within_group": 19, "share_within_group": 0.95, "group_accuracy": 0.995}
-    metrics = {
-        "label": "Metadata_Compound",
-        "auto": {"model": "both"},
-        "wrong_calls": {"column": "Metadata_MoA", "models": {"both": {"image": {**image, "pairs": pairs}}}},
-    }
+    metrics = run_metrics(
+        label="Metadata_Compound",
+        auto={"model": "both"},
+        wrong_calls={"column": "Metadata_MoA", "models": {"both": {"image": {**image, "pairs": pairs}}}},
+    )
     sentence = wrong_calls_sentence(metrics)
     assert "the both model (auto) called 20 wrongly; 19 of them (95%) named another Metadata_Compound" in sentence
     assert "right on 0.995 of images" in sentence and "simvastatin → mevinolin (11)" in sentence
     assert "finds the Metadata_MoA" in sentence
     scattered = {**image, "wrong_within_group": 5, "share_within_group": 0.25, "pairs": pairs}
-    metrics["wrong_calls"]["models"]["both"]["image"] = scattered
+    metrics.wrong_calls["models"]["both"]["image"] = scattered
     assert "finds the" not in wrong_calls_sentence(metrics)  # errors across mechanisms: no such claim
-    assert wrong_calls_sentence({"label": "x"}) == ""
+    assert wrong_calls_sentence(run_metrics(label="x")) == ""
 
 
 def test_report_of_synthetic_plates_says_so_and_prints_learning_rates(tiny_demo):
@@ -119,12 +119,13 @@ def test_report_of_synthetic_plates_says_so_and_prints_learning_rates(tiny_demo)
     assert "Training history (per epoch)" in report and "Table 1" not in report
 
 
-def _verdict_metrics(network: float, features: float, deep: float) -> dict:
-    return {
-        "image": {"soft_vote": {"accuracy": network}},
-        "baseline_features": {"image": {"accuracy": features}},
-        "profile_models": {"deep": {"image": {"accuracy": deep}}},
-    }
+def _verdict_metrics(network: float, features: float, deep: float, **more):
+    return run_metrics(
+        image={"soft_vote": {"accuracy": network}},
+        baseline_features={"image": {"accuracy": features}},
+        profile_models={"deep": {"image": {"accuracy": deep}}},
+        **more,
+    )
 
 
 @pytest.mark.parametrize(
@@ -144,15 +145,16 @@ def test_the_verdicts_say_which_model_is_better_and_when_the_difference_is_withi
     assert embeddings_say in embeddings and f"({network:.3f} vs {other:.3f}" in embeddings
     if network > other:  # a network ahead by a hair is never said to add "nothing"
         assert "nothing" not in embeddings
-    assert compare_with_embeddings({"image": metrics["image"]}, "soft") == ""  # no deep model: no sentence
+    assert compare_with_embeddings(run_metrics(image=metrics.image), "soft") == ""  # no deep model: no sentence
 
 
 def test_the_baseline_verdict_does_not_ask_for_what_predict_already_does():
     metrics = _verdict_metrics(0.966, 1.000, 0.943)
     assert "--model measured" in compare_with_baseline(metrics, "soft")
-    chosen = compare_with_baseline({**metrics, "auto": {"model": "measured"}}, "soft")
+    chosen = compare_with_baseline(_verdict_metrics(0.966, 1.000, 0.943, auto={"model": "measured"}), "soft")
     assert "predict already uses it" in chosen and "--model measured" not in chosen
-    assert "--model measured" in compare_with_baseline({**metrics, "auto": {"model": "both"}}, "soft")
+    both = _verdict_metrics(0.966, 1.000, 0.943, auto={"model": "both"})
+    assert "--model measured" in compare_with_baseline(both, "soft")
 
 
 def test_a_benchmark_not_computed_says_why():

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cellresponse.config import Config
+from cellresponse.evaluation.run_metrics import RunMetrics
 
 
 def label_groups(images: pd.DataFrame, label: str, column: str) -> dict[str, str]:
@@ -24,9 +24,12 @@ def label_groups(images: pd.DataFrame, label: str, column: str) -> dict[str, str
     return dict(zip(pairs[label], pairs[column], strict=True))
 
 
-def label_grouping(images: pd.DataFrame, label: str, columns: Sequence[str]) -> tuple[str, dict[str, str]] | None:
+def label_grouping(
+    images: pd.DataFrame, label: str, columns: Sequence[str | None]
+) -> tuple[str, dict[str, str]] | None:
     """The first of ``columns`` that the images carry, that is not the label and that gives every label one group
-    (:func:`label_groups`), with each label's group in it; None where none does."""
+    (:func:`label_groups`), with each label's group in it; None where none does. Evaluation and predictions try
+    :meth:`cellresponse.config.Config.grouping_columns`: the MoA column, then the gene target column."""
     for column in columns:
         if column and (groups := label_groups(images, label, column)):
             return column, groups
@@ -36,14 +39,6 @@ def label_grouping(images: pd.DataFrame, label: str, columns: Sequence[str]) -> 
 def grouping_record(grouping: tuple[str, dict[str, str]] | None) -> dict[str, Any] | None:
     """A :func:`label_grouping` as ``bundle.json`` and ``metrics.json`` keep it: ``{"column", "groups"}``."""
     return None if grouping is None else {"column": grouping[0], "groups": grouping[1]}
-
-
-def label_grouping_of(images: pd.DataFrame, label: str, config: Config) -> tuple[str, dict[str, str]] | None:
-    """The coarser grouping of the labels that evaluation reads wrong calls against and predictions name beside
-    each call: the MoA column (``profiles.moa``; ``auto``: :meth:`Config.moa_column`), else the gene target column
-    (``input.target_column``) — the first that the images carry, is not the label and gives every label one group
-    (:func:`label_grouping`)."""
-    return label_grouping(images, label, (config.moa_column(images.columns), config.input.target_column))
 
 
 def wrong_calls(confusion: dict[str, Any], groups: dict[str, str], top: int = 5) -> dict[str, Any]:
@@ -77,16 +72,37 @@ def wrong_calls(confusion: dict[str, Any], groups: dict[str, str], top: int = 5)
 MOSTLY_WITHIN_GROUP = 0.75
 
 
-def wrong_calls_sentence(metrics: dict[str, Any]) -> str:
+def wrong_calls_by_model(metrics: RunMetrics, grouping: tuple[str, dict[str, str]] | None) -> dict[str, Any] | None:
+    """Per candidate model (the network's headline vote and each profile model) and level (image, well): where its
+    wrong test calls go against the labels' ``grouping`` (:func:`label_grouping`; :func:`wrong_calls`). None when
+    the images carry no such grouping."""
+    if grouping is None:
+        return None
+    column, groups = grouping
+    vote_name = f"{metrics.headline_vote}_vote"
+    blocks = {"network": {level: metrics.level(level).get(vote_name, {}) for level in ("image", "well")}}
+    blocks |= {kind: block for kind, block in metrics.profile_models.items() if "skipped" not in block}
+    models = {
+        name: {
+            level: wrong_calls(block[level]["confusion"], groups)
+            for level in ("image", "well")
+            if block.get(level, {}).get("confusion")
+        }
+        for name, block in blocks.items()
+    }
+    return {"column": column, "models": {name: levels for name, levels in models.items() if levels}}
+
+
+def wrong_calls_sentence(metrics: RunMetrics) -> str:
     """Where the predicting model's wrong image calls go: how many stay within the true label's group, the
     group-level accuracy that follows and the most frequent wrong pairs."""
-    grouped = metrics.get("wrong_calls", {})
-    name = metrics.get("auto", {}).get("model", "network")
+    grouped = metrics.wrong_calls or {}
+    name = (metrics.auto or {}).get("model", "network")
     image = grouped.get("models", {}).get(name, {}).get("image")
     if not image:
         return ""
-    label, column = metrics.get("label", "label"), grouped["column"]
-    who = f"the {name} model" + (" (auto)" if metrics.get("auto") else "")
+    label, column = metrics.label, grouped["column"]
+    who = f"the {name} model" + (" (auto)" if metrics.auto else "")
     if not image["wrong"]:
         return f"{who} called all {image['n']} test images right."
     sentence = (

@@ -10,6 +10,8 @@ from typing import Any
 
 from cellresponse.errors import InputError
 
+LEVEL_FIELDS = ("cell", "image", "well", "plate")
+
 
 @dataclass
 class RunMetrics:
@@ -41,6 +43,12 @@ class RunMetrics:
     auto: dict[str, Any] | None = None  # which model predicts (model_choice.auto_summary)
     wrong_calls: dict[str, Any] | None = None
     made_by: dict[str, Any] | None = None
+
+    def level(self, name: str) -> dict[str, Any]:
+        """The block of one level (``cell``, ``image``, ``well`` or ``plate``)."""
+        if name not in LEVEL_FIELDS:
+            raise ValueError(f"no level {name!r}; levels: {', '.join(LEVEL_FIELDS)}")
+        return getattr(self, name)
 
     def to_json(self) -> dict[str, Any]:
         """The record as ``metrics.json`` holds it (absent optional fields left out)."""

@@ -13,6 +13,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from cellresponse.evaluation.classification import classification_metrics, voted_metrics
+from cellresponse.evaluation.run_metrics import RunMetrics
 from cellresponse.evaluation.votes import LEVELS
 from cellresponse.learning.splits import TEST
 from cellresponse.profiling.profile_models import (
@@ -133,18 +134,18 @@ def sanity_check(
 # --------------------------------------------------------------------------------------------------
 
 
-def headline(metrics: dict[str, Any], vote_name: str) -> list[str]:
+def headline(metrics: RunMetrics, vote_name: str) -> list[str]:
     """Lines like 'image accuracy 0.81 (soft vote) — chance 0.17, majority 0.25, features-only 0.74'."""
     lines = []
     key = f"{vote_name}_vote"
     for level in ("cell", *LEVELS):
-        block = metrics.get(level)
+        block = metrics.level(level)
         if not block:
             continue
         result = block if level == "cell" else block.get(key, {})
         if "accuracy" not in result:
             continue
-        base = metrics.get("baseline_features", {}).get(level, {}).get("accuracy")
+        base = metrics.baseline_features.get(level, {}).get("accuracy")
         chance, majority = block.get("chance_rate", float("nan")), block.get("majority_rate", float("nan"))
         line = (
             f"{level:>5} accuracy {result['accuracy']:.3f}"
@@ -157,17 +158,17 @@ def headline(metrics: dict[str, Any], vote_name: str) -> list[str]:
     return lines
 
 
-def compare_with_baseline(metrics: dict[str, Any], vote_name: str, margin: float = VERDICT_MARGIN) -> str:
+def compare_with_baseline(metrics: RunMetrics, vote_name: str, margin: float = VERDICT_MARGIN) -> str:
     """One sentence: does the network beat the features-only model at image level (by more than ``margin``)?"""
-    cnn = metrics.get("image", {}).get(f"{vote_name}_vote", {}).get("accuracy")
-    base = metrics.get("baseline_features", {}).get("image", {}).get("accuracy")
+    cnn = metrics.image.get(f"{vote_name}_vote", {}).get("accuracy")
+    base = metrics.baseline_features.get("image", {}).get("accuracy")
     if cnn is None or base is None:
         return "No features-only baseline to compare with"
     if cnn > base + margin:
         return f"The CNN beats the features-only baseline at image level ({cnn:.3f} vs {base:.3f})"
     if cnn < base - margin:
         verdict = f"The features-only baseline beats the CNN at image level ({base:.3f} vs {cnn:.3f})"
-        if metrics.get("auto", {}).get("model") == "measured":
+        if (metrics.auto or {}).get("model") == "measured":
             return f"{verdict}: cellresponse predict already uses it (its auto model, chosen on the validation side)"
         return (
             f"{verdict}: use the features-only model for this data (cellresponse predict BUNDLE --model measured), "
@@ -176,12 +177,12 @@ def compare_with_baseline(metrics: dict[str, Any], vote_name: str, margin: float
     return f"The CNN and the features-only baseline are level at image level ({cnn:.3f} vs {base:.3f})"
 
 
-def compare_with_embeddings(metrics: dict[str, Any], vote_name: str, margin: float = VERDICT_MARGIN) -> str:
+def compare_with_embeddings(metrics: RunMetrics, vote_name: str, margin: float = VERDICT_MARGIN) -> str:
     """One sentence: does the trained network beat the profile model on frozen embeddings (``deep``) at image level
     by more than ``margin``? When it does not, training added nothing over the pretrained network (level within
     the margin, or below it). Empty when there is no deep model."""
-    cnn = metrics.get("image", {}).get(f"{vote_name}_vote", {}).get("accuracy")
-    deep = metrics.get("profile_models", {}).get("deep", {}).get("image", {}).get("accuracy")
+    cnn = metrics.image.get(f"{vote_name}_vote", {}).get("accuracy")
+    deep = metrics.profile_models.get("deep", {}).get("image", {}).get("accuracy")
     if cnn is None or deep is None:
         return ""
     if cnn > deep + margin:

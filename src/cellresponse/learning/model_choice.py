@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import GroupKFold
 
+from cellresponse.evaluation.run_metrics import RunMetrics
 from cellresponse.evaluation.votes import LEVELS
 from cellresponse.learning.splits import TRAIN, VALIDATION
 from cellresponse.profiling.profile_models import (
@@ -143,28 +144,25 @@ def describe_choice(choice: dict[str, Any]) -> str:
     )
 
 
-def test_blocks(metrics: dict[str, Any], model: str, vote_name: str) -> dict[str, dict[str, Any]]:
-    """A candidate's test-side metrics per level from ``metrics.json``: the network's ``vote_name`` vote, or the
-    profile model's (soft) vote; levels it was not scored at are absent."""
+def test_blocks(metrics: RunMetrics, model: str, vote_name: str) -> dict[str, dict[str, Any]]:
+    """A candidate's test-side metrics per level: the network's ``vote_name`` vote, or the profile model's (soft)
+    vote; levels it was not scored at are absent."""
     if model == NETWORK:
-        return {
-            level: metrics[level][f"{vote_name}_vote"]
-            for level in LEVELS
-            if f"{vote_name}_vote" in metrics.get(level, {})
-        }
-    block = metrics.get("profile_models", {}).get(model, {})
+        voted = {level: metrics.level(level).get(f"{vote_name}_vote") for level in LEVELS}
+        return {level: block for level, block in voted.items() if block is not None}
+    block = metrics.profile_models.get(model, {})
     return {level: block[level] for level in LEVELS if level in block}
 
 
-def call_probability(metrics: dict[str, Any], model: str) -> float | None:
+def call_probability(metrics: RunMetrics, model: str) -> float | None:
     """The mean probability of a candidate's image calls on the test side (the soft vote's, whichever vote heads
     the network's numbers: a majority vote's scores are counts), or None where ``metrics`` has none."""
     if model == NETWORK:
-        return metrics.get("image", {}).get("soft_vote", {}).get("mean_probability")
-    return metrics.get("profile_models", {}).get(model, {}).get("image", {}).get("mean_probability")
+        return metrics.image.get("soft_vote", {}).get("mean_probability")
+    return metrics.profile_models.get(model, {}).get("image", {}).get("mean_probability")
 
 
-def auto_summary(choice: dict[str, Any], metrics: dict[str, Any], vote_name: str) -> dict[str, Any]:
+def auto_summary(choice: dict[str, Any], metrics: RunMetrics, vote_name: str) -> dict[str, Any]:
     """The auto model's validation scores (which chose it) beside its test accuracy per level (scored after the
     choice, never used by it)."""
     chosen = choice["auto"]

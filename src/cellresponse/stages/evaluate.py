@@ -7,17 +7,23 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from cellresponse.config import Config, differences
+from cellresponse.config import Config, EvaluationConfig, differences
 from cellresponse.devices import device_name, inference_device
 from cellresponse.errors import InputError
 from cellresponse.evaluation.classification import classification_metrics, voted_metrics
-from cellresponse.evaluation.label_groups import grouping_record, label_grouping_of, wrong_calls, wrong_calls_sentence
+from cellresponse.evaluation.label_groups import (
+    grouping_record,
+    label_grouping,
+    wrong_calls_by_model,
+    wrong_calls_sentence,
+)
 from cellresponse.evaluation.prediction_tables import prediction_table
 from cellresponse.evaluation.run_metrics import RunMetrics
 from cellresponse.evaluation.votes import LEVELS, vote
@@ -83,36 +89,15 @@ def test_cells(run: RunFolder, images: pd.DataFrame, sides: pd.Series, label: st
     return cells
 
 
-def wrong_calls_by_group(metrics: dict[str, Any], grouping: tuple[str, dict[str, str]] | None) -> dict[str, Any] | None:
-    """Per candidate model (the network's headline vote and each profile model) and level (image, well): where its
-    wrong test calls go against the labels' ``grouping`` (:func:`label_grouping_of`;
-    :func:`cellresponse.evaluation.label_groups.wrong_calls`). None when the images carry no such grouping."""
-    if grouping is None:
-        return None
-    column, groups = grouping
-    vote_name = f"{metrics['headline_vote']}_vote"
-    blocks = {"network": {level: metrics.get(level, {}).get(vote_name, {}) for level in ("image", "well")}}
-    blocks |= {kind: block for kind, block in metrics.get("profile_models", {}).items() if "skipped" not in block}
-    models = {
-        name: {
-            level: wrong_calls(block[level]["confusion"], groups)
-            for level in ("image", "well")
-            if block.get(level, {}).get("confusion")
-        }
-        for name, block in blocks.items()
-    }
-    return {"column": column, "models": {name: levels for name, levels in models.items() if levels}}
-
-
-def say_results(metrics: dict[str, Any], vote: str) -> None:
+def say_results(metrics: RunMetrics, vote: str) -> None:
     """The log lines of an evaluation: headline, verdicts, where the calls go wrong, and the split's caveats."""
     for line in headline(metrics, vote):
         log.info(line)
-    log.info(metrics["verdict"])
-    for line in (metrics["embeddings_verdict"], metrics.get("auto", {}).get("sentence"), wrong_calls_sentence(metrics)):
+    log.info(metrics.verdict)
+    for line in (metrics.embeddings_verdict, (metrics.auto or {}).get("sentence"), wrong_calls_sentence(metrics)):
         if line:
             log.info(line)
-    split_report = metrics["split"]
+    split_report = metrics.split
     if split_report.get("leaky_classes"):
         log.warning(
             "%d classes have sites of one well on both sides of the split: the image-level number is optimistic",
@@ -126,7 +111,7 @@ def say_results(metrics: dict[str, Any], vote: str) -> None:
         )
 
 
-def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bool = True) -> RunMetrics:
     """Predict the test side, vote, score, add baselines; writes RUN/predictions and RUN/metrics.json."""
     started = time.perf_counter()
     device = inference_device(config.training.accelerator)
@@ -145,52 +130,84 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
     e = config.evaluation
     log.info("the network predicts %d test cells on %s", len(test), device_name(device))
     probs = predict_cells(bundle, CropStore(run.crops), test, e.batch_size, progress, device=device)
-    label_grouped = label_grouping_of(images, label, config)
+    label_grouped = label_grouping(images, label, config.grouping_columns(images.columns))
     write_parquet(
         run.cell_predictions, prediction_table(test[PREDICTION_COLUMNS], probs, classes, e.top_k, label_grouped)
     )
-    groups, scores = vote(test["image_id"].to_numpy(), probs, e.vote)
+    groups, image_scores = vote(test["image_id"].to_numpy(), probs, e.vote)
     image_table = images.set_index("image_id").loc[groups].reset_index()
-    write_parquet(run.image_predictions, prediction_table(image_table, scores, classes, e.top_k, label_grouped))
+    write_parquet(run.image_predictions, prediction_table(image_table, image_scores, classes, e.top_k, label_grouped))
 
-    metrics: dict[str, Any] = {"label": label, "classes": len(classes), "headline_vote": e.vote}
-    metrics["cell"] = classification_metrics(
-        test["true_label"], np.asarray(classes)[probs.argmax(1)], probs, classes, e.top_k
+    metrics = RunMetrics(
+        label=label,
+        classes=len(classes),
+        headline_vote=e.vote,
+        **test_side_scores(test, probs, classes, e),
+        split=split_report,
+        **baseline_scores(run, cells, images, sides, bundle, config),
+        verdict="",  # the verdicts below read the record
+        embeddings_verdict="",
+        label_grouping=grouping_record(label_grouped),
+        target_cell_accuracy=target_accuracy(bundle, test["true_label"], np.asarray(classes)[probs.argmax(1)]),
+        profiles=json.loads(run.profile_metrics.read_text()) if run.profile_metrics.exists() else None,
     )
+    if bundle.choice:  # before the verdict, which says whether predict's default already follows it
+        metrics = replace(metrics, auto=auto_summary(bundle.choice, metrics, e.vote))
+    metrics = replace(
+        metrics,
+        verdict=compare_with_baseline(metrics, e.vote),
+        embeddings_verdict=compare_with_embeddings(metrics, e.vote),
+        wrong_calls=wrong_calls_by_model(metrics, label_grouped) or None,
+        seconds=round(time.perf_counter() - started, 2),
+        made_by=made_by(),
+    )
+    write_json(run.metrics, metrics.to_json())
+    say_results(metrics, e.vote)
+    run.record_stage("evaluate", {"cells": len(test), "device": device_name(device), "seconds": metrics.seconds})
+    return metrics
+
+
+def test_side_scores(test: pd.DataFrame, probs: np.ndarray, classes: list[str], e: EvaluationConfig) -> dict[str, Any]:
+    """The network's scores on the test cells and their votes per image, well and plate, with chance and majority."""
+    called = np.asarray(classes)[probs.argmax(1)]
+    scores: dict[str, Any] = {"cell": classification_metrics(test["true_label"], called, probs, classes, e.top_k)}
     for level in LEVELS:
-        metrics[level] = voted_metrics(test, probs, classes, level, e.top_k)
-    metrics["chance_rate"] = metrics["image"]["chance_rate"]
-    metrics["majority_rate"] = metrics["image"]["majority_rate"]
-    metrics["split"] = split_report
-    if label_grouped is not None:  # the report names each class's MoA or gene target beside its accuracy
-        metrics["label_grouping"] = grouping_record(label_grouped)
+        scores[level] = voted_metrics(test, probs, classes, level, e.top_k)
+    scores["chance_rate"] = scores["image"]["chance_rate"]
+    scores["majority_rate"] = scores["image"]["majority_rate"]
+    return scores
+
+
+def baseline_scores(
+    run: RunFolder,
+    cells: pd.DataFrame,
+    images: pd.DataFrame,
+    sides: pd.Series,
+    bundle: Bundle,
+    config: Config,
+) -> dict[str, Any]:
+    """The profile models of each kind on the same split (the measured one is the features-only baseline), logistic
+    regression on single cells, and the study's control-vs-compound sanity check."""
+    label, top_k = config.input.label, config.evaluation.top_k
     columns = feature_columns(cells.columns)
-    metrics["profile_models"] = {
-        kind: features_baseline(table, images, label, sides, e.top_k, bundle.profile_models.get(kind))
+    profile_models = {
+        kind: features_baseline(table, images, label, sides, top_k, bundle.profile_models.get(kind))
         for kind, table in profile_tables(run, cells, [str(i) for i in sides.index]).items()
     }
-    metrics["baseline_features"] = metrics["profile_models"]["measured"]
-    metrics["baseline_cell_features"] = cell_features_baseline(cells, columns, sides, config.seed, e.top_k)
-    metrics["sanity_check"] = sanity_check(cells, columns, sides, config.input.control_label, config.seed)
-    if bundle.label_to_target:
-        to_target = np.vectorize(lambda c: bundle.label_to_target.get(c, "?"))
-        true_t = to_target(test["true_label"].astype(str).to_numpy())
-        pred_t = to_target(np.asarray(classes)[probs.argmax(1)])
-        metrics["target_cell_accuracy"] = float(np.mean(true_t == pred_t))
-    if run.profile_metrics.exists():  # the profile-level benchmarks (cellresponse profile) beside the network's
-        metrics["profiles"] = json.loads(run.profile_metrics.read_text())
-    if bundle.choice:  # before the verdict, which says whether predict's default already follows it
-        metrics["auto"] = auto_summary(bundle.choice, metrics, e.vote)
-    metrics["verdict"] = compare_with_baseline(metrics, e.vote)
-    metrics["embeddings_verdict"] = compare_with_embeddings(metrics, e.vote)
-    grouped = wrong_calls_by_group(metrics, label_grouped)
-    if grouped:
-        metrics["wrong_calls"] = grouped
-    metrics["seconds"] = round(time.perf_counter() - started, 2)
-    write_json(run.metrics, RunMetrics(**metrics, made_by=made_by()).to_json())  # the record checks the fields
-    say_results(metrics, e.vote)
-    run.record_stage("evaluate", {"cells": len(test), "device": device_name(device), "seconds": metrics["seconds"]})
-    return metrics
+    return {
+        "profile_models": profile_models,
+        "baseline_features": profile_models["measured"],
+        "baseline_cell_features": cell_features_baseline(cells, columns, sides, config.seed, top_k),
+        "sanity_check": sanity_check(cells, columns, sides, config.input.control_label, config.seed),
+    }
+
+
+def target_accuracy(bundle: Bundle, true: pd.Series, called: np.ndarray) -> float | None:
+    """The share of test cells whose call names the true label's gene target (None without targets)."""
+    if not bundle.label_to_target:
+        return None
+    to_target = np.vectorize(lambda c: bundle.label_to_target.get(c, "?"))
+    return float(np.mean(to_target(true.astype(str).to_numpy()) == to_target(called)))
 
 
 def run_feature_table(path: str | Path, config: Config, out: str | Path) -> dict[str, Any]:

@@ -154,14 +154,13 @@ def model_choice_rows(metrics: RunMetrics) -> list[list[Any]]:
     mean probability of its image calls (to read beside their accuracy)."""
     auto = metrics.auto or {}
     vote = metrics.headline_vote
-    stored = metrics.to_json()  # the JSON view model_choice reads (evaluate calls it before the record exists)
     nan = float("nan")
     rows = []
     for kind, accuracy in auto.get("validation", {}).items():
         what = f"the trained network ({vote} vote over cells)" if kind == NETWORK else f"{kind} profiles, shrinkage LDA"
-        blocks = test_blocks(stored, kind, vote)
+        blocks = test_blocks(metrics, kind, vote)
         test = {lvl: blocks.get(lvl, {}).get("accuracy", nan) for lvl in ("image", "well")}
-        sure = call_probability(stored, kind)
+        sure = call_probability(metrics, kind)
         name = f"{kind} ← auto" if kind == auto.get("model") else kind
         chosen_on = auto.get("validation_images", {}).get(kind)
         tempered_on = auto.get("calibration_images", {}).get(kind)
@@ -185,10 +184,10 @@ def headline_of_the_predicting_model(metrics: RunMetrics) -> str:
         return ""
     auto = metrics.auto or {}
     chosen = auto["model"]
-    blocks = test_blocks(metrics.to_json(), chosen, "soft")
+    blocks = test_blocks(metrics, chosen, "soft")
     image, well = blocks["image"], blocks.get("well", {})
     per_well = f", <b>{well['accuracy']:.3f}</b> per well ({well['n']} wells)" if "accuracy" in well else ""
-    sure = call_probability(metrics.to_json(), chosen)
+    sure = call_probability(metrics, chosen)
     said = f"; its calls are made with a mean probability of {sure:.3f}" if sure is not None else ""
     return (
         f"<p class='good'><code>cellresponse predict</code> uses the <b>{html.escape(chosen)}</b> profile model "
@@ -203,7 +202,7 @@ def predicting_model_calls(metrics: RunMetrics, vote: str) -> tuple[str, dict[st
     """The name and test-side image block (accuracy, confusion) of the model `predict` uses by default: the `auto`
     profile model, else the network's ``vote`` vote."""
     name = (metrics.auto or {})["model"] if predicting_model_is_a_profile(metrics) else NETWORK
-    return name, test_blocks(metrics.to_json(), name, vote).get("image", {})
+    return name, test_blocks(metrics, name, vote).get("image", {})
 
 
 def class_scores(block: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -226,7 +225,7 @@ def per_class_rows(
     groups = grouping.get("groups", {})
     if groups:
         header.insert(1, grouping["column"])
-    network = class_scores(test_blocks(metrics.to_json(), NETWORK, vote).get("image", {})) if name != NETWORK else {}
+    network = class_scores(test_blocks(metrics, NETWORK, vote).get("image", {})) if name != NETWORK else {}
     if network:
         header.append("accuracy (recall), network")
     rows = []
@@ -296,7 +295,7 @@ def section_model_choice(metrics: RunMetrics) -> list[str]:
 def section_wrong_calls(metrics: RunMetrics) -> list[str]:
     """Where the wrong calls go against a coarser grouping (MoA, gene target), for every candidate model."""
     grouped = metrics.wrong_calls
-    sentence = wrong_calls_sentence(metrics.to_json())
+    sentence = wrong_calls_sentence(metrics)
     if not grouped or not sentence:
         return []
     column = grouped["column"]
@@ -335,7 +334,7 @@ def section_results(metrics: RunMetrics | None, out: Path) -> list[str]:
             f"vote over the cells of each image) on {image.get('n')} held-out images; chance "
             f"{metrics.chance_rate:.3f}, always-the-most-common-class {metrics.majority_rate:.3f}. "
         )
-        + f"{html.escape(compare_with_baseline(metrics.to_json(), vote))}.</p>",
+        + f"{html.escape(compare_with_baseline(metrics, vote))}.</p>",
         html_table([h.format(k=k) for h in METRIC_HEADER], metrics_rows(metrics)),
         "<p>Chance = 1 / classes; majority = accuracy of always answering the most common class; "
         "features-only = "

@@ -19,7 +19,7 @@ import torch
 from cellresponse.config import WELL_TREATMENT, Config
 from cellresponse.devices import inference_device
 from cellresponse.errors import InputError, ResourceError
-from cellresponse.evaluation.label_groups import grouping_record, label_grouping_of, label_groups
+from cellresponse.evaluation.label_groups import grouping_record, label_grouping, label_groups
 from cellresponse.evaluation.votes import vote
 from cellresponse.features.cell_features import feature_columns
 from cellresponse.features.crop_store import CropStore
@@ -276,7 +276,9 @@ def bundle_extras(
         "validation_side": val_side,
         "best_checkpoint_epoch": epoch,
         "embedding": frozen_embedding_settings(run) if embedded else None,
-        "label_grouping": grouping_record(label_grouping_of(images, config.input.label, config)),
+        "label_grouping": grouping_record(
+            label_grouping(images, config.input.label, config.grouping_columns(images.columns))
+        ),
     }
 
 
