@@ -17,6 +17,7 @@ import pandas as pd
 from cellresponse.config import MOA_COLUMNS
 from cellresponse.input.controls import CONTROL_KIND, POSITIVE
 from cellresponse.input.controls import TREATMENT as TREATMENT_KIND
+from cellresponse.profiling.well_profiles import PLATE, TREATMENT, WELL
 
 # Permutations of copairs' null distribution and the significance level of "retrieved".
 NULL_SIZE = 10000
@@ -158,3 +159,38 @@ def mechanism_benchmark_skipped(moa: str | None, compound: str, columns: Iterabl
             "--set profiles.moa=COLUMN --set profiles.compound=COLUMN"
         )
     return None
+
+
+def benchmark_profiles(
+    wells: pd.DataFrame,
+    treatments: pd.DataFrame,
+    features: list[str],
+    *,
+    moa: str | None,
+    compound: str,
+    batch: str | None,
+    controls: tuple[str, str | None, str],
+    seed: int,
+) -> dict[str, Any]:
+    """NSC (and NSCB, where the ``batch`` column is there) MoA accuracy on treatment profiles; mAP of replicate
+    retrieval (wells, by their treatment) and of MoA retrieval (treatments, other compounds). ``controls`` are
+    :func:`without_controls`' label, control label and positive-control rule: controls are never queries. A
+    benchmark whose columns are missing is skipped with the reason."""
+    out: dict[str, Any] = {}
+    treated = without_controls(treatments, *controls)
+    skipped = mechanism_benchmark_skipped(moa, compound, treated.columns)
+    if skipped:
+        out["nsc"] = {"skipped": skipped}
+    else:
+        x = treated[features].to_numpy()
+        out["nsc"] = nsc_accuracy(x, treated[moa].to_numpy(), treated[compound].to_numpy())
+        if batch and batch in treated.columns:
+            out["nscb"] = nsc_accuracy(x, treated[moa], treated[compound], treated[batch].to_numpy())
+        out["map_moa"] = retrieval_map(treated[[moa, compound]], x, [moa], [compound], [moa], [moa], seed=seed)
+        out["moa_column"], out["compound_column"] = moa, compound
+    queries = without_controls(wells, *controls)
+    ids = [TREATMENT, PLATE, WELL]
+    out["map_replicates"] = retrieval_map(
+        queries[ids], queries[features].to_numpy(), [TREATMENT], [], [TREATMENT], [TREATMENT], seed=seed
+    )
+    return out

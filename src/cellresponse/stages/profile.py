@@ -25,11 +25,9 @@ from cellresponse.input.plate import check_columns
 from cellresponse.input.runfolder import RunFolder
 from cellresponse.profiling.batch_correction import corrected_profiles
 from cellresponse.profiling.profile_benchmarks import (
-    mechanism_benchmark_skipped,
-    nsc_accuracy,
+    benchmark_profiles,
     nsc_not_computed,
     nsc_summary,
-    retrieval_map,
     without_controls,
 )
 from cellresponse.profiling.profile_models import plate_by_plate_feature_table
@@ -96,33 +94,18 @@ def controls_of(config: Config) -> tuple[str, str | None, str]:
 def evaluate_profiles(
     wells: pd.DataFrame, treatments: pd.DataFrame, features: list[str], config: Config
 ) -> dict[str, Any]:
-    """NSC (and NSCB) MoA accuracy on treatment profiles; mAP of replicate retrieval (wells) and MoA retrieval
-    (treatments). A benchmark whose columns are missing is skipped with the reason."""
-    batch = config.profiles.batch
-    out: dict[str, Any] = {}
+    """The profile benchmarks of one kind (:func:`benchmark_profiles`) with the run's columns and controls."""
     treated = without_controls(treatments, *controls_of(config))
-    moa, compound = config.moa_column(treated.columns), config.compound_column(treated.columns) or TREATMENT
-    skipped = mechanism_benchmark_skipped(moa, compound, treated.columns)
-    if skipped:
-        out["nsc"] = {"skipped": skipped}
-    else:
-        x = treated[features].to_numpy()
-        out["nsc"] = nsc_accuracy(x, treated[moa].to_numpy(), treated[compound].to_numpy())
-        if batch and batch in treated.columns:
-            out["nscb"] = nsc_accuracy(x, treated[moa], treated[compound], treated[batch].to_numpy())
-        out["map_moa"] = retrieval_map(treated[[moa, compound]], x, [moa], [compound], [moa], [moa], seed=config.seed)
-        out["moa_column"], out["compound_column"] = moa, compound
-    queries = without_controls(wells, *controls_of(config))
-    out["map_replicates"] = retrieval_map(
-        queries[[TREATMENT, PLATE, WELL]],
-        queries[features].to_numpy(),
-        [TREATMENT],
-        [],
-        [TREATMENT],
-        [TREATMENT],
+    return benchmark_profiles(
+        wells,
+        treatments,
+        features,
+        moa=config.moa_column(treated.columns),
+        compound=config.compound_column(treated.columns) or TREATMENT,
+        batch=config.profiles.batch,
+        controls=controls_of(config),
         seed=config.seed,
     )
-    return out
 
 
 def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:

@@ -324,6 +324,62 @@ def fit(trainer: Any, module: Any, data: Any, resume: Path | None, config: Confi
         raise
 
 
+def train_network(
+    run: RunFolder,
+    config: Config,
+    store: CropStore,
+    train: pd.DataFrame,
+    val: pd.DataFrame,
+    features: int,
+    classes: int,
+) -> tuple[Any, int | None]:
+    """Fit the network (resuming from the last checkpoint where there is one) and load its best weights; the module
+    and the best epoch, or ``(None, None)`` on a process other than the main one of a multi-process run."""
+    seed_everything(config.seed)
+    module = CellResponseModule(features, classes, config.to_dict())
+    data = CellDataModule(store, train, val, config)
+    trainer = build_trainer(config, run.checkpoints, run.history)
+    resume = run.last_checkpoint if run.last_checkpoint.exists() else None
+    if resume:
+        log.info("resuming from %s", resume)
+    fit(trainer, module, data, resume, config)
+    if not trainer.is_global_zero:
+        return None, None
+    best = run.best_checkpoint if run.best_checkpoint.exists() else run.last_checkpoint
+    checkpoint = torch.load(best, map_location="cpu", weights_only=True)
+    module.load_state_dict(checkpoint["state_dict"])
+    return module, checkpoint.get("epoch")
+
+
+def temperatures_of(scores: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """Each profile model's temperature, fitted on the held-out non-test images that scored it (logged)."""
+    temperatures = {kind: score["temperature"] for kind, score in scores.items() if "temperature" in score}
+    if temperatures:
+        log.info(
+            "profile models' probabilities tempered on held-out non-test images: %s",
+            ", ".join(f"{kind} T = {t:.2f}" for kind, t in temperatures.items()),
+        )
+    return temperatures
+
+
+def training_summary(
+    run: RunFolder, train: int, val: int, val_side: str, classes: int, report: dict[str, Any]
+) -> dict[str, Any]:
+    """``RUN/model/train_summary.json``'s figures of the fit: cells per side, classes, epochs, best validation
+    loss and the split's caveats."""
+    history = run.read_history()
+    caveats = ("by", "images", "leaky_classes", "untestable_classes", "plate_confounded_images")
+    return {
+        "cells_train": train,
+        "cells_validation": val,
+        "validation_side": val_side,
+        "classes": classes,
+        "epochs": len(history),
+        "best_val_loss": min((h["val_loss"] for h in history), default=None),
+        "split": {k: report.get(k) for k in caveats},
+    }
+
+
 def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train the network on RUN/crops and write RUN/model (checkpoints, history, split, bundle)."""
     started = time.perf_counter()
@@ -345,30 +401,14 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
         len(encoder.classes),
         len(scaler.columns),
     )
-    seed_everything(config.seed)
-    module = CellResponseModule(len(scaler.columns), len(encoder.classes), config.to_dict())
-    data = CellDataModule(store, train, val, config)
-    trainer = build_trainer(config, run.checkpoints, run.history)
-    resume = run.last_checkpoint if run.last_checkpoint.exists() else None
-    if resume:
-        log.info("resuming from %s", resume)
-    fit(trainer, module, data, resume, config)
-    if not trainer.is_global_zero:
+    module, epoch = train_network(run, config, store, train, val, len(scaler.columns), len(encoder.classes))
+    if module is None:  # not the main process of a multi-process run: the main one writes the bundle
         return {}
-    best = run.best_checkpoint if run.best_checkpoint.exists() else run.last_checkpoint
-    checkpoint = torch.load(best, map_location="cpu", weights_only=True)
-    module.load_state_dict(checkpoint["state_dict"])
     names = channel_names(table)
     side_of = pd.Series(sides["side"].to_numpy(), index=sides["image_id"].astype(str))
     labels = images.set_index(images["image_id"].astype(str))[config.input.label]
     tables = profile_tables(run, cells, list(side_of.index))
     scores = profile_scores(tables, images, side_of, labels)
-    temperatures = {kind: score["temperature"] for kind, score in scores.items() if "temperature" in score}
-    if temperatures:
-        log.info(
-            "profile models' probabilities tempered on held-out non-test images: %s",
-            ", ".join(f"{kind} T = {t:.2f}" for kind, t in temperatures.items()),
-        )
     save_bundle(
         run.bundle,
         module.model.cpu(),
@@ -378,26 +418,14 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
         crop_settings(config, names),
         names,
         label_to_target(images, config),
-        extra=bundle_extras(run, config, images, val_side, checkpoint.get("epoch"), "deep" in tables),
-        profile_models=profile_models(tables, labels, side_of, temperatures),
+        extra=bundle_extras(run, config, images, val_side, epoch, "deep" in tables),
+        profile_models=profile_models(tables, labels, side_of, temperatures_of(scores)),
         references=reference_profiles(tables, table, side_of, config),
     )
     choice = model_choice(run, config, cells, scores, side_of, labels)
     save_choice(run.bundle, choice)
-    history = run.read_history()
-    summary = {
-        "cells_train": len(train),
-        "cells_validation": len(val),
-        "validation_side": val_side,
-        "classes": len(encoder.classes),
-        "epochs": len(history),
-        "best_val_loss": min((h["val_loss"] for h in history), default=None),
-        "split": {
-            k: report.get(k) for k in ("by", "images", "leaky_classes", "untestable_classes", "plate_confounded_images")
-        },
-        "auto_model": choice["auto"],
-        "seconds": round(time.perf_counter() - started, 2),
-    }
+    summary = training_summary(run, len(train), len(val), val_side, len(encoder.classes), report)
+    summary |= {"auto_model": choice["auto"], "seconds": round(time.perf_counter() - started, 2)}
     write_json(run.train_summary, summary)
     run.record_stage("train", summary)
     return summary
