@@ -30,13 +30,13 @@ import pandas as pd
 from sklearn.metrics import log_loss
 
 from cellresponse.config import load_config
-from cellresponse.input.plate import labelled_images
+from cellresponse.input.plate import group_keys, labelled_images
 from cellresponse.input.runfolder import RunFolder
 from cellresponse.learning.baselines import features_baseline
+from cellresponse.learning.model_choice import fit_profile_models, profile_validation_scores
 from cellresponse.learning.profile_tables import profile_tables
 from cellresponse.learning.splits import TEST, assign_split
 from cellresponse.profiling.profile_models import features_model_probabilities
-from cellresponse.stages.train import profile_models, profile_scores
 
 LABELS = ("Metadata_MoA", "Metadata_Compound")
 BINS = 10
@@ -92,9 +92,10 @@ def main() -> None:
             side, _ = assign_split(images, label, split, seed=config.seed)
             sides = pd.Series(side.to_numpy(), index=images["image_id"].astype(str))
             tables = profile_tables(run, cells, list(sides.index))
-            scores = profile_scores(tables, images, sides, labels)
+            wells = group_keys(images.set_index(images["image_id"].astype(str)), "well")
+            scores = profile_validation_scores(tables, labels, sides, wells)
             temperatures = {kind: score["temperature"] for kind, score in scores.items() if "temperature" in score}
-            models = profile_models(tables, labels, sides, temperatures)
+            models = fit_profile_models(tables, labels, sides, temperatures)
             for kind, model in models.items():
                 plain = scored({**model, "temperature": 1.0}, tables[kind], images, label, sides)
                 tempered = scored(model, tables[kind], images, label, sides)

@@ -267,9 +267,8 @@ def test_tempered_probabilities_on_real_cells_say_how_often_the_calls_are_right(
     training replicate (wells it was not fitted on) brings the test side's mean probability of the call near its
     accuracy and lowers its log loss — without changing a single call."""
     from cellresponse.features.cell_features import feature_columns
-    from cellresponse.learning.model_choice import profile_validation_scores
+    from cellresponse.learning.model_choice import fit_profile_models, profile_validation_scores
     from cellresponse.learning.splits import assign_split
-    from cellresponse.stages.train import profile_models
 
     cells, images = moa_site1_cells
     table = image_feature_table(cells, feature_columns(cells.columns))
@@ -282,7 +281,7 @@ def test_tempered_probabilities_on_real_cells_say_how_often_the_calls_are_right(
         scores = profile_validation_scores({"measured": table}, labels, sides, wells)
         temperature = scores["measured"]["temperature"]
         assert temperature > 2.0, (test, temperature)
-        model = profile_models({"measured": table}, labels, sides, {"measured": temperature})["measured"]
+        model = fit_profile_models({"measured": table}, labels, sides, {"measured": temperature})["measured"]
         held_out = table[(sides.reindex(table.index) == "test").to_numpy()]
         truth = labels.loc[held_out.index].to_numpy()
         tempered = features_model_probabilities(model, held_out)

@@ -21,6 +21,7 @@ from cellresponse.learning.model_choice import (
     auto_summary,
     choose_model,
     describe_choice,
+    fit_profile_models,
     profile_validation_scores,
 )
 from cellresponse.learning.profile_tables import profile_tables
@@ -33,7 +34,6 @@ from cellresponse.profiling.profile_models import (
     fit_temperature,
     why_no_features_model,
 )
-from cellresponse.stages.train import profile_models
 from tests.conftest import run_cli, run_metrics
 
 
@@ -83,7 +83,7 @@ def test_a_training_side_with_no_more_images_than_classes_is_skipped_with_its_re
     assert scores["measured"]["accuracy"] is None
     assert scores["measured"]["skipped"] == why_no_features_model(labels.loc[keep[:3]])
     assert "3 images for 3 classes" in scores["measured"]["skipped"]
-    assert profile_models(tables, labels, sides.replace(VALIDATION, TEST)) == {}
+    assert fit_profile_models(tables, labels, sides.replace(VALIDATION, TEST)) == {}
     ids = labels.index
     images = pd.DataFrame({"image_id": ids, "plate": "P", "well": wells.str.split("/").str[1], "label": labels})
     baseline = features_baseline(tables["measured"], images, "label", sides.replace(VALIDATION, TEST))

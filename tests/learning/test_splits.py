@@ -15,8 +15,6 @@ from cellresponse.learning.splits import (
     TEST,
     TRAIN,
     VALIDATION,
-    LabelEncoder,
-    Scaler,
     assign_split,
     downsample_control,
     log_split,
@@ -157,15 +155,3 @@ def test_downsample_control_to_second_largest_class():
     assert info["applied"] and info["second_largest_cells"] == 120
     assert dmso_cells <= 120 and dmso_cells >= 120 - 40
     assert (kept["compound"] != "DMSO").sum() == (images["compound"] != "DMSO").sum()
-
-
-def test_encoder_and_scaler_round_trip_and_nonfinite():
-    enc = LabelEncoder.fit(["b", "a", "c", "a"])
-    assert enc.classes == ["a", "b", "c"]
-    assert enc.transform(["c", "a", "zzz"]).tolist() == [2, 0, -1]
-    assert enc.inverse(np.array([1, 2])).tolist() == ["b", "c"]
-    train = pd.DataFrame({"x": [1.0, 2.0, 3.0, np.inf], "y": [5.0, 5.0, 5.0, np.nan]})
-    scaler = Scaler.fit(train, ["x", "y"])
-    assert scaler.mean[0] == pytest.approx(2.0) and scaler.std[1] == 1.0  # constant column: std 1, not 0
-    out = scaler.transform(pd.DataFrame({"x": [2.0, np.nan], "y": [5.0, -np.inf]}))
-    assert np.isfinite(out).all() and out[0].tolist() == [0.0, 0.0]

@@ -30,7 +30,7 @@ from cellresponse.errors import InputError
 from cellresponse.features.crop_store import CropStore
 from cellresponse.input.io import atomic_path, write_json
 from cellresponse.input.transforms import IMAGE_CHANNELS, prepare_batch
-from cellresponse.learning.splits import LabelEncoder, Scaler
+from cellresponse.learning.encoders import LabelEncoder, Scaler
 from cellresponse.networks.model import CellResponseNet
 from cellresponse.profiling.references import References, load_references, save_references
 from cellresponse.provenance import made_by

@@ -20,9 +20,12 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import GroupKFold
 
+from cellresponse.config import EvaluationConfig
 from cellresponse.evaluation.run_metrics import RunMetrics
-from cellresponse.evaluation.votes import LEVELS
-from cellresponse.learning.splits import TRAIN, VALIDATION
+from cellresponse.evaluation.votes import LEVELS, vote
+from cellresponse.features.crop_store import CropStore
+from cellresponse.learning.bundle import Bundle, predict_cells
+from cellresponse.learning.splits import TEST, TRAIN, VALIDATION
 from cellresponse.profiling.profile_models import (
     PROFILE_KINDS,
     fit_features_model,
@@ -185,3 +188,57 @@ def auto_summary(choice: dict[str, Any], metrics: RunMetrics, vote_name: str) ->
         "test": test,
         "sentence": sentence,
     }
+
+
+def fit_profile_models(
+    tables: dict[str, pd.DataFrame],
+    labels: pd.Series,
+    sides: pd.Series,
+    temperatures: dict[str, float] | None = None,
+) -> dict[str, dict]:
+    """A profile model per kind fitted on the non-test images (exactly what `evaluate` scores), carrying the
+    temperature its held-out images fitted (:func:`profile_validation_scores`; 1 where none is given); none for a
+    kind whose images cannot fit one (a single class, or no more images than classes). ``tables`` are indexed by
+    image id, as ``labels`` and ``sides`` are."""
+    models = {}
+    for kind, table in tables.items():
+        fit = table[(sides.reindex(table.index) != TEST).to_numpy()]
+        if not why_no_features_model(labels.loc[fit.index]):
+            models[kind] = fit_features_model(
+                fit, labels.loc[fit.index].astype(str).to_numpy(), kind, (temperatures or {}).get(kind, 1.0)
+            )
+    return models
+
+
+def network_validation_score(
+    bundle: Bundle,
+    store: CropStore,
+    cells: pd.DataFrame,
+    sides: pd.Series,
+    labels: pd.Series,
+    evaluation: EvaluationConfig,
+    device: Any,
+) -> dict[str, Any]:
+    """The bundle's network's image accuracy on the validation side (cells voted as `evaluate` votes them);
+    ``sides`` and ``labels`` indexed by image id."""
+    validation = cells[cells["image_id"].map(sides) == VALIDATION]
+    if validation.empty:
+        return {"accuracy": None, "skipped": "no validation side: the network's only held-out images are the test side"}
+    validation = validation[validation["image_id"].map(labels).astype(str).isin(bundle.encoder.classes)]
+    probs = predict_cells(bundle, store, validation, evaluation.batch_size, device=device)
+    groups, scores = vote(validation["image_id"].to_numpy(), probs, evaluation.vote)
+    predicted = np.asarray(bundle.encoder.classes)[scores.argmax(1)]
+    truth = labels.loc[groups].astype(str).to_numpy()
+    return {"accuracy": float(np.mean(predicted == truth)), "images": len(groups)}
+
+
+def auto_choice(scores: dict[str, dict[str, Any]], sides: pd.Series) -> dict[str, Any]:
+    """The ``auto`` model of every candidate's held-out ``scores`` (the profile kinds' and the network's), with
+    what scored them: the validation side of ``sides`` (image id → side), or grouped cross-validation without one."""
+    validation_images = int((sides == VALIDATION).sum())
+    scored_on = (
+        f"the validation side ({validation_images} images)"
+        if validation_images
+        else "grouped cross-validation over the training side (no validation side; the network not scored)"
+    )
+    return {"auto": choose_model(scores), "scored_on": scored_on, "scores": scores}

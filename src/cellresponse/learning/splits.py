@@ -1,4 +1,4 @@
-"""Honest train/validation/test splits, control down-sampling, label encoders and the feature scaler.
+"""Honest train/validation/test splits, control down-sampling and the cell caps of training.
 
 A split assigns whole **groups** to one side: ``image`` (the study: all cells of a field together),
 ``well``, ``plate`` (leave-plate-out) or a user ``column`` (e.g. ``Metadata_Replicate``). Cells of one
@@ -250,57 +250,3 @@ def log_split(report: SplitReport) -> None:
             len(report.single_image_classes),
             ", ".join(report.single_image_classes[:3]),
         )
-
-
-# --------------------------------------------------------------------------------------------------
-# encoders and scaler (plain JSON in the model bundle: nothing pickled)
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class LabelEncoder:
-    classes: list[str]
-
-    @classmethod
-    def fit(cls, values: pd.Series | list[str]) -> LabelEncoder:
-        return cls(sorted({str(v) for v in values}))
-
-    def transform(self, values: pd.Series | list[str]) -> np.ndarray:
-        lookup = {c: i for i, c in enumerate(self.classes)}
-        out = np.array([lookup.get(str(v), -1) for v in values], dtype=np.int64)
-        return out
-
-    def inverse(self, codes: np.ndarray) -> np.ndarray:
-        return np.asarray(self.classes, dtype=object)[np.asarray(codes)]
-
-
-@dataclass
-class Scaler:
-    """StandardScaler fitted on the training side only; NaN/inf become the training mean (0)."""
-
-    columns: list[str]
-    mean: list[float]
-    std: list[float]
-
-    @classmethod
-    def fit(cls, table: pd.DataFrame, columns: list[str]) -> Scaler:
-        values = np.array(table[columns].to_numpy(np.float64), copy=True)
-        values[~np.isfinite(values)] = np.nan
-        mean = np.nan_to_num(np.nanmean(values, axis=0)) if len(values) else np.zeros(len(columns))
-        std = np.nan_to_num(np.nanstd(values, axis=0)) if len(values) else np.ones(len(columns))
-        std[std == 0] = 1.0
-        return cls(list(columns), mean.tolist(), std.tolist())
-
-    def transform(self, table: pd.DataFrame) -> np.ndarray:
-        missing = [c for c in self.columns if c not in table.columns]
-        if missing:
-            raise InputError(f"feature columns missing: {missing}")
-        values = table[self.columns].to_numpy(np.float64)
-        scaled = (values - np.asarray(self.mean)) / np.asarray(self.std)
-        scaled[~np.isfinite(scaled)] = 0.0
-        return scaled.astype(np.float32)
-
-
-def count_nonfinite(table: pd.DataFrame, columns: list[str]) -> int:
-    values = table[columns].to_numpy(np.float64)
-    return int((~np.isfinite(values)).sum())

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -20,33 +19,27 @@ from cellresponse.config import WELL_TREATMENT, Config
 from cellresponse.devices import inference_device
 from cellresponse.errors import InputError, ResourceError
 from cellresponse.evaluation.label_groups import grouping_record, label_grouping, label_groups
-from cellresponse.evaluation.votes import vote
-from cellresponse.features.cell_features import feature_columns
 from cellresponse.features.crop_store import CropStore
 from cellresponse.features.crops import changed_settings, crop_settings
 from cellresponse.features.embedding_tables import frozen_embedding_settings
 from cellresponse.input.io import write_json, write_parquet
 from cellresponse.input.plate import channel_names, group_keys, labelled_images
 from cellresponse.input.runfolder import RunFolder
-from cellresponse.learning.bundle import load_bundle, predict_cells, save_bundle, save_choice
-from cellresponse.learning.model_choice import NETWORK, choose_model, describe_choice, profile_validation_scores
-from cellresponse.learning.profile_tables import profile_tables
-from cellresponse.learning.splits import (
-    TEST,
-    TRAIN,
-    VALIDATION,
-    LabelEncoder,
-    Scaler,
-    assign_split,
-    cap_cells,
-    count_nonfinite,
-    downsample_control,
-    log_split,
+from cellresponse.learning.bundle import load_bundle, save_bundle, save_choice
+from cellresponse.learning.model_choice import (
+    NETWORK,
+    auto_choice,
+    describe_choice,
+    fit_profile_models,
+    network_validation_score,
+    profile_validation_scores,
 )
-from cellresponse.learning.training import CellDataModule, CellResponseModule, CellSet, build_trainer, seed_everything
+from cellresponse.learning.profile_tables import profile_tables
+from cellresponse.learning.splits import TEST, assign_split, downsample_control, log_split
+from cellresponse.learning.training import CellDataModule, CellResponseModule, build_trainer, seed_everything
+from cellresponse.learning.training_cells import cell_sets
 from cellresponse.parallel import is_main_process
 from cellresponse.profiling.batch_correction import batch_column
-from cellresponse.profiling.profile_models import fit_features_model, why_no_features_model
 from cellresponse.profiling.references import (
     References,
     batch_method,
@@ -103,123 +96,26 @@ def make_split(
     return sides, summary
 
 
-def cell_sets(
-    cells: pd.DataFrame, sides: pd.DataFrame, images: pd.DataFrame, config: Config, store: CropStore
-) -> tuple[LabelEncoder, Scaler, CellSet, CellSet, str]:
-    """Encoder, scaler and the train/validation cell sets (validation = test when none was kept)."""
-    label = config.input.label
-    side_of = dict(zip(sides["image_id"], sides["side"], strict=True))
-    label_of = dict(zip(images["image_id"], images[label], strict=True))
-    cells = cells[cells["image_id"].isin(side_of)].copy()
-    cells["side"] = cells["image_id"].map(side_of)
-    cells["true_label"] = cells["image_id"].map(label_of)
-    train = cells[cells["side"] == TRAIN]
-    if train.empty:
-        raise InputError("the training side has no cells — check the split settings and the segmentation")
-    encoder = LabelEncoder.fit(train["true_label"])
-    columns = feature_columns(cells.columns)
-    bad = count_nonfinite(cells, columns)
-    if bad:
-        log.warning("%d NaN/infinite feature values replaced by the training mean", bad)
-    scaler = Scaler.fit(train, columns)
-    val_side = VALIDATION if (cells["side"] == VALIDATION).any() else TEST
-    val = cells[cells["side"] == val_side]
-    if val.empty:
-        raise InputError("no validation cells: the split left no validation or test images")
-
-    def to_set(part: pd.DataFrame) -> CellSet:
-        return CellSet(
-            rows=store.rows_for(part["cell_id"]),
-            features=scaler.transform(part),
-            targets=encoder.transform(part["true_label"]),
-        )
-
-    val = val[encoder.transform(val["true_label"]) >= 0]  # classes never trained on cannot be scored
-    t = config.training
-    if t.max_cells_per_image is not None or t.max_cells_per_class is not None:
-        before = len(train)
-        train = cap_cells(train, "true_label", t.max_cells_per_image, t.max_cells_per_class, config.seed)
-        val = cap_cells(val, "true_label", t.max_cells_per_image, None, config.seed)
-        log.info(
-            "cell cap (training.max_cells_per_image %s, max_cells_per_class %s): training on %d of %d cells",
-            t.max_cells_per_image,
-            t.max_cells_per_class,
-            len(train),
-            before,
-        )
-    return encoder, scaler, to_set(train), to_set(val), val_side
-
-
 def label_to_target(images: pd.DataFrame, config: Config) -> dict[str, str]:
     """Compound → gene target, when every compound has exactly one target (CPJUMP1-style metadata)."""
     return label_groups(images, config.input.label, config.input.target_column)
 
 
-def profile_models(
-    tables: dict[str, pd.DataFrame],
-    labels: pd.Series,
-    sides: pd.Series,
-    temperatures: dict[str, float] | None = None,
-) -> dict[str, dict]:
-    """A profile model per kind fitted on the non-test images (exactly what `evaluate` scores), carrying the
-    temperature its held-out images fitted (:func:`profile_scores`; 1 where none is given); none for a kind whose
-    images cannot fit one (a single class, or no more images than classes)."""
-    models = {}
-    for kind, table in tables.items():
-        fit = table[(sides.reindex(table.index) != TEST).to_numpy()]
-        if not why_no_features_model(labels.loc[fit.index]):
-            models[kind] = fit_features_model(
-                fit, labels.loc[fit.index].astype(str).to_numpy(), kind, (temperatures or {}).get(kind, 1.0)
-            )
-    return models
-
-
-def profile_scores(
-    tables: dict[str, pd.DataFrame], images: pd.DataFrame, side: pd.Series, labels: pd.Series
-) -> dict[str, dict[str, Any]]:
-    """Each profile kind scored on held-out non-test images (selection.py), with the temperature they fit;
-    ``side`` and ``labels`` are indexed by image id."""
-    return profile_validation_scores(
-        tables, labels, side, group_keys(images.set_index(images["image_id"].astype(str)), "well")
-    )
-
-
-def network_validation_score(
-    run: RunFolder, cells: pd.DataFrame, sides: pd.Series, labels: pd.Series, config: Config
-) -> dict[str, Any]:
-    """The saved network's image accuracy on the validation side (cells voted as `evaluate` votes them)."""
-    validation = cells[cells["image_id"].map(sides) == VALIDATION]
-    if validation.empty:
-        return {"accuracy": None, "skipped": "no validation side: the network's only held-out images are the test side"}
-    bundle = load_bundle(run.bundle)
-    validation = validation[validation["image_id"].map(labels).astype(str).isin(bundle.encoder.classes)]
-    e = config.evaluation
-    device = inference_device(config.training.accelerator)
-    probs = predict_cells(bundle, CropStore(run.crops), validation, e.batch_size, device=device)
-    groups, scores = vote(validation["image_id"].to_numpy(), probs, e.vote)
-    predicted = np.asarray(bundle.encoder.classes)[scores.argmax(1)]
-    truth = labels.loc[groups].astype(str).to_numpy()
-    return {"accuracy": float(np.mean(predicted == truth)), "images": len(groups)}
-
-
-def model_choice(
+def choose_predicting_model(
     run: RunFolder,
     config: Config,
     cells: pd.DataFrame,
     kind_scores: dict[str, dict[str, Any]],
-    side: pd.Series,
+    sides: pd.Series,
     labels: pd.Series,
 ) -> dict[str, Any]:
-    """Add the saved network's validation score to the profile kinds' (``kind_scores``, :func:`profile_scores`)
-    and pick the ``auto`` model; ``side`` and ``labels`` are indexed by image id."""
-    scores = {**kind_scores, NETWORK: network_validation_score(run, cells, side, labels, config)}
-    validation_images = int((side == VALIDATION).sum())
-    scored_on = (
-        f"the validation side ({validation_images} images)"
-        if validation_images
-        else "grouped cross-validation over the training side (no validation side; the network not scored)"
+    """The saved network scored on the validation side beside the profile kinds' held-out ``kind_scores``, and the
+    ``auto`` model of them all (logged); ``sides`` and ``labels`` indexed by image id."""
+    device = inference_device(config.training.accelerator)
+    network = network_validation_score(
+        load_bundle(run.bundle), CropStore(run.crops), cells, sides, labels, config.evaluation, device
     )
-    choice = {"auto": choose_model(scores), "scored_on": scored_on, "scores": scores}
+    choice = auto_choice({**kind_scores, NETWORK: network}, sides)
     log.info(describe_choice(choice))
     return choice
 
@@ -392,7 +288,9 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
     cells = run.read_cells(image_ids=images["image_id"])  # the plates with labelled images only
     store = matching_crop_store(run, config, channel_names(table))
     sides, report = make_split(run, config, images, cells)
-    encoder, scaler, train, val, val_side = cell_sets(cells, sides, images, config, store)
+    encoder, scaler, train, val, val_side = cell_sets(
+        cells, sides, images, config.input.label, config.training, config.seed, store
+    )
     log.info(
         "training on %d cells, validating on %d (%s side), %d classes, %d table features",
         len(train),
@@ -408,7 +306,8 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
     side_of = pd.Series(sides["side"].to_numpy(), index=sides["image_id"].astype(str))
     labels = images.set_index(images["image_id"].astype(str))[config.input.label]
     tables = profile_tables(run, cells, list(side_of.index))
-    scores = profile_scores(tables, images, side_of, labels)
+    wells = group_keys(images.set_index(images["image_id"].astype(str)), "well")
+    scores = profile_validation_scores(tables, labels, side_of, wells)  # held out, with their temperatures
     save_bundle(
         run.bundle,
         module.model.cpu(),
@@ -419,10 +318,10 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
         names,
         label_to_target(images, config),
         extra=bundle_extras(run, config, images, val_side, epoch, "deep" in tables),
-        profile_models=profile_models(tables, labels, side_of, temperatures_of(scores)),
+        profile_models=fit_profile_models(tables, labels, side_of, temperatures_of(scores)),
         references=reference_profiles(tables, table, side_of, config),
     )
-    choice = model_choice(run, config, cells, scores, side_of, labels)
+    choice = choose_predicting_model(run, config, cells, scores, side_of, labels)
     save_choice(run.bundle, choice)
     summary = training_summary(run, len(train), len(val), val_side, len(encoder.classes), report)
     summary |= {"auto_model": choice["auto"], "seconds": round(time.perf_counter() - started, 2)}
