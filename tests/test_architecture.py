@@ -91,7 +91,7 @@ def test_missing_input_names_a_command_that_works(tmp_path):
 
 def test_report_shows_top_k_whatever_k_is():
     """metrics.json keys the top-k accuracy as top<k> (evaluation.top_k); the report read "top5" only."""
-    from cellresponse.stages.report import metrics_rows
+    from cellresponse.reporting.run_report import metrics_rows
     from tests.conftest import run_metrics
 
     block = {"accuracy": 0.5, "balanced_accuracy": 0.5, "top3": 0.75, "n": 4}

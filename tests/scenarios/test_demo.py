@@ -45,7 +45,7 @@ def test_the_demo_tells_where_each_models_wrong_calls_go(tiny_demo):
 def test_the_field_panels_rank_against_the_control_only_when_there_is_one(tiny_demo, tmp_path):
     from cellresponse.config import apply_overrides, load_config
     from cellresponse.input.runfolder import RunFolder
-    from cellresponse.stages.report import section_segmentation
+    from cellresponse.reporting.run_report import section_segmentation
 
     run = RunFolder(tiny_demo[0] / "run")
     config = load_config(run.config)

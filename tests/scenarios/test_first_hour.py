@@ -12,7 +12,7 @@ from cellresponse.evaluation.classification import classification_metrics, per_c
 from cellresponse.evaluation.label_groups import wrong_calls_sentence
 from cellresponse.learning.baselines import compare_with_baseline, compare_with_embeddings
 from cellresponse.learning.bundle import find_bundle
-from cellresponse.stages.report import (
+from cellresponse.reporting.run_report import (
     headline_of_the_predicting_model,
     never_predicted,
     sanity_meaning,
@@ -159,7 +159,7 @@ def test_the_baseline_verdict_does_not_ask_for_what_predict_already_does():
 
 def test_a_benchmark_not_computed_says_why():
     from cellresponse.profiling.profile_benchmarks import nsc_summary
-    from cellresponse.stages.report import section_profiles
+    from cellresponse.reporting.run_report import section_profiles
 
     missing = {"skipped": "columns ['Metadata_target'] not in the metadata — name the MoA and compound columns"}
     assert nsc_summary(missing) == f"NSC MoA accuracy not computed: {missing['skipped']}"
@@ -171,7 +171,7 @@ def test_a_benchmark_not_computed_says_why():
 
 
 def test_the_report_says_when_plates_give_the_class_away():
-    from cellresponse.stages.report import section_split
+    from cellresponse.reporting.run_report import section_split
 
     split = {"by": "well", "images": {"train": 30, "test": 9}, "plate_confounded_images": 5}
     text = "".join(section_split({**split, "plate_confounded_examples": ["AZ138", "taxol"]}))
@@ -181,7 +181,7 @@ def test_the_report_says_when_plates_give_the_class_away():
 
 
 def test_a_skipped_sanity_check_says_why(tmp_path):
-    from cellresponse.stages.report import section_results
+    from cellresponse.reporting.run_report import section_results
 
     metrics = {
         "image": {"soft_vote": {"accuracy": 0.9, "n": 10}},
