@@ -556,6 +556,29 @@ def normalize_query(
     return normalized_fields(fields, references.normalization, pd.Series(np.ones(len(fields), bool)), per_plate=False)
 
 
+def query_fields(
+    blocks: dict[str, pd.DataFrame],
+    meta: pd.DataFrame,
+    controls: pd.Series | None,
+    left_out: pd.Index,
+    references: References,
+    mode: str,
+    quantile: float,
+    seed: int,
+) -> tuple[References, pd.DataFrame, pd.DataFrame]:
+    """A new plate's per-image profile ``blocks`` made comparable with the references: the raw fields
+    (:func:`profile_fields`, less the images ``left_out`` — positive controls, which are not queries), normalised
+    (:func:`normalize_query`, ``mode`` from :func:`query_normalization`) and batch-corrected with the references
+    (:func:`batch_corrected`). Returns the references as compared (recalibrated after a joint correction), the raw
+    fields (activity is measured on them) and the normalised ones."""
+    raw, _ = profile_fields(blocks, meta)
+    if len(left_out):
+        raw = raw[~raw["image_id"].isin(left_out)].reset_index(drop=True)
+    fields = normalize_query(raw, controls, references, mode)
+    references, fields = batch_corrected(references, fields, controls, quantile, seed)
+    return references, raw, fields
+
+
 DEEP_PREFIX = "emb_"  # embeddings.PREFIX: the columns of a mean embedding
 
 

@@ -62,13 +62,11 @@ from cellresponse.profiling.profile_models import (
 )
 from cellresponse.profiling.references import (
     DEEP_PREFIX,
-    batch_corrected,
     image_meta,
     level_table,
     negative_controls,
-    normalize_query,
     positive_controls,
-    profile_fields,
+    query_fields,
     query_normalization,
 )
 from cellresponse.profiling.treatment_calls import FIELD_COLUMNS, WELL_COLUMNS, Answers, answer, summary
@@ -182,17 +180,17 @@ def predict_with_profiles(
     return [out.image_predictions, out.well_predictions]
 
 
-def query_blocks(bundle: Bundle, cells: pd.DataFrame, out: RunFolder, config: Config, progress: bool) -> dict:
+def query_blocks(
+    bundle: Bundle, cells: pd.DataFrame, cell_columns: list[str], out: RunFolder, config: Config, progress: bool
+) -> dict:
     """The new images' per-image profile blocks the bundle's references are made of: the measured statistics of
-    the cell features they use and, for deep references, the mean embeddings (embedding the cells as the bundle's
-    profiles were)."""
+    the cell features they use (``cell_columns``) and, for deep references, the mean embeddings (embedding the
+    cells as the bundle's profiles were)."""
     features = bundle.references.features
     blocks = {}
-    measured = [c for c in features if not c.startswith(DEEP_PREFIX)]
-    if measured:
-        cell_columns = profile_cell_columns(measured)
+    if cell_columns:
         blocks["measured"] = image_feature_table(cells, cell_columns)
-    if len(measured) < len(features):
+    if any(c.startswith(DEEP_PREFIX) for c in features):
         stage_module("embed").run(out, embedding_config(config, bundle), progress=progress)
         blocks["deep"] = mean_embeddings(out, sorted(cells["image_id"].astype(str).unique()))
     return blocks
@@ -227,12 +225,13 @@ def answer_open_world(plan: PredictionPlan, out: RunFolder, cells: pd.DataFrame,
             "or mechanism calls — retrain it (cellresponse train RUN --overwrite) to get them"
         )
         return []
+    cell_columns = profile_cell_columns(references.features)
     try:
-        require_cell_features(cells.columns, profile_cell_columns(references.features), "the bundle's references")
+        require_cell_features(cells.columns, cell_columns, "the bundle's references")
     except InputError as error:
         log.warning("%s — no activity, nearest references or mechanism calls this time", error)
         return []
-    blocks = query_blocks(bundle, cells, out, config, progress)
+    blocks = query_blocks(bundle, cells, cell_columns, out, config, progress)
     treatment, compound, moa = query_columns(table, config, references.columns.get("moa"))
     batch = batch_column(table.columns, config.profiles.batch, "plate")
     if references.batch_correction.get("method", "none") != "none" and batch not in table.columns:
@@ -242,14 +241,14 @@ def answer_open_world(plan: PredictionPlan, out: RunFolder, cells: pd.DataFrame,
     r = config.references
     mode, why = query_normalization(references, controls is not None, r.query_normalization)
     log.info(why)
-    raw, _ = profile_fields(blocks, meta)
+    positives = pd.Index([])
     if config.input.positive_controls == "exclude":
         positives = positive_controls(table, [config.input.label, compound], config.input.control_label)
         if len(positives):
             log.info("%d positive-control fields are not queries (input.positive_controls: include)", len(positives))
-            raw = raw[~raw["image_id"].isin(positives)].reset_index(drop=True)
-    fields = normalize_query(raw, controls, references, mode)
-    references, fields = batch_corrected(references, fields, controls, r.novelty_quantile, config.seed)
+    references, raw, fields = query_fields(
+        blocks, meta, controls, positives, references, mode, r.novelty_quantile, config.seed
+    )
     answers = answer(fields, raw, references, controls, r.neighbours, r.activity_fdr, config.seed)
     if answers.activity_note:
         named = " or ".join(dict.fromkeys(c for c in (config.input.label, compound) if c))
