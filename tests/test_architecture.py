@@ -89,19 +89,6 @@ def test_missing_input_names_a_command_that_works(tmp_path):
         RunFolder(tmp_path / "typo").read_images()
 
 
-def test_report_shows_top_k_whatever_k_is():
-    """metrics.json keys the top-k accuracy as top<k> (evaluation.top_k); the report read "top5" only."""
-    from cellresponse.reporting.run_report import metrics_rows
-    from tests.conftest import run_metrics
-
-    block = {"accuracy": 0.5, "balanced_accuracy": 0.5, "top3": 0.75, "n": 4}
-    votes = {"majority_vote": block, "soft_vote": block}
-    metrics = {"cell": {**block, "chance_rate": 0.1, "majority_rate": 0.2}, "image": votes}
-    rows = metrics_rows(run_metrics(**metrics))
-    assert [row[5] for row in rows] == [0.75, 0.75, 0.75]
-    assert [row[3] for row in rows] == ["0.15–0.85"] * 3  # 2 of 4 right: the Wilson interval says how little that is
-
-
 def test_seed_everything_leaves_pythonhashseed_alone(monkeypatch):
     """Setting PYTHONHASHSEED after the interpreter started has no effect; the old code set it anyway."""
     from cellresponse.learning.training import seed_everything

@@ -1,0 +1,24 @@
+"""Where wrong calls go against the labels' groups (a compound mistaken for another of its mechanism)."""
+
+from __future__ import annotations
+
+from cellresponse.evaluation.label_groups import wrong_calls_sentence
+from tests.conftest import run_metrics
+
+
+def test_the_report_says_where_the_auto_models_wrong_calls_go():
+    pairs = [{"true": "simvastatin", "predicted": "mevinolin", "n": 11, "same_group": True}]
+    image = {"n": 220, "wrong": 20, "wrong_within_group": 19, "share_within_group": 0.95, "group_accuracy": 0.995}
+    metrics = run_metrics(
+        label="Metadata_Compound",
+        auto={"model": "both"},
+        wrong_calls={"column": "Metadata_MoA", "models": {"both": {"image": {**image, "pairs": pairs}}}},
+    )
+    sentence = wrong_calls_sentence(metrics)
+    assert "the both model (auto) called 20 wrongly; 19 of them (95%) named another Metadata_Compound" in sentence
+    assert "right on 0.995 of images" in sentence and "simvastatin → mevinolin (11)" in sentence
+    assert "finds the Metadata_MoA" in sentence
+    scattered = {**image, "wrong_within_group": 5, "share_within_group": 0.25, "pairs": pairs}
+    metrics.wrong_calls["models"]["both"]["image"] = scattered
+    assert "finds the" not in wrong_calls_sentence(metrics)  # errors across mechanisms: no such claim
+    assert wrong_calls_sentence(run_metrics(label="x")) == ""
