@@ -22,3 +22,16 @@ def test_the_report_says_where_the_auto_models_wrong_calls_go():
     metrics.wrong_calls["models"]["both"]["image"] = scattered
     assert "finds the" not in wrong_calls_sentence(metrics)  # errors across mechanisms: no such claim
     assert wrong_calls_sentence(run_metrics(label="x")) == ""
+
+
+def test_group_accuracy_counts_calls_that_name_the_true_labels_group():
+    import numpy as np
+    import pandas as pd
+
+    from cellresponse.evaluation.label_groups import group_accuracy
+
+    groups = {"gefitinib": "EGFR", "erlotinib": "EGFR", "taxol": "TUBB"}
+    true = pd.Series(["gefitinib", "gefitinib", "taxol", "taxol"])
+    called = np.array(["erlotinib", "taxol", "taxol", "gefitinib"])  # right target, wrong, right, wrong
+    assert group_accuracy(true, called, groups) == 0.5
+    assert group_accuracy(true, called, {}) is None

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
-from cellresponse.evaluation.votes import most_common_label, vote
+from cellresponse.evaluation.votes import LEVELS, most_common_label, vote
 from cellresponse.input.plate import group_keys
 
 # Share of cells that must carry their group's label for a vote at that level to be scored (see voted_metrics).
@@ -151,3 +151,16 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+def network_test_scores(cells: pd.DataFrame, probs: np.ndarray, classes: list[str], top_k: int) -> dict[str, Any]:
+    """A network's scores on test ``cells`` (``true_label``, ``image_id``, ``well``, ``plate``; ``probs`` one row a
+    cell): per cell and voted per image, well and plate (:func:`voted_metrics`), with the image level's chance and
+    majority rates."""
+    called = np.asarray(classes)[probs.argmax(1)]
+    scores: dict[str, Any] = {"cell": classification_metrics(cells["true_label"], called, probs, classes, top_k)}
+    for level in LEVELS:
+        scores[level] = voted_metrics(cells, probs, classes, level, top_k)
+    scores["chance_rate"] = scores["image"]["chance_rate"]
+    scores["majority_rate"] = scores["image"]["majority_rate"]
+    return scores

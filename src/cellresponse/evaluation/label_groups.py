@@ -36,6 +36,15 @@ def label_grouping(
     return None
 
 
+def group_accuracy(true: pd.Series, called: np.ndarray, groups: dict[str, str]) -> float | None:
+    """The share of calls whose label has the true label's group (a compound call naming the right gene target);
+    None without ``groups``. Labels with no group count as one group of their own (``?``), as evaluation always has."""
+    if not groups:
+        return None
+    to_group = np.vectorize(lambda label: groups.get(label, "?"))
+    return float(np.mean(to_group(true.astype(str).to_numpy()) == to_group(np.asarray(called).astype(str))))
+
+
 def grouping_record(grouping: tuple[str, dict[str, str]] | None) -> dict[str, Any] | None:
     """A :func:`label_grouping` as ``bundle.json`` and ``metrics.json`` keep it: ``{"column", "groups"}``."""
     return None if grouping is None else {"column": grouping[0], "groups": grouping[1]}

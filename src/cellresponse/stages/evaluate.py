@@ -14,11 +14,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cellresponse.config import Config, EvaluationConfig, differences
+from cellresponse.config import Config, differences
 from cellresponse.devices import device_name, inference_device
 from cellresponse.errors import InputError
-from cellresponse.evaluation.classification import classification_metrics, voted_metrics
+from cellresponse.evaluation.classification import network_test_scores
 from cellresponse.evaluation.label_groups import (
+    group_accuracy,
     grouping_record,
     label_grouping,
     wrong_calls_by_model,
@@ -138,17 +139,18 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
     image_table = images.set_index("image_id").loc[groups].reset_index()
     write_parquet(run.image_predictions, prediction_table(image_table, image_scores, classes, e.top_k, label_grouped))
 
+    classes_called = np.asarray(classes)[probs.argmax(1)]
     metrics = RunMetrics(
         label=label,
         classes=len(classes),
         headline_vote=e.vote,
-        **test_side_scores(test, probs, classes, e),
+        **network_test_scores(test, probs, classes, e.top_k),
         split=split_report,
         **baseline_scores(run, cells, images, sides, bundle, config),
         verdict="",  # the verdicts below read the record
         embeddings_verdict="",
         label_grouping=grouping_record(label_grouped),
-        target_cell_accuracy=target_accuracy(bundle, test["true_label"], np.asarray(classes)[probs.argmax(1)]),
+        target_cell_accuracy=group_accuracy(test["true_label"], classes_called, bundle.label_to_target),
         profiles=json.loads(run.profile_metrics.read_text()) if run.profile_metrics.exists() else None,
     )
     if bundle.choice:  # before the verdict, which says whether predict's default already follows it
@@ -165,17 +167,6 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
     say_results(metrics, e.vote)
     run.record_stage("evaluate", {"cells": len(test), "device": device_name(device), "seconds": metrics.seconds})
     return metrics
-
-
-def test_side_scores(test: pd.DataFrame, probs: np.ndarray, classes: list[str], e: EvaluationConfig) -> dict[str, Any]:
-    """The network's scores on the test cells and their votes per image, well and plate, with chance and majority."""
-    called = np.asarray(classes)[probs.argmax(1)]
-    scores: dict[str, Any] = {"cell": classification_metrics(test["true_label"], called, probs, classes, e.top_k)}
-    for level in LEVELS:
-        scores[level] = voted_metrics(test, probs, classes, level, e.top_k)
-    scores["chance_rate"] = scores["image"]["chance_rate"]
-    scores["majority_rate"] = scores["image"]["majority_rate"]
-    return scores
 
 
 def baseline_scores(
@@ -200,14 +191,6 @@ def baseline_scores(
         "baseline_cell_features": cell_features_baseline(cells, columns, sides, config.seed, top_k),
         "sanity_check": sanity_check(cells, columns, sides, config.input.control_label, config.seed),
     }
-
-
-def target_accuracy(bundle: Bundle, true: pd.Series, called: np.ndarray) -> float | None:
-    """The share of test cells whose call names the true label's gene target (None without targets)."""
-    if not bundle.label_to_target:
-        return None
-    to_target = np.vectorize(lambda c: bundle.label_to_target.get(c, "?"))
-    return float(np.mean(to_target(true.astype(str).to_numpy()) == to_target(called)))
 
 
 def run_feature_table(path: str | Path, config: Config, out: str | Path) -> dict[str, Any]:
