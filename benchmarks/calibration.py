@@ -33,7 +33,7 @@ from cellresponse.config import load_config
 from cellresponse.input.plate import group_keys, labelled_images
 from cellresponse.input.runfolder import RunFolder
 from cellresponse.learning.baselines import features_baseline
-from cellresponse.learning.model_choice import fit_profile_models, profile_validation_scores
+from cellresponse.learning.model_choice import fit_profile_models, fitted_temperatures, profile_validation_scores
 from cellresponse.learning.profile_tables import profile_tables
 from cellresponse.learning.splits import TEST, assign_split
 from cellresponse.profiling.profile_models import features_model_probabilities
@@ -94,7 +94,7 @@ def main() -> None:
             tables = profile_tables(run, cells, list(sides.index))
             wells = group_keys(images.set_index(images["image_id"].astype(str)), "well")
             scores = profile_validation_scores(tables, labels, sides, wells)
-            temperatures = {kind: score["temperature"] for kind, score in scores.items() if "temperature" in score}
+            temperatures = fitted_temperatures(scores)
             models = fit_profile_models(tables, labels, sides, temperatures)
             for kind, model in models.items():
                 plain = scored({**model, "temperature": 1.0}, tables[kind], images, label, sides)

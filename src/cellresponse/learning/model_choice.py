@@ -14,6 +14,7 @@ say how often its calls are right; the choice reads only accuracy.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,7 @@ from cellresponse.config import EvaluationConfig
 from cellresponse.evaluation.run_metrics import RunMetrics
 from cellresponse.evaluation.votes import LEVELS, vote
 from cellresponse.features.crop_store import CropStore
-from cellresponse.learning.bundle import Bundle, predict_cells
+from cellresponse.learning.bundle import load_bundle, predict_cells
 from cellresponse.learning.splits import TEST, TRAIN, VALIDATION
 from cellresponse.profiling.profile_models import (
     PROFILE_KINDS,
@@ -210,8 +211,14 @@ def fit_profile_models(
     return models
 
 
+def fitted_temperatures(scores: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """Each profile kind's temperature from its held-out ``scores`` (:func:`profile_validation_scores`), where one
+    was fitted."""
+    return {kind: score["temperature"] for kind, score in scores.items() if "temperature" in score}
+
+
 def network_validation_score(
-    bundle: Bundle,
+    bundle_path: Path,
     store: CropStore,
     cells: pd.DataFrame,
     sides: pd.Series,
@@ -219,11 +226,13 @@ def network_validation_score(
     evaluation: EvaluationConfig,
     device: Any,
 ) -> dict[str, Any]:
-    """The bundle's network's image accuracy on the validation side (cells voted as `evaluate` votes them);
-    ``sides`` and ``labels`` indexed by image id."""
+    """The network of the bundle at ``bundle_path``: its image accuracy on the validation side (cells voted as
+    `evaluate` votes them; the bundle is loaded only where there is one); ``sides`` and ``labels`` indexed by image
+    id."""
     validation = cells[cells["image_id"].map(sides) == VALIDATION]
     if validation.empty:
         return {"accuracy": None, "skipped": "no validation side: the network's only held-out images are the test side"}
+    bundle = load_bundle(bundle_path)
     validation = validation[validation["image_id"].map(labels).astype(str).isin(bundle.encoder.classes)]
     probs = predict_cells(bundle, store, validation, evaluation.batch_size, device=device)
     groups, scores = vote(validation["image_id"].to_numpy(), probs, evaluation.vote)

@@ -28,7 +28,6 @@ from cellresponse.profiling.profile_benchmarks import (
     benchmark_profiles,
     nsc_not_computed,
     nsc_summary,
-    without_controls,
 )
 from cellresponse.profiling.profile_models import plate_by_plate_feature_table
 from cellresponse.profiling.well_profiles import (
@@ -95,13 +94,12 @@ def evaluate_profiles(
     wells: pd.DataFrame, treatments: pd.DataFrame, features: list[str], config: Config
 ) -> dict[str, Any]:
     """The profile benchmarks of one kind (:func:`benchmark_profiles`) with the run's columns and controls."""
-    treated = without_controls(treatments, *controls_of(config))
     return benchmark_profiles(
         wells,
         treatments,
         features,
-        moa=config.moa_column(treated.columns),
-        compound=config.compound_column(treated.columns) or TREATMENT,
+        moa=config.moa_column(treatments.columns),
+        compound=config.compound_column(treatments.columns) or TREATMENT,
         batch=config.profiles.batch,
         controls=controls_of(config),
         seed=config.seed,

@@ -25,18 +25,19 @@ from cellresponse.features.embedding_tables import frozen_embedding_settings
 from cellresponse.input.io import write_json, write_parquet
 from cellresponse.input.plate import channel_names, group_keys, labelled_images
 from cellresponse.input.runfolder import RunFolder
-from cellresponse.learning.bundle import load_bundle, save_bundle, save_choice
+from cellresponse.learning.bundle import save_bundle, save_choice
 from cellresponse.learning.model_choice import (
     NETWORK,
     auto_choice,
     describe_choice,
     fit_profile_models,
+    fitted_temperatures,
     network_validation_score,
     profile_validation_scores,
 )
 from cellresponse.learning.profile_tables import profile_tables
 from cellresponse.learning.splits import TEST, assign_split, downsample_control, log_split
-from cellresponse.learning.training import CellDataModule, CellResponseModule, build_trainer, seed_everything
+from cellresponse.learning.training import CellDataModule, CellResponseModule, CellSet, build_trainer, seed_everything
 from cellresponse.learning.training_cells import cell_sets
 from cellresponse.parallel import is_main_process
 from cellresponse.profiling.batch_correction import batch_column
@@ -112,9 +113,8 @@ def choose_predicting_model(
     """The saved network scored on the validation side beside the profile kinds' held-out ``kind_scores``, and the
     ``auto`` model of them all (logged); ``sides`` and ``labels`` indexed by image id."""
     device = inference_device(config.training.accelerator)
-    network = network_validation_score(
-        load_bundle(run.bundle), CropStore(run.crops), cells, sides, labels, config.evaluation, device
-    )
+    store = CropStore(run.crops)
+    network = network_validation_score(run.bundle, store, cells, sides, labels, config.evaluation, device)
     choice = auto_choice({**kind_scores, NETWORK: network}, sides)
     log.info(describe_choice(choice))
     return choice
@@ -224,8 +224,8 @@ def train_network(
     run: RunFolder,
     config: Config,
     store: CropStore,
-    train: pd.DataFrame,
-    val: pd.DataFrame,
+    train: CellSet,
+    val: CellSet,
     features: int,
     classes: int,
 ) -> tuple[Any, int | None]:
@@ -249,7 +249,7 @@ def train_network(
 
 def temperatures_of(scores: dict[str, dict[str, Any]]) -> dict[str, float]:
     """Each profile model's temperature, fitted on the held-out non-test images that scored it (logged)."""
-    temperatures = {kind: score["temperature"] for kind, score in scores.items() if "temperature" in score}
+    temperatures = fitted_temperatures(scores)
     if temperatures:
         log.info(
             "profile models' probabilities tempered on held-out non-test images: %s",
