@@ -12,7 +12,12 @@ flag rates of the per-mechanism rule at a few cut-offs. Scores:
 * ``percentile`` — where ``best`` falls among the leave-one-compound-out same-mechanism similarities of the
   mechanism it is nearest to (a per-mechanism threshold);
 * ``margin`` — best mechanism's similarity minus the second's;
-* ``top3`` — the mean similarity of the three nearest treatments.
+* ``top3`` — the mean similarity of the three nearest treatments;
+* ``zbest`` — ``best`` as a z-score of the unit's similarities to every reference treatment;
+* ``csls`` — cross-domain similarity local scaling (Lample et al. 2018): ``2·cos − top3(query) − hub(treatment)``,
+  ``hub`` a treatment's mean similarity to its three nearest other-compound treatments, maximised over treatments;
+* ``hub_relative`` — ``cos − hub(treatment)``, maximised: how much closer the unit is to a treatment than that
+  treatment's own nearest other compounds are.
 """
 
 from __future__ import annotations
@@ -38,8 +43,9 @@ from cellresponse.profiling.references import (
     treatment_table,
 )
 
-# the references' settings (the scores read here do not depend on the novelty quantile)
-QUANTILE_005 = ReferencesConfig(novelty_quantile=0.05)
+# the references' settings as predict's defaults (the scores do not depend on the novelty quantile; the flags
+# of the per-mechanism lines do)
+SETTINGS = ReferencesConfig()
 
 KIND = "both"  # the kind references.kind: auto chose on this run (docs/results.md)
 
@@ -56,8 +62,16 @@ def scores(refs, units: pd.DataFrame, calls: pd.DataFrame) -> pd.DataFrame:
     similarity = cosine_similarity(units[refs.features].to_numpy(), treatments[refs.features].to_numpy())
     moas = sorted(treatments["moa"].astype(str).unique())
     by_moa = np.sort(moa_similarities(similarity, treatments["moa"].astype(str).to_numpy(), moas), axis=1)
+    # local scaling: each reference treatment's own mean similarity to its 3 nearest other-compound treatments
+    among = cosine_similarity(treatments[refs.features].to_numpy(), treatments[refs.features].to_numpy())
+    other = treatments["compound"].to_numpy(object)[:, None] != treatments["compound"].to_numpy(object)[None, :]
+    hub = np.sort(np.where(other, among, -np.inf), axis=1)[:, -3:].mean(axis=1)
+    top3 = np.sort(similarity, axis=1)[:, -3:].mean(axis=1)
     return pd.DataFrame({"best": best, "percentile": percentile, "margin": by_moa[:, -1] - by_moa[:, -2],
-                         "top3": np.sort(similarity, axis=1)[:, -3:].mean(axis=1)})  # fmt: skip
+                         "top3": top3,
+                         "zbest": (best - similarity.mean(axis=1)) / similarity.std(axis=1),
+                         "csls": (2 * similarity - top3[:, None] - hub[None, :]).max(axis=1),
+                         "hub_relative": (similarity - hub[None, :]).max(axis=1)})  # fmt: skip
 
 
 def groups(tables, meta, ref_ids, query_ids) -> pd.DataFrame:
@@ -66,10 +80,12 @@ def groups(tables, meta, ref_ids, query_ids) -> pd.DataFrame:
         (c, "compound") for c in sorted(meta["compound"].unique())
     ]:
         kept = ref_ids[meta.loc[ref_ids, key] != withheld]
-        refs = build_references(blocks_of(tables, KIND, kept), meta.loc[kept], None, KIND, COLUMNS, QUANTILE_005)
+        refs = build_references(blocks_of(tables, KIND, kept), meta.loc[kept], None, KIND, COLUMNS, SETTINGS)
         units, calls = answered(refs, tables, KIND, meta, query_ids, "auto", "well")
         mine = (units[key] == withheld).to_numpy()
         table = scores(refs, units, calls)
+        table["novel"] = calls["novel"].astype(bool).to_numpy()
+        table["moa"], table["nearest_moa"] = units["moa"].to_numpy(), calls["nearest_1_moa"].to_numpy()
         if key == "moa":
             table["group"] = np.where(mine, "withheld_moa", "known")
         else:
@@ -96,13 +112,23 @@ def main() -> None:
     table = groups(tables, meta, ref_ids, query_ids)
     novel = table[table["group"] == "withheld_moa"]
     print(f"references replicate {args.reference_side}: wells {table['group'].value_counts().to_dict()}")
-    for score in ("best", "percentile", "margin", "top3"):
+    for score in ("best", "percentile", "margin", "top3", "zbest", "csls", "hub_relative"):
         aucs = []
         for other in ("unseen_compound", "known"):
             rest = table[table["group"] == other]
             truth = np.r_[np.ones(len(novel)), np.zeros(len(rest))]
             aucs.append(1 - roc_auc_score(truth, np.r_[novel[score], rest[score]]))  # low score = novel
         print(f"  {score:>10}: ROC AUC new mechanism vs unseen compound {aucs[0]:.3f}, vs known compound {aucs[1]:.3f}")
+    print(
+        f"  per withheld mechanism (novelty quantile {SETTINGS.novelty_quantile}): wells flagged novel; the "
+        "mechanism its wells are nearest to; their median best similarity"
+    )
+    for moa, wells in novel.groupby("moa"):
+        nearest = ", ".join(f"{m} {n}" for m, n in wells["nearest_moa"].value_counts().items())
+        print(
+            f"    {moa:>26}: {len(wells):2d} wells, flagged {wells['novel'].mean():.2f}; nearest {nearest}; "
+            f"best {wells['best'].median():.2f}"
+        )
     for cut in (0.05, 0.2, 0.3):
         rates = {g: float((t["percentile"] < cut).mean()) for g, t in table.groupby("group")}
         print(f"  percentile < {cut}: flagged " + ", ".join(f"{g} {r:.3f}" for g, r in sorted(rates.items())))

@@ -405,7 +405,12 @@ def test_ctrl_c_in_train_says_how_to_resume_and_exits_130(tiny_demo, tmp_path):
     if process.poll() is not None:
         pytest.skip("train finished before the interrupt could land")
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=120)
+    try:
+        _, stderr = process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        _, stderr = process.communicate()
+        pytest.fail(f"train still running 120 s after Ctrl-C; its stderr ends:\n{stderr[-3000:]}")
     assert process.returncode == 130, stderr[-2000:]
     assert "interrupted" in stderr and "rerun the same command to resume" in stderr
     resumed = run_cli("train", run, "--no-progress", "--set", "training.max_epochs=2")

@@ -32,10 +32,17 @@ from cellresponse.input.io import atomic_path, write_json
 from cellresponse.input.transforms import IMAGE_CHANNELS, prepare_batch
 from cellresponse.learning.encoders import LabelEncoder, Scaler
 from cellresponse.networks.model import CellResponseNet
+from cellresponse.profiling.profile_models import PROFILE_KINDS
 from cellresponse.profiling.references import References, load_references, save_references
 from cellresponse.provenance import made_by
 
 BUNDLE_VERSION = 1
+# The models a bundle can predict with (its ``choice``). Ties go to the model that costs least to run on a new
+# plate: measured profiles need no network at all, deep ones the frozen embedding network, the trained network its
+# crops too.
+NETWORK = "network"
+CANDIDATES = (*PROFILE_KINDS, NETWORK)
+MODEL_CHOICES = ("auto", *CANDIDATES)
 
 
 @dataclass

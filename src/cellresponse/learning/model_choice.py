@@ -25,21 +25,15 @@ from cellresponse.config import EvaluationConfig
 from cellresponse.evaluation.run_metrics import RunMetrics
 from cellresponse.evaluation.votes import LEVELS, vote
 from cellresponse.features.crop_store import CropStore
-from cellresponse.learning.bundle import load_bundle, predict_cells
+from cellresponse.learning.bundle import CANDIDATES, NETWORK, load_bundle, predict_cells
 from cellresponse.learning.splits import TEST, TRAIN, VALIDATION
 from cellresponse.profiling.profile_models import (
-    PROFILE_KINDS,
     fit_features_model,
     fit_temperature,
     held_out_logits,
     why_no_features_model,
 )
 
-NETWORK = "network"
-# Ties go to the model that costs least to run on a new plate: measured profiles need no network at all, deep ones
-# the frozen embedding network, the trained network its crops too.
-CANDIDATES = (*PROFILE_KINDS, NETWORK)
-MODEL_CHOICES = ("auto", *CANDIDATES)
 FOLDS = 3
 
 

@@ -28,7 +28,8 @@ from cellresponse.input.io import read_tiff, write_text
 from cellresponse.input.plate import channel_names
 from cellresponse.input.runfolder import RunFolder
 from cellresponse.learning.baselines import compare_with_baseline
-from cellresponse.learning.model_choice import NETWORK, call_probability, test_blocks
+from cellresponse.learning.bundle import NETWORK
+from cellresponse.learning.model_choice import call_probability, test_blocks
 from cellresponse.profiling.profile_benchmarks import nsc_not_computed, nsc_summary
 from cellresponse.provenance import made_by_line
 from cellresponse.reporting.figures import plot_confusion, plot_history, plot_illumination, treatment_panels

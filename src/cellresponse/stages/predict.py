@@ -50,8 +50,7 @@ from cellresponse.features.embedding_tables import mean_embeddings
 from cellresponse.input.io import write_parquet
 from cellresponse.input.plate import ImageSource, channel_names
 from cellresponse.input.runfolder import RunFolder
-from cellresponse.learning.bundle import Bundle, find_bundle, load_bundle, predict_cells
-from cellresponse.learning.model_choice import MODEL_CHOICES, NETWORK
+from cellresponse.learning.bundle import MODEL_CHOICES, NETWORK, Bundle, find_bundle, load_bundle, predict_cells
 from cellresponse.profiling.batch_correction import batch_column
 from cellresponse.profiling.profile_models import (
     features_model_probabilities,

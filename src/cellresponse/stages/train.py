@@ -25,9 +25,8 @@ from cellresponse.features.embedding_tables import frozen_embedding_settings
 from cellresponse.input.io import write_json, write_parquet
 from cellresponse.input.plate import channel_names, group_keys, labelled_images
 from cellresponse.input.runfolder import RunFolder
-from cellresponse.learning.bundle import save_bundle, save_choice
+from cellresponse.learning.bundle import NETWORK, save_bundle, save_choice
 from cellresponse.learning.model_choice import (
-    NETWORK,
     auto_choice,
     describe_choice,
     fit_profile_models,
