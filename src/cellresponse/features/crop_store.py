@@ -24,6 +24,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -140,8 +141,13 @@ class CropStore:
     def store_size(self) -> int:
         return self._size
 
+    @cached_property
+    def row_of(self) -> pd.Series:
+        """The store row of each cell id (built once: a stage that asks plate by plate asks many times)."""
+        return pd.Series(self.index["row"].to_numpy(), index=self.index["cell_id"].to_numpy())
+
     def rows_for(self, cell_ids: pd.Series | list[str]) -> np.ndarray:
-        lookup = pd.Series(self.index["row"].to_numpy(), index=self.index["cell_id"].to_numpy())
+        lookup = self.row_of
         missing = pd.Index(cell_ids).difference(lookup.index)
         if len(missing):
             raise InputError(f"{len(missing)} cells have no crop (e.g. {missing[0]}) — rerun `cellresponse crops`")

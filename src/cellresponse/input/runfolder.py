@@ -14,7 +14,8 @@
     RUN/embeddings/<image_id>.parquet  per-cell embeddings (cell_id, image_id, emb_…); settings.json
     RUN/embedding_means.parquet      each image's mean embedding and cell count, written when embed finishes
     RUN/profiles/                    <kind>_wells.parquet, <kind>_treatments.parquet, metrics.json
-    RUN/model/                       split.parquet, split.json, history.csv, checkpoints/, bundle/, train.json
+    RUN/model/                       split.parquet, split.json, history.csv, checkpoints/, bundle/, train.json;
+                                     training_cells/ while train runs (the sets' feature rows, memory-mapped)
     RUN/predictions/                 cell_predictions.parquet, image_predictions.parquet (predict: + well_…)
     RUN/metrics.json, RUN/report/    evaluation and report
     RUN/logs/                        cellresponse.log, <stage>.json summaries, failures-<stage>.csv
@@ -28,7 +29,7 @@ from __future__ import annotations
 import csv
 import json
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -108,6 +109,7 @@ class RunFolder:
     split_report = property(lambda self: self.root / "model" / "split.json")
     history = property(lambda self: self.root / "model" / "history.csv")
     checkpoints = property(lambda self: self.root / "model" / "checkpoints")
+    training_cells = property(lambda self: self.root / "model" / "training_cells")
     best_checkpoint = property(lambda self: self.root / "model" / "checkpoints" / "best.ckpt")
     last_checkpoint = property(lambda self: self.root / "model" / "checkpoints" / "last.ckpt")
     bundle = property(lambda self: self.root / "model" / "bundle")
@@ -214,6 +216,19 @@ class RunFolder:
         if wanted is not None:
             cells = cells[cells["image_id"].isin(wanted)].reset_index(drop=True)
         return cells
+
+    def cell_parts(self, image_ids: Iterable[str], columns: list[str] | None = None) -> Iterator[pd.DataFrame]:
+        """The cells of ``image_ids``, one plate's at a time (:meth:`read_cells` of each plate in turn, in its
+        order): what a stage that must see every cell of a screen holds at once is one plate. A run measured
+        before the table was partitioned yields its one table."""
+        wanted = {str(i) for i in image_ids}
+        if not self.require(self.cells, "measure").is_dir():
+            yield self.read_cells(columns, wanted)
+            return
+        images = self.read_images()
+        images = images[images["image_id"].astype(str).isin(wanted)]
+        for _, plate in images.groupby(images["plate"].astype(str), sort=False):
+            yield self.read_cells(columns, plate["image_id"].astype(str))
 
     def cell_columns(self) -> list[str]:
         """The columns of the cells table (from one part's schema: every part has the same columns)."""

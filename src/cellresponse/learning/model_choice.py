@@ -14,6 +14,7 @@ say how often its calls are right; the choice reads only accuracy.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -214,22 +215,30 @@ def fitted_temperatures(scores: dict[str, dict[str, Any]]) -> dict[str, float]:
 def network_validation_score(
     bundle_path: Path,
     store: CropStore,
-    cells: pd.DataFrame,
+    parts: Iterable[pd.DataFrame],
     sides: pd.Series,
     labels: pd.Series,
     evaluation: EvaluationConfig,
     device: Any,
 ) -> dict[str, Any]:
     """The network of the bundle at ``bundle_path``: its image accuracy on the validation side (cells voted as
-    `evaluate` votes them; the bundle is loaded only where there is one); ``sides`` and ``labels`` indexed by image
-    id."""
-    validation = cells[cells["image_id"].map(sides) == VALIDATION]
-    if validation.empty:
-        return {"accuracy": None, "skipped": "no validation side: the network's only held-out images are the test side"}
+    `evaluate` votes them; the bundle is loaded only where there is one); ``parts`` the cells plate by plate (one
+    plate's table held at a time), ``sides`` and ``labels`` indexed by image id."""
+    skipped = {"accuracy": None, "skipped": "no validation side: the network's only held-out images are the test side"}
+    on_side = set(sides.index[sides == VALIDATION].astype(str))
+    if not on_side:
+        return skipped
     bundle = load_bundle(bundle_path)
-    validation = validation[validation["image_id"].map(labels).astype(str).isin(bundle.encoder.classes)]
-    probs = predict_cells(bundle, store, validation, evaluation.batch_size, device=device)
-    groups, scores = vote(validation["image_id"].to_numpy(), probs, evaluation.vote)
+    known = set(labels.index[labels.astype(str).isin(bundle.encoder.classes)].astype(str))
+    image_ids, probabilities = [], []
+    for part in parts:
+        part = part[part["image_id"].isin(on_side & known)]
+        if len(part):
+            image_ids.append(part["image_id"].to_numpy())
+            probabilities.append(predict_cells(bundle, store, part, evaluation.batch_size, device=device))
+    if not image_ids:
+        return skipped
+    groups, scores = vote(np.concatenate(image_ids), np.concatenate(probabilities), evaluation.vote)
     predicted = np.asarray(bundle.encoder.classes)[scores.argmax(1)]
     truth = labels.loc[groups].astype(str).to_numpy()
     return {"accuracy": float(np.mean(predicted == truth)), "images": len(groups)}

@@ -1,15 +1,23 @@
 """The cells the network trains and validates on: each labelled cell's side of the split, its class code, its
-standardised feature row and its row in the crop store, with the training caps applied."""
+standardised feature row and its row in the crop store, with the training caps applied.
+
+The cells are read plate by plate, so that training on a screen holds one plate's table at a time: the cells' ids,
+sides and labels stay in memory (tens of bytes a cell), their standardised feature rows go to a memory-mapped file
+per set (as their crops sit in the crop store), from which each batch reads its rows."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import BinaryIO
 
+import numpy as np
 import pandas as pd
 
 from cellresponse.config import TrainingConfig
 from cellresponse.errors import InputError
-from cellresponse.features.cell_features import feature_columns
 from cellresponse.features.crop_store import CropStore
 from cellresponse.learning.encoders import LabelEncoder, Scaler, count_nonfinite
 from cellresponse.learning.splits import TEST, TRAIN, VALIDATION, cap_cells
@@ -17,39 +25,55 @@ from cellresponse.learning.training import CellSet
 
 log = logging.getLogger(__name__)
 
+# A fresh pass over the cells, one plate's table at a time (RunFolder.cell_parts): cell_sets reads them three times.
+CellParts = Callable[[], Iterable[pd.DataFrame]]
 
-def sided_cells(cells: pd.DataFrame, sides: pd.DataFrame, images: pd.DataFrame, label: str) -> pd.DataFrame:
-    """The cells of the split's images with their ``side`` and ``true_label``."""
-    side_of = dict(zip(sides["image_id"], sides["side"], strict=True))
-    label_of = dict(zip(images["image_id"], images[label], strict=True))
-    cells = cells[cells["image_id"].isin(side_of)].copy()
-    cells["side"] = cells["image_id"].map(side_of)
-    cells["true_label"] = cells["image_id"].map(label_of)
-    return cells
+
+def sided_rows(part: pd.DataFrame, side_of: pd.Series, label_of: pd.Series, store: CropStore) -> pd.DataFrame:
+    """The cells of ``part`` that belong to the split's images, as what the sets keep of a cell (a few bytes): its
+    crop-store ``row``, ``image_id``, ``side`` and ``true_label`` (categories of ``side_of``'s and ``label_of``'s,
+    both indexed by image id)."""
+    part = part[part["image_id"].isin(side_of.index)]
+    image_ids = part["image_id"].to_numpy()
+    return pd.DataFrame(
+        {
+            "row": store_rows(store, part["cell_id"]),
+            "image_id": pd.Categorical(image_ids, categories=side_of.index),
+            "side": pd.Categorical(side_of.loc[image_ids].to_numpy(), categories=sorted(set(side_of))),
+            "true_label": pd.Categorical(label_of.loc[image_ids].to_numpy(), categories=sorted(set(label_of))),
+        }
+    )
 
 
 def cell_sets(
-    cells: pd.DataFrame,
+    parts: CellParts,
+    columns: list[str],
     sides: pd.DataFrame,
     images: pd.DataFrame,
     label: str,
     training: TrainingConfig,
     seed: int,
     store: CropStore,
+    folder: Path,
 ) -> tuple[LabelEncoder, Scaler, CellSet, CellSet, str]:
     """Encoder and scaler fitted on the training side, and the training and validation cell sets (validation = the
     test side when the split kept none; its classes never trained on left out, as they cannot be scored); the
-    caps of ``training.max_cells_per_image`` / ``max_cells_per_class`` applied."""
-    cells = sided_cells(cells, sides, images, label)
+    caps of ``training.max_cells_per_image`` / ``max_cells_per_class`` applied. ``parts`` gives the cells (with
+    ``cell_id``, ``image_id`` and the feature ``columns``) plate by plate; each set's feature rows are written
+    to ``folder`` (:func:`stored_sets`)."""
+    side_of = sides.set_index(sides["image_id"].astype(str))["side"].astype(str)
+    label_of = images.set_index(images["image_id"].astype(str))[label].astype(str)
+    frames = [sided_rows(part, side_of, label_of, store) for part in parts()]
+    cells = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["row", "image_id", "side"])
     train = cells[cells["side"] == TRAIN]
     if train.empty:
         raise InputError("the training side has no cells — check the split settings and the segmentation")
     encoder = LabelEncoder.fit(train["true_label"])
-    columns = feature_columns(cells.columns)
-    bad = count_nonfinite(cells, columns)
-    if bad:
-        log.warning("%d NaN/infinite feature values replaced by the training mean", bad)
-    scaler = Scaler.fit(train, columns)
+    nonfinite: list[int] = []
+    train_rows = pd.Index(train["row"])
+    scaler = Scaler.fit_parts(training_side(parts(), side_of.index, train_rows, store, columns, nonfinite), columns)
+    if sum(nonfinite):
+        log.warning("%d NaN/infinite feature values replaced by the training mean", sum(nonfinite))
     val_side = VALIDATION if (cells["side"] == VALIDATION).any() else TEST
     val = cells[cells["side"] == val_side]
     if val.empty:
@@ -66,12 +90,88 @@ def cell_sets(
             len(train),
             before,
         )
+    train_set, val_set = stored_sets(parts, {"train": train, "validation": val}, scaler, encoder, store, folder)
+    return encoder, scaler, train_set, val_set, val_side
 
-    def to_set(part: pd.DataFrame) -> CellSet:
-        return CellSet(
-            rows=store.rows_for(part["cell_id"]),
-            features=scaler.transform(part),
-            targets=encoder.transform(part["true_label"]),
+
+def store_rows(store: CropStore, cell_ids: pd.Series) -> np.ndarray:
+    """Each cell's crop-store row, -1 where it has none (only the cells the sets take need one)."""
+    return store.row_of.reindex(pd.Index(cell_ids)).fillna(-1).to_numpy(np.int64)
+
+
+def training_side(
+    parts: Iterable[pd.DataFrame],
+    split_images: pd.Index,
+    train_rows: pd.Index,
+    store: CropStore,
+    columns: list[str],
+    nonfinite: list[int],
+) -> Iterator[pd.DataFrame]:
+    """Each part's training-side cells (their store rows among ``train_rows``), counting into ``nonfinite`` the
+    NaN/infinite values of every split cell (the scaler sets them to the training mean)."""
+    for part in parts:
+        part = part[part["image_id"].isin(split_images)]
+        nonfinite.append(count_nonfinite(part, columns))
+        yield part[train_rows.get_indexer(store_rows(store, part["cell_id"])) >= 0]
+
+
+def stored_sets(
+    parts: CellParts,
+    sets: dict[str, pd.DataFrame],
+    scaler: Scaler,
+    encoder: LabelEncoder,
+    store: CropStore,
+    folder: Path,
+) -> list[CellSet]:
+    """Each set of ``sets`` (cells with their store ``row`` and ``true_label``) as a :class:`CellSet` whose standardised
+    feature rows, in the set's order, are written plate by plate to ``folder/<name>.npy`` and read back
+    memory-mapped. Written with plain file writes, not through the map, so that the rows written stay the page
+    cache's (dropped under memory pressure) rather than the process's."""
+    for table in sets.values():
+        if (table["row"] < 0).any():
+            raise InputError(f"{int((table['row'] < 0).sum())} cells have no crop — rerun `cellresponse crops`")
+    folder.mkdir(parents=True, exist_ok=True)
+    width = len(scaler.columns)
+    where = {name: pd.Index(table["row"]) for name, table in sets.items()}
+    with ExitStack() as files:
+        handles = {name: empty_npy(files.enter_context(open(folder / f"{name}.npy", "w+b")), len(table), width)
+                   for name, table in sets.items()}  # fmt: skip
+        for part in parts():
+            in_store = store_rows(store, part["cell_id"])
+            for name, index in where.items():
+                rows = index.get_indexer(in_store)
+                found = rows >= 0
+                if found.any():
+                    write_rows(*handles[name], rows[found], scaler.transform(part[found]))
+    return [
+        CellSet(
+            rows=table["row"].to_numpy(),
+            features=np.load(folder / f"{name}.npy", mmap_mode="r")
+            if len(table) and width
+            else np.zeros((0, width), np.float32),
+            targets=encoder.transform(table["true_label"]),
         )
+        for name, table in sets.items()
+    ]
 
-    return encoder, scaler, to_set(train), to_set(val), val_side
+
+def empty_npy(handle: BinaryIO, rows: int, width: int) -> tuple[BinaryIO, int]:
+    """``handle`` made a ``.npy`` file of ``rows`` × ``width`` float32 (zeros, sparse until written), and the bytes
+    before its data."""
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
+              "shape": (rows, width)}  # fmt: skip
+    np.lib.format.write_array_header_1_0(handle, header)
+    start = handle.tell()
+    handle.truncate(start + rows * width * 4)
+    return handle, start
+
+
+def write_rows(handle: BinaryIO, header: int, rows: np.ndarray, values: np.ndarray) -> None:
+    """``values`` (float32, one row each) written at ``rows`` of the ``.npy`` file open as ``handle``, one write per
+    run of consecutive rows (a plate's cells are one run of a set: the sets keep the plates' order)."""
+    order = np.argsort(rows, kind="stable")
+    rows, values = rows[order], np.ascontiguousarray(values[order], dtype=np.float32)
+    starts = np.flatnonzero(np.diff(rows, prepend=-2) != 1)
+    for start, stop in zip(starts, [*starts[1:], len(rows)], strict=True):
+        handle.seek(header + int(rows[start]) * values.shape[1] * 4)
+        handle.write(values[start:stop].tobytes())

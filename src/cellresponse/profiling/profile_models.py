@@ -79,6 +79,13 @@ def plate_by_plate_feature_table(plates: Iterable[pd.DataFrame], columns: list[s
     return filled(pd.concat(parts)) if parts else pd.DataFrame()
 
 
+def plate_by_plate_statistics(plates: Iterable[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
+    """:func:`image_feature_statistics` of cells that come one plate at a time, in image_id order — what one table
+    of them all would give — holding one plate's cells at once."""
+    parts = [image_feature_statistics(cells, columns) for cells in plates if len(cells)]
+    return pd.concat(parts).sort_index() if parts else pd.DataFrame(columns=["cell_count"])
+
+
 def image_feature_statistics(cells: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     """:func:`image_feature_table` before missing values are filled."""
     values = cells[[*columns]].replace([np.inf, -np.inf], np.nan).astype(np.float64)

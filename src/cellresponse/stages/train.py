@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from cellresponse.config import WELL_TREATMENT, Config
 from cellresponse.devices import inference_device
 from cellresponse.errors import InputError, ResourceError
 from cellresponse.evaluation.label_groups import grouping_record, label_grouping, label_groups
+from cellresponse.features.cell_features import feature_columns
 from cellresponse.features.crop_store import CropStore
 from cellresponse.features.crops import changed_settings, crop_settings
 from cellresponse.features.embedding_tables import frozen_embedding_settings
@@ -34,12 +37,13 @@ from cellresponse.learning.model_choice import (
     network_validation_score,
     profile_validation_scores,
 )
-from cellresponse.learning.profile_tables import profile_tables
+from cellresponse.learning.profile_tables import profile_tables_of
 from cellresponse.learning.splits import TEST, assign_split, downsample_control, log_split
 from cellresponse.learning.training import CellDataModule, CellResponseModule, CellSet, build_trainer, seed_everything
-from cellresponse.learning.training_cells import cell_sets
+from cellresponse.learning.training_cells import CellParts, cell_sets
 from cellresponse.parallel import is_main_process
 from cellresponse.profiling.batch_correction import batch_column
+from cellresponse.profiling.profile_models import plate_by_plate_statistics
 from cellresponse.profiling.references import (
     References,
     batch_method,
@@ -62,9 +66,10 @@ def split_settings(config: Config) -> dict[str, Any]:
 
 
 def make_split(
-    run: RunFolder, config: Config, images: pd.DataFrame, cells: pd.DataFrame
+    run: RunFolder, config: Config, images: pd.DataFrame, per_image: pd.Series
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Down-sample controls and split by group; stored in RUN/model/split.parquet (reused on resume)."""
+    """Down-sample controls (``per_image``: cells per image id) and split by group; stored in
+    RUN/model/split.parquet (reused on resume)."""
     s = config.split
     settings = split_settings(config)
     if run.split_table.exists() and run.split_report.exists():
@@ -79,7 +84,6 @@ def make_split(
     info: dict[str, Any] = {"applied": False}
     chosen = images
     if s.downsample_control:
-        per_image = cells.groupby("image_id").size()
         chosen, info = downsample_control(
             images, per_image, config.input.label, config.input.control_label, config.seed
         )
@@ -104,7 +108,7 @@ def label_to_target(images: pd.DataFrame, config: Config) -> dict[str, str]:
 def choose_predicting_model(
     run: RunFolder,
     config: Config,
-    cells: pd.DataFrame,
+    parts: CellParts,
     kind_scores: dict[str, dict[str, Any]],
     sides: pd.Series,
     labels: pd.Series,
@@ -113,7 +117,7 @@ def choose_predicting_model(
     ``auto`` model of them all (logged); ``sides`` and ``labels`` indexed by image id."""
     device = inference_device(config.training.accelerator)
     store = CropStore(run.crops)
-    network = network_validation_score(run.bundle, store, cells, sides, labels, config.evaluation, device)
+    network = network_validation_score(run.bundle, store, parts(), sides, labels, config.evaluation, device)
     choice = auto_choice({**kind_scores, NETWORK: network}, sides)
     log.info(describe_choice(choice))
     return choice
@@ -284,11 +288,15 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
         shutil.rmtree(run.model)
     run.model.mkdir(parents=True, exist_ok=True)
     images = labelled_images(table, config.input.label)
-    cells = run.read_cells(image_ids=images["image_id"])  # the plates with labelled images only
+    columns = feature_columns(run.cell_columns())
+    # the cells of the plates with labelled images, one plate's table at a time (a screen's memory is a plate's)
+    parts = partial(run.cell_parts, images["image_id"], ["cell_id", "image_id", *columns])
+    statistics = plate_by_plate_statistics(parts(), columns)  # per image: the profile models' and the split's
     store = matching_crop_store(run, config, channel_names(table))
-    sides, report = make_split(run, config, images, cells)
+    sides, report = make_split(run, config, images, statistics["cell_count"])
+    folder = run.training_cells / str(os.getpid())  # one per process: DDP's ranks each write their own
     encoder, scaler, train, val, val_side = cell_sets(
-        cells, sides, images, config.input.label, config.training, config.seed, store
+        parts, columns, sides, images, config.input.label, config.training, config.seed, store, folder
     )
     log.info(
         "training on %d cells, validating on %d (%s side), %d classes, %d table features",
@@ -304,7 +312,7 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
     names = channel_names(table)
     side_of = pd.Series(sides["side"].to_numpy(), index=sides["image_id"].astype(str))
     labels = images.set_index(images["image_id"].astype(str))[config.input.label]
-    tables = profile_tables(run, cells, list(side_of.index))
+    tables = profile_tables_of(run, statistics, list(side_of.index))
     wells = group_keys(images.set_index(images["image_id"].astype(str)), "well")
     scores = profile_validation_scores(tables, labels, side_of, wells)  # held out, with their temperatures
     save_bundle(
@@ -320,7 +328,8 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
         profile_models=fit_profile_models(tables, labels, side_of, temperatures_of(scores)),
         references=reference_profiles(tables, table, side_of, config),
     )
-    choice = choose_predicting_model(run, config, cells, scores, side_of, labels)
+    choice = choose_predicting_model(run, config, parts, scores, side_of, labels)
+    shutil.rmtree(run.training_cells, ignore_errors=True)
     save_choice(run.bundle, choice)
     summary = training_summary(run, len(train), len(val), val_side, len(encoder.classes), report)
     summary |= {"auto_model": choice["auto"], "seconds": round(time.perf_counter() - started, 2)}

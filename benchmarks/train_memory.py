@@ -1,0 +1,118 @@
+"""What ``train`` holds of a screen's cells: peak memory of its cell-set step as the number of plates grows.
+
+    python benchmarks/train_memory.py [--plates 1 4 16] [--cells 20000]
+
+Synthetic run folders of 1, 4 and 16 plates, each plate ``--cells`` cells of the 74 measured features (random
+values; the cells table partitioned by plate as ``measure`` writes it, a crop-store index beside it). In a fresh
+process per case, the peak resident memory above the process's after its imports (``ru_maxrss``) of:
+
+* ``plate by plate`` — what ``train`` does: the per-image statistics and the cell sets read one plate at a time,
+  feature rows written to a memory-mapped file (``RunFolder.cell_parts``, ``training_cells.cell_sets``);
+* ``whole table`` — what it did before (2026-12-05, session 24): every plate's cells read into one table, the
+  scaler fitted on it and the feature rows standardised in memory.
+
+Printed: MB per case and the ratios 16 plates / 1 plate (target for a screen: flat, ≤ 1.2×). The ids, sides and
+labels of the cells stay in memory either way (as does the crop store's index); what no longer grows is the
+features.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+FEATURES = 74
+FIELDS = 40  # per plate
+
+CHILD = """
+import resource, sys
+from pathlib import Path
+import numpy as np, pandas as pd
+from cellresponse.config import TrainingConfig
+from cellresponse.features.cell_features import feature_columns
+from cellresponse.features.crop_store import CropStore
+from cellresponse.input.runfolder import RunFolder
+from cellresponse.learning.encoders import Scaler
+from cellresponse.learning.training_cells import cell_sets
+from cellresponse.profiling.profile_models import image_feature_statistics, plate_by_plate_statistics
+run, how = RunFolder(sys.argv[1]), sys.argv[2]
+images = run.read_images()
+side = np.where(np.arange(len(images)) % 5, "train", "validation")
+sides = pd.DataFrame({"image_id": images["image_id"], "side": side})
+store = CropStore(run.crops)
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+columns = feature_columns(run.cell_columns())
+if how == "plate":
+    parts = lambda: run.cell_parts(images["image_id"], ["cell_id", "image_id", *columns])
+    plate_by_plate_statistics(parts(), columns)
+    sets = cell_sets(parts, columns, sides, images, "label", TrainingConfig(), 0, store, run.training_cells / "0")
+    held = sets[2].features
+else:
+    cells = run.read_cells(image_ids=images["image_id"])
+    image_feature_statistics(cells, columns)
+    cells = cells[cells["image_id"].isin(set(sides["image_id"]))].copy()  # as training_cells.sided_cells did
+    cells["side"] = cells["image_id"].map(dict(zip(sides["image_id"], sides["side"])))
+    cells["true_label"] = cells["image_id"].map(dict(zip(images["image_id"], images["label"])))
+    train = cells[cells["side"] == "train"]
+    scaler = Scaler.fit(train, columns)
+    held = (scaler.transform(train), scaler.transform(cells[cells["side"] == "validation"]))
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
+"""
+
+
+def make_run(folder: Path, plates: int, cells: int, seed: int = 0) -> Path:
+    """A run folder with ``images.parquet``, ``cells.parquet/<plate>.parquet`` and ``crops/index.parquet``."""
+    rng = np.random.default_rng(seed)
+    (folder / "cells.parquet").mkdir(parents=True)
+    (folder / "crops").mkdir()
+    images, index = [], []
+    for p in range(plates):
+        plate = f"P{p:03d}"
+        ids = [f"{plate}_f{f:03d}" for f in range(FIELDS)]
+        images.append(pd.DataFrame({"image_id": ids, "plate": plate, "well": [f"w{f // 4}" for f in range(FIELDS)],
+                                    "label": [f"compound_{f % 4}" for f in range(FIELDS)]}))  # fmt: skip
+        image_of = np.repeat(ids, cells // FIELDS)
+        cell_ids = [f"{i}_c{n}" for n, i in enumerate(image_of)]
+        table = pd.DataFrame(rng.normal(size=(len(cell_ids), FEATURES)), columns=[f"f{i}" for i in range(FEATURES)])
+        table.insert(0, "image_id", image_of)
+        table.insert(0, "cell_id", cell_ids)
+        table.to_parquet(folder / "cells.parquet" / f"{plate}.parquet")
+        index.append(pd.DataFrame({"cell_id": cell_ids, "image_id": image_of}))
+    pd.concat(images, ignore_index=True).to_parquet(folder / "images.parquet")
+    index = pd.concat(index, ignore_index=True)
+    index.insert(0, "row", np.arange(len(index)))
+    index["label"], index["part"], index["offset"], index["length"] = 0, index["image_id"], 0, 0
+    index.to_parquet(folder / "crops" / "index.parquet")
+    return folder
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--plates", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--cells", type=int, default=20_000, help="cells per plate")
+    args = parser.parse_args()
+    peaks: dict[str, dict[int, float]] = {"plate": {}, "whole": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for plates in args.plates:
+            run = make_run(Path(tmp) / f"screen{plates}", plates, args.cells)
+            for how in peaks:
+                out = subprocess.run([sys.executable, "-c", CHILD, str(run), how], check=True, capture_output=True,
+                                     text=True)  # fmt: skip
+                peaks[how][plates] = float(out.stdout.split()[-1])
+            plate, whole = peaks["plate"][plates], peaks["whole"][plates]
+            print(f"{plates:3d} plates ({plates * args.cells:,} cells): plate by plate {plate:7.1f} MB, "
+                  f"whole table {whole:7.1f} MB")  # fmt: skip
+    low, high = min(args.plates), max(args.plates)
+    for how, name in (("plate", "plate by plate"), ("whole", "whole table")):
+        ratio = peaks[how][high] / max(peaks[how][low], 1e-9)
+        print(f"{name}: {high} / {low} plates ×{ratio:.2f} peak memory above the interpreter's")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""The cells the network trains on, read plate by plate (learning.training_cells): the same sets as one table
+would give, their feature rows on disk."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from cellresponse.config import TrainingConfig
+from cellresponse.features.crop_store import CropStore
+from cellresponse.input.runfolder import RunFolder
+from cellresponse.learning.encoders import Scaler
+from cellresponse.learning.training_cells import cell_sets
+
+FEATURES = [f"f{i}" for i in range(6)]
+
+
+def three_plate_run(root) -> RunFolder:
+    """A run folder with three plates of cells (``cells.parquet/<plate>.parquet``) and a crop-store index."""
+    rng = np.random.default_rng(1)
+    (root / "cells.parquet").mkdir(parents=True)
+    (root / "crops").mkdir()
+    images, index = [], []
+    for plate in ("P1", "P2", "P3"):
+        ids = [f"{plate}_{f}" for f in range(10)]
+        images.append(pd.DataFrame({"image_id": ids, "plate": plate, "label": [f"c{f % 3}" for f in range(10)]}))
+        image_of = np.repeat(ids, 25)
+        cells = pd.DataFrame(rng.normal(5.0, 2.0, (len(image_of), len(FEATURES))), columns=FEATURES)
+        cells.iloc[::13, 2] = np.nan
+        cells.insert(0, "image_id", image_of)
+        cells.insert(0, "cell_id", [f"{i}_{n}" for n, i in enumerate(image_of)])
+        cells.to_parquet(root / "cells.parquet" / f"{plate}.parquet")
+        index.append(cells[["cell_id", "image_id"]])
+    pd.concat(images, ignore_index=True).to_parquet(root / "images.parquet")
+    index = pd.concat(index, ignore_index=True)
+    index.insert(0, "row", np.arange(len(index))[::-1])  # store rows in another order than the table's
+    index["label"], index["part"], index["offset"], index["length"] = 0, index["image_id"], 0, 0
+    index.to_parquet(root / "crops" / "index.parquet")
+    return RunFolder(root)
+
+
+def test_cell_sets_read_plate_by_plate_equal_those_of_the_whole_table(tmp_path):
+    run = three_plate_run(tmp_path / "run")
+    images = run.read_images()
+    side = np.where(np.arange(len(images)) % 4 == 0, "validation", "train")
+    sides = pd.DataFrame({"image_id": images["image_id"], "side": side}).iloc[:-2]  # two images outside the split
+    read = []
+
+    def parts():
+        for part in run.cell_parts(images["image_id"], ["cell_id", "image_id", *FEATURES]):
+            read.append(len(part))
+            yield part
+
+    capped = TrainingConfig(max_cells_per_image=20)
+    store = CropStore(run.crops)
+    encoder, scaler, train, val, val_side = cell_sets(
+        parts, FEATURES, sides, images, "label", capped, 0, store, run.training_cells / "0"
+    )
+    assert max(read) == 250  # one plate's cells at a time, never the whole table
+    # the same sets from the whole table, as train made them before
+    cells = run.read_cells()
+    cells = cells[cells["image_id"].isin(set(sides["image_id"]))].copy()
+    cells["side"] = cells["image_id"].map(dict(zip(sides["image_id"], sides["side"], strict=True)))
+    cells["true_label"] = cells["image_id"].map(dict(zip(images["image_id"], images["label"], strict=True)))
+    whole = Scaler.fit(cells[cells["side"] == "train"], FEATURES)
+    np.testing.assert_allclose(scaler.mean, whole.mean, rtol=1e-13)
+    assert val_side == "validation" and encoder.classes == ["c0", "c1", "c2"]
+    for made, side_name in ((train, "train"), (val, "validation")):
+        expected = cells[cells["side"] == side_name]
+        per_image = expected.groupby("image_id").size()
+        assert len(made.features) == len(made.rows) == len(made.targets) == min(20, per_image.max()) * len(per_image)
+        assert isinstance(made.features, np.memmap)  # on disk, not in the process's memory
+        # each row is its own cell's: the stored row maps back to the cell whose features it holds
+        by_row = store.index.set_index("row")["cell_id"]
+        picked = expected.set_index("cell_id").loc[by_row.loc[made.rows].to_numpy()]
+        np.testing.assert_array_equal(np.asarray(made.features), whole.transform(picked))
+        np.testing.assert_array_equal(made.targets, encoder.transform(picked["true_label"]))
