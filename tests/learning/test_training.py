@@ -393,8 +393,22 @@ def test_ctrl_c_in_train_says_how_to_resume_and_exits_130(tiny_demo, tmp_path):
     shutil.copytree(demo / "run", run)
     shutil.rmtree(run / "model")
     command = [sys.executable, "-m", "cellresponse.cli", "train", str(run), "--no-progress"]
+    # Ctrl-C reaches a foreground process whose SIGINT is at its default; a pytest started in the background of a
+    # shell (`pytest &`) ignores SIGINT and its children would inherit that, so the child's is set to default first.
+    default_sigint = (
+        "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
+    )
     process = subprocess.Popen(
-        [*command, "--set", "training.max_epochs=200", "--set", "training.patience=200"],
+        [
+            sys.executable,
+            "-c",
+            default_sigint,
+            *command,
+            "--set",
+            "training.max_epochs=200",
+            "--set",
+            "training.patience=200",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
