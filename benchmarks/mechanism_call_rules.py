@@ -23,17 +23,12 @@ import argparse
 
 import numpy as np
 import pandas as pd
-from unseen_compounds import COLUMNS, blocks_of
+from unseen_compounds import COLUMNS, blocks_of, run_tables
 
 from cellresponse.config import ReferencesConfig
-from cellresponse.features.cell_features import feature_columns
-from cellresponse.features.embedding_tables import mean_embeddings
-from cellresponse.input.runfolder import RunFolder
 from cellresponse.profiling.profile_benchmarks import cosine_similarity
-from cellresponse.profiling.profile_models import image_feature_table
 from cellresponse.profiling.references import (
     build_references,
-    image_meta,
     level_table,
     normalize_query,
     profile_fields,
@@ -105,12 +100,7 @@ def main() -> None:
     parser.add_argument("run")
     parser.add_argument("--kind", default="both", choices=["measured", "deep", "both"])
     args = parser.parse_args()
-    run = RunFolder(args.run)
-    images, cells = run.read_images(), run.read_cells()
-    tables = {"measured": image_feature_table(cells, feature_columns(cells.columns)),
-              "deep": mean_embeddings(run, images["image_id"].astype(str).tolist())}  # fmt: skip
-    meta = image_meta(images, COLUMNS["treatment"], "Metadata_Compound", "Metadata_MoA")
-    replicate = images.set_index(images["image_id"].astype(str))["Metadata_Replicate"].astype(str)
+    _, tables, meta, replicate = run_tables(args.run)
     for side, other in (("1", "2"), ("2", "1")):
         scores = direction(tables, meta, args.kind, replicate.index[replicate == side],
                            replicate.index[replicate == other])  # fmt: skip

@@ -27,17 +27,12 @@ import argparse
 import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
-from unseen_compounds import COLUMNS, answered, blocks_of
+from unseen_compounds import COLUMNS, answered, blocks_of, run_tables
 
 from cellresponse.config import ReferencesConfig
-from cellresponse.features.cell_features import feature_columns
-from cellresponse.features.embedding_tables import mean_embeddings
-from cellresponse.input.runfolder import RunFolder
 from cellresponse.profiling.profile_benchmarks import cosine_similarity
-from cellresponse.profiling.profile_models import image_feature_table
 from cellresponse.profiling.references import (
     build_references,
-    image_meta,
     leave_one_compound_out,
     moa_similarities,
     treatment_table,
@@ -99,12 +94,7 @@ def main() -> None:
     parser.add_argument("run")
     parser.add_argument("--reference-side", default="1")
     args = parser.parse_args()
-    run = RunFolder(args.run)
-    images, cells = run.read_images(), run.read_cells()
-    tables = {"measured": image_feature_table(cells, feature_columns(cells.columns)),
-              "deep": mean_embeddings(run, images["image_id"].astype(str).tolist())}  # fmt: skip
-    meta = image_meta(images, COLUMNS["treatment"], "Metadata_Compound", "Metadata_MoA")
-    replicate = images.set_index(images["image_id"].astype(str))["Metadata_Replicate"].astype(str)
+    _, tables, meta, replicate = run_tables(args.run)
     ref_ids, query_ids = (
         replicate.index[replicate == args.reference_side],
         replicate.index[replicate != args.reference_side],

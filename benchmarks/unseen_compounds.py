@@ -142,6 +142,19 @@ def novel_mechanisms(tables, kind, meta, ref_ids, query_ids, quantile, mode_sett
             "swept_withheld": {q: float(np.mean(v)) for q, v in swept.items()}}  # fmt: skip
 
 
+def run_tables(folder: str) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], pd.DataFrame, pd.Series]:
+    """A BBBC021-moa run's images, their per-image profiles (``measured``, ``deep``), their metadata
+    (``image_meta``; the replicates as batches) and each image's replicate (indexed by image id)."""
+    run = RunFolder(folder)
+    images, cells = run.read_images(), run.read_cells()
+    tables = {"measured": image_feature_table(cells, feature_columns(cells.columns)),
+              "deep": mean_embeddings(run, images["image_id"].astype(str).tolist())}  # fmt: skip
+    # the replicates are the batches (BBBC021's plates each hold one compound: batches they cannot be)
+    meta = image_meta(images, COLUMNS["treatment"], "Metadata_Compound", "Metadata_MoA", "Metadata_Replicate")
+    replicate = images.set_index(images["image_id"].astype(str))["Metadata_Replicate"].astype(str)
+    return images, tables, meta, replicate
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run")
@@ -151,14 +164,7 @@ def main() -> None:
     parser.add_argument("--batch-correction", default="none", choices=["none", "spherize", "harmony"])
     args = parser.parse_args()
     BATCH[0] = args.batch_correction
-    run = RunFolder(args.run)
-    images = run.read_images()
-    cells = run.read_cells()
-    tables = {"measured": image_feature_table(cells, feature_columns(cells.columns)),
-              "deep": mean_embeddings(run, images["image_id"].astype(str).tolist())}  # fmt: skip
-    # the replicates are the batches (BBBC021's plates each hold one compound: batches they cannot be)
-    meta = image_meta(images, COLUMNS["treatment"], "Metadata_Compound", "Metadata_MoA", "Metadata_Replicate")
-    replicate = images.set_index(images["image_id"].astype(str))["Metadata_Replicate"].astype(str)
+    images, tables, meta, replicate = run_tables(args.run)
     print(f"run {args.run}: {len(images)} fields; query normalization {args.query_normalization}; "
           f"novelty quantile {args.quantile}; batch correction {args.batch_correction}")  # fmt: skip
     settings = ReferencesConfig(novelty_quantile=args.quantile)
