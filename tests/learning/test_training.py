@@ -427,6 +427,8 @@ def test_ctrl_c_in_train_says_how_to_resume_and_exits_130(tiny_demo, tmp_path):
         pytest.fail(f"train still running 120 s after Ctrl-C; its stderr ends:\n{stderr[-3000:]}")
     assert process.returncode == 130, stderr[-2000:]
     assert "interrupted" in stderr and "rerun the same command to resume" in stderr
+    assert not list((run / "model" / "training_cells").glob("*"))  # the interrupted process's sets removed
     resumed = run_cli("train", run, "--no-progress", "--set", "training.max_epochs=2")
     assert "exists and is not empty" not in resumed.stderr + resumed.stdout
     assert (run / "model" / "bundle" / "bundle.json").is_file()
+    assert not (run / "model" / "training_cells").exists()

@@ -306,7 +306,10 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
         len(encoder.classes),
         len(scaler.columns),
     )
-    module, epoch = train_network(run, config, store, train, val, len(scaler.columns), len(encoder.classes))
+    try:
+        module, epoch = train_network(run, config, store, train, val, len(scaler.columns), len(encoder.classes))
+    finally:  # this process's sets, interrupted or not (a killed one's go when a later train finishes)
+        shutil.rmtree(folder, ignore_errors=True)
     if module is None:  # not the main process of a multi-process run: the main one writes the bundle
         return {}
     names = channel_names(table)
