@@ -30,16 +30,12 @@ from cellresponse.profiling.profile_benchmarks import cosine_similarity
 from cellresponse.profiling.references import (
     build_references,
     level_table,
+    moa_similarities,
     normalize_query,
     profile_fields,
     query_normalization,
     treatment_table,
 )
-
-
-def best_by(similarity: np.ndarray, labels: np.ndarray, names: list[str]) -> np.ndarray:
-    """Per unit and name, the best similarity among the columns labelled with it."""
-    return np.stack([np.where(labels == name, similarity, -np.inf).max(axis=1) for name in names], axis=1)
 
 
 def vote(order: np.ndarray, weights: np.ndarray, column: np.ndarray, size: int) -> np.ndarray:
@@ -55,12 +51,12 @@ def calls(similarity: np.ndarray, treatments: pd.DataFrame) -> dict[str, np.ndar
     compound = treatments["compound"].astype(str).to_numpy()
     moas, compounds = sorted(set(moa)), sorted(set(compound))
     moa_of = {c: moa[compound == c][0] for c in compounds}
-    by_compound = best_by(similarity, compound, compounds)
+    by_compound = moa_similarities(similarity, compound, compounds)  # any labels, not only mechanisms
     members = [[i for i, c in enumerate(compounds) if moa_of[c] == m] for m in moas]
     top2 = np.stack([np.sort(np.where(moa == m, similarity, -np.inf), axis=1)[:, -2:] for m in moas], axis=1)
     top2 = np.where(np.isfinite(top2), top2, top2[:, :, -1:]).mean(axis=2)  # a mechanism of one treatment: its best
     out = {
-        "nearest": best_by(similarity, moa, moas).argmax(axis=1),
+        "nearest": moa_similarities(similarity, moa, moas).argmax(axis=1),
         "compound_mean": np.stack([by_compound[:, m].mean(axis=1) for m in members], axis=1).argmax(axis=1),
         "mechanism_top2": top2.argmax(axis=1),
     }

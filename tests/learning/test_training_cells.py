@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from cellresponse.config import TrainingConfig
+from cellresponse.errors import InputError
 from cellresponse.features.crop_store import CropStore
 from cellresponse.input.runfolder import RunFolder
 from cellresponse.learning.encoders import Scaler
@@ -75,3 +77,23 @@ def test_cell_sets_read_plate_by_plate_equal_those_of_the_whole_table(tmp_path):
         picked = expected.set_index("cell_id").loc[by_row.loc[made.rows].to_numpy()]
         np.testing.assert_array_equal(np.asarray(made.features), whole.transform(picked))
         np.testing.assert_array_equal(made.targets, encoder.transform(picked["true_label"]))
+
+
+def test_a_training_cell_without_a_crop_is_named_in_one_line(tmp_path):
+    run = three_plate_run(tmp_path / "run")
+    store = CropStore(run.crops)
+    assert store.known_rows(["P1_0_0", "nope"]).tolist() == [store.rows_for(["P1_0_0"])[0], -1]
+    with pytest.raises(InputError, match=r"^1 cells have no crop \(e\.g\. nope\) — rerun `cellresponse crops`"):
+        store.rows_for(["P1_0_0", "nope"])
+    # a cell of a training image lost its crop: the sets refuse, in the same words
+    index = store.index[store.index["cell_id"] != "P2_1_25"]
+    index.to_parquet(run.crops / "index.parquet")
+    images = run.read_images()
+    sides = pd.DataFrame({"image_id": images["image_id"], "side": "train"})
+    sides.loc[0, "side"] = "validation"
+
+    def parts():
+        return run.cell_parts(images["image_id"], ["cell_id", "image_id", *FEATURES])
+
+    with pytest.raises(InputError, match=r"^1 cells have no crop — rerun `cellresponse crops`"):
+        cell_sets(parts, FEATURES, sides, images, "label", TrainingConfig(), 0, CropStore(run.crops), tmp_path / "f")

@@ -111,6 +111,12 @@ def write_index(folder: Path, cells: pd.DataFrame, part_path: Any) -> dict[str, 
     return {"cells": len(cells), "bytes": total}
 
 
+def missing_crops(count: int, example: str | None = None) -> InputError:
+    """The error of cells that have no crop in the store."""
+    shown = f" (e.g. {example})" if example is not None else ""
+    return InputError(f"{count} cells have no crop{shown} — rerun `cellresponse crops`")
+
+
 class CropStore:
     """Read access to a crop store: ``store.batch(rows)`` gives uint8 ``(n, 8, S, S)``."""
 
@@ -146,12 +152,16 @@ class CropStore:
         """The store row of each cell id (built once: a stage that asks plate by plate asks many times)."""
         return pd.Series(self.index["row"].to_numpy(), index=self.index["cell_id"].to_numpy())
 
+    def known_rows(self, cell_ids: pd.Series | list[str]) -> np.ndarray:
+        """Each cell's store row, -1 where the store holds no crop of it."""
+        return self.row_of.reindex(pd.Index(cell_ids)).fillna(-1).to_numpy(np.int64)
+
     def rows_for(self, cell_ids: pd.Series | list[str]) -> np.ndarray:
-        lookup = self.row_of
-        missing = pd.Index(cell_ids).difference(lookup.index)
-        if len(missing):
-            raise InputError(f"{len(missing)} cells have no crop (e.g. {missing[0]}) — rerun `cellresponse crops`")
-        return lookup.loc[list(cell_ids)].to_numpy()
+        """Each cell's store row; one clear error where some have no crop."""
+        rows = self.known_rows(cell_ids)
+        if (rows < 0).any():
+            raise missing_crops(int((rows < 0).sum()), str(np.asarray(cell_ids, dtype=object)[rows < 0][0]))
+        return rows
 
     def batch(self, rows: np.ndarray) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.int64)

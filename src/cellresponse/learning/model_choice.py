@@ -229,10 +229,10 @@ def network_validation_score(
     if not on_side:
         return skipped
     bundle = load_bundle(bundle_path)
-    known = set(labels.index[labels.astype(str).isin(bundle.encoder.classes)].astype(str))
+    scored = on_side & set(labels.index[labels.astype(str).isin(bundle.encoder.classes)].astype(str))
     image_ids, probabilities = [], []
     for part in parts:
-        part = part[part["image_id"].isin(on_side & known)]
+        part = part[part["image_id"].isin(scored)]
         if len(part):
             image_ids.append(part["image_id"].to_numpy())
             probabilities.append(predict_cells(bundle, store, part, evaluation.batch_size, device=device))

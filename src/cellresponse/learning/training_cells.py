@@ -18,7 +18,7 @@ import pandas as pd
 
 from cellresponse.config import TrainingConfig
 from cellresponse.errors import InputError
-from cellresponse.features.crop_store import CropStore
+from cellresponse.features.crop_store import CropStore, missing_crops
 from cellresponse.learning.encoders import LabelEncoder, Scaler, count_nonfinite
 from cellresponse.learning.splits import TEST, TRAIN, VALIDATION, cap_cells
 from cellresponse.learning.training import CellSet
@@ -37,7 +37,7 @@ def sided_rows(part: pd.DataFrame, side_of: pd.Series, label_of: pd.Series, stor
     image_ids = part["image_id"].to_numpy()
     return pd.DataFrame(
         {
-            "row": store_rows(store, part["cell_id"]),
+            "row": store.known_rows(part["cell_id"]),
             "image_id": pd.Categorical(image_ids, categories=side_of.index),
             "side": pd.Categorical(side_of.loc[image_ids].to_numpy(), categories=sorted(set(side_of))),
             "true_label": pd.Categorical(label_of.loc[image_ids].to_numpy(), categories=sorted(set(label_of))),
@@ -94,11 +94,6 @@ def cell_sets(
     return encoder, scaler, train_set, val_set, val_side
 
 
-def store_rows(store: CropStore, cell_ids: pd.Series) -> np.ndarray:
-    """Each cell's crop-store row, -1 where it has none (only the cells the sets take need one)."""
-    return store.row_of.reindex(pd.Index(cell_ids)).fillna(-1).to_numpy(np.int64)
-
-
 def training_side(
     parts: Iterable[pd.DataFrame],
     split_images: pd.Index,
@@ -112,7 +107,7 @@ def training_side(
     for part in parts:
         part = part[part["image_id"].isin(split_images)]
         nonfinite.append(count_nonfinite(part, columns))
-        yield part[train_rows.get_indexer(store_rows(store, part["cell_id"])) >= 0]
+        yield part[train_rows.get_indexer(store.known_rows(part["cell_id"])) >= 0]
 
 
 def stored_sets(
@@ -129,7 +124,7 @@ def stored_sets(
     cache's (dropped under memory pressure) rather than the process's."""
     for table in sets.values():
         if (table["row"] < 0).any():
-            raise InputError(f"{int((table['row'] < 0).sum())} cells have no crop — rerun `cellresponse crops`")
+            raise missing_crops(int((table["row"] < 0).sum()))  # only the cells the sets take need a crop
     folder.mkdir(parents=True, exist_ok=True)
     width = len(scaler.columns)
     where = {name: pd.Index(table["row"]) for name, table in sets.items()}
@@ -137,7 +132,7 @@ def stored_sets(
         handles = {name: empty_npy(files.enter_context(open(folder / f"{name}.npy", "w+b")), len(table), width)
                    for name, table in sets.items()}  # fmt: skip
         for part in parts():
-            in_store = store_rows(store, part["cell_id"])
+            in_store = store.known_rows(part["cell_id"])
             for name, index in where.items():
                 rows = index.get_indexer(in_store)
                 found = rows >= 0

@@ -75,15 +75,15 @@ def filled(table: pd.DataFrame) -> pd.DataFrame:
 def plate_by_plate_feature_table(plates: Iterable[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
     """:func:`image_feature_table` of cells that come one plate at a time (``plates``, e.g. read from the per-image
     parts), holding one plate's cells at once: a screen's memory stays that of its largest plate."""
-    parts = [image_feature_statistics(cells, columns) for cells in plates if len(cells)]
-    return filled(pd.concat(parts)) if parts else pd.DataFrame()
+    statistics = plate_by_plate_statistics(plates, columns)
+    return filled(statistics) if len(statistics) else pd.DataFrame()
 
 
 def plate_by_plate_statistics(plates: Iterable[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
-    """:func:`image_feature_statistics` of cells that come one plate at a time, in image_id order — what one table
-    of them all would give — holding one plate's cells at once."""
+    """:func:`image_feature_statistics` of cells that come one plate at a time, in the plates' order, holding one
+    plate's cells at once (no rows where no plate has cells)."""
     parts = [image_feature_statistics(cells, columns) for cells in plates if len(cells)]
-    return pd.concat(parts).sort_index() if parts else pd.DataFrame(columns=["cell_count"])
+    return pd.concat(parts) if parts else pd.DataFrame(columns=["cell_count"])
 
 
 def image_feature_statistics(cells: pd.DataFrame, columns: list[str]) -> pd.DataFrame:

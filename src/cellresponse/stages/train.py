@@ -291,7 +291,8 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
     columns = feature_columns(run.cell_columns())
     # the cells of the plates with labelled images, one plate's table at a time (a screen's memory is a plate's)
     parts = partial(run.cell_parts, images["image_id"], ["cell_id", "image_id", *columns])
-    statistics = plate_by_plate_statistics(parts(), columns)  # per image: the profile models' and the split's
+    # per image, for the profile models and the split; in image-id order, as one table's groupby gave them
+    statistics = plate_by_plate_statistics(parts(), columns).sort_index()
     store = matching_crop_store(run, config, channel_names(table))
     sides, report = make_split(run, config, images, statistics["cell_count"])
     folder = run.training_cells / str(os.getpid())  # one per process: DDP's ranks each write their own
