@@ -2,18 +2,24 @@
 
     python benchmarks/train_memory.py [--plates 1 4 16] [--cells 20000]
 
-Synthetic run folders of 1, 4 and 16 plates, each plate ``--cells`` cells of the 74 measured features (random
-values; the cells table partitioned by plate as ``measure`` writes it, a crop-store index beside it). In a fresh
-process per case, the peak resident memory above the process's after its imports (``ru_maxrss``) of:
+Synthetic run folders of 1, 4 and 16 plates, each plate ``--cells`` cells of 74 features (random values, named
+as measured features are, so that ``train`` takes them; the cells table partitioned by plate as ``measure`` writes
+it, a crop-store index beside it, cell ids ``<image>#<label>`` as ``measure`` makes them). In a fresh process per
+case, the peak resident memory above the process's after its imports (``ru_maxrss``) of opening the crop store
+(its index keeps a row of every cell of the screen) and then:
 
 * ``plate by plate`` — what ``train`` does: the per-image statistics and the cell sets read one plate at a time,
   feature rows written to a memory-mapped file (``RunFolder.cell_parts``, ``training_cells.cell_sets``);
 * ``whole table`` — what it did before (2026-12-05, session 24): every plate's cells read into one table, the
   scaler fitted on it and the feature rows standardised in memory.
 
-Printed: MB per case and the ratios 16 plates / 1 plate (target for a screen: flat, ≤ 1.2×). The ids, sides and
-labels of the cells stay in memory either way (as does the crop store's index); what no longer grows is the
-features.
+Printed: MB per case, the ratios largest / smallest screen (target for a screen: flat, ≤ 1.2×) and the bytes a
+cell that the peak grows by between the two largest screens (past the allocators' first high-water marks: what
+each further cell costs). Each cell's store row, side and label, and the crop store's few numbers a cell, stay in
+memory either way; what no longer grows is the features.
+
+Before 2026-12-05 (session 25) the synthetic features were named ``f0`` … ``f73``, which ``train`` does not take
+as features: the figures printed then measured the sets without their feature rows, and left the store out.
 """
 
 from __future__ import annotations
@@ -45,11 +51,11 @@ run, how = RunFolder(sys.argv[1]), sys.argv[2]
 images = run.read_images()
 side = np.where(np.arange(len(images)) % 5, "train", "validation")
 sides = pd.DataFrame({"image_id": images["image_id"], "side": side})
-store = CropStore(run.crops)
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+store = CropStore(run.crops)  # its index holds a row of every cell of the screen: counted
 columns = feature_columns(run.cell_columns())
 if how == "plate":
-    parts = lambda: run.cell_parts(images["image_id"], ["cell_id", "image_id", *columns])
+    parts = lambda: run.cell_parts(images["image_id"], ["image_id", "label", *columns])
     plate_by_plate_statistics(parts(), columns)
     sets = cell_sets(parts, columns, sides, images, "label", TrainingConfig(), 0, store, run.training_cells / "0")
     held = sets[2].features
@@ -78,16 +84,19 @@ def make_run(folder: Path, plates: int, cells: int, seed: int = 0) -> Path:
         images.append(pd.DataFrame({"image_id": ids, "plate": plate, "well": [f"w{f // 4}" for f in range(FIELDS)],
                                     "label": [f"compound_{f % 4}" for f in range(FIELDS)]}))  # fmt: skip
         image_of = np.repeat(ids, cells // FIELDS)
-        cell_ids = [f"{i}_c{n}" for n, i in enumerate(image_of)]
-        table = pd.DataFrame(rng.normal(size=(len(cell_ids), FEATURES)), columns=[f"f{i}" for i in range(FEATURES)])
+        labels = np.tile(np.arange(1, cells // FIELDS + 1), FIELDS)
+        cell_ids = [f"{i}#{n}" for i, n in zip(image_of, labels, strict=True)]
+        names = [f"Intensity_Feature{i:02d}" for i in range(FEATURES)]  # named as features are: train takes them
+        table = pd.DataFrame(rng.normal(size=(len(cell_ids), FEATURES)), columns=names)
+        table.insert(0, "label", labels)
         table.insert(0, "image_id", image_of)
         table.insert(0, "cell_id", cell_ids)
         table.to_parquet(folder / "cells.parquet" / f"{plate}.parquet")
-        index.append(pd.DataFrame({"cell_id": cell_ids, "image_id": image_of}))
+        index.append(table[["cell_id", "image_id", "label"]])
     pd.concat(images, ignore_index=True).to_parquet(folder / "images.parquet")
     index = pd.concat(index, ignore_index=True)
     index.insert(0, "row", np.arange(len(index)))
-    index["label"], index["part"], index["offset"], index["length"] = 0, index["image_id"], 0, 0
+    index["part"], index["offset"], index["length"] = index["image_id"] + ".crops", 0, 0
     index.to_parquet(folder / "crops" / "index.parquet")
     return folder
 
@@ -108,10 +117,16 @@ def main() -> None:
             plate, whole = peaks["plate"][plates], peaks["whole"][plates]
             print(f"{plates:3d} plates ({plates * args.cells:,} cells): plate by plate {plate:7.1f} MB, "
                   f"whole table {whole:7.1f} MB")  # fmt: skip
-    low, high = min(args.plates), max(args.plates)
+    ordered = sorted(args.plates)
+    low, high = ordered[0], ordered[-1]
     for how, name in (("plate", "plate by plate"), ("whole", "whole table")):
         ratio = peaks[how][high] / max(peaks[how][low], 1e-9)
-        print(f"{name}: {high} / {low} plates ×{ratio:.2f} peak memory above the interpreter's")
+        line = f"{name}: {high} / {low} plates ×{ratio:.2f} peak memory above the interpreter's"
+        if len(ordered) > 2:
+            below = ordered[-2]
+            slope = (peaks[how][high] - peaks[how][below]) * 2**20 / ((high - below) * args.cells)
+            line += f"; {slope:.0f} bytes a cell from {below} to {high} plates"
+        print(line)
 
 
 if __name__ == "__main__":

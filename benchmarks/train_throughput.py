@@ -96,7 +96,7 @@ def main() -> None:
         n = len(cells)
         features = np.random.default_rng(0).normal(size=(n, 12)).astype(np.float32)
         targets = np.random.default_rng(1).integers(0, 6, n)
-        cellset = CellSet(store.rows_for(cells["cell_id"]), features, targets)
+        cellset = CellSet(store.rows_for(cells), features, targets)
         module = CellResponseModule(12, 6, config.to_dict())
         module.train()
         optimizer = torch.optim.Adam(module.parameters(), lr=1e-4)

@@ -69,11 +69,13 @@ def test_store_rows_hold_each_cells_own_crop_on_a_real_field(bbbc021_cropped):
     run = RunFolder(bbbc021_cropped)
     store = CropStore(run.crops)
     cells = pd.read_parquet(run.cells)
-    assert len(store) == len(cells) and store.index["cell_id"].tolist() == cells["cell_id"].tolist()
+    index = pd.read_parquet(run.crops / "index.parquet")
+    assert len(store) == len(cells) and index["cell_id"].tolist() == cells["cell_id"].tolist()
+    np.testing.assert_array_equal(store.rows_for(cells), index["row"])  # each cell found by its image and label
     image_id = cells["image_id"].iloc[len(cells) // 2]
     mine = cells[cells["image_id"] == image_id]
     labels = read_tiff(run.mask_path(image_id))
-    crops = store.batch(store.rows_for(mine["cell_id"]))
+    crops = store.batch(store.rows_for(mine))
     bboxes = mine[["bbox_min_row", "bbox_min_col", "bbox_max_row", "bbox_max_col"]].to_numpy()
     boxes = square_boxes(bboxes, store.settings["padding"])
     for crop, label, (top, left, side) in zip(crops, mine["label"], boxes, strict=True):

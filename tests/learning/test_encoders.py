@@ -14,6 +14,9 @@ def test_encoder_and_scaler_round_trip_and_nonfinite():
     assert enc.classes == ["a", "b", "c"]
     assert enc.transform(["c", "a", "zzz"]).tolist() == [2, 0, -1]
     assert enc.inverse(np.array([1, 2])).tolist() == ["b", "c"]
+    # a categorical column (the training sets') maps its categories: the same codes as its strings give
+    values = pd.Series(pd.Categorical(["c", "a", "zzz", None, "b"], categories=["zzz", "c", "b", "a"]))
+    assert enc.transform(values).tolist() == enc.transform(["c", "a", "zzz", "", "b"]).tolist() == [2, 0, -1, -1, 1]
     train = pd.DataFrame({"x": [1.0, 2.0, 3.0, np.inf], "y": [5.0, 5.0, 5.0, np.nan]})
     scaler = Scaler.fit(train, ["x", "y"])
     assert scaler.mean[0] == pytest.approx(2.0) and scaler.std[1] == 1.0  # constant column: std 1, not 0

@@ -86,7 +86,7 @@ def test_bundle_round_trip_gives_the_same_predictions(trained, tmp_path):
     assert bundle.encoder.classes == ["DMSO", "cyclohexamide"]
     store = CropStore(run.crops)
     cells = pd.read_parquet(run.cells).head(64)
-    rows, feats = store.rows_for(cells["cell_id"]), bundle.scaler.transform(cells)
+    rows, feats = store.rows_for(cells), bundle.scaler.transform(cells)
     first = predict_probabilities(bundle.model, store, rows, feats, bundle.config)
     again = predict_probabilities(load_bundle(run.model / "bundle").model, store, rows, feats, bundle.config)
     np.testing.assert_allclose(first, again, atol=1e-6)

@@ -26,17 +26,18 @@ def three_plate_run(root) -> RunFolder:
     for plate in ("P1", "P2", "P3"):
         ids = [f"{plate}_{f}" for f in range(10)]
         images.append(pd.DataFrame({"image_id": ids, "plate": plate, "label": [f"c{f % 3}" for f in range(10)]}))
-        image_of = np.repeat(ids, 25)
+        image_of, labels = np.repeat(ids, 25), np.tile(np.arange(1, 26), 10)
         cells = pd.DataFrame(rng.normal(5.0, 2.0, (len(image_of), len(FEATURES))), columns=FEATURES)
         cells.iloc[::13, 2] = np.nan
+        cells.insert(0, "label", labels)
         cells.insert(0, "image_id", image_of)
-        cells.insert(0, "cell_id", [f"{i}_{n}" for n, i in enumerate(image_of)])
+        cells.insert(0, "cell_id", [f"{i}#{n}" for i, n in zip(image_of, labels, strict=True)])
         cells.to_parquet(root / "cells.parquet" / f"{plate}.parquet")
-        index.append(cells[["cell_id", "image_id"]])
+        index.append(cells[["cell_id", "image_id", "label"]])
     pd.concat(images, ignore_index=True).to_parquet(root / "images.parquet")
-    index = pd.concat(index, ignore_index=True)
-    index.insert(0, "row", np.arange(len(index))[::-1])  # store rows in another order than the table's
-    index["label"], index["part"], index["offset"], index["length"] = 0, index["image_id"], 0, 0
+    index = pd.concat(index, ignore_index=True)[::-1].reset_index(drop=True)  # store rows in another order
+    index.insert(0, "row", np.arange(len(index)))
+    index["part"], index["offset"], index["length"] = index["image_id"] + ".crops", 0, 0
     index.to_parquet(root / "crops" / "index.parquet")
     return RunFolder(root)
 
@@ -49,7 +50,7 @@ def test_cell_sets_read_plate_by_plate_equal_those_of_the_whole_table(tmp_path):
     read = []
 
     def parts():
-        for part in run.cell_parts(images["image_id"], ["cell_id", "image_id", *FEATURES]):
+        for part in run.cell_parts(images["image_id"], ["image_id", "label", *FEATURES]):
             read.append(len(part))
             yield part
 
@@ -73,7 +74,7 @@ def test_cell_sets_read_plate_by_plate_equal_those_of_the_whole_table(tmp_path):
         assert len(made.features) == len(made.rows) == len(made.targets) == min(20, per_image.max()) * len(per_image)
         assert isinstance(made.features, np.memmap)  # on disk, not in the process's memory
         # each row is its own cell's: the stored row maps back to the cell whose features it holds
-        by_row = store.index.set_index("row")["cell_id"]
+        by_row = pd.read_parquet(run.crops / "index.parquet").set_index("row")["cell_id"]
         picked = expected.set_index("cell_id").loc[by_row.loc[made.rows].to_numpy()]
         np.testing.assert_array_equal(np.asarray(made.features), whole.transform(picked))
         np.testing.assert_array_equal(made.targets, encoder.transform(picked["true_label"]))
@@ -82,18 +83,35 @@ def test_cell_sets_read_plate_by_plate_equal_those_of_the_whole_table(tmp_path):
 def test_a_training_cell_without_a_crop_is_named_in_one_line(tmp_path):
     run = three_plate_run(tmp_path / "run")
     store = CropStore(run.crops)
-    assert store.known_rows(["P1_0_0", "nope"]).tolist() == [store.rows_for(["P1_0_0"])[0], -1]
-    with pytest.raises(InputError, match=r"^1 cells have no crop \(e\.g\. nope\) — rerun `cellresponse crops`"):
-        store.rows_for(["P1_0_0", "nope"])
+    index = pd.read_parquet(run.crops / "index.parquet")
+    asked = pd.DataFrame({"cell_id": ["P1_0#1", "P1_0#99", "nope#1"], "image_id": ["P1_0", "P1_0", "nope"],
+                          "label": [1, 99, 1]})  # fmt: skip
+    assert store.known_rows(asked).tolist() == [index.set_index("cell_id").loc["P1_0#1", "row"], -1, -1]
+    with pytest.raises(InputError, match=r"^2 cells have no crop \(e\.g\. P1_0#99\) — rerun `cellresponse crops`"):
+        store.rows_for(asked)
+    with pytest.raises(InputError, match=r"\(e\.g\. nope#1\)"):  # named from image and label without a cell id
+        store.rows_for(asked.iloc[2:, 1:])
     # a cell of a training image lost its crop: the sets refuse, in the same words
-    index = store.index[store.index["cell_id"] != "P2_1_25"]
-    index.to_parquet(run.crops / "index.parquet")
+    index = index[index["cell_id"] != "P2_1#25"]
+    index.assign(row=np.arange(len(index))).to_parquet(run.crops / "index.parquet")
     images = run.read_images()
     sides = pd.DataFrame({"image_id": images["image_id"], "side": "train"})
     sides.loc[0, "side"] = "validation"
 
     def parts():
-        return run.cell_parts(images["image_id"], ["cell_id", "image_id", *FEATURES])
+        return run.cell_parts(images["image_id"], ["image_id", "label", *FEATURES])
 
     with pytest.raises(InputError, match=r"^1 cells have no crop — rerun `cellresponse crops`"):
         cell_sets(parts, FEATURES, sides, images, "label", TrainingConfig(), 0, CropStore(run.crops), tmp_path / "f")
+
+
+def test_crop_store_finds_cells_by_image_and_label_and_refuses_an_index_holding_a_cell_twice(tmp_path):
+    run = three_plate_run(tmp_path / "run")
+    index = pd.read_parquet(run.crops / "index.parquet")
+    store = CropStore(run.crops)
+    shuffled = index.sample(frac=1.0, random_state=0)
+    np.testing.assert_array_equal(store.rows_for(shuffled), shuffled["row"])  # any order, any plate
+    assert len(store) == len(index) and store.rows_for(shuffled.iloc[:0]).size == 0
+    pd.concat([index, index.iloc[:1]]).assign(row=np.arange(len(index) + 1)).to_parquet(run.crops / "index.parquet")
+    with pytest.raises(InputError, match="holds a cell twice"):
+        CropStore(run.crops)

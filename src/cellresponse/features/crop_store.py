@@ -24,16 +24,17 @@ from __future__ import annotations
 import itertools
 import json
 import os
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from cellresponse.errors import InputError
 from cellresponse.features.crops import CHANNELS
-from cellresponse.input.io import atomic_path, write_parquet
+from cellresponse.input.io import atomic_path, release_arrow_memory, write_parquet
 
 MAGIC = b"CROPS01\x00"
 
@@ -111,6 +112,32 @@ def write_index(folder: Path, cells: pd.DataFrame, part_path: Any) -> dict[str, 
     return {"cells": len(cells), "bytes": total}
 
 
+def index_column(path: Path, name: str) -> np.ndarray:
+    """One integer column of a store's index, as an int64 array that owns its memory."""
+    values = pq.read_table(path, columns=[name]).column(name).to_numpy().astype(np.int64)  # a copy
+    release_arrow_memory()
+    return values
+
+
+def index_codes(path: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """A string column of a store's index as one small integer code a cell and the strings they stand for (each
+    read once, as a Parquet dictionary)."""
+    column = pq.read_table(path, columns=[name], read_dictionary=[name]).column(name).combine_chunks()
+    if not isinstance(column, pa.DictionaryArray):  # an empty index
+        column = column.dictionary_encode()
+    codes = column.indices.to_numpy(zero_copy_only=False)
+    narrow = next(t for t in (np.int16, np.int32, np.int64) if len(column.dictionary) < np.iinfo(t).max)
+    codes, names = codes.astype(narrow), column.dictionary.to_numpy(zero_copy_only=False)
+    del column
+    release_arrow_memory()
+    return codes, names
+
+
+def cell_keys(image_codes: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """One int64 a cell, unique within a store: its image's code in the high 32 bits, its mask label in the low."""
+    return (np.asarray(image_codes, np.int64) << 32) | np.asarray(labels, np.int64)
+
+
 def missing_crops(count: int, example: str | None = None) -> InputError:
     """The error of cells that have no crop in the store."""
     shown = f" (e.g. {example})" if example is not None else ""
@@ -118,15 +145,18 @@ def missing_crops(count: int, example: str | None = None) -> InputError:
 
 
 class CropStore:
-    """Read access to a crop store: ``store.batch(rows)`` gives uint8 ``(n, 8, S, S)``."""
+    """Read access to a crop store: ``store.batch(rows)`` gives uint8 ``(n, 8, S, S)``; a cell's row is its position
+    in the index, found from its image and mask label (:meth:`known_rows`).
+
+    What it holds of the index is a few numbers a cell (~28 bytes: its part, offset and length, and a sorted
+    image-and-label key), not the index's strings: training on a screen keeps every cell of it here."""
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
         index_path = self.folder / "index.parquet"
         if not index_path.exists():
             raise InputError(f"crop store {self.folder} not found — run `cellresponse crops` first")
-        self.index = pd.read_parquet(index_path)
-        if "part" not in self.index.columns:
+        if "part" not in pq.read_schema(index_path).names:
             raise InputError(
                 f"{self.folder} is a crop store of an earlier version — rerun `cellresponse crops --overwrite`"
             )
@@ -134,33 +164,43 @@ class CropStore:
         self.settings: dict[str, Any] = (
             json.loads(settings_path.read_text())["settings"] if settings_path.exists() else {}
         )
-        self._parts = self.index["part"].to_numpy()
-        self._offsets = self.index["offset"].to_numpy(np.int64)
-        self._lengths = self.index["length"].to_numpy(np.int64)
+        self._parts, self._part_names = index_codes(index_path, "part")
+        self._offsets = index_column(index_path, "offset")
+        self._lengths = index_column(index_path, "length")
+        image_codes, images = index_codes(index_path, "image_id")
+        self._images = pd.Index(images.astype(str))
+        keys = cell_keys(image_codes, index_column(index_path, "label"))
+        del image_codes
+        self._order = np.argsort(keys, kind="stable").astype(np.int64 if len(keys) >= 2**31 else np.int32)
+        self._keys = keys[self._order]
+        if len(keys) > 1 and (self._keys[1:] == self._keys[:-1]).any():
+            raise InputError(f"{index_path} holds a cell twice — rerun `cellresponse crops --overwrite`")
         self._size = int(self.settings.get("store_size", 0))
         self._codec = None
 
     def __len__(self) -> int:
-        return len(self.index)
+        return len(self._offsets)
 
     @property
     def store_size(self) -> int:
         return self._size
 
-    @cached_property
-    def row_of(self) -> pd.Series:
-        """The store row of each cell id (built once: a stage that asks plate by plate asks many times)."""
-        return pd.Series(self.index["row"].to_numpy(), index=self.index["cell_id"].to_numpy())
+    def known_rows(self, cells: pd.DataFrame) -> np.ndarray:
+        """The store row of each of ``cells`` (a table with ``image_id`` and the mask ``label``), -1 where the store
+        holds no crop of it."""
+        codes = self._images.get_indexer(cells["image_id"].astype(str))
+        keys = cell_keys(codes, cells["label"].to_numpy())
+        at = np.searchsorted(self._keys, keys).clip(max=max(len(self._keys) - 1, 0))
+        found = (codes >= 0) & (self._keys[at] == keys) if len(self._keys) else np.zeros(len(keys), bool)
+        return np.where(found, self._order[at] if len(self._keys) else -1, -1).astype(np.int64)
 
-    def known_rows(self, cell_ids: pd.Series | list[str]) -> np.ndarray:
-        """Each cell's store row, -1 where the store holds no crop of it."""
-        return self.row_of.reindex(pd.Index(cell_ids)).fillna(-1).to_numpy(np.int64)
-
-    def rows_for(self, cell_ids: pd.Series | list[str]) -> np.ndarray:
+    def rows_for(self, cells: pd.DataFrame) -> np.ndarray:
         """Each cell's store row; one clear error where some have no crop."""
-        rows = self.known_rows(cell_ids)
+        rows = self.known_rows(cells)
         if (rows < 0).any():
-            raise missing_crops(int((rows < 0).sum()), str(np.asarray(cell_ids, dtype=object)[rows < 0][0]))
+            first = cells.iloc[int(np.flatnonzero(rows < 0)[0])]
+            name = first["cell_id"] if "cell_id" in cells else f"{first['image_id']}#{first['label']}"
+            raise missing_crops(int((rows < 0).sum()), str(name))
         return rows
 
     def batch(self, rows: np.ndarray) -> np.ndarray:
@@ -179,7 +219,7 @@ class CropStore:
                     if handle >= 0:
                         os.close(handle)
                     current = self._parts[row]
-                    handle = os.open(self.folder / "parts" / current, os.O_RDONLY)
+                    handle = os.open(self.folder / "parts" / self._part_names[current], os.O_RDONLY)
                 blob = os.pread(handle, int(self._lengths[row]), int(self._offsets[row]))
                 out[i] = np.frombuffer(self._codec.decode(blob), dtype=np.uint8).reshape(shape)
         finally:

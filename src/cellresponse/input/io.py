@@ -1,4 +1,5 @@
-"""File I/O at the edges: atomic writes, TIFF, Parquet and JSON helpers (the run folder's layout is runfolder.py).
+"""File I/O at the edges: atomic writes, TIFF, Parquet and JSON helpers, and reading a screen's tables a plate at
+a time with nothing of the last plate held (the run folder's layout is runfolder.py).
 
 Every file a stage writes appears whole or not at all: it is written under a temporary name in the
 same folder and renamed into place (``os.replace`` is atomic on POSIX filesystems).
@@ -12,15 +13,19 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import tifffile
 
 from cellresponse.errors import InputError
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @functools.cache
@@ -136,6 +141,25 @@ def read_parquet(path: str | Path | list[Path], columns: list[str] | None = None
     if len(paths) == 1:
         return pd.read_parquet(paths[0], columns=columns)
     return pd.concat([pd.read_parquet(p, columns=columns) for p in paths], ignore_index=True)
+
+
+def one_at_a_time(parts: Iterable[T], function: Callable[[T], R]) -> list[R]:
+    """``function`` of each of ``parts`` (a screen's plates, read as they are asked for), with no reference to a
+    part left while the next is read: a ``for`` loop keeps its variable bound while it asks for the next item,
+    so two plates' tables would be held at once (measured: the peak of a many-plate run one plate's table above
+    a one-plate run's). ``function``'s own locals are gone when it returns."""
+    results, iterator = [], iter(parts)
+    while (part := next(iterator, None)) is not None:
+        results.append(function(part))
+        del part
+    return results
+
+
+def release_arrow_memory() -> None:
+    """Give back to the system what Arrow's memory pool keeps after a read. Its pool holds freed buffers for
+    reuse; a stage that reads a screen plate by plate, or keeps arrays copied from a large index, would otherwise
+    keep the high-water mark of every read as its own (measured: tens of bytes a cell of a screen)."""
+    pa.default_memory_pool().release_unused()
 
 
 def write_text(path: str | Path, text: str) -> None:

@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 
 from cellresponse.config import Config, load_config
 from cellresponse.errors import InputError, StageError
-from cellresponse.input.io import atomic_path, read_parquet, write_json, write_text
+from cellresponse.input.io import atomic_path, read_parquet, release_arrow_memory, write_json, write_text
 from cellresponse.provenance import made_by, made_by_line
 
 ID_COLUMNS = ("image_id", "cell_id")
@@ -228,6 +228,7 @@ class RunFolder:
         images = self.read_images()
         images = images[images["image_id"].astype(str).isin(wanted)]
         for _, plate in images.groupby(images["plate"].astype(str), sort=False):
+            release_arrow_memory()  # the previous plate's buffers: what is held stays one plate's
             yield self.read_cells(columns, plate["image_id"].astype(str))
 
     def cell_columns(self) -> list[str]:

@@ -230,13 +230,13 @@ def predict_cells(
     output: str = "probabilities",
     device: torch.device | None = None,
 ) -> np.ndarray:
-    """The bundle's network on ``cells`` (a cell table with ``cell_id`` and the bundle's feature columns):
-    their crops from ``store``, their table rows scaled with the bundle's scaler; ``output`` and ``device`` as in
-    :func:`predict_probabilities`."""
+    """The bundle's network on ``cells`` (a cell table with ``image_id``, the mask ``label`` and the bundle's
+    feature columns): their crops from ``store``, their table rows scaled with the bundle's scaler; ``output`` and
+    ``device`` as in :func:`predict_probabilities`."""
     return predict_probabilities(
         bundle.model,
         store,
-        store.rows_for(cells["cell_id"]),
+        store.rows_for(cells),
         bundle.scaler.transform(cells),
         bundle.config,
         batch_size=batch_size,

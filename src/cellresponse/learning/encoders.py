@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from cellresponse.errors import InputError
+from cellresponse.input.io import one_at_a_time
 
 
 @dataclass
@@ -23,9 +24,14 @@ class LabelEncoder:
         return cls(sorted({str(v) for v in values}))
 
     def transform(self, values: pd.Series | list[str]) -> np.ndarray:
-        # vectorised: a screen's training side is millions of cells, and a list of Python ints costs ~36 B each
-        names = pd.Series(values, dtype=object).astype(str)
-        return pd.Index(self.classes, dtype=object).get_indexer(names).astype(np.int64)
+        # vectorised: a screen's training side is millions of cells, and a list of Python ints costs ~36 B each;
+        # categorical values map their categories, not a string per cell
+        classes = pd.Index(self.classes, dtype=object)
+        if isinstance(values, pd.Series) and isinstance(values.dtype, pd.CategoricalDtype):
+            codes = values.cat.codes.to_numpy()
+            mapped = classes.get_indexer(values.cat.categories.astype(str))
+            return np.where(codes >= 0, mapped[codes], -1).astype(np.int64)
+        return classes.get_indexer(pd.Series(values, dtype=object).astype(str)).astype(np.int64)
 
     def inverse(self, codes: np.ndarray) -> np.ndarray:
         return np.asarray(self.classes, dtype=object)[np.asarray(codes)]
@@ -54,16 +60,9 @@ class Scaler:
         mean and sum of squared deviations per column (finite values only), pooled as Chan et al. (1979) pool
         them — equal to :meth:`fit` on the concatenation within rounding (~1e-15 relative)."""
         count, mean, squares = np.zeros(len(columns)), np.zeros(len(columns)), np.zeros(len(columns))
-        for part in parts:
-            values = part[columns].to_numpy(np.float64)
-            finite = np.isfinite(values)
-            n = finite.sum(axis=0).astype(np.float64)
+        for n, part_mean, part_squares in one_at_a_time(parts, lambda part: column_moments(part, columns)):
             if not n.any():
                 continue
-            with np.errstate(invalid="ignore", divide="ignore"):
-                part_mean = np.where(finite, values, 0.0).sum(axis=0) / n
-                part_squares = np.where(finite, values - part_mean, 0.0) ** 2
-            part_mean, part_squares = np.nan_to_num(part_mean), part_squares.sum(axis=0)
             total = count + n
             with np.errstate(invalid="ignore", divide="ignore"):
                 delta = part_mean - mean
@@ -89,3 +88,15 @@ def count_nonfinite(table: pd.DataFrame, columns: list[str]) -> int:
     """How many values of ``columns`` are NaN or infinite (the scaler sets them to the training mean)."""
     values = table[columns].to_numpy(np.float64)
     return int((~np.isfinite(values)).sum())
+
+
+def column_moments(table: pd.DataFrame, columns: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per column of ``table``: the count of finite values, their mean and their sum of squared deviations (what
+    :meth:`Scaler.fit_parts` pools)."""
+    values = table[columns].to_numpy(np.float64)
+    finite = np.isfinite(values)
+    n = finite.sum(axis=0).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(finite, values, 0.0).sum(axis=0) / n
+        squares = np.where(finite, values - mean, 0.0) ** 2
+    return n, np.nan_to_num(mean), squares.sum(axis=0)

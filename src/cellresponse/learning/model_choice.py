@@ -26,6 +26,7 @@ from cellresponse.config import EvaluationConfig
 from cellresponse.evaluation.run_metrics import RunMetrics
 from cellresponse.evaluation.votes import LEVELS, vote
 from cellresponse.features.crop_store import CropStore
+from cellresponse.input.io import one_at_a_time
 from cellresponse.learning.bundle import CANDIDATES, NETWORK, load_bundle, predict_cells
 from cellresponse.learning.splits import TEST, TRAIN, VALIDATION
 from cellresponse.profiling.profile_models import (
@@ -230,15 +231,17 @@ def network_validation_score(
         return skipped
     bundle = load_bundle(bundle_path)
     scored = on_side & set(labels.index[labels.astype(str).isin(bundle.encoder.classes)].astype(str))
-    image_ids, probabilities = [], []
-    for part in parts:
+
+    def predicted(part: pd.DataFrame) -> tuple[np.ndarray, np.ndarray] | None:
         part = part[part["image_id"].isin(scored)]
-        if len(part):
-            image_ids.append(part["image_id"].to_numpy())
-            probabilities.append(predict_cells(bundle, store, part, evaluation.batch_size, device=device))
-    if not image_ids:
+        if not len(part):
+            return None
+        return part["image_id"].to_numpy(), predict_cells(bundle, store, part, evaluation.batch_size, device=device)
+
+    calls = [call for call in one_at_a_time(parts, predicted) if call is not None]
+    if not calls:
         return skipped
-    groups, scores = vote(np.concatenate(image_ids), np.concatenate(probabilities), evaluation.vote)
+    groups, scores = vote(np.concatenate([i for i, _ in calls]), np.concatenate([p for _, p in calls]), evaluation.vote)
     predicted = np.asarray(bundle.encoder.classes)[scores.argmax(1)]
     truth = labels.loc[groups].astype(str).to_numpy()
     return {"accuracy": float(np.mean(predicted == truth)), "images": len(groups)}

@@ -8,8 +8,9 @@ per set (as their crops sit in the crop store), from which each batch reads its 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from contextlib import ExitStack
+from functools import partial
 from pathlib import Path
 from typing import BinaryIO
 
@@ -19,6 +20,7 @@ import pandas as pd
 from cellresponse.config import TrainingConfig
 from cellresponse.errors import InputError
 from cellresponse.features.crop_store import CropStore, missing_crops
+from cellresponse.input.io import one_at_a_time
 from cellresponse.learning.encoders import LabelEncoder, Scaler, count_nonfinite
 from cellresponse.learning.splits import TEST, TRAIN, VALIDATION, cap_cells
 from cellresponse.learning.training import CellSet
@@ -37,7 +39,7 @@ def sided_rows(part: pd.DataFrame, side_of: pd.Series, label_of: pd.Series, stor
     image_ids = part["image_id"].to_numpy()
     return pd.DataFrame(
         {
-            "row": store.known_rows(part["cell_id"]),
+            "row": store.known_rows(part),
             "image_id": pd.Categorical(image_ids, categories=side_of.index),
             "side": pd.Categorical(side_of.loc[image_ids].to_numpy(), categories=sorted(set(side_of))),
             "true_label": pd.Categorical(label_of.loc[image_ids].to_numpy(), categories=sorted(set(label_of))),
@@ -59,23 +61,21 @@ def cell_sets(
     """Encoder and scaler fitted on the training side, and the training and validation cell sets (validation = the
     test side when the split kept none; its classes never trained on left out, as they cannot be scored); the
     caps of ``training.max_cells_per_image`` / ``max_cells_per_class`` applied. ``parts`` gives the cells (with
-    ``cell_id``, ``image_id`` and the feature ``columns``) plate by plate; each set's feature rows are written
+    ``image_id``, the mask ``label`` and the feature ``columns``) plate by plate; each set's feature rows are written
     to ``folder`` (:func:`stored_sets`)."""
     side_of = sides.set_index(sides["image_id"].astype(str))["side"].astype(str)
     label_of = images.set_index(images["image_id"].astype(str))[label].astype(str)
-    frames = [sided_rows(part, side_of, label_of, store) for part in parts()]
-    cells = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["row", "image_id", "side"])
-    train = cells[cells["side"] == TRAIN]
+    train, val, val_side = split_sides(one_at_a_time(parts(), lambda part: sided_rows(part, side_of, label_of, store)))
     if train.empty:
         raise InputError("the training side has no cells — check the split settings and the segmentation")
-    encoder = LabelEncoder.fit(train["true_label"])
+    encoder = LabelEncoder.fit(train["true_label"].unique())
     nonfinite: list[int] = []
-    train_rows = pd.Index(train["row"])
-    scaler = Scaler.fit_parts(training_side(parts(), side_of.index, train_rows, store, columns, nonfinite), columns)
+    in_train = store_positions(len(store), train["row"].to_numpy())
+    on_train_side = partial(training_side, split_images=side_of.index, in_train=in_train, store=store,
+                            columns=columns, nonfinite=nonfinite)  # fmt: skip
+    scaler = Scaler.fit_parts(map(on_train_side, parts()), columns)
     if sum(nonfinite):
         log.warning("%d NaN/infinite feature values replaced by the training mean", sum(nonfinite))
-    val_side = VALIDATION if (cells["side"] == VALIDATION).any() else TEST
-    val = cells[cells["side"] == val_side]
     if val.empty:
         raise InputError("no validation cells: the split left no validation or test images")
     val = val[encoder.transform(val["true_label"]) >= 0]
@@ -94,20 +94,48 @@ def cell_sets(
     return encoder, scaler, train_set, val_set, val_side
 
 
+def split_sides(frames: list[pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """The training side's cells and the validation side's (the test side's where the split kept no validation
+    images) of the plates' ``frames`` (:func:`sided_rows`), and the name of that side. The frames are emptied as
+    they are joined: what is held of a cell is its row in one of the two sides."""
+    columns = ["row", "image_id", "side", "true_label"]
+    cells = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+    frames.clear()
+    val_side = VALIDATION if (cells["side"] == VALIDATION).any() else TEST
+    return cells[cells["side"] == TRAIN], cells[cells["side"] == val_side], val_side
+
+
+def store_positions(store_rows: int, rows: np.ndarray) -> np.ndarray:
+    """For each row of a store of ``store_rows`` crops, its position among ``rows`` (-1 where absent; ``rows`` of
+    -1, cells without a crop, are skipped): four bytes a crop, where an index of the rows would hash each one."""
+    positions = np.full(store_rows, -1, dtype=np.int32 if len(rows) < 2**31 else np.int64)
+    kept = rows >= 0
+    positions[rows[kept]] = np.flatnonzero(kept)
+    return positions
+
+
+def positions_at(positions: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``positions`` (:func:`store_positions`) at store ``rows``; -1 where a row is -1 (a cell without a crop)."""
+    found = np.full(len(rows), -1, dtype=np.int64)
+    known = rows >= 0
+    found[known] = positions[rows[known]]
+    return found
+
+
 def training_side(
-    parts: Iterable[pd.DataFrame],
+    part: pd.DataFrame,
     split_images: pd.Index,
-    train_rows: pd.Index,
+    in_train: np.ndarray,
     store: CropStore,
     columns: list[str],
     nonfinite: list[int],
-) -> Iterator[pd.DataFrame]:
-    """Each part's training-side cells (their store rows among ``train_rows``), counting into ``nonfinite`` the
-    NaN/infinite values of every split cell (the scaler sets them to the training mean)."""
-    for part in parts:
-        part = part[part["image_id"].isin(split_images)]
-        nonfinite.append(count_nonfinite(part, columns))
-        yield part[train_rows.get_indexer(store.known_rows(part["cell_id"])) >= 0]
+) -> pd.DataFrame:
+    """The training-side cells of one part (those with a position in ``in_train``, :func:`store_positions`),
+    counting into ``nonfinite`` the NaN/infinite values of its split cells (the scaler sets them to the
+    training mean)."""
+    part = part[part["image_id"].isin(split_images)]
+    nonfinite.append(count_nonfinite(part, columns))
+    return part[positions_at(in_train, store.known_rows(part)) >= 0]
 
 
 def stored_sets(
@@ -127,17 +155,20 @@ def stored_sets(
             raise missing_crops(int((table["row"] < 0).sum()))  # only the cells the sets take need a crop
     folder.mkdir(parents=True, exist_ok=True)
     width = len(scaler.columns)
-    where = {name: pd.Index(table["row"]) for name, table in sets.items()}
+    where = {name: store_positions(len(store), table["row"].to_numpy()) for name, table in sets.items()}
     with ExitStack() as files:
         handles = {name: empty_npy(files.enter_context(open(folder / f"{name}.npy", "w+b")), len(table), width)
                    for name, table in sets.items()}  # fmt: skip
-        for part in parts():
-            in_store = store.known_rows(part["cell_id"])
-            for name, index in where.items():
-                rows = index.get_indexer(in_store)
+
+        def write_part(part: pd.DataFrame) -> None:
+            in_store = store.known_rows(part)
+            for name, positions in where.items():
+                rows = positions_at(positions, in_store)
                 found = rows >= 0
                 if found.any():
                     write_rows(*handles[name], rows[found], scaler.transform(part[found]))
+
+        one_at_a_time(parts(), write_part)
     return [
         CellSet(
             rows=table["row"].to_numpy(),

@@ -26,6 +26,7 @@ from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.preprocessing import StandardScaler
 
 from cellresponse.errors import InputError
+from cellresponse.input.io import one_at_a_time
 
 # Per-image profile of the cell features: their distribution over the field's cells, not only the mean,
 # because a treatment often shifts a subpopulation (mitotic, apoptotic cells) more than the average.
@@ -82,7 +83,8 @@ def plate_by_plate_feature_table(plates: Iterable[pd.DataFrame], columns: list[s
 def plate_by_plate_statistics(plates: Iterable[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
     """:func:`image_feature_statistics` of cells that come one plate at a time, in the plates' order, holding one
     plate's cells at once (no rows where no plate has cells)."""
-    parts = [image_feature_statistics(cells, columns) for cells in plates if len(cells)]
+    parts = one_at_a_time(plates, lambda cells: image_feature_statistics(cells, columns) if len(cells) else None)
+    parts = [part for part in parts if part is not None]
     return pd.concat(parts) if parts else pd.DataFrame(columns=["cell_count"])
 
 

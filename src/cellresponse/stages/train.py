@@ -290,7 +290,7 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
     images = labelled_images(table, config.input.label)
     columns = feature_columns(run.cell_columns())
     # the cells of the plates with labelled images, one plate's table at a time (a screen's memory is a plate's)
-    parts = partial(run.cell_parts, images["image_id"], ["cell_id", "image_id", *columns])
+    parts = partial(run.cell_parts, images["image_id"], ["image_id", "label", *columns])
     # per image, for the profile models and the split; in image-id order, as one table's groupby gave them
     statistics = plate_by_plate_statistics(parts(), columns).sort_index()
     store = matching_crop_store(run, config, channel_names(table))
