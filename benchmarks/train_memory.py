@@ -25,6 +25,7 @@ as features: the figures printed then measured the sets without their feature ro
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import tempfile
@@ -37,7 +38,7 @@ FEATURES = 74
 FIELDS = 40  # per plate
 
 CHILD = """
-import resource, sys
+import json, resource, sys
 from pathlib import Path
 import numpy as np, pandas as pd
 from cellresponse.config import TrainingConfig
@@ -68,7 +69,7 @@ else:
     train = cells[cells["side"] == "train"]
     scaler = Scaler.fit(train, columns)
     held = (scaler.transform(train), scaler.transform(cells[cells["side"] == "validation"]))
-print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
+print(json.dumps({"peak": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024}))
 """
 
 
@@ -102,7 +103,14 @@ def make_run(folder: Path, plates: int, cells: int, seed: int = 0) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    measure_screens(CHILD, __doc__)
+
+
+def measure_screens(child: str, doc: str) -> None:
+    """Run ``child`` (a script printing one JSON line with its ``peak`` MB and whatever it scored) on each screen
+    of the command line's sizes, both ways, in fresh processes; print the peaks, whether both ways scored alike,
+    and the ratios."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--plates", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--cells", type=int, default=20_000, help="cells per plate")
     args = parser.parse_args()
@@ -110,23 +118,30 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for plates in args.plates:
             run = make_run(Path(tmp) / f"screen{plates}", plates, args.cells)
+            scores = {}
             for how in peaks:
-                out = subprocess.run([sys.executable, "-c", CHILD, str(run), how], check=True, capture_output=True,
+                out = subprocess.run([sys.executable, "-c", child, str(run), how], check=True, capture_output=True,
                                      text=True)  # fmt: skip
-                peaks[how][plates] = float(out.stdout.split()[-1])
+                result = json.loads(out.stdout.splitlines()[-1])
+                peaks[how][plates], scores[how] = result.pop("peak"), result
+            same = "" if scores["plate"] == scores["whole"] else f" — DIFFERENT figures {scores}"
             plate, whole = peaks["plate"][plates], peaks["whole"][plates]
             print(f"{plates:3d} plates ({plates * args.cells:,} cells): plate by plate {plate:7.1f} MB, "
-                  f"whole table {whole:7.1f} MB")  # fmt: skip
-    ordered = sorted(args.plates)
-    low, high = ordered[0], ordered[-1]
+                  f"whole table {whole:7.1f} MB{same}")  # fmt: skip
+    print_ratios(peaks, args.cells)
+
+
+def print_ratios(peaks: dict[str, dict[int, float]], cells: int) -> None:
+    """Each way's peak on the largest screen over the smallest's, and the bytes a cell between the two largest."""
     for how, name in (("plate", "plate by plate"), ("whole", "whole table")):
-        ratio = peaks[how][high] / max(peaks[how][low], 1e-9)
-        line = f"{name}: {high} / {low} plates ×{ratio:.2f} peak memory above the interpreter's"
+        ordered = sorted(peaks[how])
+        low, high = ordered[0], ordered[-1]
+        line = f"{name}: {high} / {low} plates ×{peaks[how][high] / max(peaks[how][low], 1e-9):.2f} peak memory"
         if len(ordered) > 2:
             below = ordered[-2]
-            slope = (peaks[how][high] - peaks[how][below]) * 2**20 / ((high - below) * args.cells)
+            slope = (peaks[how][high] - peaks[how][below]) * 2**20 / ((high - below) * cells)
             line += f"; {slope:.0f} bytes a cell from {below} to {high} plates"
-        print(line)
+        print(line + " above the interpreter's")
 
 
 if __name__ == "__main__":

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
 import pytest
 
-from cellresponse.learning.baselines import compare_with_baseline, compare_with_embeddings
+from cellresponse.learning.baselines import (
+    cell_features_baseline,
+    chosen_training_rows,
+    compare_with_baseline,
+    compare_with_embeddings,
+    sanity_check,
+)
+from cellresponse.learning.splits import TEST
 from tests.conftest import run_metrics
 
 
@@ -44,3 +53,44 @@ def test_the_baseline_verdict_does_not_ask_for_what_predict_already_does():
     assert "predict already uses it" in chosen and "--model measured" not in chosen
     both = _verdict_metrics(0.966, 1.000, 0.943, auto={"model": "both"})
     assert "--model measured" in compare_with_baseline(both, "soft")
+
+
+def screen_cells(plates: int = 3, images: int = 8, cells: int = 40) -> list[pd.DataFrame]:
+    """A screen's split cells, one table a plate, with labels whose features differ (so the models learn)."""
+    rng = np.random.default_rng(3)
+    parts = []
+    for plate in range(plates):
+        image_ids = np.repeat([f"P{plate}_{i}" for i in range(images)], cells)
+        labels = np.repeat([("DMSO", "a", "b", "c")[i % 4] for i in range(images)], cells)
+        shift = {"DMSO": [0.0, 0.0, 0.0], "a": [2.0, 0.0, 0.0], "b": [0.0, 2.0, 0.0], "c": [0.0, 0.0, 2.0]}
+        values = rng.normal(size=(len(image_ids), 3)) + np.array([shift[label] for label in labels])
+        values[::17, 1] = np.inf
+        part = pd.DataFrame(values, columns=FEATURES)
+        part.insert(0, "image_id", image_ids)
+        part["true_label"], part["plate"], part["well"] = labels, f"P{plate}", image_ids
+        parts.append(part)
+    return parts
+
+
+FEATURES = ["AreaShape_Area", "Intensity_MeanIntensity_DNA", "Texture_Contrast_DNA"]
+
+
+def test_single_cell_baselines_read_plate_by_plate_give_the_whole_tables_figures():
+    parts = screen_cells()
+    whole = pd.concat(parts, ignore_index=True)
+    image_ids = whole["image_id"].unique()
+    sides = pd.Series(np.where(np.arange(len(image_ids)) % 3 == 0, TEST, "train"), index=image_ids)
+    for cap in (10_000, 300):  # every training cell, then a seeded sample of them
+        by_plate = cell_features_baseline(lambda: iter(parts), FEATURES, sides, 7, 3, max_train=cap)
+        at_once = cell_features_baseline(lambda: [whole], FEATURES, sides, 7, 3, max_train=cap)
+        assert by_plate == at_once and by_plate["image"]["accuracy"] > 0.5
+        check = sanity_check(lambda: iter(parts), FEATURES, sides, "DMSO", 7, max_train=cap)
+        assert check == sanity_check(lambda: [whole], FEATURES, sides, "DMSO", 7, max_train=cap)
+        assert check["n"] == int((whole["image_id"].map(sides) == TEST).sum()) and check["balanced_accuracy"] > 0.6
+    # the sample is the rows DataFrame.sample draws from the whole training side, in its order
+    train = whole[whole["image_id"].map(sides) != TEST]
+    chosen = np.random.RandomState(7).choice(len(train), 300, replace=False)
+    rows = chosen_training_rows(lambda: iter(parts), sides, chosen, FEATURES)
+    expected = train.sample(300, random_state=7)[FEATURES].reset_index(drop=True)
+    pd.testing.assert_frame_equal(rows, expected)
+    assert sanity_check(lambda: iter(parts), FEATURES, sides.replace(TEST, "train"), "DMSO")["skipped"]

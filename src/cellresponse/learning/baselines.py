@@ -3,6 +3,7 @@ single cells, the study's control-vs-compound sanity check, and the sentences th
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,7 @@ from sklearn.preprocessing import StandardScaler
 from cellresponse.evaluation.classification import classification_metrics, voted_metrics
 from cellresponse.evaluation.run_metrics import RunMetrics
 from cellresponse.evaluation.votes import LEVELS
+from cellresponse.input.io import one_at_a_time
 from cellresponse.learning.splits import TEST
 from cellresponse.profiling.profile_models import (
     FEATURES_MODEL,
@@ -30,6 +32,74 @@ VERDICT_MARGIN = 0.01
 
 def _logistic(seed: int) -> Pipeline:
     return make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000, C=1.0, random_state=seed))
+
+
+# A fresh pass over the split's cells, one plate's table at a time, each cell with its ``true_label``, ``plate``
+# and ``well`` (the evaluate stage's parts): the baselines read a screen as train reads it.
+CellParts = Callable[[], Iterable[pd.DataFrame]]
+TEST_COLUMNS = ["image_id", "plate", "well", "true_label"]
+
+
+def split_sides_of(part: pd.DataFrame, sides: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Which of ``part``'s cells are on the training side (any side of the split but the test side) and which
+    on the test side; ``sides`` indexed by image id."""
+    side = part["image_id"].astype(str).map(sides)
+    return (side.notna() & (side != TEST)).to_numpy(), (side == TEST).to_numpy()
+
+
+def split_summary(parts: CellParts, sides: pd.Series) -> dict[str, Any]:
+    """Over all parts: the training side's and the test side's cell counts, the training side's labels and
+    every split cell's labels."""
+
+    def summary(part: pd.DataFrame) -> tuple[int, int, set[str], set[str]]:
+        train, test = split_sides_of(part, sides)
+        labels = part["true_label"]
+        return int(train.sum()), int(test.sum()), set(labels[train].dropna().astype(str)), set(labels.astype(str))
+
+    counts = one_at_a_time(parts(), summary)
+    return {
+        "train": sum(c[0] for c in counts),
+        "test": sum(c[1] for c in counts),
+        "train_labels": set().union(*(c[2] for c in counts)),
+        "labels": set().union(*(c[3] for c in counts)),
+    }
+
+
+def chosen_training_rows(parts: CellParts, sides: pd.Series, chosen: np.ndarray, columns: list[str]) -> pd.DataFrame:
+    """``columns`` of the training-side cells at positions ``chosen`` (among every part's training-side cells,
+    in the parts' order), in ``chosen``'s order — the rows a sample of the whole table would give."""
+    order = np.argsort(chosen, kind="stable")
+    wanted, seen = chosen[order], [0]
+
+    def take(part: pd.DataFrame) -> pd.DataFrame:
+        train = part[split_sides_of(part, sides)[0]]
+        start = seen[0]
+        seen[0] += len(train)
+        low, high = np.searchsorted(wanted, [start, start + len(train)])
+        return train.iloc[wanted[low:high] - start][columns]
+
+    rows = pd.concat(one_at_a_time(parts(), take), ignore_index=True)
+    return rows.iloc[np.argsort(order, kind="stable")].reset_index(drop=True)
+
+
+def test_side_predictions(
+    parts: CellParts, sides: pd.Series, predict: Callable[[pd.DataFrame], np.ndarray], columns: list[str]
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """``predict`` of each part's test-side cells, a plate at a time, and those cells' ``columns``."""
+
+    def on_test_side(part: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray] | None:
+        test = part[split_sides_of(part, sides)[1]]
+        return (test[columns].reset_index(drop=True), predict(test)) if len(test) else None
+
+    calls = [call for call in one_at_a_time(parts(), on_test_side) if call is not None]
+    if not calls:
+        return pd.DataFrame(columns=columns), np.zeros((0, 0))
+    return pd.concat([cells for cells, _ in calls], ignore_index=True), np.concatenate([p for _, p in calls])
+
+
+def finite_values(table: pd.DataFrame, columns: list[str]) -> np.ndarray:
+    """``columns`` of ``table`` with NaN and infinite values as 0 (what the single-cell baselines fit on)."""
+    return table[columns].replace([np.inf, -np.inf], np.nan).fillna(0.0).to_numpy()
 
 
 def features_baseline(
@@ -74,19 +144,23 @@ def features_baseline(
 
 
 def cell_features_baseline(
-    cells: pd.DataFrame, columns: list[str], sides: pd.Series, seed: int = 42, top_k: int = 5, max_train: int = 50000
+    parts: CellParts, columns: list[str], sides: pd.Series, seed: int = 42, top_k: int = 5, max_train: int = 50000
 ) -> dict[str, Any]:
-    """Logistic regression on single-cell features, voted into images like the CNN."""
-    side = cells["image_id"].astype(str).map(sides)
-    train, test = cells[side.notna() & (side != TEST)], cells[side == TEST]
-    if train.empty or test.empty or train["true_label"].nunique() < 2:
+    """Logistic regression on single-cell features, voted into images like the CNN: fitted on at most
+    ``max_train`` training-side cells (a seeded sample, as ``DataFrame.sample`` of the whole table draws it),
+    scored on every test-side cell; the cells read plate by plate."""
+    split = split_summary(parts, sides)
+    if not split["train"] or not split["test"] or len(split["train_labels"]) < 2:
         return {"skipped": "needs test cells and two classes on the training side"}
-    if len(train) > max_train:
-        train = train.sample(max_train, random_state=seed)
-    x_train = train[columns].replace([np.inf, -np.inf], np.nan).fillna(0.0).to_numpy()
-    model = _logistic(seed).fit(x_train, train["true_label"].astype(str))
+    chosen = np.arange(split["train"])
+    if split["train"] > max_train:
+        chosen = np.random.RandomState(seed).choice(split["train"], max_train, replace=False)
+    train = chosen_training_rows(parts, sides, chosen, [*columns, "true_label"])
+    model = _logistic(seed).fit(finite_values(train, columns), train["true_label"].astype(str))
     classes = [str(c) for c in model.classes_]
-    probs = model.predict_proba(test[columns].replace([np.inf, -np.inf], np.nan).fillna(0.0).to_numpy())
+    test, probs = test_side_predictions(
+        parts, sides, lambda cells: model.predict_proba(finite_values(cells, columns)), TEST_COLUMNS
+    )
     out: dict[str, Any] = {"model": "logistic regression on single-cell features, soft vote"}
     out["cell"] = classification_metrics(
         test["true_label"], np.asarray(classes)[probs.argmax(1)], probs, classes, top_k, details=False
@@ -100,29 +174,29 @@ def cell_features_baseline(
 
 
 def sanity_check(
-    cells: pd.DataFrame, columns: list[str], sides: pd.Series, control: str, seed: int = 42, max_train: int = 50000
+    parts: CellParts, columns: list[str], sides: pd.Series, control: str, seed: int = 42, max_train: int = 50000
 ) -> dict[str, Any]:
-    """The study's check: can the features tell control cells from treated ones at all?"""
-    side = cells["image_id"].astype(str).map(sides)
-    is_control = (cells["true_label"].astype(str) == control).to_numpy()
-    target = np.where(is_control, "control", "compound")
-    train_mask = (side.notna() & (side != TEST)).to_numpy()
-    test_mask = (side == TEST).to_numpy()
-    if not is_control.any() or is_control.all() or not test_mask.any():
+    """The study's check: can the features tell control cells from treated ones at all? (At most ``max_train``
+    training-side cells, a seeded sample; the cells read plate by plate.)"""
+    split = split_summary(parts, sides)
+    if control not in split["labels"] or split["labels"] == {control} or not split["test"]:
         return {"skipped": f"needs {control!r} and treated cells on both sides"}
-    x = cells[columns].replace([np.inf, -np.inf], np.nan).fillna(0.0).to_numpy()
-    train_idx = np.flatnonzero(train_mask)
-    if len(train_idx) > max_train:
-        train_idx = np.random.default_rng(seed).choice(train_idx, max_train, replace=False)
-    if len(set(target[train_idx])) < 2:
+    chosen = np.arange(split["train"])
+    if split["train"] > max_train:
+        chosen = np.random.default_rng(seed).choice(split["train"], max_train, replace=False)
+    train = chosen_training_rows(parts, sides, chosen, [*columns, "true_label"])
+    target = np.where(train["true_label"].astype(str) == control, "control", "compound")
+    if len(set(target)) < 2:
         return {"skipped": "the training side has only one of control/compound"}
-    model = _logistic(seed).fit(x[train_idx], target[train_idx])
-    predicted = model.predict(x[test_mask])
-    truth = target[test_mask]
+    model = _logistic(seed).fit(finite_values(train, columns), target)
+    test, predicted = test_side_predictions(
+        parts, sides, lambda cells: model.predict(finite_values(cells, columns)), ["true_label"]
+    )
+    truth = np.where(test["true_label"].astype(str) == control, "control", "compound")
     counts = pd.Series(truth).value_counts()
     return {
         "task": f"{control} vs compound, per cell, logistic regression on the measured features",
-        "n": int(test_mask.sum()),
+        "n": len(truth),
         "accuracy": float(skm.accuracy_score(truth, predicted)),
         "balanced_accuracy": float(skm.balanced_accuracy_score(truth, predicted)),
         "majority_rate": float(counts.iloc[0] / counts.sum()),

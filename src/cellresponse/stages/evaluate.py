@@ -8,6 +8,7 @@ import json
 import logging
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,17 +35,20 @@ from cellresponse.input.io import write_json, write_parquet
 from cellresponse.input.plate import group_keys, labelled_images, read_table
 from cellresponse.input.runfolder import RunFolder
 from cellresponse.learning.baselines import (
+    CellParts,
     cell_features_baseline,
     compare_with_baseline,
     compare_with_embeddings,
     features_baseline,
     headline,
     sanity_check,
+    test_side_predictions,
 )
 from cellresponse.learning.bundle import Bundle, load_bundle, predict_cells
 from cellresponse.learning.model_choice import auto_summary, profile_validation_scores
-from cellresponse.learning.profile_tables import profile_tables
-from cellresponse.learning.splits import TEST, assign_split, log_split
+from cellresponse.learning.profile_tables import profile_tables_of
+from cellresponse.learning.splits import assign_split, log_split
+from cellresponse.profiling.profile_models import plate_by_plate_statistics
 from cellresponse.provenance import made_by
 
 log = logging.getLogger(__name__)
@@ -80,13 +84,17 @@ def check_same_model_settings(bundle: Bundle, config: Config) -> None:
         )
 
 
-def test_cells(run: RunFolder, images: pd.DataFrame, sides: pd.Series, label: str) -> pd.DataFrame:
-    """The measured cells of the split's images, with their true label, plate and well."""
-    cells = run.read_cells(image_ids=sides.index)  # the split's plates only
-    meta = images.set_index("image_id")
-    cells["true_label"] = cells["image_id"].map(meta[label])
-    cells["plate"] = cells["image_id"].map(meta["plate"])
-    cells["well"] = cells["image_id"].map(meta["well"])
+def split_cells(run: RunFolder, images: pd.DataFrame, sides: pd.Series, label: str) -> CellParts:
+    """The measured cells of the split's images, with their true label, plate and well, one plate's table at a
+    time (a fresh pass each call; ``map`` keeps no plate once it has handed it on)."""
+    meta = images.set_index("image_id")[[label, "plate", "well"]].set_axis(["true_label", "plate", "well"], axis=1)
+    return lambda: map(partial(with_image_columns, meta=meta), run.cell_parts(sides.index))
+
+
+def with_image_columns(cells: pd.DataFrame, meta: pd.DataFrame) -> pd.DataFrame:
+    """``cells`` with each of ``meta``'s columns (indexed by image id) of its image."""
+    for column in meta.columns:
+        cells[column] = cells["image_id"].map(meta[column])
     return cells
 
 
@@ -123,14 +131,19 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
     check_same_model_settings(bundle, config)
     images = labelled_images(run.read_images(), label)
     sides, split_report = run.read_split()
-    cells = test_cells(run, images, sides, label)
-    test = cells[cells["image_id"].map(sides) == TEST].reset_index(drop=True)
-    if test.empty:
-        raise InputError("the test side has no cells — nothing to evaluate")
+    parts = split_cells(run, images, sides, label)
     classes = bundle.encoder.classes
     e = config.evaluation
-    log.info("the network predicts %d test cells on %s", len(test), device_name(device))
-    probs = predict_cells(bundle, CropStore(run.crops), test, e.batch_size, progress, device=device)
+    log.info("the network predicts the test cells on %s, a plate at a time", device_name(device))
+    store = CropStore(run.crops)
+    test, probs = test_side_predictions(
+        parts,
+        sides,
+        lambda cells: predict_cells(bundle, store, cells, e.batch_size, progress, device=device),
+        PREDICTION_COLUMNS,
+    )
+    if test.empty:
+        raise InputError("the test side has no cells — nothing to evaluate")
     label_grouped = label_grouping(images, label, config.grouping_columns(images.columns))
     write_parquet(
         run.cell_predictions, prediction_table(test[PREDICTION_COLUMNS], probs, classes, e.top_k, label_grouped)
@@ -146,7 +159,7 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
         headline_vote=e.vote,
         **network_test_scores(test, probs, classes, e.top_k),
         split=split_report,
-        **baseline_scores(run, cells, images, sides, bundle, config),
+        **baseline_scores(run, parts, images, sides, bundle, config),
         verdict="",  # the verdicts below read the record
         embeddings_verdict="",
         label_grouping=grouping_record(label_grouped),
@@ -171,25 +184,28 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
 
 def baseline_scores(
     run: RunFolder,
-    cells: pd.DataFrame,
+    parts: CellParts,
     images: pd.DataFrame,
     sides: pd.Series,
     bundle: Bundle,
     config: Config,
 ) -> dict[str, Any]:
     """The profile models of each kind on the same split (the measured one is the features-only baseline), logistic
-    regression on single cells, and the study's control-vs-compound sanity check."""
+    regression on single cells, and the study's control-vs-compound sanity check; ``parts`` the split's cells
+    plate by plate (:func:`split_cells`)."""
     label, top_k = config.input.label, config.evaluation.top_k
-    columns = feature_columns(cells.columns)
+    columns = feature_columns(run.cell_columns())
+    # per image, in image-id order, as one table's groupby gave them
+    statistics = plate_by_plate_statistics(parts(), columns).sort_index()
     profile_models = {
         kind: features_baseline(table, images, label, sides, top_k, bundle.profile_models.get(kind))
-        for kind, table in profile_tables(run, cells, [str(i) for i in sides.index]).items()
+        for kind, table in profile_tables_of(run, statistics, [str(i) for i in sides.index]).items()
     }
     return {
         "profile_models": profile_models,
         "baseline_features": profile_models["measured"],
-        "baseline_cell_features": cell_features_baseline(cells, columns, sides, config.seed, top_k),
-        "sanity_check": sanity_check(cells, columns, sides, config.input.control_label, config.seed),
+        "baseline_cell_features": cell_features_baseline(parts, columns, sides, config.seed, top_k),
+        "sanity_check": sanity_check(parts, columns, sides, config.input.control_label, config.seed),
     }
 
 
