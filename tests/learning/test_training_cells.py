@@ -115,3 +115,15 @@ def test_crop_store_finds_cells_by_image_and_label_and_refuses_an_index_holding_
     pd.concat([index, index.iloc[:1]]).assign(row=np.arange(len(index) + 1)).to_parquet(run.crops / "index.parquet")
     with pytest.raises(InputError, match="holds a cell twice"):
         CropStore(run.crops)
+
+
+def test_the_plates_are_read_with_one_read_of_the_image_table(tmp_path, monkeypatch):
+    run = three_plate_run(tmp_path / "run")
+    reads = []
+    read_images = RunFolder.read_images
+    monkeypatch.setattr(RunFolder, "read_images", lambda self: reads.append(1) or read_images(self))
+    wanted = [f"P{p}_{f}" for p in (1, 3) for f in range(4)]
+    parts = list(run.cell_parts(wanted, ["image_id", "label", *FEATURES]))
+    assert len(reads) == 1  # not once a plate: a screen's image table is millions of rows
+    assert [sorted(part["image_id"].unique()) for part in parts] == [wanted[:4], wanted[4:]]
+    pd.testing.assert_frame_equal(pd.concat(parts, ignore_index=True), run.read_cells(["label", *FEATURES], wanted))

@@ -203,33 +203,40 @@ class RunFolder:
         ``cells.parquet`` file) reads the same."""
         path = self.require(self.cells, "measure")
         wanted = None if image_ids is None else {str(i) for i in image_ids}
+        if not path.is_dir():
+            return self.plate_cells(None, columns, wanted)
+        images = self.read_images()  # the parts in the image table's plate order: the rows in image-table order
+        if wanted is not None:
+            images = images[images["image_id"].isin(wanted)]
+        return self.plate_cells(list(pd.unique(images["plate"].astype(str))), columns, wanted)
+
+    def plate_cells(self, plates: list[str] | None, columns: list[str] | None, wanted: set[str] | None) -> pd.DataFrame:
+        """The cells of the parts of ``plates`` (the one file of a run measured before the table was partitioned
+        where None), ``columns`` only, of the ``wanted`` image ids only."""
         if wanted is not None and columns is not None and "image_id" not in columns:
             columns = ["image_id", *columns]
-        source: Path | list[Path] = path
-        if path.is_dir():  # the parts in the image table's plate order: the rows in image-table order
-            images = self.read_images()
-            if wanted is not None:
-                images = images[images["image_id"].isin(wanted)]
-            source = [self.cells_part(p) for p in pd.unique(images["plate"].astype(str))]
-            source = [p for p in source if p.exists()] or sorted(path.glob("[!._]*.parquet"))[:1]
+        source: Path | list[Path] = self.cells
+        if plates is not None:
+            source = [part for part in map(self.cells_part, plates) if part.exists()]
+            source = source or sorted(self.cells.glob("[!._]*.parquet"))[:1]  # none: an empty table, typed
         cells = with_typed_ids(read_parquet(source, columns))
         if wanted is not None:
             cells = cells[cells["image_id"].isin(wanted)].reset_index(drop=True)
         return cells
 
     def cell_parts(self, image_ids: Iterable[str], columns: list[str] | None = None) -> Iterator[pd.DataFrame]:
-        """The cells of ``image_ids``, one plate's at a time (:meth:`read_cells` of each plate in turn, in its
-        order): what a stage that must see every cell of a screen holds at once is one plate. A run measured
-        before the table was partitioned yields its one table."""
+        """The cells of ``image_ids``, one plate's at a time (:meth:`plate_cells` of each plate in turn, in the
+        image table's order): what a stage that must see every cell of a screen holds at once is one plate. A run
+        measured before the table was partitioned yields its one table."""
         wanted = {str(i) for i in image_ids}
         if not self.require(self.cells, "measure").is_dir():
             yield self.read_cells(columns, wanted)
             return
-        images = self.read_images()
+        images = self.read_images()  # once, not once a plate: a screen's image table is millions of rows
         images = images[images["image_id"].astype(str).isin(wanted)]
-        for _, plate in images.groupby(images["plate"].astype(str), sort=False):
+        for plate, rows in images.groupby(images["plate"].astype(str), sort=False):
             release_arrow_memory()  # the previous plate's buffers: what is held stays one plate's
-            yield self.read_cells(columns, plate["image_id"].astype(str))
+            yield self.plate_cells([str(plate)], columns, set(rows["image_id"].astype(str)))
 
     def cell_columns(self) -> list[str]:
         """The columns of the cells table (from one part's schema: every part has the same columns)."""
