@@ -2,11 +2,15 @@
 
     python benchmarks/screen_scale.py [--plates 1 4 16] [--workers 0]
 
-Synthetic screens of 1, 4 and 16 plates with the same fields per plate (12 fields of 128 px, 8 cells each; the
-numbers of cells are tiny, so the per-plate part of memory is small beside the interpreter's: what matters is
-whether it grows with the plates). Each stage runs as its own ``cellresponse`` process; its peak resident memory is
-the process's (``getrusage`` of the waited child, so Dask workers are not in it: ``--workers 0`` keeps all work in
-the measured process). Printed per stage: seconds and peak RSS per screen size, and the ratios 16 plates / 1 plate
+Every stage from ``images`` to ``evaluate``, with the cpu preset and one epoch of training (since 2026-12-05,
+session 25; before, ``images`` to ``profile`` with the default settings on 12 fields a plate). Synthetic screens
+of 1, 4 and 16 plates with the same fields per plate: 30 fields of 128 px, 8 cells each, three wells a compound
+and of the control, so that even one plate's split has a validation side (without one, ``train`` skips the
+held-out scoring a larger screen does, and one plate would not be measured doing the same work). The numbers of
+cells are tiny, so the per-plate part of memory is small beside the interpreter's: what matters is whether it
+grows with the plates. Each stage runs as its own ``cellresponse`` process; its peak resident memory is the
+process's (``getrusage`` of the waited child, so Dask workers are not in it: ``--workers 0`` keeps all work in the
+measured process). Printed per stage: seconds and peak RSS per screen size, and the ratios 16 plates / 1 plate
 (target: memory ≤ 1.2×, time ∝ plates).
 """
 
@@ -21,7 +25,7 @@ from pathlib import Path
 
 from cellresponse.input.synth import SynthSpec, make_plates
 
-STAGES = ("images", "segment", "measure", "embed", "profile")
+STAGES = ("images", "segment", "measure", "crops", "embed", "profile", "train", "evaluate")
 
 
 def measured(command: list[str]) -> tuple[float, float]:
@@ -38,7 +42,7 @@ def measured(command: list[str]) -> tuple[float, float]:
 
 
 def screen(plates: int, folder: Path, workers: int) -> dict[str, tuple[float, float]]:
-    spec = SynthSpec(n_compounds=4, wells_per_compound=1, control_wells=2, sites=2, plates=plates, size=128,
+    spec = SynthSpec(n_compounds=4, wells_per_compound=3, control_wells=3, sites=2, plates=plates, size=128,
                      cells_per_image=8, cell_radius=11, seed=3)  # fmt: skip
     make_plates(folder / "plates", spec)
     run = folder / "run"
@@ -46,11 +50,12 @@ def screen(plates: int, folder: Path, workers: int) -> dict[str, tuple[float, fl
     results = {}
     for stage in STAGES:
         if stage == "images":
+            # the cpu preset and one epoch: what is measured is what the stages hold of the plates, not training
             command = [*cli, "images", "--load-data", str(folder / "plates" / "load_data.csv"), "--out", str(run),
-                       "--no-progress"]  # fmt: skip
+                       "--no-progress", "--preset", "cpu", "--set", "training.max_epochs=1"]  # fmt: skip
         else:
             command = [*cli, stage, str(run), "--no-progress"]
-            if stage in ("segment", "measure", "embed"):
+            if stage in ("segment", "measure", "crops", "embed"):
                 command += ["--workers", str(workers)]
         results[stage] = measured(command)
     return results
