@@ -12,6 +12,7 @@ from cellresponse.learning.baselines import (
     compare_with_baseline,
     compare_with_embeddings,
     sanity_check,
+    split_summary,
 )
 from cellresponse.learning.splits import TEST
 from tests.conftest import run_metrics
@@ -84,6 +85,8 @@ def test_single_cell_baselines_read_plate_by_plate_give_the_whole_tables_figures
         by_plate = cell_features_baseline(lambda: iter(parts), FEATURES, sides, 7, 3, max_train=cap)
         at_once = cell_features_baseline(lambda: [whole], FEATURES, sides, 7, 3, max_train=cap)
         assert by_plate == at_once and by_plate["image"]["accuracy"] > 0.5
+        split = split_summary(lambda: iter(parts), sides)  # read once by a caller running both: the same figures
+        assert cell_features_baseline(lambda: iter(parts), FEATURES, sides, 7, 3, cap, split=split) == by_plate
         check = sanity_check(lambda: iter(parts), FEATURES, sides, "DMSO", 7, max_train=cap)
         assert check == sanity_check(lambda: [whole], FEATURES, sides, "DMSO", 7, max_train=cap)
         assert check["n"] == int((whole["image_id"].map(sides) == TEST).sum()) and check["balanced_accuracy"] > 0.6

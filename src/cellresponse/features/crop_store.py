@@ -188,11 +188,13 @@ class CropStore:
     def known_rows(self, cells: pd.DataFrame) -> np.ndarray:
         """The store row of each of ``cells`` (a table with ``image_id`` and the mask ``label``), -1 where the store
         holds no crop of it."""
+        if not len(self._keys):
+            return np.full(len(cells), -1, dtype=np.int64)
         codes = self._images.get_indexer(cells["image_id"].astype(str))
         keys = cell_keys(codes, cells["label"].to_numpy())
-        at = np.searchsorted(self._keys, keys).clip(max=max(len(self._keys) - 1, 0))
-        found = (codes >= 0) & (self._keys[at] == keys) if len(self._keys) else np.zeros(len(keys), bool)
-        return np.where(found, self._order[at] if len(self._keys) else -1, -1).astype(np.int64)
+        at = np.searchsorted(self._keys, keys).clip(max=len(self._keys) - 1)
+        found = (codes >= 0) & (self._keys[at] == keys)
+        return np.where(found, self._order[at], -1).astype(np.int64)
 
     def rows_for(self, cells: pd.DataFrame) -> np.ndarray:
         """Each cell's store row; one clear error where some have no crop."""

@@ -43,6 +43,9 @@ from cellresponse.input.io import atomic_path, read_parquet, release_arrow_memor
 from cellresponse.provenance import made_by, made_by_line
 
 ID_COLUMNS = ("image_id", "cell_id")
+# A fresh pass over a run's cells, one plate's table at a time (a call of RunFolder.cell_parts, or a map over it):
+# what the stages that must see every cell of a screen take, so that they can read the plates more than once.
+CellParts = Callable[[], Iterable[pd.DataFrame]]
 
 # The command that makes each output, as a user types it (error messages suggest it).
 MAKES = {

@@ -3,7 +3,7 @@ single cells, the study's control-vs-compound sanity check, and the sentences th
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -17,6 +17,7 @@ from cellresponse.evaluation.classification import classification_metrics, voted
 from cellresponse.evaluation.run_metrics import RunMetrics
 from cellresponse.evaluation.votes import LEVELS
 from cellresponse.input.io import one_at_a_time
+from cellresponse.input.runfolder import CellParts
 from cellresponse.learning.splits import TEST
 from cellresponse.profiling.profile_models import (
     FEATURES_MODEL,
@@ -34,9 +35,8 @@ def _logistic(seed: int) -> Pipeline:
     return make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000, C=1.0, random_state=seed))
 
 
-# A fresh pass over the split's cells, one plate's table at a time, each cell with its ``true_label``, ``plate``
-# and ``well`` (the evaluate stage's parts): the baselines read a screen as train reads it.
-CellParts = Callable[[], Iterable[pd.DataFrame]]
+# What the single-cell baselines keep of each test cell to score it (their parts, CellParts, give each cell its
+# ``true_label``, ``plate`` and ``well``: the evaluate stage's split_cells).
 TEST_COLUMNS = ["image_id", "plate", "well", "true_label"]
 
 
@@ -144,12 +144,19 @@ def features_baseline(
 
 
 def cell_features_baseline(
-    parts: CellParts, columns: list[str], sides: pd.Series, seed: int = 42, top_k: int = 5, max_train: int = 50000
+    parts: CellParts,
+    columns: list[str],
+    sides: pd.Series,
+    seed: int = 42,
+    top_k: int = 5,
+    max_train: int = 50000,
+    split: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Logistic regression on single-cell features, voted into images like the CNN: fitted on at most
     ``max_train`` training-side cells (a seeded sample, as ``DataFrame.sample`` of the whole table draws it),
-    scored on every test-side cell; the cells read plate by plate."""
-    split = split_summary(parts, sides)
+    scored on every test-side cell; the cells read plate by plate. ``split``: their :func:`split_summary`, where
+    the caller has it (one pass over the plates fewer)."""
+    split = split or split_summary(parts, sides)
     if not split["train"] or not split["test"] or len(split["train_labels"]) < 2:
         return {"skipped": "needs test cells and two classes on the training side"}
     chosen = np.arange(split["train"])
@@ -174,11 +181,18 @@ def cell_features_baseline(
 
 
 def sanity_check(
-    parts: CellParts, columns: list[str], sides: pd.Series, control: str, seed: int = 42, max_train: int = 50000
+    parts: CellParts,
+    columns: list[str],
+    sides: pd.Series,
+    control: str,
+    seed: int = 42,
+    max_train: int = 50000,
+    split: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The study's check: can the features tell control cells from treated ones at all? (At most ``max_train``
-    training-side cells, a seeded sample; the cells read plate by plate.)"""
-    split = split_summary(parts, sides)
+    training-side cells, a seeded sample; the cells read plate by plate; ``split`` as in
+    :func:`cell_features_baseline`.)"""
+    split = split or split_summary(parts, sides)
     if control not in split["labels"] or split["labels"] == {control} or not split["test"]:
         return {"skipped": f"needs {control!r} and treated cells on both sides"}
     chosen = np.arange(split["train"])

@@ -232,13 +232,13 @@ def network_validation_score(
     bundle = load_bundle(bundle_path)
     scored = on_side & set(labels.index[labels.astype(str).isin(bundle.encoder.classes)].astype(str))
 
-    def predicted(part: pd.DataFrame) -> tuple[np.ndarray, np.ndarray] | None:
+    def validation_calls(part: pd.DataFrame) -> tuple[np.ndarray, np.ndarray] | None:
         part = part[part["image_id"].isin(scored)]
         if not len(part):
             return None
         return part["image_id"].to_numpy(), predict_cells(bundle, store, part, evaluation.batch_size, device=device)
 
-    calls = [call for call in one_at_a_time(parts, predicted) if call is not None]
+    calls = [call for call in one_at_a_time(parts, validation_calls) if call is not None]
     if not calls:
         return skipped
     groups, scores = vote(np.concatenate([i for i, _ in calls]), np.concatenate([p for _, p in calls]), evaluation.vote)

@@ -8,7 +8,6 @@ per set (as their crops sit in the crop store), from which each batch reads its 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
@@ -21,14 +20,12 @@ from cellresponse.config import TrainingConfig
 from cellresponse.errors import InputError
 from cellresponse.features.crop_store import CropStore, missing_crops
 from cellresponse.input.io import one_at_a_time
+from cellresponse.input.runfolder import CellParts
 from cellresponse.learning.encoders import LabelEncoder, Scaler, count_nonfinite
 from cellresponse.learning.splits import TEST, TRAIN, VALIDATION, cap_cells
 from cellresponse.learning.training import CellSet
 
 log = logging.getLogger(__name__)
-
-# A fresh pass over the cells, one plate's table at a time (RunFolder.cell_parts): cell_sets reads them three times.
-CellParts = Callable[[], Iterable[pd.DataFrame]]
 
 
 def sided_rows(part: pd.DataFrame, side_of: pd.Series, label_of: pd.Series, store: CropStore) -> pd.DataFrame:

@@ -33,15 +33,15 @@ from cellresponse.features.cell_features import feature_columns
 from cellresponse.features.crop_store import CropStore
 from cellresponse.input.io import write_json, write_parquet
 from cellresponse.input.plate import group_keys, labelled_images, read_table
-from cellresponse.input.runfolder import RunFolder
+from cellresponse.input.runfolder import CellParts, RunFolder
 from cellresponse.learning.baselines import (
-    CellParts,
     cell_features_baseline,
     compare_with_baseline,
     compare_with_embeddings,
     features_baseline,
     headline,
     sanity_check,
+    split_summary,
     test_side_predictions,
 )
 from cellresponse.learning.bundle import Bundle, load_bundle, predict_cells
@@ -201,11 +201,12 @@ def baseline_scores(
         kind: features_baseline(table, images, label, sides, top_k, bundle.profile_models.get(kind))
         for kind, table in profile_tables_of(run, statistics, [str(i) for i in sides.index]).items()
     }
+    split = split_summary(parts, sides)  # read once for both single-cell baselines
     return {
         "profile_models": profile_models,
         "baseline_features": profile_models["measured"],
-        "baseline_cell_features": cell_features_baseline(parts, columns, sides, config.seed, top_k),
-        "sanity_check": sanity_check(parts, columns, sides, config.input.control_label, config.seed),
+        "baseline_cell_features": cell_features_baseline(parts, columns, sides, config.seed, top_k, split=split),
+        "sanity_check": sanity_check(parts, columns, sides, config.input.control_label, config.seed, split=split),
     }
 
 

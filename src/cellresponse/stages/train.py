@@ -27,7 +27,7 @@ from cellresponse.features.crops import changed_settings, crop_settings
 from cellresponse.features.embedding_tables import frozen_embedding_settings
 from cellresponse.input.io import write_json, write_parquet
 from cellresponse.input.plate import channel_names, group_keys, labelled_images
-from cellresponse.input.runfolder import RunFolder
+from cellresponse.input.runfolder import CellParts, RunFolder
 from cellresponse.learning.bundle import NETWORK, save_bundle, save_choice
 from cellresponse.learning.model_choice import (
     auto_choice,
@@ -40,7 +40,7 @@ from cellresponse.learning.model_choice import (
 from cellresponse.learning.profile_tables import profile_tables_of
 from cellresponse.learning.splits import TEST, assign_split, downsample_control, log_split
 from cellresponse.learning.training import CellDataModule, CellResponseModule, CellSet, build_trainer, seed_everything
-from cellresponse.learning.training_cells import CellParts, cell_sets
+from cellresponse.learning.training_cells import cell_sets
 from cellresponse.parallel import is_main_process
 from cellresponse.profiling.batch_correction import batch_column
 from cellresponse.profiling.profile_models import plate_by_plate_statistics
