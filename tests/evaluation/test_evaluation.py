@@ -389,3 +389,18 @@ def test_the_wilson_interval_matches_known_values():
     low, high = wilson_interval(18, 20)  # 0.90 on 20 fields
     assert abs(low - 0.699) < 0.002 and abs(high - 0.972) < 0.002
     assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0
+
+
+@pytest.mark.parametrize("method", ["soft", "majority"])
+def test_votes_merged_plate_by_plate_equal_one_vote_over_every_plate(method):
+    from cellresponse.evaluation.votes import merged_votes
+
+    rng = np.random.default_rng(1)
+    groups = np.array([f"P{p}/w{w}" for p in (2, 1, 3) for w in rng.integers(0, 5, 40)], dtype=object)
+    probs = rng.dirichlet(np.ones(4), len(groups))
+    plates = np.array([g.split("/")[0] for g in groups])
+    parts = [vote(groups[plates == p], probs[plates == p], method) for p in ("P2", "P1", "P3")]
+    merged, scores = merged_votes(parts, 4)
+    whole, expected = vote(groups, probs, method)
+    assert merged.tolist() == whole.tolist()
+    np.testing.assert_array_equal(scores, expected)

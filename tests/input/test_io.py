@@ -39,3 +39,28 @@ def test_no_plate_is_held_while_the_next_is_read():
     for plate in plates():
         int(plate.values.sum())
     assert held_while_reading == [0, 1, 1, 1]
+
+
+def test_parts_are_written_as_one_file_and_a_failed_write_leaves_none(tmp_path):
+    import pandas as pd
+    import pytest
+
+    from cellresponse.input.io import write_parquet_parts
+
+    first = pd.DataFrame({"cell_id": ["a#1", "a#2"], "score": [0.5, 0.25], "call": ["x", "y"]})
+    second = pd.DataFrame({"cell_id": ["b#1"], "score": [1.0], "call": [None]})  # an all-missing column: cast
+    path = tmp_path / "calls.parquet"
+    assert write_parquet_parts(path, iter([first, second])) == 3
+    written = pd.read_parquet(path)
+    expected = pd.concat([first, second], ignore_index=True)
+    pd.testing.assert_frame_equal(written.drop(columns="call"), expected.drop(columns="call"))
+    assert written["call"].tolist()[:2] == ["x", "y"] and written["call"].isna().tolist() == [False, False, True]
+
+    def failing():
+        yield first
+        raise OSError("No space left on device")
+
+    target = tmp_path / "failed.parquet"
+    with pytest.raises(OSError, match="No space"):
+        write_parquet_parts(target, failing())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["calls.parquet"]  # neither the file nor a temporary

@@ -111,3 +111,71 @@ def test_a_two_plate_run_gives_each_plate_the_profiles_of_its_own_run(two_plate_
         cells_alone = alone_run.read_cells().drop(columns=["cell_id"])
         cells_mine = two_plate_run.read_cells(image_ids=alone_run.read_images()["image_id"]).drop(columns=["cell_id"])
         assert len(cells_alone) == len(cells_mine) > 0
+
+
+def test_the_run_counts_its_cells_and_the_images_that_have_some_without_reading_the_table(two_plate_run):
+    every = two_plate_run.read_cells()
+    assert two_plate_run.count_cells() == len(every) > 0
+    ids = two_plate_run.read_images()["image_id"]
+    assert two_plate_run.images_with_cells(ids) == sorted(set(every["image_id"]))
+    assert two_plate_run.images_with_cells(ids.iloc[:1]) == sorted(set(every["image_id"]) & {ids.iloc[0]})
+
+
+@pytest.mark.parametrize("model", ["both", "network"])
+def test_predict_reads_a_plate_at_a_time_and_calls_what_the_whole_table_gives(
+    tiny_demo, tiny_plates, tmp_path, monkeypatch, model
+):
+    """``predict`` on the two tiny plates with the demo's bundle: every read of the cells table opens one plate's
+    part (never the screen's table at once), and the calls equal those made from every cell read at once, as
+    predict made them before (the profile model's image probabilities; the network's cells, image votes)."""
+    import cellresponse.input.runfolder as runfolder
+    from cellresponse.evaluation.votes import vote
+    from cellresponse.features.crop_store import CropStore
+    from cellresponse.features.embedding_tables import mean_embeddings
+    from cellresponse.input.plate import ImageSource
+    from cellresponse.learning.bundle import load_bundle, predict_cells
+    from cellresponse.profiling.profile_models import (
+        features_model_probabilities,
+        image_feature_table,
+        image_profiles,
+        profile_cell_columns,
+    )
+    from cellresponse.stages import predict
+
+    demo, _ = tiny_demo
+    opened: list[str | list] = []
+    read_parquet = runfolder.read_parquet
+
+    def recording(path, columns=None):
+        opened.append(path if isinstance(path, list) else str(path))
+        return read_parquet(path, columns)
+
+    monkeypatch.setattr(runfolder, "read_parquet", recording)
+    out = RunFolder(tmp_path / "predicted")
+    source = ImageSource(load_data=tiny_plates / "load_data.csv")
+    predict.run(demo / "run", out, source, overrides=["runtime.workers=0"], progress=False, model=model)
+    monkeypatch.undo()
+    parts = [path for path in opened if "cells.parquet" in str(path)]
+    assert parts and all(isinstance(path, str) and path.endswith(".parquet") and Path(path).is_file() for path in parts)
+    assert {Path(path).parent.name for path in parts} == {"cells.parquet"}  # a plate's part, never the folder
+
+    bundle = load_bundle(demo / "run")
+    cells = out.read_cells()  # every cell at once, as predict read them before
+    images = pd.read_parquet(out.image_predictions)
+    if model == "network":
+        probs = predict_cells(bundle, CropStore(out.crops), cells)
+        calls = pd.read_parquet(out.cell_predictions)
+        assert calls["cell_id"].tolist() == cells["cell_id"].tolist()
+        np.testing.assert_allclose(calls["probability"], probs.max(1), rtol=1e-5)
+        groups, scores = vote(cells["image_id"].to_numpy(), probs, bundle.config.evaluation.vote)
+        assert images["image_id"].tolist() == groups.tolist()
+        np.testing.assert_allclose(images["probability"], scores.max(1), rtol=1e-5)
+        return
+    kind = model
+    profile_model = bundle.profile_models[kind]
+    columns = profile_model.get("cell_columns") or profile_cell_columns(profile_model["columns"])
+    measured = image_feature_table(cells, columns)
+    deep = mean_embeddings(out, [str(i) for i in measured.index]) if kind != "measured" else None
+    probs = features_model_probabilities(profile_model, image_profiles(kind, measured, deep))
+    assert images["image_id"].tolist() == list(measured.index)
+    np.testing.assert_array_equal(images["probability"], probs.max(1))

@@ -100,10 +100,15 @@ def write_image_predictions(
         log.info(line)
 
 
+def well_votes(rows: pd.DataFrame, probs: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray]:
+    """The wells (``plate/well``) of ``rows`` (cells of the network, or images of a profile model, with plate and
+    well columns) and their probabilities voted as ``method`` (votes.py)."""
+    return vote(group_keys(rows, "well").to_numpy(), probs, method)
+
+
 def write_well_predictions(
     path: Path,
-    rows: pd.DataFrame,
-    probs: np.ndarray,
+    votes: tuple[np.ndarray, np.ndarray],
     images: pd.DataFrame,
     classes: list[str],
     evaluation: EvaluationConfig,
@@ -111,10 +116,10 @@ def write_well_predictions(
     validation: dict[str, Any] | None = None,
     grouping: tuple[str, dict[str, str]] | None = None,
 ) -> None:
-    """One call per well — the unit a screen is laid out in: ``rows`` (cells of the network, or images of a profile
-    model, with plate and well columns) and their probabilities voted as ``evaluation.vote``; the well's metadata
-    (the image columns its images share) beside the call, so a treatment given in the metadata sits next to it."""
-    wells, scores = vote(group_keys(rows, "well").to_numpy(), probs, evaluation.vote)
+    """One call per well — the unit a screen is laid out in: ``votes`` the wells and their voted scores
+    (:func:`well_votes`, or votes merged plate by plate); the well's metadata (the image columns its images share)
+    beside the call, so a treatment given in the metadata sits next to it."""
+    wells, scores = votes
     keys = group_keys(images, "well")
     described = images.drop(columns=[c for c in images.columns if c.startswith(("FileName_", "PathName_"))])
     metadata = [c for c in described.columns if c.startswith("Metadata_")]

@@ -41,3 +41,14 @@ def vote(groups: np.ndarray, probs: np.ndarray, method: str = "soft") -> tuple[n
     counts = np.zeros((n_groups, n_classes))
     np.add.at(counts, (inverse, probs.argmax(1)), 1.0)
     return unique, counts + mean * 0.5  # mean prob < 1 cannot outweigh one vote: it only breaks ties
+
+
+def merged_votes(parts: list[tuple[np.ndarray, np.ndarray]], n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`vote`'s groups and scores of parts voted apart (a screen's plates: no group spans two), in the
+    order one vote over every part gives (sorted groups)."""
+    if not parts:
+        return np.array([], dtype=object), np.zeros((0, n_classes))
+    groups = np.concatenate([g for g, _ in parts])
+    scores = np.concatenate([s for _, s in parts])
+    order = np.argsort(groups, kind="stable")
+    return groups[order], scores[order]

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import tifffile
 
 from cellresponse.errors import InputError
@@ -128,6 +129,32 @@ def read_tiff(path: str | Path) -> np.ndarray:
 def write_parquet(path: str | Path, table: pd.DataFrame) -> None:
     with atomic_path(path) as tmp:
         table.to_parquet(tmp, index=False)
+
+
+def write_parquet_parts(path: str | Path, parts: Iterable[pd.DataFrame]) -> int:
+    """One Parquet file of ``parts`` (a plate's rows each, made as they are asked for), written a row group at a
+    time so that only one part is held, and renamed onto ``path`` only when every part is in (a failed or killed
+    write leaves no partial file). Every part takes the first part's schema (a part whose column came out of
+    another type, an all-missing one for instance, is cast to it). Returns the rows written."""
+    rows = 0
+    with atomic_path(path) as tmp:
+        writer: pq.ParquetWriter | None = None
+        try:
+            for part in parts:
+                if writer is None:
+                    table = pa.Table.from_pandas(part, preserve_index=False)
+                    writer = pq.ParquetWriter(tmp, table.schema)
+                else:
+                    table = pa.Table.from_pandas(part, schema=writer.schema, preserve_index=False)
+                writer.write_table(table)
+                rows += len(part)
+                del part, table
+        finally:
+            if writer is not None:
+                writer.close()
+        if writer is None:
+            raise ValueError(f"no parts to write to {path}")
+    return rows
 
 
 def read_parquet(path: str | Path | list[Path], columns: list[str] | None = None) -> pd.DataFrame:

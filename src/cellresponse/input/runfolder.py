@@ -39,7 +39,14 @@ import pyarrow.parquet as pq
 
 from cellresponse.config import Config, load_config
 from cellresponse.errors import InputError, StageError
-from cellresponse.input.io import atomic_path, read_parquet, release_arrow_memory, write_json, write_text
+from cellresponse.input.io import (
+    atomic_path,
+    one_at_a_time,
+    read_parquet,
+    release_arrow_memory,
+    write_json,
+    write_text,
+)
 from cellresponse.provenance import made_by, made_by_line
 
 ID_COLUMNS = ("image_id", "cell_id")
@@ -74,8 +81,13 @@ def safe_file_name(name: str) -> str:
 
 def with_typed_ids(table: pd.DataFrame) -> pd.DataFrame:
     """``image_id`` / ``cell_id`` as Python strings, whatever the file stored."""
-    casts = {c: str for c in ID_COLUMNS if c in table.columns and table[c].dtype != object}
-    return table.astype(casts) if casts else table
+    casts = [c for c in ID_COLUMNS if c in table.columns and table[c].dtype != object]
+    if not casts:
+        return table
+    table = table.copy(deep=False)
+    for column in casts:  # column by column: DataFrame.astype({...}) splits the table into a block per column
+        table[column] = table[column].astype(str)
+    return table
 
 
 @dataclass(frozen=True)
@@ -218,14 +230,19 @@ class RunFolder:
         where None), ``columns`` only, of the ``wanted`` image ids only."""
         if wanted is not None and columns is not None and "image_id" not in columns:
             columns = ["image_id", *columns]
-        source: Path | list[Path] = self.cells
+        sources = [self.cells]
         if plates is not None:
-            source = [part for part in map(self.cells_part, plates) if part.exists()]
-            source = source or sorted(self.cells.glob("[!._]*.parquet"))[:1]  # none: an empty table, typed
-        cells = with_typed_ids(read_parquet(source, columns))
-        if wanted is not None:
-            cells = cells[cells["image_id"].isin(wanted)].reset_index(drop=True)
-        return cells
+            sources = [part for part in map(self.cells_part, plates) if part.exists()]
+            sources = sources or sorted(self.cells.glob("[!._]*.parquet"))[:1]  # none: an empty table, typed
+
+        def read(source: Path) -> pd.DataFrame:
+            cells = with_typed_ids(read_parquet(source, columns))
+            return cells if wanted is None else cells[cells["image_id"].isin(wanted)]
+
+        # a part at a time, each cut to the wanted images before the next is read: the cells of a treatment on many
+        # plates cost those cells, not every plate's table
+        parts = one_at_a_time(sources, read)
+        return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0].reset_index(drop=True)
 
     def cell_parts(self, image_ids: Iterable[str], columns: list[str] | None = None) -> Iterator[pd.DataFrame]:
         """The cells of ``image_ids``, one plate's at a time (:meth:`plate_cells` of each plate in turn, in the
@@ -240,6 +257,22 @@ class RunFolder:
         for plate, rows in images.groupby(images["plate"].astype(str), sort=False):
             release_arrow_memory()  # the previous plate's buffers: what is held stays one plate's
             yield self.plate_cells([str(plate)], columns, set(rows["image_id"].astype(str)))
+
+    def images_with_cells(self, image_ids: Iterable[str]) -> list[str]:
+        """Those of ``image_ids`` that hold at least one cell, sorted (a plate's ``image_id`` column read at a
+        time)."""
+        found = one_at_a_time(self.cell_parts(image_ids, ["image_id"]), lambda cells: set(cells["image_id"]))
+        return sorted(set().union(*found))
+
+    def count_cells(self) -> int:
+        """How many cells the run measured in the image table's plates, from the parts' Parquet footers (no table
+        read)."""
+        path = self.require(self.cells, "measure")
+        parts = [path]
+        if path.is_dir():
+            plates = pd.unique(self.read_images()["plate"].astype(str))
+            parts = [part for part in map(self.cells_part, plates) if part.exists()]
+        return sum(pq.ParquetFile(part).metadata.num_rows for part in parts)
 
     def cell_columns(self) -> list[str]:
         """The columns of the cells table (from one part's schema: every part has the same columns)."""

@@ -14,6 +14,7 @@ UMAP is left out on purpose: with tens of references a PCA shows the same groups
 from __future__ import annotations
 
 import html
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,11 +40,12 @@ HEATMAP_ROWS = 40
 
 @dataclass(frozen=True)
 class CellSource:
-    """Where a treatment's cells can be cut from: an image table (channel paths), its cell table (centroids and
-    features) and each image's treatment."""
+    """Where a treatment's cells can be cut from: an image table (channel paths), a reader of its cells (the cells
+    of the given image ids, with centroids and features: read when a strip needs them, a plate's part at a time,
+    never a screen's whole table) and each image's treatment."""
 
     images: pd.DataFrame
-    cells: pd.DataFrame
+    cells_of: Callable[[set[str]], pd.DataFrame]
     treatment_of: pd.Series  # index image_id
     channels: list[str]
 
@@ -51,7 +53,7 @@ class CellSource:
 def representative_cells(source: CellSource, treatment: str, n: int, features: list[str]) -> pd.DataFrame:
     """The ``n`` cells of a treatment closest to its median cell (features standardised over the treatment)."""
     ids = set(source.treatment_of.index[source.treatment_of == treatment])
-    cells = source.cells[source.cells["image_id"].astype(str).isin(ids)]
+    cells = source.cells_of(ids) if ids else pd.DataFrame()
     if cells.empty:
         return cells
     x = cells[features].to_numpy(np.float64)

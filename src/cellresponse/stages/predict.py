@@ -26,6 +26,7 @@ embed the cells with the bundle's embedding settings), ``network`` the trained n
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,24 +39,26 @@ from cellresponse.errors import InputError
 from cellresponse.evaluation.prediction_tables import (
     add_columns,
     prediction_table,
+    well_votes,
     write_image_predictions,
     write_well_predictions,
 )
-from cellresponse.evaluation.votes import vote
+from cellresponse.evaluation.votes import merged_votes, vote
 from cellresponse.features.cell_features import feature_columns
 from cellresponse.features.crop_store import CropStore
 from cellresponse.features.crops import changed_settings
 from cellresponse.features.crops import crop_settings as crop_settings_of
 from cellresponse.features.embedding_tables import mean_embeddings
-from cellresponse.input.io import write_parquet
+from cellresponse.input.io import write_parquet, write_parquet_parts
 from cellresponse.input.plate import ImageSource, channel_names
 from cellresponse.input.runfolder import RunFolder
 from cellresponse.learning.bundle import MODEL_CHOICES, NETWORK, Bundle, find_bundle, load_bundle, predict_cells
 from cellresponse.profiling.batch_correction import batch_column
 from cellresponse.profiling.profile_models import (
     features_model_probabilities,
-    image_feature_table,
+    filled,
     image_profiles,
+    plate_by_plate_statistics,
     profile_cell_columns,
     require_cell_features,
 )
@@ -144,14 +147,21 @@ def embedding_config(config: Config, bundle: Bundle) -> Config:
     return apply_overrides(config, [f"embedding.crop_size={window}"], "model bundle")
 
 
+def measured_profiles(out: RunFolder, image_ids: Iterable[str], columns: list[str]) -> pd.DataFrame:
+    """The new images' measured per-image profiles of the cell features ``columns`` (``image_feature_table``: one
+    row an image with cells, in image-id order), read a plate at a time: a screen holds one plate's cells."""
+    parts = out.cell_parts(image_ids, ["image_id", *columns])
+    return filled(plate_by_plate_statistics(parts, columns).sort_index())
+
+
 def predict_with_profiles(
-    kind: str, bundle: Bundle, cells: pd.DataFrame, meta: pd.DataFrame, out: RunFolder, config: Config, progress: bool
+    kind: str, bundle: Bundle, meta: pd.DataFrame, out: RunFolder, config: Config, progress: bool
 ) -> list[Path]:
     """Image predictions of one of the bundle's profile models (no crops; the deep kinds embed the cells)."""
     model = bundle.profile_models[kind]
     cell_columns = model.get("cell_columns") or profile_cell_columns(model["columns"])
-    require_cell_features(cells.columns, cell_columns, f"the bundle's {kind} profile model")
-    measured = image_feature_table(cells, cell_columns)
+    require_cell_features(out.cell_columns(), cell_columns, f"the bundle's {kind} profile model")
+    measured = measured_profiles(out, meta.index, cell_columns)
     deep = None
     if kind != "measured":
         stage_module("embed").run(out, embedding_config(config, bundle), progress=progress)
@@ -164,23 +174,17 @@ def predict_with_profiles(
         out.image_predictions, table, probs, model["classes"], config.evaluation, config.input.label, kind, grouping
     )
     validation = (bundle.choice or {}).get("scores", {}).get(kind)
+    votes = well_votes(table, probs, config.evaluation.vote)
+    e = config.evaluation
     write_well_predictions(
-        out.well_predictions,
-        table,
-        probs,
-        meta.reset_index(),
-        model["classes"],
-        config.evaluation,
-        kind,
-        validation,
-        grouping,
+        out.well_predictions, votes, meta.reset_index(), model["classes"], e, kind, validation, grouping
     )
     log.info("predicted %d images with the %s profile model", len(features), kind)
     return [out.image_predictions, out.well_predictions]
 
 
 def query_blocks(
-    bundle: Bundle, cells: pd.DataFrame, cell_columns: list[str], out: RunFolder, config: Config, progress: bool
+    bundle: Bundle, image_ids: pd.Index, cell_columns: list[str], out: RunFolder, config: Config, progress: bool
 ) -> dict:
     """The new images' per-image profile blocks the bundle's references are made of: the measured statistics of
     the cell features they use (``cell_columns``) and, for deep references, the mean embeddings (embedding the
@@ -188,10 +192,10 @@ def query_blocks(
     features = bundle.references.features
     blocks = {}
     if cell_columns:
-        blocks["measured"] = image_feature_table(cells, cell_columns)
+        blocks["measured"] = measured_profiles(out, image_ids, cell_columns)
     if any(c.startswith(DEEP_PREFIX) for c in features):
         stage_module("embed").run(out, embedding_config(config, bundle), progress=progress)
-        blocks["deep"] = mean_embeddings(out, sorted(cells["image_id"].astype(str).unique()))
+        blocks["deep"] = mean_embeddings(out, out.images_with_cells(image_ids))
     return blocks
 
 
@@ -213,7 +217,7 @@ def query_columns(table: pd.DataFrame, config: Config, moa: str | None) -> tuple
     return treatment, compound if compound in table.columns else None, moa
 
 
-def answer_open_world(plan: PredictionPlan, out: RunFolder, cells: pd.DataFrame, progress: bool) -> list[Path]:
+def answer_open_world(plan: PredictionPlan, out: RunFolder, progress: bool) -> list[Path]:
     """Each treatment's, well's and field's open-world answer (calls.py) from the bundle's references:
     ``treatment_calls.parquet`` and the answer columns added to the well and image predictions."""
     bundle, config, table = plan.bundle, plan.config, plan.images
@@ -226,11 +230,11 @@ def answer_open_world(plan: PredictionPlan, out: RunFolder, cells: pd.DataFrame,
         return []
     cell_columns = profile_cell_columns(references.features)
     try:
-        require_cell_features(cells.columns, cell_columns, "the bundle's references")
+        require_cell_features(out.cell_columns(), cell_columns, "the bundle's references")
     except InputError as error:
         log.warning("%s — no activity, nearest references or mechanism calls this time", error)
         return []
-    blocks = query_blocks(bundle, cells, cell_columns, out, config, progress)
+    blocks = query_blocks(bundle, pd.Index(table["image_id"]), cell_columns, out, config, progress)
     treatment, compound, moa = query_columns(table, config, references.columns.get("moa"))
     batch = batch_column(table.columns, config.profiles.batch, "plate")
     if references.batch_correction.get("method", "none") != "none" and batch not in table.columns:
@@ -258,7 +262,7 @@ def answer_open_world(plan: PredictionPlan, out: RunFolder, cells: pd.DataFrame,
             config.input.control_label,
         )
     write_parquet(out.treatment_calls, answers.treatments)
-    report = open_world_report(plan, out, answers, fields, cells, meta)
+    report = open_world_report(plan, out, answers, fields, meta)
     add_columns(out.well_predictions, answers.wells, ["plate", "well"], WELL_COLUMNS)
     add_columns(out.image_predictions, answers.fields, ["image_id"], FIELD_COLUMNS)
     log.info(summary(answers, references.calibration, references.columns.get("moa")))
@@ -266,22 +270,27 @@ def answer_open_world(plan: PredictionPlan, out: RunFolder, cells: pd.DataFrame,
     return [out.treatment_calls, report]
 
 
-def reference_cells(plan: PredictionPlan) -> CellSource | None:
-    """The training run's images and cells, where the run folder is still around the bundle (crops of the
-    references' cells for the report); None otherwise."""
+def reference_cells(plan: PredictionPlan, columns: list[str]) -> CellSource | None:
+    """The training run's images and its reference fields' cells (``columns`` of them, read when a strip needs
+    them), where the run folder is still around the bundle (crops of the references' cells for the report); None
+    otherwise."""
     references = plan.bundle.references
     root = find_bundle(plan.bundle_path).parent.parent
     run = RunFolder(root)
     if not (run.images.is_file() and run.cells.exists()):
         return None
     images = run.read_images()
-    columns = references.columns
+    named = references.columns
     try:
-        meta = image_meta(images, columns["treatment"], columns.get("compound"), columns.get("moa"))
+        meta = image_meta(images, named["treatment"], named.get("compound"), named.get("moa"))
     except KeyError:
         return None
-    cells = run.read_cells(image_ids=references.fields["image_id"])  # the references' plates only
-    return CellSource(images, cells, meta["treatment"], channel_names(images))
+    fields = set(references.fields["image_id"].astype(str))
+
+    def cells_of(image_ids: set[str]) -> pd.DataFrame:
+        return run.read_cells(columns, image_ids=image_ids & fields)
+
+    return CellSource(images, cells_of, meta["treatment"], channel_names(images))
 
 
 def open_world_report(
@@ -289,14 +298,20 @@ def open_world_report(
     out: RunFolder,
     answers: Answers,
     fields: pd.DataFrame,
-    cells: pd.DataFrame,
     meta: pd.DataFrame,
 ) -> Path:
-    """``DIR/report/index.html``: the treatment calls in pictures (treatment_report.py)."""
+    """``DIR/report/index.html``: the treatment calls in pictures (treatment_report.py); the cells of its strips
+    read a treatment at a time."""
     references = plan.bundle.references
-    query = CellSource(plan.images, cells, meta["treatment"], channel_names(plan.images))
+    features = feature_columns(out.cell_columns())
+    columns = ["image_id", "centroid_x", "centroid_y", *features]
+
+    def cells_of(image_ids: set[str]) -> pd.DataFrame:
+        return out.read_cells(columns, image_ids=image_ids)
+
+    query = CellSource(plan.images, cells_of, meta["treatment"], channel_names(plan.images))
     side = int((plan.bundle.meta.get("embedding") or {}).get("window") or 48)
-    strips = (query, reference_cells(plan), feature_columns(cells.columns), side)
+    strips = (query, reference_cells(plan, columns), features, side)
     treatments = level_table(fields, references.features, "treatment")
     return build_treatment_report(
         out.report, answers.treatments, references, treatments, strips, plan.config.input.pixel_size_um
@@ -336,50 +351,56 @@ def prepare(
     return PredictionPlan(bundle, config, model, device, table, Path(bundle_path))
 
 
+def predict_with_network(plan: PredictionPlan, out: RunFolder, *, overwrite: bool, progress: bool) -> list[Path]:
+    """The bundle's network on the new cells, a plate at a time: each plate's cell predictions written as a row
+    group of ``cell_predictions.parquet`` and voted into its images and wells before the next plate is read."""
+    bundle, config, device = plan.bundle, plan.config, plan.device
+    require_cell_features(out.cell_columns(), bundle.scaler.columns, "the bundle's network (its tabular branch)")
+    stage_module("crops").run(out, config, overwrite=overwrite, progress=progress)
+    meta = plan.images.set_index("image_id")
+    e, store = config.evaluation, CropStore(out.crops)
+    classes, grouping = bundle.encoder.classes, bundle.label_grouping
+    log.info("the network predicts %d cells on %s", out.count_cells(), device_name(device))
+    votes: dict[str, list] = {"image": [], "well": []}
+
+    def plate_calls(cells: pd.DataFrame) -> pd.DataFrame:
+        cells = cells.assign(plate=cells["image_id"].map(meta["plate"]), well=cells["image_id"].map(meta["well"]))
+        probs = predict_cells(bundle, store, cells, e.batch_size, progress, device=device)
+        votes["image"].append(vote(cells["image_id"].to_numpy(), probs, e.vote))
+        votes["well"].append(well_votes(cells, probs, e.vote))
+        return prediction_table(cells[["cell_id", "image_id", "plate", "well"]], probs, classes, e.top_k, grouping)
+
+    parts = out.cell_parts(meta.index, ["cell_id", "image_id", "label", *bundle.scaler.columns])
+    n_cells = write_parquet_parts(out.cell_predictions, map(plate_calls, parts))
+    groups, scores = merged_votes(votes["image"], len(classes))
+    image_table = meta.loc[groups].reset_index()
+    write_image_predictions(
+        out.image_predictions, image_table, scores, classes, e, config.input.label, NETWORK, grouping
+    )
+    validation = (bundle.choice or {}).get("scores", {}).get(NETWORK)
+    well_calls = merged_votes(votes["well"], len(classes))
+    write_well_predictions(
+        out.well_predictions, well_calls, meta.reset_index(), classes, e, NETWORK, validation, grouping
+    )
+    log.info("predicted %d cells in %d images", n_cells, len(groups))
+    return [out.cell_predictions, out.image_predictions, out.well_predictions]
+
+
 def predict_images(
     plan: PredictionPlan, out: RunFolder, *, overwrite: bool = False, progress: bool = True
 ) -> list[Path]:
-    """Segment, measure (and embed or crop) the prepared images and predict them; returns the files written."""
-    bundle, config, model, device, table = plan.bundle, plan.config, plan.model, plan.device, plan.images
-    stage_module("segment").run(out, config, overwrite=overwrite, progress=progress)
-    stage_module("measure").run(out, config, overwrite=overwrite, progress=progress)
-    cells = out.read_cells()
-    if cells.empty:
+    """Segment, measure (and embed or crop) the prepared images and predict them; returns the files written. The
+    cells are read a plate at a time, so a screen of new plates holds one plate's cells at once."""
+    stage_module("segment").run(out, plan.config, overwrite=overwrite, progress=progress)
+    stage_module("measure").run(out, plan.config, overwrite=overwrite, progress=progress)
+    if not out.count_cells():
         raise InputError("no cells were found in these images — nothing to predict")
-    meta = table.set_index("image_id")
-    if model != NETWORK:
-        written = predict_with_profiles(model, bundle, cells, meta, out, config, progress)
-        return written + answer_open_world(plan, out, cells, progress)
-    require_cell_features(cells.columns, bundle.scaler.columns, "the bundle's network (its tabular branch)")
-    stage_module("crops").run(out, config, overwrite=overwrite, progress=progress)
-    cells["plate"] = cells["image_id"].map(meta["plate"])
-    cells["well"] = cells["image_id"].map(meta["well"])
-    e = config.evaluation
-    log.info("the network predicts %d cells on %s", len(cells), device_name(device))
-    probs = predict_cells(bundle, CropStore(out.crops), cells, e.batch_size, progress, device=device)
-    classes, grouping = bundle.encoder.classes, bundle.label_grouping
-    cell_table = cells[["cell_id", "image_id", "plate", "well"]]
-    write_parquet(out.cell_predictions, prediction_table(cell_table, probs, classes, e.top_k, grouping))
-    groups, scores = vote(cells["image_id"].to_numpy(), probs, e.vote)
-    image_table = meta.loc[groups].reset_index()
-    write_image_predictions(
-        out.image_predictions, image_table, scores, classes, config.evaluation, config.input.label, NETWORK, grouping
-    )
-    validation = (bundle.choice or {}).get("scores", {}).get(NETWORK)
-    write_well_predictions(
-        out.well_predictions,
-        cells,
-        probs,
-        meta.reset_index(),
-        classes,
-        config.evaluation,
-        NETWORK,
-        validation,
-        grouping,
-    )
-    log.info("predicted %d cells in %d images", len(cells), len(groups))
-    written = [out.cell_predictions, out.image_predictions, out.well_predictions]
-    return written + answer_open_world(plan, out, cells, progress)
+    if plan.model == NETWORK:
+        written = predict_with_network(plan, out, overwrite=overwrite, progress=progress)
+    else:
+        meta = plan.images.set_index("image_id")
+        written = predict_with_profiles(plan.model, plan.bundle, meta, out, plan.config, progress)
+    return written + answer_open_world(plan, out, progress)
 
 
 def run(
