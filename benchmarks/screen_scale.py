@@ -3,7 +3,9 @@
     python benchmarks/screen_scale.py [--plates 1 4 16] [--workers 0]
 
 Every stage from ``images`` to ``evaluate``, with the cpu preset and one epoch of training (since 2026-12-05,
-session 25; before, ``images`` to ``profile`` with the default settings on 12 fields a plate). Synthetic screens
+session 25; before, ``images`` to ``profile`` with the default settings on 12 fields a plate), then ``predict`` of
+the same plates with the bundle just trained (since 2026-12-06, session 26: segment, measure, embed, the calls and
+the open-world answer and report, in one process). Synthetic screens
 of 1, 4 and 16 plates with the same fields per plate: 30 fields of 128 px, 8 cells each, three wells a compound
 and of the control, so that even one plate's split has a validation side (without one, ``train`` skips the
 held-out scoring a larger screen does, and one plate would not be measured doing the same work). The numbers of
@@ -25,7 +27,7 @@ from pathlib import Path
 
 from cellresponse.input.synth import SynthSpec, make_plates
 
-STAGES = ("images", "segment", "measure", "crops", "embed", "profile", "train", "evaluate")
+STAGES = ("images", "segment", "measure", "crops", "embed", "profile", "train", "evaluate", "predict")
 
 
 def measured(command: list[str]) -> tuple[float, float]:
@@ -53,6 +55,10 @@ def screen(plates: int, folder: Path, workers: int) -> dict[str, tuple[float, fl
             # the cpu preset and one epoch: what is measured is what the stages hold of the plates, not training
             command = [*cli, "images", "--load-data", str(folder / "plates" / "load_data.csv"), "--out", str(run),
                        "--no-progress", "--preset", "cpu", "--set", "training.max_epochs=1"]  # fmt: skip
+        elif stage == "predict":
+            # the screen's plates as new plates through the bundle just trained: images to calls and the report
+            command = [*cli, "predict", str(run), "--load-data", str(folder / "plates" / "load_data.csv"), "--out",
+                       str(folder / "predicted"), "--no-progress", "--workers", str(workers)]  # fmt: skip
         else:
             command = [*cli, stage, str(run), "--no-progress"]
             if stage in ("segment", "measure", "crops", "embed"):
