@@ -32,6 +32,16 @@ def inference_device(accelerator: str) -> torch.device:
     raise InputError(f"training.accelerator {accelerator!r} is not one of auto, cpu, gpu, cuda, mps")
 
 
+def worker_device(device: torch.device, worker: int | None, gpus: int) -> torch.device:
+    """The GPU a Dask worker runs the network on: worker ``i`` of a local cluster on GPU ``i mod gpus``, so that
+    ``--workers N`` on a machine with N GPUs puts one worker on each. ``device`` unchanged on the CPU, with one GPU,
+    outside a worker, or for a worker whose number is not known (a ``dask worker`` of a cluster, pinned to its GPU
+    by ``CUDA_VISIBLE_DEVICES``, sees one)."""
+    if device.type != "cuda" or worker is None or gpus < 2:
+        return device
+    return torch.device("cuda", worker % gpus)
+
+
 def device_name(device: torch.device) -> str:
     """``cuda:0 (NVIDIA H100 80GB HBM3)``, ``cpu`` — for logs and stage records."""
     if device.type == "cuda":

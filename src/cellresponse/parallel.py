@@ -147,6 +147,22 @@ class _DaskPool:
             self.cluster.close()
 
 
+def worker_number() -> int | None:
+    """This process's number among a local cluster's workers (the name ``LocalCluster`` gives them: 0, 1, …); None
+    outside a Dask worker or for a worker named otherwise."""
+    import sys
+
+    if "distributed" not in sys.modules:  # never imported: not a worker (and no second of import to pay to know it)
+        return None
+    from distributed import get_worker
+
+    try:
+        name = get_worker().name
+    except ValueError:  # not inside a worker's task
+        return None
+    return name if isinstance(name, int) else None
+
+
 def is_main_process() -> bool:
     """False inside the extra processes Lightning's DDP launcher starts (they rerun the command and must only
     train). Read from the launcher's environment variables, so asking costs no torch import."""

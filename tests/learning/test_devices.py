@@ -30,3 +30,14 @@ def test_the_device_is_named_for_logs():
     assert device_name(torch.device("cpu")) == "cpu"
     if torch.cuda.is_available():
         assert device_name(torch.device("cuda")).startswith("cuda:0 (")
+
+
+def test_a_local_clusters_workers_spread_over_the_gpus_and_nothing_else_moves():
+    from cellresponse.devices import worker_device
+
+    cuda = torch.device("cuda")
+    assert [str(worker_device(cuda, worker, 2)) for worker in range(4)] == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]
+    assert worker_device(cuda, 3, 1) == cuda  # one GPU (or a worker pinned to its own): the GPU it sees
+    assert worker_device(cuda, None, 4) == cuda  # not a worker of a local cluster
+    cpu = torch.device("cpu")
+    assert worker_device(cpu, 1, 4) == cpu

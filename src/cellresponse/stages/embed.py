@@ -16,10 +16,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 from tqdm.auto import tqdm
 
 from cellresponse.config import Config
-from cellresponse.devices import device_name, inference_device
+from cellresponse.devices import device_name, inference_device, worker_device
 from cellresponse.errors import InputError
 from cellresponse.features.cell_features import cell_ids
 from cellresponse.features.crop_store import CropStore
@@ -40,7 +41,7 @@ from cellresponse.networks.embeddings import (
     embedding_width,
     window_side,
 )
-from cellresponse.parallel import gathered, prefetched
+from cellresponse.parallel import gathered, prefetched, worker_number
 from cellresponse.stages.per_image import config_from_json, image_rows, map_stage, settled_scales
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,8 @@ def _embedder(config: Config) -> Embedder:
     # Built once per worker process and kept: loading the backbone for every image would dominate the run.
     e = config.embedding
     device = inference_device(config.training.accelerator)
+    # on a worker of a local cluster of a machine with several GPUs: one GPU a worker, not all on the first
+    device = worker_device(device, worker_number(), torch.cuda.device_count() if device.type == "cuda" else 0)
     key = e.model_dump_json() + str(device)
     if key not in _EMBEDDERS:
         batch_size = embedding_batch_size(e.batch_size, device)
@@ -232,6 +235,8 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
         run.embedding_means.unlink(missing_ok=True)  # stale the moment one image's embeddings change
     e = config.embedding
     device = inference_device(config.training.accelerator)
+    # on a worker of a local cluster of a machine with several GPUs: one GPU a worker, not all on the first
+    device = worker_device(device, worker_number(), torch.cuda.device_count() if device.type == "cuda" else 0)
     batch_size = embedding_batch_size(e.batch_size, device)
     workers = on_workers(config)
     network_seconds = None
