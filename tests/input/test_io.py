@@ -56,6 +56,15 @@ def test_parts_are_written_as_one_file_and_a_failed_write_leaves_none(tmp_path):
     pd.testing.assert_frame_equal(written.drop(columns="call"), expected.drop(columns="call"))
     assert written["call"].tolist()[:2] == ["x", "y"] and written["call"].isna().tolist() == [False, False, True]
 
+    # an empty part (a plate without cells) adds nothing and does not set the schema, first or later
+    nothing = first.iloc[:0].astype(object)
+    assert write_parquet_parts(tmp_path / "gaps.parquet", iter([nothing, first, nothing, second])) == 3
+    assert pd.read_parquet(tmp_path / "gaps.parquet")["cell_id"].tolist() == ["a#1", "a#2", "b#1"]
+    assert write_parquet_parts(tmp_path / "none.parquet", iter([nothing])) == 0
+    assert list(pd.read_parquet(tmp_path / "none.parquet").columns) == ["cell_id", "score", "call"]
+    for name in ("gaps.parquet", "none.parquet"):
+        (tmp_path / name).unlink()
+
     def failing():
         yield first
         raise OSError("No space left on device")

@@ -134,26 +134,30 @@ def write_parquet(path: str | Path, table: pd.DataFrame) -> None:
 def write_parquet_parts(path: str | Path, parts: Iterable[pd.DataFrame]) -> int:
     """One Parquet file of ``parts`` (a plate's rows each, made as they are asked for), written a row group at a
     time so that only one part is held, and renamed onto ``path`` only when every part is in (a failed or killed
-    write leaves no partial file). Every part takes the first part's schema (a part whose column came out of
-    another type, an all-missing one for instance, is cast to it). Returns the rows written."""
-    rows = 0
+    write leaves no partial file). Every part takes the first non-empty part's schema (a part whose column came out
+    of another type, an all-missing one for instance, is cast to it); empty parts add nothing (their columns have
+    no values to type by), unless every part is empty. Returns the rows written."""
+    rows, empty = 0, None
     with atomic_path(path) as tmp:
         writer: pq.ParquetWriter | None = None
         try:
             for part in parts:
-                if writer is None:
-                    table = pa.Table.from_pandas(part, preserve_index=False)
-                    writer = pq.ParquetWriter(tmp, table.schema)
+                if len(part) == 0:
+                    empty = part if empty is None else empty
                 else:
-                    table = pa.Table.from_pandas(part, schema=writer.schema, preserve_index=False)
-                writer.write_table(table)
-                rows += len(part)
-                del part, table
+                    table = pa.Table.from_pandas(part, schema=writer.schema if writer else None, preserve_index=False)
+                    writer = writer or pq.ParquetWriter(tmp, table.schema)
+                    writer.write_table(table)
+                    rows += len(part)
+                    del table
+                del part  # nothing of this part held while the next is made
         finally:
             if writer is not None:
                 writer.close()
         if writer is None:
-            raise ValueError(f"no parts to write to {path}")
+            if empty is None:
+                raise ValueError(f"no parts to write to {path}")
+            empty.to_parquet(tmp, index=False)
     return rows
 
 

@@ -15,6 +15,7 @@ bundle/references.json       compound is compared with; their normalisation, kin
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,10 +26,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from cellresponse.config import Config
+from cellresponse.config import Config, EvaluationConfig
 from cellresponse.errors import InputError
+from cellresponse.evaluation.prediction_tables import prediction_table, well_votes
+from cellresponse.evaluation.votes import merged_votes, vote
 from cellresponse.features.crop_store import CropStore
-from cellresponse.input.io import atomic_path, write_json
+from cellresponse.input.io import atomic_path, write_json, write_parquet_parts
 from cellresponse.input.transforms import IMAGE_CHANNELS, prepare_batch
 from cellresponse.learning.encoders import LabelEncoder, Scaler
 from cellresponse.networks.model import CellResponseNet
@@ -244,3 +247,36 @@ def predict_cells(
         output=output,
         device=device,
     )
+
+
+Votes = tuple[np.ndarray, np.ndarray]  # groups (sorted) and their voted scores, as votes.vote returns them
+
+
+def predict_plates(
+    bundle: Bundle,
+    store: CropStore,
+    plates: Iterable[pd.DataFrame],
+    path: Path,
+    evaluation: EvaluationConfig,
+    progress: bool = False,
+    device: torch.device | None = None,
+) -> tuple[int, Votes, Votes]:
+    """The bundle's network on cells that come a plate at a time (``plates``: cell tables with cell_id, image_id,
+    plate, well, the mask label and the scaler's columns). Each plate's cell calls are written as a row group of
+    ``path`` (the cell prediction table, :func:`prediction_table`) and voted into its images and wells
+    (``evaluation.vote``) before the next plate is read: a screen holds one plate's cells. Returns the cells called
+    and the image and well votes, in the order one vote over every cell gives."""
+    e, classes, grouping = evaluation, bundle.encoder.classes, bundle.label_grouping
+    votes: dict[str, list[Votes]] = {"image": [], "well": []}
+
+    def plate_calls(cells: pd.DataFrame) -> pd.DataFrame:
+        ids = cells[["cell_id", "image_id", "plate", "well"]]
+        if cells.empty:  # a plate without cells: no calls, nothing to vote (write_parquet_parts adds no rows)
+            return ids
+        probs = predict_cells(bundle, store, cells, e.batch_size, progress, device=device)
+        votes["image"].append(vote(cells["image_id"].to_numpy(), probs, e.vote))
+        votes["well"].append(well_votes(cells, probs, e.vote))
+        return prediction_table(ids, probs, classes, e.top_k, grouping)
+
+    called = write_parquet_parts(path, map(plate_calls, plates))
+    return called, merged_votes(votes["image"], len(classes)), merged_votes(votes["well"], len(classes))

@@ -73,10 +73,16 @@ def filled(table: pd.DataFrame) -> pd.DataFrame:
     return table.fillna(table.mean()).fillna(0.0).copy()  # copy: one block, not hundreds of inserted columns
 
 
-def plate_by_plate_feature_table(plates: Iterable[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
+def plate_by_plate_feature_table(
+    plates: Iterable[pd.DataFrame], columns: list[str], in_image_order: bool = False
+) -> pd.DataFrame:
     """:func:`image_feature_table` of cells that come one plate at a time (``plates``, e.g. read from the per-image
-    parts), holding one plate's cells at once: a screen's memory stays that of its largest plate."""
+    parts), holding one plate's cells at once: a screen's memory stays that of its largest plate. Its rows come in
+    the plates' order, or ``in_image_order`` (sorted by image id, as :func:`image_feature_table` gives them: the same
+    table to the last bit, the missing values filled over the same rows in the same order)."""
     statistics = plate_by_plate_statistics(plates, columns)
+    if in_image_order:
+        statistics = statistics.sort_index()
     return filled(statistics) if len(statistics) else pd.DataFrame()
 
 

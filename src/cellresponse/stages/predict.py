@@ -26,7 +26,6 @@ embed the cells with the bundle's embedding settings), ``network`` the trained n
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,27 +37,24 @@ from cellresponse.devices import device_name, inference_device
 from cellresponse.errors import InputError
 from cellresponse.evaluation.prediction_tables import (
     add_columns,
-    prediction_table,
     well_votes,
     write_image_predictions,
     write_well_predictions,
 )
-from cellresponse.evaluation.votes import merged_votes, vote
 from cellresponse.features.cell_features import feature_columns
 from cellresponse.features.crop_store import CropStore
 from cellresponse.features.crops import changed_settings
 from cellresponse.features.crops import crop_settings as crop_settings_of
 from cellresponse.features.embedding_tables import mean_embeddings
-from cellresponse.input.io import write_parquet, write_parquet_parts
+from cellresponse.input.io import write_parquet
 from cellresponse.input.plate import ImageSource, channel_names
 from cellresponse.input.runfolder import RunFolder
-from cellresponse.learning.bundle import MODEL_CHOICES, NETWORK, Bundle, find_bundle, load_bundle, predict_cells
+from cellresponse.learning.bundle import MODEL_CHOICES, NETWORK, Bundle, find_bundle, load_bundle, predict_plates
 from cellresponse.profiling.batch_correction import batch_column
 from cellresponse.profiling.profile_models import (
     features_model_probabilities,
-    filled,
     image_profiles,
-    plate_by_plate_statistics,
+    plate_by_plate_feature_table,
     profile_cell_columns,
     require_cell_features,
 )
@@ -147,13 +143,6 @@ def embedding_config(config: Config, bundle: Bundle) -> Config:
     return apply_overrides(config, [f"embedding.crop_size={window}"], "model bundle")
 
 
-def measured_profiles(out: RunFolder, image_ids: Iterable[str], columns: list[str]) -> pd.DataFrame:
-    """The new images' measured per-image profiles of the cell features ``columns`` (``image_feature_table``: one
-    row an image with cells, in image-id order), read a plate at a time: a screen holds one plate's cells."""
-    parts = out.cell_parts(image_ids, ["image_id", *columns])
-    return filled(plate_by_plate_statistics(parts, columns).sort_index())
-
-
 def predict_with_profiles(
     kind: str, bundle: Bundle, meta: pd.DataFrame, out: RunFolder, config: Config, progress: bool
 ) -> list[Path]:
@@ -161,7 +150,9 @@ def predict_with_profiles(
     model = bundle.profile_models[kind]
     cell_columns = model.get("cell_columns") or profile_cell_columns(model["columns"])
     require_cell_features(out.cell_columns(), cell_columns, f"the bundle's {kind} profile model")
-    measured = measured_profiles(out, meta.index, cell_columns)
+    # the cells read a plate at a time: a screen of new plates holds one plate's cells
+    parts = out.cell_parts(meta.index, ["image_id", *cell_columns])
+    measured = plate_by_plate_feature_table(parts, cell_columns, in_image_order=True)
     deep = None
     if kind != "measured":
         stage_module("embed").run(out, embedding_config(config, bundle), progress=progress)
@@ -192,7 +183,8 @@ def query_blocks(
     features = bundle.references.features
     blocks = {}
     if cell_columns:
-        blocks["measured"] = measured_profiles(out, image_ids, cell_columns)
+        parts = out.cell_parts(image_ids, ["image_id", *cell_columns])
+        blocks["measured"] = plate_by_plate_feature_table(parts, cell_columns, in_image_order=True)
     if any(c.startswith(DEEP_PREFIX) for c in features):
         stage_module("embed").run(out, embedding_config(config, bundle), progress=progress)
         blocks["deep"] = mean_embeddings(out, out.images_with_cells(image_ids))
@@ -358,27 +350,20 @@ def predict_with_network(plan: PredictionPlan, out: RunFolder, *, overwrite: boo
     require_cell_features(out.cell_columns(), bundle.scaler.columns, "the bundle's network (its tabular branch)")
     stage_module("crops").run(out, config, overwrite=overwrite, progress=progress)
     meta = plan.images.set_index("image_id")
-    e, store = config.evaluation, CropStore(out.crops)
-    classes, grouping = bundle.encoder.classes, bundle.label_grouping
+    e, classes, grouping = config.evaluation, bundle.encoder.classes, bundle.label_grouping
     log.info("the network predicts %d cells on %s", out.count_cells(), device_name(device))
-    votes: dict[str, list] = {"image": [], "well": []}
 
-    def plate_calls(cells: pd.DataFrame) -> pd.DataFrame:
-        cells = cells.assign(plate=cells["image_id"].map(meta["plate"]), well=cells["image_id"].map(meta["well"]))
-        probs = predict_cells(bundle, store, cells, e.batch_size, progress, device=device)
-        votes["image"].append(vote(cells["image_id"].to_numpy(), probs, e.vote))
-        votes["well"].append(well_votes(cells, probs, e.vote))
-        return prediction_table(cells[["cell_id", "image_id", "plate", "well"]], probs, classes, e.top_k, grouping)
+    def with_wells(cells: pd.DataFrame) -> pd.DataFrame:
+        return cells.assign(plate=cells["image_id"].map(meta["plate"]), well=cells["image_id"].map(meta["well"]))
 
-    parts = out.cell_parts(meta.index, ["cell_id", "image_id", "label", *bundle.scaler.columns])
-    n_cells = write_parquet_parts(out.cell_predictions, map(plate_calls, parts))
-    groups, scores = merged_votes(votes["image"], len(classes))
+    plates = map(with_wells, out.cell_parts(meta.index, ["cell_id", "image_id", "label", *bundle.scaler.columns]))
+    called = predict_plates(bundle, CropStore(out.crops), plates, out.cell_predictions, e, progress, device)
+    n_cells, (groups, scores), well_calls = called
     image_table = meta.loc[groups].reset_index()
     write_image_predictions(
         out.image_predictions, image_table, scores, classes, e, config.input.label, NETWORK, grouping
     )
     validation = (bundle.choice or {}).get("scores", {}).get(NETWORK)
-    well_calls = merged_votes(votes["well"], len(classes))
     write_well_predictions(
         out.well_predictions, well_calls, meta.reset_index(), classes, e, NETWORK, validation, grouping
     )
