@@ -5,7 +5,7 @@
 The synthetic run folders of ``benchmarks/train_memory.py`` (``--cells`` cells a plate, 74 features named as
 measured features are, the cells table partitioned by plate); one image in five on the test side, the rest on the
 training side. In a fresh process per case, the peak resident memory above the process's after its imports
-(``ru_maxrss``) of the per-image statistics of the profile models, the single-cell logistic regression and the
+(``VmHWM``) of the per-image statistics of the profile models, the single-cell logistic regression and the
 control-vs-compound check (``learning.baselines``), computed:
 
 * ``plate by plate`` — what ``evaluate`` does since 2026-12-05 (session 25): the split's cells read a plate at a
@@ -25,7 +25,7 @@ from __future__ import annotations
 from train_memory import measure_screens
 
 CHILD = """
-import json, resource, sys
+import json, sys
 import numpy as np, pandas as pd
 from cellresponse.features.cell_features import feature_columns
 from cellresponse.input.runfolder import RunFolder
@@ -39,7 +39,7 @@ columns = feature_columns(run.cell_columns())
 def labelled(cells):
     cells["true_label"], cells["plate"], cells["well"] = cells["image_id"].map(meta), "P", cells["image_id"]
     return cells
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+base = high_water()
 if how == "plate":
     parts = lambda: map(labelled, run.cell_parts(sides.index))
     plate_by_plate_statistics(parts(), columns)
@@ -49,7 +49,7 @@ else:
     parts = lambda: [cells]
 single = cell_features_baseline(parts, columns, sides, 0, 3, max_train=20000)
 check = sanity_check(parts, columns, sides, "compound_0", 0, max_train=20000)
-peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+peak = high_water() - base
 print(json.dumps({"peak": peak, "cell": single["cell"]["accuracy"], "check": check["accuracy"]}))
 """
 

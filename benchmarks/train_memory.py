@@ -5,7 +5,7 @@
 Synthetic run folders of 1, 4 and 16 plates, each plate ``--cells`` cells of 74 features (random values, named
 as measured features are, so that ``train`` takes them; the cells table partitioned by plate as ``measure`` writes
 it, a crop-store index beside it, cell ids ``<image>#<label>`` as ``measure`` makes them). In a fresh process per
-case, the peak resident memory above the process's after its imports (``ru_maxrss``) of opening the crop store
+case, the peak resident memory above the process's after its imports (``VmHWM``) of opening the crop store
 (its index keeps a row of every cell of the screen) and then:
 
 * ``plate by plate`` — what ``train`` does: the per-image statistics and the cell sets read one plate at a time,
@@ -38,7 +38,7 @@ FEATURES = 74
 FIELDS = 40  # per plate
 
 CHILD = """
-import json, resource, sys
+import json, sys
 from pathlib import Path
 import numpy as np, pandas as pd
 from cellresponse.config import TrainingConfig
@@ -52,7 +52,7 @@ run, how = RunFolder(sys.argv[1]), sys.argv[2]
 images = run.read_images()
 side = np.where(np.arange(len(images)) % 5, "train", "validation")
 sides = pd.DataFrame({"image_id": images["image_id"], "side": side})
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+base = high_water()
 store = CropStore(run.crops)  # its index holds a row of every cell of the screen: counted
 columns = feature_columns(run.cell_columns())
 if how == "plate":
@@ -69,7 +69,19 @@ else:
     train = cells[cells["side"] == "train"]
     scaler = Scaler.fit(train, columns)
     held = (scaler.transform(train), scaler.transform(cells[cells["side"] == "validation"]))
-print(json.dumps({"peak": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024}))
+print(json.dumps({"peak": high_water() - base}))
+"""
+
+
+# Prepended to every child script. The process's own peak resident memory, in MB: /proc/self/status's VmHWM, not
+# getrusage's ru_maxrss, which a child started by fork and exec inherits from its parent (measured: a child of a
+# parent holding 300 MB reports ru_maxrss 311 MB at start, VmHWM 9 MB). The parent here builds the synthetic screens,
+# so ru_maxrss raised each child's starting point with the screen's size and hid the growth being measured (figures
+# published before 2026-12-06, session 26).
+HIGH_WATER = """
+def high_water():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
 """
 
 
@@ -120,8 +132,8 @@ def measure_screens(child: str, doc: str) -> None:
             run = make_run(Path(tmp) / f"screen{plates}", plates, args.cells)
             scores = {}
             for how in peaks:
-                out = subprocess.run([sys.executable, "-c", child, str(run), how], check=True, capture_output=True,
-                                     text=True)  # fmt: skip
+                out = subprocess.run([sys.executable, "-c", HIGH_WATER + child, str(run), how], check=True,
+                                     capture_output=True, text=True)  # fmt: skip
                 result = json.loads(out.stdout.splitlines()[-1])
                 peaks[how][plates], scores[how] = result.pop("peak"), result
             same = "" if scores["plate"] == scores["whole"] else f" — DIFFERENT figures {scores}"
