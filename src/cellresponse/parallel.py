@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import traceback
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -150,8 +151,6 @@ class _DaskPool:
 def worker_number() -> int | None:
     """This process's number among a local cluster's workers (the name ``LocalCluster`` gives them: 0, 1, …); None
     outside a Dask worker or for a worker named otherwise."""
-    import sys
-
     if "distributed" not in sys.modules:  # never imported: not a worker (and no second of import to pay to know it)
         return None
     from distributed import get_worker

@@ -126,8 +126,10 @@ def test_predict_reads_a_plate_at_a_time_and_calls_what_the_whole_table_gives(
     tiny_demo, tiny_plates, tmp_path, monkeypatch, model
 ):
     """``predict`` on the two tiny plates with the demo's bundle: every read of the cells table opens one plate's
-    part (never the screen's table at once), and the calls equal those made from every cell read at once, as
-    predict made them before (the profile model's image probabilities; the network's cells, image votes)."""
+    part (never the screen's table at once), every read of the new plates' cells asks for one plate or for some of
+    their images (a report strip's treatment), never every image of both plates, and the calls equal those made
+    from every cell read at once, as predict made them before (the profile model's image probabilities; the
+    network's cells, image votes)."""
     import cellresponse.input.runfolder as runfolder
     from cellresponse.evaluation.votes import vote
     from cellresponse.features.crop_store import CropStore
@@ -150,7 +152,15 @@ def test_predict_reads_a_plate_at_a_time_and_calls_what_the_whole_table_gives(
         opened.append(path if isinstance(path, list) else str(path))
         return read_parquet(path, columns)
 
+    asked: list[tuple[Path, list[str] | None, list[str] | None, set[str] | None]] = []
+    plate_cells = RunFolder.plate_cells
+
+    def asking(self, plates, columns, wanted):
+        asked.append((self.root, plates, columns, wanted))
+        return plate_cells(self, plates, columns, wanted)
+
     monkeypatch.setattr(runfolder, "read_parquet", recording)
+    monkeypatch.setattr(RunFolder, "plate_cells", asking)
     out = RunFolder(tmp_path / "predicted")
     source = ImageSource(load_data=tiny_plates / "load_data.csv")
     predict.run(demo / "run", out, source, overrides=["runtime.workers=0"], progress=False, model=model)
@@ -158,6 +168,16 @@ def test_predict_reads_a_plate_at_a_time_and_calls_what_the_whole_table_gives(
     parts = [path for path in opened if "cells.parquet" in str(path)]
     assert parts and all(isinstance(path, str) and path.endswith(".parquet") and Path(path).is_file() for path in parts)
     assert {Path(path).parent.name for path in parts} == {"cells.parquet"}  # a plate's part, never the folder
+    every_image = len(out.read_images())
+    # the crops stage (the network's path) reads every cell's ids to write its store's index: that stage's own
+    # read, not predict's, so it is left out here
+    crop_index = ["cell_id", "image_id", "label"]
+    new_plates = [
+        (plates, wanted) for root, plates, columns, wanted in asked if root == out.root and columns != crop_index
+    ]
+    assert new_plates and any(len(plates) == 1 for plates, _ in new_plates)
+    for plates, wanted in new_plates:  # one plate, or a treatment's images: never the screen's cells at once
+        assert len(plates) == 1 or (wanted is not None and len(wanted) < every_image), (plates, wanted)
 
     bundle = load_bundle(demo / "run")
     cells = out.read_cells()  # every cell at once, as predict read them before

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from cellresponse.config import EvaluationConfig
-from cellresponse.evaluation.votes import vote
+from cellresponse.evaluation.votes import Votes, vote
 from cellresponse.input.io import atomic_path, write_parquet
 from cellresponse.input.plate import group_keys
 
@@ -100,7 +100,7 @@ def write_image_predictions(
         log.info(line)
 
 
-def well_votes(rows: pd.DataFrame, probs: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray]:
+def well_votes(rows: pd.DataFrame, probs: np.ndarray, method: str) -> Votes:
     """The wells (``plate/well``) of ``rows`` (cells of the network, or images of a profile model, with plate and
     well columns) and their probabilities voted as ``method`` (votes.py)."""
     return vote(group_keys(rows, "well").to_numpy(), probs, method)
@@ -108,7 +108,7 @@ def well_votes(rows: pd.DataFrame, probs: np.ndarray, method: str) -> tuple[np.n
 
 def write_well_predictions(
     path: Path,
-    votes: tuple[np.ndarray, np.ndarray],
+    votes: Votes,
     images: pd.DataFrame,
     classes: list[str],
     evaluation: EvaluationConfig,

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 LEVELS = ("image", "well", "plate")
+Votes = tuple[np.ndarray, np.ndarray]  # sorted groups and their voted scores, as vote() returns them
 
 
 def most_common_label(labels: pd.Series, groups: np.ndarray | pd.Series) -> pd.Series:
@@ -19,7 +20,7 @@ def most_common_label(labels: pd.Series, groups: np.ndarray | pd.Series) -> pd.S
     return pd.Series(np.asarray(labels)).groupby(np.asarray(groups)).agg(lambda s: s.value_counts().index[0])
 
 
-def vote(groups: np.ndarray, probs: np.ndarray, method: str = "soft") -> tuple[np.ndarray, np.ndarray]:
+def vote(groups: np.ndarray, probs: np.ndarray, method: str = "soft") -> Votes:
     """Aggregate cell probabilities ``(N, C)`` per group.
 
     Returns the sorted unique groups and a ``(G, C)`` score matrix whose argmax (first maximum on
@@ -43,7 +44,7 @@ def vote(groups: np.ndarray, probs: np.ndarray, method: str = "soft") -> tuple[n
     return unique, counts + mean * 0.5  # mean prob < 1 cannot outweigh one vote: it only breaks ties
 
 
-def merged_votes(parts: list[tuple[np.ndarray, np.ndarray]], n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+def merged_votes(parts: list[Votes], n_classes: int) -> Votes:
     """:func:`vote`'s groups and scores of parts voted apart (a screen's plates: no group spans two), in the
     order one vote over every part gives (sorted groups)."""
     if not parts:

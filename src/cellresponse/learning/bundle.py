@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from cellresponse.config import Config, EvaluationConfig
 from cellresponse.errors import InputError
 from cellresponse.evaluation.prediction_tables import prediction_table, well_votes
-from cellresponse.evaluation.votes import merged_votes, vote
+from cellresponse.evaluation.votes import Votes, merged_votes, vote
 from cellresponse.features.crop_store import CropStore
 from cellresponse.input.io import atomic_path, write_json, write_parquet_parts
 from cellresponse.input.transforms import IMAGE_CHANNELS, prepare_batch
@@ -247,9 +247,6 @@ def predict_cells(
         output=output,
         device=device,
     )
-
-
-Votes = tuple[np.ndarray, np.ndarray]  # groups (sorted) and their voted scores, as votes.vote returns them
 
 
 def predict_plates(

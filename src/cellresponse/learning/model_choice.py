@@ -24,7 +24,7 @@ from sklearn.model_selection import GroupKFold
 
 from cellresponse.config import EvaluationConfig
 from cellresponse.evaluation.run_metrics import RunMetrics
-from cellresponse.evaluation.votes import LEVELS, vote
+from cellresponse.evaluation.votes import LEVELS, Votes, merged_votes, vote
 from cellresponse.features.crop_store import CropStore
 from cellresponse.input.io import one_at_a_time
 from cellresponse.learning.bundle import CANDIDATES, NETWORK, load_bundle, predict_cells
@@ -232,16 +232,18 @@ def network_validation_score(
     bundle = load_bundle(bundle_path)
     scored = on_side & set(labels.index[labels.astype(str).isin(bundle.encoder.classes)].astype(str))
 
-    def validation_calls(part: pd.DataFrame) -> tuple[np.ndarray, np.ndarray] | None:
+    def validation_votes(part: pd.DataFrame) -> Votes | None:
+        """The plate's validation images voted (no image spans two plates): a plate's calls held, not a screen's."""
         part = part[part["image_id"].isin(scored)]
         if not len(part):
             return None
-        return part["image_id"].to_numpy(), predict_cells(bundle, store, part, evaluation.batch_size, device=device)
+        probs = predict_cells(bundle, store, part, evaluation.batch_size, device=device)
+        return vote(part["image_id"].to_numpy(), probs, evaluation.vote)
 
-    calls = [call for call in one_at_a_time(parts, validation_calls) if call is not None]
-    if not calls:
+    votes = [v for v in one_at_a_time(parts, validation_votes) if v is not None]
+    if not votes:
         return skipped
-    groups, scores = vote(np.concatenate([i for i, _ in calls]), np.concatenate([p for _, p in calls]), evaluation.vote)
+    groups, scores = merged_votes(votes, len(bundle.encoder.classes))
     predicted = np.asarray(bundle.encoder.classes)[scores.argmax(1)]
     truth = labels.loc[groups].astype(str).to_numpy()
     return {"accuracy": float(np.mean(predicted == truth)), "images": len(groups)}

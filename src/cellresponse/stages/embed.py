@@ -235,8 +235,6 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
         run.embedding_means.unlink(missing_ok=True)  # stale the moment one image's embeddings change
     e = config.embedding
     device = inference_device(config.training.accelerator)
-    # on a worker of a local cluster of a machine with several GPUs: one GPU a worker, not all on the first
-    device = worker_device(device, worker_number(), torch.cuda.device_count() if device.type == "cuda" else 0)
     batch_size = embedding_batch_size(e.batch_size, device)
     workers = on_workers(config)
     network_seconds = None

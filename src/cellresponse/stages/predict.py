@@ -160,13 +160,12 @@ def predict_with_profiles(
     features = image_profiles(kind, measured, deep)
     probs = features_model_probabilities(model, features)
     table = meta.loc[features.index].reset_index()
-    grouping = bundle.label_grouping
+    e, grouping = config.evaluation, bundle.label_grouping
     write_image_predictions(
-        out.image_predictions, table, probs, model["classes"], config.evaluation, config.input.label, kind, grouping
+        out.image_predictions, table, probs, model["classes"], e, config.input.label, kind, grouping
     )
     validation = (bundle.choice or {}).get("scores", {}).get(kind)
-    votes = well_votes(table, probs, config.evaluation.vote)
-    e = config.evaluation
+    votes = well_votes(table, probs, e.vote)
     write_well_predictions(
         out.well_predictions, votes, meta.reset_index(), model["classes"], e, kind, validation, grouping
     )
