@@ -3,6 +3,8 @@ would give, their feature rows on disk."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -74,8 +76,8 @@ def test_cell_sets_read_plate_by_plate_equal_those_of_the_whole_table(tmp_path):
         assert len(made.features) == len(made.rows) == len(made.targets) == min(20, per_image.max()) * len(per_image)
         assert isinstance(made.features, np.memmap)  # on disk, not in the process's memory
         # each row is its own cell's: the stored row maps back to the cell whose features it holds
-        by_row = pd.read_parquet(run.crops / "index.parquet").set_index("row")["cell_id"]
-        picked = expected.set_index("cell_id").loc[by_row.loc[made.rows].to_numpy()]
+        held = store.cells_at(made.rows)
+        picked = expected.set_index("cell_id").loc[held["image_id"] + "#" + held["label"].astype(str)]
         np.testing.assert_array_equal(np.asarray(made.features), whole.transform(picked))
         np.testing.assert_array_equal(made.targets, encoder.transform(picked["true_label"]))
 
@@ -86,7 +88,8 @@ def test_a_training_cell_without_a_crop_is_named_in_one_line(tmp_path):
     index = pd.read_parquet(run.crops / "index.parquet")
     asked = pd.DataFrame({"cell_id": ["P1_0#1", "P1_0#99", "nope#1"], "image_id": ["P1_0", "P1_0", "nope"],
                           "label": [1, 99, 1]})  # fmt: skip
-    assert store.known_rows(asked).tolist() == [index.set_index("cell_id").loc["P1_0#1", "row"], -1, -1]
+    rows = store.known_rows(asked)
+    assert rows[1:].tolist() == [-1, -1] and store.cells_at(rows[:1]).values.tolist() == [["P1_0", 1]]
     with pytest.raises(InputError, match=r"^2 cells have no crop \(e\.g\. P1_0#99\) — rerun `cellresponse crops`"):
         store.rows_for(asked)
     with pytest.raises(InputError, match=r"\(e\.g\. nope#1\)"):  # named from image and label without a cell id
@@ -106,15 +109,50 @@ def test_a_training_cell_without_a_crop_is_named_in_one_line(tmp_path):
 
 
 def test_crop_store_finds_cells_by_image_and_label_and_refuses_an_index_holding_a_cell_twice(tmp_path):
-    run = three_plate_run(tmp_path / "run")
+    run = three_plate_run(tmp_path / "run")  # its index is not in (image, label) order: the store sorts it
     index = pd.read_parquet(run.crops / "index.parquet")
     store = CropStore(run.crops)
     shuffled = index.sample(frac=1.0, random_state=0)
-    np.testing.assert_array_equal(store.rows_for(shuffled), shuffled["row"])  # any order, any plate
+    rows = store.rows_for(shuffled)  # any order, any plate
+    assert sorted(rows) == list(range(len(index)))
+    pd.testing.assert_frame_equal(store.cells_at(rows), shuffled[["image_id", "label"]].reset_index(drop=True))
     assert len(store) == len(index) and store.rows_for(shuffled.iloc[:0]).size == 0
     pd.concat([index, index.iloc[:1]]).assign(row=np.arange(len(index) + 1)).to_parquet(run.crops / "index.parquet")
     with pytest.raises(InputError, match="holds a cell twice"):
         CropStore(run.crops)
+    two_parts = index.assign(part=np.where(index.index == 3, "other.crops", index["part"]))
+    two_parts.to_parquet(run.crops / "index.parquet")
+    with pytest.raises(InputError, match="in two part files"):
+        CropStore(run.crops)
+
+
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_crop_store_reads_each_cells_own_blob_whether_or_not_the_blobs_follow_each_other(tmp_path, contiguous):
+    """Two images' parts of distinct crops; the index in (image, label) order, with a gap between the blobs of one
+    image's cells where ``contiguous`` is False (the store then keeps the lengths instead of deriving them)."""
+    from cellresponse.features.crop_store import write_part
+
+    (tmp_path / "parts").mkdir()
+    rows, size = [], 4
+    for image, count in (("A", 3), ("B", 2)):
+        crops = np.stack([np.full((8, size, size), 10 * ord(image) % 256 + n, np.uint8) for n in range(count)])
+        write_part(tmp_path / "parts" / f"{image}.crops", crops)
+        offsets = np.frombuffer((tmp_path / "parts" / f"{image}.crops").read_bytes()[16 : 16 + 8 * (count + 1)], "<u8")
+        for n in range(count):
+            rows.append({"cell_id": f"{image}#{n + 1}", "image_id": image, "label": n + 1, "part": f"{image}.crops",
+                         "offset": int(offsets[n]), "length": int(offsets[n + 1] - offsets[n])})  # fmt: skip
+    index = pd.DataFrame(rows)
+    if not contiguous:  # the middle cell of A dropped: A's first blob no longer ends where the next row's starts
+        index = index.drop(index=1)
+    index.insert(0, "row", np.arange(len(index)))
+    index.to_parquet(tmp_path / "index.parquet")
+    (tmp_path / "settings.json").write_text(json.dumps({"settings": {"store_size": size}}))
+    store = CropStore(tmp_path)
+    assert (store._index.lengths is None) == contiguous
+    wanted = index.iloc[::-1]
+    crops = store.batch(store.rows_for(wanted))
+    expected = [10 * ord(image) % 256 + n - 1 for image, n in zip(wanted["image_id"], wanted["label"], strict=True)]
+    assert crops[:, :, 0, 0].tolist() == [[value] * 8 for value in expected]
 
 
 def test_the_plates_are_read_with_one_read_of_the_image_table(tmp_path, monkeypatch):

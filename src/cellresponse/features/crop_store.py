@@ -24,6 +24,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -112,15 +113,19 @@ def write_index(folder: Path, cells: pd.DataFrame, part_path: Any) -> dict[str, 
     return {"cells": len(cells), "bytes": total}
 
 
-def index_column(path: Path, name: str, narrow: bool = False) -> np.ndarray:
-    """One integer column of a store's index, as an array that owns its memory: int64, or with ``narrow`` (a column
-    of byte offsets or lengths into one image's part file) uint32 wherever every value fits — 4 bytes a cell of a
-    screen fewer for each such column that training keeps."""
+def index_column(path: Path, name: str) -> np.ndarray:
+    """One integer column of a store's index as int64, an array that owns its memory."""
     values = pq.read_table(path, columns=[name]).column(name).to_numpy().astype(np.int64)  # a copy
     release_arrow_memory()
-    if narrow and (not len(values) or (values.min() >= 0 and values.max() <= np.iinfo(np.uint32).max)):
-        values = values.astype(np.uint32)
     return values
+
+
+def narrowest(values: np.ndarray) -> np.ndarray:
+    """``values`` (integers) as the narrowest of uint16, uint32 and int64 that holds them all."""
+    for kind in (np.uint16, np.uint32):
+        if not len(values) or (values.min() >= 0 and values.max() <= np.iinfo(kind).max):
+            return values.astype(kind)
+    return values.astype(np.int64)
 
 
 def index_codes(path: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -148,12 +153,115 @@ def missing_crops(count: int, example: str | None = None) -> InputError:
     return InputError(f"{count} cells have no crop{shown} — rerun `cellresponse crops`")
 
 
+def used_codes(codes: np.ndarray, names: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``codes`` and ``names`` without the names no code uses (a Parquet dictionary unified over chunks may hold
+    some), the codes renumbered in the same order."""
+    used = np.bincount(codes.astype(np.int64), minlength=len(names)) > 0
+    if used.all():
+        return codes, names
+    return (np.cumsum(used) - 1)[codes].astype(codes.dtype), names[used]
+
+
+def in_cell_order(codes: np.ndarray, labels: np.ndarray) -> bool:
+    """Whether rows of image ``codes`` and mask ``labels`` run by image code and then strictly rising label (the
+    order ``crops`` writes: an image's cells together, as measured)."""
+    same_image = codes[1:] == codes[:-1]
+    return bool(((codes[1:] > codes[:-1]) | (same_image & (labels[1:] > labels[:-1]))).all())
+
+
+@dataclass(frozen=True)
+class CropIndex:
+    """Where each crop of a store is, in rows ordered by image and then mask label (the order ``crops`` writes
+    the index in): what a store keeps in memory of every cell of a screen, ~6 bytes a cell — its mask label and
+    its blob's offset in its image's part. An image's cells are rows ``starts[i]`` to ``starts[i + 1]``; a blob
+    ends where the next cell's of its image starts, the image's last at ``ends[i]`` (``lengths`` is kept instead
+    only for a store whose blobs do not follow each other so)."""
+
+    images: pd.Index  # image ids, by code
+    parts: np.ndarray  # each image's part file name
+    starts: np.ndarray  # int64, len(images) + 1
+    labels: np.ndarray  # per row, narrowest unsigned
+    offsets: np.ndarray  # per row, narrowest unsigned
+    ends: np.ndarray  # int64 per image
+    lengths: np.ndarray | None  # per row, only where the blobs are not contiguous
+
+    @classmethod
+    def read(cls, path: Path) -> CropIndex:
+        """The index of the store's ``index.parquet``; one clear error where it holds a cell twice or an image
+        in two part files. Each column is narrowed as it is read: opening a store holds ~25 bytes a cell at most."""
+        codes, images = used_codes(*index_codes(path, "image_id"))
+        labels = narrowest(index_column(path, "label"))
+        offsets, lengths = narrowest(index_column(path, "offset")), narrowest(index_column(path, "length"))
+        part_codes, part_names = index_codes(path, "part")
+        if not in_cell_order(codes, labels):  # an index not written by image and label: sorted once
+            order = np.argsort(cell_keys(codes, labels), kind="stable")
+            columns = (codes, labels, offsets, lengths, part_codes)
+            codes, labels, offsets, lengths, part_codes = (column[order] for column in columns)
+            del columns
+            del order
+            if ((codes[1:] == codes[:-1]) & (labels[1:] == labels[:-1])).any():
+                raise InputError(f"{path} holds a cell twice — rerun `cellresponse crops --overwrite`")
+        starts = np.searchsorted(codes, np.arange(len(images) + 1)).astype(np.int64)
+        del codes
+        if (part_codes != np.repeat(part_codes[starts[:-1]], np.diff(starts))).any():
+            raise InputError(f"{path} puts an image's crops in two part files — rerun `cellresponse crops --overwrite`")
+        first_of_image = np.zeros(len(offsets), dtype=bool)
+        first_of_image[starts[:-1]] = True
+        blob_ends = offsets.astype(np.int64)
+        blob_ends += lengths
+        contiguous = bool((first_of_image[1:] | (offsets[1:] == blob_ends[:-1])).all())
+        return cls(
+            images=pd.Index(images.astype(str)),
+            parts=np.asarray(part_names, dtype=object)[part_codes[starts[:-1]]],
+            starts=starts,
+            labels=labels,
+            offsets=offsets,
+            ends=blob_ends[starts[1:] - 1],
+            lengths=None if contiguous else lengths,
+        )
+
+    def rows(self, image_ids: pd.Series, labels: np.ndarray) -> np.ndarray:
+        """Each cell's row (int64), -1 where the index has no crop of it: one sorted search per image."""
+        codes = self.images.get_indexer(image_ids.astype(str))
+        labels = np.asarray(labels, np.int64)
+        found = np.full(len(codes), -1, dtype=np.int64)
+        by_image = np.argsort(codes, kind="stable")
+        in_order = codes[by_image]
+        bounds = np.flatnonzero(np.r_[True, in_order[1:] != in_order[:-1], True]) if len(codes) else []
+        for a, b in itertools.pairwise(bounds):
+            code = in_order[a]
+            if code < 0:
+                continue
+            low, high = self.starts[code], self.starts[code + 1]
+            wanted = labels[by_image[a:b]]
+            at = (low + np.searchsorted(self.labels[low:high].astype(np.int64), wanted)).clip(max=high - 1)
+            found[by_image[a:b]] = np.where(self.labels[at] == wanted, at, -1)
+        return found
+
+    def cells(self, rows: np.ndarray) -> pd.DataFrame:
+        """The ``image_id`` and mask ``label`` of each of ``rows``."""
+        rows = np.asarray(rows, dtype=np.int64)
+        image = np.searchsorted(self.starts, rows, side="right") - 1
+        return pd.DataFrame({"image_id": self.images[image], "label": self.labels[rows].astype(np.int64)})
+
+    def blobs(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The image code, byte offset and length of each of ``rows``' blobs."""
+        image = np.searchsorted(self.starts, rows, side="right") - 1
+        offsets = self.offsets[rows].astype(np.int64)
+        if self.lengths is not None:
+            return image, offsets, self.lengths[rows].astype(np.int64)
+        following = rows + 1
+        last = following >= self.starts[image + 1]
+        nxt = self.offsets[np.minimum(following, len(self.offsets) - 1)].astype(np.int64)
+        return image, offsets, np.where(last, self.ends[image], nxt) - offsets
+
+
 class CropStore:
     """Read access to a crop store: ``store.batch(rows)`` gives uint8 ``(n, 8, S, S)``; a cell's row is its position
-    in the index, found from its image and mask label (:meth:`known_rows`).
+    in the index (ordered by image and mask label), found from its image and label (:meth:`known_rows`).
 
-    What it holds of the index is a few numbers a cell (~22 bytes: its part, offset and length, and a sorted
-    image-and-label key), not the index's strings: training on a screen keeps every cell of it here."""
+    What it holds of the index is a few bytes a cell (:class:`CropIndex`), not the index's strings: training on a
+    screen keeps every cell of it here."""
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
@@ -168,22 +276,12 @@ class CropStore:
         self.settings: dict[str, Any] = (
             json.loads(settings_path.read_text())["settings"] if settings_path.exists() else {}
         )
-        self._parts, self._part_names = index_codes(index_path, "part")
-        self._offsets = index_column(index_path, "offset", narrow=True)
-        self._lengths = index_column(index_path, "length", narrow=True)
-        image_codes, images = index_codes(index_path, "image_id")
-        self._images = pd.Index(images.astype(str))
-        keys = cell_keys(image_codes, index_column(index_path, "label"))
-        del image_codes
-        self._order = np.argsort(keys, kind="stable").astype(np.int64 if len(keys) >= 2**31 else np.int32)
-        self._keys = keys[self._order]
-        if len(keys) > 1 and (self._keys[1:] == self._keys[:-1]).any():
-            raise InputError(f"{index_path} holds a cell twice — rerun `cellresponse crops --overwrite`")
+        self._index = CropIndex.read(index_path)
         self._size = int(self.settings.get("store_size", 0))
         self._codec = None
 
     def __len__(self) -> int:
-        return len(self._offsets)
+        return len(self._index.offsets)
 
     @property
     def store_size(self) -> int:
@@ -192,13 +290,7 @@ class CropStore:
     def known_rows(self, cells: pd.DataFrame) -> np.ndarray:
         """The store row of each of ``cells`` (a table with ``image_id`` and the mask ``label``), -1 where the store
         holds no crop of it."""
-        if not len(self._keys):
-            return np.full(len(cells), -1, dtype=np.int64)
-        codes = self._images.get_indexer(cells["image_id"].astype(str))
-        keys = cell_keys(codes, cells["label"].to_numpy())
-        at = np.searchsorted(self._keys, keys).clip(max=len(self._keys) - 1)
-        found = (codes >= 0) & (self._keys[at] == keys)
-        return np.where(found, self._order[at], -1).astype(np.int64)
+        return self._index.rows(cells["image_id"], cells["label"].to_numpy())
 
     def rows_for(self, cells: pd.DataFrame) -> np.ndarray:
         """Each cell's store row; one clear error where some have no crop."""
@@ -209,24 +301,28 @@ class CropStore:
             raise missing_crops(int((rows < 0).sum()), str(name))
         return rows
 
+    def cells_at(self, rows: np.ndarray) -> pd.DataFrame:
+        """The ``image_id`` and mask ``label`` of the cells at store ``rows``."""
+        return self._index.cells(rows)
+
     def batch(self, rows: np.ndarray) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.int64)
         if self._codec is None:
             self._codec = _codec()
         shape = (CHANNELS, self._size, self._size)
         out = np.empty((len(rows), *shape), dtype=np.uint8)
+        images, offsets, lengths = self._index.blobs(rows)
         # one open per part file in the batch, one pread per cell, in file order
-        order = np.lexsort((self._offsets[rows], self._parts[rows]))
+        order = np.lexsort((offsets, images))
         handle, current = -1, None
         try:
             for i in order:
-                row = rows[i]
-                if self._parts[row] != current:
+                if images[i] != current:
                     if handle >= 0:
                         os.close(handle)
-                    current = self._parts[row]
-                    handle = os.open(self.folder / "parts" / self._part_names[current], os.O_RDONLY)
-                blob = os.pread(handle, int(self._lengths[row]), int(self._offsets[row]))
+                    current = images[i]
+                    handle = os.open(self.folder / "parts" / self._index.parts[current], os.O_RDONLY)
+                blob = os.pread(handle, int(lengths[i]), int(offsets[i]))
                 out[i] = np.frombuffer(self._codec.decode(blob), dtype=np.uint8).reshape(shape)
         finally:
             if handle >= 0:

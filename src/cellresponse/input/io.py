@@ -174,6 +174,16 @@ def read_parquet(path: str | Path | list[Path], columns: list[str] | None = None
     return pd.concat([pd.read_parquet(p, columns=columns) for p in paths], ignore_index=True)
 
 
+# Columns in a block of column_blocks: a plate's feature table is worked on a few columns at a time, so that its
+# float64 working copies are a block's, not the table's (hundreds of MB on a real plate).
+COLUMN_BLOCK = 16
+
+
+def column_blocks(columns: list[str]) -> list[list[str]]:
+    """``columns`` in consecutive blocks of :data:`COLUMN_BLOCK`."""
+    return [columns[start : start + COLUMN_BLOCK] for start in range(0, len(columns), COLUMN_BLOCK)]
+
+
 def one_at_a_time(parts: Iterable[T], function: Callable[[T], R]) -> list[R]:
     """``function`` of each of ``parts`` (a screen's plates, read as they are asked for), with no reference to a
     part left while the next is read: a ``for`` loop keeps its variable bound while it asks for the next item,

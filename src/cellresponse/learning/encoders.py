@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from cellresponse.errors import InputError
-from cellresponse.input.io import one_at_a_time
+from cellresponse.input.io import column_blocks, one_at_a_time
 
 
 @dataclass
@@ -78,22 +78,35 @@ class Scaler:
         missing = [c for c in self.columns if c not in table.columns]
         if missing:
             raise InputError(f"feature columns missing: {missing}")
-        values = table[self.columns].to_numpy(np.float64)
-        scaled = (values - np.asarray(self.mean)) / np.asarray(self.std)
-        scaled[~np.isfinite(scaled)] = 0.0
-        return scaled.astype(np.float32)
+        out = np.empty((len(table), len(self.columns)), dtype=np.float32)
+        mean, std = np.asarray(self.mean), np.asarray(self.std)
+        start = 0
+        for block in column_blocks(self.columns):  # float64 working copies of a few columns at a time
+            at = slice(start, start + len(block))
+            scaled = (table[block].to_numpy(np.float64) - mean[at]) / std[at]
+            scaled[~np.isfinite(scaled)] = 0.0
+            out[:, at], start = scaled, at.stop
+        return out
 
 
 def count_nonfinite(table: pd.DataFrame, columns: list[str]) -> int:
     """How many values of ``columns`` are NaN or infinite (the scaler sets them to the training mean)."""
-    values = table[columns].to_numpy(np.float64)
-    return int((~np.isfinite(values)).sum())
+    return sum(int((~np.isfinite(table[block].to_numpy(np.float64))).sum()) for block in column_blocks(columns))
 
 
 def column_moments(table: pd.DataFrame, columns: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per column of ``table``: the count of finite values, their mean and their sum of squared deviations (what
-    :meth:`Scaler.fit_parts` pools)."""
-    values = table[columns].to_numpy(np.float64)
+    :meth:`Scaler.fit_parts` pools), computed a block of columns at a time (each column on its own, so the
+    figures are those of the whole table at once)."""
+    moments = [block_moments(table[block].to_numpy(np.float64)) for block in column_blocks(columns)]
+    if not moments:
+        return np.zeros(0), np.zeros(0), np.zeros(0)
+    n, mean, squares = (np.concatenate(parts) for parts in zip(*moments, strict=True))
+    return n, mean, squares
+
+
+def block_moments(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`column_moments` of one block of columns (an array, one column a feature)."""
     finite = np.isfinite(values)
     n = finite.sum(axis=0).astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):

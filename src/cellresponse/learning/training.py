@@ -43,7 +43,8 @@ PROGRESS_SECONDS = 60.0
 
 @dataclass
 class CellSet:
-    """One side of the split: store rows, standardised table rows and class codes of its cells."""
+    """One side of the split: store rows, standardised table rows and class codes of its cells (rows and codes as
+    narrow as they fit: a screen's training side is millions of cells)."""
 
     rows: np.ndarray
     features: np.ndarray
@@ -67,7 +68,7 @@ class CropBatches(Dataset):
         return {
             "crops": torch.from_numpy(self.store.batch(self.cells.rows[positions])),
             "table": torch.from_numpy(self.cells.features[positions]),
-            "target": torch.from_numpy(self.cells.targets[positions]),
+            "target": torch.from_numpy(self.cells.targets[positions].astype(np.int64)),
         }
 
 

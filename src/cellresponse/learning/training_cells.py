@@ -36,7 +36,7 @@ def sided_rows(part: pd.DataFrame, side_of: pd.Series, label_of: pd.Series, stor
     image_ids = part["image_id"].to_numpy()
     return pd.DataFrame(
         {
-            "row": store.known_rows(part),
+            "row": store.known_rows(part).astype(row_type(len(store))),
             "image_id": pd.Categorical(image_ids, categories=side_of.index),
             "side": pd.Categorical(side_of.loc[image_ids].to_numpy(), categories=sorted(set(side_of))),
             "true_label": pd.Categorical(label_of.loc[image_ids].to_numpy(), categories=sorted(set(label_of))),
@@ -67,10 +67,12 @@ def cell_sets(
         raise InputError("the training side has no cells — check the split settings and the segmentation")
     encoder = LabelEncoder.fit(train["true_label"].unique())
     nonfinite: list[int] = []
-    in_train = store_positions(len(store), train["row"].to_numpy())
+    in_train = np.zeros(len(store), dtype=bool)  # one byte a crop of the screen, dropped once the scaler is fitted
+    in_train[train["row"].to_numpy()[train["row"].to_numpy() >= 0]] = True
     on_train_side = partial(training_side, split_images=side_of.index, in_train=in_train, store=store,
                             columns=columns, nonfinite=nonfinite)  # fmt: skip
     scaler = Scaler.fit_parts(map(on_train_side, parts()), columns)
+    del on_train_side, in_train
     if sum(nonfinite):
         log.warning("%d NaN/infinite feature values replaced by the training mean", sum(nonfinite))
     if val.empty:
@@ -95,19 +97,32 @@ def split_sides(frames: list[pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFrame,
     """The training side's cells and the validation side's (the test side's where the split kept no validation
     images) of the plates' ``frames`` (:func:`sided_rows`), and the name of that side. The frames are emptied as
     they are joined: what is held of a cell is its row in one of the two sides."""
-    columns = ["row", "image_id", "side", "true_label"]
-    cells = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
-    frames.clear()
-    val_side = VALIDATION if (cells["side"] == VALIDATION).any() else TEST
-    return cells[cells["side"] == TRAIN], cells[cells["side"] == val_side], val_side
+    val_side = VALIDATION if any((frame["side"] == VALIDATION).any() for frame in frames) else TEST
+    sides: dict[str, list[pd.DataFrame]] = {TRAIN: [], val_side: []}
+    while frames:  # each plate's frame split and let go in turn; joined without an index (eight bytes a cell)
+        frame = frames.pop(0)
+        for name, pieces in sides.items():
+            pieces.append(frame[frame["side"] == name])
+    empty = pd.DataFrame(columns=["row", "image_id", "side", "true_label"])
+    train, val = (pd.concat(pieces, ignore_index=True) if pieces else empty for pieces in sides.values())
+    return train, val, val_side
 
 
-def store_positions(store_rows: int, rows: np.ndarray) -> np.ndarray:
-    """For each row of a store of ``store_rows`` crops, its position among ``rows`` (-1 where absent; ``rows`` of
-    -1, cells without a crop, are skipped): four bytes a crop, where an index of the rows would hash each one."""
-    positions = np.full(store_rows, -1, dtype=np.int32 if len(rows) < 2**31 else np.int64)
-    kept = rows >= 0
-    positions[rows[kept]] = np.flatnonzero(kept)
+def row_type(store_rows: int) -> type:
+    """The integer type of a store's rows: four bytes a cell wherever the store allows."""
+    return np.int32 if store_rows < 2**31 else np.int64
+
+
+def store_positions(store_rows: int, sets: list[np.ndarray]) -> np.ndarray:
+    """For each row of a store of ``store_rows`` crops, its position in the sets of store ``rows`` one after the
+    other (-1 where in none; rows of -1, cells without a crop, are skipped): four bytes a crop for all the sets,
+    where an index of the rows would hash each one."""
+    positions = np.full(store_rows, -1, dtype=row_type(sum(map(len, sets))))
+    start = 0
+    for rows in sets:
+        kept = rows >= 0
+        positions[rows[kept]] = start + np.flatnonzero(kept)
+        start += len(rows)
     return positions
 
 
@@ -127,12 +142,12 @@ def training_side(
     columns: list[str],
     nonfinite: list[int],
 ) -> pd.DataFrame:
-    """The training-side cells of one part (those with a position in ``in_train``, :func:`store_positions`),
-    counting into ``nonfinite`` the NaN/infinite values of its split cells (the scaler sets them to the
-    training mean)."""
+    """The training-side cells of one part (those whose store row ``in_train`` marks), counting into ``nonfinite``
+    the NaN/infinite values of its split cells (the scaler sets them to the training mean)."""
     part = part[part["image_id"].isin(split_images)]
     nonfinite.append(count_nonfinite(part, columns))
-    return part[positions_at(in_train, store.known_rows(part)) >= 0]
+    rows = store.known_rows(part)
+    return part[(rows >= 0) & in_train[rows.clip(min=0)]]
 
 
 def stored_sets(
@@ -150,32 +165,45 @@ def stored_sets(
     for table in sets.values():
         if (table["row"] < 0).any():
             raise missing_crops(int((table["row"] < 0).sum()))  # only the cells the sets take need a crop
-    folder.mkdir(parents=True, exist_ok=True)
+    write_feature_rows(parts, {name: table["row"].to_numpy() for name, table in sets.items()}, scaler, store, folder)
     width = len(scaler.columns)
-    where = {name: store_positions(len(store), table["row"].to_numpy()) for name, table in sets.items()}
-    with ExitStack() as files:
-        handles = {name: empty_npy(files.enter_context(open(folder / f"{name}.npy", "w+b")), len(table), width)
-                   for name, table in sets.items()}  # fmt: skip
-
-        def write_part(part: pd.DataFrame) -> None:
-            in_store = store.known_rows(part)
-            for name, positions in where.items():
-                rows = positions_at(positions, in_store)
-                found = rows >= 0
-                if found.any():
-                    write_rows(*handles[name], rows[found], scaler.transform(part[found]))
-
-        one_at_a_time(parts(), write_part)
+    narrow_targets = np.int16 if len(encoder.classes) < 2**15 else np.int32  # widened a batch at a time
     return [
         CellSet(
             rows=table["row"].to_numpy(),
             features=np.load(folder / f"{name}.npy", mmap_mode="r")
             if len(table) and width
             else np.zeros((0, width), np.float32),
-            targets=encoder.transform(table["true_label"]),
+            targets=encoder.transform(table["true_label"]).astype(narrow_targets),
         )
         for name, table in sets.items()
     ]
+
+
+def write_feature_rows(
+    parts: CellParts, sets: dict[str, np.ndarray], scaler: Scaler, store: CropStore, folder: Path
+) -> None:
+    """The standardised feature rows of each set of store rows in ``sets``, in the set's order, written plate by
+    plate to ``folder/<name>.npy`` (one position array over the store's rows for all the sets)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    width = len(scaler.columns)
+    positions = store_positions(len(store), list(sets.values()))
+    starts = np.cumsum([0, *map(len, sets.values())])
+    with ExitStack() as files:
+        handles = [empty_npy(files.enter_context(open(folder / f"{name}.npy", "w+b")), len(rows), width)
+                   for name, rows in sets.items()]  # fmt: skip
+
+        def write_part(part: pd.DataFrame) -> None:
+            found = positions_at(positions, store.known_rows(part))
+            if not (found >= 0).any():
+                return
+            scaled = scaler.transform(part)  # float32, once for every set: no float64 copy of the plate's rows
+            for handle, start, stop in zip(handles, starts[:-1], starts[1:], strict=True):
+                mine = (found >= start) & (found < stop)
+                if mine.any():
+                    write_rows(*handle, found[mine] - start, scaled[mine])
+
+        one_at_a_time(parts(), write_part)
 
 
 def empty_npy(handle: BinaryIO, rows: int, width: int) -> tuple[BinaryIO, int]:

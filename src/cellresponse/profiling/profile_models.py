@@ -26,7 +26,7 @@ from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.preprocessing import StandardScaler
 
 from cellresponse.errors import InputError
-from cellresponse.input.io import one_at_a_time
+from cellresponse.input.io import column_blocks, one_at_a_time
 
 # Per-image profile of the cell features: their distribution over the field's cells, not only the mean,
 # because a treatment often shifts a subpopulation (mitotic, apoptotic cells) more than the average.
@@ -96,19 +96,21 @@ def plate_by_plate_statistics(plates: Iterable[pd.DataFrame], columns: list[str]
 
 def image_feature_statistics(cells: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     """:func:`image_feature_table` before missing values are filled."""
-    values = cells[[*columns]].replace([np.inf, -np.inf], np.nan).astype(np.float64)
-    groups = values.groupby(cells["image_id"].astype(str))
-    parts = []
-    for statistic in PROFILE_STATISTICS:
-        if statistic == "mean":
-            part = groups.mean()
-        elif statistic == "std":
-            part = groups.std(ddof=0)
-        else:
-            part = groups.quantile(int(statistic[1:]) / 100)
-        parts.append(part.add_suffix(f"__{statistic}"))
-    table = pd.concat(parts, axis=1)
-    table["cell_count"] = cells.groupby(cells["image_id"].astype(str)).size()
+    image_ids = cells["image_id"].astype(str)
+    parts: dict[str, list[pd.DataFrame]] = {statistic: [] for statistic in PROFILE_STATISTICS}
+    for block in column_blocks(list(columns)):  # float64 working copies of a few columns at a time
+        groups = cells[block].replace([np.inf, -np.inf], np.nan).astype(np.float64).groupby(image_ids)
+        for statistic, blocks in parts.items():
+            if statistic == "mean":
+                blocks.append(groups.mean())
+            elif statistic == "std":
+                blocks.append(groups.std(ddof=0))
+            else:
+                blocks.append(groups.quantile(int(statistic[1:]) / 100))
+    if not columns:
+        parts = {statistic: [pd.DataFrame(index=pd.Index(sorted(set(image_ids))))] for statistic in parts}
+    table = pd.concat([pd.concat(blocks, axis=1).add_suffix(f"__{name}") for name, blocks in parts.items()], axis=1)
+    table["cell_count"] = cells.groupby(image_ids).size()
     return table
 
 
