@@ -24,6 +24,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ import pyarrow.parquet as pq
 
 from cellresponse.errors import InputError
 from cellresponse.features.crops import CHANNELS
-from cellresponse.input.io import atomic_path, release_arrow_memory, write_parquet
+from cellresponse.input.io import atomic_path, release_arrow_memory, write_parquet_parts
 
 MAGIC = b"CROPS01\x00"
 
@@ -77,15 +78,31 @@ def part_offsets(path: Path) -> np.ndarray:
         return np.frombuffer(handle.read(8 * (n + 1)), dtype="<u8").astype(np.int64)
 
 
-def write_index(folder: Path, cells: pd.DataFrame, part_path: Any) -> dict[str, int]:
-    """Index every cell's crop in ``cells`` order (the parts' headers only are read); checks each part holds
-    its image's measured cells. Returns the cell count and the bytes of all parts."""
-    folder = Path(folder)
+def write_index(folder: Path, plates: Iterable[pd.DataFrame], part_path: Callable[[str], Path]) -> dict[str, int]:
+    """Index every cell's crop, a plate at a time: ``plates`` gives each plate's cells (``cell_id``, ``image_id``,
+    ``label``; an image's cells together, in measured order), written as row groups of ``index.parquet`` as they
+    come (atomically; one plate's rows held). Only the parts' headers are read; each part must hold its image's
+    measured cells. Returns the cell count and the bytes of all parts."""
+    counts = {"cells": 0, "bytes": 0}
+
+    def plate_index(cells: pd.DataFrame) -> pd.DataFrame:
+        index, size = index_rows(cells, part_path, first_row=counts["cells"])
+        counts["cells"] += len(index)
+        counts["bytes"] += size
+        return index
+
+    empty = index_rows(pd.DataFrame({"cell_id": [], "image_id": [], "label": []}), part_path, 0)[0]
+    write_parquet_parts(Path(folder) / "index.parquet", itertools.chain(map(plate_index, plates), [empty]))
+    return counts
+
+
+def index_rows(cells: pd.DataFrame, part_path: Callable[[str], Path], first_row: int) -> tuple[pd.DataFrame, int]:
+    """The index rows of ``cells`` (numbered from ``first_row``) and the bytes of their parts."""
     image_ids = cells["image_id"].astype(str).to_numpy()
     parts, offsets, lengths = [], [], []
     total = 0
     # cells.parquet holds each image's cells contiguously, in the order of the image table
-    boundaries = np.flatnonzero(np.r_[True, image_ids[1:] != image_ids[:-1], True])
+    boundaries = np.flatnonzero(np.r_[True, image_ids[1:] != image_ids[:-1], True]) if len(cells) else []
     for a, b in itertools.pairwise(boundaries):
         path = Path(part_path(image_ids[a]))
         starts = part_offsets(path)
@@ -100,17 +117,16 @@ def write_index(folder: Path, cells: pd.DataFrame, part_path: Any) -> dict[str, 
         total += int(starts[-1])
     index = pd.DataFrame(
         {
-            "row": np.arange(len(cells), dtype=np.int64),
+            "row": np.arange(first_row, first_row + len(cells), dtype=np.int64),
             "cell_id": cells["cell_id"].astype(str).to_numpy(),
             "image_id": image_ids,
             "label": cells["label"].astype(np.int64).to_numpy(),
-            "part": parts,
+            "part": np.asarray(parts, dtype=object),
             "offset": np.concatenate(offsets) if offsets else np.zeros(0, np.int64),
             "length": np.concatenate(lengths) if lengths else np.zeros(0, np.int64),
         }
     )
-    write_parquet(folder / "index.parquet", index)
-    return {"cells": len(cells), "bytes": total}
+    return index, total
 
 
 def index_column(path: Path, name: str) -> np.ndarray:

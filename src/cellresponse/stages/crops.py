@@ -58,7 +58,6 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
     """Cut every measured cell into ``RUN/crops`` (a compressed part per image, then the index)."""
     started = time.perf_counter()
     rows, names = image_rows(run)
-    cells = run.read_cells(["cell_id", "image_id", "label"])  # the index needs no features: memory stays small
     settings = crop_settings(config, names)
     scales = settled_scales(
         run.crops,
@@ -83,7 +82,9 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
     )
     if outcome.failed:
         run.record_stage("crops", {"images": len(rows), "failed": len(outcome.failed)}, outcome.failed)
-    store = write_index(run.crops, cells, run.crop_part)
+    # the index needs the cells' ids only, read a plate at a time: a screen's ids are gigabytes
+    plates = run.cell_parts([r["image_id"] for r in rows], ["cell_id", "image_id", "label"])
+    store = write_index(run.crops, plates, run.crop_part)
     summary = {
         **outcome.counts("cropped_now"),
         "cells": store["cells"],
