@@ -123,13 +123,52 @@ def normalize_profiles(
 def select_features(
     wells: pd.DataFrame, features: list[str], operations: Sequence[str] = FEATURE_SELECTION
 ) -> tuple[pd.DataFrame, list[str]]:
-    """pycytominer ``feature_select``; returns the table and the features kept."""
+    """pycytominer ``feature_select`` with ``operations`` in turn, each on the features the ones before kept (as
+    ``feature_select`` runs them); returns the table and the features kept. ``correlation_threshold`` is
+    :func:`correlated_features`, which drops the same features with memory of the correlation matrix's size."""
     if not operations:
         return wells, features
     from pycytominer import feature_select
 
-    kept = feature_select(wells, features=features, operation=list(operations))
-    return kept, [c for c in features if c in kept.columns]
+    kept = list(features)
+    for operation in operations:
+        if operation == "correlation_threshold":
+            dropped = set(correlated_features(wells, kept))
+        else:
+            selected = feature_select(wells, features=kept, operation=[operation])
+            dropped = set(kept) - set(selected.columns)
+        kept = [c for c in kept if c not in dropped]
+    return wells.drop(columns=[c for c in features if c not in set(kept)]), kept
+
+
+# pycytominer's feature_select defaults for correlation_threshold
+CORRELATION_THRESHOLD, CORRELATION_METHOD = 0.9, "pearson"
+
+
+def correlated_features(
+    wells: pd.DataFrame, features: list[str], threshold: float = CORRELATION_THRESHOLD
+) -> list[str]:
+    """The features pycytominer's ``correlation_threshold`` excludes, by its rule: of each pair correlated above
+    ``threshold``, the one with the larger sum of absolute correlations to all features (its ranking, pandas'
+    sort). pycytominer lists every pair in a long table first — 429 MB for 1,800 features, 1.8 GB for 4,000
+    (quadratic, `benchmarks/feature_selection_memory.py`) — where this keeps the matrix and the pairs above it."""
+    from pycytominer.cyto_utils.util import check_correlation_method
+
+    values = wells[features]
+    array = values.to_numpy(np.float64)
+    method = check_correlation_method(CORRELATION_METHOD)
+    with np.errstate(invalid="ignore", divide="ignore"):  # a constant feature correlates as NaN, never above
+        if method == "pearson" and np.isfinite(array).all():  # as pycytominer chooses between numpy and pandas
+            correlation = pd.DataFrame(np.corrcoef(array.T), index=features, columns=features)
+        else:
+            correlation = values.corr(method=method)
+    del array
+    ranked = correlation.abs().sum().sort_values().index  # low first: the later of a pair is dropped
+    rank = ranked.get_indexer(features)
+    above = np.tril(correlation.to_numpy() > threshold, k=-1)  # pair (a, b): a the later feature, as stacked
+    later, earlier = np.nonzero(above)
+    dropped = np.where(rank[later] > rank[earlier], later, earlier)
+    return [features[i] for i in sorted(set(dropped.tolist()))]
 
 
 def treatment_profiles(wells: pd.DataFrame, features: list[str], operation: str = "mean") -> pd.DataFrame:
