@@ -165,3 +165,14 @@ def test_the_plates_are_read_with_one_read_of_the_image_table(tmp_path, monkeypa
     assert len(reads) == 1  # not once a plate: a screen's image table is millions of rows
     assert [sorted(part["image_id"].unique()) for part in parts] == [wanted[:4], wanted[4:]]
     pd.testing.assert_frame_equal(pd.concat(parts, ignore_index=True), run.read_cells(["label", *FEATURES], wanted))
+
+
+def test_the_store_index_drops_image_names_no_cell_has_and_knows_its_order():
+    from cellresponse.features.crop_store import in_cell_order, used_codes
+
+    codes, names = used_codes(np.array([0, 0, 2, 2, 3], np.int16), np.array(["a", "unused", "c", "d"], dtype=object))
+    assert codes.tolist() == [0, 0, 1, 1, 2] and names.tolist() == ["a", "c", "d"] and codes.dtype == np.int16
+    assert in_cell_order(np.array([0, 0, 1]), np.array([1, 5, 2]))  # by image, then rising label
+    assert not in_cell_order(np.array([0, 0, 1]), np.array([5, 1, 2]))  # labels fall within an image
+    assert not in_cell_order(np.array([0, 0, 1]), np.array([1, 1, 2]))  # a cell twice
+    assert not in_cell_order(np.array([1, 0]), np.array([1, 1]))  # images out of order
