@@ -102,8 +102,7 @@ def index_rows(cells: pd.DataFrame, part_path: Callable[[str], Path], first_row:
     parts, offsets, lengths = [], [], []
     total = 0
     # cells.parquet holds each image's cells contiguously, in the order of the image table
-    boundaries = np.flatnonzero(np.r_[True, image_ids[1:] != image_ids[:-1], True]) if len(cells) else []
-    for a, b in itertools.pairwise(boundaries):
+    for a, b in itertools.pairwise(run_bounds(image_ids)):
         path = Path(part_path(image_ids[a]))
         starts = part_offsets(path)
         if len(starts) - 1 != b - a:
@@ -134,6 +133,11 @@ def index_column(path: Path, name: str) -> np.ndarray:
     values = pq.read_table(path, columns=[name]).column(name).to_numpy().astype(np.int64)  # a copy
     release_arrow_memory()
     return values
+
+
+def run_bounds(values: np.ndarray) -> np.ndarray:
+    """Where each run of equal consecutive ``values`` starts, and the end: the bounds of ``pairwise``."""
+    return np.flatnonzero(np.r_[True, values[1:] != values[:-1], True]) if len(values) else np.zeros(0, np.int64)
 
 
 def narrowest(values: np.ndarray) -> np.ndarray:
@@ -213,8 +217,7 @@ class CropIndex:
             order = np.argsort(cell_keys(codes, labels), kind="stable")
             columns = (codes, labels, offsets, lengths, part_codes)
             codes, labels, offsets, lengths, part_codes = (column[order] for column in columns)
-            del columns
-            del order
+            del columns, order
             if ((codes[1:] == codes[:-1]) & (labels[1:] == labels[:-1])).any():
                 raise InputError(f"{path} holds a cell twice — rerun `cellresponse crops --overwrite`")
         starts = np.searchsorted(codes, np.arange(len(images) + 1)).astype(np.int64)
@@ -243,8 +246,7 @@ class CropIndex:
         found = np.full(len(codes), -1, dtype=np.int64)
         by_image = np.argsort(codes, kind="stable")
         in_order = codes[by_image]
-        bounds = np.flatnonzero(np.r_[True, in_order[1:] != in_order[:-1], True]) if len(codes) else []
-        for a, b in itertools.pairwise(bounds):
+        for a, b in itertools.pairwise(run_bounds(in_order)):
             code = in_order[a]
             if code < 0:
                 continue
@@ -254,15 +256,19 @@ class CropIndex:
             found[by_image[a:b]] = np.where(self.labels[at] == wanted, at, -1)
         return found
 
+    def image_codes(self, rows: np.ndarray) -> np.ndarray:
+        """The code of each of ``rows``' image (the row range it falls in)."""
+        return np.searchsorted(self.starts, rows, side="right") - 1
+
     def cells(self, rows: np.ndarray) -> pd.DataFrame:
         """The ``image_id`` and mask ``label`` of each of ``rows``."""
         rows = np.asarray(rows, dtype=np.int64)
-        image = np.searchsorted(self.starts, rows, side="right") - 1
+        image = self.image_codes(rows)
         return pd.DataFrame({"image_id": self.images[image], "label": self.labels[rows].astype(np.int64)})
 
     def blobs(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The image code, byte offset and length of each of ``rows``' blobs."""
-        image = np.searchsorted(self.starts, rows, side="right") - 1
+        image = self.image_codes(rows)
         offsets = self.offsets[rows].astype(np.int64)
         if self.lengths is not None:
             return image, offsets, self.lengths[rows].astype(np.int64)

@@ -68,7 +68,8 @@ def cell_sets(
     encoder = LabelEncoder.fit(train["true_label"].unique())
     nonfinite: list[int] = []
     in_train = np.zeros(len(store), dtype=bool)  # one byte a crop of the screen, dropped once the scaler is fitted
-    in_train[train["row"].to_numpy()[train["row"].to_numpy() >= 0]] = True
+    train_rows = train["row"].to_numpy()
+    in_train[train_rows[train_rows >= 0]] = True
     on_train_side = partial(training_side, split_images=side_of.index, in_train=in_train, store=store,
                             columns=columns, nonfinite=nonfinite)  # fmt: skip
     scaler = Scaler.fit_parts(map(on_train_side, parts()), columns)

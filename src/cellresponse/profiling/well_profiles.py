@@ -141,8 +141,8 @@ def select_features(
     return wells.drop(columns=[c for c in features if c not in set(kept)]), kept
 
 
-# pycytominer's feature_select defaults for correlation_threshold
-CORRELATION_THRESHOLD, CORRELATION_METHOD = 0.9, "pearson"
+# pycytominer's feature_select default for correlation_threshold (with its default method, Pearson's)
+CORRELATION_THRESHOLD = 0.9
 
 
 def correlated_features(
@@ -150,18 +150,15 @@ def correlated_features(
 ) -> list[str]:
     """The features pycytominer's ``correlation_threshold`` excludes, by its rule: of each pair correlated above
     ``threshold``, the one with the larger sum of absolute correlations to all features (its ranking, pandas'
-    sort). pycytominer lists every pair in a long table first — 429 MB for 1,800 features, 1.8 GB for 4,000
+    sort). pycytominer lists every pair in a long table first — 398 MB for 1,800 features, 1.6 GB for 4,000
     (quadratic, `benchmarks/feature_selection_memory.py`) — where this keeps the matrix and the pairs above it."""
-    from pycytominer.cyto_utils.util import check_correlation_method
-
     values = wells[features]
     array = values.to_numpy(np.float64)
-    method = check_correlation_method(CORRELATION_METHOD)
     with np.errstate(invalid="ignore", divide="ignore"):  # a constant feature correlates as NaN, never above
-        if method == "pearson" and np.isfinite(array).all():  # as pycytominer chooses between numpy and pandas
+        if np.isfinite(array).all():  # as pycytominer chooses: numpy, or pandas' pairwise-complete where values miss
             correlation = pd.DataFrame(np.corrcoef(array.T), index=features, columns=features)
         else:
-            correlation = values.corr(method=method)
+            correlation = values.corr(method="pearson")
     del array
     ranked = correlation.abs().sum().sort_values().index  # low first: the later of a pair is dropped
     rank = ranked.get_indexer(features)

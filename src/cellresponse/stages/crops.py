@@ -58,6 +58,7 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
     """Cut every measured cell into ``RUN/crops`` (a compressed part per image, then the index)."""
     started = time.perf_counter()
     rows, names = image_rows(run)
+    image_ids = [r["image_id"] for r in rows]
     settings = crop_settings(config, names)
     scales = settled_scales(
         run.crops,
@@ -67,7 +68,7 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
         overwrite,
         redo="cut them again",
     )
-    require_outputs(run, [r["image_id"] for r in rows], run.cells_path, "measurements", "measure")
+    require_outputs(run, image_ids, run.cells_path, "measurements", "measure")
     outcome = map_stage(
         "crops",
         crop_one,
@@ -83,7 +84,7 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
     if outcome.failed:
         run.record_stage("crops", {"images": len(rows), "failed": len(outcome.failed)}, outcome.failed)
     # the index needs the cells' ids only, read a plate at a time: a screen's ids are gigabytes
-    plates = run.cell_parts([r["image_id"] for r in rows], ["cell_id", "image_id", "label"])
+    plates = run.cell_parts(image_ids, ["cell_id", "image_id", "label"])
     store = write_index(run.crops, plates, run.crop_part)
     summary = {
         **outcome.counts("cropped_now"),
