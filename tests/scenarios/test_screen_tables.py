@@ -201,3 +201,42 @@ def test_predict_reads_a_plate_at_a_time_and_calls_what_the_whole_table_gives(
     probs = features_model_probabilities(profile_model, image_profiles(kind, measured, deep))
     assert images["image_id"].tolist() == list(measured.index)
     np.testing.assert_array_equal(images["probability"], probs.max(1))
+
+
+def test_evaluate_writes_and_scores_the_calls_a_plate_at_a_time_as_the_whole_test_side_gives(tiny_demo):
+    """``evaluate`` (run by the demo) writes the cell calls a plate at a time (a row group each) and scores them from
+    tallies of each plate's calls: the same figures as every test cell's probabilities scored at once, as evaluate
+    scored them before."""
+    import json
+
+    from cellresponse.evaluation.classification import network_test_scores
+    from cellresponse.features.crop_store import CropStore
+    from cellresponse.learning.bundle import load_bundle, predict_cells
+    from cellresponse.learning.splits import TEST
+
+    run = RunFolder(tiny_demo[0] / "run")
+    bundle = load_bundle(run.root)
+    sides, _ = run.read_split()
+    images = run.read_images().set_index("image_id")
+    cells = run.read_cells(image_ids=sides.index[sides == TEST])
+    label = bundle.meta["label"]
+    for column, source in (("true_label", label), ("plate", "plate"), ("well", "well")):
+        cells[column] = cells["image_id"].map(images[source]).astype(str)
+    assert cells["plate"].nunique() == 2  # the test side spans both plates
+
+    table = pq.ParquetFile(run.cell_predictions)
+    assert table.metadata.num_row_groups == 2  # one a plate
+    calls = table.read().to_pandas()
+    assert calls["cell_id"].tolist() == cells["cell_id"].tolist()
+    probs = predict_cells(bundle, CropStore(run.crops), cells)
+    np.testing.assert_allclose(calls["probability"], probs.max(1), rtol=1e-5)
+
+    expected = network_test_scores(cells, probs, bundle.encoder.classes, bundle.config.evaluation.top_k)
+    metrics = json.loads(run.metrics.read_text())
+    for level in ("cell", "image", "well"):
+        got, want = metrics[level], expected[level]
+        if level != "cell":
+            got, want = got["soft_vote"], want["soft_vote"]
+            assert got["mean_probability"] == pytest.approx(want["mean_probability"], rel=1e-5)
+        for key in ("n", "accuracy", "balanced_accuracy", "macro_f1", "top5", "confusion"):
+            assert got[key] == pytest.approx(want[key]) if isinstance(want[key], float) else got[key] == want[key]

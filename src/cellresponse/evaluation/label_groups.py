@@ -36,13 +36,15 @@ def label_grouping(
     return None
 
 
-def group_accuracy(true: pd.Series, called: np.ndarray, groups: dict[str, str]) -> float | None:
-    """The share of calls whose label has the true label's group (a compound call naming the right gene target);
-    None without ``groups``. Labels with no group count as one group of their own (``?``), as evaluation always has."""
+def group_accuracy(confusion: dict[str, Any], groups: dict[str, str]) -> float | None:
+    """The share of the calls a confusion matrix counts (``{"labels", "matrix"}``, rows true, columns called) whose
+    label has the true label's group (a compound call naming the right gene target); None without ``groups``.
+    Labels with no group count as one group of their own (``?``), as evaluation always has."""
     if not groups:
         return None
-    to_group = np.vectorize(lambda label: groups.get(label, "?"))
-    return float(np.mean(to_group(true.astype(str).to_numpy()) == to_group(np.asarray(called).astype(str))))
+    matrix = np.asarray(confusion["matrix"], dtype=np.int64)
+    group = np.array([groups.get(label, "?") for label in confusion["labels"]], dtype=object)
+    return float(matrix[group[:, None] == group[None, :]].sum() / matrix.sum())
 
 
 def grouping_record(grouping: tuple[str, dict[str, str]] | None) -> dict[str, Any] | None:

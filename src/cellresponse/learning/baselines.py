@@ -3,8 +3,8 @@ single cells, the study's control-vs-compound sanity check, and the sentences th
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -13,7 +13,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from cellresponse.evaluation.classification import classification_metrics, voted_metrics
+from cellresponse.evaluation.call_tallies import CallTally, merge_tallies, tally_cells
+from cellresponse.evaluation.classification import tally_cell_metrics, tally_level_metrics, voted_metrics
 from cellresponse.evaluation.run_metrics import RunMetrics
 from cellresponse.evaluation.votes import LEVELS
 from cellresponse.input.io import one_at_a_time
@@ -26,6 +27,8 @@ from cellresponse.profiling.profile_models import (
     why_no_features_model,
 )
 
+T = TypeVar("T")
+
 # Accuracy gap (image level) under which the network and the features-only model are called level: differences
 # of one image in a hundred are noise at the test sizes this tool sees.
 VERDICT_MARGIN = 0.01
@@ -33,11 +36,6 @@ VERDICT_MARGIN = 0.01
 
 def _logistic(seed: int) -> Pipeline:
     return make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000, C=1.0, random_state=seed))
-
-
-# What the single-cell baselines keep of each test cell to score it (their parts, CellParts, give each cell its
-# ``true_label``, ``plate`` and ``well``: the evaluate stage's split_cells).
-TEST_COLUMNS = ["image_id", "plate", "well", "true_label"]
 
 
 def split_sides_of(part: pd.DataFrame, sides: pd.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -82,19 +80,22 @@ def chosen_training_rows(parts: CellParts, sides: pd.Series, chosen: np.ndarray,
     return rows.iloc[np.argsort(order, kind="stable")].reset_index(drop=True)
 
 
-def test_side_predictions(
-    parts: CellParts, sides: pd.Series, predict: Callable[[pd.DataFrame], np.ndarray], columns: list[str]
-) -> tuple[pd.DataFrame, np.ndarray]:
-    """``predict`` of each part's test-side cells, a plate at a time, and those cells' ``columns``."""
+def test_side_parts(parts: CellParts, sides: pd.Series) -> Iterator[pd.DataFrame]:
+    """Each part's test-side cells (parts with none left out), a plate at a time: nothing of a plate is held here
+    once the next is asked for."""
+    iterator = iter(parts())
+    while (part := next(iterator, None)) is not None:
+        test = part[split_sides_of(part, sides)[1]].reset_index(drop=True)
+        del part
+        if len(test):
+            yield test
+        del test
 
-    def on_test_side(part: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray] | None:
-        test = part[split_sides_of(part, sides)[1]]
-        return (test[columns].reset_index(drop=True), predict(test)) if len(test) else None
 
-    calls = [call for call in one_at_a_time(parts(), on_test_side) if call is not None]
-    if not calls:
-        return pd.DataFrame(columns=columns), np.zeros((0, 0))
-    return pd.concat([cells for cells, _ in calls], ignore_index=True), np.concatenate([p for _, p in calls])
+def test_side_tallies(parts: CellParts, sides: pd.Series, tally: Callable[[pd.DataFrame], T]) -> list[T]:
+    """``tally`` of each part's test-side cells, a plate at a time: what a score needs of a plate's calls, so that
+    nothing of a cell but that is kept while the next plate is read."""
+    return one_at_a_time(test_side_parts(parts, sides), tally)
 
 
 def finite_values(table: pd.DataFrame, columns: list[str]) -> np.ndarray:
@@ -165,15 +166,15 @@ def cell_features_baseline(
     train = chosen_training_rows(parts, sides, chosen, [*columns, "true_label"])
     model = _logistic(seed).fit(finite_values(train, columns), train["true_label"].astype(str))
     classes = [str(c) for c in model.classes_]
-    test, probs = test_side_predictions(
-        parts, sides, lambda cells: model.predict_proba(finite_values(cells, columns)), TEST_COLUMNS
-    )
+
+    def tally(cells: pd.DataFrame) -> CallTally:
+        return tally_cells(cells, model.predict_proba(finite_values(cells, columns)), classes, top_k, ("image", "well"))
+
+    calls = merge_tallies(test_side_tallies(parts, sides, tally))
     out: dict[str, Any] = {"model": "logistic regression on single-cell features, soft vote"}
-    out["cell"] = classification_metrics(
-        test["true_label"], np.asarray(classes)[probs.argmax(1)], probs, classes, top_k, details=False
-    )
+    out["cell"] = tally_cell_metrics(calls, classes, top_k, details=False)
     for level in ("image", "well"):
-        result = voted_metrics(test, probs, classes, level, top_k)
+        result = tally_level_metrics(calls.levels[level], classes, level, top_k)
         if "skipped" in result:
             continue
         out[level] = {k: v for k, v in result["soft_vote"].items() if k not in ("per_class", "confusion")}
@@ -203,17 +204,21 @@ def sanity_check(
     if len(set(target)) < 2:
         return {"skipped": "the training side has only one of control/compound"}
     model = _logistic(seed).fit(finite_values(train, columns), target)
-    test, predicted = test_side_predictions(
-        parts, sides, lambda cells: model.predict(finite_values(cells, columns)), ["true_label"]
-    )
-    truth = np.where(test["true_label"].astype(str) == control, "control", "compound")
-    counts = pd.Series(truth).value_counts()
+
+    def tally(cells: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:  # a cell's two booleans, not its strings
+        is_control = cells["true_label"].astype(str).to_numpy() == control
+        return is_control, model.predict(finite_values(cells, columns)) == "control"
+
+    calls = test_side_tallies(parts, sides, tally)
+    # booleans sort as the two names do ("compound" < "control"), so scikit-learn's per-class order is the same
+    truth = np.concatenate([is_control for is_control, _ in calls])
+    called = np.concatenate([c for _, c in calls])
     return {
         "task": f"{control} vs compound, per cell, logistic regression on the measured features",
         "n": len(truth),
-        "accuracy": float(skm.accuracy_score(truth, predicted)),
-        "balanced_accuracy": float(skm.balanced_accuracy_score(truth, predicted)),
-        "majority_rate": float(counts.iloc[0] / counts.sum()),
+        "accuracy": float(skm.accuracy_score(truth, called)),
+        "balanced_accuracy": float(skm.balanced_accuracy_score(truth, called)),
+        "majority_rate": float(max(truth.sum(), len(truth) - truth.sum()) / len(truth)),
     }
 
 

@@ -18,7 +18,8 @@ import pandas as pd
 from cellresponse.config import Config, differences
 from cellresponse.devices import device_name, inference_device
 from cellresponse.errors import InputError
-from cellresponse.evaluation.classification import network_test_scores
+from cellresponse.evaluation.call_tallies import CallTally, merge_tallies, tally_cells
+from cellresponse.evaluation.classification import tally_scores
 from cellresponse.evaluation.label_groups import (
     group_accuracy,
     grouping_record,
@@ -28,10 +29,10 @@ from cellresponse.evaluation.label_groups import (
 )
 from cellresponse.evaluation.prediction_tables import prediction_table
 from cellresponse.evaluation.run_metrics import RunMetrics
-from cellresponse.evaluation.votes import LEVELS, vote
+from cellresponse.evaluation.votes import LEVELS
 from cellresponse.features.cell_features import feature_columns
 from cellresponse.features.crop_store import CropStore
-from cellresponse.input.io import write_json, write_parquet
+from cellresponse.input.io import write_json, write_parquet, write_parquet_parts
 from cellresponse.input.plate import group_keys, labelled_images, read_table
 from cellresponse.input.runfolder import CellParts, RunFolder
 from cellresponse.learning.baselines import (
@@ -42,12 +43,12 @@ from cellresponse.learning.baselines import (
     headline,
     sanity_check,
     split_summary,
-    test_side_predictions,
+    test_side_parts,
 )
 from cellresponse.learning.bundle import Bundle, load_bundle, predict_cells
 from cellresponse.learning.model_choice import auto_summary, profile_validation_scores
 from cellresponse.learning.profile_tables import profile_tables_of
-from cellresponse.learning.splits import assign_split, log_split
+from cellresponse.learning.splits import TEST, assign_split, log_split
 from cellresponse.profiling.profile_models import plate_by_plate_statistics
 from cellresponse.provenance import made_by
 
@@ -134,36 +135,38 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
     parts = split_cells(run, images, sides, label)
     classes = bundle.encoder.classes
     e = config.evaluation
+    if not run.images_with_cells(sides.index[sides == TEST]):
+        raise InputError("the test side has no cells — nothing to evaluate")
     log.info("the network predicts the test cells on %s, a plate at a time", device_name(device))
     store = CropStore(run.crops)
-    test, probs = test_side_predictions(
-        parts,
-        sides,
-        lambda cells: predict_cells(bundle, store, cells, e.batch_size, progress, device=device),
-        PREDICTION_COLUMNS,
-    )
-    if test.empty:
-        raise InputError("the test side has no cells — nothing to evaluate")
     label_grouped = label_grouping(images, label, config.grouping_columns(images.columns))
-    write_parquet(
-        run.cell_predictions, prediction_table(test[PREDICTION_COLUMNS], probs, classes, e.top_k, label_grouped)
-    )
-    groups, image_scores = vote(test["image_id"].to_numpy(), probs, e.vote)
-    image_table = images.set_index("image_id").loc[groups].reset_index()
+    tallies: list[CallTally] = []  # what the scores need of each plate's calls; the calls go to the table
+
+    def predicted_table(cells: pd.DataFrame) -> pd.DataFrame:
+        probs = predict_cells(bundle, store, cells, e.batch_size, progress, device=device)
+        tallies.append(tally_cells(cells, probs, classes, e.top_k, LEVELS))
+        return prediction_table(cells[PREDICTION_COLUMNS], probs, classes, e.top_k, label_grouped)
+
+    write_parquet_parts(run.cell_predictions, map(predicted_table, test_side_parts(parts, sides)))
+    calls = merge_tallies(tallies)
+    tallies.clear()  # the merged tally holds the same; the parts need not be kept beside it
+    image_votes = calls.levels["image"]
+    image_table = images.set_index("image_id").loc[image_votes.groups].reset_index()
+    image_scores = image_votes.scores(e.vote)
     write_parquet(run.image_predictions, prediction_table(image_table, image_scores, classes, e.top_k, label_grouped))
 
-    classes_called = np.asarray(classes)[probs.argmax(1)]
+    scores = tally_scores(calls, classes, e.top_k)
     metrics = RunMetrics(
         label=label,
         classes=len(classes),
         headline_vote=e.vote,
-        **network_test_scores(test, probs, classes, e.top_k),
+        **scores,
         split=split_report,
         **baseline_scores(run, parts, images, sides, bundle, config),
         verdict="",  # the verdicts below read the record
         embeddings_verdict="",
         label_grouping=grouping_record(label_grouped),
-        target_cell_accuracy=group_accuracy(test["true_label"], classes_called, bundle.label_to_target),
+        target_cell_accuracy=group_accuracy(scores["cell"]["confusion"], bundle.label_to_target),
         profiles=json.loads(run.profile_metrics.read_text()) if run.profile_metrics.exists() else None,
     )
     if bundle.choice:  # before the verdict, which says whether predict's default already follows it
@@ -178,7 +181,7 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
     )
     write_json(run.metrics, metrics.to_json())
     say_results(metrics, e.vote)
-    run.record_stage("evaluate", {"cells": len(test), "device": device_name(device), "seconds": metrics.seconds})
+    run.record_stage("evaluate", {"cells": len(calls), "device": device_name(device), "seconds": metrics.seconds})
     return metrics
 
 
