@@ -121,34 +121,11 @@ def test_predict_on_held_out_plates(trained, tmp_path):
     table = table.drop(columns=["Metadata_Compound"])  # no labels needed
     csv_path = tmp_path / "new_plates.csv"
     table.to_csv(csv_path, index=False)
-    out = tmp_path / "predicted"
-    run_cli(
-        "predict", run.model / "bundle", "--load-data", csv_path, "--out", out, "--model", "network", "--no-progress"
-    )
-    images = pd.read_parquet(out / "predictions" / "image_predictions.parquet")
-    assert len(images) == 16
-    assert {"Metadata_Plate", "Metadata_Well", "predicted_label", "probability", "top5_labels"} <= set(images)
     truth = pd.read_csv(load_data).set_index(["Metadata_Plate", "Metadata_Well", "Metadata_Site"])["Metadata_Compound"]
-    keys = list(
-        zip(images["Metadata_Plate"], images["Metadata_Well"], images["Metadata_Site"].astype(int), strict=True)
-    )
-    accuracy = float(np.mean(truth.loc[keys].to_numpy() == images["predicted_label"].to_numpy()))
-    metrics = json.loads(run.metrics.read_text())
-    # the same images, the same model: the same image-level accuracy as `evaluate` reported
-    assert accuracy == pytest.approx(metrics["image"]["soft_vote"]["accuracy"])
-    # one call per well, the cells voted as evaluate votes them: the same well-level accuracy
-    wells = pd.read_parquet(out / "predictions" / "well_predictions.parquet")
-    assert len(wells) == images.groupby(["plate", "well"]).ngroups and wells["images"].sum() == 16
-    assert {"plate", "well", "Metadata_Plate", "Metadata_Well", "model", "predicted_label"} <= set(wells)
-    assert "Metadata_Site" not in wells  # differs between a well's images
     well_truth = pd.read_csv(load_data).groupby(["Metadata_Plate", "Metadata_Well"])["Metadata_Compound"].first()
-    called = well_truth.loc[list(zip(wells["Metadata_Plate"], wells["Metadata_Well"], strict=True))].to_numpy()
-    assert float(np.mean(called == wells["predicted_label"].to_numpy())) == pytest.approx(
-        metrics["well"]["soft_vote"]["accuracy"]
-    )
-
+    metrics = json.loads(run.metrics.read_text())
     # the bundle's features-only model, for data where it beats the network: same numbers as the baseline
-    out = tmp_path / "predicted_features"
+    out = tmp_path / "predicted"
     run_cli("predict", run.model / "bundle", "--load-data", csv_path, "--out", out, "--model", "features", "--csv")
     images = pd.read_parquet(out / "predictions" / "image_predictions.parquet")
     keys = list(
@@ -167,6 +144,37 @@ def test_predict_on_held_out_plates(trained, tmp_path):
     assert not (out / "predictions" / "cell_predictions.csv").exists()
     assert float(np.mean(called == wells["predicted_label"].to_numpy())) == pytest.approx(
         metrics["baseline_features"]["well"]["accuracy"]
+    )
+
+    # the network, predicting into the same folder: its images are segmented and measured already (resumed)
+    result = run_cli(
+        "predict", run.model / "bundle", "--load-data", csv_path, "--out", out, "--model", "network", "--no-progress"
+    )
+    said = result.stdout + result.stderr
+    assert "segmented 0 images (16 skipped as done)" in said
+    # the features model's calls and their CSV copies are gone: no file of the earlier prediction is left beside
+    assert "removed an earlier prediction's calls" in said
+    written = {p.name for p in (out / "predictions").iterdir()}
+    assert written == {
+        f"{n}.parquet" for n in ("cell_predictions", "image_predictions", "well_predictions", "treatment_calls")
+    }
+    images = pd.read_parquet(out / "predictions" / "image_predictions.parquet")
+    assert len(images) == 16
+    assert {"Metadata_Plate", "Metadata_Well", "predicted_label", "probability", "top5_labels"} <= set(images)
+    keys = list(
+        zip(images["Metadata_Plate"], images["Metadata_Well"], images["Metadata_Site"].astype(int), strict=True)
+    )
+    accuracy = float(np.mean(truth.loc[keys].to_numpy() == images["predicted_label"].to_numpy()))
+    # the same images, the same model: the same image-level accuracy as `evaluate` reported
+    assert accuracy == pytest.approx(metrics["image"]["soft_vote"]["accuracy"])
+    # one call per well, the cells voted as evaluate votes them: the same well-level accuracy
+    wells = pd.read_parquet(out / "predictions" / "well_predictions.parquet")
+    assert len(wells) == images.groupby(["plate", "well"]).ngroups and wells["images"].sum() == 16
+    assert {"plate", "well", "Metadata_Plate", "Metadata_Well", "model", "predicted_label"} <= set(wells)
+    assert "Metadata_Site" not in wells  # differs between a well's images
+    called = well_truth.loc[list(zip(wells["Metadata_Plate"], wells["Metadata_Well"], strict=True))].to_numpy()
+    assert float(np.mean(called == wells["predicted_label"].to_numpy())) == pytest.approx(
+        metrics["well"]["soft_vote"]["accuracy"]
     )
 
 

@@ -281,6 +281,15 @@ class RunFolder:
             path = min(path.glob("[!._]*.parquet"), default=path)
         return pq.read_schema(path).names
 
+    def clear_predictions(self) -> list[Path]:
+        """Remove the calls of an earlier prediction (``predictions/``'s tables and their CSV copies) and return
+        them: a prediction into a folder that holds another model's calls must not leave files it does not write
+        again beside its own, to be read as its own."""
+        stale = sorted(p for p in self.predictions.glob("*") if p.suffix in (".parquet", ".csv") and p.is_file())
+        for path in stale:
+            path.unlink()
+        return stale
+
     def read_split(self) -> tuple[pd.Series, dict[str, Any]]:
         """Each split image's side (indexed by image_id) and the split report."""
         sides = self.read_table(self.split_table, "train").set_index("image_id")["side"]

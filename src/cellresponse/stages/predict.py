@@ -379,6 +379,10 @@ def predict_images(
     stage_module("measure").run(out, plan.config, overwrite=overwrite, progress=progress)
     if not out.count_cells():
         raise InputError("no cells were found in these images — nothing to predict")
+    if stale := out.clear_predictions():
+        log.info(
+            "removed an earlier prediction's calls from %s (%s)", out.predictions, ", ".join(p.name for p in stale)
+        )
     if plan.model == NETWORK:
         written = predict_with_network(plan, out, overwrite=overwrite, progress=progress)
     else:
