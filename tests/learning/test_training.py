@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from html.parser import HTMLParser
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -236,34 +238,19 @@ def test_report_renders_with_its_figures(trained):
     assert f"{metrics['image']['soft_vote']['accuracy']:.3f}" in page and "features-only" in page
 
 
-def test_ddp_two_processes_on_cpu(tiny_plates, tmp_path):
-    """Lightning DDP with 2 CPU processes (gloo): both ranks train, rank 0 writes one bundle."""
-    run = tmp_path / "ddp"
+def untrained_copy(tiny_demo: tuple[Path, str], folder: Path) -> Path:
+    """A copy of the demo's run folder (segmented, measured, cropped) without its model: a run to train anew."""
+    shutil.copytree(tiny_demo[0] / "run", folder)
+    shutil.rmtree(folder / "model")
+    return folder
+
+
+def test_ddp_two_processes_on_cpu(tiny_demo, tmp_path):
+    """Lightning DDP with 2 CPU processes (gloo): both ranks train, rank 0 writes one bundle (the demo's run, its
+    crops made, trained again)."""
+    run = untrained_copy(tiny_demo, tmp_path / "ddp")
     result = run_cli(
-        "run",
-        "--load-data",
-        tiny_plates / "load_data.csv",
-        "--preset",
-        "cpu",
-        "--workers",
-        "0",
-        "--split-by",
-        "well",
-        "--set",
-        "crops.store_size=32",
-        "--set",
-        "crops.size=32",
-        "--epochs",
-        "1",
-        "--accelerator",
-        "cpu",
-        "--devices",
-        "2",
-        "--out",
-        run,
-        "--until",
-        "train",
-        "--no-progress",
+        "train", run, "--epochs", "1", "--accelerator", "cpu", "--devices", "2", "--no-progress", "--workers", "0"
     )
     assert "process 0/2" in result.stderr and "process 1/2" in result.stderr  # both ranks fed their own share
     assert (run / "model" / "bundle" / "weights.safetensors").exists()
@@ -273,14 +260,12 @@ def test_ddp_two_processes_on_cpu(tiny_plates, tmp_path):
     assert config.training.devices == 2
 
 
-def test_training_killed_mid_epoch_resumes_from_its_last_checkpoint(tiny_plates, tmp_path):
-    run = tmp_path / "killed"
-    argv = ["--load-data", tiny_plates / "load_data.csv", "--preset", "cpu", "--workers", "0", "--split-by", "well"]
-    argv += ["--set", "crops.store_size=32", "--set", "crops.size=32", "--set", "training.batch_size=4"]
-    run_cli("run", *argv, "--out", run, "--until", "crops", "--no-progress")
+def test_training_killed_mid_epoch_resumes_from_its_last_checkpoint(tiny_demo, tmp_path):
+    run = untrained_copy(tiny_demo, tmp_path / "killed")
+    small_batches = ["--set", "training.batch_size=4"]  # epochs long enough for a kill to land in one
     last = run / "model" / "checkpoints" / "last.ckpt"
     process = subprocess.Popen(
-        [sys.executable, "-m", "cellresponse.cli", "train", str(run), "--epochs", "4", "--no-progress"],
+        [sys.executable, "-m", "cellresponse.cli", "train", str(run), "--epochs", "3", "--no-progress", *small_batches],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -292,10 +277,10 @@ def test_training_killed_mid_epoch_resumes_from_its_last_checkpoint(tiny_plates,
     process.wait()
     saved = torch.load(last, map_location="cpu", weights_only=True)["epoch"] + 1  # epochs in the checkpoint
     done = _history(RunFolder(run))[:saved]
-    assert 1 <= saved < 4, "the kill must land mid-training"
-    run_cli("train", run, "--epochs", "4", "--no-progress")
+    assert 1 <= saved < 3, "the kill must land mid-training"
+    run_cli("train", run, "--epochs", "3", "--no-progress", *small_batches)
     resumed = _history(RunFolder(run))
-    assert [int(h["epoch"]) for h in resumed] == [1, 2, 3, 4]
+    assert [int(h["epoch"]) for h in resumed] == [1, 2, 3]
     assert resumed[:saved] == done  # checkpointed epochs were kept, not trained again
 
 
@@ -317,8 +302,6 @@ def test_batch_sampler_shards_shuffles_and_never_trains_on_one_cell():
 def test_evaluate_applies_evaluation_settings_and_refuses_model_settings(trained, tmp_path):
     """`evaluate --set evaluation.*` applies in full; a setting the model was trained with (crop size) is refused
     instead of being saved to config.yaml while the bundle's value is used."""
-    import shutil
-
     run, _ = trained
     copy = tmp_path / "copy"
     shutil.copytree(run.root, copy)
@@ -343,8 +326,6 @@ def test_evaluate_applies_evaluation_settings_and_refuses_model_settings(trained
 def test_embed_from_the_trained_network_writes_its_projection_layer(trained, tmp_path):
     """`embedding.source: network`: every cell's 256-number projection layer, per image, equal to the bundle's
     own forward pass up to the classifier."""
-    import shutil
-
     from cellresponse.learning.bundle import predict_cells
 
     run, _ = trained
@@ -388,18 +369,7 @@ def test_trainer_takes_precision_and_determinism_from_the_config(tmp_path):
 def test_ctrl_c_in_train_says_how_to_resume_and_exits_130(tiny_demo, tmp_path):
     """Ctrl-C (SIGINT) while the network trains: the same line and exit status as the other stages (Lightning's
     own answer is exit 1 and nothing said), and the rerun resumes without a checkpoint-folder warning."""
-    import shutil
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from tests.conftest import run_cli
-
-    demo, _ = tiny_demo
-    run = tmp_path / "run"
-    shutil.copytree(demo / "run", run)
-    shutil.rmtree(run / "model")
+    run = untrained_copy(tiny_demo, tmp_path / "run")
     command = [sys.executable, "-m", "cellresponse.cli", "train", str(run), "--no-progress"]
     # Ctrl-C reaches a foreground process whose SIGINT is at its default; a pytest started in the background of a
     # shell (`pytest &`) ignores SIGINT and its children would inherit that, so the child's is set to default first.

@@ -95,7 +95,7 @@ def wait_for(condition, seconds: float, what: str) -> None:
 
 @pytest.mark.slow
 def test_a_worker_killed_mid_stage_on_a_real_cluster(tmp_path_factory, tmp_path):
-    spec = {"n_compounds": 5, "wells_per_compound": 2, "control_wells": 2, "sites": 4, "size": 384,
+    spec = {"n_compounds": 5, "wells_per_compound": 2, "control_wells": 2, "sites": 2, "size": 384,
             "cells_per_image": 40, "cell_radius": 12, "seed": 11}  # fmt: skip
     plates = synthetic_plates(tmp_path_factory, "cluster_plates", **spec)
     reference, out = tmp_path / "reference", tmp_path / "run"
