@@ -121,7 +121,10 @@ class _DaskPool:
                         threads_per_worker=1,
                         processes=True,
                         dashboard_address=None,
-                        silence_logs=logging.ERROR,
+                        # CRITICAL, not ERROR: a worker whose heartbeat meets the scheduler closing (a stage ending on a
+                        # failed image) logs a CommClosedError traceback at ERROR; a task's own error reaches the user
+                        # through its result (run_task), and a lost worker through its futures, never through these.
+                        silence_logs=logging.CRITICAL,
                     )
             finally:
                 restore_environment(environment)
