@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from cellresponse.evaluation.votes import group_sums, most_common_label, voted_scores
+from cellresponse.evaluation.votes import call_counts, group_sums, most_common_label, voted_scores
 from cellresponse.input.plate import group_keys
 
 
@@ -33,7 +33,7 @@ class GroupTally:
 
     def scores(self, method: str) -> np.ndarray:
         """The ``(G, C)`` scores of a ``method`` vote over the groups (votes.voted_scores)."""
-        return voted_scores(self.sums, self.counts, self.sizes, method)
+        return voted_scores(self.sums, self.sizes, method, self.counts)
 
     @property
     def purity(self) -> float:
@@ -64,12 +64,14 @@ def top_k_hits(true_codes: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray
     return (top == np.asarray(true_codes)[:, None]).any(axis=1)
 
 
-def group_tally(keys: np.ndarray, labels: pd.Series | np.ndarray, probs: np.ndarray) -> GroupTally:
-    """The :class:`GroupTally` of cells with group ``keys``, true ``labels`` (as strings) and ``probs``."""
+def group_tally(keys: np.ndarray, labels: pd.Series | np.ndarray, probs: np.ndarray, called: np.ndarray) -> GroupTally:
+    """The :class:`GroupTally` of cells with group ``keys``, true ``labels`` (as strings), ``probs`` and the class
+    each ``called`` (its top one, the first on ties)."""
     labels = pd.Series(np.asarray(labels, dtype=str))
-    groups, sums, counts, sizes = group_sums(keys, probs)
+    groups, inverse, sums, sizes = group_sums(keys, probs)
     truth = most_common_label(labels, keys)
     agreeing = int((labels.to_numpy() == truth.loc[np.asarray(keys)].to_numpy()).sum())
+    counts = call_counts(inverse, called, sums.shape)
     return GroupTally(groups, sums, counts, sizes, truth.loc[groups].to_numpy(), agreeing)
 
 
@@ -78,6 +80,8 @@ def tally_cells(
 ) -> CallTally:
     """One part's tally: ``cells`` with ``true_label`` and the columns of ``levels`` (``image_id``, ``plate``,
     ``well``), ``probs`` one row a cell over ``classes``."""
+    probs = np.asarray(probs, dtype=np.float64)  # once, not once a level
+    called = probs.argmax(1)
     true = cells["true_label"].astype(str).to_numpy()
     labels, true_codes = np.unique(true, return_inverse=True)
     column = {c: i for i, c in enumerate(classes)}
@@ -85,9 +89,9 @@ def tally_cells(
     return CallTally(
         labels=labels.astype(object),
         true_codes=true_codes.astype(np.int32),
-        called=probs.argmax(1).astype(np.int32),
+        called=called.astype(np.int32),
         in_top=top_k_hits(class_codes[true_codes], probs, top_k),
-        levels={level: group_tally(group_keys(cells, level).to_numpy(), true, probs) for level in levels},
+        levels={level: group_tally(group_keys(cells, level).to_numpy(), true, probs, called) for level in levels},
     )
 
 

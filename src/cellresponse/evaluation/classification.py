@@ -97,8 +97,7 @@ def _code_metrics(
     }
     if in_top is not None:
         out[f"top{top_k}"] = float(np.mean(in_top)) if n else nan
-    counts = np.bincount(true_codes, minlength=len(labels))
-    out.update({"chance_rate": 1.0 / max(n_classes, 1), "majority_rate": float(counts.max() / n) if n else nan})
+    out.update(rates(true_codes, n_classes))
     if details and n:
         every = list(range(len(labels)))
         precision, recall, _, support = skm.precision_recall_fscore_support(
@@ -141,7 +140,8 @@ def voted_metrics(
     """Majority- and soft-vote metrics at one level of a table of cells (``true_label`` and the level's columns)
     and their ``probs`` (:func:`tally_level_metrics`)."""
     keys = group_keys(table, level).to_numpy()
-    return tally_level_metrics(group_tally(keys, table["true_label"], probs), classes, level, top_k, min_purity)
+    tally = group_tally(keys, table["true_label"], probs, np.asarray(probs).argmax(1))
+    return tally_level_metrics(tally, classes, level, top_k, min_purity)
 
 
 def tally_level_metrics(

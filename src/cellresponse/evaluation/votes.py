@@ -21,30 +21,39 @@ def most_common_label(labels: pd.Series, groups: np.ndarray | pd.Series) -> pd.S
 
 
 def group_sums(groups: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """What a vote needs of each group of ``probs`` ``(N, C)``: the sorted unique groups, their summed
-    probabilities ``(G, C)``, how many of their cells called each class (top class, first on ties) ``(G, C)`` and
-    their cell counts ``(G,)``. Sums run over each group's rows in their order, so a group's figures do not depend on
-    the other rows handed in with it (a plate's groups summed apart equal the same groups summed over a screen)."""
+    """What a soft vote needs of each group of ``probs`` ``(N, C)``: the sorted unique groups, each row's group (an
+    index into them), the groups' summed probabilities ``(G, C)`` and their cell counts ``(G,)``. Sums run over each
+    group's rows in their order, so a group's figures do not depend on the other rows handed in with it (a plate's
+    groups summed apart equal the same groups summed over a screen)."""
     groups = np.asarray(groups)
     probs = np.asarray(probs, dtype=np.float64)
     unique, inverse = np.unique(groups, return_inverse=True)
-    n_groups, n_classes = len(unique), probs.shape[1]
-    sizes = np.bincount(inverse, minlength=n_groups).astype(np.float64)
-    sums = np.zeros((n_groups, n_classes))
+    sizes = np.bincount(inverse, minlength=len(unique)).astype(np.float64)
+    sums = np.zeros((len(unique), probs.shape[1]))
     np.add.at(sums, inverse, probs)
-    counts = np.zeros((n_groups, n_classes))
-    np.add.at(counts, (inverse, probs.argmax(1)), 1.0)
-    return unique, sums, counts, sizes
+    return unique, inverse, sums, sizes
 
 
-def voted_scores(sums: np.ndarray, counts: np.ndarray, sizes: np.ndarray, method: str = "soft") -> np.ndarray:
+def call_counts(inverse: np.ndarray, called: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """What a majority vote adds: how many of each group's rows (``inverse``, :func:`group_sums`) called each class
+    (``called``: each row's top class, the first on ties), a ``shape`` ``(G, C)`` array."""
+    counts = np.zeros(shape)
+    np.add.at(counts, (inverse, called), 1.0)
+    return counts
+
+
+def voted_scores(
+    sums: np.ndarray, sizes: np.ndarray, method: str = "soft", counts: np.ndarray | None = None
+) -> np.ndarray:
     """The ``(G, C)`` scores of a vote from :func:`group_sums`' figures: mean probabilities (soft), or vote counts
-    plus the mean probability scaled below one vote as tie-breaker (majority)."""
+    (:func:`call_counts`) plus the mean probability scaled below one vote as tie-breaker (majority)."""
     mean = sums / sizes[:, None]
     if method == "soft":
         return mean
     if method != "majority":
         raise ValueError(f"unknown vote {method!r}")
+    if counts is None:
+        raise ValueError("a majority vote needs its call counts (call_counts)")
     return counts + mean * 0.5  # mean prob < 1 cannot outweigh one vote: it only breaks ties
 
 
@@ -54,10 +63,9 @@ def vote(groups: np.ndarray, probs: np.ndarray, method: str = "soft") -> Votes:
     Returns the sorted unique groups and a ``(G, C)`` score matrix whose argmax (first maximum on
     ties) is the group's prediction (:func:`voted_scores`).
     """
-    if method not in ("soft", "majority"):
-        raise ValueError(f"unknown vote {method!r}")
-    unique, sums, counts, sizes = group_sums(groups, probs)
-    return unique, voted_scores(sums, counts, sizes, method)
+    unique, inverse, sums, sizes = group_sums(groups, probs)
+    counts = call_counts(inverse, np.asarray(probs).argmax(1), sums.shape) if method == "majority" else None
+    return unique, voted_scores(sums, sizes, method, counts)
 
 
 def merged_votes(parts: list[Votes], n_classes: int) -> Votes:

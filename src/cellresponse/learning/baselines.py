@@ -14,7 +14,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from cellresponse.evaluation.call_tallies import CallTally, merge_tallies, tally_cells
-from cellresponse.evaluation.classification import tally_cell_metrics, tally_level_metrics, voted_metrics
+from cellresponse.evaluation.classification import rates, tally_cell_metrics, tally_level_metrics, voted_metrics
 from cellresponse.evaluation.run_metrics import RunMetrics
 from cellresponse.evaluation.votes import LEVELS
 from cellresponse.input.io import one_at_a_time
@@ -218,7 +218,7 @@ def sanity_check(
         "n": len(truth),
         "accuracy": float(skm.accuracy_score(truth, called)),
         "balanced_accuracy": float(skm.balanced_accuracy_score(truth, called)),
-        "majority_rate": float(max(truth.sum(), len(truth) - truth.sum()) / len(truth)),
+        "majority_rate": rates(truth, 2)["majority_rate"],
     }
 
 

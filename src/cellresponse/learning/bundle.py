@@ -15,7 +15,7 @@ bundle/references.json       compound is compared with; their normalisation, kin
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -249,6 +249,39 @@ def predict_cells(
     )
 
 
+# The columns of a new plate's cell calls (``predict``): a cell and where it sits.
+CALL_COLUMNS = ["cell_id", "image_id", "plate", "well"]
+
+
+def write_cell_calls(
+    bundle: Bundle,
+    store: CropStore,
+    plates: Iterable[pd.DataFrame],
+    path: Path,
+    evaluation: EvaluationConfig,
+    keep: Callable[[pd.DataFrame, np.ndarray], None],
+    columns: list[str] = CALL_COLUMNS,
+    grouping: tuple[str, dict[str, str]] | None = None,
+    progress: bool = False,
+    device: torch.device | None = None,
+) -> int:
+    """The bundle's network on cells that come a plate at a time (``plates``: cell tables with ``columns``, the
+    mask label and the scaler's columns): each plate's calls written as a row group of ``path`` (the cell
+    prediction table, :func:`prediction_table`, with ``grouping``'s column) and handed with the plate's cells to
+    ``keep`` (what the caller keeps of them: votes, a tally) before the next plate is read — a screen holds one
+    plate's cells. Returns the cells called."""
+    e, classes = evaluation, bundle.encoder.classes
+
+    def plate_calls(cells: pd.DataFrame) -> pd.DataFrame:
+        if cells.empty:  # a plate without cells: no calls, nothing to keep (write_parquet_parts adds no rows)
+            return cells[columns]
+        probs = predict_cells(bundle, store, cells, e.batch_size, progress, device=device)
+        keep(cells, probs)
+        return prediction_table(cells[columns], probs, classes, e.top_k, grouping)
+
+    return write_parquet_parts(path, map(plate_calls, plates))
+
+
 def predict_plates(
     bundle: Bundle,
     store: CropStore,
@@ -258,22 +291,17 @@ def predict_plates(
     progress: bool = False,
     device: torch.device | None = None,
 ) -> tuple[int, Votes, Votes]:
-    """The bundle's network on cells that come a plate at a time (``plates``: cell tables with cell_id, image_id,
-    plate, well, the mask label and the scaler's columns). Each plate's cell calls are written as a row group of
-    ``path`` (the cell prediction table, :func:`prediction_table`) and voted into its images and wells
-    (``evaluation.vote``) before the next plate is read: a screen holds one plate's cells. Returns the cells called
-    and the image and well votes, in the order one vote over every cell gives."""
-    e, classes, grouping = evaluation, bundle.encoder.classes, bundle.label_grouping
+    """A new plate's cell calls (:func:`write_cell_calls`, ``plates`` with :data:`CALL_COLUMNS`), each plate's voted
+    into its images and wells (``evaluation.vote``). Returns the cells called and the image and well votes, in the
+    order one vote over every cell gives."""
     votes: dict[str, list[Votes]] = {"image": [], "well": []}
 
-    def plate_calls(cells: pd.DataFrame) -> pd.DataFrame:
-        ids = cells[["cell_id", "image_id", "plate", "well"]]
-        if cells.empty:  # a plate without cells: no calls, nothing to vote (write_parquet_parts adds no rows)
-            return ids
-        probs = predict_cells(bundle, store, cells, e.batch_size, progress, device=device)
-        votes["image"].append(vote(cells["image_id"].to_numpy(), probs, e.vote))
-        votes["well"].append(well_votes(cells, probs, e.vote))
-        return prediction_table(ids, probs, classes, e.top_k, grouping)
+    def keep(cells: pd.DataFrame, probs: np.ndarray) -> None:
+        votes["image"].append(vote(cells["image_id"].to_numpy(), probs, evaluation.vote))
+        votes["well"].append(well_votes(cells, probs, evaluation.vote))
 
-    called = write_parquet_parts(path, map(plate_calls, plates))
-    return called, merged_votes(votes["image"], len(classes)), merged_votes(votes["well"], len(classes))
+    called = write_cell_calls(
+        bundle, store, plates, path, evaluation, keep, grouping=bundle.label_grouping, progress=progress, device=device
+    )
+    n_classes = len(bundle.encoder.classes)
+    return called, merged_votes(votes["image"], n_classes), merged_votes(votes["well"], n_classes)

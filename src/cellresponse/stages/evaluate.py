@@ -32,7 +32,7 @@ from cellresponse.evaluation.run_metrics import RunMetrics
 from cellresponse.evaluation.votes import LEVELS
 from cellresponse.features.cell_features import feature_columns
 from cellresponse.features.crop_store import CropStore
-from cellresponse.input.io import write_json, write_parquet, write_parquet_parts
+from cellresponse.input.io import write_json, write_parquet
 from cellresponse.input.plate import group_keys, labelled_images, read_table
 from cellresponse.input.runfolder import CellParts, RunFolder
 from cellresponse.learning.baselines import (
@@ -45,7 +45,7 @@ from cellresponse.learning.baselines import (
     split_summary,
     test_side_parts,
 )
-from cellresponse.learning.bundle import Bundle, load_bundle, predict_cells
+from cellresponse.learning.bundle import Bundle, load_bundle, write_cell_calls
 from cellresponse.learning.model_choice import auto_summary, profile_validation_scores
 from cellresponse.learning.profile_tables import profile_tables_of
 from cellresponse.learning.splits import TEST, assign_split, log_split
@@ -142,12 +142,12 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
     label_grouped = label_grouping(images, label, config.grouping_columns(images.columns))
     tallies: list[CallTally] = []  # what the scores need of each plate's calls; the calls go to the table
 
-    def predicted_table(cells: pd.DataFrame) -> pd.DataFrame:
-        probs = predict_cells(bundle, store, cells, e.batch_size, progress, device=device)
+    def keep(cells: pd.DataFrame, probs: np.ndarray) -> None:
         tallies.append(tally_cells(cells, probs, classes, e.top_k, LEVELS))
-        return prediction_table(cells[PREDICTION_COLUMNS], probs, classes, e.top_k, label_grouped)
 
-    write_parquet_parts(run.cell_predictions, map(predicted_table, test_side_parts(parts, sides)))
+    test_plates = test_side_parts(parts, sides)
+    write_cell_calls(bundle, store, test_plates, run.cell_predictions, e, keep, PREDICTION_COLUMNS, label_grouped,
+                     progress, device)  # fmt: skip
     calls = merge_tallies(tallies)
     tallies.clear()  # the merged tally holds the same; the parts need not be kept beside it
     image_votes = calls.levels["image"]
