@@ -1,0 +1,91 @@
+"""Do the references match better on their principal components? (issue 33 probe: a denoised profile)
+
+    python benchmarks/profile_projection.py RUN [--components 0 20 50] [--whiten] [--both-directions]
+
+RUN as for ``unseen_compounds.py`` (bbbc021-moa through ``profile``). The ``both`` references and the new replicate
+are projected on the principal components of the reference fields (fitted again on each build, so on the
+references without the withheld compound or mechanism) before the cosine, calibration included; ``--whiten``
+divides each component by its standard deviation (akin to the factor-analysis profiles that scored best on BBBC021
+in Ljosa et al. 2013). 0 components is today's profile. Printed per setting: the unseen compounds' ``moa_call``
+right per field and per well, and the share of withheld-mechanism wells flagged novel (``unseen_compounds.py``'s
+figures). Chosen on references replicate 1 → queries 2; ``--both-directions`` adds the swap.
+
+The projection is put where ``predict`` puts batch correction (``references.in_batch_corrected_space``, wrapped
+here), so the leave-one-compound-out calibration and the novelty threshold are fitted in the projected space.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import unseen_compounds as uc
+
+from cellresponse.config import load_config
+from cellresponse.profiling import references as refs_module
+
+UNPROJECTED = refs_module.in_batch_corrected_space
+SETTING = {"components": 0, "whiten": False}
+
+
+def principal_frame(fields: pd.DataFrame, features: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The reference fields' mean, leading components (columns) and the divisor of each (1, or its s.d.)."""
+    x = fields[features].to_numpy(np.float64)
+    mean = x.mean(axis=0)
+    _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
+    k = min(SETTING["components"], len(s))
+    scale = s[:k] / np.sqrt(len(x) - 1) if SETTING["whiten"] else np.ones(k)
+    return mean, vt[:k].T, scale
+
+
+def projected(references, queries, seed):
+    references, queries = UNPROJECTED(references, queries, seed)
+    if not SETTING["components"]:
+        return references, queries
+    features = references.features
+    mean, basis, scale = principal_frame(references.fields, features)
+    names = [f"pc_{i + 1}" for i in range(basis.shape[1])]
+    frame = refs_module.Normalization(names, [0.0] * len(names), [1.0] * len(names), [1.0] * len(names),
+                                      references.normalization.samples, references.normalization.scope)  # fmt: skip
+
+    def rebuilt(part: pd.DataFrame) -> pd.DataFrame:
+        meta = part[[c for c in refs_module.META if c in part.columns]].reset_index(drop=True)
+        rows = (part[features].to_numpy(np.float64) - mean) @ basis / scale
+        return pd.concat([meta, pd.DataFrame(rows, columns=names)], axis=1)
+
+    return replace(references, fields=rebuilt(references.fields), normalization=frame), (
+        rebuilt(queries) if queries is not None else None
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run")
+    parser.add_argument("--components", type=int, nargs="+", default=[0, 20, 50])
+    parser.add_argument("--whiten", action="store_true")
+    parser.add_argument("--both-directions", action="store_true")
+    args = parser.parse_args()
+    refs_module.in_batch_corrected_space = projected
+    _, tables, meta, replicate = uc.run_tables(args.run)
+    quantile = load_config().references.novelty_quantile
+    sides = [("1", "2"), ("2", "1")] if args.both_directions else [("1", "2")]
+    for reference_side, query_side in sides:
+        ref_ids, query_ids = replicate.index[replicate == reference_side], replicate.index[replicate == query_side]
+        for components in args.components:
+            SETTING.update(components=components, whiten=args.whiten)
+            started = time.perf_counter()
+            unseen = uc.unseen_compounds(tables, "both", meta, ref_ids, query_ids, quantile, "auto")
+            novel = uc.novel_mechanisms(tables, "both", meta, ref_ids, query_ids, quantile, "auto")
+            print(f"{reference_side} → {query_side}, {components or 'all'} "
+                  f"{'whitened ' if args.whiten and components else ''}dimensions: unseen compounds moa_call per "
+                  f"field {unseen['field_accuracy']:.3f}, per well {unseen['well_accuracy']:.3f} (novel "
+                  f"{unseen['field_novel']:.3f} / {unseen['well_novel']:.3f}); withheld-mechanism wells flagged "
+                  f"{novel['withheld_novel']:.3f}, known {novel['known_novel']:.3f} "
+                  f"({time.perf_counter() - started:.0f} s)", flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
