@@ -28,8 +28,11 @@ format: $(STAMP)
 	$(BIN)/ruff format src tests benchmarks
 	$(BIN)/ruff check --fix src tests benchmarks
 
+# A test process per core, at most 4 (pytest-xdist), each test module kept on one process so that its fixtures
+# (a trained run, a measured plate) are built once: on 2 cores 16-19 minutes instead of 18-21 in one process.
+# `python -m pytest` alone runs in one process.
 test: lint
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist loadscope $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info src/*.egg-info
