@@ -6,8 +6,8 @@ Runs ``cellresponse predict`` twice on the same images into fresh folders, in on
 with the bundle as it is, and with a copy of it that keeps no reference profiles (predict then answers only
 which training label each field looks like). Prints both wall times and their ratio, and the time the log gives
 the embedding (which the answer needs when the references are deep or both and the predicting model is not).
-With ``--kind`` the references of that kind are rebuilt from the training run first, as ``train`` would with
-``--set references.kind=KIND``.
+With ``--kind`` predict uses the bundle's references of that kind (``--set references.kind=KIND``); a bundle made
+before it kept every kind gets them rebuilt from the training run first, in a copy, as ``train`` builds them.
 """
 
 from __future__ import annotations
@@ -22,26 +22,28 @@ from pathlib import Path
 
 from cellresponse.config import apply_overrides
 from cellresponse.input.runfolder import RunFolder
-from cellresponse.learning.bundle import find_bundle
+from cellresponse.learning.bundle import find_bundle, load_bundle
 from cellresponse.learning.profile_tables import profile_tables
 from cellresponse.profiling.references import save_references
 from cellresponse.stages.train import reference_profiles
 
 
 def rebuild_references(run: RunFolder, bundle: Path, kind: str) -> None:
-    """The bundle's references replaced by ``kind``'s, from the training run's non-test images."""
+    """``kind``'s references added to the bundle (``references_<kind>/``), from the training run's non-test
+    images, as ``train`` now keeps them."""
     config = apply_overrides(run.load_config(), [f"references.kind={kind}"])
     sides, _ = run.read_split()
     tables = profile_tables(run, run.read_cells(), [str(i) for i in sides.index])
     side_of = sides.set_axis(sides.index.astype(str))
-    save_references(bundle, reference_profiles(tables, run.read_images(), side_of, config))
+    (bundle / f"references_{kind}").mkdir()
+    save_references(bundle / f"references_{kind}", reference_profiles(tables, run.read_images(), side_of, config)[0])
 
 
-def timed_predict(bundle: Path, load_data: Path, out: Path, workers: int) -> tuple[float, str]:
+def timed_predict(bundle: Path, load_data: Path, out: Path, workers: int, kind: str) -> tuple[float, str]:
     started = time.perf_counter()
     result = subprocess.run(
         [sys.executable, "-m", "cellresponse.cli", "predict", str(bundle), "--load-data", str(load_data),
-         "--out", str(out), "--no-progress", "--workers", str(workers)],
+         "--out", str(out), "--no-progress", "--workers", str(workers), "--set", f"references.kind={kind}"],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     return time.perf_counter() - started, result.stdout + result.stderr
@@ -54,20 +56,25 @@ def main() -> None:
     parser.add_argument("--kind", default="auto", choices=["auto", "measured", "deep", "both"])
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
+    loaded = load_bundle(args.bundle)
     bundle = find_bundle(args.bundle)
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
-        if args.kind != "auto":
+        kept = {"auto", loaded.references.kind, *loaded.reference_kinds} if loaded.references else {"auto"}
+        if args.kind not in kept:
             copy = work / "bundle"
             shutil.copytree(bundle, copy)
             rebuild_references(RunFolder(Path(args.bundle)), copy, args.kind)
             bundle = copy
         bare = work / "bundle-without-references"
         shutil.copytree(bundle, bare)
-        for name in ("references.json", "references.parquet"):
-            (bare / name).unlink(missing_ok=True)
-        without, _ = timed_predict(bare, args.load_data, work / "without", args.workers)
-        with_answer, printed = timed_predict(bundle, args.load_data, work / "with", args.workers)
+        for stale in bare.glob("references*"):
+            if stale.is_dir():
+                shutil.rmtree(stale)
+            else:
+                stale.unlink()
+        without, _ = timed_predict(bare, args.load_data, work / "without", args.workers, "auto")
+        with_answer, printed = timed_predict(bundle, args.load_data, work / "with", args.workers, args.kind)
     embedded = [line for line in printed.splitlines() if line.startswith("embedded ")]
     print(f"predict {args.load_data} with {bundle}:")
     print(f"  without the open-world answer: {without:.1f} s")

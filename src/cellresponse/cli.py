@@ -388,6 +388,16 @@ def predict_extra(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--csv", action="store_true", help="also write the image and well calls as CSV (for a spreadsheet)"
     )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change how the bundle predicts, e.g. --set references.kind=measured (runtime.*, input.label, "
+        "input.control_label, training.accelerator, references.kind / query_normalization / activity_fdr / "
+        "neighbours, profiles.treatment / compound; what the model sees is the bundle's and is refused)",
+    )
 
 
 def images_extra(parser: argparse.ArgumentParser) -> None:

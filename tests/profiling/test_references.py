@@ -244,6 +244,49 @@ def test_a_bundle_made_before_references_predicts_and_says_so_in_one_line(tiny_d
     assert not (out / "predictions" / "treatment_calls.parquet").exists()
 
 
+def test_predict_takes_another_reference_kind_the_bundle_keeps_without_retraining(tiny_demo, tiny_plates, tmp_path):
+    """train keeps the references of every kind it chose from; ``--set references.kind=KIND`` at predict answers
+    with that kind's (e.g. measured, which needs no embedding) and says what it costs; a kind the bundle does not
+    keep is refused in one line before any image work."""
+    import shutil
+
+    from cellresponse.learning.bundle import load_bundle
+    from tests.conftest import run_cli
+
+    demo, _ = tiny_demo
+    bundle = load_bundle(demo / "run")
+    assert {bundle.references.kind, *bundle.reference_kinds} == {"measured", "deep", "both"}
+    other = next(kind for kind in ("measured", "deep", "both") if kind != bundle.references.kind)
+    assert bundle.references_of("auto") is bundle.references
+    assert (
+        bundle.references_of(other).kind == other and bundle.references_of(other).features != bundle.references.features
+    )
+    out = tmp_path / "other"
+    args = ("--load-data", tiny_plates / "load_data.csv", "--no-progress", "--set", f"references.kind={other}")
+    result = run_cli("predict", demo / "run", "--out", out, *args)
+    printed = result.stdout + result.stderr
+    assert (
+        f"references: {other} profiles (references.kind), not the {bundle.references.kind} that train chose" in printed
+    )
+    calls = pd.read_parquet(out / "predictions" / "treatment_calls.parquet")
+    treated = calls[~calls["control"]]
+    assert len(treated) == 3 and (treated["nearest_1"] == treated["treatment"]).all()
+    # a bundle that kept only its chosen kind (made before every kind was kept) refuses another, naming what it has
+    old = tmp_path / "bundle"
+    shutil.copytree(demo / "run" / "model" / "bundle", old)
+    for folder in old.glob("references_*"):
+        if folder.is_dir():
+            shutil.rmtree(folder)
+    refused = run_cli("predict", old, "--out", tmp_path / "refused", *args, check=False)
+    assert refused.returncode == 2 and refused.stderr.count("error:") == 1
+    assert f"references.kind={other}: this bundle keeps {bundle.references.kind} references" in refused.stderr
+    assert not (tmp_path / "refused" / "masks").exists()
+    # what the model sees stays the bundle's
+    args = ("--load-data", tiny_plates / "load_data.csv", "--no-progress", "--set", "crops.size=64")
+    refused = run_cli("predict", demo / "run", "--out", tmp_path / "refused", *args, check=False)
+    assert refused.returncode == 2 and "--set crops.size=64: predict takes the bundle's settings" in refused.stderr
+
+
 def test_without_a_mechanism_the_summary_says_why_there_is_no_call():
     from cellresponse.profiling.treatment_calls import summary
 

@@ -10,11 +10,14 @@ bundle/choice.json           which model ``predict`` uses by default (auto) and 
 bundle/references.parquet    the training treatments' normalised per-field profiles (references.py): what a new
 bundle/references.json       compound is compared with; their normalisation, kind and leave-one-compound-out
                              calibration (temperature and novelty threshold per level)
+bundle/references_<kind>/    the same for each other profile kind ``train`` built and chose from (``predict
+                             --set references.kind=KIND`` uses one: e.g. ``measured``, which needs no embeddings)
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +64,8 @@ class Bundle:
     profile_models: dict[str, dict[str, Any]] = field(default_factory=dict)
     choice: dict[str, Any] | None = None
     references: References | None = None
+    # the other profile kinds train built references of (by kind), besides the one it chose
+    reference_kinds: dict[str, References] = field(default_factory=dict)
 
     @property
     def label_grouping(self) -> tuple[str, dict[str, str]] | None:
@@ -68,6 +73,19 @@ class Bundle:
         (``None`` for a bundle of an earlier version or labels without one)."""
         stored = self.meta.get("label_grouping")
         return (stored["column"], stored["groups"]) if stored else None
+
+    def references_of(self, kind: str) -> References | None:
+        """The references of profile ``kind`` (``auto``: the kind train chose); a kind the bundle did not keep is
+        an :class:`InputError` naming the kinds it has."""
+        if kind == "auto" or self.references is None or kind == self.references.kind:
+            return self.references
+        if kind in self.reference_kinds:
+            return self.reference_kinds[kind]
+        kept = ", ".join([self.references.kind, *self.reference_kinds])
+        raise InputError(
+            f"references.kind={kind}: this bundle keeps {kept} references — retrain it (cellresponse train RUN "
+            f"--overwrite) to keep every kind, or predict with one of these"
+        )
 
 
 def save_bundle(
@@ -82,9 +100,11 @@ def save_bundle(
     extra: dict[str, Any] | None = None,
     profile_models: dict[str, dict[str, Any]] | None = None,
     references: References | None = None,
+    reference_kinds: dict[str, References] | None = None,
 ) -> Path:
-    """Write the bundle (weights, JSON description and the profile models given); the choice is written
-    afterwards (:func:`save_choice`), once the saved network has been scored."""
+    """Write the bundle (weights, JSON description, the profile models given, the chosen ``references`` and those
+    of the other ``reference_kinds``); the choice is written afterwards (:func:`save_choice`), once the saved
+    network has been scored."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     # channels_last parameters are strided views; safetensors stores plain contiguous tensors
@@ -111,11 +131,27 @@ def save_bundle(
     for kind, profile_model in (profile_models or {}).items():
         write_json(folder / f"profile_{kind}.json", profile_model)
     (folder / "choice.json").unlink(missing_ok=True)
-    for stale in ("references.json", "references.parquet"):
+    for stale in ("references.json", "references.parquet", "references_sphere.npz"):
         (folder / stale).unlink(missing_ok=True)
+    for stale in folder.glob("references_*"):
+        if stale.is_dir():
+            shutil.rmtree(stale)
     if references is not None:
         save_references(folder, references)
+        for kind, other in (reference_kinds or {}).items():
+            if kind != references.kind:
+                (folder / f"references_{kind}").mkdir()
+                save_references(folder / f"references_{kind}", other)
     return folder
+
+
+def read_reference_kinds(folder: Path) -> dict[str, References]:
+    """The references of the kinds train did not choose, by kind (none in a bundle made before they were kept)."""
+    kinds = {}
+    for path in sorted(folder.glob("references_*")):
+        if path.is_dir() and (references := load_references(path)) is not None:
+            kinds[path.name.removeprefix("references_")] = references
+    return kinds
 
 
 def save_choice(folder: str | Path, choice: dict[str, Any]) -> None:
@@ -184,6 +220,7 @@ def load_bundle(folder: str | Path) -> Bundle:
         profile_models=read_profile_models(folder),
         choice=json.loads(choice_path.read_text()) if choice_path.is_file() else None,
         references=load_references(folder),
+        reference_kinds=read_reference_kinds(folder),
     )
 
 

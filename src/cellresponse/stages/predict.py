@@ -26,7 +26,7 @@ embed the cells with the bundle's embedding settings), ``network`` the trained n
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -60,6 +60,7 @@ from cellresponse.profiling.profile_models import (
 )
 from cellresponse.profiling.references import (
     DEEP_PREFIX,
+    References,
     image_meta,
     level_table,
     negative_controls,
@@ -80,6 +81,7 @@ RUNTIME_KEYS = (
     "input.label",
     "input.control_label",
     "training.accelerator",
+    "references.kind",
     "references.query_normalization",
     "references.activity_fdr",
     "references.neighbours",
@@ -132,6 +134,26 @@ def resolve_model(requested: str, bundle: Bundle, bundle_path: str | Path) -> st
         kinds = ", ".join(bundle.profile_models) or "none"
         raise InputError(f"{bundle_path} has no {name} profile model (it has: {kinds}); use --model network")
     return name
+
+
+def chosen_references(bundle: Bundle, kind: str) -> References | None:
+    """The bundle's references of ``kind`` (references.kind; ``auto`` the kind train chose), with a line saying
+    what another kind than the chosen one costs in leave-one-compound-out accuracy."""
+    references = bundle.references_of(kind)
+    if references is not bundle.references:
+
+        def accuracy(refs: References) -> str:
+            return f"{refs.calibration.get('field', {}).get('accuracy', float('nan')):.3f}"
+
+        log.info(
+            "references: %s profiles (references.kind), not the %s that train chose — mechanism right on %s of "
+            "reference fields left out against %s",
+            references.kind,
+            bundle.references.kind,
+            accuracy(references),
+            accuracy(bundle.references),
+        )
+    return references
 
 
 def embedding_config(config: Config, bundle: Bundle) -> Config:
@@ -333,6 +355,7 @@ def prepare(
     settings against the bundle's — every refusal comes here, before segmentation."""
     bundle = load_bundle(bundle_path)
     config = prediction_config(bundle.config, overrides or [])
+    bundle = replace(bundle, references=chosen_references(bundle, config.references.kind))
     device = inference_device(config.training.accelerator)
     model = resolve_model(model, bundle, bundle_path)
     stage_module("images").run(out, config, source=source)

@@ -125,10 +125,11 @@ def choose_predicting_model(
 
 def reference_profiles(
     tables: dict[str, pd.DataFrame], images: pd.DataFrame, side_of: pd.Series, config: Config
-) -> References | None:
+) -> tuple[References | None, dict[str, References]]:
     """The bundle's references: the non-test images' profiles of each kind grouped by treatment (references.py),
     the kind ``references.kind`` names or (``auto``) the one whose leave-one-compound-out mechanism calls were
-    right most often; None where there are no profiles."""
+    right most often (None where there are no profiles); and every kind built, which the bundle keeps too, so
+    ``predict --set references.kind=KIND`` can trade the choice for speed without retraining."""
     columns = [*images.columns, *WELL_TREATMENT]
     compound, moa = config.compound_column(columns), config.moa_column(columns)
     treatment = config.treatment_columns(columns)
@@ -159,11 +160,11 @@ def reference_profiles(
             seed=config.seed,
         )
     if not candidates:
-        return None
+        return None, {}
     kind, why = choose_kind(candidates)
     log.info("reference kind %s", why)
     log.info(calibration_summary(candidates[kind]))
-    return candidates[kind]
+    return candidates[kind], candidates
 
 
 def bundle_extras(
@@ -319,6 +320,7 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
     tables = profile_tables_of(run, statistics, list(side_of.index))
     wells = group_keys(images.set_index(images["image_id"].astype(str)), "well")
     scores = profile_validation_scores(tables, labels, side_of, wells)  # held out, with their temperatures
+    references, reference_kinds = reference_profiles(tables, table, side_of, config)
     save_bundle(
         run.bundle,
         module.model.cpu(),
@@ -330,7 +332,8 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
         label_to_target(images, config),
         extra=bundle_extras(run, config, images, val_side, epoch, "deep" in tables),
         profile_models=fit_profile_models(tables, labels, side_of, temperatures_of(scores)),
-        references=reference_profiles(tables, table, side_of, config),
+        references=references,
+        reference_kinds=reference_kinds,
     )
     choice = choose_predicting_model(run, config, parts, scores, side_of, labels)
     shutil.rmtree(run.training_cells, ignore_errors=True)
