@@ -256,6 +256,8 @@ def test_predict_takes_another_reference_kind_the_bundle_keeps_without_retrainin
     demo, _ = tiny_demo
     bundle = load_bundle(demo / "run")
     assert {bundle.references.kind, *bundle.reference_kinds} == {"measured", "deep", "both"}
+    train_log = (demo / "run" / "logs" / "cellresponse.log").read_text()
+    assert "references too: predict --set references.kind=KIND answers with them" in train_log
     other = next(kind for kind in ("measured", "deep", "both") if kind != bundle.references.kind)
     assert bundle.references_of("auto") is bundle.references
     assert (

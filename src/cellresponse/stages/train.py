@@ -164,6 +164,12 @@ def reference_profiles(
     kind, why = choose_kind(candidates)
     log.info("reference kind %s", why)
     log.info(calibration_summary(candidates[kind]))
+    if others := [k for k in candidates if k != kind]:
+        log.info(
+            "the bundle keeps the %s references too: predict --set references.kind=KIND answers with them "
+            "(measured ones need no embedding)",
+            " and ".join(others),
+        )
     return candidates[kind], candidates
 
 
