@@ -21,8 +21,9 @@ import time
 from pathlib import Path
 
 from cellresponse.config import apply_overrides
+from cellresponse.errors import InputError
 from cellresponse.input.runfolder import RunFolder
-from cellresponse.learning.bundle import find_bundle, load_bundle
+from cellresponse.learning.bundle import clear_references, find_bundle, load_bundle
 from cellresponse.learning.profile_tables import profile_tables
 from cellresponse.profiling.references import save_references
 from cellresponse.stages.train import reference_profiles
@@ -35,7 +36,6 @@ def rebuild_references(run: RunFolder, bundle: Path, kind: str) -> None:
     sides, _ = run.read_split()
     tables = profile_tables(run, run.read_cells(), [str(i) for i in sides.index])
     side_of = sides.set_axis(sides.index.astype(str))
-    (bundle / f"references_{kind}").mkdir()
     save_references(bundle / f"references_{kind}", reference_profiles(tables, run.read_images(), side_of, config)[0])
 
 
@@ -56,23 +56,22 @@ def main() -> None:
     parser.add_argument("--kind", default="auto", choices=["auto", "measured", "deep", "both"])
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
-    loaded = load_bundle(args.bundle)
     bundle = find_bundle(args.bundle)
+    try:
+        load_bundle(bundle).references_of(args.kind)
+        kept = True
+    except InputError:  # a bundle made before train kept every kind
+        kept = False
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
-        kept = {"auto", loaded.references.kind, *loaded.reference_kinds} if loaded.references else {"auto"}
-        if args.kind not in kept:
+        if not kept:
             copy = work / "bundle"
             shutil.copytree(bundle, copy)
             rebuild_references(RunFolder(Path(args.bundle)), copy, args.kind)
             bundle = copy
         bare = work / "bundle-without-references"
         shutil.copytree(bundle, bare)
-        for stale in bare.glob("references*"):
-            if stale.is_dir():
-                shutil.rmtree(stale)
-            else:
-                stale.unlink()
+        clear_references(bare)
         without, _ = timed_predict(bare, args.load_data, work / "without", args.workers, "auto")
         with_answer, printed = timed_predict(bundle, args.load_data, work / "with", args.workers, args.kind)
     embedded = [line for line in printed.splitlines() if line.startswith("embedded ")]

@@ -61,15 +61,11 @@ def setup_logging(verbose: bool, run: RunFolder | None = None) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def _set_flag(group: argparse._ActionsContainer) -> None:
-    group.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one config value, e.g. --set training.max_epochs=3 (repeatable)",
-    )
+def _set_flag(
+    group: argparse._ActionsContainer,
+    text: str = "override one config value, e.g. --set training.max_epochs=3 (repeatable)",
+) -> None:
+    group.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=text)
 
 
 def config_flags(parser: argparse.ArgumentParser) -> None:
@@ -388,13 +384,9 @@ def predict_extra(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--csv", action="store_true", help="also write the image and well calls as CSV (for a spreadsheet)"
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="change how the bundle predicts, e.g. --set references.kind=measured (runtime.*, input.label, "
+    _set_flag(
+        parser,
+        "change how the bundle predicts, e.g. --set references.kind=measured (runtime.*, input.label, "
         "input.control_label, training.accelerator, references.kind / query_normalization / activity_fdr / "
         "neighbours, profiles.treatment / compound; what the model sees is the bundle's and is refused)",
     )

@@ -131,18 +131,23 @@ def save_bundle(
     for kind, profile_model in (profile_models or {}).items():
         write_json(folder / f"profile_{kind}.json", profile_model)
     (folder / "choice.json").unlink(missing_ok=True)
-    for stale in ("references.json", "references.parquet", "references_sphere.npz"):
-        (folder / stale).unlink(missing_ok=True)
-    for stale in folder.glob("references_*"):
-        if stale.is_dir():
-            shutil.rmtree(stale)
+    clear_references(folder)
     if references is not None:
         save_references(folder, references)
         for kind, other in (reference_kinds or {}).items():
             if kind != references.kind:
-                (folder / f"references_{kind}").mkdir()
-                save_references(folder / f"references_{kind}", other)
+                save_references(folder / f"references_{kind}", other)  # the writers make the folder
     return folder
+
+
+def clear_references(folder: Path) -> None:
+    """Remove every reference profile a bundle folder keeps (``references.*``, ``references_sphere.npz`` and the
+    ``references_<kind>/`` folders): a bundle saved again keeps none of an earlier training's."""
+    for stale in folder.glob("references*"):
+        if stale.is_dir():
+            shutil.rmtree(stale)
+        else:
+            stale.unlink()
 
 
 def read_reference_kinds(folder: Path) -> dict[str, References]:
