@@ -166,20 +166,13 @@ def embedding_config(config: Config, bundle: Bundle) -> Config:
 
 
 def predict_with_profiles(
-    kind: str, bundle: Bundle, meta: pd.DataFrame, out: RunFolder, config: Config, progress: bool
+    kind: str, bundle: Bundle, meta: pd.DataFrame, blocks: dict[str, pd.DataFrame], out: RunFolder, config: Config
 ) -> list[Path]:
-    """Image predictions of one of the bundle's profile models (no crops; the deep kinds embed the cells)."""
+    """Image predictions of one of the bundle's profile models from the new images' per-image profile ``blocks``
+    (:func:`profile_blocks`; no crops)."""
     model = bundle.profile_models[kind]
-    cell_columns = model.get("cell_columns") or profile_cell_columns(model["columns"])
-    require_cell_features(out.cell_columns(), cell_columns, f"the bundle's {kind} profile model")
-    # the cells read a plate at a time: a screen of new plates holds one plate's cells
-    parts = out.cell_parts(meta.index, ["image_id", *cell_columns])
-    measured = plate_by_plate_feature_table(parts, cell_columns, in_image_order=True)
-    deep = None
-    if kind != "measured":
-        stage_module("embed").run(out, embedding_config(config, bundle), progress=progress)
-        deep = mean_embeddings(out, [str(i) for i in measured.index])
-    features = image_profiles(kind, measured, deep)
+    measured = blocks.get("measured")
+    features = image_profiles(kind, measured_of(measured, model_cell_columns(model)), blocks.get("deep"))
     probs = features_model_probabilities(model, features)
     table = meta.loc[features.index].reset_index()
     e, grouping = config.evaluation, bundle.label_grouping
@@ -195,21 +188,55 @@ def predict_with_profiles(
     return [out.image_predictions, out.well_predictions]
 
 
-def query_blocks(
-    bundle: Bundle, image_ids: pd.Index, cell_columns: list[str], out: RunFolder, config: Config, progress: bool
-) -> dict:
-    """The new images' per-image profile blocks the bundle's references are made of: the measured statistics of
-    the cell features they use (``cell_columns``) and, for deep references, the mean embeddings (embedding the
-    cells as the bundle's profiles were)."""
-    features = bundle.references.features
+def model_cell_columns(model: dict) -> list[str]:
+    """The cell feature columns a profile model's per-image statistics are made of."""
+    return model.get("cell_columns") or profile_cell_columns(model["columns"])
+
+
+def measured_of(table: pd.DataFrame | None, cell_columns: list[str]) -> pd.DataFrame | None:
+    """The per-image statistics of ``cell_columns`` (and the cell count) out of a table made of more cell columns:
+    the same table :func:`plate_by_plate_feature_table` gives for them alone (its missing values are filled column
+    by column)."""
+    if table is None:
+        return None
+    keep = set(cell_columns)
+    return table[[c for c in table.columns if "__" not in c or c.rsplit("__", 1)[0] in keep]]
+
+
+def profile_blocks(
+    bundle: Bundle, image_ids: pd.Index, needs: tuple[list[str], bool], out: RunFolder, config: Config, progress: bool
+) -> dict[str, pd.DataFrame]:
+    """The new images' per-image profile blocks, made once for the profile model and the references: the measured
+    statistics of the cell features in ``needs[0]`` and, where ``needs[1]``, the mean embeddings (the cells
+    embedded as the bundle's profiles were)."""
+    cell_columns, deep = needs
     blocks = {}
     if cell_columns:
         parts = out.cell_parts(image_ids, ["image_id", *cell_columns])
         blocks["measured"] = plate_by_plate_feature_table(parts, cell_columns, in_image_order=True)
-    if any(c.startswith(DEEP_PREFIX) for c in features):
+    if deep:
         stage_module("embed").run(out, embedding_config(config, bundle), progress=progress)
         blocks["deep"] = mean_embeddings(out, out.images_with_cells(image_ids))
     return blocks
+
+
+def reference_needs(bundle: Bundle, out: RunFolder) -> tuple[list[str], bool] | None:
+    """The cell feature columns and whether the embeddings are needed to answer with the bundle's references; None
+    (said in one line) where the bundle keeps none or the new cells lack their features."""
+    references = bundle.references
+    if references is None:
+        log.warning(
+            "this bundle keeps no reference profiles (made before they were kept): no activity, nearest references "
+            "or mechanism calls — retrain it (cellresponse train RUN --overwrite) to get them"
+        )
+        return None
+    cell_columns = profile_cell_columns(references.features)
+    try:
+        require_cell_features(out.cell_columns(), cell_columns, "the bundle's references")
+    except InputError as error:
+        log.warning("%s — no activity, nearest references or mechanism calls this time", error)
+        return None
+    return cell_columns, any(c.startswith(DEEP_PREFIX) for c in references.features)
 
 
 def query_columns(table: pd.DataFrame, config: Config, moa: str | None) -> tuple[list[str], str | None, str | None]:
@@ -230,24 +257,19 @@ def query_columns(table: pd.DataFrame, config: Config, moa: str | None) -> tuple
     return treatment, compound if compound in table.columns else None, moa
 
 
-def answer_open_world(plan: PredictionPlan, out: RunFolder, progress: bool) -> list[Path]:
-    """Each treatment's, well's and field's open-world answer (calls.py) from the bundle's references:
+def answer_open_world(
+    plan: PredictionPlan, out: RunFolder, blocks: dict[str, pd.DataFrame], needs: tuple[list[str], bool]
+) -> list[Path]:
+    """Each treatment's, well's and field's open-world answer (calls.py) from the bundle's references and the new
+    images' profile ``blocks`` (:func:`profile_blocks`, made for ``needs``, :func:`reference_needs`):
     ``treatment_calls.parquet`` and the answer columns added to the well and image predictions."""
     bundle, config, table = plan.bundle, plan.config, plan.images
     references = bundle.references
-    if references is None:
-        log.warning(
-            "this bundle keeps no reference profiles (made before they were kept): no activity, nearest references "
-            "or mechanism calls — retrain it (cellresponse train RUN --overwrite) to get them"
-        )
-        return []
-    cell_columns = profile_cell_columns(references.features)
-    try:
-        require_cell_features(out.cell_columns(), cell_columns, "the bundle's references")
-    except InputError as error:
-        log.warning("%s — no activity, nearest references or mechanism calls this time", error)
-        return []
-    blocks = query_blocks(bundle, pd.Index(table["image_id"]), cell_columns, out, config, progress)
+    cell_columns, deep = needs
+    blocks = {
+        **({"measured": measured_of(blocks["measured"], cell_columns)} if cell_columns else {}),
+        **({"deep": blocks["deep"]} if deep else {}),
+    }
     treatment, compound, moa = query_columns(table, config, references.columns.get("moa"))
     batch = batch_column(table.columns, config.profiles.batch, "plate")
     if references.batch_correction.get("method", "none") != "none" and batch not in table.columns:
@@ -406,12 +428,34 @@ def predict_images(
         log.info(
             "removed an earlier prediction's calls from %s (%s)", out.predictions, ", ".join(p.name for p in stale)
         )
+    needs = reference_needs(plan.bundle, out)
     if plan.model == NETWORK:
         written = predict_with_network(plan, out, overwrite=overwrite, progress=progress)
+        blocks = profile_blocks(plan.bundle, image_ids(plan), needs, out, plan.config, progress) if needs else {}
     else:
+        blocks = model_and_reference_blocks(plan, out, needs, progress)
         meta = plan.images.set_index("image_id")
-        written = predict_with_profiles(plan.model, plan.bundle, meta, out, plan.config, progress)
-    return written + answer_open_world(plan, out, progress)
+        written = predict_with_profiles(plan.model, plan.bundle, meta, blocks, out, plan.config)
+    return written + (answer_open_world(plan, out, blocks, needs) if needs else [])
+
+
+def image_ids(plan: PredictionPlan) -> pd.Index:
+    """The new images' ids, in the image table's order."""
+    return pd.Index(plan.images["image_id"])
+
+
+def model_and_reference_blocks(
+    plan: PredictionPlan, out: RunFolder, needs: tuple[list[str], bool] | None, progress: bool
+) -> dict[str, pd.DataFrame]:
+    """The per-image profile blocks of the new images that the profile model and the references need, made once
+    (the cells read and the statistics computed a single time, the cells embedded at most once)."""
+    model = plan.bundle.profile_models[plan.model]
+    columns = model_cell_columns(model)
+    require_cell_features(out.cell_columns(), columns, f"the bundle's {plan.model} profile model")
+    reference_columns, reference_deep = needs or ([], False)
+    union = list(dict.fromkeys([*columns, *reference_columns]))
+    deep = plan.model != "measured" or reference_deep
+    return profile_blocks(plan.bundle, image_ids(plan), (union, deep), out, plan.config, progress)
 
 
 def run(
