@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("CELLRESPONSE_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -21,6 +24,24 @@ def shared(*parts: str) -> Path:
     return path
 
 
+def made_once(tmp_path_factory, name: str, make: Callable[[Path], str]) -> tuple[Path, str]:
+    """A session fixture's folder, made by ``make`` (which returns what it printed) once for the whole test run.
+    Under pytest-xdist the first process that asks makes it in the run's common temporary folder and the others
+    wait for it and reuse it (pytest-xdist's recipe for session fixtures: a file lock), instead of each process
+    spending a minute on the same demo; in one process, a fresh folder as any session fixture."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        folder = tmp_path_factory.mktemp(name)
+        return folder, make(folder)
+    folder = tmp_path_factory.getbasetemp().parent / name
+    said = folder.with_name(f"{name}.said")
+    with FileLock(f"{folder}.lock"):
+        if not said.is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            said.write_text(make(folder))  # written last: a make that failed leaves no mark, the next asker retries
+    return folder, said.read_text()
+
+
 def synthetic_plates(tmp_path_factory, name: str, **spec) -> Path:
     """Write synthetic plates (cellresponse.input.synth) into a fresh temporary folder."""
     from cellresponse.input.synth import SynthSpec, make_plates
@@ -30,21 +51,22 @@ def synthetic_plates(tmp_path_factory, name: str, **spec) -> Path:
     return out
 
 
+TINY_PLATES = dict(
+    n_compounds=3, wells_per_compound=1, control_wells=2, sites=2, size=128, cells_per_image=8, cell_radius=11, seed=3
+)
+
+
 @pytest.fixture(scope="session")
 def tiny_plates(tmp_path_factory) -> Path:
     """Two small synthetic plates: 3 compounds + DMSO, 2 sites, 128 px (seconds to make)."""
-    return synthetic_plates(
-        tmp_path_factory,
-        "tiny_plates",
-        n_compounds=3,
-        wells_per_compound=1,
-        control_wells=2,
-        sites=2,
-        size=128,
-        cells_per_image=8,
-        cell_radius=11,
-        seed=3,
-    )
+    from cellresponse.input.synth import SynthSpec, make_plates
+
+    def plates(folder: Path) -> str:
+        make_plates(folder, SynthSpec(**TINY_PLATES))
+        return ""
+
+    folder, _ = made_once(tmp_path_factory, "tiny_plates", plates)
+    return folder
 
 
 def run_cli(*args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -64,12 +86,15 @@ def run_cli(*args: str, check: bool = True, env: dict | None = None) -> subproce
 def tiny_demo(tiny_plates, tmp_path_factory) -> tuple[Path, str]:
     """`cellresponse demo` on the tiny plates, one epoch (shared by the tests that read its run and report):
     the output folder and what the command printed."""
-    out = tmp_path_factory.mktemp("demo") / "demo"
-    result = run_cli(
-        "demo", "--data", tiny_plates / "load_data.csv", "--out", out, "--epochs", "1", "--workers", "0",
-        "--set", "crops.store_size=32", "--set", "crops.size=32", "--no-progress",
-    )  # fmt: skip
-    return out, result.stdout
+
+    def demo(folder: Path) -> str:
+        return run_cli(
+            "demo", "--data", tiny_plates / "load_data.csv", "--out", folder / "demo", "--epochs", "1",
+            "--workers", "0", "--set", "crops.store_size=32", "--set", "crops.size=32", "--no-progress",
+        ).stdout  # fmt: skip
+
+    folder, said = made_once(tmp_path_factory, "demo", demo)
+    return folder / "demo", said
 
 
 BBBC021_TEST_PLATES = ("Week4_27521", "Week4_27821")
@@ -78,32 +103,20 @@ BBBC021_TEST_PLATES = ("Week4_27521", "Week4_27821")
 @pytest.fixture(scope="session")
 def bbbc021_cropped(tmp_path_factory) -> Path:
     """Real BBBC021 fields (DMSO vs cycloheximide) through images → segment → measure → crops, with a
-    leave-plate-out split (train Week4_27481 + Week4_27801, test Week4_27521 + Week4_27821)."""
+    leave-plate-out split (train Week4_27481 + Week4_27801, test Week4_27521 + Week4_27821). Read only: a test
+    that trains or writes into it works on a copy."""
     load_data = shared("bbbc021", "load_data.csv")
-    run = tmp_path_factory.mktemp("bbbc021") / "run"
-    run_cli(
-        "run",
-        "--load-data",
-        load_data,
-        "--preset",
-        "cpu",
-        "--label",
-        "Metadata_Compound",
-        "--split-column",
-        "Metadata_Plate",
-        "--test-values",
-        *BBBC021_TEST_PLATES,
-        "--set",
-        "crops.store_size=32",
-        "--set",
-        "crops.size=32",
-        "--out",
-        run,
-        "--until",
-        "crops",
-        "--no-progress",
-    )
-    return run
+
+    def cropped(folder: Path) -> str:
+        return run_cli(
+            "run", "--load-data", load_data, "--preset", "cpu", "--label", "Metadata_Compound",
+            "--split-column", "Metadata_Plate", "--test-values", *BBBC021_TEST_PLATES,
+            "--set", "crops.store_size=32", "--set", "crops.size=32", "--out", folder / "run",
+            "--until", "crops", "--no-progress",
+        ).stdout  # fmt: skip
+
+    folder, _ = made_once(tmp_path_factory, "bbbc021", cropped)
+    return folder / "run"
 
 
 def run_metrics(**given):
