@@ -16,6 +16,19 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("CELLRESPONSE_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist, each process's share of the cores for the BLAS / OpenMP threads of torch in it and in the
+    commands it starts. Left at torch's default (a thread per core in every process), two processes on two cores
+    oversubscribe them: two `train --epochs 1` side by side took 102.8 s, against 39.3 s with one thread each
+    (benchmarks/side_by_side.py, 2026-12-06). A variable already set is kept."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if not workers or not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    threads = str(max(1, len(os.sched_getaffinity(0)) // int(workers)))
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(name, threads)
+
+
 def shared(*parts: str) -> Path:
     """A path under ../shared/data; skips the test when it is not there."""
     path = SHARED.joinpath(*parts)
