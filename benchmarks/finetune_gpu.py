@@ -127,6 +127,24 @@ def summarise(run: Path) -> dict:
     }
 
 
+def print_table(results: dict) -> None:
+    """Every run of a label that had a candidate chosen: epochs, validation accuracy, speed and the test sides."""
+    chosen = results["chosen"]
+    print(f"\nchosen on the validation side of train replicate 1 → test 2 (cell accuracy, kept epoch): {chosen}")
+    header = "label     test cand.  chosen epochs kept  val.cell  cells/s  network f/w     measured f/w    auto"
+    print(header)
+    for (candidate, label, test), r in ((tuple(k.split("/")), v) for k, v in results["runs"].items()):
+        if label not in chosen or "failed" in r:
+            continue
+        print(
+            f"{label:9} {test:4} {candidate:6} {'yes' if chosen[label] == candidate else '':6} {r['epochs']:6} "
+            f"{r['kept_epoch']:4} {r['validation_cell_accuracy']:9.3f} {r['train_cells_per_s']:8} "
+            f"{r['network']['image']:.3f}/{r['network']['well']:.3f}   "
+            f"{r['measured']['image']:.3f}/{r['measured']['well']:.3f}   "
+            f"{r['auto']['model']} {r['auto']['image']:.3f}/{r['auto']['well']:.3f}"
+        )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--load-data", type=Path, default=SHARED / "bbbc021-moa" / "load_data.csv")
@@ -197,20 +215,7 @@ def main() -> int:
         if scores:  # a tie keeps the first listed (the preset's 48 px)
             results["chosen"][label] = max(scores, key=scores.get)
         save()
-    chosen = results["chosen"]
-    print(f"\nchosen on the validation side of train replicate 1 → test 2 (cell accuracy, kept epoch): {chosen}")
-    header = "label     test cand.  chosen epochs kept  val.cell  cells/s  network f/w     measured f/w    auto"
-    print(header)
-    for (candidate, label, test), r in ((tuple(k.split("/")), v) for k, v in results["runs"].items()):
-        if label not in chosen or "failed" in r:
-            continue
-        print(
-            f"{label:9} {test:4} {candidate:6} {'yes' if chosen[label] == candidate else '':6} {r['epochs']:6} "
-            f"{r['kept_epoch']:4} {r['validation_cell_accuracy']:9.3f} {r['train_cells_per_s']:8} "
-            f"{r['network']['image']:.3f}/{r['network']['well']:.3f}   "
-            f"{r['measured']['image']:.3f}/{r['measured']['well']:.3f}   "
-            f"{r['auto']['model']} {r['auto']['image']:.3f}/{r['auto']['well']:.3f}"
-        )
+    print_table(results)
     return 0
 
 

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from cellresponse.config import ReferencesConfig
+from cellresponse.errors import InputError
 from cellresponse.profiling.references import (
     build_references,
     image_meta,
@@ -21,6 +22,7 @@ from cellresponse.profiling.references import (
     save_references,
 )
 from cellresponse.profiling.treatment_calls import answer
+from cellresponse.profiling.well_profiles import select_features
 
 # the references' settings with novelty quantile 0.05, the default when these tests were written
 QUANTILE_005 = ReferencesConfig(novelty_quantile=0.05)
@@ -361,3 +363,18 @@ def test_require_cell_features_names_what_is_missing():
     require_cell_features(["a", "b"], ["a"], "the model")  # nothing missing: no error
     with pytest.raises(InputError, match=r"the model was made from 4 cell features .*\(c, d, e and 1 more\)"):
         require_cell_features(["a"], ["a", "c", "d", "e", "f"], "the model")
+
+
+def test_references_of_fields_that_are_all_alike_say_so_in_one_error():
+    """The same field under every name (a plate built of copies, as the plate-scale benchmark builds one): no
+    feature varies, and the references say so instead of scikit-learn's VarianceThreshold stopping with a bare
+    ValueError in the middle of `train` (which then keeps no references and says why)."""
+    blocks, images = reference_plate()
+    alike = {
+        name: pd.DataFrame(np.repeat(t.to_numpy()[:1], len(t), axis=0), t.index, t.columns)
+        for name, t in blocks.items()
+    }
+    _, kept = select_features(alike["measured"], list(alike["measured"].columns), ["variance_threshold"])
+    assert kept == []
+    with pytest.raises(InputError, match=r"no profile feature varies across the \d+ reference wells"):
+        references_of(alike, images)

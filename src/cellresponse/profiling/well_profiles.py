@@ -134,6 +134,10 @@ def select_features(
     for operation in operations:
         if operation == "correlation_threshold":
             dropped = set(correlated_features(wells, kept))
+        elif operation == "variance_threshold" and not (wells[kept].max() > wells[kept].min()).any():
+            # every feature constant (scikit-learn's VarianceThreshold, which tells them by their range too, would
+            # stop with a ValueError)
+            dropped = set(kept)
         else:
             selected = feature_select(wells, features=kept, operation=[operation])
             dropped = set(kept) - set(selected.columns)

@@ -226,8 +226,9 @@ def reference_needs(bundle: Bundle, out: RunFolder) -> tuple[list[str], bool] | 
     references = bundle.references
     if references is None:
         log.warning(
-            "this bundle keeps no reference profiles (made before they were kept): no activity, nearest references "
-            "or mechanism calls — retrain it (cellresponse train RUN --overwrite) to get them"
+            "this bundle keeps no reference profiles (made before they were kept, or train found none to keep: its "
+            "log says why): no activity, nearest references or mechanism calls — retrain it (cellresponse train RUN "
+            "--overwrite) to get them"
         )
         return None
     cell_columns = profile_cell_columns(references.features)

@@ -148,17 +148,20 @@ def reference_profiles(
         if r.kind not in ("auto", kind):
             continue
         rows = table.index.intersection(keep)
-        candidates[kind] = build_references(
-            kind_blocks(kind, table.loc[rows]),
-            meta.loc[rows],
-            controls,
-            kind,
-            described,
-            r,
-            per_plate=config.profiles.normalize != "experiment",
-            batch_correction=method,
-            seed=config.seed,
-        )
+        try:
+            candidates[kind] = build_references(
+                kind_blocks(kind, table.loc[rows]),
+                meta.loc[rows],
+                controls,
+                kind,
+                described,
+                r,
+                per_plate=config.profiles.normalize != "experiment",
+                batch_correction=method,
+                seed=config.seed,
+            )
+        except InputError as error:
+            log.warning("references: no %s references — %s", kind, error)
     if not candidates:
         return None, {}
     kind, why = choose_kind(candidates)
