@@ -35,7 +35,6 @@ from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
 
 from cellresponse.config import ReferencesConfig
-from cellresponse.errors import InputError
 from cellresponse.input.controls import control_kinds, is_negative, is_positive
 from cellresponse.input.io import atomic_path, write_json, write_parquet
 from cellresponse.profiling.batch_correction import apply_spherize, confounded, fit_spherize, harmony
@@ -184,11 +183,6 @@ def fit_normalization(
     normalized = pd.DataFrame((wells[columns].to_numpy(np.float64) - center) / scale, columns=columns)
     normalized = normalized.fillna(0.0)
     _, kept = select_features(normalized, columns, usable_selection(feature_selection, len(wells)))
-    if not kept:
-        raise InputError(
-            f"no profile feature varies across the {len(wells)} reference wells (the same fields under several "
-            "names?): nothing to match new treatments on"
-        )
     position = {c: i for i, c in enumerate(columns)}
     weight = {}
     for block in blocks.values():

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from cellresponse.config import ProfilesConfig
+from cellresponse.errors import InputError
 from cellresponse.input.controls import CONTROL_KIND
 from cellresponse.input.controls import TREATMENT as TREATMENT_KIND
 
@@ -135,9 +136,12 @@ def select_features(
         if operation == "correlation_threshold":
             dropped = set(correlated_features(wells, kept))
         elif operation == "variance_threshold" and not (wells[kept].max() > wells[kept].min()).any():
-            # every feature constant (scikit-learn's VarianceThreshold, which tells them by their range too, would
-            # stop with a ValueError)
-            dropped = set(kept)
+            # every feature constant: said here for every caller (scikit-learn's VarianceThreshold, which tells
+            # constant features by their range too, would stop with a bare ValueError)
+            raise InputError(
+                f"no profile feature varies across the {len(wells)} wells (the same fields under several names?): "
+                "nothing to compare them on"
+            )
         else:
             selected = feature_select(wells, features=kept, operation=[operation])
             dropped = set(kept) - set(selected.columns)
