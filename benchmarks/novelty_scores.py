@@ -17,7 +17,9 @@ flag rates of the per-mechanism rule at a few cut-offs. Scores:
 * ``csls`` — cross-domain similarity local scaling (Lample et al. 2018): ``2·cos − top3(query) − hub(treatment)``,
   ``hub`` a treatment's mean similarity to its three nearest other-compound treatments, maximised over treatments;
 * ``hub_relative`` — ``cos − hub(treatment)``, maximised: how much closer the unit is to a treatment than that
-  treatment's own nearest other compounds are.
+  treatment's own nearest other compounds are;
+* ``agreement`` — the share of the well's fields whose own nearest mechanism is the well's (a new mechanism's
+  fields might scatter over the known ones where an unseen compound's agree); ``agreed_best`` — ``best`` times it.
 """
 
 from __future__ import annotations
@@ -69,6 +71,17 @@ def scores(refs, units: pd.DataFrame, calls: pd.DataFrame) -> pd.DataFrame:
                          "hub_relative": (similarity - hub[None, :]).max(axis=1)})  # fmt: skip
 
 
+def field_agreement(refs, tables, meta, query_ids, units: pd.DataFrame, calls: pd.DataFrame) -> np.ndarray:
+    """Per well of ``units``, the share of its fields whose nearest mechanism is the well's."""
+    fields, field_calls = answered(refs, tables, KIND, meta, query_ids, "auto", "field")
+    key = fields["plate"].astype(str) + "/" + fields["well"].astype(str)
+    well_moa = pd.Series(
+        calls["nearest_1_moa"].to_numpy(), index=units["plate"].astype(str) + "/" + units["well"].astype(str)
+    )
+    agrees = pd.Series((field_calls["nearest_1_moa"].to_numpy() == well_moa.reindex(key).to_numpy()), index=key)
+    return agrees.groupby(level=0).mean().reindex(well_moa.index).to_numpy(float)
+
+
 def groups(tables, meta, ref_ids, query_ids) -> pd.DataFrame:
     parts = []
     for withheld, key in [(m, "moa") for m in sorted(meta["moa"].unique())] + [
@@ -79,6 +92,8 @@ def groups(tables, meta, ref_ids, query_ids) -> pd.DataFrame:
         units, calls = answered(refs, tables, KIND, meta, query_ids, "auto", "well")
         mine = (units[key] == withheld).to_numpy()
         table = scores(refs, units, calls)
+        table["agreement"] = field_agreement(refs, tables, meta, query_ids, units, calls)
+        table["agreed_best"] = table["best"] * table["agreement"]
         table["novel"] = calls["novel"].astype(bool).to_numpy()
         table["moa"], table["nearest_moa"] = units["moa"].to_numpy(), calls["nearest_1_moa"].to_numpy()
         if key == "moa":
@@ -102,7 +117,7 @@ def main() -> None:
     table = groups(tables, meta, ref_ids, query_ids)
     novel = table[table["group"] == "withheld_moa"]
     print(f"references replicate {args.reference_side}: wells {table['group'].value_counts().to_dict()}")
-    for score in ("best", "percentile", "margin", "top3", "zbest", "csls", "hub_relative"):
+    for score in ("best", "percentile", "margin", "top3", "zbest", "csls", "hub_relative", "agreement", "agreed_best"):
         aucs = []
         for other in ("unseen_compound", "known"):
             rest = table[table["group"] == other]
