@@ -48,9 +48,7 @@ def main() -> None:
     _, tables, meta, replicate = uc.run_tables(args.run)
     quantile = load_config().references.novelty_quantile
     settings = ReferencesConfig(novelty_quantile=quantile)
-    sides = [("1", "2"), ("2", "1")] if args.both_directions else [("1", "2")]
-    for reference_side, query_side in sides:
-        ref_ids, query_ids = replicate.index[replicate == reference_side], replicate.index[replicate == query_side]
+    for reference_side, query_side, ref_ids, query_ids in uc.directions(replicate, args.both_directions):
         print(f"\nreferences replicate {reference_side} → queries replicate {query_side}")
         for factor in args.deep_weights:
             SETTING["deep_weight"] = factor
@@ -58,14 +56,10 @@ def main() -> None:
             refs = refs_module.build_references(uc.blocks_of(tables, "both", ref_ids), meta.loc[ref_ids], None,
                                                 "both", uc.COLUMNS, settings)  # fmt: skip
             own = refs.calibration
-            unseen = uc.unseen_compounds(tables, "both", meta, ref_ids, query_ids, quantile, "auto")
-            novel = uc.novel_mechanisms(tables, "both", meta, ref_ids, query_ids, quantile, "auto")
+            figures = uc.open_world_figures(tables, "both", meta, ref_ids, query_ids, quantile)
             print(f"  deep weight ×{factor:g}: references' own leave-one-compound-out fields "
-                  f"{own['field']['accuracy']:.3f}, wells {own['well']['accuracy']:.3f}; unseen compounds "
-                  f"moa_call per field {unseen['field_accuracy']:.3f}, per well {unseen['well_accuracy']:.3f} "
-                  f"(nearest mechanism {unseen['field_nearest_moa']:.3f} / {unseen['well_nearest_moa']:.3f}); "
-                  f"withheld-mechanism wells flagged {novel['withheld_novel']:.3f}, known "
-                  f"{novel['known_novel']:.3f} ({time.perf_counter() - started:.0f} s)")  # fmt: skip
+                  f"{own['field']['accuracy']:.3f}, wells {own['well']['accuracy']:.3f}; {figures} "
+                  f"({time.perf_counter() - started:.0f} s)", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

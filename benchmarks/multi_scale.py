@@ -36,18 +36,13 @@ def main() -> None:
     uc.KIND_BLOCKS.update(KINDS)
     quantile = load_config().references.novelty_quantile
     settings = ReferencesConfig(novelty_quantile=quantile)
-    for reference_side, query_side in (("1", "2"), ("2", "1")):
-        ref_ids, query_ids = replicate.index[replicate == reference_side], replicate.index[replicate == query_side]
+    for reference_side, query_side, ref_ids, query_ids in uc.directions(replicate):
         for kind in KINDS:
             refs = build_references(uc.blocks_of(tables, kind, ref_ids), meta.loc[ref_ids], None, kind, uc.COLUMNS,
                                     settings)  # fmt: skip
-            unseen = uc.unseen_compounds(tables, kind, meta, ref_ids, query_ids, quantile, "auto")
-            novel = uc.novel_mechanisms(tables, kind, meta, ref_ids, query_ids, quantile, "auto")
+            figures = uc.open_world_figures(tables, kind, meta, ref_ids, query_ids, quantile)
             print(f"references {reference_side} → queries {query_side}, {kind}: references' own fields "
-                  f"{refs.calibration['field']['accuracy']:.3f}; unseen compounds moa_call per field "
-                  f"{unseen['field_accuracy']:.3f}, per well {unseen['well_accuracy']:.3f} (nearest mechanism "
-                  f"{unseen['field_nearest_moa']:.3f} / {unseen['well_nearest_moa']:.3f}); withheld-mechanism wells "
-                  f"flagged {novel['withheld_novel']:.3f}, known {novel['known_novel']:.3f}", flush=True)  # fmt: skip
+                  f"{refs.calibration['field']['accuracy']:.3f}; {figures}", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

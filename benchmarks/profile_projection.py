@@ -71,19 +71,13 @@ def main() -> None:
     refs_module.in_batch_corrected_space = projected
     _, tables, meta, replicate = uc.run_tables(args.run)
     quantile = load_config().references.novelty_quantile
-    sides = [("1", "2"), ("2", "1")] if args.both_directions else [("1", "2")]
-    for reference_side, query_side in sides:
-        ref_ids, query_ids = replicate.index[replicate == reference_side], replicate.index[replicate == query_side]
+    for reference_side, query_side, ref_ids, query_ids in uc.directions(replicate, args.both_directions):
         for components in args.components:
             SETTING.update(components=components, whiten=args.whiten)
             started = time.perf_counter()
-            unseen = uc.unseen_compounds(tables, "both", meta, ref_ids, query_ids, quantile, "auto")
-            novel = uc.novel_mechanisms(tables, "both", meta, ref_ids, query_ids, quantile, "auto")
+            figures = uc.open_world_figures(tables, "both", meta, ref_ids, query_ids, quantile)
             print(f"{reference_side} → {query_side}, {components or 'all'} "
-                  f"{'whitened ' if args.whiten and components else ''}dimensions: unseen compounds moa_call per "
-                  f"field {unseen['field_accuracy']:.3f}, per well {unseen['well_accuracy']:.3f} (novel "
-                  f"{unseen['field_novel']:.3f} / {unseen['well_novel']:.3f}); withheld-mechanism wells flagged "
-                  f"{novel['withheld_novel']:.3f}, known {novel['known_novel']:.3f} "
+                  f"{'whitened ' if args.whiten and components else ''}dimensions: {figures} "
                   f"({time.perf_counter() - started:.0f} s)", flush=True)  # fmt: skip
 
 

@@ -142,6 +142,26 @@ def novel_mechanisms(tables, kind, meta, ref_ids, query_ids, quantile, mode_sett
             "swept_withheld": {q: float(np.mean(v)) for q, v in swept.items()}}  # fmt: skip
 
 
+def directions(replicate: pd.Series, both: bool = True):
+    """(reference side, query side, reference image ids, query image ids): replicate 1 → 2 (the choosing
+    direction), then, with ``both``, 2 → 1."""
+    for reference_side, query_side in (("1", "2"), ("2", "1"))[: 2 if both else 1]:
+        yield (reference_side, query_side, replicate.index[replicate == reference_side],
+               replicate.index[replicate == query_side])  # fmt: skip
+
+
+def open_world_figures(tables, kind, meta, ref_ids, query_ids, quantile) -> str:
+    """The two benchmarks' headline figures in one line: unseen compounds' ``moa_call`` right per field and well
+    (and the nearest mechanism's), the share of withheld-mechanism wells flagged novel, and of known ones."""
+    unseen = unseen_compounds(tables, kind, meta, ref_ids, query_ids, quantile, "auto")
+    novel = novel_mechanisms(tables, kind, meta, ref_ids, query_ids, quantile, "auto")
+    return (f"unseen compounds moa_call per field {unseen['field_accuracy']:.3f}, per well "
+            f"{unseen['well_accuracy']:.3f} (nearest mechanism {unseen['field_nearest_moa']:.3f} / "
+            f"{unseen['well_nearest_moa']:.3f}; novel {unseen['field_novel']:.3f} / {unseen['well_novel']:.3f}); "
+            f"withheld-mechanism wells flagged {novel['withheld_novel']:.3f}, "
+            f"known {novel['known_novel']:.3f}")  # fmt: skip
+
+
 def run_tables(folder: str) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], pd.DataFrame, pd.Series]:
     """A BBBC021-moa run's images, their per-image profiles (``measured``, ``deep``), their metadata
     (``image_meta``; the replicates as batches) and each image's replicate (indexed by image id)."""
