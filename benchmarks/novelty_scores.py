@@ -19,7 +19,9 @@ flag rates of the per-mechanism rule at a few cut-offs. Scores:
 * ``hub_relative`` — ``cos − hub(treatment)``, maximised: how much closer the unit is to a treatment than that
   treatment's own nearest other compounds are;
 * ``agreement`` — the share of the well's fields whose own nearest mechanism is the well's (a new mechanism's
-  fields might scatter over the known ones where an unseen compound's agree); ``agreed_best`` — ``best`` times it.
+  fields might scatter over the known ones where an unseen compound's agree); ``agreed_best`` — ``best`` times it;
+* ``best_measured``, ``best_deep`` — ``best`` with references of one block only; ``kinds_mean`` and ``kinds_min``
+  — the mean and the least of the three kinds' ``best`` (two views that may err on different wells).
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ from cellresponse.profiling.references import (
 # of the per-mechanism lines do)
 SETTINGS = ReferencesConfig()
 
+SCORES = ("best", "percentile", "margin", "top3", "zbest", "csls", "hub_relative", "agreement", "agreed_best",
+          "best_measured", "best_deep", "kinds_mean", "kinds_min")  # fmt: skip
 KIND = "both"  # the kind references.kind: auto chose on this run (docs/results.md)
 
 
@@ -94,6 +98,13 @@ def groups(tables, meta, ref_ids, query_ids) -> pd.DataFrame:
         table = scores(refs, units, calls)
         table["agreement"] = field_agreement(refs, tables, meta, query_ids, units, calls)
         table["agreed_best"] = table["best"] * table["agreement"]
+        for kind in ("measured", "deep"):
+            alone = build_references(blocks_of(tables, kind, kept), meta.loc[kept], None, kind, COLUMNS, SETTINGS)
+            table[f"best_{kind}"] = answered(alone, tables, kind, meta, query_ids, "auto", "well")[1][
+                "best_similarity"
+            ].to_numpy()
+        kinds = table[["best", "best_measured", "best_deep"]]
+        table["kinds_mean"], table["kinds_min"] = kinds.mean(axis=1), kinds.min(axis=1)
         table["novel"] = calls["novel"].astype(bool).to_numpy()
         table["moa"], table["nearest_moa"] = units["moa"].to_numpy(), calls["nearest_1_moa"].to_numpy()
         if key == "moa":
@@ -117,7 +128,7 @@ def main() -> None:
     table = groups(tables, meta, ref_ids, query_ids)
     novel = table[table["group"] == "withheld_moa"]
     print(f"references replicate {args.reference_side}: wells {table['group'].value_counts().to_dict()}")
-    for score in ("best", "percentile", "margin", "top3", "zbest", "csls", "hub_relative", "agreement", "agreed_best"):
+    for score in SCORES:
         aucs = []
         for other in ("unseen_compound", "known"):
             rest = table[table["group"] == other]
