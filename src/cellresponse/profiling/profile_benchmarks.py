@@ -29,14 +29,16 @@ ALPHA = 0.05
 PAIR_BATCH_BYTES = 4 * 2**20
 
 
+def unit_rows(a: np.ndarray) -> np.ndarray:
+    """Each row of ``a`` scaled to length 1 (a zero row stays zero): the profiles as the cosine sees them."""
+    a = np.asarray(a, dtype=np.float64)
+    return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+
+
 def cosine_similarity(a: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
     """Cosine similarity of every row of ``a`` with every row of ``b`` (of ``a`` itself without ``b``)."""
-    a = np.asarray(a, dtype=np.float64)
-    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-    if b is None:
-        return a @ a.T
-    b = np.asarray(b, dtype=np.float64)
-    return a @ (b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)).T
+    a = unit_rows(a)
+    return a @ (a if b is None else unit_rows(b)).T
 
 
 def nsc_accuracy(

@@ -1,8 +1,8 @@
 """The prediction report, ``DIR/report/index.html``: what each new treatment does — pictures first, tables after.
 
 1. the counts: treatments active / not active / not scored, novel, called per mechanism;
-2. a map of treatment profiles (PCA fitted on the references): references coloured by mechanism, new treatments
-   marked (novel ones red);
+2. a map of treatment profiles (PCA of the unit-length profiles, fitted on the references): references coloured by
+   mechanism, new treatments marked (novel ones red);
 3. a clustered similarity heat map of the new treatments against the reference treatments they come close to;
 4. for each new treatment (up to :data:`STRIPS`), representative cells beside those of its best reference (crops of
    the training run's images where its folder is still beside the bundle), with a scale bar;
@@ -27,7 +27,7 @@ from sklearn.decomposition import PCA
 from cellresponse.input.channels import load_stack
 from cellresponse.input.io import write_text
 from cellresponse.input.transforms import normalize_percentile
-from cellresponse.profiling.profile_benchmarks import cosine_similarity
+from cellresponse.profiling.profile_benchmarks import cosine_similarity, unit_rows
 from cellresponse.profiling.references import References, treatment_table
 from cellresponse.provenance import made_by_line
 from cellresponse.reporting.figures import cell_strips, profile_map, similarity_heatmap
@@ -112,6 +112,15 @@ def counts_section(calls: pd.DataFrame, calibration: dict[str, Any]) -> list[str
     return ["<h2>What the new treatments do</h2>", html_table(["", "count"], rows), f"<p>{said}</p>"]
 
 
+def map_coordinates(references: np.ndarray, new: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where the reference and new treatment profiles sit on the map: the references' first two principal
+    components, fitted on and applied to unit-length profiles — the matching is by cosine, so two profiles that
+    differ only in length are the same match and the same point, and one very strong profile cannot stretch the
+    axes until every other treatment is a single blot — with each component's share of the variance."""
+    pca = PCA(n_components=2, random_state=0).fit(unit_rows(references))
+    return pca.transform(unit_rows(references)), pca.transform(unit_rows(new)), pca.explained_variance_ratio_
+
+
 def map_section(calls: pd.DataFrame, references: References, query_treatments: pd.DataFrame, out: Path) -> list[str]:
     """PCA map and clustered similarity heat map."""
     features = references.features
@@ -119,13 +128,12 @@ def map_section(calls: pd.DataFrame, references: References, query_treatments: p
     new = query_treatments[~query_treatments["treatment"].isin(set(calls.loc[calls["control"], "treatment"]))]
     if new.empty or len(refs) < 3:
         return []
-    pca = PCA(n_components=2, random_state=0).fit(refs[features].to_numpy())
+    reference_xy, new_xy, explained = map_coordinates(refs[features].to_numpy(), new[features].to_numpy())
     novel = new["treatment"].map(calls.set_index("treatment")["novel"]).fillna(False).astype(bool).tolist()
     moa = refs["moa"].astype(str).tolist() if references.has_moa else ["reference"] * len(refs)
-    explained = pca.explained_variance_ratio_
     map_png = profile_map(
-        (pca.transform(refs[features].to_numpy()), moa),
-        (pca.transform(new[features].to_numpy()), new["treatment"].astype(str).tolist(), novel),
+        (reference_xy, moa),
+        (new_xy, new["treatment"].astype(str).tolist(), novel),
         out / "treatment_map.png",
         (f"PC 1 ({explained[0]:.0%})", f"PC 2 ({explained[1]:.0%})"),
     )
@@ -144,7 +152,8 @@ def map_section(calls: pd.DataFrame, references: References, query_treatments: p
     )
     return [
         "<h2>Where the new treatments sit among the references</h2>",
-        "<p>Treatment profiles projected on the references' first two principal components; references coloured by "
+        "<p>Treatment profiles (each scaled to length 1, as the cosine similarity compares them) projected on the "
+        "references' first two principal components; references coloured by "
         "mechanism, new treatments as crosses (red: novel).</p>",
         inline_png(map_png, "map of treatment profiles"),
         "<h2>Similarity to the closest references</h2>",

@@ -1,0 +1,26 @@
+"""The prediction report's map of treatment profiles (reporting/treatment_report.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cellresponse.profiling.profile_benchmarks import cosine_similarity, unit_rows
+from cellresponse.reporting.treatment_report import map_coordinates
+
+
+def test_profiles_that_differ_only_in_length_sit_on_one_point_of_the_map():
+    rng = np.random.default_rng(0)
+    references = rng.normal(size=(6, 40))
+    references[5] = references[0] * 1000.0  # one very strong profile, the same direction as the first
+    new = np.vstack([references[2] * 7.0, rng.normal(size=40)])
+    reference_xy, new_xy, explained = map_coordinates(references, new)
+    assert reference_xy.shape == (6, 2) and new_xy.shape == (2, 2) and explained.shape == (2,)
+    np.testing.assert_allclose(reference_xy[5], reference_xy[0], atol=1e-9)  # the strong one does not stretch the axes
+    np.testing.assert_allclose(new_xy[0], reference_xy[2], atol=1e-9)  # the cosine's best match is where it is drawn
+    assert np.abs(reference_xy).max() <= 1.0 + 1e-9  # unit-length profiles: no axis beyond the unit sphere
+
+
+def test_unit_rows_keep_a_zero_profile_at_zero_and_give_the_cosine():
+    a = np.array([[3.0, 4.0], [0.0, 0.0], [-2.0, 0.0]])
+    np.testing.assert_allclose(unit_rows(a), [[0.6, 0.8], [0.0, 0.0], [-1.0, 0.0]])
+    np.testing.assert_allclose(cosine_similarity(a), unit_rows(a) @ unit_rows(a).T)
