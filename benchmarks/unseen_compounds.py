@@ -2,6 +2,7 @@
 
     python benchmarks/unseen_compounds.py RUN [--kinds auto measured deep both] [--query-normalization auto]
                                               [--batch-correction none|spherize|harmony]
+                                              [--deep-statistic mean|median]
 
 RUN is a run folder of bbbc021-moa through ``profile`` (measured cells, embeddings), e.g.
 ``cellresponse run --load-data ../shared/data/bbbc021-moa/load_data.csv --label Metadata_Compound
@@ -35,6 +36,7 @@ from cellresponse.features.embedding_tables import mean_embeddings
 from cellresponse.input.runfolder import RunFolder
 from cellresponse.profiling.profile_models import image_feature_table
 from cellresponse.profiling.references import (
+    DEEP_PREFIX,
     batch_corrected,
     build_references,
     choose_kind,
@@ -162,13 +164,28 @@ def open_world_figures(tables, kind, meta, ref_ids, query_ids, quantile) -> str:
             f"known {novel['known_novel']:.3f}")  # fmt: skip
 
 
-def run_tables(folder: str) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], pd.DataFrame, pd.Series]:
-    """A BBBC021-moa run's images, their per-image profiles (``measured``, ``deep``), their metadata
-    (``image_meta``; the replicates as batches) and each image's replicate (indexed by image id)."""
+def median_embeddings(run: RunFolder, image_ids: list[str]) -> pd.DataFrame:
+    """Each image's median cell embedding (a probe beside ``mean_embeddings``: robust to a few odd cells)."""
+    medians = {}
+    for image_id in image_ids:
+        cells = pd.read_parquet(run.embedding_path(image_id))
+        values = cells[[c for c in cells.columns if c.startswith(DEEP_PREFIX)]]
+        if len(values):
+            medians[image_id] = values.median()
+    return pd.DataFrame.from_dict(medians, orient="index")
+
+
+def run_tables(
+    folder: str, deep_statistic: str = "mean"
+) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], pd.DataFrame, pd.Series]:
+    """A BBBC021-moa run's images, their per-image profiles (``measured``, ``deep``: each image's mean cell
+    embedding, or its median with ``deep_statistic``), their metadata (``image_meta``; the replicates as batches)
+    and each image's replicate (indexed by image id)."""
     run = RunFolder(folder)
     images, cells = run.read_images(), run.read_cells()
+    of_images = median_embeddings if deep_statistic == "median" else mean_embeddings
     tables = {"measured": image_feature_table(cells, feature_columns(cells.columns)),
-              "deep": mean_embeddings(run, images["image_id"].astype(str).tolist())}  # fmt: skip
+              "deep": of_images(run, images["image_id"].astype(str).tolist())}  # fmt: skip
     # the replicates are the batches (BBBC021's plates each hold one compound: batches they cannot be)
     meta = image_meta(images, COLUMNS["treatment"], "Metadata_Compound", "Metadata_MoA", "Metadata_Replicate")
     replicate = images.set_index(images["image_id"].astype(str))["Metadata_Replicate"].astype(str)
@@ -182,9 +199,10 @@ def main() -> None:
     parser.add_argument("--query-normalization", default="auto", choices=["auto", "references", "self"])
     parser.add_argument("--quantile", type=float, default=load_config().references.novelty_quantile)
     parser.add_argument("--batch-correction", default="none", choices=["none", "spherize", "harmony"])
+    parser.add_argument("--deep-statistic", default="mean", choices=["mean", "median"])
     args = parser.parse_args()
     BATCH[0] = args.batch_correction
-    images, tables, meta, replicate = run_tables(args.run)
+    images, tables, meta, replicate = run_tables(args.run, args.deep_statistic)
     print(f"run {args.run}: {len(images)} fields; query normalization {args.query_normalization}; "
           f"novelty quantile {args.quantile}; batch correction {args.batch_correction}")  # fmt: skip
     settings = ReferencesConfig(novelty_quantile=args.quantile)
