@@ -2,7 +2,7 @@
 
     python benchmarks/unseen_compounds.py RUN [--kinds auto measured deep both] [--query-normalization auto]
                                               [--batch-correction none|spherize|harmony]
-                                              [--deep-statistic mean|median]
+                                              [--deep-statistic mean|median] [--correlation-threshold 0.9]
 
 RUN is a run folder of bbbc021-moa through ``profile`` (measured cells, embeddings), e.g.
 ``cellresponse run --load-data ../shared/data/bbbc021-moa/load_data.csv --label Metadata_Compound
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -34,6 +35,7 @@ from cellresponse.config import ReferencesConfig, load_config
 from cellresponse.features.cell_features import feature_columns
 from cellresponse.features.embedding_tables import mean_embeddings
 from cellresponse.input.runfolder import RunFolder
+from cellresponse.profiling import well_profiles
 from cellresponse.profiling.profile_models import image_feature_table
 from cellresponse.profiling.references import (
     DEEP_PREFIX,
@@ -200,11 +202,15 @@ def main() -> None:
     parser.add_argument("--quantile", type=float, default=load_config().references.novelty_quantile)
     parser.add_argument("--batch-correction", default="none", choices=["none", "spherize", "harmony"])
     parser.add_argument("--deep-statistic", default="mean", choices=["mean", "median"])
+    parser.add_argument("--correlation-threshold", type=float, default=well_profiles.CORRELATION_THRESHOLD)
     args = parser.parse_args()
     BATCH[0] = args.batch_correction
+    # the references' feature selection drops one of each feature pair correlated above this (pycytominer's 0.9)
+    well_profiles.correlated_features = partial(well_profiles.correlated_features, threshold=args.correlation_threshold)
     images, tables, meta, replicate = run_tables(args.run, args.deep_statistic)
     print(f"run {args.run}: {len(images)} fields; query normalization {args.query_normalization}; "
-          f"novelty quantile {args.quantile}; batch correction {args.batch_correction}")  # fmt: skip
+          f"novelty quantile {args.quantile}; batch correction {args.batch_correction}; correlation threshold "
+          f"{args.correlation_threshold}; {args.deep_statistic} embedding per field")  # fmt: skip
     settings = ReferencesConfig(novelty_quantile=args.quantile)
     for reference_side, query_side in (("1", "2"), ("2", "1")):
         ref_ids, query_ids = replicate.index[replicate == reference_side], replicate.index[replicate == query_side]
