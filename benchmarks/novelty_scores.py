@@ -1,6 +1,6 @@
 """How well could *any* novelty rule separate new mechanisms from unseen compounds of known ones? (issue 33 probe)
 
-    python benchmarks/novelty_scores.py RUN [--reference-side 1]
+    python benchmarks/novelty_scores.py RUN [--reference-side 1] [--deep-statistic mean|median]
 
 RUN as for ``unseen_compounds.py`` (bbbc021-moa through ``profile``). Per query well, three groups:
 ``withheld_moa`` (its whole mechanism withheld from the references — should be novel), ``unseen_compound`` (its
@@ -119,8 +119,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run")
     parser.add_argument("--reference-side", default="1")
+    parser.add_argument("--deep-statistic", default="mean", choices=["mean", "median"])
     args = parser.parse_args()
-    _, tables, meta, replicate = run_tables(args.run)
+    _, tables, meta, replicate = run_tables(args.run, args.deep_statistic)
     ref_ids, query_ids = (
         replicate.index[replicate == args.reference_side],
         replicate.index[replicate != args.reference_side],
