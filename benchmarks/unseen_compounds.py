@@ -212,8 +212,7 @@ def main() -> None:
           f"novelty quantile {args.quantile}; batch correction {args.batch_correction}; correlation threshold "
           f"{args.correlation_threshold}; {args.deep_statistic} embedding per field")  # fmt: skip
     settings = ReferencesConfig(novelty_quantile=args.quantile)
-    for reference_side, query_side in (("1", "2"), ("2", "1")):
-        ref_ids, query_ids = replicate.index[replicate == reference_side], replicate.index[replicate == query_side]
+    for reference_side, query_side, ref_ids, query_ids in directions(replicate):
         started = time.perf_counter()
         candidates = {kind: build_references(blocks_of(tables, kind, ref_ids), meta.loc[ref_ids], None, kind,
                                              COLUMNS, settings, batch_correction=BATCH[0])

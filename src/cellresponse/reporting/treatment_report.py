@@ -117,8 +117,9 @@ def map_coordinates(references: np.ndarray, new: np.ndarray) -> tuple[np.ndarray
     components, fitted on and applied to unit-length profiles — the matching is by cosine, so two profiles that
     differ only in length are the same match and the same point, and one very strong profile cannot stretch the
     axes until every other treatment is a single blot — with each component's share of the variance."""
-    pca = PCA(n_components=2, random_state=0).fit(unit_rows(references))
-    return pca.transform(unit_rows(references)), pca.transform(unit_rows(new)), pca.explained_variance_ratio_
+    pca = PCA(n_components=2, random_state=0)
+    reference_xy = pca.fit_transform(unit_rows(references))
+    return reference_xy, pca.transform(unit_rows(new)), pca.explained_variance_ratio_
 
 
 def map_section(calls: pd.DataFrame, references: References, query_treatments: pd.DataFrame, out: Path) -> list[str]:
