@@ -53,6 +53,7 @@ from cellresponse.profiling.references import (
 
 SWEEP = (0.05, 0.1, 0.25, 0.5)  # novelty quantiles whose trade-off is printed
 BATCH = ["none"]  # --batch-correction (profiles.batch_correction) of the references
+MOA_SPACE = [load_config().references.moa_space]  # --moa-space (references.moa_space)
 
 
 def thresholds(refs) -> dict[float, float]:
@@ -94,7 +95,7 @@ def answered(refs, tables, kind, meta, query_ids, mode_setting, level):
 
 def unseen_compounds(tables, kind, meta, ref_ids, query_ids, quantile, mode_setting) -> dict[str, float]:
     """Each compound withheld from the references in turn, its units on the query side answered."""
-    settings = ReferencesConfig(novelty_quantile=quantile)
+    settings = ReferencesConfig(novelty_quantile=quantile, moa_space=MOA_SPACE[0])
     rows = {"field": [], "well": []}
     swept: dict[float, list[bool]] = {}
     for compound in sorted(meta["compound"].unique()):
@@ -126,7 +127,7 @@ def unseen_compounds(tables, kind, meta, ref_ids, query_ids, quantile, mode_sett
 
 def novel_mechanisms(tables, kind, meta, ref_ids, query_ids, quantile, mode_setting) -> dict[str, float]:
     """Each mechanism withheld in turn: the share of its query wells flagged novel, and of the others'."""
-    settings = ReferencesConfig(novelty_quantile=quantile)
+    settings = ReferencesConfig(novelty_quantile=quantile, moa_space=MOA_SPACE[0])
     withheld_novel, known_novel = [], []
     swept: dict[float, list[float]] = {}
     for moa in sorted(meta["moa"].unique()):
@@ -202,16 +203,18 @@ def main() -> None:
     parser.add_argument("--quantile", type=float, default=load_config().references.novelty_quantile)
     parser.add_argument("--batch-correction", default="none", choices=["none", "spherize", "harmony"])
     parser.add_argument("--deep-statistic", default="mean", choices=["mean", "median"])
+    parser.add_argument("--moa-space", default=MOA_SPACE[0], choices=["auto", "discriminant", "profile"])
     parser.add_argument("--correlation-threshold", type=float, default=well_profiles.CORRELATION_THRESHOLD)
     args = parser.parse_args()
-    BATCH[0] = args.batch_correction
+    BATCH[0], MOA_SPACE[0] = args.batch_correction, args.moa_space
     # the references' feature selection drops one of each feature pair correlated above this (pycytominer's 0.9)
     well_profiles.correlated_features = partial(well_profiles.correlated_features, threshold=args.correlation_threshold)
     images, tables, meta, replicate = run_tables(args.run, args.deep_statistic)
     print(f"run {args.run}: {len(images)} fields; query normalization {args.query_normalization}; "
           f"novelty quantile {args.quantile}; batch correction {args.batch_correction}; correlation threshold "
-          f"{args.correlation_threshold}; {args.deep_statistic} embedding per field")  # fmt: skip
-    settings = ReferencesConfig(novelty_quantile=args.quantile)
+          f"{args.correlation_threshold}; {args.deep_statistic} embedding per field; "
+          f"moa space {args.moa_space}")  # fmt: skip
+    settings = ReferencesConfig(novelty_quantile=args.quantile, moa_space=MOA_SPACE[0])
     for reference_side, query_side, ref_ids, query_ids in directions(replicate):
         started = time.perf_counter()
         candidates = {kind: build_references(blocks_of(tables, kind, ref_ids), meta.loc[ref_ids], None, kind,
@@ -236,6 +239,7 @@ def main() -> None:
                   f"flagged {novel['withheld_novel']:.3f} (worst mechanism {novel['worst_withheld']:.3f}), known "
                   f"wells {novel['known_novel']:.3f}; build {build_seconds:.2f} s, "
                   f"answer {answer_seconds:.2f} s")  # fmt: skip
+            print(f"           moa space: {candidates[chosen].moa_space['why']}")
             sweep = "; ".join(f"{q:g}: withheld mechanisms {novel['swept_withheld'][q]:.3f}, unseen compounds of "
                               f"known ones {unseen['swept_novel'][q]:.3f}" for q in SWEEP)  # fmt: skip
             print(f"           novelty_quantile → wells flagged novel: {sweep}")

@@ -306,6 +306,13 @@ class ReferencesConfig(_Section):
         description="A query is novel below this quantile of the similarity known compounds reach to the other "
         "compounds of their mechanism (leave-one-compound-out).",
     )
+    moa_space: Literal["auto", "discriminant", "profile"] = Field(
+        "auto",
+        description="Where moa_call is made: profile = the nearest reference by the profiles' cosine; discriminant = "
+        "the nearest in the references' mechanism-discriminant space (shrinkage LDA); auto = discriminant where its "
+        "leave-one-compound-out calls on the references' own fields are right more often (chosen on BBBC021-moa, "
+        "references replicate 1 → queries 2; docs/results.md).",
+    )
     activity_fdr: float = Field(0.05, gt=0.0, lt=1.0, description="A treatment is active where its q < this.")
     query_normalization: Literal["auto", "controls", "references", "self"] = Field(
         "auto",

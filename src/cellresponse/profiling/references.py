@@ -7,8 +7,10 @@ treatment's consensus profile (the mean of its wells) by cosine similarity:
 
 ``nearest_k``        the k most similar reference treatments, with their mechanism and similarity;
 ``moa_call``         the mechanism of the nearest reference (Ljosa et al. 2013's not-same-compound nearest
-                     neighbour, as a call); ``moa_probability`` the softmax over mechanisms of each mechanism's best
-                     similarity divided by a temperature;
+                     neighbour, as a call) — nearest in the references' mechanism-discriminant space where that
+                     calls more of their own compounds right (mechanism_space.py, ``references.moa_space``);
+                     ``moa_probability`` the softmax over mechanisms of each mechanism's best similarity divided by
+                     a temperature;
 ``novel``            the best similarity below the novelty threshold: the query is no closer to any reference than a
                      known compound is, at worst, to the other compounds of its own mechanism. A novel query keeps
                      its nearest list but gets no ``moa_call``.
@@ -24,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -35,9 +38,18 @@ from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
 
 from cellresponse.config import ReferencesConfig
+from cellresponse.errors import InputError
 from cellresponse.input.controls import control_kinds, is_negative, is_positive
 from cellresponse.input.io import atomic_path, write_json, write_parquet
 from cellresponse.profiling.batch_correction import apply_spherize, confounded, fit_spherize, harmony
+from cellresponse.profiling.mechanism_space import (
+    MIN_MECHANISMS,
+    MechanismSpace,
+    fit_mechanism_space,
+    held_out_spaces,
+    load_space,
+    save_space,
+)
 from cellresponse.profiling.profile_benchmarks import cosine_similarity
 from cellresponse.profiling.well_profiles import select_features
 
@@ -94,6 +106,10 @@ class References:
     # sphering keeps its map (``sphere``) for new plates, Harmony re-fits on references and new plate together
     batch_correction: dict[str, Any] = field(default_factory=lambda: {"method": "none"})
     sphere: dict[str, np.ndarray] | None = None
+    # where moa_call is made (calibrated): {"setting": auto | discriminant | profile, "used": ..., "why": ...}
+    # and the discriminant space where it is used (None: the profile cosine, as bundles before it)
+    moa_space: dict[str, Any] = field(default_factory=lambda: {"setting": "profile", "used": "profile"})
+    mechanism_space: MechanismSpace | None = None
 
     @property
     def features(self) -> list[str]:
@@ -111,6 +127,7 @@ class References:
             "normalization": asdict(self.normalization),
             "calibration": self.calibration,
             "batch_correction": self.batch_correction,
+            "moa_space": self.moa_space,
             "treatments": int(self.fields["treatment"].nunique()),
             "compounds": int(self.fields["compound"].nunique()),
             "fields": len(self.fields),
@@ -260,11 +277,34 @@ def moa_similarities(
     return out
 
 
-def leave_one_compound_out(references: References, level: str) -> pd.DataFrame:
+HeldOut = tuple[dict[str, int], dict[int, MechanismSpace | None]]  # mechanism_space.held_out_spaces
+
+
+def held_out_similarity(units: pd.DataFrame, treatments: pd.DataFrame, held_out: HeldOut) -> np.ndarray:
+    """Per unit and reference treatment, their cosine in the mechanism space fitted without the unit's compound
+    (its fold's compounds; :func:`mechanism_space.held_out_spaces`): ``-inf`` for the fold's own treatments, and
+    for every treatment where the fold left too few mechanisms for a space."""
+    folds, spaces = held_out
+    unit_fold = np.array([folds[str(c)] for c in units["compound"]])
+    treatment_fold = np.array([folds[str(c)] for c in treatments["compound"]])
+    out = np.full((len(units), len(treatments)), -np.inf)
+    for fold, space in spaces.items():
+        rows = unit_fold == fold
+        if space is None or not rows.any():
+            continue
+        queried = space.project(units.loc[rows, space.columns].to_numpy())
+        similarity = cosine_similarity(queried, space.project(treatments[space.columns].to_numpy()))
+        out[rows] = np.where(treatment_fold[None, :] != fold, similarity, -np.inf)
+    return out
+
+
+def leave_one_compound_out(references: References, level: str, held_out: HeldOut | None = None) -> pd.DataFrame:
     """Every reference unit of ``level`` (field, well or treatment) queried against the treatments of the other
     compounds: per unit its compound and mechanism, the mechanism called (its nearest other-compound treatment's),
     the best similarity, the best similarity among its own mechanism's other compounds and the per-mechanism best
-    similarities (``scores``, in ``moas`` order, as the calibration reads them)."""
+    similarities (``scores``, in ``moas`` order, as the calibration reads them). With ``held_out`` spaces the call
+    and the scores come from the mechanism space fitted without the unit's compound; the similarities the novelty
+    threshold reads stay the profile cosine's."""
     features = references.features
     treatments = treatment_table(references.fields, features)
     units = level_table(references.fields, features, level)
@@ -274,16 +314,26 @@ def leave_one_compound_out(references: References, level: str) -> pd.DataFrame:
     out = pd.DataFrame({"compound": units["compound"].to_numpy(), "best_similarity": similarity.max(axis=1)})
     if references.has_moa:
         moas = sorted(treatments["moa"].dropna().astype(str).unique())
-        scores = moa_similarities(similarity, treatments["moa"].astype(str).to_numpy(), moas)
+        treatment_moa = treatments["moa"].astype(str).to_numpy()
+        profile_scores = moa_similarities(similarity, treatment_moa, moas)
+        scores = profile_scores
+        if held_out is not None:
+            scores = moa_similarities(held_out_similarity(units, treatments, held_out), treatment_moa, moas)
         truth = units["moa"].astype(str).to_numpy()
-        column = pd.Index(moas).get_indexer(truth)
         out["moa"] = truth
         out["moa_call"] = np.asarray(moas, dtype=object)[scores.argmax(axis=1)]
-        known = column >= 0
-        same = np.full(len(units), -np.inf)
-        same[known] = scores[np.flatnonzero(known), column[known]]
-        out["same_moa_similarity"] = same
+        out["same_moa_similarity"] = score_of(profile_scores, moas, truth)
+        out["truth_score"] = score_of(scores, moas, truth)
         out["scores"] = list(scores)
+    return out
+
+
+def score_of(scores: np.ndarray, moas: list[str], truth: np.ndarray) -> np.ndarray:
+    """Each row's score at its true mechanism (``-inf`` where that mechanism has no column)."""
+    column = pd.Index(moas).get_indexer(truth)
+    known = column >= 0
+    out = np.full(len(truth), -np.inf)
+    out[known] = scores[np.flatnonzero(known), column[known]]
     return out
 
 
@@ -306,7 +356,9 @@ def calibration_of(loco: pd.DataFrame, moas: list[str], quantile: float) -> dict
     """One level's calibration from its leave-one-compound-out table: the temperature, the novelty threshold (the
     ``quantile`` of the best similarity a unit reaches among the other compounds of its mechanism), and how often
     the call was right there (accuracy, and the mean probability it claimed once tempered)."""
-    scorable = loco[np.isfinite(loco["same_moa_similarity"])] if "moa" in loco else loco.iloc[:0]
+    scorable = loco.iloc[:0]
+    if "moa" in loco:
+        scorable = loco[np.isfinite(loco["same_moa_similarity"]) & np.isfinite(loco["truth_score"])]
     if scorable.empty:
         return {"units": 0, "skipped": "no reference compound shares its mechanism with another compound"}
     scores = np.vstack(scorable["scores"].to_numpy())
@@ -332,6 +384,74 @@ def calibrate(references: References, quantile: float) -> dict[str, dict[str, An
         return {level: {"units": 0, "skipped": why} for level in LEVELS}
     moas = sorted(references.fields["moa"].dropna().astype(str).unique())
     return {level: calibration_of(leave_one_compound_out(references, level), moas, quantile) for level in LEVELS}
+
+
+def calibrated(references: References, quantile: float, setting: str) -> References:
+    """``references`` calibrated (every level, :func:`calibration_of`) in the space where ``moa_call`` is made —
+    ``references.moa_space``: ``profile`` (the profiles' cosine), ``discriminant`` (the mechanism space,
+    mechanism_space.py) or ``auto``: the mechanism space where its leave-one-compound-out calls, each compound scored
+    in a space fitted without it, are right on more of the references' own fields than the profile cosine's. The
+    novelty threshold is the profile cosine's in every case."""
+    profile = calibrate(references, quantile)
+    plain = replace(references, calibration=profile, mechanism_space=None)
+    plain.moa_space = {"setting": setting, "used": "profile", "why": "the profile cosine (moa_space: profile)"}
+    if setting == "profile":
+        return plain
+    fields, features = references.fields, references.features
+    mechanisms = int(fields["moa"].dropna().astype(str).nunique()) if references.has_moa else 0
+    profile_accuracy = profile["field"].get("accuracy")
+    if mechanisms < MIN_MECHANISMS or profile_accuracy is None:
+        plain.moa_space["why"] = (
+            f"the profile cosine: a mechanism space needs {MIN_MECHANISMS} mechanisms and compounds that share one "
+            f"(the references have {mechanisms} mechanisms)"
+        )
+        return plain
+    moa = fields["moa"].astype(object).where(fields["moa"].notna(), None).to_numpy()
+    values = fields[features].to_numpy(np.float64)
+    held_out = held_out_spaces(values, fields["compound"].astype(str).to_numpy(), moa, features)
+    moas = sorted(fields["moa"].dropna().astype(str).unique())
+    discriminant = {
+        level: calibration_of(leave_one_compound_out(references, level, held_out), moas, quantile) for level in LEVELS
+    }
+    space_accuracy = discriminant["field"].get("accuracy")
+    scored = {"profile_accuracy": profile_accuracy, "discriminant_accuracy": space_accuracy}
+    if space_accuracy is None:  # no fold left a space: nothing to call with
+        plain.moa_space.update(scored, why="the profile cosine: no compound could be left out of a mechanism space")
+        return plain
+    if setting == "auto" and space_accuracy <= profile_accuracy:
+        why = (f"the profile cosine: leave-one-compound-out calls right on {profile_accuracy:.3f} of reference "
+               f"fields, a mechanism space's on {space_accuracy:.3f}")  # fmt: skip
+        plain.moa_space.update(scored, why=why)
+        return plain
+    labelled = np.array([m is not None for m in moa], dtype=bool)
+    space = fit_mechanism_space(values[labelled], moa[labelled], features)
+    done = replace(references, calibration=discriminant, mechanism_space=space)
+    done.moa_space = {"setting": setting, "used": "discriminant", **scored,
+                      "why": f"the mechanism-discriminant space ({space.scalings.shape[1]} directions): leave-one-"
+                             f"compound-out calls right on {space_accuracy:.3f} of reference fields, the profile "
+                             f"cosine's on {profile_accuracy:.3f}"}  # fmt: skip
+    return done
+
+
+def in_moa_space(references: References, setting: str, quantile: float) -> References:
+    """The bundle's ``references`` with ``moa_call`` made where ``references.moa_space`` (``setting``) asks: as
+    stored where the bundle was calibrated with that setting, else calibrated again from its reference fields now
+    (seconds) — a bundle made before mechanism spaces gets one, ``profile`` goes back to the cosine. One line says
+    so."""
+    if references.moa_space.get("setting") == setting:
+        return references
+    started = time.perf_counter()
+    done = calibrated(references, quantile, setting)
+    stored = references.moa_space.get("setting")
+    log.info(
+        "references: the bundle's were calibrated %s; references.moa_space: %s calibrated them again (%.1f s; retrain "
+        "to keep it in the bundle): moa_call in %s",
+        f"with moa_space {stored}" if stored else "before mechanism spaces",
+        setting,
+        time.perf_counter() - started,
+        done.moa_space["why"],
+    )
+    return done
 
 
 def nearest_columns(similarity: np.ndarray, treatments: pd.DataFrame, k: int) -> pd.DataFrame:
@@ -365,6 +485,13 @@ def match(
         similarity = np.where(barred, -np.inf, similarity)
     out = nearest_columns(similarity, treatments, neighbours)
     out.insert(0, "best_similarity", similarity.max(axis=1))
+    space = references.mechanism_space
+    if space is not None:  # the call is made in the mechanism space; nearest lists and novelty stay the cosine's
+        similarity = cosine_similarity(
+            space.project(queries[space.columns].to_numpy()), space.project(treatments[space.columns].to_numpy())
+        )
+        if exclude is not None:
+            similarity = np.where(barred, -np.inf, similarity)
     calibration = references.calibration.get(level, {})
     out["novel"] = pd.array([pd.NA] * len(out), dtype="boolean")
     out["moa_call"] = pd.array([None] * len(out), dtype="string")
@@ -442,7 +569,10 @@ def build_references(
         references.batch_correction = {"method": "spherize", "fitted_on": len(fit)}
     elif batch_correction == "harmony":
         references.batch_correction = {"method": "harmony", "batches": int(references.fields["batch"].nunique())}
-    references.calibration = calibrate(in_batch_corrected_space(references, None, seed)[0], settings.novelty_quantile)
+    compared = in_batch_corrected_space(references, None, seed)[0]  # as a new plate will meet them
+    done = calibrated(compared, settings.novelty_quantile, settings.moa_space)
+    references.calibration, references.moa_space = done.calibration, done.moa_space
+    references.mechanism_space = done.mechanism_space
     return references
 
 
@@ -461,12 +591,11 @@ def batch_corrected(
             "would align the treatments, so the new plate and the references are compared without it"
         )
         plain = replace(references, batch_correction={"method": "none", "skipped": "harmony: confounded plate"})
-        plain.calibration = calibrate(plain, quantile)
-        return plain, queries
+        return calibrated(plain, quantile, references.moa_space.get("setting", "profile")), queries
     corrected, queries = in_batch_corrected_space(references, queries, seed)
     if corrected is not references:
         log.info("harmony: references and the new plate corrected together; calibration fitted again on them")
-        corrected.calibration = calibrate(corrected, quantile)
+        corrected = calibrated(corrected, quantile, references.moa_space.get("setting", "profile"))
     return corrected, queries
 
 
@@ -616,6 +745,11 @@ def save_references(folder: str | Path, references: References) -> None:
     if references.sphere is not None:
         with atomic_path(folder / "references_sphere.npz") as tmp, open(tmp, "wb") as handle:
             np.savez(handle, **{k: v.astype(np.float32) for k, v in references.sphere.items()})
+    space_file = folder / "references_mechanism_space.npz"
+    if references.mechanism_space is not None:
+        save_space(space_file, references.mechanism_space)
+    elif space_file.is_file():
+        space_file.unlink()  # a space of references saved here before: not these references'
 
 
 def load_references(folder: str | Path) -> References | None:
@@ -624,6 +758,14 @@ def load_references(folder: str | Path) -> References | None:
     if not (folder / "references.json").is_file() or not (folder / "references.parquet").is_file():
         return None
     described = json.loads((folder / "references.json").read_text())
+    space = load_space(folder / "references_mechanism_space.npz")
+    # a bundle made before mechanism spaces names no setting: predict calibrates it again (in_moa_space)
+    moa_space = described.get("moa_space", {"used": "profile", "why": "the profile cosine"})
+    if moa_space["used"] == "discriminant" and space is None:
+        raise InputError(
+            f"{folder}: the references were calibrated in a mechanism space, but references_mechanism_space.npz is "
+            "missing — copy the whole bundle folder, or retrain"
+        )
     return References(
         fields=pd.read_parquet(folder / "references.parquet"),
         normalization=Normalization(**described["normalization"]),
@@ -632,6 +774,8 @@ def load_references(folder: str | Path) -> References | None:
         calibration=described["calibration"],
         batch_correction=described.get("batch_correction", {"method": "none"}),
         sphere=dict(np.load(sphere)) if (sphere := folder / "references_sphere.npz").is_file() else None,
+        moa_space=moa_space,
+        mechanism_space=space,
     )
 
 
@@ -689,6 +833,7 @@ def calibration_summary(references: References) -> str:
                 f"(novel below similarity {c['novelty_threshold']:.2f})"
             )
     if parts:
-        return line + "; mechanism right, leave-one-compound-out, on " + ", ".join(parts)
+        where = references.moa_space.get("why", "the profile cosine")
+        return line + "; mechanism right, leave-one-compound-out, on " + ", ".join(parts) + f"; called in {where}"
     skipped = references.calibration.get("field", {}).get("skipped")
     return line + (f"; {skipped}" if skipped else "")

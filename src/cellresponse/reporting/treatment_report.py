@@ -224,7 +224,9 @@ def build_treatment_report(
     parts += [
         "<h2>How the references were calibrated</h2>",
         f"<p>{html.escape(references.kind)} profiles of {references.fields['treatment'].nunique()} reference "
-        "treatments; each reference compound left out in turn and queried against the others.</p>",
+        "treatments; each reference compound left out in turn and queried against the others. The mechanism is "
+        f"called in {html.escape(references.moa_space.get('why', 'the profile cosine'))}; the nearest treatments "
+        "and novelty read the profiles' cosine.</p>",
         html_table(["level", "units", "accuracy", "mean probability", "temperature", "novel below"], rows),
     ]
     parts.append(f"<p>Made by {html.escape(made_by_line())}.</p>")

@@ -62,6 +62,7 @@ from cellresponse.profiling.references import (
     DEEP_PREFIX,
     References,
     image_meta,
+    in_moa_space,
     level_table,
     negative_controls,
     positive_controls,
@@ -265,7 +266,7 @@ def answer_open_world(
     images' profile ``blocks`` (:func:`profile_blocks`, made for ``needs``, :func:`reference_needs`):
     ``treatment_calls.parquet`` and the answer columns added to the well and image predictions."""
     bundle, config, table = plan.bundle, plan.config, plan.images
-    references = bundle.references
+    references = in_moa_space(bundle.references, config.references.moa_space, config.references.novelty_quantile)
     cell_columns, deep = needs
     blocks = {
         **({"measured": measured_of(blocks["measured"], cell_columns)} if cell_columns else {}),
@@ -298,7 +299,7 @@ def answer_open_world(
             config.input.control_label,
         )
     write_parquet(out.treatment_calls, answers.treatments)
-    report = open_world_report(plan, out, answers, fields, meta)
+    report = open_world_report(plan, out, answers, fields, meta, references)
     add_columns(out.well_predictions, answers.wells, ["plate", "well"], WELL_COLUMNS)
     add_columns(out.image_predictions, answers.fields, ["image_id"], FIELD_COLUMNS)
     log.info(summary(answers, references.calibration, references.columns.get("moa")))
@@ -335,10 +336,11 @@ def open_world_report(
     answers: Answers,
     fields: pd.DataFrame,
     meta: pd.DataFrame,
+    references: References,
 ) -> Path:
-    """``DIR/report/index.html``: the treatment calls in pictures (treatment_report.py); the cells of its strips
-    read a treatment at a time."""
-    references = plan.bundle.references
+    """``DIR/report/index.html``: the treatment calls in pictures (treatment_report.py) — ``references`` and the
+    new ``fields`` as they were compared (batch-corrected together, where the bundle's were); the cells of its
+    strips read a treatment at a time."""
     features = feature_columns(out.cell_columns())
     columns = ["image_id", "centroid_x", "centroid_y", *features]
 
