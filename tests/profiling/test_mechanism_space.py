@@ -171,3 +171,13 @@ def test_predict_calibrates_a_bundle_again_only_where_its_moa_space_differs(quir
     assert now.calibration == auto.calibration
     back = in_moa_space(auto, "profile", 0.1)
     assert back.mechanism_space is None and back.calibration == profile.calibration
+
+
+def test_fields_without_a_mechanism_shape_no_space():
+    """Reference compounds of unknown mechanism (NA, None or NaN) are neither a class nor a crash."""
+    rng = np.random.default_rng(5)
+    compounds = np.repeat([f"c{i}" for i in range(8)], 4)
+    mechanisms = np.repeat(np.array(["a", "b", "c", "a", "b", "c", pd.NA, None], dtype=object), 4)
+    mechanisms[-1] = np.nan
+    folds, spaces = held_out_spaces(rng.normal(size=(32, 6)), compounds, mechanisms, [f"f{i}" for i in range(6)])
+    assert len(folds) == 8 and all(space.mechanisms == ["a", "b", "c"] for space in spaces.values())

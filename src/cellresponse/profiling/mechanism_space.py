@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
 from cellresponse.input.io import atomic_path
@@ -70,7 +71,7 @@ def held_out_spaces(
     folds = compound_folds(compounds, most)
     fold_of_row = np.array([folds[str(c)] for c in compounds])
     mechanisms = np.asarray(mechanisms, dtype=object)
-    labelled = np.array([m is not None and m == m for m in mechanisms])  # m == m: not NaN
+    labelled = np.asarray(pd.notna(mechanisms), dtype=bool)
     spaces = {}
     for fold in sorted(set(folds.values())):
         rows = (fold_of_row != fold) & labelled

@@ -45,6 +45,7 @@ from cellresponse.profiling.batch_correction import apply_spherize, confounded, 
 from cellresponse.profiling.mechanism_space import (
     MIN_MECHANISMS,
     MechanismSpace,
+    compound_folds,
     fit_mechanism_space,
     held_out_spaces,
     load_space,
@@ -408,7 +409,16 @@ def calibrated(references: References, quantile: float, setting: str) -> Referen
         return plain
     moa = fields["moa"].astype(object).where(fields["moa"].notna(), None).to_numpy()
     values = fields[features].to_numpy(np.float64)
-    held_out = held_out_spaces(values, fields["compound"].astype(str).to_numpy(), moa, features)
+    compounds = fields["compound"].astype(str).to_numpy()
+    log.info(
+        "references (%s): scoring the mechanism-discriminant call — one space per left-out compound (%d fits on %d "
+        "fields × %d columns)",
+        references.kind,
+        len(set(compound_folds(compounds).values())),
+        len(fields),
+        len(features),
+    )
+    held_out = held_out_spaces(values, compounds, moa, features)
     moas = sorted(fields["moa"].dropna().astype(str).unique())
     discriminant = {
         level: calibration_of(leave_one_compound_out(references, level, held_out), moas, quantile) for level in LEVELS
