@@ -27,7 +27,6 @@ from cellresponse.features.embedding_tables import mean_embeddings
 from cellresponse.input.runfolder import RunFolder
 from cellresponse.profiling.profile_models import image_feature_table
 from cellresponse.profiling.references import (
-    References,
     fit_normalization,
     image_meta,
     negative_controls,
@@ -58,8 +57,7 @@ def scored(blocks, images: pd.DataFrame, fdr: float) -> pd.DataFrame:
     wells = well_table(fields, everything)
     selection = ReferencesConfig().feature_selection
     normalization = fit_normalization(wells, everything, np.ones(len(wells), bool), "all wells", columns, selection)
-    references = References(fields.iloc[:0], normalization, "activity", {})
-    table, note = activity_table(fields, references, controls, fdr, seed=0)
+    table, note = activity_table(fields, normalization, controls, fdr, seed=0)
     if note:
         raise SystemExit(note)
     return table

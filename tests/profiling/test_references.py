@@ -378,3 +378,23 @@ def test_references_of_fields_that_are_all_alike_say_so_in_one_error():
         select_features(alike["measured"], list(alike["measured"].columns), ["variance_threshold"])
     with pytest.raises(InputError, match=r"no profile feature varies across the \d+ wells"):
         references_of(alike, images)
+
+
+def test_a_bundle_trained_with_harmony_predicts_and_draws_its_report(tiny_demo, tiny_plates, tmp_path):
+    """Harmony re-fits references and new plate together (their columns become its components): the answer and
+    the report's map are both drawn from the references as they were compared, not the bundle's columns."""
+    import shutil
+
+    from tests.conftest import run_cli
+
+    demo, _ = tiny_demo
+    run = tmp_path / "run"
+    shutil.copytree(demo / "run", run)
+    settings = ("--set", "profiles.batch_correction=harmony", "--set", "profiles.batch=Metadata_Plate")
+    run_cli("train", run, "--overwrite", "--no-progress", *settings)
+    out = tmp_path / "new"
+    result = run_cli("predict", run, "--load-data", tiny_plates / "load_data.csv", "--out", out, "--no-progress")
+    assert "harmony: references and the new plate corrected together" in result.stdout + result.stderr
+    calls = pd.read_parquet(out / "predictions" / "treatment_calls.parquet")
+    assert len(calls[~calls["control"]]) == 3
+    assert "<img" in (out / "report" / "index.html").read_text()

@@ -19,7 +19,14 @@ import pandas as pd
 
 from cellresponse.profiling.activity import COLUMNS as ACTIVITY_COLUMNS
 from cellresponse.profiling.activity import phenotypic_activity
-from cellresponse.profiling.references import References, control_flags, level_table, match, normalized_fields
+from cellresponse.profiling.references import (
+    Normalization,
+    References,
+    control_flags,
+    level_table,
+    match,
+    normalized_fields,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,18 +70,19 @@ class Answers:
 
 
 def activity_table(
-    raw_fields: pd.DataFrame, references: References, controls: pd.Series | None, fdr: float, seed: int
+    raw_fields: pd.DataFrame, normalization: Normalization, controls: pd.Series | None, fdr: float, seed: int
 ) -> tuple[pd.DataFrame, str | None]:
-    """Each treatment's activity against the plate's negative controls, the profiles standardised to those controls
-    per plate (as JUMP scores activity), or an empty table and why."""
+    """Each treatment's activity against the plate's negative controls, the profiles (``normalization``'s columns,
+    weights and selection) standardised to those controls per plate (as JUMP scores activity), or an empty table
+    and why."""
     columns = ["treatment", *ACTIVITY_COLUMNS]
     if controls is None:
         return pd.DataFrame(columns=columns), "no negative controls among these images: activity not computed"
     flags = control_flags(controls, raw_fields["image_id"])
     if flags.all():
         return pd.DataFrame(columns=columns), "every image is a negative control: no treatment to score"
-    profiles = normalized_fields(raw_fields, references.normalization, pd.Series(flags), per_plate=True)
-    return phenotypic_activity(profiles, references.features, pd.Series(flags), fdr, seed), None
+    profiles = normalized_fields(raw_fields, normalization, pd.Series(flags), per_plate=True)
+    return phenotypic_activity(profiles, normalization.columns, pd.Series(flags), fdr, seed), None
 
 
 def unit_names(units: pd.DataFrame) -> pd.DataFrame:
@@ -95,13 +103,16 @@ def answer(
     neighbours: int,
     fdr: float,
     seed: int = 0,
+    normalization: Normalization | None = None,
 ) -> Answers:
     """The answer tables for normalised query ``fields`` (and the same fields before normalisation, ``raw_fields``,
     for the activity test): activity per treatment, nearest references, mechanism and novelty at each level. A
-    negative control's rows carry ``control = True`` and no activity."""
+    negative control's rows carry ``control = True`` and no activity. ``normalization`` makes ``raw_fields``
+    profiles for the activity test: the bundle's (the references' own by default; after a joint batch correction
+    theirs names its components, which a raw field does not have)."""
     features = references.features
     control_of = control_flags(controls, fields["image_id"])
-    activity, note = activity_table(raw_fields, references, controls, fdr, seed)
+    activity, note = activity_table(raw_fields, normalization or references.normalization, controls, fdr, seed)
     control_treatments = set(fields.loc[control_of, "treatment"].astype(str))
     out = {}
     for level in ("treatment", "well", "field"):

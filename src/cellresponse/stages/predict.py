@@ -286,10 +286,11 @@ def answer_open_world(
         positives = positive_controls(table, [config.input.label, compound], config.input.control_label)
         if len(positives):
             log.info("%d positive-control fields are not queries (input.positive_controls: include)", len(positives))
+    profile_columns = references.normalization  # the activity test's, whatever batch correction does below
     references, raw, fields = query_fields(
         blocks, meta, controls, positives, references, mode, r.novelty_quantile, config.seed
     )
-    answers = answer(fields, raw, references, controls, r.neighbours, r.activity_fdr, config.seed)
+    answers = answer(fields, raw, references, controls, r.neighbours, r.activity_fdr, config.seed, profile_columns)
     if answers.activity_note:
         named = " or ".join(dict.fromkeys(c for c in (config.input.label, compound) if c))
         log.warning(
