@@ -24,6 +24,7 @@ import pandas as pd
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
 from cellresponse.input.io import atomic_path
+from cellresponse.profiling.profile_benchmarks import cosine_similarity
 
 MIN_MECHANISMS = 3
 # Leave-one-compound-out fits one space per reference compound; beyond this many compounds (a JUMP reference set
@@ -43,6 +44,12 @@ class MechanismSpace:
     def project(self, values: np.ndarray) -> np.ndarray:
         """Rows of profile values (in :attr:`columns` order) in the space."""
         return np.asarray(values, np.float64) @ self.scalings
+
+    def similarity(self, queries: pd.DataFrame, treatments: pd.DataFrame) -> np.ndarray:
+        """The cosine of every query row with every treatment row (tables holding :attr:`columns`) in the space."""
+        return cosine_similarity(
+            self.project(queries[self.columns].to_numpy()), self.project(treatments[self.columns].to_numpy())
+        )
 
 
 def fit_mechanism_space(values: np.ndarray, mechanisms: np.ndarray, columns: list[str]) -> MechanismSpace | None:

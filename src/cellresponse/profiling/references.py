@@ -293,8 +293,7 @@ def held_out_similarity(units: pd.DataFrame, treatments: pd.DataFrame, held_out:
         rows = unit_fold == fold
         if space is None or not rows.any():
             continue
-        queried = space.project(units.loc[rows, space.columns].to_numpy())
-        similarity = cosine_similarity(queried, space.project(treatments[space.columns].to_numpy()))
+        similarity = space.similarity(units.loc[rows], treatments)
         out[rows] = np.where(treatment_fold[None, :] != fold, similarity, -np.inf)
     return out
 
@@ -433,7 +432,7 @@ def calibrated(references: References, quantile: float, setting: str) -> Referen
                f"fields, a mechanism space's on {space_accuracy:.3f}")  # fmt: skip
         plain.moa_space.update(scored, why=why)
         return plain
-    labelled = np.array([m is not None for m in moa], dtype=bool)
+    labelled = np.asarray(pd.notna(moa), dtype=bool)
     space = fit_mechanism_space(values[labelled], moa[labelled], features)
     done = replace(references, calibration=discriminant, mechanism_space=space)
     done.moa_space = {"setting": setting, "used": "discriminant", **scored,
@@ -497,9 +496,7 @@ def match(
     out.insert(0, "best_similarity", similarity.max(axis=1))
     space = references.mechanism_space
     if space is not None:  # the call is made in the mechanism space; nearest lists and novelty stay the cosine's
-        similarity = cosine_similarity(
-            space.project(queries[space.columns].to_numpy()), space.project(treatments[space.columns].to_numpy())
-        )
+        similarity = space.similarity(queries, treatments)
         if exclude is not None:
             similarity = np.where(barred, -np.inf, similarity)
     calibration = references.calibration.get(level, {})
