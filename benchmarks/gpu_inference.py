@@ -23,7 +23,7 @@ import torch
 from cellresponse.config import Config
 from cellresponse.devices import inference_device
 from cellresponse.features.crop_store import CHANNELS
-from cellresponse.learning.bundle import predict_probabilities
+from cellresponse.learning.inference import predict_probabilities
 from cellresponse.networks.embeddings import Embedder
 from cellresponse.networks.model import CellResponseNet
 

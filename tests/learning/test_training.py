@@ -15,7 +15,8 @@ import torch
 
 from cellresponse.features.crop_store import CropStore
 from cellresponse.input.runfolder import RunFolder
-from cellresponse.learning.bundle import load_bundle, predict_probabilities
+from cellresponse.learning.bundle import load_bundle
+from cellresponse.learning.inference import predict_probabilities
 from tests.conftest import BBBC021_TEST_PLATES, run_cli, shared
 
 

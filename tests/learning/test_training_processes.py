@@ -93,7 +93,7 @@ def test_batch_sampler_shards_shuffles_and_never_trains_on_one_cell():
 def test_embed_from_the_trained_network_writes_its_projection_layer(tiny_demo, tmp_path):
     """`embedding.source: network`: every cell's 256-number projection layer, per image, equal to the bundle's
     own forward pass up to the classifier (the tiny demo's trained network: the wiring, not the cells, is tested)."""
-    from cellresponse.learning.bundle import predict_cells
+    from cellresponse.learning.inference import predict_cells
 
     copy = tmp_path / "copy"
     shutil.copytree(tiny_demo[0] / "run", copy)

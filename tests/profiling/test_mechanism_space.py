@@ -173,6 +173,28 @@ def test_predict_calibrates_a_bundle_again_only_where_its_moa_space_differs(quir
     assert back.mechanism_space is None and back.calibration == profile.calibration
 
 
+def test_predict_moves_the_novelty_threshold_where_asked_without_retraining(quirky, caplog):
+    """``--set references.novelty_quantile=Q`` (and ``references.moa_space``) at predict: the bundle's references
+    calibrated again with Q — a higher quantile, a higher threshold, more new treatments flagged — and the
+    mechanism calls unchanged; predict accepts both settings."""
+    from cellresponse.config import Config
+    from cellresponse.learning.inference import prediction_config
+
+    auto = quirky["auto"]
+    with caplog.at_level("INFO"):
+        raised = in_moa_space(auto, "auto", 0.5)
+    assert "novelty_quantile 0.1" in caplog.text
+    for level in ("field", "well"):
+        before, after = auto.calibration[level], raised.calibration[level]
+        assert after["novelty_quantile"] == 0.5 and after["novelty_threshold"] > before["novelty_threshold"]
+        assert after["accuracy"] == before["accuracy"] and after["temperature"] == before["temperature"]
+    assert in_moa_space(raised, "auto", 0.5) is raised
+    config = prediction_config(Config(), ["references.novelty_quantile=0.25", "references.moa_space=profile"])
+    assert config.references.novelty_quantile == 0.25 and config.references.moa_space == "profile"
+    with pytest.raises(InputError, match="predict takes the bundle's settings"):
+        prediction_config(Config(), ["crops.size=32"])
+
+
 def test_fields_without_a_mechanism_shape_no_space():
     """Reference compounds of unknown mechanism (NA, None or NaN) are neither a class nor a crash."""
     rng = np.random.default_rng(5)

@@ -136,7 +136,8 @@ def test_predict_reads_a_plate_at_a_time_and_calls_what_the_whole_table_gives(
     from cellresponse.features.crop_store import CropStore
     from cellresponse.features.embedding_tables import mean_embeddings
     from cellresponse.input.plate import ImageSource
-    from cellresponse.learning.bundle import load_bundle, predict_cells
+    from cellresponse.learning.bundle import load_bundle
+    from cellresponse.learning.inference import predict_cells
     from cellresponse.profiling.profile_models import (
         features_model_probabilities,
         image_feature_table,
@@ -211,7 +212,8 @@ def test_evaluate_writes_and_scores_the_calls_a_plate_at_a_time_as_the_whole_tes
 
     from cellresponse.evaluation.classification import network_test_scores
     from cellresponse.features.crop_store import CropStore
-    from cellresponse.learning.bundle import load_bundle, predict_cells
+    from cellresponse.learning.bundle import load_bundle
+    from cellresponse.learning.inference import predict_cells
     from cellresponse.learning.splits import TEST
 
     run = RunFolder(tiny_demo[0] / "run")

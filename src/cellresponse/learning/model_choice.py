@@ -27,7 +27,8 @@ from cellresponse.evaluation.run_metrics import RunMetrics
 from cellresponse.evaluation.votes import LEVELS, Votes, merged_votes, vote
 from cellresponse.features.crop_store import CropStore
 from cellresponse.input.io import one_at_a_time
-from cellresponse.learning.bundle import CANDIDATES, NETWORK, load_bundle, predict_cells
+from cellresponse.learning.bundle import CANDIDATES, NETWORK, load_bundle
+from cellresponse.learning.inference import predict_cells
 from cellresponse.learning.splits import TEST, TRAIN, VALIDATION
 from cellresponse.profiling.profile_models import (
     fit_features_model,

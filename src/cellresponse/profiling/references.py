@@ -443,24 +443,38 @@ def calibrated(references: References, quantile: float, setting: str) -> Referen
 
 
 def in_moa_space(references: References, setting: str, quantile: float) -> References:
-    """The bundle's ``references`` with ``moa_call`` made where ``references.moa_space`` (``setting``) asks: as
-    stored where the bundle was calibrated with that setting, else calibrated again from its reference fields now
-    (seconds) — a bundle made before mechanism spaces gets one, ``profile`` goes back to the cosine. One line says
-    so."""
-    if references.moa_space.get("setting") == setting:
+    """The bundle's ``references`` with ``moa_call`` made where ``references.moa_space`` (``setting``) asks and
+    ``novel`` below the ``references.novelty_quantile`` (``quantile``) threshold: as stored where the bundle was
+    calibrated with both, else calibrated again from its reference fields now (seconds) — a bundle made before
+    mechanism spaces gets one, ``profile`` goes back to the cosine, another quantile moves the novelty threshold.
+    One line says so."""
+    stored = references.moa_space.get("setting")
+    stored_quantile = stored_novelty_quantile(references)
+    if stored == setting and stored_quantile in (None, quantile):
         return references
     started = time.perf_counter()
     done = calibrated(references, quantile, setting)
-    stored = references.moa_space.get("setting")
+    was = [f"with moa_space {stored}" if stored else "before mechanism spaces"]
+    if stored_quantile not in (None, quantile):
+        was.append(f"novelty_quantile {stored_quantile:g}")
     log.info(
-        "references: the bundle's were calibrated %s; references.moa_space: %s calibrated them again (%.1f s; retrain "
-        "to keep it in the bundle): moa_call in %s",
-        f"with moa_space {stored}" if stored else "before mechanism spaces",
+        "references: the bundle's were calibrated %s; references.moa_space: %s, novelty_quantile: %g calibrated them "
+        "again (%.1f s; retrain to keep it in the bundle): moa_call in %s",
+        " and ".join(was),
         setting,
+        quantile,
         time.perf_counter() - started,
         done.moa_space["why"],
     )
     return done
+
+
+def stored_novelty_quantile(references: References) -> float | None:
+    """The novelty quantile the references' calibration was made with (None where no level was calibrated)."""
+    for level in LEVELS:
+        if (q := references.calibration.get(level, {}).get("novelty_quantile")) is not None:
+            return float(q)
+    return None
 
 
 def nearest_columns(similarity: np.ndarray, treatments: pd.DataFrame, k: int) -> pd.DataFrame:

@@ -6,8 +6,10 @@
   on the references), and
 * ``novel`` when its best match is no closer than a known compound's to the other compounds of its mechanism.
 
-These functions take normalised per-field profiles (references.normalize_query) and return plain tables; the
-predict stage reads the images, writes the tables and logs the summary.
+:func:`answer_plate` takes a new plate's image table and per-image profile blocks and finds its treatments,
+controls, normalisation and batches as the settings say; :func:`answer` takes normalised per-field profiles
+(references.normalize_query). Both return plain tables; the predict stage reads the images, writes the tables and
+logs the summary.
 """
 
 from __future__ import annotations
@@ -17,15 +19,23 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from cellresponse.config import WELL_TREATMENT, Config
 from cellresponse.profiling.activity import COLUMNS as ACTIVITY_COLUMNS
 from cellresponse.profiling.activity import phenotypic_activity
+from cellresponse.profiling.batch_correction import batch_column
 from cellresponse.profiling.references import (
     Normalization,
     References,
     control_flags,
+    image_meta,
+    in_moa_space,
     level_table,
     match,
+    negative_controls,
     normalized_fields,
+    positive_controls,
+    query_fields,
+    query_normalization,
 )
 
 log = logging.getLogger(__name__)
@@ -157,3 +167,79 @@ def summary(answers: Answers, calibration: dict, moa_column: str | None = None) 
         right = (t["moa_call"] == t[given])[t["moa_call"].notna()]
         line += f"; these images carry a mechanism: called right on {float(right.mean()):.3f} of called treatments"
     return line
+
+
+@dataclass(frozen=True)
+class PlateAnswer:
+    """A new plate's answer (:func:`answer_plate`) with what it was compared in: the normalised query ``fields``,
+    the per-image names (``meta``: treatment, compound, mechanism, batch) and the ``references`` as compared
+    (calibrated in ``references.moa_space``, batch-corrected with the plate where the bundle's were)."""
+
+    answers: Answers
+    fields: pd.DataFrame
+    meta: pd.DataFrame
+    references: References
+
+
+def query_columns(table: pd.DataFrame, config: Config, moa: str | None) -> tuple[list[str], str | None, str | None]:
+    """The new images' treatment columns (a missing one said in one line: each well is then its own treatment),
+    compound column and mechanism column (the references', where the new images carry it)."""
+    columns = [*table.columns, *WELL_TREATMENT]
+    treatment = config.treatment_columns(columns)
+    missing = [c for c in treatment if c not in columns]
+    if missing:
+        log.warning(
+            "treatment column(s) %s are not in these images: each well is its own treatment (--set "
+            "profiles.treatment=[COLUMN,...] names them)",
+            missing,
+        )
+        treatment = list(WELL_TREATMENT)
+    compound = config.compound_column(columns)
+    moa = moa if moa in table.columns else config.moa_column(table.columns)
+    return treatment, compound if compound in table.columns else None, moa
+
+
+def plate_meta(table: pd.DataFrame, references: References, config: Config) -> tuple[pd.DataFrame, str | None]:
+    """Per new image its treatment, compound, mechanism and batch names (references.image_meta) as the settings
+    find them, and the compound column; a batch column the references were corrected by but these images lack is
+    said in one line (each plate is then a batch)."""
+    treatment, compound, moa = query_columns(table, config, references.columns.get("moa"))
+    batch = batch_column(table.columns, config.profiles.batch, "plate")
+    if references.batch_correction.get("method", "none") != "none" and batch not in table.columns:
+        log.warning("the new images have no %s column (the references' batches): each plate is taken as a batch", batch)
+    return image_meta(table, treatment, compound, moa, batch), compound
+
+
+def answer_plate(
+    blocks: dict[str, pd.DataFrame], table: pd.DataFrame, references: References, config: Config
+) -> PlateAnswer:
+    """A new plate's open-world answer: its image ``table``'s per-image profile ``blocks`` (measured statistics and
+    / or mean embeddings, the columns the bundle's ``references`` hold) normalised to its negative controls or with
+    the references' parameters (``references.query_normalization``), positive controls left out, batch-corrected
+    with the references where they were, and answered at every level (:func:`answer`). Each choice is logged in
+    one line; empty activity columns say why."""
+    r = config.references
+    references = in_moa_space(references, r.moa_space, r.novelty_quantile)
+    meta, compound = plate_meta(table, references, config)
+    named = [config.input.label, compound]
+    controls = negative_controls(table, named, config.input.control_label)
+    mode, why = query_normalization(references, controls is not None, r.query_normalization)
+    log.info(why)
+    positives = pd.Index([])
+    if config.input.positive_controls == "exclude":
+        positives = positive_controls(table, named, config.input.control_label)
+        if len(positives):
+            log.info("%d positive-control fields are not queries (input.positive_controls: include)", len(positives))
+    profile_columns = references.normalization  # the activity test's, whatever batch correction does below
+    references, raw, fields = query_fields(
+        blocks, meta, controls, positives, references, mode, r.novelty_quantile, config.seed
+    )
+    answers = answer(fields, raw, references, controls, r.neighbours, r.activity_fdr, config.seed, profile_columns)
+    if answers.activity_note:
+        log.warning(
+            "%s (negative controls: %s = %s, input.control_label)",
+            answers.activity_note,
+            " or ".join(dict.fromkeys(c for c in named if c)),
+            config.input.control_label,
+        )
+    return PlateAnswer(answers, fields, meta, references)

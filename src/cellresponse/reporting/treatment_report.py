@@ -24,11 +24,15 @@ import pandas as pd
 from scipy.cluster.hierarchy import leaves_list, linkage
 from sklearn.decomposition import PCA
 
+from cellresponse.features.cell_features import feature_columns
 from cellresponse.input.channels import load_stack
 from cellresponse.input.io import write_text
+from cellresponse.input.plate import channel_names
+from cellresponse.input.runfolder import RunFolder
 from cellresponse.input.transforms import normalize_percentile
 from cellresponse.profiling.profile_benchmarks import cosine_similarity, unit_rows
-from cellresponse.profiling.references import References, treatment_table
+from cellresponse.profiling.references import References, image_meta, level_table, treatment_table
+from cellresponse.profiling.treatment_calls import PlateAnswer
 from cellresponse.provenance import made_by_line
 from cellresponse.reporting.figures import cell_strips, profile_map, similarity_heatmap
 from cellresponse.reporting.htmlpage import html_table, inline_png, page
@@ -232,3 +236,50 @@ def build_treatment_report(
     parts.append(f"<p>Made by {html.escape(made_by_line())}.</p>")
     write_text(out / "index.html", page("cellresponse — treatment calls", parts))
     return out / "index.html"
+
+
+def run_cells(
+    run: RunFolder, images: pd.DataFrame, treatment_of: pd.Series, columns: list[str], keep: set[str] | None = None
+) -> CellSource:
+    """The cells of a run folder's ``images`` (``columns`` of them; only the images in ``keep`` where given) as a
+    strip's source, read a treatment at a time."""
+
+    def cells_of(image_ids: set[str]) -> pd.DataFrame:
+        return run.read_cells(columns, image_ids=image_ids if keep is None else image_ids & keep)
+
+    return CellSource(images, cells_of, treatment_of, channel_names(images))
+
+
+def reference_cells(run: RunFolder, references: References, columns: list[str]) -> CellSource | None:
+    """The reference fields' cells in the training ``run`` (the bundle's folder's run, where it is still around
+    the bundle), named by the references' treatment columns; None where the run's images or cells are gone."""
+    if not (run.images.is_file() and run.cells.exists()):
+        return None
+    images = run.read_images()
+    named = references.columns
+    try:
+        meta = image_meta(images, named["treatment"], named.get("compound"), named.get("moa"))
+    except KeyError:
+        return None
+    return run_cells(run, images, meta["treatment"], columns, set(references.fields["image_id"].astype(str)))
+
+
+def prediction_report(
+    out: RunFolder,
+    images: pd.DataFrame,
+    plate: PlateAnswer,
+    training_run: RunFolder,
+    window: int,
+    pixel_size_um: float | None = None,
+) -> Path:
+    """A prediction's ``DIR/report/index.html`` (:func:`build_treatment_report`): the new plate's answer with its
+    references and fields as they were compared (batch-corrected together, where the bundle's were), strips of
+    ``window``-pixel crops of its cells beside those of the references in ``training_run``."""
+    features = feature_columns(out.cell_columns())
+    columns = ["image_id", "centroid_x", "centroid_y", *features]
+    query = run_cells(out, images, plate.meta["treatment"], columns)
+    strips = (query, reference_cells(training_run, plate.references, columns), features, window)
+    treatments = level_table(plate.fields, plate.references.features, "treatment")
+    return build_treatment_report(
+        out.report, plate.answers.treatments, plate.references, treatments, strips, pixel_size_um
+    )

@@ -30,7 +30,8 @@ from cellresponse.input.channels import load_stack, resolve_channel
 from cellresponse.input.io import remove_stale_temporaries
 from cellresponse.input.runfolder import RunFolder, require_outputs
 from cellresponse.input.transforms import to_unit
-from cellresponse.learning.bundle import load_bundle, predict_cells
+from cellresponse.learning.bundle import load_bundle
+from cellresponse.learning.inference import predict_cells
 from cellresponse.networks.embeddings import (
     GPU_BATCH,
     Embedder,

@@ -45,7 +45,8 @@ from cellresponse.learning.baselines import (
     split_summary,
     test_side_parts,
 )
-from cellresponse.learning.bundle import Bundle, load_bundle, write_cell_calls
+from cellresponse.learning.bundle import Bundle, load_bundle
+from cellresponse.learning.inference import write_cell_calls
 from cellresponse.learning.model_choice import auto_summary, profile_validation_scores
 from cellresponse.learning.profile_tables import profile_tables_of
 from cellresponse.learning.splits import TEST, assign_split, log_split
