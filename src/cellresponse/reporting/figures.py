@@ -7,14 +7,17 @@ no backend switch (importing this module changes nothing in matplotlib's global 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import hsv_to_rgb
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+from matplotlib.transforms import Bbox
 from skimage import segmentation
 
 from cellresponse.input.io import atomic_path
@@ -161,6 +164,54 @@ def plot_confusion(confusion: dict[str, Any], path: Path, title: str, max_classe
     return save_png(fig, path, dpi=110)
 
 
+# Where a point's name may go, tried in turn: up-right, up-left, down-right, down-left of the point (points).
+LABEL_OFFSETS = ((4, 4, "left", "bottom"), (-4, 4, "right", "bottom"), (4, -4, "left", "top"), (-4, -4, "right", "top"))
+
+
+def place_labels(
+    fig: Figure,
+    ax: Axes,
+    xy: np.ndarray,
+    names: list[str],
+    order: Iterable[int],
+    others: np.ndarray | None = None,
+    over_markers: Iterable[int] = (),
+) -> int:
+    """Name the points ``xy`` in ``order`` (the most important first), each at the first of
+    :data:`LABEL_OFFSETS` where it covers no name already placed, no other marker (``xy`` and ``others``, data
+    coordinates; the points in ``over_markers`` may cover markers, so that they are named even in a crowd) and
+    stays inside the axes; a name that fits nowhere is left out. Returns how many were left out. Call after the
+    layout is final: the boxes are measured in the figure's pixels."""
+    renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    points = ax.transData.transform(np.vstack([xy, others]) if others is not None and len(others) else xy)
+    half = 4.5 * fig.dpi / 72  # a marker's half width in pixels (the crosses are ~9 points wide)
+    placed: list[Bbox] = []
+    left_out = 0
+    crowd_ok = set(over_markers)
+    for i in order:
+        markers = np.delete(points, i, axis=0)[:0] if i in crowd_ok else np.delete(points, i, axis=0)
+        for dx, dy, ha, va in LABEL_OFFSETS:
+            text = ax.annotate(
+                names[i], tuple(xy[i]), xytext=(dx, dy), textcoords="offset points", fontsize=7, ha=ha, va=va
+            )
+            box = text.get_window_extent(renderer).expanded(1.04, 1.15)
+            inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+            covers = (
+                (markers[:, 0] + half > box.x0)
+                & (markers[:, 0] - half < box.x1)
+                & (markers[:, 1] + half > box.y0)
+                & (markers[:, 1] - half < box.y1)
+            )
+            if inside and not covers.any() and not any(box.overlaps(other) for other in placed):
+                placed.append(box)
+                break
+            text.remove()
+        else:
+            left_out += 1
+    return left_out
+
+
 def profile_map(
     references: tuple[np.ndarray, list[str]],
     queries: tuple[np.ndarray, list[str], list[bool]],
@@ -168,8 +219,10 @@ def profile_map(
     axis_names: tuple[str, str] = ("PC 1", "PC 2"),
 ) -> Path:
     """A map of treatment profiles: ``references`` (2-D positions, mechanism of each) coloured by mechanism, the
-    new treatments (positions, names, novel flags) marked black (novel ones red) and named."""
+    new treatments (positions, names, novel flags) marked black (novel ones red) and named where a name fits
+    without covering another (novel ones first); the figure says how many names it left out."""
     (ref_xy, ref_groups), (query_xy, query_names, novel) = references, queries
+    query_xy = np.asarray(query_xy, dtype=float).reshape(-1, 2)
     fig = new_figure(9, 6.5)
     ax = fig.subplots()
     groups = sorted(set(ref_groups))
@@ -177,15 +230,22 @@ def profile_map(
     for group, colour in zip(groups, colours, strict=True):
         chosen = np.asarray(ref_groups) == group
         ax.scatter(ref_xy[chosen, 0], ref_xy[chosen, 1], s=36, color=colour, alpha=0.75, label=group)
-    for (x, y), name, flag in zip(query_xy, query_names, novel, strict=True):
-        ax.scatter([x], [y], marker="X", s=90, color="red" if flag else "black")
-        ax.annotate(name, (x, y), xytext=(4, 4), textcoords="offset points", fontsize=7)
+    flags = np.asarray(novel, dtype=bool)
+    for mask, colour in ((~flags, "black"), (flags, "red")):
+        ax.scatter(query_xy[mask, 0], query_xy[mask, 1], marker="X", s=90, color=colour)
     ax.scatter([], [], marker="X", color="black", label="new treatment")
     ax.scatter([], [], marker="X", color="red", label="new, novel")
     ax.set_xlabel(axis_names[0])
     ax.set_ylabel(axis_names[1])
     ax.legend(fontsize=8, loc="best", framealpha=0.8)
+    ax.margins(0.08)  # room for the names of points at the edge
     fig.tight_layout()
+    order = sorted(range(len(query_names)), key=lambda i: (not flags[i], i))
+    others = np.asarray(ref_xy, dtype=float)
+    left_out = place_labels(fig, ax, query_xy, list(query_names), order, others, np.flatnonzero(flags))
+    if left_out:
+        note = f"{left_out} of {len(query_names)} names left out where they would overlap (all in the table below)"
+        ax.text(0.99, 0.01, note, transform=ax.transAxes, ha="right", va="bottom", fontsize=7, color="0.35")
     return save_png(fig, path, dpi=90)
 
 
@@ -194,8 +254,8 @@ def similarity_heatmap(matrix: np.ndarray, rows: list[str], columns: list[str], 
     fig = new_figure(min(2.5 + 0.22 * len(columns), 16), min(2.0 + 0.22 * len(rows), 14))
     ax = fig.subplots()
     shown = ax.imshow(matrix, cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto", interpolation="nearest")
-    ax.set_xticks(range(len(columns)), columns, rotation=90, fontsize=6)
-    ax.set_yticks(range(len(rows)), rows, fontsize=6)
+    ax.set_xticks(range(len(columns)), columns, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(rows)), rows, fontsize=7)
     fig.colorbar(shown, ax=ax, label="cosine similarity", shrink=0.6)
     fig.tight_layout()
     return save_png(fig, path, dpi=90)
