@@ -23,6 +23,7 @@ from dataclasses import replace
 import unseen_compounds as uc
 
 from cellresponse.config import ReferencesConfig, load_config
+from cellresponse.profiling import reference_building as building
 from cellresponse.profiling import references as refs_module
 
 EQUAL_SAY = refs_module.fit_normalization
@@ -44,7 +45,7 @@ def main() -> None:
     parser.add_argument("--deep-weights", type=float, nargs="+", default=[0.5, 0.71, 1.0, 1.41, 2.0])
     parser.add_argument("--both-directions", action="store_true")
     args = parser.parse_args()
-    refs_module.fit_normalization = weighted_normalization
+    building.fit_normalization = weighted_normalization  # the name build_references calls
     _, tables, meta, replicate = uc.run_tables(args.run)
     quantile = load_config().references.novelty_quantile
     settings = ReferencesConfig(novelty_quantile=quantile)
@@ -53,8 +54,8 @@ def main() -> None:
         for factor in args.deep_weights:
             SETTING["deep_weight"] = factor
             started = time.perf_counter()
-            refs = refs_module.build_references(uc.blocks_of(tables, "both", ref_ids), meta.loc[ref_ids], None,
-                                                "both", uc.COLUMNS, settings)  # fmt: skip
+            refs = building.build_references(uc.blocks_of(tables, "both", ref_ids), meta.loc[ref_ids], None,
+                                             "both", uc.COLUMNS, settings)  # fmt: skip
             own = refs.calibration
             figures = uc.open_world_figures(tables, "both", meta, ref_ids, query_ids, quantile)
             print(f"  deep weight ×{factor:g}: references' own leave-one-compound-out fields "

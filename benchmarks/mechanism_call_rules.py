@@ -26,16 +26,11 @@ import pandas as pd
 from unseen_compounds import COLUMNS, blocks_of, run_tables
 
 from cellresponse.config import ReferencesConfig
+from cellresponse.profiling.matching import moa_similarities
 from cellresponse.profiling.profile_benchmarks import cosine_similarity
-from cellresponse.profiling.references import (
-    build_references,
-    level_table,
-    moa_similarities,
-    normalize_query,
-    profile_fields,
-    query_normalization,
-    treatment_table,
-)
+from cellresponse.profiling.queries import normalize_query, query_normalization
+from cellresponse.profiling.reference_building import build_references
+from cellresponse.profiling.references import level_table, profile_fields, treatment_table
 
 
 def vote(order: np.ndarray, weights: np.ndarray, column: np.ndarray, size: int) -> np.ndarray:

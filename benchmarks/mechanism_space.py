@@ -26,14 +26,11 @@ from sklearn.metrics import roc_auc_score
 from unseen_compounds import COLUMNS, answered, blocks_of, run_tables
 
 from cellresponse.config import ReferencesConfig
+from cellresponse.profiling.calibration import leave_one_compound_out
 from cellresponse.profiling.mechanism_space import fit_mechanism_space, held_out_spaces
 from cellresponse.profiling.profile_benchmarks import cosine_similarity
-from cellresponse.profiling.references import (
-    build_references,
-    leave_one_compound_out,
-    level_table,
-    treatment_table,
-)
+from cellresponse.profiling.reference_building import build_references
+from cellresponse.profiling.references import level_table, treatment_table
 
 PROFILE = ReferencesConfig(moa_space="profile")
 

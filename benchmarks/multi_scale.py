@@ -20,7 +20,8 @@ import unseen_compounds as uc
 from cellresponse.config import ReferencesConfig, load_config
 from cellresponse.features.embedding_tables import mean_embeddings
 from cellresponse.input.runfolder import RunFolder
-from cellresponse.profiling.references import DEEP_PREFIX, build_references
+from cellresponse.profiling.reference_building import build_references
+from cellresponse.profiling.references import DEEP_PREFIX
 
 KINDS = {"multi": ["measured", "deep", "deep_other"], "deeps": ["deep", "deep_other"]}
 

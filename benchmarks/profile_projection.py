@@ -25,9 +25,11 @@ import pandas as pd
 import unseen_compounds as uc
 
 from cellresponse.config import load_config
+from cellresponse.profiling import queries as queries_module
+from cellresponse.profiling import reference_building as building
 from cellresponse.profiling import references as refs_module
 
-UNPROJECTED = refs_module.in_batch_corrected_space
+UNPROJECTED = building.in_batch_corrected_space
 SETTING = {"components": 0, "whiten": False}
 
 
@@ -68,7 +70,8 @@ def main() -> None:
     parser.add_argument("--whiten", action="store_true")
     parser.add_argument("--both-directions", action="store_true")
     args = parser.parse_args()
-    refs_module.in_batch_corrected_space = projected
+    # the name build_references and batch_corrected call
+    building.in_batch_corrected_space = queries_module.in_batch_corrected_space = projected
     _, tables, meta, replicate = uc.run_tables(args.run)
     quantile = load_config().references.novelty_quantile
     for reference_side, query_side, ref_ids, query_ids in uc.directions(replicate, args.both_directions):

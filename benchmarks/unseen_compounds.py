@@ -36,20 +36,12 @@ from cellresponse.features.cell_features import feature_columns
 from cellresponse.features.embedding_tables import mean_embeddings
 from cellresponse.input.runfolder import RunFolder
 from cellresponse.profiling import well_profiles
+from cellresponse.profiling.calibration import leave_one_compound_out
+from cellresponse.profiling.matching import match
 from cellresponse.profiling.profile_models import image_feature_table
-from cellresponse.profiling.references import (
-    DEEP_PREFIX,
-    batch_corrected,
-    build_references,
-    choose_kind,
-    image_meta,
-    leave_one_compound_out,
-    level_table,
-    match,
-    normalize_query,
-    profile_fields,
-    query_normalization,
-)
+from cellresponse.profiling.queries import batch_corrected, normalize_query, query_normalization
+from cellresponse.profiling.reference_building import build_references
+from cellresponse.profiling.references import DEEP_PREFIX, choose_kind, image_meta, level_table, profile_fields
 
 SWEEP = (0.05, 0.1, 0.25, 0.5)  # novelty quantiles whose trade-off is printed
 BATCH = ["none"]  # --batch-correction (profiles.batch_correction) of the references

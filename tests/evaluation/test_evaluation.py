@@ -346,14 +346,10 @@ def test_unseen_compounds_are_called_by_their_mechanism_on_real_cells(moa_site1_
     (its references dropped, the rest recalibrated leave-one-compound-out), replicate 2's wells of that compound
     answered as predict answers a new plate — the mechanism comes from the nearest other compounds."""
     from cellresponse.features.cell_features import feature_columns
-    from cellresponse.profiling.references import (
-        build_references,
-        image_meta,
-        level_table,
-        match,
-        normalize_query,
-        profile_fields,
-    )
+    from cellresponse.profiling.matching import match
+    from cellresponse.profiling.queries import normalize_query
+    from cellresponse.profiling.reference_building import build_references
+    from cellresponse.profiling.references import image_meta, level_table, profile_fields
 
     cells, images = moa_site1_cells
     table = image_feature_table(cells, feature_columns(cells.columns))

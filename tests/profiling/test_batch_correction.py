@@ -11,12 +11,9 @@ from cellresponse.config import ReferencesConfig
 from cellresponse.errors import InputError
 from cellresponse.profiling.batch_correction import confounded, corrected_profiles
 from cellresponse.profiling.profile_benchmarks import nsc_accuracy
-from cellresponse.profiling.references import (
-    batch_corrected,
-    build_references,
-    load_references,
-    save_references,
-)
+from cellresponse.profiling.queries import batch_corrected
+from cellresponse.profiling.reference_building import build_references
+from cellresponse.profiling.references import load_references, save_references
 
 # the references' settings with novelty quantile 0.05, the default when these tests were written
 QUANTILE_005 = ReferencesConfig(novelty_quantile=0.05)
@@ -119,7 +116,8 @@ def test_harmony_references_refit_with_the_new_plate():
     refs = build_references(blocks, meta, None, "measured", COLUMNS, QUANTILE_005, batch_correction="harmony")
     assert refs.batch_correction["method"] == "harmony"
     query_blocks, query_meta = field_blocks(wells[~reference_rows].reset_index(drop=True), features)
-    from cellresponse.profiling.references import normalize_query, profile_fields
+    from cellresponse.profiling.queries import normalize_query
+    from cellresponse.profiling.references import profile_fields
 
     raw, _ = profile_fields(query_blocks, query_meta)
     queries = normalize_query(raw, None, refs, "references")

@@ -11,19 +11,12 @@ import pytest
 
 from cellresponse.config import ReferencesConfig
 from cellresponse.errors import InputError
+from cellresponse.profiling.calibration import in_moa_space, leave_one_compound_out
+from cellresponse.profiling.matching import match
 from cellresponse.profiling.mechanism_space import compound_folds, held_out_spaces
-from cellresponse.profiling.references import (
-    build_references,
-    image_meta,
-    in_moa_space,
-    leave_one_compound_out,
-    level_table,
-    load_references,
-    match,
-    normalize_query,
-    profile_fields,
-    save_references,
-)
+from cellresponse.profiling.queries import normalize_query
+from cellresponse.profiling.reference_building import build_references
+from cellresponse.profiling.references import image_meta, level_table, load_references, profile_fields, save_references
 
 MOAS = ("actin", "tubulin", "dna", "kinase")
 SIGNAL, NUISANCE = 8, 72  # columns that tell mechanisms apart; columns where each compound has a quirk of its own

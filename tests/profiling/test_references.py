@@ -9,15 +9,15 @@ import pytest
 
 from cellresponse.config import ReferencesConfig
 from cellresponse.errors import InputError
+from cellresponse.profiling.calibration import leave_one_compound_out
+from cellresponse.profiling.matching import match
+from cellresponse.profiling.queries import normalize_query
+from cellresponse.profiling.reference_building import build_references
 from cellresponse.profiling.references import (
-    build_references,
     image_meta,
-    leave_one_compound_out,
     level_table,
     load_references,
-    match,
     negative_controls,
-    normalize_query,
     profile_fields,
     save_references,
 )

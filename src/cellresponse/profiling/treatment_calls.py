@@ -1,14 +1,14 @@
 """What ``predict`` answers for every treatment, well and field of a new plate — the open-world question:
 
 * is it active (distinguishable from the plate's negative controls: activity.py),
-* which reference treatments does it resemble (``nearest_1`` … ``nearest_k``: references.py),
+* which reference treatments does it resemble (``nearest_1`` … ``nearest_k``: matching.py),
 * which mechanism follows and how sure that is (``moa_call``, ``moa_probability``, calibrated leave-one-compound-out
   on the references), and
 * ``novel`` when its best match is no closer than a known compound's to the other compounds of its mechanism.
 
 :func:`answer_plate` takes a new plate's image table and per-image profile blocks and finds its treatments,
 controls, normalisation and batches as the settings say; :func:`answer` takes normalised per-field profiles
-(references.normalize_query). Both return plain tables; the predict stage reads the images, writes the tables and
+(queries.normalize_query). Both return plain tables; the predict stage reads the images, writes the tables and
 logs the summary.
 """
 
@@ -23,19 +23,18 @@ from cellresponse.config import WELL_TREATMENT, Config
 from cellresponse.profiling.activity import COLUMNS as ACTIVITY_COLUMNS
 from cellresponse.profiling.activity import phenotypic_activity
 from cellresponse.profiling.batch_correction import batch_column
+from cellresponse.profiling.calibration import in_moa_space
+from cellresponse.profiling.matching import match
+from cellresponse.profiling.queries import query_fields, query_normalization
 from cellresponse.profiling.references import (
     Normalization,
     References,
     control_flags,
     image_meta,
-    in_moa_space,
     level_table,
-    match,
     negative_controls,
     normalized_fields,
     positive_controls,
-    query_fields,
-    query_normalization,
 )
 
 log = logging.getLogger(__name__)

@@ -44,10 +44,9 @@ from cellresponse.learning.training_cells import cell_sets
 from cellresponse.parallel import is_main_process
 from cellresponse.profiling.batch_correction import batch_column
 from cellresponse.profiling.profile_models import plate_by_plate_statistics
+from cellresponse.profiling.reference_building import batch_method, build_references
 from cellresponse.profiling.references import (
     References,
-    batch_method,
-    build_references,
     calibration_summary,
     choose_kind,
     image_meta,

@@ -1,0 +1,102 @@
+"""A new plate made comparable with the references: normalised to its own negative controls or with the
+references' parameters (``references.query_normalization``), sphered with the references' map or corrected with
+them by Harmony (the references then calibrated again), positive controls left out.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+
+from cellresponse.profiling.batch_correction import confounded
+from cellresponse.profiling.calibration import calibrated
+from cellresponse.profiling.reference_building import in_batch_corrected_space, query_batches
+from cellresponse.profiling.references import References, control_flags, normalized_fields, profile_fields
+
+log = logging.getLogger(__name__)
+
+
+def query_normalization(references: References, has_controls: bool, setting: str) -> tuple[str, str]:
+    """How a new plate's profiles are normalised before they meet the references, and why: ``controls`` (to its own
+    negative controls, per plate, as the references were), else ``references`` (the references' own parameters);
+    ``self`` (to all its own wells) only when asked."""
+    if setting != "auto":
+        return setting, f"references.query_normalization: {setting} (config)"
+    if references.normalization.samples == "negative controls" and has_controls:
+        return "controls", "the new plate normalised to its own negative controls, as the references were"
+    if references.normalization.samples == "negative controls":
+        return "references", (
+            "the new plate has no negative controls: normalised with the references' control parameters (a plate "
+            "effect the controls would remove stays)"
+        )
+    # Standardising a plate of many treatments to itself (`self`), as the references were to theirs, was measured
+    # and not adopted: unseen compounds' mechanism right on 0.882 / 0.909 of fields / wells against 0.914 / 0.927
+    # with the references' parameters (BBBC021-moa, references replicate 1 → queries 2; unseen_compounds.py).
+    return "references", (
+        "normalised with the references' parameters (no negative controls; they were standardised to all their wells)"
+    )
+
+
+def normalize_query(
+    fields: pd.DataFrame, controls: pd.Series | None, references: References, mode: str
+) -> pd.DataFrame:
+    """A new plate's per-image profiles (references.profile_fields) as normalised fields in the references' columns
+    (``mode`` from :func:`query_normalization`)."""
+    missing = [c for c in references.features if c not in fields.columns]
+    if missing:
+        raise ValueError(f"the new images lack {len(missing)} reference profile columns, e.g. {missing[:3]}")
+    if mode == "references":
+        return normalized_fields(fields, references.normalization)
+    if mode == "controls":
+        flags = control_flags(controls, fields["image_id"])
+        return normalized_fields(fields, references.normalization, pd.Series(flags), per_plate=True)
+    return normalized_fields(fields, references.normalization, pd.Series(np.ones(len(fields), bool)), per_plate=False)
+
+
+def query_fields(
+    blocks: dict[str, pd.DataFrame],
+    meta: pd.DataFrame,
+    controls: pd.Series | None,
+    left_out: pd.Index,
+    references: References,
+    mode: str,
+    quantile: float,
+    seed: int,
+) -> tuple[References, pd.DataFrame, pd.DataFrame]:
+    """A new plate's per-image profile ``blocks`` made comparable with the references: the raw fields
+    (references.profile_fields, less the images ``left_out`` — positive controls, which are not queries), normalised
+    (:func:`normalize_query`, ``mode`` from :func:`query_normalization`) and batch-corrected with the references
+    (:func:`batch_corrected`). Returns the references as compared (recalibrated after a joint correction), the raw
+    fields (activity is measured on them) and the normalised ones."""
+    raw, _ = profile_fields(blocks, meta)
+    if len(left_out):
+        raw = raw[~raw["image_id"].isin(left_out)].reset_index(drop=True)
+    fields = normalize_query(raw, controls, references, mode)
+    references, fields = batch_corrected(references, fields, controls, quantile, seed)
+    return references, raw, fields
+
+
+def batch_corrected(
+    references: References, queries: pd.DataFrame, controls: pd.Series | None, quantile: float, seed: int
+) -> tuple[References, pd.DataFrame]:
+    """A new plate's normalised fields and the references, both batch-corrected as the references were
+    (reference_building.in_batch_corrected_space); after a joint Harmony fit the references are calibrated again.
+    A new plate whose batches are its compounds (one compound, no controls) is not put through Harmony: it is
+    compared with the uncorrected references, calibrated again uncorrected, and it says so."""
+    harmony_on = references.batch_correction.get("method") == "harmony"
+    flags = control_flags(controls, queries["image_id"])
+    if harmony_on and confounded(query_batches(queries), queries["compound"], flags):
+        log.warning(
+            "harmony: the new plate's batches hold one compound each and no negative control — aligning them "
+            "would align the treatments, so the new plate and the references are compared without it"
+        )
+        plain = replace(references, batch_correction={"method": "none", "skipped": "harmony: confounded plate"})
+        return calibrated(plain, quantile, references.moa_space.get("setting", "profile")), queries
+    corrected, queries = in_batch_corrected_space(references, queries, seed)
+    if corrected is not references:
+        log.info("harmony: references and the new plate corrected together; calibration fitted again on them")
+        corrected = calibrated(corrected, quantile, references.moa_space.get("setting", "profile"))
+    return corrected, queries

@@ -1,0 +1,137 @@
+"""The references built from a run's training images: per-field profiles standardised to the negative controls
+(per plate) or to all wells, feature-selected, batch-corrected where asked (sphering, Harmony; skipped where
+batches are compounds) and calibrated (calibration.py) in the space where a new plate will meet them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, replace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cellresponse.config import ReferencesConfig
+from cellresponse.profiling.batch_correction import apply_spherize, confounded, fit_spherize, harmony
+from cellresponse.profiling.calibration import calibrated
+from cellresponse.profiling.references import (
+    META,
+    Normalization,
+    References,
+    control_flags,
+    fit_normalization,
+    group_of,
+    normalized_fields,
+    profile_fields,
+    well_table,
+)
+
+log = logging.getLogger(__name__)
+
+
+def build_references(
+    blocks: dict[str, pd.DataFrame],
+    meta: pd.DataFrame,
+    controls: pd.Series | None,
+    kind: str,
+    columns: dict[str, Any],
+    settings: ReferencesConfig,
+    *,
+    per_plate: bool = True,
+    batch_correction: str = "none",
+    seed: int = 0,
+) -> References:
+    """References of one profile ``kind`` from the training images: ``blocks`` its per-image profiles, ``meta``
+    each image's references.META columns (index image_id), ``controls`` a boolean per image marking negative controls
+    (None: the images have none). Profiles are standardised to the control wells — per plate unless
+    ``per_plate`` is False — or, without controls, to all wells across the experiment (a plate may hold one
+    treatment); the controls themselves are normalisation samples, not references. ``batch_correction``
+    (``spherize`` or ``harmony``; batches from ``meta``'s ``batch`` column) follows (batch_correction.py).
+    ``settings`` gives the feature selection and the novelty quantile; calibrated by leave-one-compound-out
+    (calibration.calibrated), in the batch-corrected space."""
+    fields, block_columns = profile_fields(blocks, meta)
+    everything = [c for names in block_columns.values() for c in names]
+    fields[everything] = fields[everything].astype(np.float64).replace([np.inf, -np.inf], np.nan)
+    fields[everything] = fields[everything].fillna(fields[everything].mean()).fillna(0.0)
+    fields = fields.copy()  # one block per dtype, not a column each
+    is_control = control_flags(controls, fields["image_id"])
+    wells = well_table(fields, everything)
+    sample_wells = pd.Series(group_of(wells)).isin(set(group_of(fields[is_control]))).to_numpy()
+    # One control well cannot give a scale (its standard deviation is 0): every feature would keep its raw units,
+    # and a 0-1 intensity would weigh nothing beside an area in pixels. Under two, standardise to all wells.
+    to_controls = sample_wells.sum() >= 2
+    if not to_controls:
+        sample_wells = np.ones(len(wells), bool)
+    name = "negative controls" if to_controls else "all wells"
+    normalization = fit_normalization(wells, everything, sample_wells, name, block_columns, settings.feature_selection)
+    if to_controls:
+        normalized = normalized_fields(fields, normalization, pd.Series(is_control), per_plate)
+        normalization = Normalization(**{**asdict(normalization), "scope": "plate" if per_plate else "experiment"})
+    else:
+        normalized = normalized_fields(fields, normalization)
+    references = References(normalized[~is_control].reset_index(drop=True), normalization, kind, columns)
+    if batch_correction == "spherize":
+        # fitted on the control fields where there are enough, as JUMP spheres on its negative controls
+        fit = normalized[is_control] if is_control.sum() > 2 else references.fields
+        references.sphere = fit_spherize(fit[normalization.columns].to_numpy(np.float64))
+        references.fields[normalization.columns] = apply_spherize(
+            references.fields[normalization.columns].to_numpy(np.float64), references.sphere
+        )
+        references.batch_correction = {"method": "spherize", "fitted_on": len(fit)}
+    elif batch_correction == "harmony":
+        references.batch_correction = {"method": "harmony", "batches": int(references.fields["batch"].nunique())}
+    compared = in_batch_corrected_space(references, None, seed)[0]  # as a new plate will meet them
+    done = calibrated(compared, settings.novelty_quantile, settings.moa_space)
+    references.calibration, references.moa_space = done.calibration, done.moa_space
+    references.mechanism_space = done.mechanism_space
+    return references
+
+
+def batch_method(meta: pd.DataFrame, controls: pd.Series | None, method: str) -> tuple[str, str | None]:
+    """``profiles.batch_correction`` for references named by ``meta`` (references.image_meta), or ``none`` and why
+    where their batches are confounded with compounds (batch_correction.confounded)."""
+    if method == "none" or not confounded(meta["batch"], meta["compound"], control_flags(controls, meta.index)):
+        return method, None
+    return "none", f"batch correction {method} skipped — the batches are confounded with compounds"
+
+
+def query_batches(queries: pd.DataFrame) -> pd.Series:
+    """A new plate's batch per field: its ``batch`` column (image_meta), else its plate."""
+    return queries["batch" if "batch" in queries.columns else "plate"].astype(str)
+
+
+def in_batch_corrected_space(
+    references: References, queries: pd.DataFrame | None, seed: int
+) -> tuple[References, pd.DataFrame | None]:
+    """The references (and normalised ``queries``) as they are compared: sphered queries put through the
+    references' map; with Harmony, both re-fitted together (the query's plates as batches of their own) into
+    principal components — a new plate moves the references too, so their calibration is fitted again by the
+    caller (calibration.calibrated). The queries' batches are their ``batch`` column (else their plate), apart from
+    every reference batch. Unchanged without batch correction."""
+    method = references.batch_correction.get("method", "none")
+    features = references.features
+    if method == "spherize" and queries is not None:
+        queries = queries.copy()
+        queries[features] = apply_spherize(queries[features].to_numpy(np.float64), references.sphere)
+    if method != "harmony":
+        return references, queries
+    parts = [references.fields] + ([queries] if queries is not None else [])
+    values = np.vstack([part[features].to_numpy(np.float64) for part in parts])
+    batches = references.fields["batch"].astype(str).tolist()
+    if queries is not None:
+        batches += ("new " + query_batches(queries)).tolist()
+    if len(set(batches)) < 2:
+        return references, queries  # one batch: nothing to align (the references of a single plate or batch)
+    corrected = harmony(values, np.asarray(batches), seed)
+    names = [f"harmony_{i + 1}" for i in range(corrected.shape[1])]
+    frame = Normalization(names, [0.0] * len(names), [1.0] * len(names), [1.0] * len(names),
+                          references.normalization.samples, references.normalization.scope)  # fmt: skip
+    n = len(references.fields)
+
+    def rebuilt(part: pd.DataFrame, rows: np.ndarray) -> pd.DataFrame:
+        meta = part[[c for c in META if c in part.columns]].reset_index(drop=True)
+        return pd.concat([meta, pd.DataFrame(rows, columns=names)], axis=1)
+
+    harmonized = replace(references, fields=rebuilt(references.fields, corrected[:n]), normalization=frame)
+    return harmonized, (rebuilt(queries, corrected[n:]) if queries is not None else None)
