@@ -226,6 +226,7 @@ def test_predict_answers_every_treatment_and_well_and_writes_the_report(tiny_pre
     assert " treatments: " in printed and "active" in printed
     page = (out / "report" / "index.html").read_text()
     assert "What the new treatments do" in page and page.count("<img") >= 3
+    assert "novelty quantile" in page  # the calibration table says which quantile set the threshold
 
 
 def test_a_bundle_made_before_references_predicts_and_says_so_in_one_line(tiny_demo, tiny_plates, tmp_path):

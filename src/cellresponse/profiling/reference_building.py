@@ -12,17 +12,24 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cellresponse.config import ReferencesConfig
-from cellresponse.profiling.batch_correction import apply_spherize, confounded, fit_spherize, harmony
+from cellresponse.config import WELL_TREATMENT, Config, ReferencesConfig
+from cellresponse.errors import InputError
+from cellresponse.profiling.batch_correction import apply_spherize, batch_column, confounded, fit_spherize, harmony
 from cellresponse.profiling.calibration import calibrated
 from cellresponse.profiling.references import (
     META,
     Normalization,
     References,
+    calibration_summary,
+    choose_kind,
     control_flags,
     fit_normalization,
     group_of,
+    image_meta,
+    kind_blocks,
+    negative_controls,
     normalized_fields,
+    positive_controls,
     profile_fields,
     well_table,
 )
@@ -135,3 +142,56 @@ def in_batch_corrected_space(
 
     harmonized = replace(references, fields=rebuilt(references.fields, corrected[:n]), normalization=frame)
     return harmonized, (rebuilt(queries, corrected[n:]) if queries is not None else None)
+
+
+def build_reference_kinds(
+    tables: dict[str, pd.DataFrame], images: pd.DataFrame, keep: pd.Index, config: Config
+) -> tuple[References | None, dict[str, References]]:
+    """A bundle's references: the profiles of each kind (``tables``, per image) of the images in ``keep`` (the
+    non-test side; positive controls left out unless ``input.positive_controls: include``) grouped by treatment,
+    the kind ``references.kind`` names or (``auto``) the one whose leave-one-compound-out mechanism calls were
+    right most often (None where there are no profiles); and every kind built, which the bundle keeps too, so
+    ``predict --set references.kind=KIND`` can trade the choice for speed without retraining."""
+    columns = [*images.columns, *WELL_TREATMENT]
+    compound, moa = config.compound_column(columns), config.moa_column(columns)
+    treatment = config.treatment_columns(columns)
+    meta = image_meta(images, treatment, compound, moa, batch_column(columns, config.profiles.batch, "plate"))
+    controls = negative_controls(images, [config.input.label, compound], config.input.control_label)
+    method, why = batch_method(meta, controls, config.profiles.batch_correction)
+    if why:
+        log.warning("references: %s", why)
+    if config.input.positive_controls == "exclude":
+        keep = keep.difference(positive_controls(images, [config.input.label, compound], config.input.control_label))
+    described = {"treatment": treatment, "compound": compound, "moa": moa, "control": config.input.control_label}
+    r = config.references
+    candidates = {}
+    for kind, table in tables.items():
+        if r.kind not in ("auto", kind):
+            continue
+        rows = table.index.intersection(keep)
+        try:
+            candidates[kind] = build_references(
+                kind_blocks(kind, table.loc[rows]),
+                meta.loc[rows],
+                controls,
+                kind,
+                described,
+                r,
+                per_plate=config.profiles.normalize != "experiment",
+                batch_correction=method,
+                seed=config.seed,
+            )
+        except InputError as error:
+            log.warning("references: no %s references — %s", kind, error)
+    if not candidates:
+        return None, {}
+    kind, why = choose_kind(candidates)
+    log.info("reference kind %s", why)
+    log.info(calibration_summary(candidates[kind]))
+    if others := [k for k in candidates if k != kind]:
+        log.info(
+            "the bundle keeps the %s references too: predict --set references.kind=KIND answers with them "
+            "(measured ones need no embedding)",
+            " and ".join(others),
+        )
+    return candidates[kind], candidates

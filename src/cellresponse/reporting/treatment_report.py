@@ -223,15 +223,17 @@ def build_treatment_report(
                 inline_png(cell_strips(rows, out / "cells.png", pixel_size_um), "representative cells"),
             ]
     parts += ["<h2>Treatment calls</h2>", calls_table(treated, references.columns.get("moa"))]
-    rows = [[level, *(c.get(k) for k in ("units", "accuracy", "mean_probability", "temperature", "novelty_threshold"))]
-            for level, c in references.calibration.items()]  # fmt: skip
+    keys = ("units", "accuracy", "mean_probability", "temperature", "novelty_quantile", "novelty_threshold")
+    rows = [[level, *(c.get(k) for k in keys)] for level, c in references.calibration.items()]
     parts += [
         "<h2>How the references were calibrated</h2>",
         f"<p>{html.escape(references.kind)} profiles of {references.fields['treatment'].nunique()} reference "
         "treatments; each reference compound left out in turn and queried against the others. The mechanism is "
         f"called in {html.escape(references.moa_space.get('why', 'the profile cosine'))}; the nearest treatments "
         "and novelty read the profiles' cosine.</p>",
-        html_table(["level", "units", "accuracy", "mean probability", "temperature", "novel below"], rows),
+        html_table(
+            ["level", "units", "accuracy", "mean probability", "temperature", "novelty quantile", "novel below"], rows
+        ),
     ]
     parts.append(f"<p>Made by {html.escape(made_by_line())}.</p>")
     write_text(out / "index.html", page("cellresponse — treatment calls", parts))

@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from cellresponse.config import WELL_TREATMENT, Config
+from cellresponse.config import Config
 from cellresponse.devices import inference_device
 from cellresponse.errors import InputError, ResourceError
 from cellresponse.evaluation.label_groups import grouping_record, label_grouping, label_groups
@@ -42,18 +42,8 @@ from cellresponse.learning.splits import TEST, assign_split, downsample_control,
 from cellresponse.learning.training import CellDataModule, CellResponseModule, CellSet, build_trainer, seed_everything
 from cellresponse.learning.training_cells import cell_sets
 from cellresponse.parallel import is_main_process
-from cellresponse.profiling.batch_correction import batch_column
 from cellresponse.profiling.profile_models import plate_by_plate_statistics
-from cellresponse.profiling.reference_building import batch_method, build_references
-from cellresponse.profiling.references import (
-    References,
-    calibration_summary,
-    choose_kind,
-    image_meta,
-    kind_blocks,
-    negative_controls,
-    positive_controls,
-)
+from cellresponse.profiling.reference_building import build_reference_kinds
 from cellresponse.stages import check_reference_batch
 
 log = logging.getLogger(__name__)
@@ -120,59 +110,6 @@ def choose_predicting_model(
     choice = auto_choice({**kind_scores, NETWORK: network}, sides)
     log.info(describe_choice(choice))
     return choice
-
-
-def reference_profiles(
-    tables: dict[str, pd.DataFrame], images: pd.DataFrame, side_of: pd.Series, config: Config
-) -> tuple[References | None, dict[str, References]]:
-    """The bundle's references: the non-test images' profiles of each kind grouped by treatment (references.py),
-    the kind ``references.kind`` names or (``auto``) the one whose leave-one-compound-out mechanism calls were
-    right most often (None where there are no profiles); and every kind built, which the bundle keeps too, so
-    ``predict --set references.kind=KIND`` can trade the choice for speed without retraining."""
-    columns = [*images.columns, *WELL_TREATMENT]
-    compound, moa = config.compound_column(columns), config.moa_column(columns)
-    treatment = config.treatment_columns(columns)
-    meta = image_meta(images, treatment, compound, moa, batch_column(columns, config.profiles.batch, "plate"))
-    controls = negative_controls(images, [config.input.label, compound], config.input.control_label)
-    method, why = batch_method(meta, controls, config.profiles.batch_correction)
-    if why:
-        log.warning("references: %s", why)
-    keep = side_of.index[side_of != TEST]
-    if config.input.positive_controls == "exclude":
-        keep = keep.difference(positive_controls(images, [config.input.label, compound], config.input.control_label))
-    described = {"treatment": treatment, "compound": compound, "moa": moa, "control": config.input.control_label}
-    r = config.references
-    candidates = {}
-    for kind, table in tables.items():
-        if r.kind not in ("auto", kind):
-            continue
-        rows = table.index.intersection(keep)
-        try:
-            candidates[kind] = build_references(
-                kind_blocks(kind, table.loc[rows]),
-                meta.loc[rows],
-                controls,
-                kind,
-                described,
-                r,
-                per_plate=config.profiles.normalize != "experiment",
-                batch_correction=method,
-                seed=config.seed,
-            )
-        except InputError as error:
-            log.warning("references: no %s references — %s", kind, error)
-    if not candidates:
-        return None, {}
-    kind, why = choose_kind(candidates)
-    log.info("reference kind %s", why)
-    log.info(calibration_summary(candidates[kind]))
-    if others := [k for k in candidates if k != kind]:
-        log.info(
-            "the bundle keeps the %s references too: predict --set references.kind=KIND answers with them "
-            "(measured ones need no embedding)",
-            " and ".join(others),
-        )
-    return candidates[kind], candidates
 
 
 def bundle_extras(
@@ -328,7 +265,7 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
     tables = profile_tables_of(run, statistics, list(side_of.index))
     wells = group_keys(images.set_index(images["image_id"].astype(str)), "well")
     scores = profile_validation_scores(tables, labels, side_of, wells)  # held out, with their temperatures
-    references, reference_kinds = reference_profiles(tables, table, side_of, config)
+    references, reference_kinds = build_reference_kinds(tables, table, side_of.index[side_of != TEST], config)
     save_bundle(
         run.bundle,
         module.model.cpu(),
