@@ -10,7 +10,7 @@ in Ljosa et al. 2013). 0 components is today's profile. Printed per setting: the
 right per field and per well, and the share of withheld-mechanism wells flagged novel (``unseen_compounds.py``'s
 figures). Chosen on references replicate 1 → queries 2; ``--both-directions`` adds the swap.
 
-The projection is put where ``predict`` puts batch correction (``references.in_batch_corrected_space``, wrapped
+The projection is put where ``predict`` puts batch correction (``queries.in_batch_corrected_space``, wrapped
 here), so the leave-one-compound-out calibration and the novelty threshold are fitted in the projected space.
 """
 
@@ -29,7 +29,7 @@ from cellresponse.profiling import queries as queries_module
 from cellresponse.profiling import reference_building as building
 from cellresponse.profiling import references as refs_module
 
-UNPROJECTED = building.in_batch_corrected_space
+UNPROJECTED = queries_module.in_batch_corrected_space
 SETTING = {"components": 0, "whiten": False}
 
 

@@ -1,6 +1,7 @@
 """A new plate made comparable with the references: normalised to its own negative controls or with the
 references' parameters (``references.query_normalization``), sphered with the references' map or corrected with
-them by Harmony (the references then calibrated again), positive controls left out.
+them by Harmony (the references then calibrated again), positive controls left out — and the batch-corrected space
+references and new plates meet in (:func:`in_batch_corrected_space`, where reference_building calibrates them too).
 """
 
 from __future__ import annotations
@@ -11,10 +12,16 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
-from cellresponse.profiling.batch_correction import confounded
+from cellresponse.profiling.batch_correction import apply_spherize, confounded, harmony
 from cellresponse.profiling.calibration import calibrated
-from cellresponse.profiling.reference_building import in_batch_corrected_space, query_batches
-from cellresponse.profiling.references import References, control_flags, normalized_fields, profile_fields
+from cellresponse.profiling.references import (
+    META,
+    Normalization,
+    References,
+    control_flags,
+    normalized_fields,
+    profile_fields,
+)
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +90,7 @@ def batch_corrected(
     references: References, queries: pd.DataFrame, controls: pd.Series | None, quantile: float, seed: int
 ) -> tuple[References, pd.DataFrame]:
     """A new plate's normalised fields and the references, both batch-corrected as the references were
-    (reference_building.in_batch_corrected_space); after a joint Harmony fit the references are calibrated again.
+    (:func:`in_batch_corrected_space`); after a joint Harmony fit the references are calibrated again.
     A new plate whose batches are its compounds (one compound, no controls) is not put through Harmony: it is
     compared with the uncorrected references, calibrated again uncorrected, and it says so."""
     harmony_on = references.batch_correction.get("method") == "harmony"
@@ -100,3 +107,44 @@ def batch_corrected(
         log.info("harmony: references and the new plate corrected together; calibration fitted again on them")
         corrected = calibrated(corrected, quantile, references.moa_space.get("setting", "profile"))
     return corrected, queries
+
+
+def query_batches(queries: pd.DataFrame) -> pd.Series:
+    """A new plate's batch per field: its ``batch`` column (image_meta), else its plate."""
+    return queries["batch" if "batch" in queries.columns else "plate"].astype(str)
+
+
+def in_batch_corrected_space(
+    references: References, queries: pd.DataFrame | None, seed: int
+) -> tuple[References, pd.DataFrame | None]:
+    """The references (and normalised ``queries``) as they are compared: sphered queries put through the
+    references' map; with Harmony, both re-fitted together (the query's plates as batches of their own) into
+    principal components — a new plate moves the references too, so their calibration is fitted again by the
+    caller (calibration.calibrated). The queries' batches are their ``batch`` column (else their plate), apart from
+    every reference batch. Unchanged without batch correction."""
+    method = references.batch_correction.get("method", "none")
+    features = references.features
+    if method == "spherize" and queries is not None:
+        queries = queries.copy()
+        queries[features] = apply_spherize(queries[features].to_numpy(np.float64), references.sphere)
+    if method != "harmony":
+        return references, queries
+    parts = [references.fields] + ([queries] if queries is not None else [])
+    values = np.vstack([part[features].to_numpy(np.float64) for part in parts])
+    batches = references.fields["batch"].astype(str).tolist()
+    if queries is not None:
+        batches += ("new " + query_batches(queries)).tolist()
+    if len(set(batches)) < 2:
+        return references, queries  # one batch: nothing to align (the references of a single plate or batch)
+    corrected = harmony(values, np.asarray(batches), seed)
+    names = [f"harmony_{i + 1}" for i in range(corrected.shape[1])]
+    frame = Normalization(names, [0.0] * len(names), [1.0] * len(names), [1.0] * len(names),
+                          references.normalization.samples, references.normalization.scope)  # fmt: skip
+    n = len(references.fields)
+
+    def rebuilt(part: pd.DataFrame, rows: np.ndarray) -> pd.DataFrame:
+        meta = part[[c for c in META if c in part.columns]].reset_index(drop=True)
+        return pd.concat([meta, pd.DataFrame(rows, columns=names)], axis=1)
+
+    harmonized = replace(references, fields=rebuilt(references.fields, corrected[:n]), normalization=frame)
+    return harmonized, (rebuilt(queries, corrected[n:]) if queries is not None else None)

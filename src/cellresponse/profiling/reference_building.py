@@ -6,7 +6,7 @@ batches are compounds) and calibrated (calibration.py) in the space where a new 
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -14,10 +14,10 @@ import pandas as pd
 
 from cellresponse.config import WELL_TREATMENT, Config, ReferencesConfig
 from cellresponse.errors import InputError
-from cellresponse.profiling.batch_correction import apply_spherize, batch_column, confounded, fit_spherize, harmony
+from cellresponse.profiling.batch_correction import apply_spherize, batch_column, confounded, fit_spherize
 from cellresponse.profiling.calibration import calibrated
+from cellresponse.profiling.queries import in_batch_corrected_space
 from cellresponse.profiling.references import (
-    META,
     Normalization,
     References,
     calibration_summary,
@@ -101,47 +101,6 @@ def batch_method(meta: pd.DataFrame, controls: pd.Series | None, method: str) ->
     if method == "none" or not confounded(meta["batch"], meta["compound"], control_flags(controls, meta.index)):
         return method, None
     return "none", f"batch correction {method} skipped — the batches are confounded with compounds"
-
-
-def query_batches(queries: pd.DataFrame) -> pd.Series:
-    """A new plate's batch per field: its ``batch`` column (image_meta), else its plate."""
-    return queries["batch" if "batch" in queries.columns else "plate"].astype(str)
-
-
-def in_batch_corrected_space(
-    references: References, queries: pd.DataFrame | None, seed: int
-) -> tuple[References, pd.DataFrame | None]:
-    """The references (and normalised ``queries``) as they are compared: sphered queries put through the
-    references' map; with Harmony, both re-fitted together (the query's plates as batches of their own) into
-    principal components — a new plate moves the references too, so their calibration is fitted again by the
-    caller (calibration.calibrated). The queries' batches are their ``batch`` column (else their plate), apart from
-    every reference batch. Unchanged without batch correction."""
-    method = references.batch_correction.get("method", "none")
-    features = references.features
-    if method == "spherize" and queries is not None:
-        queries = queries.copy()
-        queries[features] = apply_spherize(queries[features].to_numpy(np.float64), references.sphere)
-    if method != "harmony":
-        return references, queries
-    parts = [references.fields] + ([queries] if queries is not None else [])
-    values = np.vstack([part[features].to_numpy(np.float64) for part in parts])
-    batches = references.fields["batch"].astype(str).tolist()
-    if queries is not None:
-        batches += ("new " + query_batches(queries)).tolist()
-    if len(set(batches)) < 2:
-        return references, queries  # one batch: nothing to align (the references of a single plate or batch)
-    corrected = harmony(values, np.asarray(batches), seed)
-    names = [f"harmony_{i + 1}" for i in range(corrected.shape[1])]
-    frame = Normalization(names, [0.0] * len(names), [1.0] * len(names), [1.0] * len(names),
-                          references.normalization.samples, references.normalization.scope)  # fmt: skip
-    n = len(references.fields)
-
-    def rebuilt(part: pd.DataFrame, rows: np.ndarray) -> pd.DataFrame:
-        meta = part[[c for c in META if c in part.columns]].reset_index(drop=True)
-        return pd.concat([meta, pd.DataFrame(rows, columns=names)], axis=1)
-
-    harmonized = replace(references, fields=rebuilt(references.fields, corrected[:n]), normalization=frame)
-    return harmonized, (rebuilt(queries, corrected[n:]) if queries is not None else None)
 
 
 def build_reference_kinds(
