@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -144,3 +145,12 @@ def run_metrics(**given):
         "embeddings_verdict": "",
     }  # fmt: skip
     return RunMetrics(**{**empty, **given})
+
+
+def scheduler_address(scheduler_file: Path) -> str | None:
+    """The address in a Dask scheduler file; None until the scheduler has written it whole (it creates the file
+    before it writes the address)."""
+    try:
+        return json.loads(scheduler_file.read_text())["address"]
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return None

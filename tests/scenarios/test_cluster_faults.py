@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import signal
@@ -17,7 +16,7 @@ import pandas as pd
 import pytest
 
 from cellresponse.input.io import read_tiff
-from tests.conftest import run_cli, synthetic_plates
+from tests.conftest import run_cli, scheduler_address, synthetic_plates
 
 DASK = Path(sys.executable).with_name("dask")
 
@@ -109,8 +108,8 @@ def test_a_worker_killed_mid_stage_on_a_real_cluster(tmp_path_factory, tmp_path)
     processes = [subprocess.Popen([str(DASK), "scheduler", "--scheduler-file", str(scheduler_file), "--port", "0",
                                    "--no-dashboard"], **quiet)]  # fmt: skip
     try:
-        wait_for(scheduler_file.exists, 60, "the scheduler")
-        address = json.loads(scheduler_file.read_text())["address"]
+        wait_for(lambda: scheduler_address(scheduler_file) is not None, 60, "the scheduler")
+        address = scheduler_address(scheduler_file)
         for _ in range(2):
             processes.append(subprocess.Popen([str(DASK), "worker", address, "--nthreads", "1", "--no-nanny",
                                                "--no-dashboard"], **quiet))  # fmt: skip

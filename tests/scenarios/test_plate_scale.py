@@ -16,7 +16,7 @@ import tifffile
 
 from cellresponse.input.transforms import flow_planes
 from cellresponse.learning.splits import cap_cells
-from tests.conftest import run_cli, shared
+from tests.conftest import run_cli, scheduler_address, shared
 
 FIRST = "SYN0001/Images/r01c01f01p01-ch{}sk1fk1fl1.tiff"
 
@@ -105,8 +105,8 @@ def dask_cluster(tmp_path):
         )
     ]  # fmt: skip
     try:
-        for _ in range(300):
-            if scheduler_file.exists():
+        for _ in range(300):  # the workers read the address from the file: wait until it is written whole
+            if scheduler_address(scheduler_file) is not None:
                 break
             time.sleep(0.1)
         for _ in range(2):
