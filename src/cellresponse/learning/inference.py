@@ -57,7 +57,6 @@ RUNTIME_KEYS = (
     "profiles.treatment",
     "profiles.compound",
 )
-MODELS = MODEL_CHOICES
 # Names of earlier versions: `--model cnn` is the network, `--model features` the measured-profile model.
 MODEL_ALIASES = {"cnn": NETWORK, "features": "measured"}
 
@@ -91,8 +90,8 @@ def prediction_config(bundle_config: Config, overrides: list[str]) -> Config:
 def resolve_model(requested: str, bundle: Bundle, bundle_path: str | Path) -> str:
     """The model to run: ``auto`` → the bundle's recorded choice; a profile model the bundle lacks is an error."""
     name = MODEL_ALIASES.get(requested, requested)
-    if name not in MODELS:
-        raise InputError(f"unknown model {requested!r}; choose one of: {', '.join(MODELS)}")
+    if name not in MODEL_CHOICES:
+        raise InputError(f"unknown model {requested!r}; choose one of: {', '.join(MODEL_CHOICES)}")
     if name == "auto":
         if bundle.choice is None:
             log.info("%s records no model choice (an earlier version): the network predicts", bundle_path)
@@ -138,7 +137,7 @@ def predict_with_profiles(
     kind: str, bundle: Bundle, meta: pd.DataFrame, blocks: dict[str, pd.DataFrame], out: RunFolder, config: Config
 ) -> list[Path]:
     """Image predictions of one of the bundle's profile models from the new images' per-image profile ``blocks``
-    (:func:`profile_blocks`; no crops)."""
+    (the predict stage's ``profile_blocks``; no crops)."""
     model = bundle.profile_models[kind]
     measured = blocks.get("measured")
     features = image_profiles(kind, measured_of(measured, model_cell_columns(model)), blocks.get("deep"))
@@ -164,8 +163,8 @@ def model_cell_columns(model: dict) -> list[str]:
 
 def measured_of(table: pd.DataFrame | None, cell_columns: list[str]) -> pd.DataFrame | None:
     """The per-image statistics of ``cell_columns`` (and the cell count) out of a table made of more cell columns:
-    the same table :func:`plate_by_plate_feature_table` gives for them alone (its missing values are filled column
-    by column)."""
+    the same table profile_models.plate_by_plate_feature_table gives for them alone (its missing values are filled
+    column by column)."""
     if table is None:
         return None
     keep = set(cell_columns)
@@ -272,9 +271,9 @@ def write_cell_calls(
 ) -> int:
     """The bundle's network on cells that come a plate at a time (``plates``: cell tables with ``columns``, the
     mask label and the scaler's columns): each plate's calls written as a row group of ``path`` (the cell
-    prediction table, :func:`prediction_table`, with ``grouping``'s column) and handed with the plate's cells to
-    ``keep`` (what the caller keeps of them: votes, a tally) before the next plate is read — a screen holds one
-    plate's cells. Returns the cells called."""
+    prediction table, prediction_tables.prediction_table, with ``grouping``'s column) and handed with the plate's
+    cells to ``keep`` (what the caller keeps of them: votes, a tally) before the next plate is read — a screen holds
+    one plate's cells. Returns the cells called."""
     e, classes = evaluation, bundle.encoder.classes
 
     def plate_calls(cells: pd.DataFrame) -> pd.DataFrame:
