@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from scipy.optimize import minimize_scalar
-from scipy.special import log_softmax, softmax
+from scipy.special import log_softmax
 
-from cellresponse.profiling.matching import moa_similarities
+from cellresponse.profiling.matching import finite_scores, mechanism_probabilities, moa_similarities
 from cellresponse.profiling.mechanism_space import (
     MIN_MECHANISMS,
     MechanismSpace,
@@ -100,7 +100,7 @@ def fit_similarity_temperature(scores: np.ndarray, truth: np.ndarray) -> float:
     """The temperature ``T`` minimising the mean negative log-likelihood of ``softmax(scores / T)`` at the true
     column (temperature scaling, Guo et al. 2017), within :data:`TEMPERATURE_BOUNDS`; mechanisms without a
     reference (``-inf``) take no probability."""
-    scores = np.where(np.isfinite(scores), scores, -1e3)
+    scores = finite_scores(scores)
     rows = np.arange(len(truth))
 
     def mean_nll(log_t: float) -> float:
@@ -123,7 +123,7 @@ def calibration_of(loco: pd.DataFrame, moas: list[str], quantile: float) -> dict
     scores = np.vstack(scorable["scores"].to_numpy())
     truth = pd.Index(moas).get_indexer(scorable["moa"])
     temperature = fit_similarity_temperature(scores, truth)
-    probability = softmax(np.where(np.isfinite(scores), scores, -1e3) / temperature, axis=1).max(axis=1)
+    probability = mechanism_probabilities(scores, temperature).max(axis=1)
     right = (scorable["moa_call"] == scorable["moa"]).to_numpy()
     return {
         "units": len(scorable),

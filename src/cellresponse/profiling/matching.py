@@ -18,7 +18,6 @@ every reference treatment's consensus profile (the mean of its wells) by cosine 
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import numpy as np
@@ -28,7 +27,8 @@ from scipy.special import softmax
 from cellresponse.profiling.profile_benchmarks import cosine_similarity
 from cellresponse.profiling.references import References, treatment_table
 
-log = logging.getLogger(__name__)
+# A mechanism without a reference (score -inf) gets this score instead: no probability, and no NaN in the softmax.
+MISSING_SCORE = -1e3
 
 
 def moa_similarities(
@@ -44,6 +44,16 @@ def moa_similarities(
         masked = np.where(members[None, :] & (True if allowed is None else allowed), similarity, -np.inf)
         out[:, j] = masked.max(axis=1)
     return out
+
+
+def finite_scores(scores: np.ndarray) -> np.ndarray:
+    """Per-mechanism scores with a mechanism that has no reference (``-inf``) at :data:`MISSING_SCORE`."""
+    return np.where(np.isfinite(scores), scores, MISSING_SCORE)
+
+
+def mechanism_probabilities(scores: np.ndarray, temperature: float) -> np.ndarray:
+    """``softmax(scores / temperature)`` over the mechanisms of each row (:func:`moa_similarities` scores)."""
+    return softmax(finite_scores(scores) / temperature, axis=1)
 
 
 def nearest_columns(similarity: np.ndarray, treatments: pd.DataFrame, k: int) -> pd.DataFrame:
@@ -90,7 +100,7 @@ def match(
         return out
     moas = sorted(treatments["moa"].dropna().astype(str).unique())
     scores = moa_similarities(similarity, treatments["moa"].astype(str).to_numpy(), moas)
-    probability = softmax(np.where(np.isfinite(scores), scores, -1e3) / calibration["temperature"], axis=1)
+    probability = mechanism_probabilities(scores, calibration["temperature"])
     novel = out["best_similarity"].to_numpy() < calibration["novelty_threshold"]
     out["novel"] = pd.array(novel, dtype="boolean")
     out["moa_call"] = pd.array(np.where(novel, None, np.asarray(moas, dtype=object)[scores.argmax(1)]), dtype="string")

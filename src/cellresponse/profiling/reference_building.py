@@ -25,11 +25,10 @@ from cellresponse.profiling.references import (
     control_flags,
     fit_normalization,
     group_of,
+    image_controls,
     image_meta,
     kind_blocks,
-    negative_controls,
     normalized_fields,
-    positive_controls,
     profile_fields,
     well_table,
 )
@@ -115,12 +114,11 @@ def build_reference_kinds(
     compound, moa = config.compound_column(columns), config.moa_column(columns)
     treatment = config.treatment_columns(columns)
     meta = image_meta(images, treatment, compound, moa, batch_column(columns, config.profiles.batch, "plate"))
-    controls = negative_controls(images, [config.input.label, compound], config.input.control_label)
+    controls, positives = image_controls(images, compound, config)
     method, why = batch_method(meta, controls, config.profiles.batch_correction)
     if why:
         log.warning("references: %s", why)
-    if config.input.positive_controls == "exclude":
-        keep = keep.difference(positive_controls(images, [config.input.label, compound], config.input.control_label))
+    keep = keep.difference(positives)
     described = {"treatment": treatment, "compound": compound, "moa": moa, "control": config.input.control_label}
     r = config.references
     candidates = {}

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cellresponse.config import Config
 from cellresponse.errors import InputError
 from cellresponse.input.controls import control_kinds, is_negative, is_positive
 from cellresponse.input.io import atomic_path, write_json, write_parquet
@@ -353,6 +354,17 @@ def positive_controls(images: pd.DataFrame, columns: list[str | None], control: 
     """The image ids of positive controls (``control_type`` ``poscon*``): neither references nor queries unless
     ``input.positive_controls: include``."""
     return pd.Index(images["image_id"].astype(str).to_numpy()[is_positive(control_kinds(images, columns, control))])
+
+
+def image_controls(images: pd.DataFrame, compound: str | None, config: Config) -> tuple[pd.Series | None, pd.Index]:
+    """An image table's negative controls (:func:`negative_controls`, named by the label or the ``compound``
+    column and ``input.control_label``) and the positive controls to leave out of references and queries
+    (:func:`positive_controls`; none where ``input.positive_controls: include``)."""
+    named, control = [config.input.label, compound], config.input.control_label
+    positives = pd.Index([])
+    if config.input.positive_controls == "exclude":
+        positives = positive_controls(images, named, control)
+    return negative_controls(images, named, control), positives
 
 
 def calibration_summary(references: References) -> str:

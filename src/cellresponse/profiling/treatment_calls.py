@@ -30,11 +30,10 @@ from cellresponse.profiling.references import (
     Normalization,
     References,
     control_flags,
+    image_controls,
     image_meta,
     level_table,
-    negative_controls,
     normalized_fields,
-    positive_controls,
 )
 
 log = logging.getLogger(__name__)
@@ -220,15 +219,11 @@ def answer_plate(
     r = config.references
     references = in_moa_space(references, r.moa_space, r.novelty_quantile)
     meta, compound = plate_meta(table, references, config)
-    named = [config.input.label, compound]
-    controls = negative_controls(table, named, config.input.control_label)
+    controls, positives = image_controls(table, compound, config)
     mode, why = query_normalization(references, controls is not None, r.query_normalization)
     log.info(why)
-    positives = pd.Index([])
-    if config.input.positive_controls == "exclude":
-        positives = positive_controls(table, named, config.input.control_label)
-        if len(positives):
-            log.info("%d positive-control fields are not queries (input.positive_controls: include)", len(positives))
+    if len(positives):
+        log.info("%d positive-control fields are not queries (input.positive_controls: include)", len(positives))
     profile_columns = references.normalization  # the activity test's, whatever batch correction does below
     references, raw, fields = query_fields(
         blocks, meta, controls, positives, references, mode, r.novelty_quantile, config.seed
@@ -238,7 +233,7 @@ def answer_plate(
         log.warning(
             "%s (negative controls: %s = %s, input.control_label)",
             answers.activity_note,
-            " or ".join(dict.fromkeys(c for c in named if c)),
+            " or ".join(dict.fromkeys(c for c in (config.input.label, compound) if c)),
             config.input.control_label,
         )
     return PlateAnswer(answers, fields, meta, references)

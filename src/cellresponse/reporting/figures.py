@@ -190,7 +190,7 @@ def place_labels(
     left_out = 0
     crowd_ok = set(over_markers)
     for i in order:
-        markers = np.delete(points, i, axis=0)[:0] if i in crowd_ok else np.delete(points, i, axis=0)
+        markers = points[:0] if i in crowd_ok else np.delete(points, i, axis=0)  # the others' markers
         for dx, dy, ha, va in LABEL_OFFSETS:
             text = ax.annotate(
                 names[i], tuple(xy[i]), xytext=(dx, dy), textcoords="offset points", fontsize=7, ha=ha, va=va
