@@ -25,8 +25,9 @@ from cellresponse.errors import InputError
 from cellresponse.input.runfolder import RunFolder
 from cellresponse.learning.bundle import clear_references, find_bundle, load_bundle
 from cellresponse.learning.profile_tables import profile_tables
+from cellresponse.learning.splits import TEST
+from cellresponse.profiling.reference_building import build_reference_kinds
 from cellresponse.profiling.references import save_references
-from cellresponse.stages.train import reference_profiles
 
 
 def rebuild_references(run: RunFolder, bundle: Path, kind: str) -> None:
@@ -36,7 +37,10 @@ def rebuild_references(run: RunFolder, bundle: Path, kind: str) -> None:
     sides, _ = run.read_split()
     tables = profile_tables(run, run.read_cells(), [str(i) for i in sides.index])
     side_of = sides.set_axis(sides.index.astype(str))
-    save_references(bundle / f"references_{kind}", reference_profiles(tables, run.read_images(), side_of, config)[0])
+    references, _ = build_reference_kinds(tables, run.read_images(), side_of.index[side_of != TEST], config)
+    if references is None:
+        raise InputError(f"the run {run.root} has no profiles to build {kind} references from")
+    save_references(bundle / f"references_{kind}", references)
 
 
 def timed_predict(bundle: Path, load_data: Path, out: Path, workers: int, kind: str) -> tuple[float, str]:

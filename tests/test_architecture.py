@@ -109,3 +109,24 @@ def test_no_function_is_longer_than_80_lines():
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno + 1 > 80:
                 long.append(f"{path.name}:{node.name} ({node.end_lineno - node.lineno + 1} lines)")
     assert not long, long
+
+
+def test_every_benchmark_script_still_imports():
+    """The benchmarks are scripts nobody runs in CI; a module moved or a name renamed breaks them silently (session
+    33's split left ``benchmarks/predict_cost.py`` importing a function train no longer had). Each is imported, not
+    run, in one fresh interpreter with ``benchmarks/`` on the path as when run from the repository root."""
+    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+    scripts = sorted(name[:-3] for name in os.listdir(folder) if name.endswith(".py"))
+    assert len(scripts) > 20
+    probe = f"""
+import importlib, json, sys
+sys.path.insert(0, {folder!r})
+broken = {{}}
+for name in {scripts!r}:
+    try:
+        importlib.import_module(name)
+    except Exception as error:
+        broken[name] = repr(error)
+print(json.dumps(broken))
+"""
+    assert json.loads(_python(probe)) == {}

@@ -3,9 +3,25 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 from cellresponse.profiling.profile_benchmarks import cosine_similarity, unit_rows
-from cellresponse.reporting.treatment_report import map_coordinates
+from cellresponse.reporting.treatment_report import counts_section, map_coordinates
+
+CALIBRATION = {"well": {"accuracy": 0.9, "units": 10, "mean_probability": 0.8}}
+
+
+def calls(active: list) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "treatment": ["DMSO", "a", "b", "c"],
+            "control": [True, False, False, False],
+            "active": pd.array(active, dtype="boolean"),
+            "novel": [None, False, False, True],
+            "moa_call": [None, "m1", "m2", None],
+            "Metadata_MoA": [None, "m1", "m1", "m3"],
+        }
+    )
 
 
 def test_profiles_that_differ_only_in_length_sit_on_one_point_of_the_map():
@@ -24,3 +40,15 @@ def test_unit_rows_keep_a_zero_profile_at_zero_and_give_the_cosine():
     a = np.array([[3.0, 4.0], [0.0, 0.0], [-2.0, 0.0]])
     np.testing.assert_allclose(unit_rows(a), [[0.6, 0.8], [0.0, 0.0], [-1.0, 0.0]])
     np.testing.assert_allclose(cosine_similarity(a), unit_rows(a) @ unit_rows(a).T)
+
+
+def test_the_counts_say_why_activity_was_not_scored_instead_of_zero_active():
+    """A plate without negative controls: the report says why, not "0 active / 0 not active" (which reads as
+    "nothing did anything"); and where the images carry their mechanism, how often the calls matched it."""
+    note = "no negative controls among these images: activity not computed (negative controls: X = DMSO, …)"
+    page = "".join(counts_section(calls([None] * 4), CALIBRATION, note, "Metadata_MoA"))
+    assert "was not scored: no negative controls" in page and "active (q &lt; FDR)" not in page
+    assert "the call matches it for 0.500 of the 2 called treatments" in page
+    scored = "".join(counts_section(calls([None, True, False, True]), CALIBRATION, None, None))
+    assert "<td>active (q &lt; FDR)</td><td>2</td>" in scored and "<td>not active</td><td>1</td>" in scored
+    assert "carry a mechanism" not in scored

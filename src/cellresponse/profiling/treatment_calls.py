@@ -15,7 +15,7 @@ logs the summary.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pandas as pd
 
@@ -230,10 +230,13 @@ def answer_plate(
     )
     answers = answer(fields, raw, references, controls, r.neighbours, r.activity_fdr, config.seed, profile_columns)
     if answers.activity_note:
-        log.warning(
-            "%s (negative controls: %s = %s, input.control_label)",
-            answers.activity_note,
-            " or ".join(dict.fromkeys(c for c in (config.input.label, compound) if c)),
-            config.input.control_label,
+        # the whole reason, with where the controls were looked for, travels with the answer: the log, predict's
+        # summary and the report say the same
+        named = " or ".join(dict.fromkeys(c for c in (config.input.label, compound) if c))
+        answers = replace(
+            answers,
+            activity_note=f"{answers.activity_note} (negative controls: {named} = {config.input.control_label}, "
+            "input.control_label)",
         )
+        log.warning(answers.activity_note)
     return PlateAnswer(answers, fields, meta, references)

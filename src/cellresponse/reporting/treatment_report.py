@@ -93,27 +93,44 @@ def strip_rows(
     return [(title, crops) for title, crops in rows if crops]
 
 
-def counts_section(calls: pd.DataFrame, calibration: dict[str, Any]) -> list[str]:
+def counts_section(
+    calls: pd.DataFrame, calibration: dict[str, Any], activity_note: str | None = None, given: str | None = None
+) -> list[str]:
+    """The counts table (active, novel, called, by mechanism), why activity was not scored where it was not, how
+    often such calls were right on the references left out and, where the new images carry a mechanism
+    (``given``), how often they were right here."""
     treated = calls[~calls["control"]]
     active = treated["active"]
-    rows = [
-        ["treatments (negative controls left out)", len(treated)],
-        ["active (q < FDR)", int(active.fillna(False).sum())],
-        ["not active", int((active == False).sum())],  # noqa: E712 (a nullable boolean: NA stays out)
-        ["activity not scored", int(active.isna().sum())],
+    rows: list[list[Any]] = [["treatments (negative controls left out)", len(treated)]]
+    if activity_note is None:
+        rows += [
+            ["active (q < FDR)", int(active.fillna(False).sum())],
+            ["not active", int((active == False).sum())],  # noqa: E712 (a nullable boolean: NA stays out)
+            ["activity not scored", int(active.isna().sum())],
+        ]
+    rows += [
         ["novel (nothing in the references matches)", int(treated["novel"].fillna(False).sum())],
         ["given a mechanism call", int(treated["moa_call"].notna().sum())],
     ]
     rows += [[f"  called {name}", n] for name, n in treated["moa_call"].dropna().value_counts().items()]
     well = calibration.get("well", {})
-    said = (
+    said = [
         f"Mechanism calls of this kind were right on {well['accuracy']:.3f} of the reference wells when their "
         f"compound was left out of the references ({well['units']} wells; mean probability claimed "
         f"{well['mean_probability']:.2f}): read each call's probability against that."
         if well.get("accuracy") is not None
         else html.escape(str(well.get("skipped", "no calibration")))
-    )
-    return ["<h2>What the new treatments do</h2>", html_table(["", "count"], rows), f"<p>{said}</p>"]
+    ]
+    if activity_note is not None:  # said instead of zeros that would read as "nothing is active"
+        said.insert(0, f"Activity (distinct from the negative controls) was not scored: {html.escape(activity_note)}.")
+    called = treated[treated["moa_call"].notna()]
+    if given in treated and len(called) and called[given].notna().any():
+        right = (called["moa_call"] == called[given]).mean()
+        said.append(
+            f"These images carry a mechanism ({html.escape(str(given))}): the call matches it for {right:.3f} of the "
+            f"{len(called)} called treatments."
+        )
+    return ["<h2>What the new treatments do</h2>", html_table(["", "count"], rows), *(f"<p>{p}</p>" for p in said)]
 
 
 def map_coordinates(references: np.ndarray, new: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -203,13 +220,15 @@ def build_treatment_report(
     query_treatments: pd.DataFrame,
     strips: tuple[CellSource, CellSource | None, list[str], int] | None,
     pixel_size_um: float | None = None,
+    activity_note: str | None = None,
 ) -> Path:
     """Write ``out/index.html`` (and its PNGs): ``calls`` the treatment calls, ``query_treatments`` the new
     treatments' normalised profiles, ``strips`` where to cut cells from (query, reference or None, the cell
-    features that pick representative cells, the crop side in pixels)."""
+    features that pick representative cells, the crop side in pixels), ``activity_note`` why activity was not
+    scored (None where it was)."""
     out.mkdir(parents=True, exist_ok=True)
     parts = ["<h1>cellresponse — what the new treatments do</h1>"]
-    parts += counts_section(calls, references.calibration)
+    parts += counts_section(calls, references.calibration, activity_note, references.columns.get("moa"))
     parts += map_section(calls, references, query_treatments, out)
     treated = calls[~calls["control"]].sort_values(["novel", "moa_probability"], ascending=[False, False])
     if strips is not None:
@@ -283,5 +302,11 @@ def prediction_report(
     strips = (query, reference_cells(training_run, plate.references, columns), features, window)
     treatments = level_table(plate.fields, plate.references.features, "treatment")
     return build_treatment_report(
-        out.report, plate.answers.treatments, plate.references, treatments, strips, pixel_size_um
+        out.report,
+        plate.answers.treatments,
+        plate.references,
+        treatments,
+        strips,
+        pixel_size_um,
+        plate.answers.activity_note,
     )
