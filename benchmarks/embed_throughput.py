@@ -1,11 +1,12 @@
 """Embedding throughput of `cellresponse embed` on real BBBC021-moa fields (goal: >= 300 cells/s on 2 cores at the
 default 96 px input), and the network alone at several batch sizes (why embedding.batch_size is 16).
 
-    python benchmarks/embed_throughput.py [--images 100] [--scale-out]
+    python benchmarks/embed_throughput.py [--images 100] [--scale-out] [--max-cells 50 25]
 
 ``--scale-out``: the same images embedded in this process (``embedding.execution: process``, the default on one
 machine) and on 1 and 2 local Dask workers (``workers``: a task per image, each worker loading the backbone once),
-in one run: the workers' speed-up 1 → 2 and how they compare with this process.
+in one run: the workers' speed-up 1 → 2 and how they compare with this process. ``--max-cells N …``: the same
+images embedded again with ``embedding.max_cells_per_image`` at each N, each stage's time against every cell's.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--images", type=int, default=100)
     parser.add_argument("--scale-out", action="store_true")
+    parser.add_argument("--max-cells", type=int, nargs="*", default=[])
     args = parser.parse_args()
     if not args.data.is_file():
         raise SystemExit(f"data not found: {args.data} (needs ../shared/data)")
@@ -45,6 +47,8 @@ def main() -> None:
         )
         if args.scale_out:
             scale_out(run, config)
+        if args.max_cells:
+            capped(run, config, summary, args.max_cells)
     x = (torch.rand(512, 3, 48, 48) * 255).to(torch.uint8).numpy()
     for batch in (16, 32, 64, 256):
         embedder = Embedder(input_size=config.embedding.input_size, batch_size=batch)
@@ -72,6 +76,25 @@ def scale_out(run, config) -> None:
         print(f"  {name:>12}: {rates[name]:6.0f} cells/s ({summary['seconds']:.1f} s, start-up included)")
     print(f"  workers 1 → 2: ×{rates['2 workers'] / rates['1 worker']:.2f}; 2 workers against this process: "
           f"×{rates['2 workers'] / rates['this process']:.2f}")  # fmt: skip
+
+
+def capped(run, config, every: dict, caps: list[int]) -> None:
+    """Embed the run's images again with at most each of ``caps`` cells an image; print the stage's time against
+    ``every`` (the summary of the run that embedded every cell)."""
+    import shutil
+
+    for cap in caps:
+        shutil.rmtree(run.embeddings, ignore_errors=True)
+        run.embedding_means.unlink(missing_ok=True)
+        chosen = config.model_copy(
+            update={"embedding": config.embedding.model_copy(update={"max_cells_per_image": cap})}
+        )
+        summary = embed_stage.run(run, chosen, progress=False)
+        print(
+            f"  max_cells_per_image {cap}: {summary['cells_embedded_now']} of {every['cells_embedded_now']} cells in "
+            f"{summary['seconds']:.1f} s -> ×{every['seconds'] / summary['seconds']:.2f} the speed of every cell "
+            f"({every['seconds']:.1f} s)"
+        )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
     python benchmarks/unseen_compounds.py RUN [--kinds auto measured deep both] [--query-normalization auto]
                                               [--batch-correction none|spherize|harmony]
                                               [--deep-statistic mean|median] [--correlation-threshold 0.9]
+                                              [--max-cells-per-image N]
 
 RUN is a run folder of bbbc021-moa through ``profile`` (measured cells, embeddings), e.g.
 ``cellresponse run --load-data ../shared/data/bbbc021-moa/load_data.csv --label Metadata_Compound
@@ -19,6 +20,9 @@ For each direction (references from replicate 1, queries from replicate 2, and t
   and of the other mechanisms' wells (their compounds among the references);
 * seconds to build and calibrate references and to answer a replicate.
 
+``--max-cells-per-image N``: each field's deep profile the mean of the N cells ``embedding.max_cells_per_image: N``
+would embed (the same seeded sample, read from the run's embeddings of every cell), references and queries alike.
+
 Settings are chosen on the direction references 1 → queries 2 (the ``choose`` column), the other reported beside.
 """
 
@@ -33,7 +37,7 @@ import pandas as pd
 
 from cellresponse.config import ReferencesConfig, load_config
 from cellresponse.features.cell_features import feature_columns
-from cellresponse.features.embedding_tables import mean_embeddings
+from cellresponse.features.embedding_tables import mean_embeddings, sampled_cells
 from cellresponse.input.runfolder import RunFolder
 from cellresponse.profiling import well_profiles
 from cellresponse.profiling.calibration import leave_one_compound_out
@@ -170,8 +174,19 @@ def median_embeddings(run: RunFolder, image_ids: list[str]) -> pd.DataFrame:
     return pd.DataFrame.from_dict(medians, orient="index")
 
 
+def sampled_mean_embeddings(run: RunFolder, image_ids: list[str], most: int) -> pd.DataFrame:
+    """Each image's mean embedding over the cells ``embedding.max_cells_per_image: most`` would embed."""
+    means = {}
+    for image_id in image_ids:
+        cells = sampled_cells(pd.read_parquet(run.embedding_path(image_id)), image_id, most)
+        values = cells[[c for c in cells.columns if c.startswith(DEEP_PREFIX)]]
+        if len(values):
+            means[image_id] = values.mean(axis=0).astype(float)
+    return pd.DataFrame.from_dict(means, orient="index")
+
+
 def run_tables(
-    folder: str, deep_statistic: str = "mean"
+    folder: str, deep_statistic: str = "mean", max_cells: int | None = None
 ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], pd.DataFrame, pd.Series]:
     """A BBBC021-moa run's images, their per-image profiles (``measured``, ``deep``: each image's mean cell
     embedding, or its median with ``deep_statistic``), their metadata (``image_meta``; the replicates as batches)
@@ -179,6 +194,8 @@ def run_tables(
     run = RunFolder(folder)
     images, cells = run.read_images(), run.read_cells()
     of_images = median_embeddings if deep_statistic == "median" else mean_embeddings
+    if max_cells:
+        of_images = partial(sampled_mean_embeddings, most=max_cells)
     tables = {"measured": image_feature_table(cells, feature_columns(cells.columns)),
               "deep": of_images(run, images["image_id"].astype(str).tolist())}  # fmt: skip
     # the replicates are the batches (BBBC021's plates each hold one compound: batches they cannot be)
@@ -195,16 +212,18 @@ def main() -> None:
     parser.add_argument("--quantile", type=float, default=load_config().references.novelty_quantile)
     parser.add_argument("--batch-correction", default="none", choices=["none", "spherize", "harmony"])
     parser.add_argument("--deep-statistic", default="mean", choices=["mean", "median"])
+    parser.add_argument("--max-cells-per-image", type=int, default=None)
     parser.add_argument("--moa-space", default=MOA_SPACE[0], choices=["auto", "discriminant", "profile"])
     parser.add_argument("--correlation-threshold", type=float, default=well_profiles.CORRELATION_THRESHOLD)
     args = parser.parse_args()
     BATCH[0], MOA_SPACE[0] = args.batch_correction, args.moa_space
     # the references' feature selection drops one of each feature pair correlated above this (pycytominer's 0.9)
     well_profiles.correlated_features = partial(well_profiles.correlated_features, threshold=args.correlation_threshold)
-    images, tables, meta, replicate = run_tables(args.run, args.deep_statistic)
+    images, tables, meta, replicate = run_tables(args.run, args.deep_statistic, args.max_cells_per_image)
+    cells = f"at most {args.max_cells_per_image} cells" if args.max_cells_per_image else "every cell"
     print(f"run {args.run}: {len(images)} fields; query normalization {args.query_normalization}; "
           f"novelty quantile {args.quantile}; batch correction {args.batch_correction}; correlation threshold "
-          f"{args.correlation_threshold}; {args.deep_statistic} embedding per field; "
+          f"{args.correlation_threshold}; {args.deep_statistic} embedding per field of {cells}; "
           f"moa space {args.moa_space}")  # fmt: skip
     settings = ReferencesConfig(novelty_quantile=args.quantile, moa_space=MOA_SPACE[0])
     for reference_side, query_side, ref_ids, query_ids in directions(replicate):

@@ -215,6 +215,15 @@ class EmbeddingConfig(_Section):
         None, ge=8, le=1024, description="Side (px) of the window centred on each cell; null = 3 × median diameter."
     )
     input_size: int = Field(96, ge=16, le=512, description="Side the windows are resized to for the network.")
+    # A deep profile is a mean over an image's cells; on dense plates a sample of them costs a share of the time.
+    # BBBC021-moa, replicate 1 -> 2: 50 of a median 102 cells a field called unseen compounds right on 0.941 / 0.945
+    # of fields / wells instead of 0.959 / 0.964 with all (docs/results.md, 2026-12-07) — hence off by default.
+    max_cells_per_image: int | None = Field(
+        None,
+        ge=1,
+        description="At most this many cells of each image are embedded (a sample seeded by the image id, the same "
+        "on every run); null = every cell. The backbone's embeddings only.",
+    )
     # null picks by device (embeddings.embedding_batch_size): small batches stay in the CPU's caches (Lite0 at 96 px
     # on 2 cores ran 528 windows/s in batches of 16, 404 in 32, 273 in 64, 181 in 256; one run each, 2026-11-25;
     # batch norm folded: 578 in 16), while a GPU wants large ones (H200, per channel × 3: 1,458 cells/s in batches of

@@ -15,7 +15,7 @@ import pytest
 import torch
 from pycytominer.cyto_utils import infer_cp_features
 
-from cellresponse.features.embedding_tables import mean_embeddings
+from cellresponse.features.embedding_tables import mean_embeddings, sampled_cells
 from cellresponse.input.runfolder import RunFolder
 from cellresponse.networks.embeddings import cell_windows, embed_channels, window_side
 from cellresponse.networks.model import INPUT_STATISTICS, fold_batch_norm, pretrained_trunk
@@ -276,6 +276,38 @@ def test_per_channel_embeddings_hold_one_block_per_channel(measured_run, tmp_pat
     blocks = embedding.reshape(len(embedding), len(channels), 1280)
     # each channel seen on its own: the blocks differ, and none is empty
     assert not np.allclose(blocks[:, 0], blocks[:, 1]) and (np.abs(blocks).sum(axis=2) > 0).all()
+
+
+def test_a_sample_of_an_images_cells_is_the_same_on_every_run_and_keeps_their_order():
+    cells = pd.DataFrame({"label": np.arange(1, 41)})
+    first = sampled_cells(cells, "P1-A01-1", 10)
+    assert len(first) == 10 and first["label"].is_monotonic_increasing and set(first["label"]) <= set(cells["label"])
+    pd.testing.assert_frame_equal(first, sampled_cells(cells.copy(), "P1-A01-1", 10))  # seeded by the image id
+    assert not first["label"].equals(sampled_cells(cells, "P1-A01-2", 10)["label"])  # each image its own sample
+    assert sampled_cells(cells, "P1-A01-1", 40) is cells and sampled_cells(cells, "P1-A01-1", None) is cells
+
+
+def test_embed_takes_at_most_the_cells_asked_for_and_keeps_the_setting(measured_run, tmp_path):
+    """``embedding.max_cells_per_image``: each image's embeddings hold at most that many of its cells, the mean and
+    cell count in embedding_means.parquet are theirs, and a later embed with another cap is refused (a run keeps
+    one embedding setting) instead of mixing samples."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(measured_run, run, ignore=shutil.ignore_patterns("embeddings", "embedding_means.parquet"))
+    run_cli("embed", run, "--set", "embedding.max_cells_per_image=3", "--no-progress")
+    folder = RunFolder(run)
+    assert json.loads(folder.embedding_settings.read_text())["settings"]["max_cells_per_image"] == 3
+    means = pd.read_parquet(folder.embedding_means).set_index("image_id")
+    for image_id in means.index:
+        cells = pd.read_parquet(folder.cells_path(image_id), columns=["label"])
+        table = pd.read_parquet(folder.embedding_path(image_id))
+        assert len(table) == min(3, len(cells)) == means.loc[image_id, "cell_count"]
+        columns = [c for c in table.columns if c.startswith("emb_")]
+        np.testing.assert_allclose(means.loc[image_id, columns].to_numpy(float), table[columns].mean(), rtol=1e-5)
+    assert (means["cell_count"] == 3).any()  # the fixture's fields hold more than three cells
+    refused = run_cli("embed", run, "--set", "embedding.max_cells_per_image=5", "--no-progress", check=False)
+    assert refused.returncode != 0 and "rerun with --overwrite" in refused.stdout + refused.stderr
 
 
 def test_cell_windows_equal_cutting_each_square():

@@ -1,11 +1,12 @@
 """Per-cell embedding tables of a run folder, written and read back: the column names, each image's table, each
-image's mean embedding (``RUN/embedding_means.parquet``) and the settings of the frozen network that made them. The
-network itself is in ``networks.embeddings``; these functions only read and write tables, so profiles and predict
-need no torch for them."""
+image's mean embedding (``RUN/embedding_means.parquet``), which of an image's cells are embedded, and the settings
+of the frozen network that made them. The network itself is in ``networks.embeddings``; these functions only read
+and write tables, so profiles and predict need no torch for them."""
 
 from __future__ import annotations
 
 import json
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,16 @@ PREFIX = "emb_"
 def embedding_columns(n: int) -> list[str]:
     """Column names of an embedding table: ``emb_0000``, ``emb_0001``, …"""
     return [f"{PREFIX}{i:04d}" for i in range(n)]
+
+
+def sampled_cells(cells: pd.DataFrame, image_id: str, most: int | None) -> pd.DataFrame:
+    """At most ``most`` of one image's ``cells`` (all of them where ``most`` is None or not fewer), in their
+    order: a sample seeded by the image id alone, so a rerun, a resumed run and any Dask worker pick the same
+    cells of an image, and two images never share one random stream."""
+    if most is None or len(cells) <= most:
+        return cells
+    rng = np.random.default_rng(zlib.crc32(str(image_id).encode()))
+    return cells.iloc[np.sort(rng.choice(len(cells), size=most, replace=False))]
 
 
 def write_embeddings(path: Path, ids: pd.DataFrame, vectors: np.ndarray, columns: list[str]) -> None:

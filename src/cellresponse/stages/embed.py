@@ -25,7 +25,7 @@ from cellresponse.errors import InputError
 from cellresponse.features.cell_features import cell_ids
 from cellresponse.features.crop_store import CropStore
 from cellresponse.features.crops import plate_scales, raw_planes
-from cellresponse.features.embedding_tables import write_embedding_means, write_embeddings
+from cellresponse.features.embedding_tables import sampled_cells, write_embedding_means, write_embeddings
 from cellresponse.input.channels import load_stack, resolve_channel
 from cellresponse.input.io import remove_stale_temporaries
 from cellresponse.input.runfolder import RunFolder, require_outputs
@@ -61,6 +61,8 @@ def embed_settings(config: Config, names: list[str], median_diameter: float | No
         "mode": e.mode,
         "window": window_side(e.crop_size, median_diameter),
         "input_size": e.input_size,
+        # only where set: runs embedded before the setting existed keep settings equal to today's (no re-embedding)
+        **({"max_cells_per_image": e.max_cells_per_image} if e.max_cells_per_image else {}),
     }
 
 
@@ -136,6 +138,7 @@ def _embedder(config: Config) -> Embedder:
 def read_windows(run: RunFolder, row: dict, names: list[str], settings: dict, scales: dict, config: Config) -> tuple:
     """One image's cell ids and the windows around its cells (per-plate scales applied)."""
     cells = pd.read_parquet(run.cells_path(row["image_id"]), columns=["label", "centroid_y", "centroid_x"])
+    cells = sampled_cells(cells, row["image_id"], settings.get("max_cells_per_image"))
     cells.insert(0, "image_id", row["image_id"])
     cells.insert(0, "cell_id", cell_ids(row["image_id"], cells["label"]))
     return _windows(row, cells, names, settings, scales, config)
