@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from functools import partial
 
 import numpy as np
@@ -163,26 +164,30 @@ def open_world_figures(tables, kind, meta, ref_ids, query_ids, quantile) -> str:
             f"known {novel['known_novel']:.3f}")  # fmt: skip
 
 
-def median_embeddings(run: RunFolder, image_ids: list[str]) -> pd.DataFrame:
-    """Each image's median cell embedding (a probe beside ``mean_embeddings``: robust to a few odd cells)."""
-    medians = {}
+def per_image_embeddings(
+    run: RunFolder, image_ids: list[str], statistic: Callable[[pd.DataFrame, str], pd.Series]
+) -> pd.DataFrame:
+    """Each image's ``statistic`` of its cell embeddings (the table of one image's embedding columns, its id);
+    images without cells left out."""
+    rows = {}
     for image_id in image_ids:
         cells = pd.read_parquet(run.embedding_path(image_id))
         values = cells[[c for c in cells.columns if c.startswith(DEEP_PREFIX)]]
         if len(values):
-            medians[image_id] = values.median()
-    return pd.DataFrame.from_dict(medians, orient="index")
+            rows[image_id] = statistic(values, image_id)
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def median_embeddings(run: RunFolder, image_ids: list[str]) -> pd.DataFrame:
+    """Each image's median cell embedding (a probe beside ``mean_embeddings``: robust to a few odd cells)."""
+    return per_image_embeddings(run, image_ids, lambda values, _: values.median())
 
 
 def sampled_mean_embeddings(run: RunFolder, image_ids: list[str], most: int) -> pd.DataFrame:
     """Each image's mean embedding over the cells ``embedding.max_cells_per_image: most`` would embed."""
-    means = {}
-    for image_id in image_ids:
-        cells = sampled_cells(pd.read_parquet(run.embedding_path(image_id)), image_id, most)
-        values = cells[[c for c in cells.columns if c.startswith(DEEP_PREFIX)]]
-        if len(values):
-            means[image_id] = values.mean(axis=0).astype(float)
-    return pd.DataFrame.from_dict(means, orient="index")
+    return per_image_embeddings(
+        run, image_ids, lambda values, image_id: sampled_cells(values, image_id, most).mean(axis=0).astype(float)
+    )
 
 
 def run_tables(

@@ -160,11 +160,20 @@ def summary(answers: Answers, calibration: dict, moa_column: str | None = None) 
             f"; such calls were right on {well['accuracy']:.3f} of reference wells left out "
             f"({well['units']} wells, mean probability {well['mean_probability']:.2f})"
         )
-    given = moa_column if moa_column in t else None
-    if given and t["moa_call"].notna().any():
-        right = (t["moa_call"] == t[given])[t["moa_call"].notna()]
-        line += f"; these images carry a mechanism: called right on {float(right.mean()):.3f} of called treatments"
+    agreement = calls_matching_given(t, moa_column)
+    if agreement is not None:
+        line += f"; these images carry a mechanism: called right on {agreement[0]:.3f} of called treatments"
     return line
+
+
+def calls_matching_given(treatments: pd.DataFrame, given: str | None) -> tuple[float, int] | None:
+    """Where new images carry their mechanism (column ``given``), the share of the called ``treatments`` whose
+    ``moa_call`` is it, and how many were called; None where there is no such column, no call, or no called
+    treatment carries a mechanism."""
+    called = treatments[treatments["moa_call"].notna()]
+    if not given or given not in treatments or called.empty or not called[given].notna().any():
+        return None
+    return float((called["moa_call"] == called[given]).mean()), len(called)
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from cellresponse.input.runfolder import RunFolder
 from cellresponse.input.transforms import normalize_percentile
 from cellresponse.profiling.profile_benchmarks import cosine_similarity, unit_rows
 from cellresponse.profiling.references import References, image_meta, level_table, treatment_table
-from cellresponse.profiling.treatment_calls import PlateAnswer
+from cellresponse.profiling.treatment_calls import PlateAnswer, calls_matching_given
 from cellresponse.provenance import made_by_line
 from cellresponse.reporting.figures import cell_strips, profile_map, similarity_heatmap
 from cellresponse.reporting.htmlpage import html_table, inline_png, page
@@ -123,12 +123,11 @@ def counts_section(
     ]
     if activity_note is not None:  # said instead of zeros that would read as "nothing is active"
         said.insert(0, f"Activity (distinct from the negative controls) was not scored: {html.escape(activity_note)}.")
-    called = treated[treated["moa_call"].notna()]
-    if given in treated and len(called) and called[given].notna().any():
-        right = (called["moa_call"] == called[given]).mean()
+    agreement = calls_matching_given(treated, given)
+    if agreement is not None:
         said.append(
-            f"These images carry a mechanism ({html.escape(str(given))}): the call matches it for {right:.3f} of the "
-            f"{len(called)} called treatments."
+            f"These images carry a mechanism ({html.escape(str(given))}): the call matches it for {agreement[0]:.3f} "
+            f"of the {agreement[1]} called treatments."
         )
     return ["<h2>What the new treatments do</h2>", html_table(["", "count"], rows), *(f"<p>{p}</p>" for p in said)]
 
