@@ -12,6 +12,11 @@ from cellresponse.reporting.run_report import (
 from tests.conftest import run_metrics
 
 
+def row(label: str, *numbers: object) -> str:
+    """A table row as html_table writes it: the label as text, then numbers (right-aligned cells)."""
+    return f"<td>{label}</td>" + "".join(f'<td class="n">{v}</td>' for v in numbers)
+
+
 def test_the_report_says_what_a_sanity_check_and_a_never_predicted_class_mean():
     below = sanity_meaning({"accuracy": 0.950, "balanced_accuracy": 0.51, "majority_rate": 0.952})
     assert "no better than chance" in below and "do not tell control from treated" in below
@@ -103,14 +108,14 @@ def test_the_confusion_matrix_and_per_class_table_are_the_predicting_models(tmp_
     grouped_page = "".join(section_calls_per_class(run_metrics(**grouped), "soft", tmp_path))
     assert "<th>class</th><th>Metadata_MoA</th><th>images</th>" in grouped_page
     assert (
-        "<td>a</td><td>M1</td><td>2</td><td>1.000</td>" in grouped_page
-        and "<td>c</td><td>—</td><td>2</td>" in grouped_page
+        '<td>a</td><td>M1</td><td class="n">2</td><td class="n">1.000</td>' in grouped_page
+        and '<td>c</td><td>—</td><td class="n">2</td>' in grouped_page
     )
     assert "the measured profile model, which <code>predict</code> uses" in page
     assert "<th>accuracy (recall), measured</th>" in page and "<th>accuracy (recall), network</th>" in page
     # class c: 1 of 2 right under the profile model, 0 under the network; a: 2 of 2 against 1 of 2
-    assert "<td>c</td><td>2</td><td>0.500</td><td>1.000</td><td>0.000</td>" in page
-    assert "<td>a</td><td>2</td><td>1.000</td><td>1.000</td><td>0.500</td>" in page
+    assert row("c", 2, "0.500", "1.000", "0.000") in page
+    assert row("a", 2, "1.000", "1.000", "0.500") in page
     assert "c is never predicted" not in page  # that is the network's failure, not the predicting model's
     # the network predicts: its own confusion, its never-predicted classes, no second recall column
     page = "".join(section_calls_per_class(run_metrics(**{**metrics, "auto": {"model": "network"}}), "soft", tmp_path))

@@ -50,5 +50,6 @@ def test_the_counts_say_why_activity_was_not_scored_instead_of_zero_active():
     assert "was not scored: no negative controls" in page and "active (q &lt; FDR)" not in page
     assert "the call matches it for 0.500 of the 2 called treatments" in page
     scored = "".join(counts_section(calls([None, True, False, True]), CALIBRATION, None, None))
-    assert "<td>active (q &lt; FDR)</td><td>2</td>" in scored and "<td>not active</td><td>1</td>" in scored
+    assert '<td>active (q &lt; FDR)</td><td class="n">2</td>' in scored
+    assert '<td>not active</td><td class="n">1</td>' in scored
     assert "carry a mechanism" not in scored

@@ -13,8 +13,8 @@ import pandas as pd
 CSS = (
     "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
     "table{border-collapse:collapse;margin:.6em 0;max-width:100%}"
-    "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
-    "th{background:#f2f2f2}td:first-child{text-align:left}img{max-width:100%;margin:.3em 0}"
+    "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}td.n{text-align:right}"
+    "th{background:#f2f2f2}img{max-width:100%;margin:.3em 0}"
     ".note{background:#fff6d6;border-left:4px solid #e0b000;padding:.5em 1em}"
     ".good{background:#e6f5e6;border-left:4px solid #3a3;padding:.5em 1em}pre{background:#f7f7f7;padding:1em;"
     "overflow:auto;font-size:12px}"
@@ -28,17 +28,22 @@ def inline_png(path: Path, alt: str) -> str:
 
 
 def html_table(header: list[str], rows: list[list[Any]]) -> str:
-    """An HTML table; floats with three decimals, NaN and None as a dash."""
+    """An HTML table; floats with three decimals, NaN and None as a dash; numbers right-aligned (so that their
+    digits line up), text left-aligned."""
 
     def cell(v: Any) -> str:
         if v is None or v is pd.NA:
-            return "—"
+            return "<td>—</td>"
+        if isinstance(v, bool | np.bool_):
+            return f"<td>{v}</td>"
         if isinstance(v, float | np.floating):
-            return "—" if np.isnan(v) else f"{v:.3f}"
-        return html.escape(str(v))
+            return "<td>—</td>" if np.isnan(v) else f'<td class="n">{v:.3f}</td>'
+        if isinstance(v, int | np.integer):
+            return f'<td class="n">{v}</td>'
+        return f"<td>{html.escape(str(v))}</td>"
 
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(cell(v) for v in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 

@@ -129,7 +129,11 @@ def counts_section(
             f"These images carry a mechanism ({html.escape(str(given))}): the call matches it for {agreement[0]:.3f} "
             f"of the {agreement[1]} called treatments."
         )
-    return ["<h2>What the new treatments do</h2>", html_table(["", "count"], rows), *(f"<p>{p}</p>" for p in said)]
+    return [
+        "<h2>Active, novel and called: the counts</h2>",
+        html_table(["", "count"], rows),
+        *(f"<p>{p}</p>" for p in said),
+    ]
 
 
 def map_coordinates(references: np.ndarray, new: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
