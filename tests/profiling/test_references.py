@@ -225,7 +225,7 @@ def test_predict_answers_every_treatment_and_well_and_writes_the_report(tiny_pre
     assert (out / "predictions" / "treatment_calls.csv").is_file()
     assert " treatments: " in printed and "active" in printed
     page = (out / "report" / "index.html").read_text()
-    assert "What the new treatments do" in page and page.count("<img") >= 3
+    assert "Active, novel and called: the counts" in page and page.count("<img") >= 3
     assert "novelty quantile" in page  # the calibration table says which quantile set the threshold
 
 
