@@ -45,12 +45,14 @@ print(json.dumps({{"env": changed, "umask": [mask, after],
     assert state["backend"][0] == state["backend"][1]
 
 
-def test_per_image_stages_do_not_import_torch():
+@pytest.mark.parametrize("name", ["images", "segment", "measure", "crops", "profile", "report"])
+def test_stages_without_a_network_do_not_import_torch(name):
     """segment / measure / crops run in every Dask worker: importing them must not pull in torch, Lightning
-    or MONAI (seconds per worker)."""
+    or MONAI (seconds per worker); nor must the stages that only read tables (profile, and report, which names
+    the bundle's models without loading one: 3 s of a 9-second `cellresponse report`)."""
     code = (
-        "import sys, cellresponse.cli, cellresponse.stages.segment, cellresponse.stages.measure, "
-        "cellresponse.stages.crops; print(sorted(m for m in ('torch', 'lightning', 'monai') if m in sys.modules))"
+        f"import sys, cellresponse.cli, cellresponse.stages.{name}; "
+        "print(sorted(m for m in ('torch', 'lightning', 'monai', 'safetensors') if m in sys.modules))"
     )
     assert _python(code) == "[]"
 

@@ -20,18 +20,19 @@ import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING, Any
 
 from cellresponse.config import Config
 from cellresponse.errors import InputError
 from cellresponse.input.io import atomic_path, write_json
 from cellresponse.learning.encoders import LabelEncoder, Scaler
-from cellresponse.networks.model import CellResponseNet
 from cellresponse.profiling.profile_models import PROFILE_KINDS
 from cellresponse.profiling.references import References, load_references, save_references
 from cellresponse.provenance import made_by
+
+if TYPE_CHECKING:  # torch, MONAI and safetensors are imported where the weights are read or written, so that
+    # reading a bundle's names and choice (the run report, `config show`) costs no torch start-up (3 s of a 9 s report)
+    from cellresponse.networks.model import CellResponseNet
 
 BUNDLE_VERSION = 1
 # The models a bundle can predict with (its ``choice``). Ties go to the model that costs least to run on a new
@@ -96,6 +97,8 @@ def save_bundle(
     """Write the bundle (weights, JSON description, the profile models given, the chosen ``references`` and those
     of the other ``reference_kinds``); the choice is written afterwards (:func:`save_choice`), once the saved
     network has been scored."""
+    from safetensors.torch import save_file
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     # channels_last parameters are strided views; safetensors stores plain contiguous tensors
@@ -193,6 +196,10 @@ def load_bundle(folder: str | Path) -> Bundle:
     if meta.get("format") != "cellresponse-bundle" or meta.get("version") != BUNDLE_VERSION:
         raise InputError(f"{folder}: unsupported bundle format {meta.get('format')} v{meta.get('version')}")
     config = Config.model_validate(meta["config"])
+    from safetensors.torch import load_file
+
+    from cellresponse.networks.model import CellResponseNet
+
     # The bundle's weights replace any initialisation: no ImageNet file is needed to load it.
     model = CellResponseNet.from_config(
         meta["n_features"], len(meta["classes"]), config.training, config.model, pretrained=False

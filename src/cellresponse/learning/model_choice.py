@@ -28,7 +28,6 @@ from cellresponse.evaluation.votes import LEVELS, Votes, merged_votes, vote
 from cellresponse.features.crop_store import CropStore
 from cellresponse.input.io import one_at_a_time
 from cellresponse.learning.bundle import CANDIDATES, NETWORK, load_bundle
-from cellresponse.learning.inference import predict_cells
 from cellresponse.learning.splits import TEST, TRAIN, VALIDATION
 from cellresponse.profiling.profile_models import (
     fit_features_model,
@@ -226,6 +225,8 @@ def network_validation_score(
     """The network of the bundle at ``bundle_path``: its image accuracy on the validation side (cells voted as
     `evaluate` votes them; the bundle is loaded only where there is one); ``parts`` the cells plate by plate (one
     plate's table held at a time), ``sides`` and ``labels`` indexed by image id."""
+    from cellresponse.learning.inference import predict_cells  # here: the run report reads this module without torch
+
     skipped = {"accuracy": None, "skipped": "no validation side: the network's only held-out images are the test side"}
     on_side = set(sides.index[sides == VALIDATION].astype(str))
     if not on_side:
