@@ -1,4 +1,5 @@
-"""Unseen compounds and novel mechanisms on BBBC021-moa, as ``predict`` answers them (references.py, calls.py).
+"""Unseen compounds and novel mechanisms on BBBC021-moa, as ``predict`` answers them (profiling: references.py,
+treatment_calls.py).
 
     python benchmarks/unseen_compounds.py RUN [--kinds auto measured deep both] [--query-normalization auto]
                                               [--batch-correction none|spherize|harmony]

@@ -224,10 +224,10 @@ class EmbeddingConfig(_Section):
         description="At most this many cells of each image are embedded (a sample seeded by the image id, the same "
         "on every run); null = every cell. The backbone's embeddings only.",
     )
-    # null picks by device (embeddings.embedding_batch_size): small batches stay in the CPU's caches (Lite0 at 96 px
-    # on 2 cores ran 528 windows/s in batches of 16, 404 in 32, 273 in 64, 181 in 256; one run each, 2026-11-25;
-    # batch norm folded: 578 in 16), while a GPU wants large ones (H200, per channel × 3: 1,458 cells/s in batches of
-    # 16, 17,927 in 256; benchmarks/gpu_inference.py, 2026-12-04).
+    # null picks by device (networks.embeddings.embedding_batch_size): small batches stay in the CPU's caches
+    # (Lite0 at 96 px on 2 cores ran 528 windows/s in batches of 16, 404 in 32, 273 in 64, 181 in 256; one run each,
+    # 2026-11-25; batch norm folded: 578 in 16), while a GPU wants large ones (H200, per channel × 3: 1,458 cells/s
+    # in batches of 16, 17,927 in 256; benchmarks/gpu_inference.py, 2026-12-04).
     batch_size: int | None = Field(
         None, ge=1, description="Windows per forward pass; null = 16 on the CPU, 256 on a GPU."
     )

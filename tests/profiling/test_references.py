@@ -1,5 +1,5 @@
 """What a new compound does: reference profiles, leave-one-compound-out calibration, nearest references, mechanism
-calls, novelty and phenotypic activity (references.py, activity.py, calls.py)."""
+calls, novelty and phenotypic activity (references.py, activity.py, treatment_calls.py)."""
 
 from __future__ import annotations
 

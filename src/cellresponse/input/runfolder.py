@@ -10,7 +10,7 @@
     RUN/cells/<image_id>.parquet     per-image measurements (the resume unit)
     RUN/cells.parquet/<plate>.parquet  all cells, one part per plate (a Parquet dataset: pd.read_parquet reads the
                                      folder whole); cells.csv with --csv
-    RUN/crops/                       index.parquet, settings.json, parts/<image_id>.crops (store.py)
+    RUN/crops/                       index.parquet, settings.json, parts/<image_id>.crops (features/crop_store.py)
     RUN/embeddings/<image_id>.parquet  per-cell embeddings (cell_id, image_id, emb_…); settings.json
     RUN/embedding_means.parquet      each image's mean embedding and cell count, written when embed finishes
     RUN/profiles/                    <kind>_wells.parquet, <kind>_treatments.parquet, metrics.json

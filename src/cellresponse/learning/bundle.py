@@ -4,7 +4,7 @@ bundle/weights.safetensors   the network's weights (safetensors: tensors only, n
 bundle/bundle.json           format version, classes (label encoder), label → target map,
                              scaler (feature columns, mean, std), the resolved config,
                              crop settings and the image channel names the model was trained on
-bundle/profile_<kind>.json   a profile model per kind (measured, deep, both: profiles.py), fitted on the same
+bundle/profile_<kind>.json   a profile model per kind (measured, deep, both: profile_models.py), fitted on the same
                              non-test images
 bundle/choice.json           which model ``predict`` uses by default (auto) and the validation scores that chose it
 bundle/references.parquet    the training treatments' normalised per-field profiles (references.py): what a new

@@ -106,7 +106,7 @@ def retrieval_map(
 ) -> dict[str, Any]:
     """copairs' average precision of every profile and mean average precision per group (``group_by``), with
     permutation p-values (FDR-corrected); returns the mean mAP and the fraction of groups retrieved (p < 0.05)."""
-    # copairs is imported here, as pycytominer is in aggregation.py: train, evaluate and predict reach these modules
+    # copairs is imported here, as pycytominer is in well_profiles.py: train, evaluate and predict reach these modules
     # through the profile stage without calling them (0.5 s of import time saved in train, 2026-11-26).
     from copairs.map import average_precision, mean_average_precision
     from copairs.matching import UnpairedException

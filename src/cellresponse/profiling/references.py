@@ -247,11 +247,11 @@ def profile_fields(blocks: dict[str, pd.DataFrame], meta: pd.DataFrame) -> tuple
     return fields.rename_axis("image_id").reset_index().copy(), columns
 
 
-DEEP_PREFIX = "emb_"  # embeddings.PREFIX: the columns of a mean embedding
+DEEP_PREFIX = "emb_"  # features.embedding_tables.PREFIX: the columns of a mean embedding
 
 
 def kind_blocks(kind: str, table: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """A per-image profile table of ``kind`` (profiles.image_profiles) split into its blocks: ``measured`` (cell
+    """A per-image profile table of ``kind`` (profile_models.image_profiles) split into its blocks: ``measured`` (cell
     feature statistics) and ``deep`` (mean embedding, ``emb_`` columns), each normalised on its own."""
     deep = [c for c in table.columns if c.startswith(DEEP_PREFIX)]
     measured = [c for c in table.columns if not c.startswith(DEEP_PREFIX)]

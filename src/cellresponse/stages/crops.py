@@ -1,6 +1,6 @@
 """``cellresponse crops``: a mask crop and a flow crop of every measured cell, into the crop store ``RUN/crops``
-(one compressed part file per image, written by that image's task, and an index: store.py); resumable, parallel.
-What the crops hold: crops.py."""
+(one compressed part file per image, written by that image's task, and an index: features/crop_store.py);
+resumable, parallel. What the crops hold: features/crops.py."""
 
 from __future__ import annotations
 

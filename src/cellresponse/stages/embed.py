@@ -1,4 +1,4 @@
-"""``cellresponse embed``: per-cell embeddings from a frozen pretrained EfficientNet (embeddings.py) into
+"""``cellresponse embed``: per-cell embeddings from a frozen pretrained EfficientNet (networks/embeddings.py) into
 ``RUN/embeddings/<image_id>.parquet`` — ``cell_id``, ``image_id``, ``emb_0000`` … — with the settings and per-plate
 intensity scales in ``RUN/embeddings/settings.json``. Resumable per image.
 

@@ -12,11 +12,12 @@ Outputs in ``DIR/predictions/``:
 ``well_predictions.parquet``   plate, well, images, model, the Metadata_* columns every image of the well shares,
                                predicted_label, probability, top5_labels, top5_probabilities — one call per
                                well: the network's cells, or a profile model's images, voted the same way —
-                               and the open-world answer of its treatment and profile (calls.WELL_COLUMNS)
-``treatment_calls.parquet``    one row per treatment of the new images (calls.py): activity against the plate's
-                               negative controls (activity_map, activity_p, activity_q, active), the nearest
-                               reference treatments (nearest_1 … nearest_k with _moa and _similarity), moa_call,
-                               moa_probability and novel — from the bundle's reference profiles
+                               and the open-world answer of its treatment and profile (treatment_calls.WELL_COLUMNS)
+``treatment_calls.parquet``    one row per treatment of the new images (profiling/treatment_calls.py): activity
+                               against the plate's negative controls (activity_map, activity_p, activity_q,
+                               active), the nearest reference treatments (nearest_1 … nearest_k with _moa and
+                               _similarity), moa_call, moa_probability and novel — from the bundle's reference
+                               profiles
 
 ``--model auto`` (the default) uses the model the bundle recorded as best on the validation side
 (``bundle/choice.json``); ``measured``, ``deep`` and ``both`` the profile models (no crops; ``deep`` and ``both``

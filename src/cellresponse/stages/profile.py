@@ -72,8 +72,9 @@ def measured_image_table(run: RunFolder, images: pd.DataFrame) -> pd.DataFrame:
 
 def image_tables(run: RunFolder, kinds: list[str], images: pd.DataFrame) -> dict[str, tuple[pd.DataFrame, list[str]]]:
     """Per image, the profile each kind starts from: ``measured`` = the distribution of every measured cell
-    feature over the field's cells (mean, sd, 5/25/50/75/95th percentiles, cell count: profiles.py), ``deep`` =
-    the mean embedding of the field's cells. Fields are then aggregated into wells."""
+    feature over the field's cells (mean, sd, 5/25/50/75/95th percentiles, cell count:
+    profiling/profile_models.py), ``deep`` = the mean embedding of the field's cells. Fields are then aggregated
+    into wells."""
     tables = {}
     if {"measured", "both"} & set(kinds):
         table = measured_image_table(run, images)

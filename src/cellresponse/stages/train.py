@@ -1,6 +1,6 @@
 """``cellresponse train``: split the images, train the network on the crop store, and write ``RUN/model``
 (split, checkpoints, per-epoch history, the model bundle with a profile model per kind beside the network, and
-which of them ``predict`` uses by default: the best on the validation side, selection.py).
+which of them ``predict`` uses by default: the best on the validation side, learning/model_choice.py).
 A rerun resumes from the last checkpoint; a changed split is refused (``--overwrite`` starts over)."""
 
 from __future__ import annotations
