@@ -132,3 +132,21 @@ for name in {scripts!r}:
 print(json.dumps(broken))
 """
     assert json.loads(_python(probe)) == {}
+
+
+def test_files_the_library_names_in_its_docstrings_exist():
+    """A docstring or comment that sends a reader to ``crop_store.py`` must name a file there is: after modules
+    moved (session 33), ten still named the old ones (``store.py``, ``calls.py``, ``selection.py``, …)."""
+    import re
+    from pathlib import Path
+
+    root = Path(cellresponse.__file__).parents[2]
+    files = {p.name for folder in ("src", "tests", "benchmarks") for p in (root / folder).rglob("*.py")}
+    stale = [
+        f"{path.relative_to(root)}:{number}: {name}"
+        for path in sorted((root / "src").rglob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        for name in re.findall(r"\b([a-z_]+\.py)\b", line)
+        if name not in files
+    ]
+    assert not stale, stale
