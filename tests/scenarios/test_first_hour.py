@@ -141,6 +141,7 @@ def test_a_resumed_embed_says_there_was_nothing_to_embed(tiny_demo, tmp_path):
     result = run_cli("embed", run, "--no-progress")
     printed = result.stdout + result.stderr
     assert "nothing to embed" in printed and "None cells/s" not in printed
+    assert "loaded ImageNet weights" not in printed  # nothing to embed: the backbone is not even loaded
 
 
 def test_the_report_lists_what_each_test_image_was_called(tiny_demo):
