@@ -247,6 +247,7 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
         means, embedded = embed_on_workers(run, config, todo, names, settings, scales, progress)
     elif todo:  # the backbone is loaded only when there is something to embed (a resumed run or predict has not)
         embedder = Embedder(e.backbone, e.pretrained, e.input_size, e.mode, batch_size, device)
+        columns = embedding_columns(embedder.dims(len(settings["channels"])))
         means, embedded, network_seconds = embed_in_process(run, embedder, todo, names, settings, scales, config,
                                                             progress)  # fmt: skip
     write_embedding_means(run, [row["image_id"] for row in rows], means, columns)
