@@ -97,7 +97,7 @@ def resolve_model(requested: str, bundle: Bundle, bundle_path: str | Path) -> st
             log.info("%s records no model choice (an earlier version): the network predicts", bundle_path)
             return NETWORK
         name = bundle.choice["auto"]
-        log.info("model auto: %s (best on %s)", name, bundle.choice["scored_on"])
+        log.info("model auto: %s, the best on %s", name, bundle.choice["scored_on"])
     if name != NETWORK and name not in bundle.profile_models:
         kinds = ", ".join(bundle.profile_models) or "none"
         raise InputError(f"{bundle_path} has no {name} profile model (it has: {kinds}); use --model network")
