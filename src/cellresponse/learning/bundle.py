@@ -30,8 +30,9 @@ from cellresponse.profiling.profile_models import PROFILE_KINDS
 from cellresponse.profiling.references import References, load_references, save_references
 from cellresponse.provenance import made_by
 
-if TYPE_CHECKING:  # torch, MONAI and safetensors are imported where the weights are read or written, so that
-    # reading a bundle's names and choice (the run report, `config show`) costs no torch start-up (3 s of a 9 s report)
+# torch, MONAI and safetensors are imported where the weights are read or written, so that the run report, which
+# only names the bundle's models, starts without them (3 s of a 9 s `cellresponse report`).
+if TYPE_CHECKING:
     from cellresponse.networks.model import CellResponseNet
 
 BUNDLE_VERSION = 1
