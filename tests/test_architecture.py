@@ -45,16 +45,23 @@ print(json.dumps({{"env": changed, "umask": [mask, after],
     assert state["backend"][0] == state["backend"][1]
 
 
-@pytest.mark.parametrize("name", ["images", "segment", "measure", "crops", "profile", "report"])
-def test_stages_without_a_network_do_not_import_torch(name):
+def test_stages_without_a_network_do_not_import_torch():
     """segment / measure / crops run in every Dask worker: importing them must not pull in torch, Lightning
     or MONAI (seconds per worker); nor must the stages that only read tables (profile, and report, which names
-    the bundle's models without loading one: 3 s of a 9-second `cellresponse report`)."""
-    code = (
-        f"import sys, cellresponse.cli, cellresponse.stages.{name}; "
-        "print(sorted(m for m in ('torch', 'lightning', 'monai', 'safetensors') if m in sys.modules))"
-    )
-    assert _python(code) == "[]"
+    the bundle's models without loading one: 3 s of a 9-second `cellresponse report`). One interpreter imports
+    them in turn and notes what each import brought in, so a failure names the stage that pulled torch first."""
+    stages = ["images", "segment", "measure", "crops", "profile", "report"]
+    probe = f"""
+import importlib, json, sys
+import cellresponse.cli
+heavy = ("torch", "lightning", "monai", "safetensors")
+pulled = {{}}
+for name in {stages!r}:
+    importlib.import_module("cellresponse.stages." + name)
+    pulled[name] = [m for m in heavy if m in sys.modules]
+print(json.dumps(pulled))
+"""
+    assert json.loads(_python(probe)) == {name: [] for name in stages}
 
 
 @pytest.mark.parametrize("name", PIPELINE)
