@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+import traceback
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -83,14 +88,67 @@ def tiny_plates(tmp_path_factory) -> Path:
     return folder
 
 
-def run_cli(*args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run the CLI in a fresh process, as a user would."""
-    result = subprocess.run(
-        [sys.executable, "-m", "cellresponse.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-    )
+def run_cli(*args: str, check: bool = True, process: bool = False) -> subprocess.CompletedProcess:
+    """``cellresponse ARGS`` as a user types it: what it printed and the exit status the shell would see.
+
+    By default through the CLI's ``main`` in this test process (the console script calls nothing else), with stdout
+    and stderr captured and the root logger, warning filters and ``logging.raiseExceptions`` put back afterwards; an
+    exception ``main`` lets through is printed as Python prints it, status 1. A fresh interpreter costs each command
+    6-10 s of torch, Lightning and MONAI imports, which a test process pays once. ``process=True`` starts
+    ``python -m cellresponse.cli`` instead, for what only a process shows (what the libraries' own loggers print to
+    the console, what is printed as the interpreter exits) and for a command that starts copies of itself (Lightning's
+    DDP launcher reruns the command line: in a pytest-xdist worker, the worker's)."""
+    if process:
+        return _run_cli_process(*args, check=check)
+    from cellresponse.cli import main
+
+    argv = list(map(str, args))
+    stdout, stderr = io.StringIO(), io.StringIO()
+    root = logging.getLogger()
+    handlers, level, raise_exceptions = list(root.handlers), root.level, logging.raiseExceptions
+    try:
+        with _console_warnings(), contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                code = main(argv)
+            except SystemExit as exc:  # argparse: --help, --version, a bad flag
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+                if isinstance(exc.code, str):
+                    print(exc.code, file=sys.stderr)
+            except Exception:
+                traceback.print_exc()
+                code = 1
+    finally:
+        for handler in root.handlers:
+            if handler not in handlers:
+                handler.close()  # the run's log file
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        logging.raiseExceptions = raise_exceptions
+    result = subprocess.CompletedProcess(["cellresponse", *argv], code, stdout.getvalue(), stderr.getvalue())
+    if check and code != 0:
+        raise AssertionError(f"cellresponse {' '.join(argv)} failed:\n{result.stderr[-3000:]}")
+    return result
+
+
+@contextlib.contextmanager
+def _console_warnings() -> Iterator[None]:
+    """Warnings as a fresh interpreter shows them (Python's default filters, printed to the current stderr), not
+    recorded into pytest's summary under pytest's filters; put back on exit."""
+    with warnings.catch_warnings():
+        warnings.resetwarnings()
+        for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+            warnings.simplefilter("ignore", category)
+        warnings.filterwarnings("default", category=DeprecationWarning, module="__main__")
+        warnings.showwarning = _print_warning
+        yield
+
+
+def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
+def _run_cli_process(*args: str, check: bool) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "cellresponse.cli", *map(str, args)], capture_output=True, text=True)
     if check and result.returncode != 0:
         raise AssertionError(f"cellresponse {' '.join(map(str, args))} failed:\n{result.stderr[-3000:]}")
     return result

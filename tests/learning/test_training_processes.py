@@ -40,9 +40,10 @@ def test_ddp_two_processes_on_cpu(tiny_demo, tmp_path):
     """Lightning DDP with 2 CPU processes (gloo): both ranks train, rank 0 writes one bundle (the demo's run, its
     crops made, trained again)."""
     run = untrained_copy(tiny_demo, tmp_path / "ddp")
-    result = run_cli(
-        "train", run, "--epochs", "1", "--accelerator", "cpu", "--devices", "2", "--no-progress", "--workers", "0"
-    )
+    result = run_cli(  # a process of its own: Lightning's DDP launcher starts rank 1 by rerunning the command line
+        "train", run, "--epochs", "1", "--accelerator", "cpu", "--devices", "2", "--no-progress", "--workers", "0",
+        process=True,
+    )  # fmt: skip
     assert "process 0/2" in result.stderr and "process 1/2" in result.stderr  # both ranks fed their own share
     assert (run / "model" / "bundle" / "weights.safetensors").exists()
     with open(run / "model" / "history.csv") as handle:
@@ -173,7 +174,7 @@ def test_ctrl_c_in_train_says_how_to_resume_and_exits_130(tiny_demo, tmp_path):
     assert process.returncode == 130, stderr[-2000:]
     assert "interrupted" in stderr and "rerun the same command to resume" in stderr
     assert not list((run / "model" / "training_cells").glob("*"))  # the interrupted process's sets removed
-    resumed = run_cli("train", run, "--no-progress", "--set", "training.max_epochs=2")
+    resumed = run_cli("train", run, "--no-progress", "--set", "training.max_epochs=2", process=True)
     assert "exists and is not empty" not in resumed.stderr + resumed.stdout
     assert (run / "model" / "bundle" / "bundle.json").is_file()
     assert not (run / "model" / "training_cells").exists()
