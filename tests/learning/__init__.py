@@ -1,1 +1,2 @@
-"""Tests of learning/ and networks/ (training, splits, model choice, leakage, devices)."""
+"""Tests of learning/ (training and its processes, the cells a network sees, splits, encoders, model choice,
+baselines, leakage)."""

@@ -1,4 +1,5 @@
-"""The profile benchmarks' memory: copairs' pair batches sized to a budget, with the same mAP whatever the size."""
+"""The profile benchmarks (profiling.profile_benchmarks): NSC and mAP on hand-made profiles, and their memory —
+copairs' pair batches sized to a budget, with the same mAP whatever the size."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pandas as pd
 import pytest
 
 from cellresponse.profiling import profile_benchmarks
-from cellresponse.profiling.profile_benchmarks import PAIR_BATCH_BYTES, pair_batch_size, retrieval_map
+from cellresponse.profiling.profile_benchmarks import PAIR_BATCH_BYTES, nsc_accuracy, pair_batch_size, retrieval_map
 from cellresponse.profiling.well_profiles import TREATMENT
 
 
@@ -43,3 +44,37 @@ def test_retrieval_map_is_the_same_whatever_the_batch(monkeypatch):
     assert seen == [default_batch, 64]
     assert batched["mean_average_precision"] == pytest.approx(whole["mean_average_precision"], abs=1e-6)
     assert 0.3 < whole["mean_average_precision"] < 1.0 and batched["groups"] == 8
+
+
+def test_nsc_accuracy_on_hand_made_profiles():
+    # two MoAs, two compounds each; compound c2's nearest other-compound neighbour has the other MoA
+    features = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.2, 1.0], [0.95, 0.05]])
+    moa = ["A", "A", "B", "B", "B"]
+    compound = ["c1", "c2", "c3", "c4", "c5"]
+    result = nsc_accuracy(features, moa, compound)
+    # c1 → c5 (B: wrong), c2 → c5 (wrong), c3 → c4 (right), c4 → c3 (right), c5 → c1 (wrong)
+    assert result["accuracy"] == pytest.approx(2 / 5) and result["n"] == 5
+    assert result["chance_rate"] == pytest.approx(np.mean([1 / 4, 1 / 4, 2 / 4, 2 / 4, 2 / 4]))
+    batch = ["b1", "b1", "b1", "b2", "b2"]
+    nscb = nsc_accuracy(features, moa, compound, batch)
+    # other batch only: c1 and c2 (A, batch b1) have no A in batch b2 and are skipped; c3 → c4 right,
+    # c4 → c3 right, c5 → c1 wrong
+    assert nscb["accuracy"] == pytest.approx(2 / 3) and nscb["skipped"] == 2
+
+
+def test_retrieval_map_matches_average_precision_by_hand():
+    """Four profiles, two treatments of two replicates each: each query's one positive ranks first (AP 1) for
+    treatment x; for treatment y one query ranks its positive second (AP 1/2)."""
+    meta = pd.DataFrame({TREATMENT: ["x", "x", "y", "y"], "Metadata_Well": ["a", "b", "c", "d"]})
+    features = np.array([[1.0, 0.0], [0.9, 0.1], [0.3, 1.0], [0.7, 0.35]])
+    result = retrieval_map(meta, features, [TREATMENT], [], [TREATMENT], [TREATMENT], null_size=100)
+    similarity = features @ features.T / np.outer(np.linalg.norm(features, axis=1), np.linalg.norm(features, axis=1))
+    # by hand: rank the other three by cosine similarity, AP = precision at the positive's rank
+    aps = []
+    for i, same in ((0, 1), (1, 0), (2, 3), (3, 2)):
+        others = [j for j in range(4) if j != i]
+        order = sorted(others, key=lambda j: -similarity[i, j])
+        aps.append(1.0 / (order.index(same) + 1))
+    expected = np.mean([np.mean(aps[:2]), np.mean(aps[2:])])
+    assert result["mean_average_precision"] == pytest.approx(expected)
+    assert result["groups"] == 2 and result["profiles"] == 4

@@ -8,7 +8,13 @@ import pandas as pd
 import pytest
 from pycytominer import feature_select
 
-from cellresponse.profiling.well_profiles import correlated_features, select_features
+from cellresponse.profiling.well_profiles import (
+    TREATMENT,
+    combine_blocks,
+    correlated_features,
+    normalization_scope,
+    select_features,
+)
 
 OPERATIONS = ["variance_threshold", "drop_na_columns", "correlation_threshold"]
 
@@ -50,3 +56,29 @@ def test_of_each_correlated_pair_the_feature_more_correlated_with_all_is_dropped
     dropped = correlated_features(wells, list(wells.columns))
     assert dropped == [max(["a", "a_copy"], key=lambda c: sums[c])]
     assert correlated_features(wells, ["a", "b"]) == []  # nothing above 0.9
+
+
+def test_confounded_plates_are_detected_and_not_normalised_per_plate():
+    confounded = pd.DataFrame(
+        {"Metadata_Plate": ["p1", "p1", "p2", "p2"], "Metadata_Compound": ["a", "a", "b", "b"], TREATMENT: list("abcd")}
+    )
+    scope, why = normalization_scope(confounded, "auto", "Metadata_Compound")
+    assert scope == "experiment" and "confounded" in why
+    mixed = pd.DataFrame(
+        {
+            "Metadata_Plate": ["p1"] * 5 + ["p2"] * 5,
+            "Metadata_Compound": list("abcde") * 2,
+            TREATMENT: list("abcde") * 2,
+        }
+    )
+    assert normalization_scope(mixed, "auto", "Metadata_Compound")[0] == "plate"
+    assert normalization_scope(confounded, "plate", "Metadata_Compound")[0] == "plate"  # the user decides
+
+
+def test_blocks_weigh_the_same_whatever_their_width():
+    narrow = pd.DataFrame(np.ones((3, 4)))
+    wide = pd.DataFrame(np.ones((3, 400)))
+    combined, columns = combine_blocks([narrow, wide], ["m", "d"])
+    m = combined[[c for c in columns if c.startswith("m__")]].to_numpy()
+    d = combined[[c for c in columns if c.startswith("d__")]].to_numpy()
+    np.testing.assert_allclose(np.linalg.norm(m, axis=1), np.linalg.norm(d, axis=1))

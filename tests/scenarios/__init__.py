@@ -1,2 +1,2 @@
-"""End-to-end scenarios: the CLI in fresh processes on whole plates (demo, pipeline, bad input, cluster
-faults, screens, the report in a browser)."""
+"""End-to-end scenarios: the CLI as a user types it on whole plates (demo, pipeline, bad input, cluster faults,
+screens, the first hour, the report in a browser)."""
