@@ -48,9 +48,10 @@ print(json.dumps({{"env": changed, "umask": [mask, after],
 def test_stages_without_a_network_do_not_import_torch():
     """segment / measure / crops run in every Dask worker: importing them must not pull in torch, Lightning
     or MONAI (seconds per worker); nor must the stages that only read tables (profile, and report, which names
-    the bundle's models without loading one: 3 s of a 9-second `cellresponse report`). One interpreter imports
-    them in turn and notes what each import brought in, so a failure names the stage that pulled torch first."""
-    stages = ["images", "segment", "measure", "crops", "profile", "report"]
+    the bundle's models without loading one: 3 s of a 9-second `cellresponse report`), nor predict, which loads
+    torch only where the network or the embedder runs. One interpreter imports them in turn and notes what each
+    import brought in, so a failure names the stage that pulled torch first."""
+    stages = ["images", "segment", "measure", "crops", "profile", "report", "predict"]
     probe = f"""
 import importlib, json, sys
 import cellresponse.cli
@@ -62,6 +63,29 @@ for name in {stages!r}:
 print(json.dumps(pulled))
 """
     assert json.loads(_python(probe)) == {name: [] for name in stages}
+
+
+def test_a_prediction_by_measured_profiles_never_imports_torch(tiny_demo, tiny_plates, tmp_path):
+    """The measured profile model with measured references needs neither the network nor the embedder: the whole
+    prediction, report included, runs without torch, Lightning or MONAI (on the walk-through's plate, already
+    segmented: 10.6-11.9 s against 13.1-13.7 s with them, docs/results.md); and the same bundle still predicts
+    with its network when asked, in the same process."""
+    demo, _ = tiny_demo
+    load_data, out = tiny_plates / "load_data.csv", tmp_path / "predicted"
+    args = ["predict", str(demo / "run"), "--load-data", str(load_data), "--no-progress"]
+    probe = f"""
+import json, sys
+from cellresponse.cli import main
+codes = [main({args!r} + ["--out", {str(out)!r}, "--model", "measured", "--set", "references.kind=measured"])]
+heavy = [m for m in ("torch", "lightning", "monai", "safetensors") if m in sys.modules]
+codes.append(main({args!r} + ["--out", {str(tmp_path / "network")!r}, "--model", "network"]))
+print(json.dumps({{"codes": codes, "heavy": heavy}}))
+"""
+    result = json.loads(_python(probe).splitlines()[-1])
+    assert result == {"codes": [0, 0], "heavy": []}
+    assert (out / "predictions" / "treatment_calls.parquet").is_file() and (out / "report" / "index.html").is_file()
+    network = pd.read_parquet(tmp_path / "network" / "predictions" / "image_predictions.parquet")
+    assert set(network["model"]) == {"network"}
 
 
 @pytest.mark.parametrize("name", PIPELINE)

@@ -171,7 +171,7 @@ def test_predict_moves_the_novelty_threshold_where_asked_without_retraining(quir
     calibrated again with Q — a higher quantile, a higher threshold, more new treatments flagged — and the
     mechanism calls unchanged; predict accepts both settings."""
     from cellresponse.config import Config
-    from cellresponse.learning.inference import prediction_config
+    from cellresponse.learning.prediction import prediction_config
 
     auto = quirky["auto"]
     with caplog.at_level("INFO"):

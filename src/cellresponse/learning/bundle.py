@@ -31,7 +31,8 @@ from cellresponse.profiling.references import References, load_references, save_
 from cellresponse.provenance import made_by
 
 # torch, MONAI and safetensors are imported where the weights are read or written, so that the run report, which
-# only names the bundle's models, starts without them (3 s of a 9 s `cellresponse report`).
+# only names the bundle's models, and a prediction without the network start without them (3 s of a 9 s
+# `cellresponse report`; load_bundle with the network 7.4 s, of which 5.3 s the imports).
 if TYPE_CHECKING:
     from cellresponse.networks.model import CellResponseNet
 
@@ -46,7 +47,7 @@ MODEL_CHOICES = ("auto", *CANDIDATES)
 
 @dataclass
 class Bundle:
-    model: CellResponseNet
+    model: CellResponseNet | None  # None where loaded without the network (load_bundle(..., network=False))
     encoder: LabelEncoder
     scaler: Scaler
     config: Config
@@ -183,9 +184,10 @@ def find_bundle(path: str | Path) -> Path:
     )
 
 
-def load_bundle(folder: str | Path) -> Bundle:
-    """Load a bundle (weights through safetensors; the JSON checked for format and version); ``folder`` may be
-    the bundle, a run's ``model`` folder or the run folder."""
+def load_bundle(folder: str | Path, network: bool = True) -> Bundle:
+    """Load a bundle (the JSON checked for format and version; with ``network``, the trained network's weights
+    through safetensors — without, ``model`` is None and torch is not imported); ``folder`` may be the bundle, a
+    run's ``model`` folder or the run folder."""
     folder = find_bundle(folder)
     meta_path, weights_path = folder / "bundle.json", folder / "weights.safetensors"
     if not meta_path.is_file() or not weights_path.is_file():
@@ -197,19 +199,7 @@ def load_bundle(folder: str | Path) -> Bundle:
     if meta.get("format") != "cellresponse-bundle" or meta.get("version") != BUNDLE_VERSION:
         raise InputError(f"{folder}: unsupported bundle format {meta.get('format')} v{meta.get('version')}")
     config = Config.model_validate(meta["config"])
-    from safetensors.torch import load_file
-
-    from cellresponse.networks.model import CellResponseNet
-
-    # The bundle's weights replace any initialisation: no ImageNet file is needed to load it.
-    model = CellResponseNet.from_config(
-        meta["n_features"], len(meta["classes"]), config.training, config.model, pretrained=False
-    )
-    try:
-        model.load_state_dict(load_file(str(weights_path)))
-    except Exception as exc:
-        raise InputError(f"{weights_path} does not fit the network described in {meta_path}: {exc}") from None
-    model.eval()
+    model = load_network(folder, meta, config) if network else None
     scaler = Scaler(**meta["scaler"])
     choice_path = folder / "choice.json"
     return Bundle(
@@ -226,3 +216,23 @@ def load_bundle(folder: str | Path) -> Bundle:
         references=load_references(folder),
         reference_kinds=read_reference_kinds(folder),
     )
+
+
+def load_network(folder: str | Path, meta: dict[str, Any], config: Config) -> CellResponseNet:
+    """The bundle's trained network in eval mode, from ``weights.safetensors`` in the bundle ``folder`` (as
+    :func:`find_bundle` finds it), shaped by its ``meta`` (bundle.json) and ``config``."""
+    from safetensors.torch import load_file
+
+    from cellresponse.networks.model import CellResponseNet
+
+    weights_path = find_bundle(folder) / "weights.safetensors"
+    # The bundle's weights replace any initialisation: no ImageNet file is needed to load it.
+    model = CellResponseNet.from_config(
+        meta["n_features"], len(meta["classes"]), config.training, config.model, pretrained=False
+    )
+    try:
+        model.load_state_dict(load_file(str(weights_path)))
+    except Exception as exc:
+        described = weights_path.parent / "bundle.json"
+        raise InputError(f"{weights_path} does not fit the network described in {described}: {exc}") from None
+    return model.eval()

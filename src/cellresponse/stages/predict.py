@@ -29,12 +29,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
-import torch
 
 from cellresponse.config import Config
-from cellresponse.devices import device_name, inference_device
 from cellresponse.errors import InputError
 from cellresponse.evaluation.prediction_tables import add_columns
 from cellresponse.features.crops import crop_settings as crop_settings_of
@@ -42,14 +41,13 @@ from cellresponse.features.embedding_tables import mean_embeddings
 from cellresponse.input.io import write_parquet
 from cellresponse.input.plate import ImageSource, channel_names
 from cellresponse.input.runfolder import RunFolder
-from cellresponse.learning.bundle import NETWORK, Bundle, find_bundle, load_bundle
-from cellresponse.learning.inference import (
+from cellresponse.learning.bundle import NETWORK, Bundle, find_bundle, load_bundle, load_network
+from cellresponse.learning.prediction import (
     check_compatible,
     chosen_references,
     embedding_config,
     measured_of,
     model_cell_columns,
-    network_predictions,
     predict_with_profiles,
     prediction_config,
     reference_needs,
@@ -59,6 +57,12 @@ from cellresponse.profiling.profile_models import plate_by_plate_feature_table, 
 from cellresponse.profiling.treatment_calls import FIELD_COLUMNS, WELL_COLUMNS, answer_plate, summary
 from cellresponse.reporting.treatment_report import prediction_report
 from cellresponse.stages import stage_module
+
+# torch (and MONAI) are imported where the network or the embedder runs, never for a prediction by the measured
+# profile model with measured references: on the walk-through's new plate, already segmented, that prediction took
+# 12.7-12.9 s with them loaded (2026-12-07), most of it importing torch and MONAI and building the network.
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +89,7 @@ def answer_open_world(
 ) -> list[Path]:
     """Each treatment's, well's and field's open-world answer (treatment_calls.answer_plate) from the bundle's
     references and the new images' profile ``blocks`` (:func:`profile_blocks`, made for ``needs``,
-    inference.reference_needs): ``treatment_calls.parquet``, the answer columns added to the well and image
+    prediction.reference_needs): ``treatment_calls.parquet``, the answer columns added to the well and image
     predictions, and the report."""
     cell_columns, deep = needs
     blocks = {
@@ -112,7 +116,7 @@ class PredictionPlan:
     bundle: Bundle
     config: Config
     model: str
-    device: torch.device
+    device: torch.device | None  # where the network and the embedder run; None when neither does
     images: pd.DataFrame  # the image table prepare wrote and checked
     bundle_path: Path  # where the bundle was given (its training run's folder may be around it)
 
@@ -126,12 +130,19 @@ def prepare(
     model: str = "auto",
 ) -> PredictionPlan:
     """Load the bundle, resolve the model and device, write the image table and check its channels and crop
-    settings against the bundle's — every refusal comes here, before segmentation."""
-    bundle = load_bundle(bundle_path)
+    settings against the bundle's — every refusal comes here, before segmentation. The network is loaded only when
+    it predicts, and the device resolved only when the network or the embedder will run."""
+    bundle = load_bundle(bundle_path, network=False)
     config = prediction_config(bundle.config, overrides or [])
     bundle = replace(bundle, references=chosen_references(bundle, config.references.kind))
-    device = inference_device(config.training.accelerator)
     model = resolve_model(model, bundle, bundle_path)
+    device = None
+    if model != "measured" or (bundle.references is not None and bundle.references.kind != "measured"):
+        from cellresponse.devices import inference_device
+
+        device = inference_device(config.training.accelerator)  # a GPU asked for and absent: refused here
+    if model == NETWORK:
+        bundle = replace(bundle, model=load_network(bundle_path, bundle.meta, bundle.config))
     stage_module("images").run(out, config, source=source)
     table = out.read_images()
     names = channel_names(table)
@@ -140,7 +151,10 @@ def prepare(
 
 
 def predict_with_network(plan: PredictionPlan, out: RunFolder, *, overwrite: bool, progress: bool) -> list[Path]:
-    """The bundle's network on the new cells (inference.predict_with_network), after their crops are cut."""
+    """The bundle's network on the new cells (inference.network_predictions), after their crops are cut."""
+    from cellresponse.devices import device_name
+    from cellresponse.learning.inference import network_predictions
+
     require_cell_features(out.cell_columns(), plan.bundle.scaler.columns, "the bundle's network (its tabular branch)")
     stage_module("crops").run(out, plan.config, overwrite=overwrite, progress=progress)
     log.info("the network predicts %d cells on %s", out.count_cells(), device_name(plan.device))

@@ -1,4 +1,4 @@
-"""What a new plate must share with a bundle, and which of its models predicts (learning/inference.py)."""
+"""What a new plate must share with a bundle, and which of its models predicts (learning/prediction.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from cellresponse.errors import InputError
-from cellresponse.learning.inference import check_compatible, resolve_model
+from cellresponse.learning.prediction import check_compatible, resolve_model
 
 
 def bundle_with(choice: str | None, kinds: tuple[str, ...]) -> SimpleNamespace:
