@@ -92,12 +92,13 @@ def run_cli(*args: str, check: bool = True, process: bool = False) -> subprocess
     """``cellresponse ARGS`` as a user types it: what it printed and the exit status the shell would see.
 
     By default through the CLI's ``main`` in this test process (the console script calls nothing else), with stdout
-    and stderr captured and the root logger, warning filters and ``logging.raiseExceptions`` put back afterwards; an
-    exception ``main`` lets through is printed as Python prints it, status 1. A fresh interpreter costs each command
-    6-10 s of torch, Lightning and MONAI imports, which a test process pays once. ``process=True`` starts
-    ``python -m cellresponse.cli`` instead, for what only a process shows (what the libraries' own loggers print to
-    the console, what is printed as the interpreter exits) and for a command that starts copies of itself (Lightning's
-    DDP launcher reruns the command line: in a pytest-xdist worker, the worker's)."""
+    and stderr captured and ``sys.argv`` the command's; the root logger, warning filters, ``logging.raiseExceptions``
+    and ``sys.argv`` are put back afterwards, and an exception ``main`` lets through is printed as Python prints it,
+    status 1. A fresh interpreter costs each command 6-10 s of torch, Lightning and MONAI imports, which a test
+    process pays once. ``process=True`` starts ``python -m cellresponse.cli`` instead, for what only a process shows
+    (what the libraries' own loggers print to the console, what is printed as the interpreter exits) and for a
+    command that starts copies of itself (Lightning's DDP launcher reruns the command line: in a pytest-xdist worker,
+    the worker's)."""
     if process:
         return _run_cli_process(*args, check=check)
     from cellresponse.cli import main
@@ -105,7 +106,8 @@ def run_cli(*args: str, check: bool = True, process: bool = False) -> subprocess
     argv = list(map(str, args))
     stdout, stderr = io.StringIO(), io.StringIO()
     root = logging.getLogger()
-    handlers, level, raise_exceptions = list(root.handlers), root.level, logging.raiseExceptions
+    handlers, level, raise_exceptions, command_line = list(root.handlers), root.level, logging.raiseExceptions, sys.argv
+    sys.argv = ["cellresponse", *argv]  # as the console script sees it (a run folder's lock names the command)
     try:
         with _console_warnings(), contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
             try:
@@ -124,6 +126,7 @@ def run_cli(*args: str, check: bool = True, process: bool = False) -> subprocess
         root.handlers[:] = handlers
         root.setLevel(level)
         logging.raiseExceptions = raise_exceptions
+        sys.argv = command_line
     result = subprocess.CompletedProcess(["cellresponse", *argv], code, stdout.getvalue(), stderr.getvalue())
     if check and code != 0:
         raise AssertionError(f"cellresponse {' '.join(argv)} failed:\n{result.stderr[-3000:]}")
