@@ -20,9 +20,10 @@ from cellresponse.stages import PIPELINE, stage_module
 MODULES = sorted(m.name for m in pkgutil.walk_packages(cellresponse.__path__, "cellresponse."))
 
 
-def _python(code: str) -> str:
+def _python(code: str, stderr: bool = False) -> str:
+    """What ``code`` prints in a fresh interpreter (its stderr first, with ``stderr``)."""
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return result.stdout.strip()
+    return (result.stderr + result.stdout if stderr else result.stdout).strip()
 
 
 def test_importing_every_module_changes_no_global_state():
@@ -69,20 +70,24 @@ def test_a_prediction_by_measured_profiles_never_imports_torch(tiny_demo, tiny_p
     """The measured profile model with measured references needs neither the network nor the embedder: the whole
     prediction, report included, runs without torch, Lightning or MONAI (on the walk-through's plate, already
     segmented: 10.6-11.9 s against 13.1-13.7 s with them, docs/results.md); and the same bundle still predicts
-    with its network when asked, in the same process."""
+    with its network when asked, in the same process. A GPU asked for is not needed there: one line, no refusal."""
     demo, _ = tiny_demo
     load_data, out = tiny_plates / "load_data.csv", tmp_path / "predicted"
     args = ["predict", str(demo / "run"), "--load-data", str(load_data), "--no-progress"]
     probe = f"""
 import json, sys
 from cellresponse.cli import main
-codes = [main({args!r} + ["--out", {str(out)!r}, "--model", "measured", "--set", "references.kind=measured"])]
+measured = ["--model", "measured", "--set", "references.kind=measured", "--set", "training.accelerator=gpu"]
+codes = [main({args!r} + ["--out", {str(out)!r}, *measured])]
 heavy = [m for m in ("torch", "lightning", "monai", "safetensors") if m in sys.modules]
 codes.append(main({args!r} + ["--out", {str(tmp_path / "network")!r}, "--model", "network"]))
 print(json.dumps({{"codes": codes, "heavy": heavy}}))
 """
-    result = json.loads(_python(probe).splitlines()[-1])
+    printed = _python(probe, stderr=True)
+    result = json.loads(printed.splitlines()[-1])
     assert result == {"codes": [0, 0], "heavy": []}
+    # a GPU asked for (absent here) is not needed: said in a line, not refused
+    assert "training.accelerator=gpu: nothing in this prediction runs on it" in printed
     assert (out / "predictions" / "treatment_calls.parquet").is_file() and (out / "report" / "index.html").is_file()
     network = pd.read_parquet(tmp_path / "network" / "predictions" / "image_predictions.parquet")
     assert set(network["model"]) == {"network"}

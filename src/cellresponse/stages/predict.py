@@ -141,6 +141,12 @@ def prepare(
         from cellresponse.devices import inference_device
 
         device = inference_device(config.training.accelerator)  # a GPU asked for and absent: refused here
+    elif config.training.accelerator != "auto":
+        log.info(
+            "training.accelerator=%s: nothing in this prediction runs on it (the measured profile model and "
+            "measured references need neither the network nor the embedder)",
+            config.training.accelerator,
+        )
     if model == NETWORK:
         bundle = replace(bundle, model=load_network(bundle_path, bundle.meta, bundle.config))
     stage_module("images").run(out, config, source=source)
