@@ -176,4 +176,9 @@ def reference_needs(bundle: Bundle, out: RunFolder) -> tuple[list[str], bool] | 
     except InputError as error:
         log.warning("%s — no activity, nearest references or mechanism calls this time", error)
         return None
-    return cell_columns, any(c.startswith(DEEP_PREFIX) for c in references.features)
+    return cell_columns, embeds_cells(references)
+
+
+def embeds_cells(references: References | None) -> bool:
+    """Whether answering with ``references`` embeds the new cells: they hold mean embeddings (deep or both)."""
+    return references is not None and any(c.startswith(DEEP_PREFIX) for c in references.features)

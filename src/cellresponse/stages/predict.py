@@ -46,6 +46,7 @@ from cellresponse.learning.prediction import (
     check_compatible,
     chosen_references,
     embedding_config,
+    embeds_cells,
     measured_of,
     model_cell_columns,
     predict_with_profiles,
@@ -137,7 +138,7 @@ def prepare(
     bundle = replace(bundle, references=chosen_references(bundle, config.references.kind))
     model = resolve_model(model, bundle, bundle_path)
     device = None
-    if model != "measured" or (bundle.references is not None and bundle.references.kind != "measured"):
+    if model != "measured" or embeds_cells(bundle.references):
         from cellresponse.devices import inference_device
 
         device = inference_device(config.training.accelerator)  # a GPU asked for and absent: refused here
