@@ -99,11 +99,16 @@ def run_cli(*args: str, check: bool = True, process: bool = False) -> subprocess
     (what the libraries' own loggers print to the console, what is printed as the interpreter exits) and for a
     command that starts copies of itself (Lightning's DDP launcher reruns the command line: in a pytest-xdist worker,
     the worker's)."""
-    if process:
-        return _run_cli_process(*args, check=check)
+    argv = list(map(str, args))
+    result = _run_cli_process(argv) if process else _run_cli_in_process(argv)
+    if check and result.returncode != 0:
+        raise AssertionError(f"cellresponse {' '.join(argv)} failed:\n{result.stderr[-3000:]}")
+    return result
+
+
+def _run_cli_in_process(argv: list[str]) -> subprocess.CompletedProcess:
     from cellresponse.cli import main
 
-    argv = list(map(str, args))
     stdout, stderr = io.StringIO(), io.StringIO()
     root = logging.getLogger()
     handlers, level, raise_exceptions, command_line = list(root.handlers), root.level, logging.raiseExceptions, sys.argv
@@ -127,10 +132,7 @@ def run_cli(*args: str, check: bool = True, process: bool = False) -> subprocess
         root.setLevel(level)
         logging.raiseExceptions = raise_exceptions
         sys.argv = command_line
-    result = subprocess.CompletedProcess(["cellresponse", *argv], code, stdout.getvalue(), stderr.getvalue())
-    if check and code != 0:
-        raise AssertionError(f"cellresponse {' '.join(argv)} failed:\n{result.stderr[-3000:]}")
-    return result
+    return subprocess.CompletedProcess(["cellresponse", *argv], code, stdout.getvalue(), stderr.getvalue())
 
 
 @contextlib.contextmanager
@@ -150,11 +152,8 @@ def _print_warning(message, category, filename, lineno, file=None, line=None) ->
     sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
-def _run_cli_process(*args: str, check: bool) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "cellresponse.cli", *map(str, args)], capture_output=True, text=True)
-    if check and result.returncode != 0:
-        raise AssertionError(f"cellresponse {' '.join(map(str, args))} failed:\n{result.stderr[-3000:]}")
-    return result
+def _run_cli_process(argv: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cellresponse.cli", *argv], capture_output=True, text=True)
 
 
 @pytest.fixture(scope="session")
