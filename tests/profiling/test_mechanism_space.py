@@ -4,6 +4,7 @@ chooses, calibrates, keeps and uses it."""
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -13,7 +14,7 @@ from cellresponse.config import ReferencesConfig
 from cellresponse.errors import InputError
 from cellresponse.profiling.calibration import in_moa_space, leave_one_compound_out
 from cellresponse.profiling.matching import match
-from cellresponse.profiling.mechanism_space import compound_folds, held_out_spaces
+from cellresponse.profiling.mechanism_space import compound_folds, fit_mechanism_space, held_out_spaces
 from cellresponse.profiling.queries import normalize_query
 from cellresponse.profiling.reference_building import build_references
 from cellresponse.profiling.references import image_meta, level_table, load_references, profile_fields, save_references
@@ -196,3 +197,15 @@ def test_fields_without_a_mechanism_shape_no_space():
     mechanisms[-1] = np.nan
     folds, spaces = held_out_spaces(rng.normal(size=(32, 6)), compounds, mechanisms, [f"f{i}" for i in range(6)])
     assert len(folds) == 8 and all(space.mechanisms == ["a", "b", "c"] for space in spaces.values())
+
+
+def test_a_mechanism_with_a_single_reference_field_fits_without_a_warning():
+    """A JUMP reference set has mechanisms with one field: the space is fitted, scikit-learn's Ledoit-Wolf warning
+    about a one-sample class is not passed on to the user's console."""
+    rng = np.random.default_rng(7)
+    mechanisms = np.array(["a"] * 5 + ["b"] * 5 + ["single"])
+    values = rng.normal(size=(11, 6))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        space = fit_mechanism_space(values, mechanisms, [f"f{i}" for i in range(6)])
+    assert space is not None and space.mechanisms == ["a", "b", "single"] and space.scalings.shape == (6, 2)

@@ -1,4 +1,5 @@
 import urllib.error
+import warnings
 
 import numpy as np
 import pytest
@@ -228,3 +229,20 @@ def test_fill_holes_and_li_threshold_equal_scipy_and_scikit_image():
         image = ndi.gaussian_filter(rng.random((50, 40)), 2)
         assert threshold_li(image) == pytest.approx(filters.threshold_li(image), rel=1e-12)
     assert threshold_li(np.full((4, 4), 3.0)) == 3.0
+
+
+def test_cellpose_on_an_empty_field_finds_no_cells_and_prints_no_warning(tmp_path):
+    """A blank site (no cells) is segmented to nothing, its diameter estimated by the size model, without numpy's
+    "Mean of empty slice" / "invalid value" lines (the size model's diameter of no masks) that every such field
+    printed, and without torch's sparse-tensor line about Cellpose's own mask step (once a process: the first call
+    here shows it)."""
+    from cellpose import models as cp_models
+
+    segmenter = CellposeSegmenter(SegmentationConfig(diameter=None), pretrained=False)
+    size_params = {"A": np.zeros(256, np.float32), "smean": np.zeros(256, np.float32), "diam_mean": 30.0, "ymean": 0.0}
+    np.save(tmp_path / "size.npy", size_params)
+    segmenter.size_model = cp_models.SizeModel(cp_model=segmenter.model, pretrained_size=str(tmp_path / "size.npy"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        labels, flows, diameter = segmenter(np.zeros((96, 96), np.float32))
+    assert labels.max() == 0 and np.isfinite(flows).all() and diameter == 30.0  # Cellpose's own fallback

@@ -16,6 +16,7 @@ the calibration never scores a compound in a space that saw it.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,7 +59,12 @@ def fit_mechanism_space(values: np.ndarray, mechanisms: np.ndarray, columns: lis
     names = np.asarray(mechanisms).astype(str)
     if len(np.unique(names)) < MIN_MECHANISMS:
         return None
-    lda = LinearDiscriminantAnalysis(solver="eigen", shrinkage="auto").fit(np.asarray(values, np.float64), names)
+    with warnings.catch_warnings():
+        # A mechanism with a single reference field (common in a JUMP reference set) has no spread of its own: its
+        # zero within-mechanism covariance is right, and scikit-learn's Ledoit-Wolf warning for it, printed once per
+        # such mechanism and per leave-one-compound-out fold, would tell a user nothing.
+        warnings.filterwarnings("ignore", "Only one sample available", UserWarning)
+        lda = LinearDiscriminantAnalysis(solver="eigen", shrinkage="auto").fit(np.asarray(values, np.float64), names)
     directions = len(lda.classes_) - 1
     return MechanismSpace(list(columns), lda.scalings_[:, :directions].copy(), [str(c) for c in lda.classes_])
 

@@ -8,7 +8,10 @@ cache. Nothing here changes the environment or Cellpose's module state: a local 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -111,17 +114,35 @@ class CellposeSegmenter:
     def __call__(self, seg_input: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         channels = [0, 0]
         diameter = self.config.diameter
-        if diameter is None and self.size_model is not None:
-            estimated, _ = self.size_model.eval(seg_input, channels=channels)
-            diameter = float(np.atleast_1d(estimated)[0])
-        diameter = float(diameter or CYTO_DIAMETER)
-        masks, flows, _ = self.model.eval(
-            seg_input,
-            channels=channels,
-            diameter=diameter,
-            flow_threshold=self.config.flow_threshold,
-            cellprob_threshold=self.config.cellprob_threshold,
-        )
+        with without_cellpose_noise():
+            if diameter is None and self.size_model is not None:
+                estimated, _ = self.size_model.eval(seg_input, channels=channels)
+                diameter = float(np.atleast_1d(estimated)[0])
+            diameter = float(diameter or CYTO_DIAMETER)
+            masks, flows, _ = self.model.eval(
+                seg_input,
+                channels=channels,
+                diameter=diameter,
+                flow_threshold=self.config.flow_threshold,
+                cellprob_threshold=self.config.cellprob_threshold,
+            )
         dp, prob = flows[1], flows[2]
         out = np.stack([dp[0], dp[1], prob]).astype(np.float32)
         return masks.astype(np.uint32), out, diameter
+
+
+@contextlib.contextmanager
+def without_cellpose_noise() -> Iterator[None]:
+    """Two kinds of lines Cellpose's own code makes a user read, neither about their images:
+
+    * on a field where it finds no cells (an empty or out-of-focus site) it measures the diameter of no masks, the
+      median of nothing, which numpy warns about twice (once more with the size model) before Cellpose falls back to
+      its default diameter itself — a plate with blank sites printed them for each (the segment stage reports every
+      image's cell count instead);
+    * torch's "Sparse invariant checks are implicitly disabled ... Memory errors (e.g. SEGFAULT) will occur", once
+      per worker, about the sparse tensor Cellpose builds from its own flow coordinates to follow them into masks.
+    """
+    with warnings.catch_warnings(), np.errstate(invalid="ignore"):
+        warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)
+        warnings.filterwarnings("ignore", "Sparse invariant checks are implicitly disabled", UserWarning)
+        yield
