@@ -69,6 +69,8 @@ def test_the_bundle_is_found_from_the_run_folder_or_its_model_folder(tmp_path):
         assert find_bundle(given) == bundle
     with pytest.raises(InputError, match="no model bundle"):
         find_bundle(tmp_path)
+    with pytest.raises(InputError, match="runs/mistyped does not exist"):  # a typo, not a run without a model
+        find_bundle(tmp_path / "runs" / "mistyped")
 
 
 def test_report_of_synthetic_plates_says_so_and_prints_learning_rates(tiny_demo):

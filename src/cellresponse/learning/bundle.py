@@ -175,6 +175,8 @@ def read_profile_models(folder: Path) -> dict[str, dict[str, Any]]:
 def find_bundle(path: str | Path) -> Path:
     """The bundle folder for a trained run folder, its ``model`` folder or the bundle itself."""
     path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path} does not exist — name a trained run folder or its model bundle")
     for candidate in (path, path / "bundle", path / "model" / "bundle"):
         if (candidate / "bundle.json").is_file():
             return candidate
