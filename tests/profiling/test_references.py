@@ -3,6 +3,8 @@ calls, novelty and phenotypic activity (references.py, activity.py, treatment_ca
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -401,15 +403,18 @@ def test_a_bundle_trained_with_harmony_predicts_and_draws_its_report(tiny_demo, 
     assert "<img" in (out / "report" / "index.html").read_text()
 
 
-def test_a_plate_without_controls_says_where_the_controls_were_looked_for(references):
-    """The whole reason — which column and which label named the controls — travels with the answer, so the log,
-    predict's summary and the report say the same thing a user can act on."""
+def test_a_plate_without_controls_says_where_the_controls_were_looked_for(references, caplog):
+    """The whole reason — which column and which label named the controls — travels with the answer, so predict's
+    summary and the report say the same thing a user can act on; the summary is its one line in the log (it was
+    printed twice, the second time inside the summary)."""
     from cellresponse.config import Config, apply_overrides
     from cellresponse.profiling.treatment_calls import answer_plate, summary
 
     blocks, images = plate([("actin-0", "1", "actin", 2), ("dna-1", "2", "dna", 2)], seed=11, plate_name="Q")
     config = apply_overrides(Config(), ["profiles.treatment=[Metadata_Compound,Metadata_Concentration]"])
-    answers = answer_plate(blocks, images, references, config).answers
+    with caplog.at_level(logging.INFO, logger="cellresponse"):
+        answers = answer_plate(blocks, images, references, config).answers
+    assert not [r for r in caplog.records if "activity not computed" in r.getMessage()]
     assert answers.activity_note.startswith("no negative controls among these images: activity not computed")
     assert f"= {config.input.control_label}, input.control_label)" in answers.activity_note
     assert answers.activity_note in summary(answers, references.calibration)

@@ -239,13 +239,12 @@ def answer_plate(
     )
     answers = answer(fields, raw, references, controls, r.neighbours, r.activity_fdr, config.seed, profile_columns)
     if answers.activity_note:
-        # the whole reason, with where the controls were looked for, travels with the answer: the log, predict's
-        # summary and the report say the same
+        # the whole reason, with where the controls were looked for, travels with the answer: predict's summary
+        # line (:func:`summary`, its one mention in the log) and the report say the same
         named = " or ".join(dict.fromkeys(c for c in (config.input.label, compound) if c))
         answers = replace(
             answers,
             activity_note=f"{answers.activity_note} (negative controls: {named} = {config.input.control_label}, "
             "input.control_label)",
         )
-        log.warning(answers.activity_note)
     return PlateAnswer(answers, fields, meta, references)
