@@ -45,7 +45,7 @@ def test_unit_rows_keep_a_zero_profile_at_zero_and_give_the_cosine():
 def test_the_counts_say_why_activity_was_not_scored_instead_of_zero_active():
     """A plate without negative controls: the report says why, not "0 active / 0 not active" (which reads as
     "nothing did anything"); and where the images carry their mechanism, how often the calls matched it."""
-    note = "no negative controls among these images: activity not computed (negative controls: X = DMSO, …)"
+    note = "no negative controls among these images (looked for X = DMSO, input.control_label)"
     page = "".join(counts_section(calls([None] * 4), CALIBRATION, note, "Metadata_MoA"))
     assert "was not scored: no negative controls" in page and "active (q &lt; FDR)" not in page
     assert "the call matches it for 0.500 of the 2 called treatments" in page

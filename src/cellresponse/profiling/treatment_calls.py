@@ -85,10 +85,10 @@ def activity_table(
     and why."""
     columns = ["treatment", *ACTIVITY_COLUMNS]
     if controls is None:
-        return pd.DataFrame(columns=columns), "no negative controls among these images: activity not computed"
+        return pd.DataFrame(columns=columns), "no negative controls among these images"
     flags = control_flags(controls, raw_fields["image_id"])
     if flags.all():
-        return pd.DataFrame(columns=columns), "every image is a negative control: no treatment to score"
+        return pd.DataFrame(columns=columns), "every image is a negative control, so there is no treatment to score"
     profiles = normalized_fields(raw_fields, normalization, pd.Series(flags), per_plate=True)
     return phenotypic_activity(profiles, normalization.columns, pd.Series(flags), fdr, seed), None
 
@@ -147,7 +147,7 @@ def summary(answers: Answers, calibration: dict, moa_column: str | None = None) 
     line += (
         f"{active} active (q < FDR), {int(t['active'].notna().sum()) - active} not"
         if answers.activity_note is None
-        else answers.activity_note
+        else f"activity not scored — {answers.activity_note}"
     )
     line += f"; {novel} novel; {int(t['moa_call'].notna().sum())} called"
     if len(calls):
@@ -244,7 +244,7 @@ def answer_plate(
         named = " or ".join(dict.fromkeys(c for c in (config.input.label, compound) if c))
         answers = replace(
             answers,
-            activity_note=f"{answers.activity_note} (negative controls: {named} = {config.input.control_label}, "
+            activity_note=f"{answers.activity_note} (looked for {named} = {config.input.control_label}, "
             "input.control_label)",
         )
     return PlateAnswer(answers, fields, meta, references)
