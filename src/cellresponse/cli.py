@@ -386,9 +386,10 @@ def predict_extra(parser: argparse.ArgumentParser) -> None:
     )
     _set_flag(
         parser,
-        "change how the bundle predicts, e.g. --set references.kind=measured (runtime.*, input.label, "
-        "input.control_label, training.accelerator, references.kind / query_normalization / activity_fdr / "
-        "neighbours, profiles.treatment / compound; what the model sees is the bundle's and is refused)",
+        "change how the bundle predicts, e.g. --set references.kind=measured (runtime.*, input.join, input.label, "
+        "input.control_label, training.accelerator, references.kind / moa_space / novelty_quantile / "
+        "query_normalization / activity_fdr / neighbours, profiles.treatment / compound; what the model sees is "
+        "the bundle's and is refused)",
     )
 
 
@@ -501,7 +502,11 @@ VERBS = (
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cellresponse",
-        description="Predict which compound treated the cells in a Cell Painting image.",
+        description=(
+            "From Cell Painting images: which treatment the cells received, and for a compound no model has seen "
+            "whether it is active, which reference treatments it resembles, its mechanism with a calibrated "
+            "probability, or that it is novel."
+        ),
     )
     parser.add_argument("--version", action="version", version=f"cellresponse {__version__}")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)

@@ -249,3 +249,14 @@ def test_measure_refuses_to_mix_settings_in_a_half_measured_run(tmp_path, plate4
     cells = pd.read_parquet(run / "cells.parquet")
     assert not [c for c in cells.columns if c.startswith(("CR_Texture_Contrast", "CR_RingFraction_"))]
     assert cells["image_id"].nunique() == len(parts)
+
+
+def test_predict_help_names_every_setting_predict_accepts():
+    """`predict --help` lists the `--set` keys predict takes (prediction.RUNTIME_KEYS): a key added there and not to
+    the help (references.moa_space and novelty_quantile were missing) fails here."""
+    from cellresponse.learning.prediction import RUNTIME_KEYS
+
+    text = " ".join(run_cli("predict", "--help").stdout.split())  # argparse wraps lines
+    for key in RUNTIME_KEYS:
+        section, _, name = key.rstrip(".").partition(".")
+        assert (name or f"{section}.*") in text, key
