@@ -194,8 +194,8 @@ def bbbc021_cropped(tmp_path_factory) -> Path:
 
 
 def run_metrics(**given):
-    """A ``RunMetrics`` record holding ``given`` and empty values for every other required field (the report's
-    functions read records; a test names only the fields it is about)."""
+    """A ``RunMetrics`` record of ``given`` (as ``metrics.json`` holds it) and empty values for every other required
+    field (the report's functions read records; a test names only the fields it is about)."""
     from cellresponse.evaluation.run_metrics import RunMetrics
 
     empty = {
@@ -204,7 +204,7 @@ def run_metrics(**given):
         "baseline_features": {}, "baseline_cell_features": {}, "sanity_check": {}, "verdict": "",
         "embeddings_verdict": "",
     }  # fmt: skip
-    return RunMetrics(**{**empty, **given})
+    return RunMetrics.from_json({**empty, **given})
 
 
 def scheduler_address(scheduler_file: Path) -> str | None:

@@ -11,6 +11,7 @@ from cellresponse.config import ReferencesConfig, SplitConfig
 from cellresponse.evaluation.classification import classification_metrics, top_k_accuracy, voted_metrics
 from cellresponse.evaluation.label_groups import label_groups, wrong_calls
 from cellresponse.evaluation.prediction_tables import prediction_table
+from cellresponse.evaluation.run_metrics import Confusion
 from cellresponse.evaluation.votes import vote
 from cellresponse.learning.baselines import features_baseline
 from cellresponse.profiling.profile_models import (
@@ -126,7 +127,7 @@ def test_wrong_calls_count_the_ones_that_stay_within_the_true_labels_group():
         "labels": ["a1", "a2", "b1", "x"],
         "matrix": [[5, 3, 1, 0], [2, 4, 0, 0], [0, 0, 6, 1], [0, 0, 0, 2]],
     }
-    out = wrong_calls(confusion, groups, top=2)
+    out = wrong_calls(Confusion(**confusion), groups, top=2)
     assert (out["n"], out["wrong"], out["wrong_within_group"]) == (24, 7, 5)
     assert out["share_within_group"] == pytest.approx(5 / 7)
     assert out["group_accuracy"] == pytest.approx((17 + 5) / 24)
@@ -134,7 +135,7 @@ def test_wrong_calls_count_the_ones_that_stay_within_the_true_labels_group():
         {"true": "a1", "predicted": "a2", "n": 3, "same_group": True},
         {"true": "a2", "predicted": "a1", "n": 2, "same_group": True},
     ]
-    right = wrong_calls({"labels": ["a1", "b1"], "matrix": [[3, 0], [0, 2]]}, groups)
+    right = wrong_calls(Confusion(["a1", "b1"], [[3, 0], [0, 2]]), groups)
     assert right["wrong"] == 0 and right["share_within_group"] is None and right["group_accuracy"] == 1.0
 
 
@@ -258,7 +259,7 @@ def test_wrong_compound_calls_on_real_cells_stay_within_the_mechanism(moa_site1_
             np.where(images["Metadata_Replicate"].astype(str) == test, "test", "train"), index=images["image_id"]
         )
         image = features_baseline(table, images, "Metadata_Compound", sides)["image"]
-        out = wrong_calls(image["confusion"], groups)
+        out = wrong_calls(Confusion(**image["confusion"]), groups)
         assert out["n"] == 55 and out["wrong"] == round(55 * (1 - image["accuracy"]))
         assert out["share_within_group"] >= 0.7, (test, out)
         assert out["group_accuracy"] >= image["accuracy"] + 0.15, (test, out, image["accuracy"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from cellresponse.evaluation.label_groups import wrong_calls_sentence
+from cellresponse.evaluation.run_metrics import Confusion
 from tests.conftest import run_metrics
 
 
@@ -31,6 +32,6 @@ def test_group_accuracy_counts_calls_that_name_the_true_labels_group():
     groups = {"gefitinib": "EGFR", "erlotinib": "EGFR", "taxol": "TUBB"}
     true = ["gefitinib", "gefitinib", "taxol", "taxol", "dmso"]
     called = ["erlotinib", "taxol", "taxol", "gefitinib", "nocodazole"]  # right target, wrong, right, wrong, right
-    confusion = classification_metrics(true, called, None, sorted(set(true + called)))["confusion"]
+    confusion = Confusion(**classification_metrics(true, called, None, sorted(set(true + called)))["confusion"])
     assert group_accuracy(confusion, groups) == 0.6  # two labels with no group: the same group, "?"
     assert group_accuracy(confusion, {}) is None

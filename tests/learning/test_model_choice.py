@@ -104,14 +104,14 @@ def test_the_choice_is_told_with_its_validation_scores_and_its_test_score_after(
     choice = {"auto": "measured", "scores": scores, "scored_on": "the validation side (24 images)"}
     told = describe_choice(choice)
     assert "uses the measured model" in told and "0.950" in told and "against deep 0.900, network 0.800" in told
-    metrics = run_metrics(
-        profile_models={"measured": {"image": {"accuracy": 0.97}, "well": {"accuracy": 1.0}}},
-        image={"soft_vote": {"accuracy": 0.6}},
-    )
+    image = {"accuracy": 0.97, "n": 100}
+    given = {"image": {"soft_vote": {"accuracy": 0.6, "n": 100}}}
+    metrics = run_metrics(profile_models={"measured": {"image": image, "well": {"accuracy": 1.0, "n": 25}}}, **given)
     summary = auto_summary(choice, metrics, "soft")
     assert summary["test"] == {"image": 0.97, "well": 1.0} and summary["validation"]["deep"] == 0.9
     assert summary["sentence"].endswith("on the test side it scores 0.970 per image")
-    metrics.profile_models["measured"]["image"]["mean_probability"] = 0.8
+    sure = {"image": {**image, "mean_probability": 0.8}, "well": {"accuracy": 1.0, "n": 25}}
+    metrics = run_metrics(profile_models={"measured": sure}, **given)
     told = auto_summary(choice, metrics, "soft")["sentence"]
     assert told.endswith("scores 0.970 per image, its calls made with a mean probability of 0.800")
     # the network chosen: its voted accuracy is the test score

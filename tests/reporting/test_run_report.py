@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from cellresponse.evaluation.classification import classification_metrics, per_class_from_confusion
+from cellresponse.evaluation.classification import classification_metrics
+from cellresponse.evaluation.run_metrics import ClassScores, Confusion, SanityCheck, Scores
 from cellresponse.reporting.run_report import (
     headline_of_the_predicting_model,
     never_predicted,
@@ -18,14 +19,17 @@ def row(label: str, *numbers: object) -> str:
 
 
 def test_the_report_says_what_a_sanity_check_and_a_never_predicted_class_mean():
-    below = sanity_meaning({"accuracy": 0.950, "balanced_accuracy": 0.51, "majority_rate": 0.952})
+    def meaning(accuracy: float, balanced: float, majority: float) -> str:
+        return sanity_meaning(SanityCheck(accuracy=accuracy, balanced_accuracy=balanced, majority_rate=majority))
+
+    below = meaning(0.950, 0.51, 0.952)
     assert "no better than chance" in below and "do not tell control from treated" in below
-    assert "barely above chance" in sanity_meaning({"accuracy": 0.95, "balanced_accuracy": 0.57, "majority_rate": 0.95})
+    assert "barely above chance" in meaning(0.95, 0.57, 0.95)
     # few controls: plain accuracy under the majority rate while the balanced accuracy shows a real difference
-    few_controls = sanity_meaning({"accuracy": 0.918, "balanced_accuracy": 0.672, "majority_rate": 0.952})
+    few_controls = meaning(0.918, 0.672, 0.952)
     assert "differ (balanced accuracy 0.672" in few_controls and "do not tell" not in few_controls
-    assert "told apart" in sanity_meaning({"accuracy": 0.95, "balanced_accuracy": 0.9, "majority_rate": 0.6})
-    voted = {"confusion": {"labels": ["DMSO", "compound-05"], "matrix": [[5, 0], [3, 0]]}}
+    assert "told apart" in meaning(0.95, 0.9, 0.6)
+    voted = Scores(n=8, accuracy=0.625, confusion=Confusion(["DMSO", "compound-05"], [[5, 0], [3, 0]]))
     assert never_predicted(voted) == ["compound-05 is never predicted: its 3 images were called DMSO most often."]
 
 
@@ -95,7 +99,8 @@ def test_the_confusion_matrix_and_per_class_table_are_the_predicting_models(tmp_
     profile = classification_metrics(truth, ["a", "a", "b", "b", "c", "b"], None, ["a", "b", "c"], 5)
     network = classification_metrics(truth, ["b", "a", "b", "b", "a", "a"], None, ["a", "b", "c"], 5)
     # the profile blocks in metrics.json keep only the matrix; derived per class, it matches scikit-learn's
-    assert per_class_from_confusion(profile["confusion"]) == profile["per_class"]
+    per_class = {label: ClassScores(**scores) for label, scores in profile["per_class"].items()}
+    assert Confusion(**profile["confusion"]).per_class() == per_class
     profile_block = {k: v for k, v in profile.items() if k != "per_class"}
     metrics = {
         "image": {"soft_vote": network},

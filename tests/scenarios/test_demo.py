@@ -68,7 +68,7 @@ def test_metrics_json_is_one_typed_record_and_an_older_one_still_gives_a_report(
     stored = json.loads(run.metrics.read_text())
     record = RunMetrics.read(run.metrics)
     assert record is not None and record.to_json() == stored  # every key written is a field, and back
-    assert record.label == stored["label"] and record.image["soft_vote"]["n"] > 0
+    assert record.label == stored["label"] and record.image.soft_vote is not None and record.image.soft_vote.n > 0
     old = tmp_path / "old"
     shutil.copytree(run.root, old)
     json_without = {k: v for k, v in stored.items() if k != "sanity_check"}

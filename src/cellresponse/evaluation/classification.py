@@ -114,21 +114,6 @@ def _code_metrics(
     return out
 
 
-def per_class_from_confusion(confusion: dict[str, Any]) -> dict[str, dict[str, float | int]]:
-    """Per-class precision, recall and support from a stored confusion matrix (rows true, columns called), as
-    :func:`classification_metrics` gives them: the profile models' blocks in ``metrics.json`` keep only the matrix."""
-    matrix = np.asarray(confusion["matrix"], dtype=np.int64)
-    right, support, called = np.diag(matrix), matrix.sum(axis=1), matrix.sum(axis=0)
-    return {
-        label: {
-            "precision": float(right[i] / called[i]) if called[i] else 0.0,
-            "recall": float(right[i] / support[i]) if support[i] else 0.0,
-            "support": int(support[i]),
-        }
-        for i, label in enumerate(confusion["labels"])
-    }
-
-
 def voted_metrics(
     table: pd.DataFrame,
     probs: np.ndarray,

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cellresponse.evaluation.run_metrics import RunMetrics
+from cellresponse.evaluation.run_metrics import Confusion, RunMetrics
 
 
 def label_groups(images: pd.DataFrame, label: str, column: str) -> dict[str, str]:
@@ -36,14 +36,14 @@ def label_grouping(
     return None
 
 
-def group_accuracy(confusion: dict[str, Any], groups: dict[str, str]) -> float | None:
-    """The share of the calls a confusion matrix counts (``{"labels", "matrix"}``, rows true, columns called) whose
-    label has the true label's group (a compound call naming the right gene target); None without ``groups``.
-    Labels with no group count as one group of their own (``?``), as evaluation always has."""
+def group_accuracy(confusion: Confusion, groups: dict[str, str]) -> float | None:
+    """The share of the calls a confusion matrix counts whose label has the true label's group (a compound call
+    naming the right gene target); None without ``groups``. Labels with no group count as one group of their own
+    (``?``), as evaluation always has."""
     if not groups:
         return None
-    matrix = np.asarray(confusion["matrix"], dtype=np.int64)
-    group = np.array([groups.get(label, "?") for label in confusion["labels"]], dtype=object)
+    matrix = np.asarray(confusion.matrix, dtype=np.int64)
+    group = np.array([groups.get(label, "?") for label in confusion.labels], dtype=object)
     return float(matrix[group[:, None] == group[None, :]].sum() / matrix.sum())
 
 
@@ -52,13 +52,13 @@ def grouping_record(grouping: tuple[str, dict[str, str]] | None) -> dict[str, An
     return None if grouping is None else {"column": grouping[0], "groups": grouping[1]}
 
 
-def wrong_calls(confusion: dict[str, Any], groups: dict[str, str], top: int = 5) -> dict[str, Any]:
+def wrong_calls(confusion: Confusion, groups: dict[str, str], top: int = 5) -> dict[str, Any]:
     """Where the wrong calls of a confusion matrix go, against a coarser grouping of its labels (``groups``,
     :func:`label_groups`): how many wrong calls name a label of the same group (a compound mistaken for another
     compound of its mechanism), the accuracy at the group level, and the ``top`` most frequent wrong pairs.
     A label with no group never counts as within one."""
-    labels = list(confusion["labels"])
-    matrix = np.asarray(confusion["matrix"], dtype=np.int64)
+    labels = list(confusion.labels)
+    matrix = np.asarray(confusion.matrix, dtype=np.int64)
     total, right = int(matrix.sum()), int(np.trace(matrix))
     same = np.array([[groups.get(t) is not None and groups.get(t) == groups.get(p) for p in labels] for t in labels])
     np.fill_diagonal(same, False)
@@ -90,16 +90,18 @@ def wrong_calls_by_model(metrics: RunMetrics, grouping: tuple[str, dict[str, str
     if grouping is None:
         return None
     column, groups = grouping
-    vote_name = f"{metrics.headline_vote}_vote"
-    blocks = {"network": {level: metrics.level(level).get(vote_name, {}) for level in ("image", "well")}}
-    blocks |= {kind: block for kind, block in metrics.profile_models.items() if "skipped" not in block}
+    blocks = {"network": {level: metrics.network(level, metrics.headline_vote) for level in ("image", "well")}}
+    blocks |= {
+        kind: {level: scores.level(level) for level in ("image", "well")}
+        for kind, scores in metrics.profile_models.items()
+    }
     models = {
         name: {
-            level: wrong_calls(block[level]["confusion"], groups)
-            for level in ("image", "well")
-            if block.get(level, {}).get("confusion")
+            level: wrong_calls(block.confusion, groups)
+            for level, block in levels.items()
+            if block is not None and block.confusion is not None
         }
-        for name, block in blocks.items()
+        for name, levels in blocks.items()
     }
     return {"column": column, "models": {name: levels for name, levels in models.items() if levels}}
 

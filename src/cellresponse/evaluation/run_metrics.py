@@ -1,9 +1,14 @@
-"""``RUN/metrics.json``, typed: what ``evaluate`` writes and the report and ``predict`` read (one record, so that a
-reader names fields instead of guessing at the keys of a ``dict``)."""
+"""``RUN/metrics.json``, typed: what ``evaluate`` writes and the report reads — one record, so that a reader names
+fields instead of guessing at the keys of a ``dict``. :class:`RunMetrics` is the file; :class:`Scores` one set of
+calls scored, :class:`VotedScores` a level's two votes, :class:`ModelScores` a baseline or profile model,
+:class:`SanityCheck` the study's control-vs-compound check. Each block reads its JSON with ``from_json`` and writes
+it back with ``to_json``, key for key (absent fields left out), so the file's layout is the one readers of earlier
+versions know."""
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -11,29 +16,202 @@ from typing import Any
 from cellresponse.errors import InputError
 
 LEVEL_FIELDS = ("cell", "image", "well", "plate")
+VOTES = ("majority", "soft")
+
+
+def _present(record: Any) -> dict[str, Any]:
+    """A block's fields as JSON keeps them: the ones that are set."""
+    return {f.name: getattr(record, f.name) for f in fields(record) if getattr(record, f.name) is not None}
+
+
+@dataclass(frozen=True)
+class ClassScores:
+    """One class's precision and recall (0 where undefined, as scikit-learn gives them) and its true examples."""
+
+    precision: float
+    recall: float
+    support: int
+
+
+@dataclass(frozen=True)
+class Confusion:
+    """A confusion matrix: ``matrix[i][j]`` examples of true ``labels[i]`` called ``labels[j]``."""
+
+    labels: list[str]
+    matrix: list[list[int]]
+
+    def per_class(self) -> dict[str, ClassScores]:
+        """Each class's precision, recall and support read off the matrix (the profile models keep only this)."""
+        rows = [sum(row) for row in self.matrix]
+        columns = [sum(column) for column in zip(*self.matrix, strict=True)] if self.matrix else []
+        return {
+            label: ClassScores(
+                precision=float(self.matrix[i][i] / columns[i]) if columns[i] else 0.0,
+                recall=float(self.matrix[i][i] / rows[i]) if rows[i] else 0.0,
+                support=int(rows[i]),
+            )
+            for i, label in enumerate(self.labels)
+        }
+
+
+@dataclass(frozen=True)
+class Scores:
+    """One set of calls scored (:func:`cellresponse.evaluation.classification.classification_metrics`): accuracy,
+    balanced accuracy, macro F1 and the rates to read them against, the top-k accuracy where scores were given
+    (``top<k>`` in the file: ``top5`` by default, ``evaluation.top_k``), the mean probability of the calls (the soft
+    vote and the tempered models), per-class scores and the confusion matrix where details were kept."""
+
+    n: int
+    accuracy: float
+    balanced_accuracy: float | None = None
+    macro_f1: float | None = None
+    chance_rate: float | None = None  # 1 / the model's classes
+    majority_rate: float | None = None  # always answering the most frequent true class
+    top_k: int | None = None
+    top_k_accuracy: float | None = None
+    mean_probability: float | None = None
+    per_class: dict[str, ClassScores] | None = None
+    confusion: Confusion | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Scores:
+        top = next((key for key in data if re.fullmatch(r"top\d+", key)), None)
+        confusion = data.get("confusion")
+        per_class = data.get("per_class")
+        return cls(
+            n=int(data["n"]),
+            accuracy=data["accuracy"],
+            balanced_accuracy=data.get("balanced_accuracy"),
+            macro_f1=data.get("macro_f1"),
+            chance_rate=data.get("chance_rate"),
+            majority_rate=data.get("majority_rate"),
+            top_k=int(top[3:]) if top else None,
+            top_k_accuracy=data[top] if top else None,
+            mean_probability=data.get("mean_probability"),
+            per_class={k: ClassScores(**v) for k, v in per_class.items()} if per_class is not None else None,
+            confusion=Confusion(list(confusion["labels"]), confusion["matrix"]) if confusion else None,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"n": self.n, "accuracy": self.accuracy}
+        for name in ("balanced_accuracy", "macro_f1"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        if self.top_k is not None:
+            out[f"top{self.top_k}"] = self.top_k_accuracy
+        for name in ("chance_rate", "majority_rate", "mean_probability"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        if self.per_class is not None:
+            out["per_class"] = {label: asdict(scores) for label, scores in self.per_class.items()}
+        if self.confusion is not None:
+            out["confusion"] = asdict(self.confusion)
+        return out
+
+    def class_scores(self) -> dict[str, ClassScores]:
+        """Per-class scores as kept, else read off the confusion matrix; empty without either."""
+        if self.per_class:
+            return self.per_class
+        return self.confusion.per_class() if self.confusion else {}
+
+
+@dataclass(frozen=True)
+class VotedScores:
+    """A level's votes (images, wells, plates): the majority and soft votes scored, with the level's rates — or
+    only ``skipped``, why the level was not voted (groups holding several classes)."""
+
+    majority_vote: Scores | None = None
+    soft_vote: Scores | None = None
+    chance_rate: float | None = None
+    majority_rate: float | None = None
+    skipped: str | None = None
+
+    def vote(self, name: str) -> Scores | None:
+        """The ``majority`` or ``soft`` vote's scores (None where the level was skipped)."""
+        if name not in VOTES:
+            raise ValueError(f"no vote {name!r}; votes: {', '.join(VOTES)}")
+        return self.majority_vote if name == "majority" else self.soft_vote
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> VotedScores:
+        votes = {f"{v}_vote": Scores.from_json(data[f"{v}_vote"]) for v in VOTES if data.get(f"{v}_vote")}
+        rates = {k: data[k] for k in ("chance_rate", "majority_rate", "skipped") if k in data}
+        return cls(**votes, **rates)
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v.to_json() if isinstance(v, Scores) else v for k, v in _present(self).items()}
+
+
+@dataclass(frozen=True)
+class ModelScores:
+    """A features-only or profile model on the test side — what it is, its temperature, its soft vote per level
+    (the single-cell baseline also per cell) — or only ``skipped`` and why."""
+
+    model: str | None = None
+    temperature: float | None = None  # its probabilities' temperature, fitted on held-out non-test images
+    cell: Scores | None = None
+    image: Scores | None = None
+    well: Scores | None = None
+    skipped: str | None = None
+
+    def level(self, name: str) -> Scores | None:
+        """The scores at ``cell``, ``image`` or ``well`` (None where it was not scored there)."""
+        return {"cell": self.cell, "image": self.image, "well": self.well}.get(name)
+
+    def accuracy(self, level: str) -> float | None:
+        scores = self.level(level)
+        return None if scores is None else scores.accuracy
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ModelScores:
+        levels = {k: Scores.from_json(data[k]) for k in ("cell", "image", "well") if data.get(k)}
+        return cls(**{k: data[k] for k in ("model", "temperature", "skipped") if k in data}, **levels)
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v.to_json() if isinstance(v, Scores) else v for k, v in _present(self).items()}
+
+
+@dataclass(frozen=True)
+class SanityCheck:
+    """The study's check: control cells told from treated ones by the measured features — or ``skipped`` and why."""
+
+    task: str | None = None
+    n: int | None = None
+    accuracy: float | None = None
+    balanced_accuracy: float | None = None
+    majority_rate: float | None = None
+    skipped: str | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SanityCheck:
+        return cls(**{k: v for k, v in data.items() if k in {f.name for f in fields(cls)}})
+
+    def to_json(self) -> dict[str, Any]:
+        return _present(self)
 
 
 @dataclass
 class RunMetrics:
-    """The test side's scores of one run. ``cell``, ``image``, ``well`` and ``plate`` are
-    :func:`cellresponse.evaluation.classification.classification_metrics` blocks (the voted levels hold one block
-    per vote); ``profile_models`` one block per profile kind; the optional fields are absent where the run has no
-    such thing."""
+    """The test side's scores of one run: the network's per cell (``cell``) and voted per image, well and plate;
+    each profile model's (``profile_models``, the measured one also ``baseline_features``), the single-cell
+    baseline's and the sanity check, against chance and always answering the majority class; the split, the
+    verdicts, and which model ``predict`` uses (``auto``). The optional fields are absent where the run has no such
+    thing."""
 
     label: str
     classes: int
     headline_vote: str
-    cell: dict[str, Any]
-    image: dict[str, Any]
-    well: dict[str, Any]
-    plate: dict[str, Any]
+    cell: Scores | None
+    image: VotedScores
+    well: VotedScores
+    plate: VotedScores
     chance_rate: float
     majority_rate: float
-    split: dict[str, Any]
-    profile_models: dict[str, dict[str, Any]]
-    baseline_features: dict[str, Any]
-    baseline_cell_features: dict[str, Any]
-    sanity_check: dict[str, Any]
+    split: dict[str, Any]  # learning.splits.SplitReport.to_dict(): the sides, leakage, the settings
+    profile_models: dict[str, ModelScores]
+    baseline_features: ModelScores
+    baseline_cell_features: ModelScores
+    sanity_check: SanityCheck
     verdict: str
     embeddings_verdict: str
     seconds: float = 0.0
@@ -41,26 +219,51 @@ class RunMetrics:
     target_cell_accuracy: float | None = None
     profiles: dict[str, Any] | None = None  # RUN/profiles/metrics.json, where `profile` ran
     auto: dict[str, Any] | None = None  # which model predicts (model_choice.auto_summary)
-    wrong_calls: dict[str, Any] | None = None
+    wrong_calls: dict[str, Any] | None = None  # {"column", "models": model -> level -> label_groups.wrong_calls}
     made_by: dict[str, Any] | None = None
 
-    def level(self, name: str) -> dict[str, Any]:
-        """The block of one level (``cell``, ``image``, ``well`` or ``plate``)."""
-        if name not in LEVEL_FIELDS:
-            raise ValueError(f"no level {name!r}; levels: {', '.join(LEVEL_FIELDS)}")
-        return getattr(self, name)
+    def voted(self, level: str) -> VotedScores:
+        """The network's votes at ``image``, ``well`` or ``plate``."""
+        if level not in LEVEL_FIELDS[1:]:
+            raise ValueError(f"no voted level {level!r}; levels: {', '.join(LEVEL_FIELDS[1:])}")
+        return getattr(self, level)
+
+    def network(self, level: str, vote: str) -> Scores | None:
+        """The network's scores at ``level``: its cells for ``cell``, else the level's ``vote`` (majority or soft);
+        None where there are none."""
+        return self.cell if level == "cell" else self.voted(level).vote(vote)
 
     def to_json(self) -> dict[str, Any]:
         """The record as ``metrics.json`` holds it (absent optional fields left out)."""
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "profile_models":
+                value = {kind: block.to_json() for kind, block in value.items()}
+            elif f.name == "cell" and value is None:
+                value = {}  # a required key: an empty block where the network scored no cells
+            elif hasattr(value, "to_json"):
+                value = value.to_json()
+            if value is not None:
+                out[f.name] = value
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RunMetrics:
         """The record of a ``metrics.json`` (keys it does not know — a newer writer's — are ignored)."""
         known = {f.name for f in fields(cls)}
+        given = {k: v for k, v in data.items() if k in known}
         try:
-            return cls(**{k: v for k, v in data.items() if k in known})
-        except TypeError as exc:  # a required field missing: written by an older cellresponse
+            blocks = {
+                "cell": Scores.from_json(given["cell"]) if given.get("cell") else None,
+                **{level: VotedScores.from_json(given[level]) for level in LEVEL_FIELDS[1:]},
+                "profile_models": {kind: ModelScores.from_json(b) for kind, b in given["profile_models"].items()},
+                "baseline_features": ModelScores.from_json(given["baseline_features"]),
+                "baseline_cell_features": ModelScores.from_json(given["baseline_cell_features"]),
+                "sanity_check": SanityCheck.from_json(given["sanity_check"]),
+            }
+            return cls(**{**given, **blocks})
+        except (KeyError, TypeError) as exc:  # a field missing: written by an older cellresponse
             raise InputError(
                 f"metrics.json lacks fields this version reads ({exc}) — run `cellresponse evaluate RUN` again"
             ) from None

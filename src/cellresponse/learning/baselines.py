@@ -230,31 +230,35 @@ def sanity_check(
 def headline(metrics: RunMetrics, vote_name: str) -> list[str]:
     """Lines like 'image accuracy 0.81 (soft vote) — chance 0.17, majority 0.25, features-only 0.74'."""
     lines = []
-    key = f"{vote_name}_vote"
     for level in ("cell", *LEVELS):
-        block = metrics.level(level)
-        if not block:
+        result = metrics.network(level, vote_name)
+        if result is None:
             continue
-        result = block if level == "cell" else block.get(key, {})
-        if "accuracy" not in result:
-            continue
-        base = metrics.baseline_features.get(level, {}).get("accuracy")
-        chance, majority = block.get("chance_rate", float("nan")), block.get("majority_rate", float("nan"))
+        rates = result if level == "cell" else metrics.voted(level)
+        chance = rates.chance_rate if rates.chance_rate is not None else float("nan")
+        majority = rates.majority_rate if rates.majority_rate is not None else float("nan")
+        base = metrics.baseline_features.accuracy(level)
         line = (
-            f"{level:>5} accuracy {result['accuracy']:.3f}"
+            f"{level:>5} accuracy {result.accuracy:.3f}"
             + ("" if level == "cell" else f" ({vote_name} vote)")
             + f" — chance {chance:.3f}, majority {majority:.3f}"
         )
         if base is not None:
             line += f", features-only {base:.3f}"
-        lines.append(line + f"  [n={result.get('n')}]")
+        lines.append(line + f"  [n={result.n}]")
     return lines
+
+
+def network_image_accuracy(metrics: RunMetrics, vote_name: str) -> float | None:
+    """The network's image accuracy by its ``vote_name`` vote, or None where images were not voted."""
+    image = metrics.network("image", vote_name)
+    return None if image is None else image.accuracy
 
 
 def compare_with_baseline(metrics: RunMetrics, vote_name: str, margin: float = VERDICT_MARGIN) -> str:
     """One sentence: does the network beat the features-only model at image level (by more than ``margin``)?"""
-    cnn = metrics.image.get(f"{vote_name}_vote", {}).get("accuracy")
-    base = metrics.baseline_features.get("image", {}).get("accuracy")
+    cnn = network_image_accuracy(metrics, vote_name)
+    base = metrics.baseline_features.accuracy("image")
     if cnn is None or base is None:
         return "No features-only baseline to compare with"
     if cnn > base + margin:
@@ -274,8 +278,8 @@ def compare_with_embeddings(metrics: RunMetrics, vote_name: str, margin: float =
     """One sentence: does the trained network beat the profile model on frozen embeddings (``deep``) at image level
     by more than ``margin``? When it does not, training added nothing over the pretrained network (level within
     the margin, or below it). Empty when there is no deep model."""
-    cnn = metrics.image.get(f"{vote_name}_vote", {}).get("accuracy")
-    deep = metrics.profile_models.get("deep", {}).get("image", {}).get("accuracy")
+    cnn = network_image_accuracy(metrics, vote_name)
+    deep = metrics.profile_models["deep"].accuracy("image") if "deep" in metrics.profile_models else None
     if cnn is None or deep is None:
         return ""
     if cnn > deep + margin:

@@ -23,7 +23,7 @@ import pandas as pd
 from sklearn.model_selection import GroupKFold
 
 from cellresponse.config import EvaluationConfig
-from cellresponse.evaluation.run_metrics import RunMetrics
+from cellresponse.evaluation.run_metrics import ModelScores, RunMetrics, Scores
 from cellresponse.evaluation.votes import LEVELS, Votes, merged_votes, vote
 from cellresponse.features.crop_store import CropStore
 from cellresponse.input.io import one_at_a_time
@@ -144,29 +144,29 @@ def describe_choice(choice: dict[str, Any]) -> str:
     )
 
 
-def test_blocks(metrics: RunMetrics, model: str, vote_name: str) -> dict[str, dict[str, Any]]:
-    """A candidate's test-side metrics per level: the network's ``vote_name`` vote, or the profile model's (soft)
+def test_blocks(metrics: RunMetrics, model: str, vote_name: str) -> dict[str, Scores]:
+    """A candidate's test-side scores per level: the network's ``vote_name`` vote, or the profile model's (soft)
     vote; levels it was not scored at are absent."""
     if model == NETWORK:
-        voted = {level: metrics.level(level).get(f"{vote_name}_vote") for level in LEVELS}
-        return {level: block for level, block in voted.items() if block is not None}
-    block = metrics.profile_models.get(model, {})
-    return {level: block[level] for level in LEVELS if level in block}
+        voted = {level: metrics.network(level, vote_name) for level in LEVELS}
+    else:
+        scores = metrics.profile_models.get(model, ModelScores())
+        voted = {level: scores.level(level) for level in LEVELS}
+    return {level: block for level, block in voted.items() if block is not None}
 
 
 def call_probability(metrics: RunMetrics, model: str) -> float | None:
     """The mean probability of a candidate's image calls on the test side (the soft vote's, whichever vote heads
     the network's numbers: a majority vote's scores are counts), or None where ``metrics`` has none."""
-    if model == NETWORK:
-        return metrics.image.get("soft_vote", {}).get("mean_probability")
-    return metrics.profile_models.get(model, {}).get("image", {}).get("mean_probability")
+    soft = metrics.network("image", "soft") if model == NETWORK else test_blocks(metrics, model, "soft").get("image")
+    return None if soft is None else soft.mean_probability
 
 
 def auto_summary(choice: dict[str, Any], metrics: RunMetrics, vote_name: str) -> dict[str, Any]:
     """The auto model's validation scores (which chose it) beside its test accuracy per level (scored after the
     choice, never used by it)."""
     chosen = choice["auto"]
-    test = {level: block["accuracy"] for level, block in test_blocks(metrics, chosen, vote_name).items()}
+    test = {level: block.accuracy for level, block in test_blocks(metrics, chosen, vote_name).items()}
     sure = call_probability(metrics, chosen)
     scored = _scores_text(choice["scores"])
     sentence = f"The auto model is {chosen} (" + (

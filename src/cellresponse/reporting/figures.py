@@ -133,10 +133,12 @@ def plot_history(history: list[dict[str, float]], path: Path) -> Path:
     return save_png(fig, path, dpi=110)
 
 
-def plot_confusion(confusion: dict[str, Any], path: Path, title: str, max_classes: int = MAX_CONFUSION_CLASSES) -> Path:
-    """Row-normalised confusion matrix (at most ``max_classes``: the most frequent true classes)."""
-    labels = confusion["labels"]
-    matrix = np.asarray(confusion["matrix"], dtype=float)
+def plot_confusion(
+    labels: list[str], counts: list[list[int]], path: Path, title: str, max_classes: int = MAX_CONFUSION_CLASSES
+) -> Path:
+    """Row-normalised confusion matrix of ``counts`` (rows true, columns called, both in ``labels`` order; at most
+    ``max_classes``: the most frequent true classes)."""
+    matrix = np.asarray(counts, dtype=float)
     if len(labels) > max_classes:  # the most frequent true classes only
         keep = np.argsort(-matrix.sum(1), kind="stable")[:max_classes]
         keep = np.sort(keep)

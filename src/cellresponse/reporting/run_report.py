@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import html
 import json
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,9 +19,9 @@ import pandas as pd
 
 from cellresponse.config import Config
 from cellresponse.errors import InputError
-from cellresponse.evaluation.classification import per_class_from_confusion, wilson_interval
+from cellresponse.evaluation.classification import wilson_interval
 from cellresponse.evaluation.label_groups import wrong_calls_sentence
-from cellresponse.evaluation.run_metrics import RunMetrics
+from cellresponse.evaluation.run_metrics import RunMetrics, SanityCheck, Scores, VotedScores
 from cellresponse.input.illumination import illumination_channels, illumination_path, read_function
 from cellresponse.input.io import read_tiff, write_text
 from cellresponse.input.plate import channel_names
@@ -51,51 +50,44 @@ METRIC_HEADER = [
 ]
 
 
-def top_k_key(block: dict[str, Any]) -> str | None:
-    """The ``top<k>`` key a metrics block holds (k is ``evaluation.top_k`` of the run), or None."""
-    return next((key for key in block if re.fullmatch(r"top\d+", key)), None)
-
-
 def metrics_rows(metrics: RunMetrics) -> list[list[Any]]:
     """One row per level and vote: accuracy with its 95 % Wilson interval (a test side of 20 fields right on 0.90
     could be 0.70–0.97), balanced accuracy, top-k, chance, majority, features-only, n."""
     rows = []
-    base = metrics.baseline_features
-    cell_base = metrics.baseline_cell_features
     nan = float("nan")
 
-    def top_k(block: dict[str, Any]) -> float:
-        key = top_k_key(block)
-        return block[key] if key else nan
+    def number(value: float | None) -> float:
+        return nan if value is None else value
 
-    def interval(block: dict[str, Any]) -> str:
-        if block.get("accuracy") is None or not block.get("n"):
+    def interval(scores: Scores) -> str:
+        if scores.accuracy is None or not scores.n:
             return "—"
-        low, high = wilson_interval(round(block["accuracy"] * block["n"]), block["n"])
+        low, high = wilson_interval(round(scores.accuracy * scores.n), scores.n)
         return f"{low:.2f}–{high:.2f}"
 
-    if metrics.cell:
-        c = metrics.cell
-        row = ["cell", "—", c.get("accuracy", nan), interval(c), c.get("balanced_accuracy", nan), top_k(c)]
-        row += [c.get("chance_rate", nan), c.get("majority_rate", nan)]
-        rows.append([*row, cell_base.get("cell", {}).get("accuracy", nan), c.get("n")])
+    def row(level: str, vote: str, scores: Scores, rates: Scores | VotedScores) -> list[Any]:
+        base = metrics.baseline_cell_features if level == "cell" else metrics.baseline_features
+        return [
+            level, vote, scores.accuracy, interval(scores), number(scores.balanced_accuracy),
+            number(scores.top_k_accuracy), number(rates.chance_rate), number(rates.majority_rate),
+            number(base.accuracy(level)), scores.n,
+        ]  # fmt: skip
+
+    if metrics.cell is not None:
+        rows.append(row("cell", "—", metrics.cell, metrics.cell))
     for level in ("image", "well", "plate"):
-        block = getattr(metrics, level)
-        if not block or "skipped" in block:
-            continue
-        for vote in ("majority_vote", "soft_vote"):
-            r = block.get(vote, {})
-            row = [level, vote.replace("_", " "), r.get("accuracy", nan), interval(r)]
-            row += [r.get("balanced_accuracy", nan), top_k(r)]
-            row += [block.get("chance_rate", nan), block.get("majority_rate", nan)]
-            rows.append([*row, base.get(level, {}).get("accuracy", nan), r.get("n")])
+        voted = metrics.voted(level)
+        for vote in ("majority", "soft"):
+            scores = voted.vote(vote)
+            if scores is not None:
+                rows.append(row(level, f"{vote} vote", scores, voted))
     return rows
 
 
-def sanity_meaning(sanity: dict[str, Any]) -> str:
+def sanity_meaning(sanity: SanityCheck) -> str:
     """The sanity check in words. Balanced accuracy decides (chance 0.5 whatever the group sizes): plain accuracy
     sits under the larger group's share whenever controls are few, even when the features do separate them."""
-    balanced = sanity["balanced_accuracy"]
+    balanced = sanity.balanced_accuracy or 0.0
     if balanced < 0.55:
         return (
             "That is no better than chance (balanced accuracy 0.5): on these cells the measured features do not "
@@ -103,21 +95,20 @@ def sanity_meaning(sanity: dict[str, Any]) -> str:
         )
     if balanced < 0.6:
         return "The balanced accuracy is barely above chance (0.5): control and treated cells are hardly apart."
-    if sanity["accuracy"] <= sanity["majority_rate"]:
+    if (sanity.accuracy or 0.0) <= (sanity.majority_rate or 0.0):
         return (
             f"Control and treated cells differ (balanced accuracy {balanced:.3f}, chance 0.5), though plain accuracy "
-            f"stays under always answering the larger group ({sanity['majority_rate']:.3f} of the cells): some "
+            f"stays under always answering the larger group ({sanity.majority_rate:.3f} of the cells): some "
             "treated cells look like controls, as cells do when a treatment is weak or acts on part of them."
         )
     return "Control and treated cells are told apart: the treatments change what the features measure."
 
 
-def never_predicted(voted: dict[str, Any]) -> list[str]:
+def never_predicted(scores: Scores) -> list[str]:
     """A sentence per true class that the model never predicts, naming where its images went."""
-    confusion = voted.get("confusion")
-    if not confusion:
+    if scores.confusion is None:
         return []
-    labels, matrix = confusion["labels"], np.asarray(confusion["matrix"])
+    labels, matrix = scores.confusion.labels, np.asarray(scores.confusion.matrix)
     notes = []
     for j, label in enumerate(labels):
         if matrix[j].sum() and not matrix[:, j].sum():
@@ -160,7 +151,7 @@ def model_choice_rows(metrics: RunMetrics) -> list[list[Any]]:
     for kind, accuracy in auto.get("validation", {}).items():
         what = f"the trained network ({vote} vote over cells)" if kind == NETWORK else f"{kind} profiles, shrinkage LDA"
         blocks = test_blocks(metrics, kind, vote)
-        test = {lvl: blocks.get(lvl, {}).get("accuracy", nan) for lvl in ("image", "well")}
+        test = {lvl: blocks[lvl].accuracy if lvl in blocks else nan for lvl in ("image", "well")}
         sure = call_probability(metrics, kind)
         name = f"{kind} ← auto" if kind == auto.get("model") else kind
         chosen_on = auto.get("validation_images", {}).get(kind)
@@ -174,7 +165,7 @@ def model_choice_rows(metrics: RunMetrics) -> list[list[Any]]:
 def predicting_model_is_a_profile(metrics: RunMetrics) -> bool:
     """Whether `predict` uses a profile model by default (the report then leads with it, not the network)."""
     chosen = (metrics.auto or {}).get("model")
-    return chosen in metrics.profile_models and "image" in metrics.profile_models[chosen]
+    return chosen in metrics.profile_models and metrics.profile_models[chosen].image is not None
 
 
 def headline_of_the_predicting_model(metrics: RunMetrics) -> str:
@@ -186,57 +177,47 @@ def headline_of_the_predicting_model(metrics: RunMetrics) -> str:
     auto = metrics.auto or {}
     chosen = auto["model"]
     blocks = test_blocks(metrics, chosen, "soft")
-    image, well = blocks["image"], blocks.get("well", {})
-    per_well = f", <b>{well['accuracy']:.3f}</b> per well ({well['n']} wells)" if "accuracy" in well else ""
+    image, well = blocks["image"], blocks.get("well")
+    per_well = f", <b>{well.accuracy:.3f}</b> per well ({well.n} wells)" if well is not None else ""
     sure = call_probability(metrics, chosen)
     said = f"; its calls are made with a mean probability of {sure:.3f}" if sure is not None else ""
     return (
         f"<p class='good'><code>cellresponse predict</code> uses the <b>{html.escape(chosen)}</b> profile model "
         f"(chosen on {html.escape(auto.get('scored_on', 'held-out non-test images'))}; see "
-        f'"Which model predicts"): accuracy <b>{image["accuracy"]:.3f}</b> per '
-        f"image on {image['n']} held-out images{per_well}{said}; chance {metrics.chance_rate:.3f}, "
+        f'"Which model predicts"): accuracy <b>{image.accuracy:.3f}</b> per '
+        f"image on {image.n} held-out images{per_well}{said}; chance {metrics.chance_rate:.3f}, "
         f"always-the-most-common-class {metrics.majority_rate:.3f}.</p>"
     )
 
 
-def predicting_model_calls(metrics: RunMetrics, vote: str) -> tuple[str, dict[str, Any]]:
-    """The name and test-side image block (accuracy, confusion) of the model `predict` uses by default: the `auto`
-    profile model, else the network's ``vote`` vote."""
+def predicting_model_calls(metrics: RunMetrics, vote: str) -> tuple[str, Scores | None]:
+    """The name and test-side image scores (accuracy, confusion) of the model `predict` uses by default: the
+    `auto` profile model, else the network's ``vote`` vote."""
     name = (metrics.auto or {})["model"] if predicting_model_is_a_profile(metrics) else NETWORK
-    return name, test_blocks(metrics, name, vote).get("image", {})
+    return name, test_blocks(metrics, name, vote).get("image")
 
 
-def class_scores(block: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Per-class precision, recall and support of a test-side block: as stored (the network's) or from its
-    confusion matrix (the profile models keep only the matrix); empty without either."""
-    if block.get("per_class"):
-        return block["per_class"]
-    return per_class_from_confusion(block["confusion"]) if block.get("confusion") else {}
-
-
-def per_class_rows(
-    metrics: RunMetrics, name: str, block: dict[str, Any], vote: str
-) -> tuple[list[str], list[list[Any]]]:
+def per_class_rows(metrics: RunMetrics, name: str, block: Scores, vote: str) -> tuple[list[str], list[list[Any]]]:
     """Header and rows of the per-class table of model ``name`` (test-side image ``block``): each tested class's
     MoA or gene target (where evaluate recorded the grouping), images, recall and precision, and the network's
     recall beside them when ``name`` is a profile model; best first."""
-    per_class = class_scores(block)
+    per_class = block.class_scores()
     header = ["class", "images", f"accuracy (recall), {name}", f"precision, {name}"]
     grouping = metrics.label_grouping or {}
     groups = grouping.get("groups", {})
     if groups:
         header.insert(1, grouping["column"])
-    network = class_scores(test_blocks(metrics, NETWORK, vote).get("image", {})) if name != NETWORK else {}
+    network_image = metrics.network("image", vote) if name != NETWORK else None
+    network = network_image.class_scores() if network_image is not None else {}
     if network:
         header.append("accuracy (recall), network")
     rows = []
     for label, scores in per_class.items():
-        if not scores["support"]:
+        if not scores.support:
             continue
-        row = [label, *([groups.get(label, "—")] if groups else []), scores["support"], scores["recall"]]
-        row.append(scores["precision"])
+        row = [label, *([groups.get(label, "—")] if groups else []), scores.support, scores.recall, scores.precision]
         if network:
-            row.append(network.get(label, {}).get("recall", float("nan")))
+            row.append(network[label].recall if label in network else float("nan"))
         rows.append(row)
     recall = header.index(f"accuracy (recall), {name}")
     return header, sorted(rows, key=lambda r: (-r[recall], r[0]))
@@ -246,11 +227,12 @@ def section_calls_per_class(metrics: RunMetrics, vote: str, out: Path) -> list[s
     """The confusion matrix and per-class accuracy of the model `predict` uses (the report's headline model), with
     a sentence for each class it never calls."""
     name, block = predicting_model_calls(metrics, vote)
-    if not block.get("confusion"):
+    if block is None or block.confusion is None:
         return []
     which = f"{vote} vote" if name == NETWORK else f"the {name} model"
     said = "" if name == NETWORK else f" — the {html.escape(name)} profile model, which <code>predict</code> uses"
-    png = plot_confusion(block["confusion"], out / "confusion_image.png", f"images, {which}")
+    labels, counts = block.confusion.labels, block.confusion.matrix
+    png = plot_confusion(labels, counts, out / "confusion_image.png", f"images, {which}")
     parts = [f"<h2>Confusion matrix (images){said}</h2>", inline_png(png, "confusion matrix")]
     parts += [f"<p class='note'>{html.escape(note)}</p>" for note in never_predicted(block)]
     header, rows = per_class_rows(metrics, name, block, vote)
@@ -322,37 +304,37 @@ def section_results(metrics: RunMetrics | None, out: Path) -> list[str]:
     if metrics is None:
         return []
     vote = metrics.headline_vote
-    image = metrics.image.get(f"{vote}_vote", {})
-    k = (top_k_key(metrics.cell) or "top5")[3:]
+    image = metrics.network("image", vote)
+    accuracy, images = (image.accuracy, image.n) if image is not None else (float("nan"), None)
+    k = metrics.cell.top_k if metrics.cell is not None and metrics.cell.top_k else 5
     parts = [
         "<h2>How good are the predictions?</h2>",
         headline_of_the_predicting_model(metrics),
         (
-            f"<p>The network: image-level accuracy <b>{image.get('accuracy', float('nan')):.3f}</b> ({vote} vote "
-            "over the cells of each image). "
+            f"<p>The network: image-level accuracy <b>{accuracy:.3f}</b> ({vote} vote over the cells of each image). "
             if predicting_model_is_a_profile(metrics)
-            else f"<p class='good'>Image-level accuracy <b>{image.get('accuracy', float('nan')):.3f}</b> ({vote} "
-            f"vote over the cells of each image) on {image.get('n')} held-out images; chance "
+            else f"<p class='good'>Image-level accuracy <b>{accuracy:.3f}</b> ({vote} "
+            f"vote over the cells of each image) on {images} held-out images; chance "
             f"{metrics.chance_rate:.3f}, always-the-most-common-class {metrics.majority_rate:.3f}. "
         )
         + f"{html.escape(compare_with_baseline(metrics, vote))}.</p>",
         html_table([h.format(k=k) for h in METRIC_HEADER], metrics_rows(metrics)),
         "<p>Chance = 1 / classes; majority = accuracy of always answering the most common class; "
         "features-only = "
-        + html.escape(metrics.baseline_features.get("model", "the features-only model"))
+        + html.escape(metrics.baseline_features.model or "the features-only model")
         + " on the same split (cell row: logistic regression on single-cell features).</p>",
     ]
     parts += section_model_choice(metrics)
     parts += section_wrong_calls(metrics)
     sanity = metrics.sanity_check
-    if "accuracy" in sanity:
+    if sanity.accuracy is not None:
         parts.append(
-            f"<p>Sanity check ({html.escape(sanity['task'])}): accuracy {sanity['accuracy']:.3f}, balanced "
-            f"accuracy {sanity['balanced_accuracy']:.3f}, majority rate {sanity['majority_rate']:.3f}. "
+            f"<p>Sanity check ({html.escape(sanity.task or '')}): accuracy {sanity.accuracy:.3f}, balanced "
+            f"accuracy {sanity.balanced_accuracy:.3f}, majority rate {sanity.majority_rate:.3f}. "
             f"{html.escape(sanity_meaning(sanity))}</p>"
         )
-    elif "skipped" in sanity:
-        parts.append(f"<p>Sanity check (control vs treated cells) not run: {html.escape(str(sanity['skipped']))}.</p>")
+    elif sanity.skipped is not None:
+        parts.append(f"<p>Sanity check (control vs treated cells) not run: {html.escape(sanity.skipped)}.</p>")
     parts += section_calls_per_class(metrics, vote, out)
     return parts
 

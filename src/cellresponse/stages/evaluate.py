@@ -156,19 +156,23 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
     image_scores = image_votes.scores(e.vote)
     write_parquet(run.image_predictions, prediction_table(image_table, image_scores, classes, e.top_k, label_grouped))
 
-    scores = tally_scores(calls, classes, e.top_k)
-    metrics = RunMetrics(
-        label=label,
-        classes=len(classes),
-        headline_vote=e.vote,
-        **scores,
-        split=split_report,
-        **baseline_scores(run, parts, images, sides, bundle, config),
-        verdict="",  # the verdicts below read the record
-        embeddings_verdict="",
-        label_grouping=grouping_record(label_grouped),
-        target_cell_accuracy=group_accuracy(scores["cell"]["confusion"], bundle.label_to_target),
-        profiles=json.loads(run.profile_metrics.read_text()) if run.profile_metrics.exists() else None,
+    metrics = RunMetrics.from_json(
+        {
+            "label": label,
+            "classes": len(classes),
+            "headline_vote": e.vote,
+            **tally_scores(calls, classes, e.top_k),
+            "split": split_report,
+            **baseline_scores(run, parts, images, sides, bundle, config),
+            "verdict": "",  # the verdicts below read the record
+            "embeddings_verdict": "",
+            "label_grouping": grouping_record(label_grouped),
+            "profiles": json.loads(run.profile_metrics.read_text()) if run.profile_metrics.exists() else None,
+        }
+    )
+    cell_confusion = metrics.cell.confusion if metrics.cell else None
+    metrics = replace(
+        metrics, target_cell_accuracy=group_accuracy(cell_confusion, bundle.label_to_target) if cell_confusion else None
     )
     if bundle.choice:  # before the verdict, which says whether predict's default already follows it
         metrics = replace(metrics, auto=auto_summary(bundle.choice, metrics, e.vote))
