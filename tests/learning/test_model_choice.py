@@ -108,15 +108,15 @@ def test_the_choice_is_told_with_its_validation_scores_and_its_test_score_after(
     given = {"image": {"soft_vote": {"accuracy": 0.6, "n": 100}}}
     metrics = run_metrics(profile_models={"measured": {"image": image, "well": {"accuracy": 1.0, "n": 25}}}, **given)
     summary = auto_summary(choice, metrics, "soft")
-    assert summary["test"] == {"image": 0.97, "well": 1.0} and summary["validation"]["deep"] == 0.9
-    assert summary["sentence"].endswith("on the test side it scores 0.970 per image")
+    assert summary.test == {"image": 0.97, "well": 1.0} and summary.validation["deep"] == 0.9
+    assert summary.sentence.endswith("on the test side it scores 0.970 per image")
     sure = {"image": {**image, "mean_probability": 0.8}, "well": {"accuracy": 1.0, "n": 25}}
     metrics = run_metrics(profile_models={"measured": sure}, **given)
-    told = auto_summary(choice, metrics, "soft")["sentence"]
+    told = auto_summary(choice, metrics, "soft").sentence
     assert told.endswith("scores 0.970 per image, its calls made with a mean probability of 0.800")
     # the network chosen: its voted accuracy is the test score
     network = auto_summary({**choice, "auto": NETWORK}, metrics, "soft")
-    assert network["test"] == {"image": 0.6}
+    assert network.test == {"image": 0.6}
 
 
 def overconfident_logits(n: int, right: float, margin: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

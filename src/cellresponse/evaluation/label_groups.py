@@ -110,7 +110,7 @@ def wrong_calls_sentence(metrics: RunMetrics) -> str:
     """Where the predicting model's wrong image calls go: how many stay within the true label's group, the
     group-level accuracy that follows and the most frequent wrong pairs."""
     grouped = metrics.wrong_calls or {}
-    name = (metrics.auto or {}).get("model", "network")
+    name = metrics.auto.model if metrics.auto else "network"
     image = grouped.get("models", {}).get(name, {}).get("image")
     if not image:
         return ""

@@ -190,6 +190,28 @@ class SanityCheck:
         return _present(self)
 
 
+@dataclass(frozen=True)
+class ModelChoice:
+    """Which model ``predict`` uses (``auto``, :func:`cellresponse.learning.model_choice.auto_summary`): what
+    chose it, each candidate's held-out accuracy and images, and the chosen model's test accuracy per level (read
+    after the choice, never by it)."""
+
+    model: str
+    scored_on: str | None = None  # the validation side, or cross-validation over the training side
+    validation: dict[str, float | None] | None = None
+    validation_images: dict[str, int | None] | None = None
+    calibration_images: dict[str, int | None] | None = None  # the held-out images that tempered each
+    test: dict[str, float] | None = None
+    sentence: str | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ModelChoice:
+        return cls(**{k: v for k, v in data.items() if k in {f.name for f in fields(cls)}})
+
+    def to_json(self) -> dict[str, Any]:
+        return _present(self)
+
+
 @dataclass
 class RunMetrics:
     """The test side's scores of one run: the network's per cell (``cell``) and voted per image, well and plate;
@@ -218,7 +240,7 @@ class RunMetrics:
     label_grouping: dict[str, Any] | None = None  # {"column", "groups"}: each class's mechanism or target
     target_cell_accuracy: float | None = None
     profiles: dict[str, Any] | None = None  # RUN/profiles/metrics.json, where `profile` ran
-    auto: dict[str, Any] | None = None  # which model predicts (model_choice.auto_summary)
+    auto: ModelChoice | None = None  # which model predicts
     wrong_calls: dict[str, Any] | None = None  # {"column", "models": model -> level -> label_groups.wrong_calls}
     made_by: dict[str, Any] | None = None
 
@@ -261,6 +283,7 @@ class RunMetrics:
                 "baseline_features": ModelScores.from_json(given["baseline_features"]),
                 "baseline_cell_features": ModelScores.from_json(given["baseline_cell_features"]),
                 "sanity_check": SanityCheck.from_json(given["sanity_check"]),
+                "auto": ModelChoice.from_json(given["auto"]) if given.get("auto") else None,
             }
             return cls(**{**given, **blocks})
         except (KeyError, TypeError) as exc:  # a field missing: written by an older cellresponse

@@ -265,7 +265,7 @@ def compare_with_baseline(metrics: RunMetrics, vote_name: str, margin: float = V
         return f"The CNN beats the features-only baseline at image level ({cnn:.3f} vs {base:.3f})"
     if cnn < base - margin:
         verdict = f"The features-only baseline beats the CNN at image level ({base:.3f} vs {cnn:.3f})"
-        if (metrics.auto or {}).get("model") == "measured":
+        if metrics.auto is not None and metrics.auto.model == "measured":
             return f"{verdict}: cellresponse predict already uses it (its auto model, chosen on the validation side)"
         return (
             f"{verdict}: use the features-only model for this data (cellresponse predict BUNDLE --model measured), "

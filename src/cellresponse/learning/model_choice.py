@@ -23,7 +23,7 @@ import pandas as pd
 from sklearn.model_selection import GroupKFold
 
 from cellresponse.config import EvaluationConfig
-from cellresponse.evaluation.run_metrics import ModelScores, RunMetrics, Scores
+from cellresponse.evaluation.run_metrics import ModelChoice, ModelScores, RunMetrics, Scores
 from cellresponse.evaluation.votes import LEVELS, Votes, merged_votes, vote
 from cellresponse.features.crop_store import CropStore
 from cellresponse.input.io import one_at_a_time
@@ -162,7 +162,7 @@ def call_probability(metrics: RunMetrics, model: str) -> float | None:
     return None if soft is None else soft.mean_probability
 
 
-def auto_summary(choice: dict[str, Any], metrics: RunMetrics, vote_name: str) -> dict[str, Any]:
+def auto_summary(choice: dict[str, Any], metrics: RunMetrics, vote_name: str) -> ModelChoice:
     """The auto model's validation scores (which chose it) beside its test accuracy per level (scored after the
     choice, never used by it)."""
     chosen = choice["auto"]
@@ -176,15 +176,15 @@ def auto_summary(choice: dict[str, Any], metrics: RunMetrics, vote_name: str) ->
     sentence += (
         f", its calls made with a mean probability of {sure:.3f}" if "image" in test and sure is not None else ""
     )
-    return {
-        "model": chosen,
-        "scored_on": choice["scored_on"],
-        "validation": {kind: s.get("accuracy") for kind, s in choice["scores"].items()},
-        "validation_images": {kind: s.get("images") for kind, s in choice["scores"].items()},
-        "calibration_images": {kind: s.get("calibration_images") for kind, s in choice["scores"].items()},
-        "test": test,
-        "sentence": sentence,
-    }
+    return ModelChoice(
+        model=chosen,
+        scored_on=choice["scored_on"],
+        validation={kind: s.get("accuracy") for kind, s in choice["scores"].items()},
+        validation_images={kind: s.get("images") for kind, s in choice["scores"].items()},
+        calibration_images={kind: s.get("calibration_images") for kind, s in choice["scores"].items()},
+        test=test,
+        sentence=sentence,
+    )
 
 
 def fit_profile_models(

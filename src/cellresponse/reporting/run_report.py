@@ -144,18 +144,20 @@ def section_data(run: RunFolder, summaries: dict[str, dict[str, Any]]) -> list[s
 def model_choice_rows(metrics: RunMetrics) -> list[list[Any]]:
     """Per candidate model: held-out validation accuracy (which chose), test accuracy per image and well, and the
     mean probability of its image calls (to read beside their accuracy)."""
-    auto = metrics.auto or {}
+    auto = metrics.auto
+    if auto is None:
+        return []
     vote = metrics.headline_vote
     nan = float("nan")
     rows = []
-    for kind, accuracy in auto.get("validation", {}).items():
+    for kind, accuracy in (auto.validation or {}).items():
         what = f"the trained network ({vote} vote over cells)" if kind == NETWORK else f"{kind} profiles, shrinkage LDA"
         blocks = test_blocks(metrics, kind, vote)
         test = {lvl: blocks[lvl].accuracy if lvl in blocks else nan for lvl in ("image", "well")}
         sure = call_probability(metrics, kind)
-        name = f"{kind} ← auto" if kind == auto.get("model") else kind
-        chosen_on = auto.get("validation_images", {}).get(kind)
-        tempered_on = auto.get("calibration_images", {}).get(kind)
+        name = f"{kind} ← auto" if kind == auto.model else kind
+        chosen_on = (auto.validation_images or {}).get(kind)
+        tempered_on = (auto.calibration_images or {}).get(kind)
         row = [name, what, nan if accuracy is None else accuracy, "—" if chosen_on is None else chosen_on]
         row += [test["image"], test["well"], nan if sure is None else sure, "—" if tempered_on is None else tempered_on]
         rows.append(row)
@@ -164,7 +166,7 @@ def model_choice_rows(metrics: RunMetrics) -> list[list[Any]]:
 
 def predicting_model_is_a_profile(metrics: RunMetrics) -> bool:
     """Whether `predict` uses a profile model by default (the report then leads with it, not the network)."""
-    chosen = (metrics.auto or {}).get("model")
+    chosen = metrics.auto.model if metrics.auto else None
     return chosen in metrics.profile_models and metrics.profile_models[chosen].image is not None
 
 
@@ -172,10 +174,10 @@ def headline_of_the_predicting_model(metrics: RunMetrics) -> str:
     """The report's first figure when `predict` uses a profile model by default: that model's test accuracy per
     image and well and how sure its calls say they are — what a user of `predict` gets — ahead of the network's
     numbers (empty when the network predicts: the paragraph after it is then the headline)."""
-    if not predicting_model_is_a_profile(metrics):
+    auto = metrics.auto
+    if auto is None or not predicting_model_is_a_profile(metrics):
         return ""
-    auto = metrics.auto or {}
-    chosen = auto["model"]
+    chosen = auto.model
     blocks = test_blocks(metrics, chosen, "soft")
     image, well = blocks["image"], blocks.get("well")
     per_well = f", <b>{well.accuracy:.3f}</b> per well ({well.n} wells)" if well is not None else ""
@@ -183,7 +185,7 @@ def headline_of_the_predicting_model(metrics: RunMetrics) -> str:
     said = f"; its calls are made with a mean probability of {sure:.3f}" if sure is not None else ""
     return (
         f"<p class='good'><code>cellresponse predict</code> uses the <b>{html.escape(chosen)}</b> profile model "
-        f"(chosen on {html.escape(auto.get('scored_on', 'held-out non-test images'))}; see "
+        f"(chosen on {html.escape(auto.scored_on or 'held-out non-test images')}; see "
         f'"Which model predicts"): accuracy <b>{image.accuracy:.3f}</b> per '
         f"image on {image.n} held-out images{per_well}{said}; chance {metrics.chance_rate:.3f}, "
         f"always-the-most-common-class {metrics.majority_rate:.3f}.</p>"
@@ -193,7 +195,7 @@ def headline_of_the_predicting_model(metrics: RunMetrics) -> str:
 def predicting_model_calls(metrics: RunMetrics, vote: str) -> tuple[str, Scores | None]:
     """The name and test-side image scores (accuracy, confusion) of the model `predict` uses by default: the
     `auto` profile model, else the network's ``vote`` vote."""
-    name = (metrics.auto or {})["model"] if predicting_model_is_a_profile(metrics) else NETWORK
+    name = metrics.auto.model if metrics.auto and predicting_model_is_a_profile(metrics) else NETWORK
     return name, test_blocks(metrics, name, vote).get("image")
 
 
@@ -248,7 +250,7 @@ def section_model_choice(metrics: RunMetrics) -> list[str]:
         return []
     parts = [
         "<h2>Which model predicts</h2>",
-        f"<p>{html.escape(auto['sentence'])}. <code>cellresponse predict</code> uses it unless told otherwise "
+        f"<p>{html.escape(auto.sentence or '')}. <code>cellresponse predict</code> uses it unless told otherwise "
         "(<code>--model network|measured|deep|both</code>). The test columns were computed after the choice and "
         "did not inform it.</p>",
     ]

@@ -105,7 +105,7 @@ def say_results(metrics: RunMetrics, vote: str) -> None:
     for line in headline(metrics, vote):
         log.info(line)
     log.info(metrics.verdict)
-    for line in (metrics.embeddings_verdict, (metrics.auto or {}).get("sentence"), wrong_calls_sentence(metrics)):
+    for line in (metrics.embeddings_verdict, metrics.auto and metrics.auto.sentence, wrong_calls_sentence(metrics)):
         if line:
             log.info(line)
     split_report = metrics.split
