@@ -11,7 +11,7 @@ from cellresponse.config import ReferencesConfig, SplitConfig
 from cellresponse.evaluation.classification import classification_metrics, top_k_accuracy, voted_metrics
 from cellresponse.evaluation.label_groups import label_groups, wrong_calls
 from cellresponse.evaluation.prediction_tables import prediction_table
-from cellresponse.evaluation.run_metrics import Confusion
+from cellresponse.evaluation.run_metrics import Confusion, WrongPair
 from cellresponse.evaluation.votes import vote
 from cellresponse.learning.baselines import features_baseline
 from cellresponse.profiling.profile_models import (
@@ -128,15 +128,12 @@ def test_wrong_calls_count_the_ones_that_stay_within_the_true_labels_group():
         "matrix": [[5, 3, 1, 0], [2, 4, 0, 0], [0, 0, 6, 1], [0, 0, 0, 2]],
     }
     out = wrong_calls(Confusion(**confusion), groups, top=2)
-    assert (out["n"], out["wrong"], out["wrong_within_group"]) == (24, 7, 5)
-    assert out["share_within_group"] == pytest.approx(5 / 7)
-    assert out["group_accuracy"] == pytest.approx((17 + 5) / 24)
-    assert out["pairs"] == [
-        {"true": "a1", "predicted": "a2", "n": 3, "same_group": True},
-        {"true": "a2", "predicted": "a1", "n": 2, "same_group": True},
-    ]
+    assert (out.n, out.wrong, out.wrong_within_group) == (24, 7, 5)
+    assert out.share_within_group == pytest.approx(5 / 7)
+    assert out.group_accuracy == pytest.approx((17 + 5) / 24)
+    assert out.pairs == [WrongPair("a1", "a2", 3, True), WrongPair("a2", "a1", 2, True)]
     right = wrong_calls(Confusion(["a1", "b1"], [[3, 0], [0, 2]]), groups)
-    assert right["wrong"] == 0 and right["share_within_group"] is None and right["group_accuracy"] == 1.0
+    assert right.wrong == 0 and right.share_within_group is None and right.group_accuracy == 1.0
 
 
 def test_label_groups_only_when_every_label_has_one_group():
@@ -260,9 +257,9 @@ def test_wrong_compound_calls_on_real_cells_stay_within_the_mechanism(moa_site1_
         )
         image = features_baseline(table, images, "Metadata_Compound", sides)["image"]
         out = wrong_calls(Confusion(**image["confusion"]), groups)
-        assert out["n"] == 55 and out["wrong"] == round(55 * (1 - image["accuracy"]))
-        assert out["share_within_group"] >= 0.7, (test, out)
-        assert out["group_accuracy"] >= image["accuracy"] + 0.15, (test, out, image["accuracy"])
+        assert out.n == 55 and out.wrong == round(55 * (1 - image["accuracy"]))
+        assert out.share_within_group >= 0.7, (test, out)
+        assert out.group_accuracy >= image["accuracy"] + 0.15, (test, out, image["accuracy"])
 
 
 def test_tempered_probabilities_on_real_cells_say_how_often_the_calls_are_right(moa_site1_cells):

@@ -20,7 +20,11 @@ def test_the_report_says_where_the_auto_models_wrong_calls_go():
     assert "right on 0.995 of images" in sentence and "simvastatin → mevinolin (11)" in sentence
     assert "finds the Metadata_MoA" in sentence
     scattered = {**image, "wrong_within_group": 5, "share_within_group": 0.25, "pairs": pairs}
-    metrics.wrong_calls["models"]["both"]["image"] = scattered
+    metrics = run_metrics(
+        label="Metadata_Compound",
+        auto={"model": "both"},
+        wrong_calls={"column": "Metadata_MoA", "models": {"both": {"image": scattered}}},
+    )
     assert "finds the" not in wrong_calls_sentence(metrics)  # errors across mechanisms: no such claim
     assert wrong_calls_sentence(run_metrics(label="x")) == ""
 

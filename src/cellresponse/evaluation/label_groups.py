@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cellresponse.evaluation.run_metrics import Confusion, RunMetrics
+from cellresponse.evaluation.run_metrics import Confusion, RunMetrics, WrongCalls, WrongCallsByModel, WrongPair
 
 
 def label_groups(images: pd.DataFrame, label: str, column: str) -> dict[str, str]:
@@ -52,7 +52,7 @@ def grouping_record(grouping: tuple[str, dict[str, str]] | None) -> dict[str, An
     return None if grouping is None else {"column": grouping[0], "groups": grouping[1]}
 
 
-def wrong_calls(confusion: Confusion, groups: dict[str, str], top: int = 5) -> dict[str, Any]:
+def wrong_calls(confusion: Confusion, groups: dict[str, str], top: int = 5) -> WrongCalls:
     """Where the wrong calls of a confusion matrix go, against a coarser grouping of its labels (``groups``,
     :func:`label_groups`): how many wrong calls name a label of the same group (a compound mistaken for another
     compound of its mechanism), the accuracy at the group level, and the ``top`` most frequent wrong pairs.
@@ -66,16 +66,14 @@ def wrong_calls(confusion: Confusion, groups: dict[str, str], top: int = 5) -> d
     wrong = total - right
     off = [(int(matrix[i, j]), i, j) for i in range(len(labels)) for j in range(len(labels)) if i != j and matrix[i, j]]
     off.sort(key=lambda entry: (-entry[0], entry[1], entry[2]))
-    return {
-        "n": total,
-        "wrong": wrong,
-        "wrong_within_group": within,
-        "share_within_group": within / wrong if wrong else None,
-        "group_accuracy": (right + within) / total if total else None,
-        "pairs": [
-            {"true": labels[i], "predicted": labels[j], "n": n, "same_group": bool(same[i, j])} for n, i, j in off[:top]
-        ],
-    }
+    return WrongCalls(
+        n=total,
+        wrong=wrong,
+        wrong_within_group=within,
+        share_within_group=within / wrong if wrong else None,
+        group_accuracy=(right + within) / total if total else None,
+        pairs=[WrongPair(labels[i], labels[j], n, bool(same[i, j])) for n, i, j in off[:top]],
+    )
 
 
 # From this share of wrong calls inside the true label's group, the report says the model finds the group (e.g. the
@@ -83,7 +81,7 @@ def wrong_calls(confusion: Confusion, groups: dict[str, str], top: int = 5) -> d
 MOSTLY_WITHIN_GROUP = 0.75
 
 
-def wrong_calls_by_model(metrics: RunMetrics, grouping: tuple[str, dict[str, str]] | None) -> dict[str, Any] | None:
+def wrong_calls_by_model(metrics: RunMetrics, grouping: tuple[str, dict[str, str]] | None) -> WrongCallsByModel | None:
     """Per candidate model (the network's headline vote and each profile model) and level (image, well): where its
     wrong test calls go against the labels' ``grouping`` (:func:`label_grouping`; :func:`wrong_calls`). None when
     the images carry no such grouping."""
@@ -103,29 +101,29 @@ def wrong_calls_by_model(metrics: RunMetrics, grouping: tuple[str, dict[str, str
         }
         for name, levels in blocks.items()
     }
-    return {"column": column, "models": {name: levels for name, levels in models.items() if levels}}
+    return WrongCallsByModel(column, {name: levels for name, levels in models.items() if levels})
 
 
 def wrong_calls_sentence(metrics: RunMetrics) -> str:
     """Where the predicting model's wrong image calls go: how many stay within the true label's group, the
     group-level accuracy that follows and the most frequent wrong pairs."""
-    grouped = metrics.wrong_calls or {}
+    grouped = metrics.wrong_calls
     name = metrics.auto.model if metrics.auto else "network"
-    image = grouped.get("models", {}).get(name, {}).get("image")
-    if not image:
+    image = grouped.models.get(name, {}).get("image") if grouped else None
+    if grouped is None or image is None:
         return ""
-    label, column = metrics.label, grouped["column"]
+    label, column = metrics.label, grouped.column
     who = f"the {name} model" + (" (auto)" if metrics.auto else "")
-    if not image["wrong"]:
-        return f"{who} called all {image['n']} test images right."
+    if not image.wrong or image.share_within_group is None:
+        return f"{who} called all {image.n} test images right."
     sentence = (
-        f"Of the {image['n']} test images, {who} called {image['wrong']} wrongly; {image['wrong_within_group']} of "
-        f"them ({image['share_within_group']:.0%}) named another {label} with the same {column}, so as a {column} "
-        f"call it is right on {image['group_accuracy']:.3f} of images."
+        f"Of the {image.n} test images, {who} called {image.wrong} wrongly; {image.wrong_within_group} of "
+        f"them ({image.share_within_group:.0%}) named another {label} with the same {column}, so as a {column} "
+        f"call it is right on {image.group_accuracy:.3f} of images."
     )
-    pairs = ", ".join(f"{p['true']} → {p['predicted']} ({p['n']})" for p in image["pairs"])
+    pairs = ", ".join(f"{p.true} → {p.predicted} ({p.n})" for p in image.pairs)
     sentence += f" Most frequent (true → called, images): {pairs}."
-    if image["share_within_group"] >= MOSTLY_WITHIN_GROUP:
+    if image.share_within_group >= MOSTLY_WITHIN_GROUP:
         sentence += (
             f" The model finds the {column}; what it misses is telling apart {label} values that share one, "
             "which may look alike in these images."

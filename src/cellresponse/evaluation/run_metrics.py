@@ -191,6 +191,62 @@ class SanityCheck:
 
 
 @dataclass(frozen=True)
+class LabelGrouping:
+    """Each label's coarser group (its mechanism or gene target) and the column that names the groups."""
+
+    column: str
+    groups: dict[str, str]
+
+
+@dataclass(frozen=True)
+class WrongPair:
+    """A true label called as another, how often, and whether the two share a group."""
+
+    true: str
+    predicted: str
+    n: int
+    same_group: bool
+
+
+@dataclass(frozen=True)
+class WrongCalls:
+    """Where a model's wrong calls at one level go (:func:`cellresponse.evaluation.label_groups.wrong_calls`): how
+    many name another label of the true label's group, the accuracy read at the group level, the most frequent
+    wrong pairs. ``share_within_group`` is None without wrong calls, ``group_accuracy`` without calls."""
+
+    n: int
+    wrong: int
+    wrong_within_group: int
+    share_within_group: float | None
+    group_accuracy: float | None
+    pairs: list[WrongPair]
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> WrongCalls:
+        return cls(**{**data, "pairs": [WrongPair(**pair) for pair in data["pairs"]]})
+
+
+@dataclass(frozen=True)
+class WrongCallsByModel:
+    """:class:`WrongCalls` per candidate model (the network by its headline vote, each profile model) and level
+    (``image``, ``well``), against the groups of ``column``."""
+
+    column: str
+    models: dict[str, dict[str, WrongCalls]]
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> WrongCallsByModel:
+        models = {
+            name: {level: WrongCalls.from_json(block) for level, block in levels.items()}
+            for name, levels in data["models"].items()
+        }
+        return cls(column=data["column"], models=models)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)  # None kept inside: share_within_group is null where nothing was wrong
+
+
+@dataclass(frozen=True)
 class ModelChoice:
     """Which model ``predict`` uses (``auto``, :func:`cellresponse.learning.model_choice.auto_summary`): what
     chose it, each candidate's held-out accuracy and images, and the chosen model's test accuracy per level (read
@@ -237,11 +293,11 @@ class RunMetrics:
     verdict: str
     embeddings_verdict: str
     seconds: float = 0.0
-    label_grouping: dict[str, Any] | None = None  # {"column", "groups"}: each class's mechanism or target
+    label_grouping: LabelGrouping | None = None
     target_cell_accuracy: float | None = None
     profiles: dict[str, Any] | None = None  # RUN/profiles/metrics.json, where `profile` ran
     auto: ModelChoice | None = None  # which model predicts
-    wrong_calls: dict[str, Any] | None = None  # {"column", "models": model -> level -> label_groups.wrong_calls}
+    wrong_calls: WrongCallsByModel | None = None
     made_by: dict[str, Any] | None = None
 
     def voted(self, level: str) -> VotedScores:
@@ -266,6 +322,8 @@ class RunMetrics:
                 value = {}  # a required key: an empty block where the network scored no cells
             elif hasattr(value, "to_json"):
                 value = value.to_json()
+            elif isinstance(value, LabelGrouping):
+                value = asdict(value)
             if value is not None:
                 out[f.name] = value
         return out
@@ -284,6 +342,8 @@ class RunMetrics:
                 "baseline_cell_features": ModelScores.from_json(given["baseline_cell_features"]),
                 "sanity_check": SanityCheck.from_json(given["sanity_check"]),
                 "auto": ModelChoice.from_json(given["auto"]) if given.get("auto") else None,
+                "label_grouping": LabelGrouping(**given["label_grouping"]) if given.get("label_grouping") else None,
+                "wrong_calls": WrongCallsByModel.from_json(given["wrong_calls"]) if given.get("wrong_calls") else None,
             }
             return cls(**{**given, **blocks})
         except (KeyError, TypeError) as exc:  # a field missing: written by an older cellresponse

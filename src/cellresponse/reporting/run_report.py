@@ -21,7 +21,7 @@ from cellresponse.config import Config
 from cellresponse.errors import InputError
 from cellresponse.evaluation.classification import wilson_interval
 from cellresponse.evaluation.label_groups import wrong_calls_sentence
-from cellresponse.evaluation.run_metrics import RunMetrics, SanityCheck, Scores, VotedScores
+from cellresponse.evaluation.run_metrics import RunMetrics, SanityCheck, Scores, VotedScores, WrongCalls
 from cellresponse.input.illumination import illumination_channels, illumination_path, read_function
 from cellresponse.input.io import read_tiff, write_text
 from cellresponse.input.plate import channel_names
@@ -205,10 +205,10 @@ def per_class_rows(metrics: RunMetrics, name: str, block: Scores, vote: str) -> 
     recall beside them when ``name`` is a profile model; best first."""
     per_class = block.class_scores()
     header = ["class", "images", f"accuracy (recall), {name}", f"precision, {name}"]
-    grouping = metrics.label_grouping or {}
-    groups = grouping.get("groups", {})
-    if groups:
-        header.insert(1, grouping["column"])
+    grouping = metrics.label_grouping
+    groups = grouping.groups if grouping else {}
+    if grouping and groups:
+        header.insert(1, grouping.column)
     network_image = metrics.network("image", vote) if name != NETWORK else None
     network = network_image.class_scores() if network_image is not None else {}
     if network:
@@ -283,21 +283,17 @@ def section_wrong_calls(metrics: RunMetrics) -> list[str]:
     sentence = wrong_calls_sentence(metrics)
     if not grouped or not sentence:
         return []
-    column = grouped["column"]
-    nan = float("nan")
+    column = grouped.column
+
+    def group_accuracy(calls: WrongCalls | None) -> float:
+        return float("nan") if calls is None or calls.group_accuracy is None else calls.group_accuracy
+
     rows = []
-    for name, levels in grouped["models"].items():
-        image, well = levels.get("image", {}), levels.get("well", {})
-        share = image.get("share_within_group")
-        rows.append(
-            [
-                name,
-                image.get("wrong", "—"),
-                "—" if share is None else f"{share:.0%}",
-                image.get("group_accuracy", nan),
-                well.get("group_accuracy", nan),
-            ]
-        )
+    for name, levels in grouped.models.items():
+        image, well = levels.get("image"), levels.get("well")
+        share = "—" if image is None or image.share_within_group is None else f"{image.share_within_group:.0%}"
+        wrong = "—" if image is None else image.wrong
+        rows.append([name, wrong, share, group_accuracy(image), group_accuracy(well)])
     header = ["model", "wrong images", f"of them same {column}", f"{column} acc. (images)", f"{column} acc. (wells)"]
     return ["<h2>Where the wrong calls go</h2>", f"<p>{html.escape(sentence)}</p>", html_table(header, rows)]
 
