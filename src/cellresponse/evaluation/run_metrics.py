@@ -11,7 +11,7 @@ import json
 import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from cellresponse.errors import InputError
 
@@ -22,6 +22,18 @@ VOTES = ("majority", "soft")
 def _present(record: Any) -> dict[str, Any]:
     """A block's fields as JSON keeps them: the ones that are set."""
     return {f.name: getattr(record, f.name) for f in fields(record) if getattr(record, f.name) is not None}
+
+
+class FlatRecord:
+    """A block whose JSON is its own fields, the ones that are set (keys a newer writer added are ignored)."""
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Self:
+        known = {f.name for f in fields(cls)}  # the subclasses are dataclasses
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def to_json(self) -> dict[str, Any]:
+        return _present(self)
 
 
 @dataclass(frozen=True)
@@ -172,7 +184,7 @@ class ModelScores:
 
 
 @dataclass(frozen=True)
-class SanityCheck:
+class SanityCheck(FlatRecord):
     """The study's check: control cells told from treated ones by the measured features — or ``skipped`` and why."""
 
     task: str | None = None
@@ -181,13 +193,6 @@ class SanityCheck:
     balanced_accuracy: float | None = None
     majority_rate: float | None = None
     skipped: str | None = None
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> SanityCheck:
-        return cls(**{k: v for k, v in data.items() if k in {f.name for f in fields(cls)}})
-
-    def to_json(self) -> dict[str, Any]:
-        return _present(self)
 
 
 @dataclass(frozen=True)
@@ -247,7 +252,7 @@ class WrongCallsByModel:
 
 
 @dataclass(frozen=True)
-class ModelChoice:
+class ModelChoice(FlatRecord):
     """Which model ``predict`` uses (``auto``, :func:`cellresponse.learning.model_choice.auto_summary`): what
     chose it, each candidate's held-out accuracy and images, and the chosen model's test accuracy per level (read
     after the choice, never by it)."""
@@ -259,13 +264,6 @@ class ModelChoice:
     calibration_images: dict[str, int | None] | None = None  # the held-out images that tempered each
     test: dict[str, float] | None = None
     sentence: str | None = None
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> ModelChoice:
-        return cls(**{k: v for k, v in data.items() if k in {f.name for f in fields(cls)}})
-
-    def to_json(self) -> dict[str, Any]:
-        return _present(self)
 
 
 @dataclass
