@@ -32,8 +32,9 @@ from cellresponse.evaluation.run_metrics import RunMetrics
 from cellresponse.evaluation.votes import LEVELS
 from cellresponse.features.cell_features import feature_columns
 from cellresponse.features.crop_store import CropStore
+from cellresponse.input.feature_tables import read_feature_table
 from cellresponse.input.io import write_json, write_parquet
-from cellresponse.input.plate import group_keys, labelled_images, read_table
+from cellresponse.input.plate import group_keys, labelled_images
 from cellresponse.input.runfolder import CellParts, RunFolder
 from cellresponse.learning.baselines import (
     cell_features_baseline,
@@ -221,39 +222,8 @@ def baseline_scores(
 def run_feature_table(path: str | Path, config: Config, out: str | Path) -> dict[str, Any]:
     """Features-only evaluation of a per-image table a user already has (e.g. CellProfiler Image.csv
     joined to metadata): same split rules, same metrics, written to OUT/metrics.json."""
-    table = read_table(Path(path))
     label = config.input.label
-    if label not in table.columns:
-        raise InputError(f"{path}: label column {label!r} not found; columns: {list(table.columns)[:20]}")
-    table = table[table[label].notna()].reset_index(drop=True)
-    plate_col = next((c for c in ("plate", "Metadata_Plate") if c in table.columns), None)
-    well_col = next((c for c in ("well", "Metadata_Well") if c in table.columns), None)
-    if plate_col is None or well_col is None:
-        raise InputError(f"{path}: needs plate and well columns (Metadata_Plate, Metadata_Well) for grouped splits")
-    images = pd.DataFrame(
-        {
-            "image_id": [f"img{i}" for i in range(len(table))],
-            "plate": table[plate_col].astype(str),
-            "well": table[well_col].astype(str),
-        }
-    )
-    for column in table.columns:
-        if column.startswith("Metadata_") and column not in images:
-            images[column] = table[column].to_numpy()
-    images[label] = table[label].astype(str).to_numpy()
-    numeric = [
-        c
-        for c in table.select_dtypes("number").columns
-        if not c.startswith(("Metadata_", "ImageNumber", "Image_Count")) or c == "Image_Count_Cells"
-    ]
-    if not numeric:
-        raise InputError(f"{path}: no numeric feature columns")
-    features = table[numeric].replace([np.inf, -np.inf], np.nan)
-    bad = int(features.isna().to_numpy().sum())
-    if bad:
-        log.warning("%d NaN/infinite values in %s replaced by column means", bad, path)
-    features = features.fillna(features.mean()).fillna(0.0)
-    features.index = images["image_id"]
+    images, features = read_feature_table(path, label)
     split = config.split.model_copy(update={"validation_fraction": 0.0})  # no network to stop early here
     side, report = assign_split(images, label, split, seed=config.seed, control=config.input.control_label)
     log_split(report)
@@ -266,7 +236,7 @@ def run_feature_table(path: str | Path, config: Config, out: str | Path) -> dict
     metrics = {
         "label": label,
         "source": str(path),
-        "features": len(numeric),
+        "features": features.shape[1],
         "temperature": temperature,
         **{k: baseline[k] for k in LEVELS if k in baseline},
         "split": report.to_dict(),
