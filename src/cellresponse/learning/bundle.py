@@ -47,6 +47,12 @@ MODEL_CHOICES = ("auto", *CANDIDATES)
 
 @dataclass
 class Bundle:
+    """Everything ``predict`` needs of a trained run, as :func:`save_bundle` writes it and :func:`load_bundle` reads
+    it: the network, its label encoder and table scaler, the config and crops it was trained with, the profile
+    models, the references and the recorded choice. ``meta`` is ``bundle.json``: loaded, the whole file; to be
+    saved, the entries beside those the other fields give (the validation side, the best epoch, the labels'
+    grouping, the embedding settings)."""
+
     model: CellResponseNet | None  # None where loaded without the network (load_bundle(..., network=False))
     encoder: LabelEncoder
     scaler: Scaler
@@ -82,56 +88,47 @@ class Bundle:
         )
 
 
-def save_bundle(
-    folder: str | Path,
-    model: CellResponseNet,
-    encoder: LabelEncoder,
-    scaler: Scaler,
-    config: Config,
-    crop_settings: dict[str, Any],
-    channels: list[str],
-    label_to_target: dict[str, str] | None = None,
-    extra: dict[str, Any] | None = None,
-    profile_models: dict[str, dict[str, Any]] | None = None,
-    references: References | None = None,
-    reference_kinds: dict[str, References] | None = None,
-) -> Path:
-    """Write the bundle (weights, JSON description, the profile models given, the chosen ``references`` and those
-    of the other ``reference_kinds``); the choice is written afterwards (:func:`save_choice`), once the saved
-    network has been scored."""
+def save_bundle(folder: str | Path, bundle: Bundle) -> Path:
+    """Write ``bundle`` as :func:`load_bundle` reads it back: the network's weights, ``bundle.json`` (what the
+    network was trained on and with, and ``bundle.meta``'s entries — the validation side, the label grouping …),
+    the profile models, the chosen references and those of the other kinds. Its ``choice`` is written afterwards
+    (:func:`save_choice`), once the saved network has been scored."""
     from safetensors.torch import save_file
 
+    if bundle.model is None:
+        raise ValueError("a bundle is saved with its network")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     # channels_last parameters are strided views; safetensors stores plain contiguous tensors
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in bundle.model.state_dict().items()}
     with atomic_path(folder / "weights.safetensors") as tmp:
         save_file(state, str(tmp))
+    scaler = bundle.scaler
     meta = {
         "format": "cellresponse-bundle",
         "made_by": made_by(),
         "version": BUNDLE_VERSION,
-        "n_features": model.n_features,
-        "classes": encoder.classes,
-        "label": config.input.label,
-        "label_to_target": label_to_target or {},
+        "n_features": bundle.model.n_features,
+        "classes": bundle.encoder.classes,
+        "label": bundle.config.input.label,
+        "label_to_target": bundle.label_to_target,
         "scaler": {"columns": scaler.columns, "mean": scaler.mean, "std": scaler.std},
-        "config": config.to_dict(),
-        "crop_settings": crop_settings,
-        "channels": channels,
-        **(extra or {}),
+        "config": bundle.config.to_dict(),
+        "crop_settings": bundle.crop_settings,
+        "channels": bundle.channels,
+        **bundle.meta,
     }
     write_json(folder / "bundle.json", meta)
     for stale in folder.glob("profile_*.json"):
         stale.unlink()
-    for kind, profile_model in (profile_models or {}).items():
+    for kind, profile_model in bundle.profile_models.items():
         write_json(folder / f"profile_{kind}.json", profile_model)
     (folder / "choice.json").unlink(missing_ok=True)
     clear_references(folder)
-    if references is not None:
-        save_references(folder, references)
-        for kind, other in (reference_kinds or {}).items():
-            if kind != references.kind:
+    if bundle.references is not None:
+        save_references(folder, bundle.references)
+        for kind, other in bundle.reference_kinds.items():
+            if kind != bundle.references.kind:
                 save_references(folder / f"references_{kind}", other)  # the writers make the folder
     return folder
 

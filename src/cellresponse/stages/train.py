@@ -28,7 +28,7 @@ from cellresponse.features.embedding_tables import frozen_embedding_settings
 from cellresponse.input.io import write_json, write_parquet
 from cellresponse.input.plate import channel_names, group_keys, labelled_images
 from cellresponse.input.runfolder import CellParts, RunFolder
-from cellresponse.learning.bundle import NETWORK, save_bundle, save_choice
+from cellresponse.learning.bundle import NETWORK, Bundle, save_bundle, save_choice
 from cellresponse.learning.model_choice import (
     auto_choice,
     describe_choice,
@@ -266,20 +266,20 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
     wells = group_keys(images.set_index(images["image_id"].astype(str)), "well")
     scores = profile_validation_scores(tables, labels, side_of, wells)  # held out, with their temperatures
     references, reference_kinds = build_reference_kinds(tables, table, side_of.index[side_of != TEST], config)
-    save_bundle(
-        run.bundle,
-        module.model.cpu(),
-        encoder,
-        scaler,
-        config,
-        crop_settings(config, names),
-        names,
-        label_to_target(images, config),
-        extra=bundle_extras(run, config, images, val_side, epoch, "deep" in tables),
+    bundle = Bundle(
+        model=module.model.cpu(),
+        encoder=encoder,
+        scaler=scaler,
+        config=config,
+        crop_settings=crop_settings(config, names),
+        channels=names,
+        label_to_target=label_to_target(images, config) or {},
+        meta=bundle_extras(run, config, images, val_side, epoch, "deep" in tables),
         profile_models=fit_profile_models(tables, labels, side_of, temperatures_of(scores)),
         references=references,
         reference_kinds=reference_kinds,
     )
+    save_bundle(run.bundle, bundle)
     choice = choose_predicting_model(run, config, parts, scores, side_of, labels)
     shutil.rmtree(run.training_cells, ignore_errors=True)
     save_choice(run.bundle, choice)
