@@ -200,7 +200,7 @@ def run_metrics(**given):
 
     empty = {
         "label": "label", "classes": 0, "headline_vote": "soft", "cell": {}, "image": {}, "well": {}, "plate": {},
-        "chance_rate": float("nan"), "majority_rate": float("nan"), "split": {}, "profile_models": {},
+        "chance_rate": float("nan"), "majority_rate": float("nan"), "split": {"by": "well"}, "profile_models": {},
         "baseline_features": {}, "baseline_cell_features": {}, "sanity_check": {}, "verdict": "",
         "embeddings_verdict": "",
     }  # fmt: skip

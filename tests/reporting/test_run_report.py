@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from cellresponse.evaluation.classification import classification_metrics
-from cellresponse.evaluation.run_metrics import ClassScores, Confusion, SanityCheck, Scores
+from cellresponse.evaluation.run_metrics import ClassScores, Confusion, SanityCheck, Scores, SplitReport
 from cellresponse.reporting.run_report import (
     headline_of_the_predicting_model,
     never_predicted,
@@ -49,11 +51,11 @@ def test_a_benchmark_not_computed_says_why():
 def test_the_report_says_when_plates_give_the_class_away():
     from cellresponse.reporting.run_report import section_split
 
-    split = {"by": "well", "images": {"train": 30, "test": 9}, "plate_confounded_images": 5}
-    text = "".join(section_split({**split, "plate_confounded_examples": ["AZ138", "taxol"]}))
+    split = SplitReport(by="well", images={"train": 30, "test": 9}, plate_confounded_images=5)
+    text = "".join(section_split(replace(split, plate_confounded_examples=["AZ138", "taxol"])))
     assert "5 of 9 test images sit on plates whose training images all carry the same label (e.g. AZ138, taxol)" in text
     assert "--split-column" in text
-    assert "sit on plates" not in "".join(section_split({**split, "plate_confounded_images": 0}))
+    assert "sit on plates" not in "".join(section_split(replace(split, plate_confounded_images=0)))
 
 
 def test_a_skipped_sanity_check_says_why(tmp_path):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Self
 
@@ -195,6 +195,28 @@ class SanityCheck(FlatRecord):
     skipped: str | None = None
 
 
+@dataclass
+class SplitReport(FlatRecord):
+    """The split told (:func:`cellresponse.learning.splits.describe_split`, ``RUN/model/split.json``): images per
+    side, classes tested, the ways its accuracy could flatter — classes with a well on both sides (``leaky``),
+    classes never tested, test images whose plate gives their class away — the controls' down-sampling, and the
+    settings it was made with (``train`` records them, so a changed split is not resumed)."""
+
+    by: str
+    images: dict[str, int] = field(default_factory=dict)
+    classes_in_test: int = 0
+    classes: int = 0
+    leaky_classes: int = 0
+    leaky_examples: list[str] = field(default_factory=list)
+    untestable_classes: int = 0
+    untestable_examples: list[str] = field(default_factory=list)
+    single_image_classes: list[str] = field(default_factory=list)
+    plate_confounded_images: int = 0
+    plate_confounded_examples: list[str] = field(default_factory=list)
+    downsampling: dict[str, Any] = field(default_factory=dict)  # {"applied", "control", cells before / after}
+    settings: dict[str, Any] | None = None
+
+
 @dataclass(frozen=True)
 class LabelGrouping:
     """Each label's coarser group (its mechanism or gene target) and the column that names the groups."""
@@ -283,7 +305,7 @@ class RunMetrics:
     plate: VotedScores
     chance_rate: float
     majority_rate: float
-    split: dict[str, Any]  # learning.splits.SplitReport.to_dict(): the sides, leakage, the settings
+    split: SplitReport
     profile_models: dict[str, ModelScores]
     baseline_features: ModelScores
     baseline_cell_features: ModelScores
@@ -339,6 +361,7 @@ class RunMetrics:
                 "baseline_features": ModelScores.from_json(given["baseline_features"]),
                 "baseline_cell_features": ModelScores.from_json(given["baseline_cell_features"]),
                 "sanity_check": SanityCheck.from_json(given["sanity_check"]),
+                "split": SplitReport.from_json(given["split"]),
                 "auto": ModelChoice.from_json(given["auto"]) if given.get("auto") else None,
                 "label_grouping": LabelGrouping(**given["label_grouping"]) if given.get("label_grouping") else None,
                 "wrong_calls": WrongCallsByModel.from_json(given["wrong_calls"]) if given.get("wrong_calls") else None,

@@ -11,7 +11,6 @@ which is how the study's image-level number was inflated).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -19,6 +18,7 @@ import pandas as pd
 
 from cellresponse.config import SplitConfig
 from cellresponse.errors import InputError
+from cellresponse.evaluation.run_metrics import SplitReport
 from cellresponse.evaluation.votes import most_common_label
 from cellresponse.input.plate import group_keys
 
@@ -104,25 +104,6 @@ def _named_sides(values: pd.Series, test_values: list[str]) -> pd.Series:
         )
     side = np.where(lowered.isin(_TEST_WORDS), TEST, np.where(lowered.isin(_VALIDATION_WORDS), VALIDATION, TRAIN))
     return pd.Series(side, index=values.index)
-
-
-@dataclass
-class SplitReport:
-    by: str
-    images: dict[str, int] = field(default_factory=dict)
-    classes_in_test: int = 0
-    classes: int = 0
-    leaky_classes: int = 0
-    leaky_examples: list[str] = field(default_factory=list)
-    untestable_classes: int = 0
-    untestable_examples: list[str] = field(default_factory=list)
-    single_image_classes: list[str] = field(default_factory=list)
-    plate_confounded_images: int = 0
-    plate_confounded_examples: list[str] = field(default_factory=list)
-    downsampling: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
 def assign_split(

@@ -21,7 +21,7 @@ from cellresponse.config import Config
 from cellresponse.errors import InputError
 from cellresponse.evaluation.classification import wilson_interval
 from cellresponse.evaluation.label_groups import wrong_calls_sentence
-from cellresponse.evaluation.run_metrics import RunMetrics, SanityCheck, Scores, VotedScores, WrongCalls
+from cellresponse.evaluation.run_metrics import RunMetrics, SanityCheck, Scores, SplitReport, VotedScores, WrongCalls
 from cellresponse.input.illumination import illumination_channels, illumination_path, read_function
 from cellresponse.input.io import read_tiff, write_text
 from cellresponse.input.plate import channel_names
@@ -406,36 +406,36 @@ def section_profiles(profiles: dict[str, Any]) -> list[str]:
     ]
 
 
-def section_split(split: dict[str, Any]) -> list[str]:
-    if not split:
+def section_split(split: SplitReport | None) -> list[str]:
+    if split is None:
         return []
-    sizes = split.get("images", {})
+    sizes = split.images
     parts = [
         "<h2>Split</h2>",
-        f"<p>Split by <b>{html.escape(str(split.get('by')))}</b>: {sizes.get('train', 0)} training, "
+        f"<p>Split by <b>{html.escape(str(split.by))}</b>: {sizes.get('train', 0)} training, "
         f"{sizes.get('validation', 0)} validation, {sizes.get('test', 0)} test images; "
-        f"{split.get('classes_in_test')} of {split.get('classes')} classes are tested.</p>",
+        f"{split.classes_in_test} of {split.classes} classes are tested.</p>",
     ]
     notes = []
-    if split.get("leaky_classes"):
+    if split.leaky_classes:
         notes.append(
-            f"{split['leaky_classes']} classes have sites of the same well in training and test "
-            f"(e.g. {', '.join(split.get('leaky_examples', [])[:5])}). Neighbouring sites of a well are "
+            f"{split.leaky_classes} classes have sites of the same well in training and test "
+            f"(e.g. {', '.join(split.leaky_examples[:5])}). Neighbouring sites of a well are "
             "near-duplicates, so the image-level accuracy is optimistic — rerun with --split-by well or plate."
         )
-    if split.get("plate_confounded_images"):
+    if split.plate_confounded_images:
         notes.append(
-            f"{split['plate_confounded_images']} of {sizes.get('test', 0)} test images sit on plates whose training "
-            f"images all carry the same label (e.g. {', '.join(split.get('plate_confounded_examples', [])[:5])}): "
+            f"{split.plate_confounded_images} of {sizes.get('test', 0)} test images sit on plates whose training "
+            f"images all carry the same label (e.g. {', '.join(split.plate_confounded_examples[:5])}): "
             "a model can name them by recognising the plate rather than the treatment, so their accuracy is "
             "optimistic — rerun split by plate or by a column such as the replicate (--split-column)."
         )
-    if split.get("untestable_classes"):
+    if split.untestable_classes:
         notes.append(
-            f"{split['untestable_classes']} classes cannot be held out at this level and are never tested "
-            f"(e.g. {', '.join(split.get('untestable_examples', [])[:5])})."
+            f"{split.untestable_classes} classes cannot be held out at this level and are never tested "
+            f"(e.g. {', '.join(split.untestable_examples[:5])})."
         )
-    down = split.get("downsampling", {})
+    down = split.downsampling
     if down.get("applied"):
         notes.append(
             f"{down['control']} was down-sampled from {down['control_cells_before']} to "
@@ -550,7 +550,7 @@ def build_report(run: RunFolder, config: Config, stages: Sequence[str]) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     summaries = {stage: run.read_summary(stage) for stage in stages if stage != "report"}
     metrics, stale = stored_metrics(run)
-    split = json.loads(run.split_report.read_text()) if run.split_report.exists() else {}
+    split = SplitReport.from_json(json.loads(run.split_report.read_text())) if run.split_report.exists() else None
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>cellresponse report</title><style>{CSS}</style>"
         "</head><body>",

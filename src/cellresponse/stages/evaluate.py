@@ -110,16 +110,16 @@ def say_results(metrics: RunMetrics, vote: str) -> None:
         if line:
             log.info(line)
     split_report = metrics.split
-    if split_report.get("leaky_classes"):
+    if split_report.leaky_classes:
         log.warning(
             "%d classes have sites of one well on both sides of the split: the image-level number is optimistic",
-            split_report["leaky_classes"],
+            split_report.leaky_classes,
         )
-    if split_report.get("plate_confounded_images"):
+    if split_report.plate_confounded_images:
         log.warning(
             "%d test images sit on plates whose training images all carry their label: a model can recognise the "
             "plate, so their accuracy is optimistic (split by plate or replicate for an honest number)",
-            split_report["plate_confounded_images"],
+            split_report.plate_confounded_images,
         )
 
 
@@ -239,7 +239,7 @@ def run_feature_table(path: str | Path, config: Config, out: str | Path) -> dict
         "features": features.shape[1],
         "temperature": temperature,
         **{k: baseline[k] for k in LEVELS if k in baseline},
-        "split": report.to_dict(),
+        "split": report.to_json(),
     }
     write_json(Path(out) / "metrics.json", {**metrics, "made_by": made_by()})
     for level in LEVELS:

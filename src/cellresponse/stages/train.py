@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import time
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,7 @@ def make_split(
     report.downsampling = info
     log_split(report)
     sides = pd.DataFrame({"image_id": chosen["image_id"].to_numpy(), "side": side.to_numpy()})
-    summary = {**report.to_dict(), "settings": settings}
+    summary = replace(report, settings=settings).to_json()
     if is_main_process():
         write_parquet(run.split_table, sides)
         write_json(run.split_report, summary)
