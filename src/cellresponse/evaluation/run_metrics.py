@@ -1,9 +1,10 @@
 """``RUN/metrics.json``, typed: what ``evaluate`` writes and the report reads — one record, so that a reader names
 fields instead of guessing at the keys of a ``dict``. :class:`RunMetrics` is the file; :class:`Scores` one set of
 calls scored, :class:`VotedScores` a level's two votes, :class:`ModelScores` a baseline or profile model,
-:class:`SanityCheck` the study's control-vs-compound check. Each block reads its JSON with ``from_json`` and writes
-it back with ``to_json``, key for key (absent fields left out), so the file's layout is the one readers of earlier
-versions know."""
+:class:`SanityCheck` the study's control-vs-compound check, :class:`SplitReport` the split, :class:`ModelChoice`
+which model predicts, :class:`WrongCallsByModel` where wrong calls go. Each block reads its JSON with
+``from_json`` and writes it back with ``to_json``, key for key (absent fields left out), so the file's layout is the
+one readers of earlier versions know."""
 
 from __future__ import annotations
 
