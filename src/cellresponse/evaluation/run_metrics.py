@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Self
 
@@ -20,13 +20,26 @@ LEVEL_FIELDS = ("cell", "image", "well", "plate")
 VOTES = ("majority", "soft")
 
 
+def _json(value: Any) -> Any:
+    """A field's value as JSON keeps it: a record by its own ``to_json``, any other dataclass field by field (None
+    kept: a WrongCalls' ``share_within_group`` is null where nothing was wrong), a dict entry by entry."""
+    if hasattr(value, "to_json"):
+        return value.to_json()
+    if is_dataclass(value):
+        return asdict(value)
+    if isinstance(value, dict):
+        return {k: _json(v) for k, v in value.items()}
+    return value
+
+
 def _present(record: Any) -> dict[str, Any]:
-    """A block's fields as JSON keeps them: the ones that are set."""
-    return {f.name: getattr(record, f.name) for f in fields(record) if getattr(record, f.name) is not None}
+    """A record's fields as JSON keeps them: the ones that are set, nested records as theirs."""
+    return {f.name: _json(value) for f in fields(record) if (value := getattr(record, f.name)) is not None}
 
 
 class FlatRecord:
-    """A block whose JSON is its own fields, the ones that are set (keys a newer writer added are ignored)."""
+    """A record whose JSON is its own fields, the ones that are set (keys a newer writer added are ignored on
+    reading; records that nest others read them with their own ``from_json``)."""
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Self:
@@ -106,19 +119,9 @@ class Scores:
         )
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"n": self.n, "accuracy": self.accuracy}
-        for name in ("balanced_accuracy", "macro_f1"):
-            if getattr(self, name) is not None:
-                out[name] = getattr(self, name)
-        if self.top_k is not None:
+        out = {k: v for k, v in _present(self).items() if k not in ("top_k", "top_k_accuracy")}
+        if self.top_k is not None:  # the file's key names k
             out[f"top{self.top_k}"] = self.top_k_accuracy
-        for name in ("chance_rate", "majority_rate", "mean_probability"):
-            if getattr(self, name) is not None:
-                out[name] = getattr(self, name)
-        if self.per_class is not None:
-            out["per_class"] = {label: asdict(scores) for label, scores in self.per_class.items()}
-        if self.confusion is not None:
-            out["confusion"] = asdict(self.confusion)
         return out
 
     def class_scores(self) -> dict[str, ClassScores]:
@@ -129,7 +132,7 @@ class Scores:
 
 
 @dataclass(frozen=True)
-class VotedScores:
+class VotedScores(FlatRecord):
     """A level's votes (images, wells, plates): the majority and soft votes scored, with the level's rates — or
     only ``skipped``, why the level was not voted (groups holding several classes)."""
 
@@ -151,12 +154,9 @@ class VotedScores:
         rates = {k: data[k] for k in ("chance_rate", "majority_rate", "skipped") if k in data}
         return cls(**votes, **rates)
 
-    def to_json(self) -> dict[str, Any]:
-        return {k: v.to_json() if isinstance(v, Scores) else v for k, v in _present(self).items()}
-
 
 @dataclass(frozen=True)
-class ModelScores:
+class ModelScores(FlatRecord):
     """A features-only or profile model on the test side — what it is, its temperature, its soft vote per level
     (the single-cell baseline also per cell) — or only ``skipped`` and why."""
 
@@ -179,9 +179,6 @@ class ModelScores:
     def from_json(cls, data: dict[str, Any]) -> ModelScores:
         levels = {k: Scores.from_json(data[k]) for k in ("cell", "image", "well") if data.get(k)}
         return cls(**{k: data[k] for k in ("model", "temperature", "skipped") if k in data}, **levels)
-
-    def to_json(self) -> dict[str, Any]:
-        return {k: v.to_json() if isinstance(v, Scores) else v for k, v in _present(self).items()}
 
 
 @dataclass(frozen=True)
@@ -255,7 +252,7 @@ class WrongCalls:
 
 
 @dataclass(frozen=True)
-class WrongCallsByModel:
+class WrongCallsByModel(FlatRecord):
     """:class:`WrongCalls` per candidate model (the network by its headline vote, each profile model) and level
     (``image``, ``well``), against the groups of ``column``."""
 
@@ -269,9 +266,6 @@ class WrongCallsByModel:
             for name, levels in data["models"].items()
         }
         return cls(column=data["column"], models=models)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)  # None kept inside: share_within_group is null where nothing was wrong
 
 
 @dataclass(frozen=True)
@@ -334,20 +328,9 @@ class RunMetrics:
 
     def to_json(self) -> dict[str, Any]:
         """The record as ``metrics.json`` holds it (absent optional fields left out)."""
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name == "profile_models":
-                value = {kind: block.to_json() for kind, block in value.items()}
-            elif f.name == "cell" and value is None:
-                value = {}  # a required key: an empty block where the network scored no cells
-            elif hasattr(value, "to_json"):
-                value = value.to_json()
-            elif isinstance(value, LabelGrouping):
-                value = asdict(value)
-            if value is not None:
-                out[f.name] = value
-        return out
+        out = _present(self)
+        # `cell` is a required key: an empty block where the network scored no cells
+        return out if "cell" in out else {"cell": {}, **out}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RunMetrics:
