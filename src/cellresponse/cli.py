@@ -297,6 +297,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Every stage in order, each resumable; --from/--until choose a slice."""
     run = RunFolder(args.out)
     starts_with_images = args.from_stage == PIPELINE[0] and is_main_process()
+    folder: contextlib.AbstractContextManager[RunFolder]
     if starts_with_images:
         if args.images is None and args.load_data is None:
             raise CellResponseError("give --images DIR or --load-data CSV (or --from a later stage)")

@@ -59,7 +59,7 @@ class ChannelRecipe(_Section):
 
     kind: Literal["median", "mean", "max", "single", "stack"] = "median"
     channels: list[int | str] = Field(
-        default_factory=lambda: [0, 1, 2],
+        default_factory=lambda: list[int | str]([0, 1, 2]),
         description="Channel positions (0-based) or names; names match 'DNA', 'OrigDNA' or 'ch5'.",
     )
 
@@ -247,6 +247,11 @@ MOA_COLUMNS = ("Metadata_MoA", "Metadata_moa", "Metadata_target")
 # JCP2022 identifiers), and the concentration columns that make a compound a treatment (compound @ dose).
 COMPOUND_COLUMNS = ("Metadata_Compound", "Metadata_pert_iname", "Metadata_broad_sample", "Metadata_JCP2022")
 CONCENTRATION_COLUMNS = ("Metadata_Concentration", "Metadata_mmoles_per_liter", "Metadata_pert_dose", "Metadata_Dose")
+ProfileKind = Literal["measured", "deep", "both"]
+ALL_PROFILE_KINDS: tuple[ProfileKind, ...] = ("measured", "deep", "both")
+SelectionOperation = Literal["variance_threshold", "drop_na_columns", "correlation_threshold", "blocklist"]
+DEFAULT_SELECTION: tuple[SelectionOperation, ...] = ("variance_threshold", "drop_na_columns", "correlation_threshold")
+
 # The treatment of an image with no compound column: its well (each well its own treatment).
 WELL_TREATMENT = ["Metadata_Plate", "Metadata_Well"]
 
@@ -254,7 +259,7 @@ WELL_TREATMENT = ["Metadata_Plate", "Metadata_Well"]
 class ProfilesConfig(_Section):
     """Well and treatment profiles (`cellresponse profile`) and the profile-level benchmarks."""
 
-    kinds: list[Literal["measured", "deep", "both"]] = Field(default_factory=lambda: ["measured", "deep", "both"])
+    kinds: list[ProfileKind] = Field(default_factory=lambda: list(ALL_PROFILE_KINDS))
     treatment: list[str] = Field(
         default_factory=list,
         description="Columns whose values together name a treatment (e.g. compound and concentration); [] = auto: "
@@ -300,13 +305,11 @@ class ReferencesConfig(_Section):
         "on the references' own fields, leave-one-compound-out.",
     )
     neighbours: int = Field(5, ge=1, le=50, description="Nearest reference treatments listed per query.")
-    feature_selection: list[Literal["variance_threshold", "drop_na_columns", "correlation_threshold", "blocklist"]] = (
-        Field(
-            default_factory=lambda: ["variance_threshold", "drop_na_columns", "correlation_threshold"],
-            description="pycytominer feature_select operations on the normalised reference wells; "
-            "correlation_threshold (0.9) drops near-copies, which otherwise outvote the rest in a cosine "
-            "(chosen on BBBC021-moa, references replicate 1 → queries 2; docs/results.md).",
-        )
+    feature_selection: list[SelectionOperation] = Field(
+        default_factory=lambda: list(DEFAULT_SELECTION),
+        description="pycytominer feature_select operations on the normalised reference wells; "
+        "correlation_threshold (0.9) drops near-copies, which otherwise outvote the rest in a cosine "
+        "(chosen on BBBC021-moa, references replicate 1 → queries 2; docs/results.md).",
     )
     novelty_quantile: float = Field(
         0.1,

@@ -16,7 +16,7 @@ import os
 import sys
 import traceback
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -86,7 +86,7 @@ def chunk_size(n_rows: int, n_workers: int) -> int:
     return max(1, min(8, n_rows // max(1, 4 * n_workers)))
 
 
-def _iterate_local(func: Callable[[dict], dict], rows: list[dict]) -> Iterator[TaskResult]:
+def _iterate_local(func: Callable[[dict], dict], rows: list[dict]) -> Generator[TaskResult]:
     for row in rows:
         yield run_task(func, row)
 
@@ -130,7 +130,7 @@ class _DaskPool:
                 restore_environment(environment)
             self.client = Client(self.cluster)
 
-    def iterate(self, func: Callable[[dict], dict], rows: list[dict]) -> Iterator[TaskResult]:
+    def iterate(self, func: Callable[[dict], dict], rows: list[dict]) -> Generator[TaskResult]:
         from dask.distributed import as_completed  # see __init__ for why it is imported here
 
         workers = max(1, len(self.client.scheduler_info().get("workers", {})))

@@ -12,7 +12,7 @@ import json
 import re
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, cast
 
 from cellresponse.errors import InputError
 
@@ -25,7 +25,7 @@ def _json(value: Any) -> Any:
     kept: a WrongCalls' ``share_within_group`` is null where nothing was wrong), a dict entry by entry."""
     if hasattr(value, "to_json"):
         return value.to_json()
-    if is_dataclass(value):
+    if is_dataclass(value) and not isinstance(value, type):
         return asdict(value)
     if isinstance(value, dict):
         return {k: _json(v) for k, v in value.items()}
@@ -43,7 +43,7 @@ class FlatRecord:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Self:
-        known = {f.name for f in fields(cls)}  # the subclasses are dataclasses
+        known = {f.name for f in fields(cast(Any, cls))}  # the subclasses are dataclasses
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def to_json(self) -> dict[str, Any]:
@@ -150,9 +150,9 @@ class VotedScores(FlatRecord):
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> VotedScores:
-        votes = {f"{v}_vote": Scores.from_json(data[f"{v}_vote"]) for v in VOTES if data.get(f"{v}_vote")}
-        rates = {k: data[k] for k in ("chance_rate", "majority_rate", "skipped") if k in data}
-        return cls(**votes, **rates)
+        given: dict[str, Any] = {k: data[k] for k in ("chance_rate", "majority_rate", "skipped") if k in data}
+        given |= {f"{v}_vote": Scores.from_json(data[f"{v}_vote"]) for v in VOTES if data.get(f"{v}_vote")}
+        return cls(**given)
 
 
 @dataclass(frozen=True)
@@ -177,8 +177,9 @@ class ModelScores(FlatRecord):
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ModelScores:
-        levels = {k: Scores.from_json(data[k]) for k in ("cell", "image", "well") if data.get(k)}
-        return cls(**{k: data[k] for k in ("model", "temperature", "skipped") if k in data}, **levels)
+        given: dict[str, Any] = {k: data[k] for k in ("model", "temperature", "skipped") if k in data}
+        given |= {k: Scores.from_json(data[k]) for k in ("cell", "image", "well") if data.get(k)}
+        return cls(**given)
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ def group_sums(groups: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.nd
     return unique, inverse, sums, sizes
 
 
-def call_counts(inverse: np.ndarray, called: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+def call_counts(inverse: np.ndarray, called: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """What a majority vote adds: how many of each group's rows (``inverse``, :func:`group_sums`) called each class
     (``called``: each row's top class, the first on ties), a ``shape`` ``(G, C)`` array."""
     counts = np.zeros(shape)

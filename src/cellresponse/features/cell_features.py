@@ -545,7 +545,7 @@ def measure_cells(
     table = pd.concat([table, pd.DataFrame(inertia, index=table.index)], axis=1)
     table = table.rename(columns=RENAMES)[list(PROPERTY_COLUMNS)]
     nucleus, columns = None, {}
-    if compartments:
+    if nuclear_channel is not None:
         nucleus = nucleus_pixels(cell, channels[nuclear_channel])
         columns["CR_NuclearFraction"] = cell.means(nucleus)[1:]
     regions = cell_regions(labels, cell, nucleus) if channels or extended else {}

@@ -241,7 +241,7 @@ class CropIndex:
 
     def rows(self, image_ids: pd.Series, labels: np.ndarray) -> np.ndarray:
         """Each cell's row (int64), -1 where the index has no crop of it: one sorted search per image."""
-        codes = self.images.get_indexer(image_ids.astype(str))
+        codes = self.images.get_indexer(pd.Index(image_ids.astype(str)))
         labels = np.asarray(labels, np.int64)
         found = np.full(len(codes), -1, dtype=np.int64)
         by_image = np.argsort(codes, kind="stable")
@@ -300,7 +300,7 @@ class CropStore:
         )
         self._index = CropIndex.read(index_path)
         self._size = int(self.settings.get("store_size", 0))
-        self._codec = None
+        self._codec: Any = None  # made on first read, in the process that reads
 
     def __len__(self) -> int:
         return len(self._index.offsets)

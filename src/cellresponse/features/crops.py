@@ -88,7 +88,7 @@ def resize_square(crop: np.ndarray, size: int) -> np.ndarray:
 
 def cell_crops(
     labels: np.ndarray,
-    cell_labels: Sequence[int],
+    cell_labels: np.ndarray | Sequence[int],
     bboxes: np.ndarray,
     image_planes: np.ndarray,
     flows01: np.ndarray,

@@ -7,7 +7,8 @@ Recipes are pure functions on a ``(C, H, W)`` stack; :func:`load_stack` reads a 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -105,7 +106,7 @@ def recipe_channels(recipe: ChannelRecipe, names: Sequence[str]) -> list[int | s
     """The channels a recipe reads from these images: its own list, except that the default (the study's first
     three) takes the channels there are on a plate with fewer — a nuclei-only or two-channel plate segments with
     the default recipe. A list the user gave is kept as given (a channel that is not there is then an error)."""
-    default = list(ChannelRecipe.model_fields["channels"].default_factory())
+    default = ChannelRecipe().channels
     if list(recipe.channels) == default and len(names) < len(default):
         return list(range(len(names)))
     return list(recipe.channels)
@@ -155,13 +156,14 @@ def apply_recipe(stack: np.ndarray, recipe: ChannelRecipe, names: Sequence[str])
     return chosen  # "stack"
 
 
-def load_stack(row: pd.Series | dict, names: Sequence[str] | None = None) -> np.ndarray:
+def load_stack(row: pd.Series | Mapping[Any, Any], names: Sequence[str] | None = None) -> np.ndarray:
     """Read the channels of one field into a ``(C, H, W)`` array, checking shapes and dtypes agree; where the row
     names illumination functions (``FileName_Illum<Ch>``), the stack is corrected by them (illumination.py)."""
+    fields = dict(row)  # a table row or a records dict alike
     if names is None:
-        names = channel_names(pd.DataFrame([row]))
+        names = channel_names(pd.DataFrame([fields]))
     images = []
-    paths = channel_paths(row, list(names))
+    paths = channel_paths(fields, list(names))
     for path in paths:
         image = read_tiff(path)
         if image.ndim == 3 and 1 in image.shape:
@@ -178,10 +180,10 @@ def load_stack(row: pd.Series | dict, names: Sequence[str] | None = None) -> np.
         detail = ", ".join(f"{p.name}: {img.dtype}" for p, img in zip(paths, images, strict=True))
         raise InputError(f"channels of one image differ in dtype ({detail})")
     stack = np.stack(images)
-    named = illumination_channels(row, names)
+    named = illumination_channels(fields, names)
     if not named:
         return stack
     # The image table names CellProfiler illumination functions (a load_data_with_illum.csv, or computed by the
     # images stage): the stack comes back on CellProfiler's 0-1 scale, divided by them.
-    functions = [check_function(read_function(str(p)), p, stack.shape[1:]) for p in row_functions(row, names)]
+    functions = [check_function(read_function(str(p)), p, stack.shape[1:]) for p in row_functions(fields, names)]
     return corrected_stack(stack, functions)

@@ -86,7 +86,7 @@ def read_function(path: str) -> np.ndarray:
     return check_function(values, file)
 
 
-def check_illumination(table: pd.DataFrame, names: list[str], shape: tuple[int, int] | None) -> int:
+def check_illumination(table: pd.DataFrame, names: list[str], shape: tuple[int, ...] | None) -> int:
     """Every illumination file the table names, read and checked once (before any image work); returns how many.
     A table naming functions for some channels only is refused: correcting part of a stack would skew ratios."""
     named = illumination_channels(table, names)

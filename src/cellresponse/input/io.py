@@ -105,7 +105,7 @@ def write_tiff(path: str | Path, array: np.ndarray, info: dict | None = None) ->
 def read_tiff_info(path: str | Path) -> dict:
     """The JSON stored by :func:`write_tiff` (without reading the pixels)."""
     with tifffile.TiffFile(path) as tif:
-        text = tif.pages[0].description
+        text = tif.pages.first.description
     try:
         return json.loads(text) if text else {}
     except json.JSONDecodeError:

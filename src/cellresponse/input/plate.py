@@ -459,7 +459,7 @@ def build_image_table(source: ImageSource, join: str = "auto") -> tuple[pd.DataF
         raise InputError("give exactly one image source: --images DIR or --load-data CSV")
     if source.images_dir is not None:
         table = scan_phenix_folder(source.images_dir, plate=source.plate)
-    else:
+    elif source.load_data is not None:
         table = read_load_data(source.load_data)
     report = None
     if source.metadata:

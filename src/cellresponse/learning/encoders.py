@@ -20,7 +20,7 @@ class LabelEncoder:
     classes: list[str]
 
     @classmethod
-    def fit(cls, values: pd.Series | list[str]) -> LabelEncoder:
+    def fit(cls, values: pd.Series | np.ndarray | list[str]) -> LabelEncoder:
         return cls(sorted({str(v) for v in values}))
 
     def transform(self, values: pd.Series | list[str]) -> np.ndarray:
@@ -31,7 +31,7 @@ class LabelEncoder:
             codes = values.cat.codes.to_numpy()
             mapped = classes.get_indexer(values.cat.categories.astype(str))
             return np.where(codes >= 0, mapped[codes], -1).astype(np.int64)
-        return classes.get_indexer(pd.Series(values, dtype=object).astype(str)).astype(np.int64)
+        return classes.get_indexer(pd.Index(pd.Series(values, dtype=object).astype(str))).astype(np.int64)
 
     def inverse(self, codes: np.ndarray) -> np.ndarray:
         return np.asarray(self.classes, dtype=object)[np.asarray(codes)]

@@ -53,7 +53,7 @@ def predict_probabilities(
     model.eval()
     channels_last = config.training.channels_last
     if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stub omits it
     c = config.crops
     width = model.classifier.out_features if output == "probabilities" else model.classifier.in_features
     out = np.zeros((len(rows), width), dtype=np.float32)
@@ -81,6 +81,8 @@ def predict_cells(
     """The bundle's network on ``cells`` (a cell table with ``image_id``, the mask ``label`` and the bundle's
     feature columns): their crops from ``store``, their table rows scaled with the bundle's scaler; ``output`` and
     ``device`` as in :func:`predict_probabilities`."""
+    if bundle.model is None:
+        raise ValueError("this bundle was loaded without its network (load_bundle(..., network=False))")
     return predict_probabilities(
         bundle.model,
         store,

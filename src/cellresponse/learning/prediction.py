@@ -96,7 +96,7 @@ def chosen_references(bundle: Bundle, kind: str) -> References | None:
     """The bundle's references of ``kind`` (references.kind; ``auto`` the kind train chose), with a line saying
     what another kind than the chosen one costs in leave-one-compound-out accuracy."""
     references = bundle.references_of(kind)
-    if references is not bundle.references:
+    if references is not None and bundle.references is not None and references is not bundle.references:
 
         def accuracy(refs: References) -> str:
             return f"{refs.calibration.get('field', {}).get('accuracy', float('nan')):.3f}"
@@ -128,7 +128,8 @@ def predict_with_profiles(
     (the predict stage's ``profile_blocks``; no crops)."""
     model = bundle.profile_models[kind]
     measured = blocks.get("measured")
-    features = image_profiles(kind, measured_of(measured, model_cell_columns(model)), blocks.get("deep"))
+    measured = None if measured is None else measured_of(measured, model_cell_columns(model))
+    features = image_profiles(kind, measured, blocks.get("deep"))
     probs = features_model_probabilities(model, features)
     table = meta.loc[features.index].reset_index()
     e, grouping = config.evaluation, bundle.label_grouping
@@ -149,12 +150,10 @@ def model_cell_columns(model: dict) -> list[str]:
     return model.get("cell_columns") or profile_cell_columns(model["columns"])
 
 
-def measured_of(table: pd.DataFrame | None, cell_columns: list[str]) -> pd.DataFrame | None:
+def measured_of(table: pd.DataFrame, cell_columns: list[str]) -> pd.DataFrame:
     """The per-image statistics of ``cell_columns`` (and the cell count) out of a table made of more cell columns:
     the same table profile_models.plate_by_plate_feature_table gives for them alone (its missing values are filled
     column by column)."""
-    if table is None:
-        return None
     keep = set(cell_columns)
     return table[[c for c in table.columns if "__" not in c or c.rsplit("__", 1)[0] in keep]]
 

@@ -23,6 +23,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cellresponse.config import Config, CropConfig, TrainingConfig
@@ -64,11 +65,11 @@ class CropBatches(Dataset):
         return len(self.cells)
 
     def __getitem__(self, positions: list[int]) -> dict[str, torch.Tensor]:
-        positions = np.asarray(positions)
+        at = np.asarray(positions)
         return {
-            "crops": torch.from_numpy(self.store.batch(self.cells.rows[positions])),
-            "table": torch.from_numpy(self.cells.features[positions]),
-            "target": torch.from_numpy(self.cells.targets[positions].astype(np.int64)),
+            "crops": torch.from_numpy(self.store.batch(self.cells.rows[at])),
+            "table": torch.from_numpy(self.cells.features[at]),
+            "target": torch.from_numpy(self.cells.targets[at].astype(np.int64)),
         }
 
 
@@ -142,7 +143,7 @@ class CellResponseModule(L.LightningModule):
         self.crop_config: CropConfig = cfg.crops
         self.model = CellResponseNet.from_config(n_features, n_classes, cfg.training, cfg.model)
         if cfg.training.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+            self.model = self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # see inference
         self.loss = torch.nn.CrossEntropyLoss(label_smoothing=cfg.training.label_smoothing)
         self._augment_generator = torch.Generator().manual_seed(cfg.seed)
 
@@ -169,7 +170,7 @@ class CellResponseModule(L.LightningModule):
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._step(batch, "val")
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         t = self.training_config
         optimizer = torch.optim.Adam(self.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay)
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=t.step_size, gamma=t.gamma)

@@ -118,7 +118,7 @@ def store_positions(store_rows: int, sets: list[np.ndarray]) -> np.ndarray:
     """For each row of a store of ``store_rows`` crops, its position in the sets of store ``rows`` one after the
     other (-1 where in none; rows of -1, cells without a crop, are skipped): four bytes a crop for all the sets,
     where an index of the rows would hash each one."""
-    positions = np.full(store_rows, -1, dtype=row_type(sum(map(len, sets))))
+    positions: np.ndarray = np.full(store_rows, -1, dtype=row_type(sum(map(len, sets))))
     start = 0
     for rows in sets:
         kept = rows >= 0

@@ -26,7 +26,8 @@ def cell_windows(planes: np.ndarray, centroids: np.ndarray, side: int) -> np.nda
     padded = np.pad(scaled, ((0, 0), (side, side), (side, side)))
     tops = np.floor(centroids[:, 0] - side / 2.0 + 0.5).astype(np.int64) + side
     lefts = np.floor(centroids[:, 1] - side / 2.0 + 0.5).astype(np.int64) + side
-    views = np.lib.stride_tricks.sliding_window_view(padded, (side, side), axis=(1, 2))
+    # numpy's stub takes one axis; the function takes a tuple (numpy docs)
+    views = np.lib.stride_tricks.sliding_window_view(padded, (side, side), axis=(1, 2))  # type: ignore[call-overload]
     return np.ascontiguousarray(views[:, tops, lefts].transpose(1, 0, 2, 3))
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
+from typing import cast
 
 import torch
 from monai.networks.nets import EfficientNet, EfficientNetBN
@@ -60,6 +61,7 @@ def efficientnet(backbone: str = "efficientnet-b0", in_channels: int = IMAGE_CHA
     # A one-unit head when only features are wanted: the head is replaced below, and a 1000-class one would draw
     # 1.3 M random numbers first and shift the initialisation of every layer after it (a trained run's numbers).
     outputs = classes or 1
+    net: EfficientNet
     if backbone == "efficientnet-b0":
         net = EfficientNetBN(
             "efficientnet-b0", pretrained=False, spatial_dims=2, in_channels=in_channels, num_classes=outputs
@@ -72,8 +74,8 @@ def efficientnet(backbone: str = "efficientnet-b0", in_channels: int = IMAGE_CHA
     else:
         raise WeightsUnavailableError(f"unknown backbone {backbone!r}: efficientnet-b0 or efficientnet-lite0")
     if not classes:
-        net._fc = nn.Identity()  # keep the pooled features; the study's head comes after the fusion
-        net._dropout = nn.Identity()
+        net.set_submodule("_fc", nn.Identity())  # keep the pooled features; the study's head comes after the fusion
+        net.set_submodule("_dropout", nn.Identity())
     return net
 
 
@@ -126,7 +128,11 @@ def adapt_stem(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
 def to_monai_names(state: dict[str, torch.Tensor], trunk: nn.Module) -> dict[str, torch.Tensor]:
     """efficientnet-pytorch's flat block keys (``_blocks.7.…``) as MONAI names them (``_blocks.3.7.…``: stage,
     then the block's running index); keys already in MONAI's form are kept."""
-    stage_of = {name: stage for stage, blocks in enumerate(trunk._blocks) for name, _ in blocks.named_children()}
+    stage_of = {
+        name: stage
+        for stage, blocks in enumerate(cast(nn.Sequential, trunk._blocks))
+        for name, _ in blocks.named_children()
+    }
     renamed = {}
     for key, value in state.items():
         flat = re.fullmatch(r"_blocks\.(\d+)\.(_[a-z].*)", key)

@@ -83,11 +83,11 @@ def phenotypic_activity(
     wells (``activity_level = wells``): a well's own effect cannot make its fields look alike, and every field
     counts. One in a single well is scored on its fields retrieving each other (``one well``); one of a single field
     has nothing to retrieve (``one field``, NA)."""
-    control = control.to_numpy(bool)
+    is_control = control.to_numpy(bool)
     fields = fields.reset_index(drop=True)
     treatment = fields["treatment"].astype(str).to_numpy()
     well = (fields["plate"].astype(str) + "/" + fields["well"].astype(str)).to_numpy()
-    treated = pd.DataFrame({"treatment": treatment, "well": well})[~control]
+    treated = pd.DataFrame({"treatment": treatment, "well": well})[~is_control]
     wells_of = treated.groupby("treatment")["well"].nunique()
     fields_of = treated.groupby("treatment").size()
     replicated = set(wells_of[wells_of >= 2].index)
@@ -96,9 +96,9 @@ def phenotypic_activity(
     for chosen, level, by_well in ((replicated, "wells", True), (one_well, "one well", False)):
         if not chosen:
             continue
-        rows = control | np.isin(treatment, list(chosen))
+        rows = is_control | np.isin(treatment, list(chosen))
         x = fields.loc[rows, features].to_numpy()
-        scored = copairs_activity(x, treatment[rows], control[rows], seed, well[rows] if by_well else None)
+        scored = copairs_activity(x, treatment[rows], is_control[rows], seed, well[rows] if by_well else None)
         parts.append(scored.assign(activity_level=level))
     lone = sorted(set(treated["treatment"]) - replicated - one_well)
     parts.append(pd.DataFrame({"treatment": lone, "activity_level": "one field"}))
@@ -109,9 +109,11 @@ def phenotypic_activity(
     for column in COLUMNS:
         if column not in table:
             table[column] = np.nan
-    scored = table["activity_p"].notna().to_numpy()
-    if scored.any():
-        p_values = table.loc[scored, "activity_p"].astype(float).to_numpy()
-        table.loc[scored, "activity_q"] = false_discovery_control(p_values, method="bh")
-    table["active"] = pd.array(np.where(scored, table["activity_q"] < fdr, None), dtype="boolean")
+    has_p = table["activity_p"].notna().to_numpy()
+    if has_p.any():
+        p_values = table.loc[has_p, "activity_p"].astype(float).to_numpy()
+        table.loc[has_p, "activity_q"] = false_discovery_control(p_values, method="bh")
+    active = pd.array((table["activity_q"] < fdr).to_numpy(), dtype="boolean")
+    active[~has_p] = pd.NA
+    table["active"] = active
     return table[["treatment", *COLUMNS]]

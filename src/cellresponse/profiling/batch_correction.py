@@ -39,7 +39,8 @@ def confounded(batches: pd.Series, compounds: pd.Series, controls: np.ndarray) -
     """Whether most batches are one compound and nothing else: a batch is anchored where it holds negative
     ``controls`` or two or more compounds, and fewer than half the batches are."""
     table = pd.DataFrame({"b": batches.to_numpy(), "c": compounds.to_numpy(), "control": controls})
-    anchored = table.groupby("b").apply(lambda g: g["control"].any() or g["c"].nunique() >= 2, include_groups=False)
+    by_batch = table.groupby("b")
+    anchored = by_batch["control"].any() | (by_batch["c"].nunique() >= 2)
     return float(anchored.mean()) < 0.5
 
 

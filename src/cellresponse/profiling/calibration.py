@@ -89,7 +89,7 @@ def leave_one_compound_out(references: References, level: str, held_out: HeldOut
 
 def score_of(scores: np.ndarray, moas: list[str], truth: np.ndarray) -> np.ndarray:
     """Each row's score at its true mechanism (``-inf`` where that mechanism has no column)."""
-    column = pd.Index(moas).get_indexer(truth)
+    column = pd.Index(moas).get_indexer(pd.Index(truth))
     known = column >= 0
     out = np.full(len(truth), -np.inf)
     out[known] = scores[np.flatnonzero(known), column[known]]
@@ -120,8 +120,8 @@ def calibration_of(loco: pd.DataFrame, moas: list[str], quantile: float) -> dict
         scorable = loco[np.isfinite(loco["same_moa_similarity"]) & np.isfinite(loco["truth_score"])]
     if scorable.empty:
         return {"units": 0, "skipped": "no reference compound shares its mechanism with another compound"}
-    scores = np.vstack(scorable["scores"].to_numpy())
-    truth = pd.Index(moas).get_indexer(scorable["moa"])
+    scores = np.vstack(list(scorable["scores"]))
+    truth = pd.Index(moas).get_indexer(pd.Index(scorable["moa"]))
     temperature = fit_similarity_temperature(scores, truth)
     probability = mechanism_probabilities(scores, temperature).max(axis=1)
     right = (scorable["moa_call"] == scorable["moa"]).to_numpy()
@@ -193,6 +193,7 @@ def calibrated(references: References, quantile: float, setting: str) -> Referen
         return plain
     labelled = np.asarray(pd.notna(moa), dtype=bool)
     space = fit_mechanism_space(values[labelled], moa[labelled], features)
+    assert space is not None, "the folds fitted spaces, so every reference has enough mechanisms for one"
     done = replace(references, calibration=discriminant, mechanism_space=space)
     done.moa_space = {"setting": setting, "used": "discriminant", **scored,
                       "why": f"the mechanism-discriminant space ({space.scalings.shape[1]} directions): leave-one-"

@@ -103,6 +103,8 @@ def match(
     probability = mechanism_probabilities(scores, calibration["temperature"])
     novel = out["best_similarity"].to_numpy() < calibration["novelty_threshold"]
     out["novel"] = pd.array(novel, dtype="boolean")
-    out["moa_call"] = pd.array(np.where(novel, None, np.asarray(moas, dtype=object)[scores.argmax(1)]), dtype="string")
+    calls = np.asarray(moas, dtype=object)[scores.argmax(1)]
+    calls[novel] = None
+    out["moa_call"] = pd.array(calls, dtype="string")
     out["moa_probability"] = np.where(novel, np.nan, probability.max(axis=1))
     return out

@@ -181,13 +181,14 @@ def benchmark_profiles(
     out: dict[str, Any] = {}
     treated = without_controls(treatments, *controls)
     skipped = mechanism_benchmark_skipped(moa, compound, treated.columns)
-    if skipped:
+    if skipped or moa is None:  # skipped says why whenever there is no mechanism column
         out["nsc"] = {"skipped": skipped}
     else:
         x = treated[features].to_numpy()
-        out["nsc"] = nsc_accuracy(x, treated[moa].to_numpy(), treated[compound].to_numpy())
+        labels = treated[moa].to_numpy(), treated[compound].to_numpy()
+        out["nsc"] = nsc_accuracy(x, *labels)
         if batch and batch in treated.columns:
-            out["nscb"] = nsc_accuracy(x, treated[moa], treated[compound], treated[batch].to_numpy())
+            out["nscb"] = nsc_accuracy(x, *labels, treated[batch].to_numpy())
         out["map_moa"] = retrieval_map(treated[[moa, compound]], x, [moa], [compound], [moa], [moa], seed=seed)
         out["moa_column"], out["compound_column"] = moa, compound
     queries = without_controls(wells, *controls)

@@ -120,10 +120,11 @@ def image_profiles(kind: str, measured: pd.DataFrame | None, deep: pd.DataFrame 
     if kind not in PROFILE_KINDS:
         raise InputError(f"unknown profile kind {kind!r}; choose one of: {', '.join(PROFILE_KINDS)}")
     needed = {"measured": [measured], "deep": [deep], "both": [measured, deep]}[kind]
-    if any(table is None for table in needed):
+    present = [table for table in needed if table is not None]
+    if len(present) < len(needed):
         missing = "the embeddings (cellresponse embed)" if deep is None else "the measured cells"
         raise InputError(f"the {kind} profile needs {missing}")
-    tables = [table.set_axis(table.index.astype(str)) for table in needed]
+    tables = [table.set_axis(table.index.astype(str)) for table in present]
     return tables[0] if len(tables) == 1 else pd.concat(tables, axis=1, join="inner")
 
 

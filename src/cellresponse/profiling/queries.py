@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from typing import overload
 
 import numpy as np
 import pandas as pd
@@ -114,6 +115,12 @@ def query_batches(queries: pd.DataFrame) -> pd.Series:
     return queries["batch" if "batch" in queries.columns else "plate"].astype(str)
 
 
+@overload
+def in_batch_corrected_space(
+    references: References, queries: pd.DataFrame, seed: int
+) -> tuple[References, pd.DataFrame]: ...
+@overload
+def in_batch_corrected_space(references: References, queries: None, seed: int) -> tuple[References, None]: ...
 def in_batch_corrected_space(
     references: References, queries: pd.DataFrame | None, seed: int
 ) -> tuple[References, pd.DataFrame | None]:
@@ -125,6 +132,8 @@ def in_batch_corrected_space(
     method = references.batch_correction.get("method", "none")
     features = references.features
     if method == "spherize" and queries is not None:
+        if references.sphere is None:
+            raise ValueError("references sphered without their sphering map: rebuild the bundle (cellresponse train)")
         queries = queries.copy()
         queries[features] = apply_spherize(queries[features].to_numpy(np.float64), references.sphere)
     if method != "harmony":

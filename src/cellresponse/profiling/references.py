@@ -92,7 +92,7 @@ class References:
 
     @property
     def has_moa(self) -> bool:
-        return self.columns.get("moa") is not None and self.fields["moa"].notna().any()
+        return self.columns.get("moa") is not None and bool(self.fields["moa"].notna().any())
 
     def describe(self) -> dict[str, Any]:
         """What ``bundle/references.json`` keeps beside the fields table."""
@@ -109,7 +109,7 @@ class References:
         }
 
 
-def control_flags(controls: pd.Series | None, image_ids: pd.Series) -> np.ndarray:
+def control_flags(controls: pd.Series | None, image_ids: pd.Series | pd.Index) -> np.ndarray:
     """Per image of ``image_ids``, whether :func:`negative_controls` marked it (all False without controls)."""
     if controls is None:
         return np.zeros(len(image_ids), bool)
@@ -199,7 +199,9 @@ def usable_selection(operations: Sequence[str], wells: int) -> list[str]:
     return [o for o in operations if o != "correlation_threshold"]
 
 
-def sample_standardization(raw: np.ndarray, fields: pd.DataFrame, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def sample_standardization(
+    raw: np.ndarray, fields: pd.DataFrame, rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, int]:
     """StandardScaler's parameters of the wells that the ``rows`` fields belong to (each well the mean of its
     fields, as the references' normalisation was fitted on wells), and how many wells that was."""
     wells = pd.DataFrame(raw[rows]).groupby(group_of(fields[rows])).mean()
@@ -223,13 +225,13 @@ def normalized_fields(
         values = normalization.transform(fields)
     else:
         raw = normalization.values(fields)
-        samples = samples.to_numpy(bool)
-        *pooled, _ = sample_standardization(raw, fields, samples)
+        in_sample = samples.to_numpy(bool)
+        *pooled, _ = sample_standardization(raw, fields, in_sample)
         groups = fields["plate"].astype(str).to_numpy() if per_plate else np.zeros(len(fields), dtype=object)
         values = np.zeros_like(raw)
         for group in pd.unique(groups):
             rows = groups == group
-            center, scale, wells = sample_standardization(raw, fields, rows & samples)
+            center, scale, wells = sample_standardization(raw, fields, rows & in_sample)
             if wells < 2:
                 center, scale = pooled
             values[rows] = (raw[rows] - center) / scale * np.asarray(normalization.weight)
@@ -263,9 +265,9 @@ def choose_kind(candidates: dict[str, References]) -> tuple[str, str]:
     """The kind whose leave-one-compound-out mechanism calls were right most often on the references' own fields
     (fields: four times the units of wells on BBBC021), ties to the cheaper kind (the order given); and why."""
     scored = {
-        kind: refs.calibration.get("field", {}).get("accuracy")
+        kind: float(accuracy)
         for kind, refs in candidates.items()
-        if refs.calibration.get("field", {}).get("accuracy") is not None
+        if (accuracy := refs.calibration.get("field", {}).get("accuracy")) is not None
     }
     if not scored:
         kind = next(iter(candidates))

@@ -127,7 +127,7 @@ def answer(
         units = level_table(fields, features, level)
         called = match(units, references, level, neighbours)
         names = unit_names(units).rename(columns={"moa": references.columns.get("moa") or "moa"})
-        names.insert(names.columns.get_loc("treatment") + 1, "control", names["treatment"].isin(control_treatments))
+        names.insert(list(names.columns).index("treatment") + 1, "control", names["treatment"].isin(control_treatments))
         answered = pd.concat([names, called], axis=1).merge(activity, on="treatment", how="left")
         answered["active"] = answered["active"].astype("boolean")
         first = [*names.columns, *ANSWER_ORDER]

@@ -169,7 +169,7 @@ def correlated_features(
             correlation = values.corr(method="pearson")
     del array
     ranked = correlation.abs().sum().sort_values().index  # low first: the later of a pair is dropped
-    rank = ranked.get_indexer(features)
+    rank = ranked.get_indexer(pd.Index(features))
     above = np.tril(correlation.to_numpy() > threshold, k=-1)  # pair (a, b): a the later feature, as stacked
     later, earlier = np.nonzero(above)
     dropped = np.where(rank[later] > rank[earlier], later, earlier)
@@ -214,7 +214,7 @@ def normalized_wells(
     fields = meta.merge(table, on="image_id", how="inner").copy()
     wells = well_profiles(fields.drop(columns=["image_id"]), features, profiles.aggregate)
     treated = wells[CONTROL_KIND] == TREATMENT_KIND if CONTROL_KIND in wells.columns else None
-    compound = compound if compound in wells.columns else TREATMENT
+    compound = compound if compound is not None and compound in wells.columns else TREATMENT
     scope, why = normalization_scope(wells, profiles.normalize, compound, treated)
     wells[features] = wells[features].fillna(wells[features].mean()).fillna(0.0)
     wells = normalize_profiles(wells, features, scope, control_query, method=method)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -160,7 +160,7 @@ def plot_confusion(
         for j in range(len(labels)):
             if matrix[i, j]:  # white on dark cells, black on light ones
                 colour = "white" if share[i, j] > 0.5 else "black"
-                ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=font, color=colour)
+                ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center", fontsize=font, color=colour)
     fig.colorbar(im, ax=ax, fraction=0.046, label="share of true class")
     fig.tight_layout()
     return save_png(fig, path, dpi=110)
@@ -184,7 +184,7 @@ def place_labels(
     coordinates; the points in ``over_markers`` may cover markers, so that they are named even in a crowd) and
     stays inside the axes; a name that fits nowhere is left out. Returns how many were left out. Call after the
     layout is final: the boxes are measured in the figure's pixels."""
-    renderer = fig.canvas.get_renderer()
+    renderer = cast(FigureCanvasAgg, fig.canvas).get_renderer()  # every figure here is drawn on Agg (new_figure)
     frame = ax.get_window_extent(renderer)
     points = ax.transData.transform(np.vstack([xy, others]) if others is not None and len(others) else xy)
     half = 4.5 * fig.dpi / 72  # a marker's half width in pixels (the crosses are ~9 points wide)
@@ -233,8 +233,8 @@ def profile_map(
         chosen = np.asarray(ref_groups) == group
         ax.scatter(ref_xy[chosen, 0], ref_xy[chosen, 1], s=36, color=colour, alpha=0.75, label=group)
     flags = np.asarray(novel, dtype=bool)
-    for mask, colour in ((~flags, "black"), (flags, "red")):
-        ax.scatter(query_xy[mask, 0], query_xy[mask, 1], marker="X", s=90, color=colour)
+    for mask, marker_colour in ((~flags, "black"), (flags, "red")):
+        ax.scatter(query_xy[mask, 0], query_xy[mask, 1], marker="X", s=90, color=marker_colour)
     ax.scatter([], [], marker="X", color="black", label="new treatment")
     ax.scatter([], [], marker="X", color="red", label="new, novel")
     ax.set_xlabel(axis_names[0])

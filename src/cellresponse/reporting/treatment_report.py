@@ -85,10 +85,10 @@ def strip_rows(
     """For each shown new treatment, a row of its cells and one of its best reference's."""
     rows = []
     for row in treatments.head(STRIPS).itertuples():
-        cells = representative_cells(query, row.treatment, CELLS, features)
+        cells = representative_cells(query, str(row.treatment), CELLS, features)
         rows.append((f"new: {row.treatment}", cell_crops(query, cells, side)))
         if reference is not None:
-            best = representative_cells(reference, row.nearest_1, CELLS, features)
+            best = representative_cells(reference, str(row.nearest_1), CELLS, features)
             rows.append((f"  its nearest reference: {row.nearest_1}", cell_crops(reference, best, side)))
     return [(title, crops) for title, crops in rows if crops]
 
@@ -209,6 +209,7 @@ def calls_table(calls: pd.DataFrame, moa_column: str | None) -> str:
 
     given = moa_column if moa_column in calls else None
     rows = []
+    row: Any  # a named tuple of the calls' columns
     for row in calls.rename(columns={given: "given"} if given else {}).itertuples():
         call = "—" if pd.isna(row.moa_call) else f"{row.moa_call} ({row.moa_probability:.2f})"
         rows.append([row.treatment, *([row.given] if given else []), activity(row), call, novel(row), nearest(row)])
@@ -246,7 +247,7 @@ def build_treatment_report(
             ]
     parts += ["<h2>Treatment calls</h2>", calls_table(treated, references.columns.get("moa"))]
     keys = ("units", "accuracy", "mean_probability", "temperature", "novelty_quantile", "novelty_threshold")
-    rows = [[level, *(c.get(k) for k in keys)] for level, c in references.calibration.items()]
+    calibration_rows = [[level, *(c.get(k) for k in keys)] for level, c in references.calibration.items()]
     parts += [
         "<h2>How the references were calibrated</h2>",
         f"<p>{html.escape(references.kind)} profiles of {references.fields['treatment'].nunique()} reference "
@@ -254,7 +255,8 @@ def build_treatment_report(
         f"called in {html.escape(references.moa_space.get('why', 'the profile cosine'))}; the nearest treatments "
         "and novelty read the profiles' cosine.</p>",
         html_table(
-            ["level", "units", "accuracy", "mean probability", "temperature", "novelty quantile", "novel below"], rows
+            ["level", "units", "accuracy", "mean probability", "temperature", "novelty quantile", "novel below"],
+            calibration_rows,
         ),
     ]
     parts.append(f"<p>Made by {html.escape(made_by_line())}.</p>")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,7 +30,7 @@ BBOX_COLUMNS = ["bbox_min_row", "bbox_min_col", "bbox_max_row", "bbox_max_col"]
 def crop_one(row: dict, *, config_json: str, run_root: str, names: list[str], scales: dict) -> dict:
     """Cut the cells of one measured field into its per-image part of the store."""
     config = config_from_json(config_json)
-    run = RunFolder(run_root)
+    run = RunFolder(Path(run_root))
     image_id = row["image_id"]
     cells = pd.read_parquet(run.cells_path(image_id))
     labels = read_tiff(run.mask_path(image_id))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -99,11 +100,11 @@ def embed_with_network(run: RunFolder, config: Config, *, overwrite: bool, progr
     columns = embedding_columns(vectors.shape[1])
     if todo:
         run.embedding_means.unlink(missing_ok=True)  # stale the moment one image's embeddings change
-    means = {}
+    means: dict[str, tuple[np.ndarray, int]] = {}
     for image_id, part in chosen.groupby("image_id", sort=False):
         rows = vectors[part.index.to_numpy()]
-        write_embeddings(run.embedding_path(image_id), part, rows, columns)
-        means[image_id] = (rows.mean(axis=0, dtype=np.float64), len(rows))
+        write_embeddings(run.embedding_path(str(image_id)), part, rows, columns)
+        means[str(image_id)] = (rows.mean(axis=0, dtype=np.float64), len(rows))
     write_embedding_means(run, [str(i) for i in cells["image_id"].unique()], means, columns)
     summary = {
         "images": int(cells["image_id"].nunique()),
@@ -148,7 +149,7 @@ def embed_one(row: dict, *, config_json: str, run_root: str, names: list[str], s
     """Embed one image's cells on a Dask worker (its backbone loaded once and kept); returns the image's mean
     embedding and cell count for ``embedding_means.parquet``."""
     config = config_from_json(config_json)
-    run = RunFolder(run_root)
+    run = RunFolder(Path(run_root))
     image_id, ids, windows = read_windows(run, row, names, settings, scales, config)
     embedder = _embedder(config)
     columns = embedding_columns(embedder.dims(len(settings["channels"])))
@@ -242,7 +243,8 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
     batch_size = embedding_batch_size(e.batch_size, device)
     workers = on_workers(config)
     columns = embedding_columns(embedding_width(e.mode, len(settings["channels"])))
-    means, embedded, network_seconds = {}, 0, None
+    means: dict[str, tuple[np.ndarray, int]] = {}
+    embedded, network_seconds = 0, None
     if todo and workers:
         means, embedded = embed_on_workers(run, config, todo, names, settings, scales, progress)
     elif todo:  # the backbone is loaded only when there is something to embed (a resumed run or predict has not)

@@ -106,9 +106,10 @@ def say_results(metrics: RunMetrics, vote: str) -> None:
     for line in headline(metrics, vote):
         log.info(line)
     log.info(metrics.verdict)
-    for line in (metrics.embeddings_verdict, metrics.auto and metrics.auto.sentence, wrong_calls_sentence(metrics)):
-        if line:
-            log.info(line)
+    auto = metrics.auto.sentence if metrics.auto else None
+    for sentence in (metrics.embeddings_verdict, auto, wrong_calls_sentence(metrics)):
+        if sentence:
+            log.info(sentence)
     split_report = metrics.split
     if split_report.leaky_classes:
         log.warning(

@@ -99,7 +99,7 @@ def settle_illumination(
         if named:
             log.info("illumination: compute — the load_data's illumination functions are replaced by computed ones")
         table = computed_illumination(run, without_illumination(table), config, overwrite, progress)
-    shape = load_stack(without_illumination(table.iloc[:1]).iloc[0].to_dict(), names).shape[1:]
+    shape = load_stack(without_illumination(table.iloc[:1]).iloc[0], names).shape[1:]
     count = check_illumination(table, names, shape)
     line = f"{count} illumination functions ({why})"
     log.info("illumination: %s; images are divided by them on CellProfiler's 0-1 scale", line)

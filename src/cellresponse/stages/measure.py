@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -92,7 +93,7 @@ def check_measured_parts(run: RunFolder, rows: list[dict], config: Config, names
 def measure_one(row: dict, *, config_json: str, run_root: str, names: list[str]) -> dict:
     """Measure the cells of one segmented field into its per-image Parquet part."""
     config = config_from_json(config_json)
-    run = RunFolder(run_root)
+    run = RunFolder(Path(run_root))
     labels = read_tiff(run.mask_path(row["image_id"]))
     stack = load_stack(row, names)
     intensity = apply_recipe(stack, config.segmentation.input, names)

@@ -13,7 +13,7 @@ import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from cellresponse.config import Config
 from cellresponse.errors import InputError
@@ -43,7 +43,7 @@ class PerImageOutcome:
 def image_rows(run: RunFolder) -> tuple[list[dict[str, Any]], list[str]]:
     """The image table's rows and channel names (the input of every per-image stage)."""
     table = run.read_images()
-    return table.to_dict("records"), channel_names(table)
+    return cast(list[dict[str, Any]], table.to_dict("records")), channel_names(table)
 
 
 def settled_scales(

@@ -97,6 +97,7 @@ def answer_open_world(
         **({"measured": measured_of(blocks["measured"], cell_columns)} if cell_columns else {}),
         **({"deep": blocks["deep"]} if deep else {}),
     }
+    assert plan.bundle.references is not None, "needs (prediction.reference_needs) come from the references"
     plate = answer_plate(blocks, plan.images, plan.bundle.references, plan.config)
     answers, references = plate.answers, plate.references
     write_parquet(out.treatment_calls, answers.treatments)
@@ -164,6 +165,7 @@ def predict_with_network(plan: PredictionPlan, out: RunFolder, *, overwrite: boo
 
     require_cell_features(out.cell_columns(), plan.bundle.scaler.columns, "the bundle's network (its tabular branch)")
     stage_module("crops").run(out, plan.config, overwrite=overwrite, progress=progress)
+    assert plan.device is not None, "prepare resolves the device wherever the network predicts"
     log.info("the network predicts %d cells on %s", out.count_cells(), device_name(plan.device))
     meta = plan.images.set_index("image_id")
     return network_predictions(plan.bundle, meta, out, plan.config, progress, plan.device)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -70,7 +71,9 @@ def measured_image_table(run: RunFolder, images: pd.DataFrame) -> pd.DataFrame:
     return plate_by_plate_feature_table(plates, columns)
 
 
-def image_tables(run: RunFolder, kinds: list[str], images: pd.DataFrame) -> dict[str, tuple[pd.DataFrame, list[str]]]:
+def image_tables(
+    run: RunFolder, kinds: Sequence[str], images: pd.DataFrame
+) -> dict[str, tuple[pd.DataFrame, list[str]]]:
     """Per image, the profile each kind starts from: ``measured`` = the distribution of every measured cell
     feature over the field's cells (mean, sd, 5/25/50/75/95th percentiles, cell count:
     profiling/profile_models.py), ``deep`` = the mean embedding of the field's cells. Fields are then aggregated
@@ -151,16 +154,15 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
             "treatments": len(treatments),
             **result,
         }
-        why = nsc_not_computed(result.get("nsc", {}))
-        if why:
-            not_computed.add(why)
+        if skipped := nsc_not_computed(result.get("nsc", {})):
+            not_computed.add(skipped)
         log.info(
             "%s profiles: %d wells, %d treatments, %d features; %s; replicate mAP %s",
             kind,
             len(wells),
             len(treatments),
             len(features),
-            "NSC not computed" if why else nsc_summary(result.get("nsc", {})),
+            "NSC not computed" if skipped else nsc_summary(result.get("nsc", {})),
             f"{result['map_replicates'].get('mean_average_precision', float('nan')):.3f}",
         )
     for why in sorted(not_computed):  # said once, not once per kind

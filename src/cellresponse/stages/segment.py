@@ -38,7 +38,7 @@ def _segmenter(config: Config, backend: str) -> Segmenter:
 def segment_one(row: dict, *, config_json: str, run_root: str, names: list[str], backend: str) -> dict:
     """Segment one field; flows first, mask last (the mask file is the "done" marker for resume)."""
     config = config_from_json(config_json)
-    run = RunFolder(run_root)
+    run = RunFolder(Path(run_root))
     started = time.perf_counter()
     seg_input, nuclear, nuclear_name = segmentation_inputs(row, names, config)
     result = _segmenter(config, backend)(seg_input, nuclear)
