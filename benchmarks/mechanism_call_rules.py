@@ -27,10 +27,10 @@ from unseen_compounds import COLUMNS, blocks_of, run_tables
 
 from cellresponse.config import ReferencesConfig
 from cellresponse.profiling.matching import moa_similarities
-from cellresponse.profiling.profile_benchmarks import cosine_similarity
 from cellresponse.profiling.queries import normalize_query, query_normalization
 from cellresponse.profiling.reference_building import build_references
 from cellresponse.profiling.references import level_table, profile_fields, treatment_table
+from cellresponse.profiling.similarity import cosine_similarity
 
 
 def vote(order: np.ndarray, weights: np.ndarray, column: np.ndarray, size: int) -> np.ndarray:

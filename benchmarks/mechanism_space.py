@@ -28,9 +28,9 @@ from unseen_compounds import COLUMNS, answered, blocks_of, run_tables
 from cellresponse.config import ReferencesConfig
 from cellresponse.profiling.calibration import leave_one_compound_out
 from cellresponse.profiling.mechanism_space import fit_mechanism_space, held_out_spaces
-from cellresponse.profiling.profile_benchmarks import cosine_similarity
 from cellresponse.profiling.reference_building import build_references
 from cellresponse.profiling.references import level_table, treatment_table
+from cellresponse.profiling.similarity import cosine_similarity
 
 PROFILE = ReferencesConfig(moa_space="profile")
 

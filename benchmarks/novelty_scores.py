@@ -36,9 +36,9 @@ from unseen_compounds import COLUMNS, answered, blocks_of, run_tables
 from cellresponse.config import ReferencesConfig
 from cellresponse.profiling.calibration import leave_one_compound_out
 from cellresponse.profiling.matching import moa_similarities
-from cellresponse.profiling.profile_benchmarks import cosine_similarity
 from cellresponse.profiling.reference_building import build_references
 from cellresponse.profiling.references import treatment_table
+from cellresponse.profiling.similarity import cosine_similarity
 
 # the references' settings as predict's defaults (the scores do not depend on the novelty quantile; the flags
 # of the per-mechanism lines do)

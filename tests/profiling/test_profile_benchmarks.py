@@ -7,8 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cellresponse.profiling import profile_benchmarks
-from cellresponse.profiling.profile_benchmarks import PAIR_BATCH_BYTES, nsc_accuracy, pair_batch_size, retrieval_map
+from cellresponse.profiling import similarity
+from cellresponse.profiling.profile_benchmarks import nsc_accuracy, retrieval_map
+from cellresponse.profiling.similarity import PAIR_BATCH_BYTES, pair_batch_size
 from cellresponse.profiling.well_profiles import TREATMENT
 
 
@@ -39,7 +40,7 @@ def test_retrieval_map_is_the_same_whatever_the_batch(monkeypatch):
     monkeypatch.setattr(copairs.map, "average_precision", spy)
     default_batch = pair_batch_size(30)
     whole = retrieval_map(meta, features, [TREATMENT], [], [TREATMENT], [TREATMENT], null_size=200)
-    monkeypatch.setattr(profile_benchmarks, "PAIR_BATCH_BYTES", 1)
+    monkeypatch.setattr(similarity, "PAIR_BATCH_BYTES", 1)
     batched = retrieval_map(meta, features, [TREATMENT], [], [TREATMENT], [TREATMENT], null_size=200)
     assert seen == [default_batch, 64]
     assert batched["mean_average_precision"] == pytest.approx(whole["mean_average_precision"], abs=1e-6)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from cellresponse.profiling.profile_benchmarks import cosine_similarity, unit_rows
+from cellresponse.profiling.similarity import cosine_similarity, unit_rows
 from cellresponse.reporting.treatment_report import counts_section, map_coordinates
 
 CALIBRATION = {"well": {"accuracy": 0.9, "units": 10, "mean_probability": 0.8}}

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import false_discovery_control
 
-from cellresponse.profiling.profile_benchmarks import pair_batch_size
+from cellresponse.profiling.similarity import pair_batch_size
 
 # Permutations of copairs' null distribution and the default false discovery rate of "active".
 NULL_SIZE = 10000

@@ -27,8 +27,8 @@ from cellresponse.profiling.mechanism_space import (
     fit_mechanism_space,
     held_out_spaces,
 )
-from cellresponse.profiling.profile_benchmarks import cosine_similarity
 from cellresponse.profiling.references import LEVELS, References, level_table, treatment_table
+from cellresponse.profiling.similarity import cosine_similarity
 
 log = logging.getLogger(__name__)
 

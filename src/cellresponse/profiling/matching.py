@@ -24,8 +24,8 @@ import numpy as np
 import pandas as pd
 from scipy.special import softmax
 
-from cellresponse.profiling.profile_benchmarks import cosine_similarity
 from cellresponse.profiling.references import References, treatment_table
+from cellresponse.profiling.similarity import cosine_similarity
 
 # A mechanism without a reference (score -inf) gets this score instead: no probability, and no NaN in the softmax.
 MISSING_SCORE = -1e3

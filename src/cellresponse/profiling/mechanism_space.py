@@ -25,7 +25,7 @@ import pandas as pd
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
 from cellresponse.input.io import atomic_path
-from cellresponse.profiling.profile_benchmarks import cosine_similarity
+from cellresponse.profiling.similarity import cosine_similarity
 
 MIN_MECHANISMS = 3
 # Leave-one-compound-out fits one space per reference compound; beyond this many compounds (a JUMP reference set

@@ -7,7 +7,6 @@ compounds — and, for NSCB, other batches — must share its mechanism. Chance 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -17,28 +16,12 @@ import pandas as pd
 from cellresponse.config import MOA_COLUMNS
 from cellresponse.input.controls import CONTROL_KIND, POSITIVE
 from cellresponse.input.controls import TREATMENT as TREATMENT_KIND
+from cellresponse.profiling.similarity import cosine_similarity, pair_batch_size
 from cellresponse.profiling.well_profiles import PLATE, TREATMENT, WELL
 
 # Permutations of copairs' null distribution and the significance level of "retrieved".
 NULL_SIZE = 10000
 ALPHA = 0.05
-# copairs gathers both profiles of every pair in a batch (and normalised copies of them), one batch per thread: at its
-# default 20,000 pairs, a 1,970-column `both` profile costs ~300 MB an array, and a screen reaches that cap as soon as
-# it has ~200 wells. Batches of this many bytes an array, shared by the threads, keep the profile stage's peak flat
-# in the number of plates (benchmarks/screen_scale.py); the pairs' similarities are the same whatever the batch.
-PAIR_BATCH_BYTES = 4 * 2**20
-
-
-def unit_rows(a: np.ndarray) -> np.ndarray:
-    """Each row of ``a`` scaled to length 1 (a zero row stays zero): the profiles as the cosine sees them."""
-    a = np.asarray(a, dtype=np.float64)
-    return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-
-
-def cosine_similarity(a: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
-    """Cosine similarity of every row of ``a`` with every row of ``b`` (of ``a`` itself without ``b``)."""
-    a = unit_rows(a)
-    return a @ (a if b is None else unit_rows(b)).T
 
 
 def nsc_accuracy(
@@ -85,13 +68,6 @@ def nsc_summary(nsc: dict[str, Any]) -> str:
     if why:
         return f"NSC MoA accuracy not computed: {why}"
     return f"NSC MoA accuracy {nsc['accuracy']:.3f} (chance {nsc['chance_rate']:.3f})"
-
-
-def pair_batch_size(n_features: int, threads: int | None = None) -> int:
-    """copairs' ``batch_size`` (pairs a batch) that holds a batch's gathered profiles of ``n_features`` columns
-    within :data:`PAIR_BATCH_BYTES` over ``threads`` threads (copairs runs one per CPU), between 64 and 20,000."""
-    threads = threads or os.cpu_count() or 1
-    return int(min(20_000, max(64, PAIR_BATCH_BYTES // (8 * max(n_features, 1) * threads))))
 
 
 def retrieval_map(

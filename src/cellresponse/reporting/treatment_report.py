@@ -30,8 +30,8 @@ from cellresponse.input.io import write_text
 from cellresponse.input.plate import channel_names
 from cellresponse.input.runfolder import RunFolder
 from cellresponse.input.transforms import normalize_percentile
-from cellresponse.profiling.profile_benchmarks import cosine_similarity, unit_rows
 from cellresponse.profiling.references import References, image_meta, level_table, treatment_table
+from cellresponse.profiling.similarity import cosine_similarity, unit_rows
 from cellresponse.profiling.treatment_calls import PlateAnswer, calls_matching_given
 from cellresponse.provenance import made_by_line
 from cellresponse.reporting.figures import cell_strips, profile_map, similarity_heatmap
