@@ -23,6 +23,7 @@ import logging
 
 import pandas as pd
 
+from cellresponse.evaluation.run_metrics import ProfileMetrics
 from cellresponse.input.runfolder import RunFolder
 from cellresponse.profiling.activity import copairs_activity
 from cellresponse.profiling.profile_benchmarks import nsc_accuracy
@@ -32,7 +33,7 @@ from cellresponse.stages import profile
 METHODS = ("none", "spherize", "harmony")
 
 
-def profile_with(run: RunFolder, method: str, batch: str | None, kinds: list[str]) -> dict:
+def profile_with(run: RunFolder, method: str, batch: str | None, kinds: list[str]) -> ProfileMetrics:
     config = run.load_config()
     config = config.model_copy(
         update={
@@ -42,8 +43,8 @@ def profile_with(run: RunFolder, method: str, batch: str | None, kinds: list[str
     return profile.run(run, config, progress=False)
 
 
-def batch_note(metrics: dict) -> str:
-    return next(n for n in metrics["normalization"] if n.startswith("batch correction"))
+def batch_note(metrics: ProfileMetrics) -> str:
+    return next(n for n in metrics.normalization if n.startswith("batch correction"))
 
 
 def moa_benchmark(run: RunFolder) -> None:
@@ -51,7 +52,7 @@ def moa_benchmark(run: RunFolder) -> None:
     for method in METHODS:
         metrics = profile_with(run, method, "Metadata_Replicate", ["measured", "deep", "both"])
         print(f"  {method:>9}: {batch_note(metrics)}")
-        for kind, result in metrics["kinds"].items():
+        for kind, result in metrics.kinds.items():
             # NSC / NSCB per well: a treatment's consensus spans both replicates, so NSCB needs the wells
             wells = pd.read_parquet(run.profile_path(kind, "wells"))
             features = [c for c in wells.columns if not c.startswith("Metadata_")]
@@ -59,8 +60,8 @@ def moa_benchmark(run: RunFolder) -> None:
             nsc = nsc_accuracy(x, moa, compound)["accuracy"]
             nscb = nsc_accuracy(x, moa, compound, wells["Metadata_Replicate"].astype(str).to_numpy())["accuracy"]
             print(
-                f"             {kind:>8}: treatments NSC {result['nsc']['accuracy']:.3f}; wells NSC {nsc:.3f}, "
-                f"NSCB {nscb:.3f}; replicate mAP {result['map_replicates']['mean_average_precision']:.3f}"
+                f"             {kind:>8}: treatments NSC {result.nsc.accuracy:.3f}; wells NSC {nsc:.3f}, "
+                f"NSCB {nscb:.3f}; replicate mAP {result.map_replicates.mean_average_precision:.3f}"
             )
 
 

@@ -61,8 +61,8 @@ def field_seconds() -> None:
 
 def nsc_of(run: RunFolder, config: Config) -> tuple[float, float, int]:
     config = config.model_copy(update={"profiles": config.profiles.model_copy(update={"kinds": ["measured"]})})
-    block = profile.run(run, config, progress=False)["kinds"]["measured"]
-    return block["nsc"]["accuracy"], block["map_replicates"]["mean_average_precision"], block["features"]
+    block = profile.run(run, config, progress=False).kinds["measured"]
+    return block.nsc.accuracy, block.map_replicates.mean_average_precision, block.features
 
 
 def profiles_with_cellprofiler_set(source: RunFolder) -> None:

@@ -36,15 +36,16 @@ def test_the_report_says_what_a_sanity_check_and_a_never_predicted_class_mean():
 
 
 def test_a_benchmark_not_computed_says_why():
-    from cellresponse.profiling.profile_benchmarks import nsc_summary
+    from cellresponse.evaluation.run_metrics import NscScores, ProfileMetrics
     from cellresponse.reporting.run_report import section_profiles
 
     missing = {"skipped": "columns ['Metadata_target'] not in the metadata — name the MoA and compound columns"}
-    assert nsc_summary(missing) == f"NSC MoA accuracy not computed: {missing['skipped']}"
-    lonely = {"accuracy": float("nan"), "chance_rate": float("nan"), "n": 0, "skipped": 6}
-    assert "no treatment has another compound of the same MoA" in nsc_summary(lonely)
-    assert nsc_summary({"accuracy": 0.9, "chance_rate": 0.2, "n": 10, "skipped": 0}).endswith("0.900 (chance 0.200)")
-    html_text = "".join(section_profiles({"kinds": {"measured": {"features": 5, "nsc": missing}}}))
+    assert NscScores.from_json(missing).summary() == f"NSC MoA accuracy not computed: {missing['skipped']}"
+    lonely = NscScores(accuracy=float("nan"), chance_rate=float("nan"), n=0, skipped=6)
+    assert "no treatment has another compound of the same MoA" in lonely.summary()
+    assert NscScores(accuracy=0.9, chance_rate=0.2, n=10, skipped=0).summary().endswith("0.900 (chance 0.200)")
+    profiles = ProfileMetrics.from_json({"kinds": {"measured": {"features": 5, "nsc": missing}}})
+    html_text = "".join(section_profiles(profiles))
     assert "not computed: columns [&#x27;Metadata_target&#x27;] not in the metadata" in html_text
 
 

@@ -69,6 +69,14 @@ def test_metrics_json_is_one_typed_record_and_an_older_one_still_gives_a_report(
     record = RunMetrics.read(run.metrics)
     assert record is not None and record.to_json() == stored  # every key written is a field, and back
     assert record.label == stored["label"] and record.image.soft_vote is not None and record.image.soft_vote.n > 0
+    # the profile stage's block too (also its own file), read by field
+    profiles = record.profiles
+    assert profiles is not None and profiles.to_json() == json.loads(run.profile_metrics.read_text())
+    replicates = profiles.kinds["measured"].map_replicates
+    assert (
+        replicates is not None
+        and replicates.groups == stored["profiles"]["kinds"]["measured"]["map_replicates"]["groups"]
+    )
     old = tmp_path / "old"
     shutil.copytree(run.root, old)
     json_without = {k: v for k, v in stored.items() if k != "sanity_check"}

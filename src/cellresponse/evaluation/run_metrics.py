@@ -2,9 +2,10 @@
 fields instead of guessing at the keys of a ``dict``. :class:`RunMetrics` is the file; :class:`Scores` one set of
 calls scored, :class:`VotedScores` a level's two votes, :class:`ModelScores` a baseline or profile model,
 :class:`SanityCheck` the study's control-vs-compound check, :class:`SplitReport` the split, :class:`ModelChoice`
-which model predicts, :class:`WrongCallsByModel` where wrong calls go. Each block reads its JSON with
-``from_json`` and writes it back with ``to_json``, key for key (absent fields left out), so the file's layout is the
-one readers of earlier versions know."""
+which model predicts, :class:`WrongCallsByModel` where wrong calls go, :class:`ProfileMetrics` the profile stage's
+benchmarks (:class:`ProfileKindScores`, :class:`NscScores`, :class:`RetrievalScores`; also its own file). Each
+block reads its JSON with ``from_json`` and writes it back with ``to_json``, key for key (absent fields left out),
+so the file's layout is the one readers of earlier versions know."""
 
 from __future__ import annotations
 
@@ -284,6 +285,96 @@ class ModelChoice(FlatRecord):
     sentence: str | None = None
 
 
+@dataclass(frozen=True)
+class NscScores(FlatRecord):
+    """NSC (or, across batches, NSCB) MoA accuracy of one profile kind (Ljosa et al. 2013): the share of the ``n``
+    treatments whose nearest treatment among other compounds shares their mechanism, and what chance gives.
+    ``skipped`` is how many treatments had no such candidate — or, as text, why the benchmark did not run."""
+
+    accuracy: float | None = None
+    chance_rate: float | None = None
+    n: int | None = None
+    skipped: int | str | None = None
+
+    @property
+    def not_computed(self) -> str | None:
+        """Why these scores hold no accuracy; None when they hold one."""
+        if isinstance(self.skipped, str):
+            return self.skipped
+        if not self.n:
+            return "no treatment has another compound of the same MoA"
+        return None
+
+    def summary(self) -> str:
+        """``NSC MoA accuracy 0.927 (chance 0.210)``, or why it was not computed — a bare dash tells a user
+        nothing."""
+        if why := self.not_computed:
+            return f"NSC MoA accuracy not computed: {why}"
+        return f"NSC MoA accuracy {self.accuracy:.3f} (chance {self.chance_rate:.3f})"
+
+
+@dataclass(frozen=True)
+class RetrievalScores(FlatRecord):
+    """copairs' mean average precision of retrieving ``groups`` (a treatment's wells, or a mechanism's treatments)
+    among ``profiles``, and the share of groups retrieved at FDR 0.05; or only ``skipped`` and why."""
+
+    mean_average_precision: float | None = None
+    fraction_retrieved: float | None = None
+    groups: int | None = None
+    profiles: int | None = None
+    skipped: str | None = None
+
+
+@dataclass(frozen=True)
+class ProfileKindScores(FlatRecord):
+    """One profile kind's benchmarks: its size, NSC (and NSCB where there are batches), replicate and MoA
+    retrieval, and the columns that named mechanism and compound."""
+
+    features: int | None = None
+    wells: int | None = None
+    treatments: int | None = None
+    nsc: NscScores | None = None
+    nscb: NscScores | None = None
+    map_replicates: RetrievalScores | None = None
+    map_moa: RetrievalScores | None = None
+    moa_column: str | None = None
+    compound_column: str | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ProfileKindScores:
+        nested: dict[str, Any] = {k: NscScores.from_json(data[k]) for k in ("nsc", "nscb") if k in data}
+        nested |= {k: RetrievalScores.from_json(data[k]) for k in ("map_replicates", "map_moa") if k in data}
+        plain = {k: data[k] for k in ("features", "wells", "treatments", "moa_column", "compound_column") if k in data}
+        return cls(**plain, **nested)
+
+
+@dataclass(frozen=True)
+class ProfileMetrics(FlatRecord):
+    """``RUN/profiles/metrics.json`` (the ``profiles`` block of ``metrics.json``): how the profiles were
+    normalised, each kind's benchmarks, the stage's time and what made it."""
+
+    normalization: list[str] = field(default_factory=list)
+    kinds: dict[str, ProfileKindScores] = field(default_factory=dict)
+    seconds: float | None = None
+    made_by: dict[str, Any] | None = None
+
+    def not_computed(self) -> list[str]:
+        """Why NSC did not run, once per reason over the kinds."""
+        return sorted({why for kind in self.kinds.values() if kind.nsc and (why := kind.nsc.not_computed)})
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ProfileMetrics:
+        kinds = {kind: ProfileKindScores.from_json(block) for kind, block in data.get("kinds", {}).items()}
+        rest = {k: data[k] for k in ("normalization", "seconds", "made_by") if k in data}
+        return cls(kinds=kinds, **rest)
+
+    @classmethod
+    def read(cls, path: str | Path) -> ProfileMetrics | None:
+        """The file at ``path``, or None before ``profile`` ran."""
+        path = Path(path)
+        return cls.from_json(json.loads(path.read_text())) if path.exists() else None
+
+
 @dataclass
 class RunMetrics:
     """The test side's scores of one run: the network's per cell (``cell``) and voted per image, well and plate;
@@ -311,7 +402,7 @@ class RunMetrics:
     seconds: float = 0.0
     label_grouping: LabelGrouping | None = None
     target_cell_accuracy: float | None = None
-    profiles: dict[str, Any] | None = None  # RUN/profiles/metrics.json, where `profile` ran
+    profiles: ProfileMetrics | None = None  # RUN/profiles/metrics.json, where `profile` ran
     auto: ModelChoice | None = None  # which model predicts
     wrong_calls: WrongCallsByModel | None = None
     made_by: dict[str, Any] | None = None
@@ -350,6 +441,7 @@ class RunMetrics:
                 "auto": ModelChoice.from_json(given["auto"]) if given.get("auto") else None,
                 "label_grouping": LabelGrouping(**given["label_grouping"]) if given.get("label_grouping") else None,
                 "wrong_calls": WrongCallsByModel.from_json(given["wrong_calls"]) if given.get("wrong_calls") else None,
+                "profiles": ProfileMetrics.from_json(given["profiles"]) if given.get("profiles") else None,
             }
             return cls(**{**given, **blocks})
         except (KeyError, TypeError) as exc:  # a field missing: written by an older cellresponse

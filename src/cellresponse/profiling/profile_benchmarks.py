@@ -53,23 +53,6 @@ def nsc_accuracy(
     }
 
 
-def nsc_not_computed(nsc: dict[str, Any]) -> str | None:
-    """Why an :func:`nsc_accuracy` result (or its skipped stand-in) holds no accuracy; None when it holds one."""
-    if isinstance(nsc.get("skipped"), str):
-        return nsc["skipped"]
-    if not nsc.get("n"):
-        return "no treatment has another compound of the same MoA"
-    return None
-
-
-def nsc_summary(nsc: dict[str, Any]) -> str:
-    """``NSC MoA accuracy 0.927 (chance 0.210)``, or why it was not computed — a bare dash tells a user nothing."""
-    why = nsc_not_computed(nsc)
-    if why:
-        return f"NSC MoA accuracy not computed: {why}"
-    return f"NSC MoA accuracy {nsc['accuracy']:.3f} (chance {nsc['chance_rate']:.3f})"
-
-
 def retrieval_map(
     meta: pd.DataFrame,
     features: np.ndarray,

@@ -21,7 +21,17 @@ from cellresponse.config import Config
 from cellresponse.errors import InputError
 from cellresponse.evaluation.classification import wilson_interval
 from cellresponse.evaluation.label_groups import wrong_calls_sentence
-from cellresponse.evaluation.run_metrics import RunMetrics, SanityCheck, Scores, SplitReport, VotedScores, WrongCalls
+from cellresponse.evaluation.run_metrics import (
+    NscScores,
+    ProfileMetrics,
+    RetrievalScores,
+    RunMetrics,
+    SanityCheck,
+    Scores,
+    SplitReport,
+    VotedScores,
+    WrongCalls,
+)
 from cellresponse.input.illumination import illumination_channels, illumination_path, read_function
 from cellresponse.input.io import read_tiff, write_text
 from cellresponse.input.plate import channel_names
@@ -29,7 +39,6 @@ from cellresponse.input.runfolder import RunFolder
 from cellresponse.learning.baselines import compare_with_baseline
 from cellresponse.learning.bundle import NETWORK
 from cellresponse.learning.model_choice import call_probability, test_blocks
-from cellresponse.profiling.profile_benchmarks import nsc_not_computed, nsc_summary
 from cellresponse.provenance import made_by_line
 from cellresponse.reporting.figures import plot_confusion, plot_history, plot_illumination, treatment_panels
 from cellresponse.reporting.htmlpage import CSS, html_table, inline_png
@@ -364,37 +373,31 @@ def section_image_calls(run: RunFolder, label: str) -> list[str]:
     ]
 
 
-def section_profiles(profiles: dict[str, Any]) -> list[str]:
+def section_profiles(profiles: ProfileMetrics | None) -> list[str]:
     """The profile-level benchmarks: NSC MoA accuracy, replicate and MoA retrieval mAP, per profile kind."""
-    if not profiles.get("kinds"):
+    if profiles is None or not profiles.kinds:
         return []
-    nan = float("nan")
+    empty_nsc, empty_map = NscScores(), RetrievalScores()
     rows = []
-    for kind, block in profiles["kinds"].items():
-        nsc, nscb = block.get("nsc", {}), block.get("nscb", {})
-        replicate, moa = block.get("map_replicates", {}), block.get("map_moa", {})
+    for kind, block in profiles.kinds.items():
+        nsc, nscb = block.nsc or empty_nsc, block.nscb or empty_nsc
+        replicate, moa = block.map_replicates or empty_map, block.map_moa or empty_map
         rows.append(
             [
                 kind,
-                block.get("features"),
-                nsc.get("accuracy", nan),
-                nsc.get("chance_rate", nan),
-                nscb.get("accuracy", nan),
-                replicate.get("mean_average_precision", nan),
-                replicate.get("fraction_retrieved", nan),
-                moa.get("mean_average_precision", nan),
-                moa.get("fraction_retrieved", nan),
+                block.features,
+                nsc.accuracy,
+                nsc.chance_rate,
+                nscb.accuracy,
+                replicate.mean_average_precision,
+                replicate.fraction_retrieved,
+                moa.mean_average_precision,
+                moa.fraction_retrieved,
             ]
         )
     header = ["profile", "features", "NSC MoA acc.", "chance", "NSCB", "replicate mAP", "retrieved", "MoA mAP"]
-    not_computed = {
-        nsc_summary(block.get("nsc", {}))
-        for block in profiles["kinds"].values()
-        if nsc_not_computed(block.get("nsc", {}))
-    }
-    notes = "".join(
-        f"<p class='note'>{html.escape(n)}</p>" for n in [*profiles.get("normalization", []), *sorted(not_computed)]
-    )
+    not_computed = [f"NSC MoA accuracy not computed: {why}" for why in profiles.not_computed()]
+    notes = "".join(f"<p class='note'>{html.escape(n)}</p>" for n in [*profiles.normalization, *not_computed])
     return [
         "<h2>Profiles: mechanism of compounds never seen</h2>",
         "<p>Treatment profiles (pycytominer: fields → wells → treatments, normalised) of each kind. NSC = share of "
@@ -570,7 +573,7 @@ def build_report(run: RunFolder, config: Config, stages: Sequence[str]) -> Path:
         *([f"<p class='note'>{html.escape(stale)}</p>"] if stale else []),
         *section_results(metrics, out),
         *section_image_calls(run, config.input.label),
-        *section_profiles(json.loads(run.profile_metrics.read_text()) if run.profile_metrics.exists() else {}),
+        *section_profiles(ProfileMetrics.read(run.profile_metrics)),
         *section_split(split),
         *section_training(run.read_history(), out),
         *section_illumination(run, out),

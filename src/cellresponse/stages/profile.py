@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from cellresponse.config import Config
+from cellresponse.evaluation.run_metrics import ProfileKindScores, ProfileMetrics
 from cellresponse.features.cell_features import feature_columns
 from cellresponse.features.embedding_tables import mean_embeddings
 from cellresponse.input.controls import CONTROL_KIND, NEGATIVE, control_kinds, describe_controls
@@ -25,11 +26,7 @@ from cellresponse.input.io import write_json, write_parquet
 from cellresponse.input.plate import check_columns
 from cellresponse.input.runfolder import RunFolder
 from cellresponse.profiling.batch_correction import corrected_profiles
-from cellresponse.profiling.profile_benchmarks import (
-    benchmark_profiles,
-    nsc_not_computed,
-    nsc_summary,
-)
+from cellresponse.profiling.profile_benchmarks import benchmark_profiles
 from cellresponse.profiling.profile_models import plate_by_plate_feature_table
 from cellresponse.profiling.well_profiles import (
     PLATE,
@@ -110,7 +107,7 @@ def evaluate_profiles(
     )
 
 
-def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bool = True) -> ProfileMetrics:
     """Profiles of every kind in ``profiles.kinds`` and their benchmarks."""
     started = time.perf_counter()
     p = config.profiles
@@ -140,34 +137,28 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
         notes.add(corrected[2])
     for note in sorted(notes):
         log.log(logging.WARNING if "confounded" in note else logging.INFO, note)
-    metrics: dict[str, Any] = {"normalization": sorted(notes), "kinds": {}}
-    not_computed: set[str] = set()
+    kinds: dict[str, ProfileKindScores] = {}
     for kind in p.kinds:
         wells, features = cellprofiler_prefixed(*normalized[kind])
         treatments = treatment_profiles(wells, features, p.aggregate)
         write_parquet(run.profile_path(kind, "wells"), wells)
         write_parquet(run.profile_path(kind, "treatments"), treatments)
         result = evaluate_profiles(wells, treatments, features, config)
-        metrics["kinds"][kind] = {
-            "features": len(features),
-            "wells": len(wells),
-            "treatments": len(treatments),
-            **result,
-        }
-        if skipped := nsc_not_computed(result.get("nsc", {})):
-            not_computed.add(skipped)
+        sizes = {"features": len(features), "wells": len(wells), "treatments": len(treatments)}
+        kinds[kind] = scores = ProfileKindScores.from_json({**sizes, **result})
+        replicate_map = scores.map_replicates.mean_average_precision if scores.map_replicates else None
         log.info(
-            "%s profiles: %d wells, %d treatments, %d features; %s; replicate mAP %s",
+            "%s profiles: %d wells, %d treatments, %d features; %s; replicate mAP %.3f",
             kind,
             len(wells),
             len(treatments),
             len(features),
-            "NSC not computed" if skipped else nsc_summary(result.get("nsc", {})),
-            f"{result['map_replicates'].get('mean_average_precision', float('nan')):.3f}",
+            "NSC not computed" if scores.nsc is None or scores.nsc.not_computed else scores.nsc.summary(),
+            float("nan") if replicate_map is None else replicate_map,
         )
-    for why in sorted(not_computed):  # said once, not once per kind
+    metrics = ProfileMetrics(sorted(notes), kinds, round(time.perf_counter() - started, 2), made_by())
+    for why in metrics.not_computed():  # said once, not once per kind
         log.info("NSC MoA accuracy not computed: %s", why)
-    metrics["seconds"] = round(time.perf_counter() - started, 2)
-    write_json(run.profile_metrics, {**metrics, "made_by": made_by()})
-    run.record_stage("profile", {"kinds": p.kinds, "seconds": metrics["seconds"]})
+    write_json(run.profile_metrics, metrics.to_json())
+    run.record_stage("profile", {"kinds": p.kinds, "seconds": metrics.seconds})
     return metrics
