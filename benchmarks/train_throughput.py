@@ -44,7 +44,7 @@ def _model_step(module, optimizer, crops, table, target) -> None:
     optimizer.step()
 
 
-def study_style_batch(run: RunFolder, rows: list[dict], cells: pd.DataFrame, names, config, scales) -> np.ndarray:
+def study_style_batch(run: RunFolder, rows: dict[str, dict], cells: pd.DataFrame, names, config, scales) -> np.ndarray:
     """What a loader without a crop store does per cell: read the field's TIFFs, cut, resize."""
     out = []
     for cell in cells.itertuples():

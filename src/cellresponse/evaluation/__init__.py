@@ -5,7 +5,7 @@ over a screen's plates), ``classification`` (accuracy, top-k, F1, confusion, cha
 intervals), ``label_groups`` (each label's mechanism or target, and where wrong calls go
 against it), ``prediction_tables`` (the cell, image and well calls ``predict`` writes, their console summary and CSV
 copies) and ``run_metrics`` (the typed records of ``RUN/metrics.json`` — scores, votes, models, the split, where
-wrong calls go — that ``evaluate`` writes and the report reads).
+wrong calls go, the profile benchmarks — that ``evaluate`` and ``profile`` write and the report reads).
 
 May import: ``input``, ``config``, ``errors``.
 """

@@ -4,7 +4,7 @@
 MoA accuracy and mAP of replicate and MoA retrieval.
 
 Writes ``RUN/profiles/<kind>_wells.parquet``, ``RUN/profiles/<kind>_treatments.parquet`` and
-``RUN/profiles/metrics.json``.
+``RUN/profiles/metrics.json`` (``evaluation.run_metrics.ProfileMetrics``).
 """
 
 from __future__ import annotations
