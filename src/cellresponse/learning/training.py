@@ -16,6 +16,7 @@ import logging
 import math
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,7 +99,7 @@ class ShardedBatchSampler(Sampler[list[int]]):
             sizes.pop()  # BatchNorm cannot train on a batch of one cell; it comes back next epoch
         return sizes
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[list[int]]:
         order = self._positions()
         for i, size in enumerate(self._sizes(len(order))):
             start = i * self.batch_size
