@@ -4,10 +4,17 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pandas as pd
 import pytest
 
 from cellresponse.errors import InputError
-from cellresponse.learning.prediction import check_compatible, resolve_model
+from cellresponse.learning.prediction import (
+    CELL_AREA_RATIO_LIMIT,
+    cell_scale_note,
+    check_compatible,
+    mean_of,
+    resolve_model,
+)
 
 
 def bundle_with(choice: str | None, kinds: tuple[str, ...]) -> SimpleNamespace:
@@ -39,3 +46,20 @@ def test_images_must_carry_the_bundles_channels_in_its_order_and_its_crop_settin
         check_compatible(["DNA", "Actin"], ["Actin", "DNA"], {"size": 64}, {"size": 64})
     with pytest.raises(InputError, match="crop settings differ"):
         check_compatible(["DNA"], ["DNA"], {"size": 64}, {"size": 96})
+
+
+def test_cells_on_another_scale_are_said_in_both_directions_and_same_scale_cells_are_not():
+    # BBBC021-moa's compounds move a plate's mean cell area 0.55-1.61x: no line for them
+    assert cell_scale_note(270.0, 270.0 * 1.61) is None and cell_scale_note(270.0, 270.0 * 0.55) is None
+    assert cell_scale_note(270.0, 270.0 * CELL_AREA_RATIO_LIMIT) is None  # the limit itself is still the same scale
+    larger = cell_scale_note(270.0, 1511.0)  # the tiled full-resolution BBBC021 cells against the 256-px fields'
+    assert larger is not None and "1511 px², 5.6× the 270 px²" in larger and "expect novel calls" in larger
+    smaller = cell_scale_note(1511.0, 270.0)  # binned or a lower magnification
+    assert smaller is not None and "0.18× the 1511 px²" in smaller
+    assert cell_scale_note(270.0, None) is None and cell_scale_note(0.0, 100.0) is None  # nothing to compare
+
+
+def test_the_mean_over_plates_is_the_mean_of_every_cell():
+    plates = [pd.DataFrame({"area": [100.0, 200.0]}), pd.DataFrame({"area": [600.0, None]}), pd.DataFrame({"area": []})]
+    assert mean_of(iter(plates), "area") == pytest.approx(300.0)  # (100 + 200 + 600) / 3, the missing value left out
+    assert mean_of(iter([pd.DataFrame({"area": []})]), "area") is None

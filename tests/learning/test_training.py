@@ -110,6 +110,25 @@ def test_the_bundle_s_profile_models_carry_the_temperature_their_validation_side
         assert 0.0 < metrics["profile_models"][kind]["image"]["mean_probability"] <= 1.0
 
 
+def test_predict_says_when_the_new_cells_were_imaged_at_another_scale(trained, tmp_path):
+    # BBBC021-moa's fields are 256-px reductions of BBBC021 images; the bundle learnt from full-resolution cells
+    run, _ = trained
+    load_data = shared("bbbc021-moa", "load_data.csv")
+    table = pd.read_csv(load_data).head(4)
+    for column in [c for c in table.columns if c.startswith("PathName_")]:
+        table[column] = str(load_data.parent / "images")
+    table.to_csv(tmp_path / "smaller.csv", index=False)
+    out = tmp_path / "predicted"
+    result = run_cli("predict", run.model / "bundle", "--load-data", tmp_path / "smaller.csv", "--out", out,
+                     "--model", "features", "--no-progress")  # fmt: skip
+    said = result.stdout + result.stderr
+    line = next(line for line in said.splitlines() if "px²" in line)
+    ratio = float(line.split(" px², ")[1].split("×")[0])
+    assert ratio < 1 / 2.5 and "another magnification, binning or resolution" in line
+    # said, not refused: the calls are written all the same
+    assert len(pd.read_parquet(out / "predictions" / "image_predictions.parquet")) == 4
+
+
 def test_predict_on_held_out_plates(trained, tmp_path):
     run, _ = trained
     load_data = shared("bbbc021", "load_data.csv")
@@ -151,6 +170,7 @@ def test_predict_on_held_out_plates(trained, tmp_path):
     )
     said = result.stdout + result.stderr
     assert "segmented 0 images (16 skipped as done)" in said
+    assert "px²" not in said  # the held-out plates were imaged as the training plates: no word on their scale
     # the features model's calls and their CSV copies are gone: no file of the earlier prediction is left beside
     assert "removed an earlier prediction's calls" in said
     written = {p.name for p in (out / "predictions").iterdir()}

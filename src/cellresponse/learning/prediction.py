@@ -9,6 +9,7 @@ cells' crops: ``inference``).
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
@@ -47,6 +48,13 @@ RUNTIME_KEYS = (
 )
 # Names of earlier versions: `--model cnn` is the network, `--model features` the measured-profile model.
 MODEL_ALIASES = {"cnn": NETWORK, "features": "measured"}
+# New cells whose mean area is this many times the training cells' (or as many times smaller) were imaged at another
+# scale: a 2x change of magnification or binning is 4x in area, while the 18 compounds of BBBC021-moa move a
+# compound's mean cell area 0.55-1.61x the plate set's (the walk-through's run, 2026-12-07). The BBBC021 cells
+# tiled at full resolution (790 px fields) average 5.6x the area of the 256-px BBBC021-moa fields' cells.
+CELL_AREA_RATIO_LIMIT = 2.5
+# The cell area as the study's measurement and CellProfiler's name it.
+AREA_COLUMNS = ("area", "AreaShape_Area")
 
 
 def check_compatible(bundle_channels: list[str], names: list[str], bundle_crops: dict, crop_settings: dict) -> None:
@@ -60,6 +68,41 @@ def check_compatible(bundle_channels: list[str], names: list[str], bundle_crops:
     changed = changed_settings(bundle_crops, crop_settings)
     if changed:
         raise InputError(f"crop settings differ from the model bundle's in {changed}; use the bundle's settings")
+
+
+def cell_scale_note(trained_area: float, new_area: float | None) -> str | None:
+    """A line when the new cells' mean area is more than :data:`CELL_AREA_RATIO_LIMIT` times the mean area of the
+    cells the bundle was trained on, or as many times smaller; None when it is not, or either is unknown."""
+    if new_area is None or not (new_area > 0 and trained_area > 0):
+        return None
+    ratio = new_area / trained_area
+    if 1 / CELL_AREA_RATIO_LIMIT <= ratio <= CELL_AREA_RATIO_LIMIT:
+        return None
+    return (
+        f"these cells average {new_area:.0f} px², {ratio:.2g}× the {trained_area:.0f} px² of the cells the bundle "
+        "was trained on: images at another magnification, binning or resolution are measured on another scale, so "
+        "their profiles do not meet the references' (expect novel calls) and the model's calls are not to be "
+        "trusted — predict images taken as the training images were"
+    )
+
+
+def scale_note(bundle: Bundle, out: RunFolder, image_ids: Iterable[str]) -> str | None:
+    """:func:`cell_scale_note` for the new cells in ``out`` against the training cells' mean area (the bundle's
+    scaler keeps it), read one column a plate at a time; None where either lacks a cell area."""
+    column = next((c for c in AREA_COLUMNS if c in bundle.scaler.columns and c in out.cell_columns()), None)
+    if column is None:
+        return None
+    trained = float(bundle.scaler.mean[bundle.scaler.columns.index(column)])
+    return cell_scale_note(trained, mean_of(out.cell_parts(image_ids, [column]), column))
+
+
+def mean_of(parts: Iterable[pd.DataFrame], column: str) -> float | None:
+    """The mean of ``column`` over tables that come one at a time (a plate's cells each); None without values."""
+    total, count = 0.0, 0
+    for part in parts:
+        values = pd.to_numeric(part[column], errors="coerce").dropna()
+        total, count = total + float(values.sum()), count + len(values)
+    return total / count if count else None
 
 
 def prediction_config(bundle_config: Config, overrides: list[str]) -> Config:

@@ -225,13 +225,15 @@ def build_treatment_report(
     strips: tuple[CellSource, CellSource | None, list[str], int] | None,
     pixel_size_um: float | None = None,
     activity_note: str | None = None,
+    warnings: list[str] | None = None,
 ) -> Path:
     """Write ``out/index.html`` (and its PNGs): ``calls`` the treatment calls, ``query_treatments`` the new
     treatments' normalised profiles, ``strips`` where to cut cells from (query, reference or None, the cell
     features that pick representative cells, the crop side in pixels), ``activity_note`` why activity was not
-    scored (None where it was)."""
+    scored (None where it was), ``warnings`` what a reader must know before any call (first, highlighted)."""
     out.mkdir(parents=True, exist_ok=True)
     parts = ["<h1>cellresponse — what the new treatments do</h1>"]
+    parts += [f"<p class='note'><b>Read first:</b> {html.escape(w)}.</p>" for w in warnings or []]
     parts += counts_section(calls, references.calibration, activity_note, references.columns.get("moa"))
     parts += map_section(calls, references, query_treatments, out)
     treated = calls[~calls["control"]].sort_values(["novel", "moa_probability"], ascending=[False, False])
@@ -297,10 +299,11 @@ def prediction_report(
     training_run: RunFolder,
     window: int,
     pixel_size_um: float | None = None,
+    warnings: list[str] | None = None,
 ) -> Path:
     """A prediction's ``DIR/report/index.html`` (:func:`build_treatment_report`): the new plate's answer with its
     references and fields as they were compared (batch-corrected together, where the bundle's were), strips of
-    ``window``-pixel crops of its cells beside those of the references in ``training_run``."""
+    ``window``-pixel crops of its cells beside those of the references in ``training_run``; ``warnings`` first."""
     features = feature_columns(out.cell_columns())
     columns = ["image_id", "centroid_x", "centroid_y", *features]
     query = run_cells(out, images, plate.meta["treatment"], columns)
@@ -314,4 +317,5 @@ def prediction_report(
         strips,
         pixel_size_um,
         plate.answers.activity_note,
+        warnings,
     )

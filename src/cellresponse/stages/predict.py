@@ -53,6 +53,7 @@ from cellresponse.learning.prediction import (
     prediction_config,
     reference_needs,
     resolve_model,
+    scale_note,
 )
 from cellresponse.profiling.profile_models import plate_by_plate_feature_table, require_cell_features
 from cellresponse.profiling.treatment_calls import FIELD_COLUMNS, WELL_COLUMNS, answer_plate, summary
@@ -86,12 +87,16 @@ def profile_blocks(
 
 
 def answer_open_world(
-    plan: PredictionPlan, out: RunFolder, blocks: dict[str, pd.DataFrame], needs: tuple[list[str], bool]
+    plan: PredictionPlan,
+    out: RunFolder,
+    blocks: dict[str, pd.DataFrame],
+    needs: tuple[list[str], bool],
+    warnings: list[str],
 ) -> list[Path]:
     """Each treatment's, well's and field's open-world answer (treatment_calls.answer_plate) from the bundle's
     references and the new images' profile ``blocks`` (:func:`profile_blocks`, made for ``needs``,
     prediction.reference_needs): ``treatment_calls.parquet``, the answer columns added to the well and image
-    predictions, and the report."""
+    predictions, and the report (``warnings`` at its top)."""
     cell_columns, deep = needs
     blocks = {
         **({"measured": measured_of(blocks["measured"], cell_columns)} if cell_columns else {}),
@@ -103,7 +108,8 @@ def answer_open_world(
     write_parquet(out.treatment_calls, answers.treatments)
     window = int((plan.bundle.meta.get("embedding") or {}).get("window") or 48)
     training_run = RunFolder(find_bundle(plan.bundle_path).parent.parent)  # the run the bundle was trained in
-    report = prediction_report(out, plan.images, plate, training_run, window, plan.config.input.pixel_size_um)
+    pixel_size = plan.config.input.pixel_size_um
+    report = prediction_report(out, plan.images, plate, training_run, window, pixel_size, warnings)
     add_columns(out.well_predictions, answers.wells, ["plate", "well"], WELL_COLUMNS)
     add_columns(out.image_predictions, answers.fields, ["image_id"], FIELD_COLUMNS)
     log.info(summary(answers, references.calibration, references.columns.get("moa")))
@@ -180,6 +186,9 @@ def predict_images(
     stage_module("measure").run(out, plan.config, overwrite=overwrite, progress=progress)
     if not out.count_cells():
         raise InputError("no cells were found in these images — nothing to predict")
+    warnings = [note] if (note := scale_note(plan.bundle, out, image_ids(plan))) else []
+    for warning in warnings:
+        log.warning(warning)
     if stale := out.clear_predictions():
         log.info(
             "removed an earlier prediction's calls from %s (%s)", out.predictions, ", ".join(p.name for p in stale)
@@ -192,7 +201,7 @@ def predict_images(
         blocks = model_and_reference_blocks(plan, out, needs, progress)
         meta = plan.images.set_index("image_id")
         written = predict_with_profiles(plan.model, plan.bundle, meta, blocks, out, plan.config)
-    return written + (answer_open_world(plan, out, blocks, needs) if needs else [])
+    return written + (answer_open_world(plan, out, blocks, needs, warnings) if needs else [])
 
 
 def image_ids(plan: PredictionPlan) -> pd.Index:
