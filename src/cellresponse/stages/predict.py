@@ -187,8 +187,6 @@ def predict_images(
     if not out.count_cells():
         raise InputError("no cells were found in these images — nothing to predict")
     warnings = [note] if (note := scale_note(plan.bundle, out, image_ids(plan))) else []
-    for warning in warnings:
-        log.warning(warning)
     if stale := out.clear_predictions():
         log.info(
             "removed an earlier prediction's calls from %s (%s)", out.predictions, ", ".join(p.name for p in stale)
@@ -201,7 +199,10 @@ def predict_images(
         blocks = model_and_reference_blocks(plan, out, needs, progress)
         meta = plan.images.set_index("image_id")
         written = predict_with_profiles(plan.model, plan.bundle, meta, blocks, out, plan.config)
-    return written + (answer_open_world(plan, out, blocks, needs, warnings) if needs else [])
+    written += answer_open_world(plan, out, blocks, needs, warnings) if needs else []
+    for warning in warnings:  # last, beside the summary of the calls it qualifies
+        log.warning(warning)
+    return written
 
 
 def image_ids(plan: PredictionPlan) -> pd.Index:
