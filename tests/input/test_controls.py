@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from cellresponse.config import load_config
-from cellresponse.input.controls import CONTROL_KIND, control_kinds
+from cellresponse.input.controls import CONTROL_KIND, control_kinds, where_controls_were_sought
 from cellresponse.input.plate import platemap_to_metadata, read_table
 from cellresponse.profiling.profile_benchmarks import without_controls
 from cellresponse.profiling.references import negative_controls, positive_controls
@@ -52,3 +52,19 @@ def test_jump_platemap_carries_control_types():
     assert set(joined.loc[kinds.to_numpy() == "poscon", "Metadata_control_type"]) <= {
         "poscon_cp", "poscon_diverse", "poscon_orf",
     }  # fmt: skip
+
+
+def test_where_the_controls_were_sought_names_the_columns_there_were_or_that_there_were_none():
+    named = pd.DataFrame({"Metadata_Compound": ["a", "b"]})
+    assert where_controls_were_sought(named, ["Metadata_Compound", None], "DMSO") == (
+        "looked for Metadata_Compound = DMSO, input.control_label"
+    )
+    typed = named.assign(Metadata_pert_type=["trt", "trt"])
+    assert where_controls_were_sought(typed, ["Metadata_Compound"], "DMSO") == (
+        "looked for Metadata_pert_type and Metadata_Compound = DMSO, input.control_label"
+    )
+    # a plate whose wells carry no names: the label column is not there to look in
+    blind = pd.DataFrame({"Metadata_Well": ["A01"]})
+    assert where_controls_were_sought(blind, ["Metadata_Compound", "Metadata_Compound"], "DMSO") == (
+        "these images have no Metadata_Compound column to find DMSO (input.control_label) in"
+    )

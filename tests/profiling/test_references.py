@@ -418,3 +418,14 @@ def test_a_plate_without_controls_says_where_the_controls_were_looked_for(refere
     assert answers.activity_note.startswith("no negative controls among these images (looked for ")
     assert f"= {config.input.control_label}, input.control_label)" in answers.activity_note
     assert answers.activity_note in summary(answers, references.calibration)
+
+    # wells that carry no names: each is its own treatment, said once, and the controls' column is missing, said so
+    caplog.clear()
+    blind = images.drop(columns=["Metadata_Compound", "Metadata_Concentration"])
+    with caplog.at_level(logging.INFO, logger="cellresponse"):
+        answers = answer_plate(blocks, blind, references, apply_overrides(Config(), ["input.label=Metadata_Compound"]))
+        answers = answers.answers
+    said = [r.getMessage() for r in caplog.records]
+    assert sum("each well is its own treatment" in line for line in said) == 1
+    assert "no Metadata_Compound column to find DMSO (input.control_label) in" in answers.activity_note
+    assert len(answers.treatments) == blind.groupby(["plate", "well"]).ngroups

@@ -59,6 +59,20 @@ def describe_controls(kinds: pd.Series, table: pd.DataFrame, control_label: str 
     )
 
 
+def where_controls_were_sought(table: pd.DataFrame, label_columns: Iterable[str | None], control_label: str) -> str:
+    """Where :func:`control_kinds` looked for negative controls in ``table``, for a line saying it found none: the
+    JUMP type columns the table has and the ``label_columns`` equal to ``control_label`` — or that it has none of
+    the label columns to look in."""
+    typed = " / ".join(c for c in (first_column(table, CONTROL_TYPE), first_column(table, PERT_TYPE)) if c)
+    named = list(dict.fromkeys(c for c in label_columns if c))
+    present = [c for c in named if c in table.columns]
+    if present:
+        labelled = f"{' or '.join(present)} = {control_label}, input.control_label"
+        return f"looked for {typed} and {labelled}" if typed else f"looked for {labelled}"
+    absent = f"no {' or '.join(named) or 'label'} column to find {control_label} (input.control_label) in"
+    return f"looked for {typed}; {absent}" if typed else f"these images have {absent}"
+
+
 def is_negative(kinds: pd.Series) -> np.ndarray:
     return (kinds == NEGATIVE).to_numpy()
 

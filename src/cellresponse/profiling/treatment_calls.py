@@ -19,7 +19,8 @@ from dataclasses import dataclass, replace
 
 import pandas as pd
 
-from cellresponse.config import WELL_TREATMENT, Config
+from cellresponse.config import COMPOUND_COLUMNS, WELL_TREATMENT, Config
+from cellresponse.input.controls import where_controls_were_sought
 from cellresponse.profiling.activity import COLUMNS as ACTIVITY_COLUMNS
 from cellresponse.profiling.activity import phenotypic_activity
 from cellresponse.profiling.batch_correction import batch_column
@@ -193,6 +194,12 @@ def query_columns(table: pd.DataFrame, config: Config, moa: str | None) -> tuple
     compound column and mechanism column (the references', where the new images carry it)."""
     columns = [*table.columns, *WELL_TREATMENT]
     treatment = config.treatment_columns(columns)
+    if not config.profiles.treatment and treatment == list(WELL_TREATMENT):
+        log.info(
+            "no compound column among these images (looked for %s; --set profiles.treatment=[COLUMN,...] names "
+            "one): each well is its own treatment",
+            ", ".join(COMPOUND_COLUMNS),
+        )
     missing = [c for c in treatment if c not in columns]
     if missing:
         log.warning(
@@ -241,10 +248,6 @@ def answer_plate(
     if answers.activity_note:
         # the whole reason, with where the controls were looked for, travels with the answer: predict's summary
         # line (:func:`summary`, its one mention in the log) and the report say the same
-        named = " or ".join(dict.fromkeys(c for c in (config.input.label, compound) if c))
-        answers = replace(
-            answers,
-            activity_note=f"{answers.activity_note} (looked for {named} = {config.input.control_label}, "
-            "input.control_label)",
-        )
+        sought = where_controls_were_sought(table, (config.input.label, compound), config.input.control_label)
+        answers = replace(answers, activity_note=f"{answers.activity_note} ({sought})")
     return PlateAnswer(answers, fields, meta, references)
