@@ -171,6 +171,6 @@ def illumination_plan(setting: str, named: bool, images_per_plate: pd.Series) ->
     if fewest >= MIN_IMAGES:
         return "compute", f"no functions named; every plate has {MIN_IMAGES}+ images, so one is computed per channel"
     return "none", (
-        f"no functions named, and a plate has only {fewest} images (under {MIN_IMAGES} the average is the cells' "
-        "layout, not the illumination); input.illumination: compute computes them anyway"
+        f"no functions named, and a plate has only {fewest} image{'s' if fewest != 1 else ''} (under {MIN_IMAGES} the "
+        "average is the cells' layout, not the illumination); input.illumination: compute computes them anyway"
     )
