@@ -168,3 +168,21 @@ def test_train_alone_refuses_a_misspelt_reference_batch_column_before_training(t
     )  # fmt: skip
     assert result.returncode == 2 and "did you mean Metadata_Plate?" in result.stderr
     assert not (run / "model").exists()
+
+
+def test_report_refuses_a_prediction_folder_and_leaves_its_report(tiny_demo, tiny_plates, tmp_path):
+    """`cellresponse report DIR` on predict's output folder overwrote the prediction's report (what the new
+    treatments do) with a run report; it is refused now, and the folder records which bundle made its calls."""
+    demo, _ = tiny_demo
+    out = tmp_path / "predicted"
+    run_cli("predict", demo / "run", "--load-data", tiny_plates / "load_data.csv", "--out", out, "--no-progress")
+    record = json.loads((out / "logs" / "predict.json").read_text())
+    assert record["bundle"] == str((demo / "run" / "model" / "bundle").resolve()) and record["images"] > 0
+    page = (out / "report" / "index.html").read_bytes()
+    refused = run_cli("report", out, "--no-progress", check=False)
+    assert refused.returncode == 2 and "holds a prediction" in refused.stderr and "overwrite" in refused.stderr
+    assert (out / "report" / "index.html").read_bytes() == page
+    # a prediction written before predict kept its record: told apart by its treatment calls without a model
+    (out / "logs" / "predict.json").unlink()
+    assert run_cli("report", out, "--no-progress", check=False).returncode == 2
+    assert (out / "report" / "index.html").read_bytes() == page

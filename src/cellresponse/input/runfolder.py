@@ -310,6 +310,12 @@ class RunFolder:
         path = self.stage_summary(stage)
         return json.loads(path.read_text()) if path.exists() else {}
 
+    @property
+    def holds_a_prediction(self) -> bool:
+        """Whether this is the ``--out`` folder of ``predict`` (its record, or — written before predict kept one —
+        its treatment calls without a trained model), not a training run."""
+        return self.stage_summary("predict").exists() or (self.treatment_calls.exists() and not self.model.exists())
+
     # ---- stage records -----------------------------------------------------------------------
     def record_stage(self, stage: str, summary: dict[str, Any], failed: Sequence[Failure] = ()) -> None:
         """Write ``logs/<stage>.json`` and the failures list; raise :class:`StageError` when images failed."""

@@ -27,6 +27,7 @@ embed the cells with the bundle's embedding settings), ``network`` the trained n
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -181,7 +182,9 @@ def predict_images(
     plan: PredictionPlan, out: RunFolder, *, overwrite: bool = False, progress: bool = True
 ) -> list[Path]:
     """Segment, measure (and embed or crop) the prepared images and predict them; returns the files written. The
-    cells are read a plate at a time, so a screen of new plates holds one plate's cells at once."""
+    cells are read a plate at a time, so a screen of new plates holds one plate's cells at once. ``logs/predict.json``
+    records which bundle and model made the calls."""
+    started = time.perf_counter()
     stage_module("segment").run(out, plan.config, overwrite=overwrite, progress=progress)
     stage_module("measure").run(out, plan.config, overwrite=overwrite, progress=progress)
     if not out.count_cells():
@@ -202,6 +205,8 @@ def predict_images(
     written += answer_open_world(plan, out, blocks, needs, warnings) if needs else []
     for warning in warnings:  # last, beside the summary of the calls it qualifies
         log.warning(warning)
+    record = {"bundle": str(find_bundle(plan.bundle_path).resolve()), "model": plan.model, "images": len(plan.images)}
+    out.record_stage("predict", {**record, "seconds": round(time.perf_counter() - started, 2)})
     return written
 
 
