@@ -186,3 +186,27 @@ def test_report_refuses_a_prediction_folder_and_leaves_its_report(tiny_demo, tin
     (out / "logs" / "predict.json").unlink()
     assert run_cli("report", out, "--no-progress", check=False).returncode == 2
     assert (out / "report" / "index.html").read_bytes() == page
+
+
+def test_predict_refuses_to_write_into_a_training_run_and_resumes_its_own_folder(tiny_demo, tiny_plates, tmp_path):
+    """`--out` naming the training run (a slip of the keyboard) replaced its image table, masks, cells and report
+    with the new plate's; it is refused before any image work. A prediction interrupted before its calls is still
+    resumed into its own folder: predict records itself there before its first image."""
+    import shutil
+
+    demo, _ = tiny_demo
+    run = tmp_path / "run"
+    shutil.copytree(demo / "run", run)
+    kept = {name: (run / name).read_bytes() for name in ("images.parquet", "report/index.html")}
+    refused = run_cli("predict", run, "--load-data", tiny_plates / "load_data.csv", "--out", run, check=False)
+    assert refused.returncode == 2 and "holds a run, not a prediction" in refused.stderr
+    assert "segmentation backend" not in refused.stderr  # refused before any image work
+    assert {name: (run / name).read_bytes() for name in kept} == kept
+
+    out = tmp_path / "predicted"
+    args = ("predict", run, "--load-data", tiny_plates / "load_data.csv", "--out", out, "--no-progress")
+    run_cli(*args)
+    shutil.rmtree(out / "predictions")  # interrupted after segmenting and measuring, before the calls
+    (out / "report" / "index.html").unlink()
+    assert "segmented 0 images" in run_cli(*args).stderr  # resumed, not refused
+    assert (out / "predictions" / "image_predictions.parquet").is_file()

@@ -312,9 +312,10 @@ class RunFolder:
 
     @property
     def holds_a_prediction(self) -> bool:
-        """Whether this is the ``--out`` folder of ``predict`` (its record, or — written before predict kept one —
-        its treatment calls without a trained model), not a training run."""
-        return self.stage_summary("predict").exists() or (self.treatment_calls.exists() and not self.model.exists())
+        """Whether this is the ``--out`` folder of ``predict`` (its record, written before its first image; or —
+        written before predict kept one — calls without a trained model), not a training run."""
+        called = self.treatment_calls.exists() or self.image_predictions.exists()
+        return self.stage_summary("predict").exists() or (called and not self.model.exists())
 
     # ---- stage records -----------------------------------------------------------------------
     def record_stage(self, stage: str, summary: dict[str, Any], failed: Sequence[Failure] = ()) -> None:

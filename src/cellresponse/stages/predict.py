@@ -158,6 +158,13 @@ def prepare(
         )
     if model == NETWORK:
         bundle = replace(bundle, model=load_network(bundle_path, bundle.meta, bundle.config))
+    if out.images.exists() and not out.holds_a_prediction:
+        raise InputError(
+            f"{out.root} holds a run, not a prediction: predict would replace its image table, masks, cells and "
+            "report — give --out a new folder (or an earlier prediction's, to predict there again)"
+        )
+    # the folder's record first: an interrupted prediction is resumed into it, and other verbs know it for one
+    out.record_stage("predict", {"bundle": str(find_bundle(bundle_path).resolve()), "model": model})
     stage_module("images").run(out, config, source=source)
     table = out.read_images()
     names = channel_names(table)
