@@ -232,7 +232,9 @@ def cmd_images(args: argparse.Namespace) -> int:
     run = RunFolder(args.out)
     with new_run_folder(run):
         setup_logging(args.verbose, run)
-        run_stage("images", run, config, source=image_source(args), progress=not args.no_progress)
+        run_stage(
+            "images", run, config, source=image_source(args), overwrite=args.overwrite, progress=not args.no_progress
+        )
     print(f"wrote {run.images}")
     return 0
 
@@ -283,8 +285,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
             held.enter_context(folder_lock(out.root))  # one writer; held until the predictions are written
             setup_logging(args.verbose, out)
             plan = predict.prepare(
-                args.bundle, out, image_source(args), overrides=cli_overrides(args), model=args.model
-            )
+                args.bundle, out, image_source(args), overrides=cli_overrides(args), model=args.model,
+                overwrite=args.overwrite,
+            )  # fmt: skip
         paths = predict.predict_images(plan, out, overwrite=args.overwrite, progress=not args.no_progress)
     if args.csv:
         paths += write_csv_copies([p for p in paths if p != out.cell_predictions and p.suffix == ".parquet"])
@@ -396,6 +399,9 @@ def predict_extra(parser: argparse.ArgumentParser) -> None:
 
 def images_extra(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, metavar="RUN", help="run folder to create")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace the image table of a run that holds other images"
+    )
 
 
 def run_extra(parser: argparse.ArgumentParser) -> None:

@@ -210,3 +210,26 @@ def test_predict_refuses_to_write_into_a_training_run_and_resumes_its_own_folder
     (out / "report" / "index.html").unlink()
     assert "segmented 0 images" in run_cli(*args).stderr  # resumed, not refused
     assert (out / "predictions" / "image_predictions.parquet").is_file()
+
+
+def test_a_run_keeps_its_image_table_unless_told_to_start_again(tiny_plates, tmp_path):
+    """`images` (or `run`) on a run folder with another plate replaced the run's image table under its masks, cells
+    and model; the same images again (a resumed command) are fine, other ones are refused unless --overwrite."""
+    import pandas as pd
+
+    run = tmp_path / "run"
+    run_cli("images", "--load-data", tiny_plates / "load_data.csv", "--out", run, "--no-progress")
+    held = pd.read_parquet(run / "images.parquet")
+    run_cli("images", "--load-data", tiny_plates / "load_data.csv", "--out", run, "--no-progress")  # resumed
+    fewer = tmp_path / "fewer.csv"
+    table = pd.read_csv(tiny_plates / "load_data.csv")
+    for column in [c for c in table.columns if c.startswith("PathName_")]:
+        table[column] = [str((tiny_plates / p).resolve()) for p in table[column]]
+    table.head(2).to_csv(fewer, index=False)
+    refused = run_cli("images", "--load-data", fewer, "--out", run, "--no-progress", check=False)
+    assert refused.returncode == 2 and f"already holds an image table of {len(held)} images; these are 2" in (
+        refused.stderr
+    )
+    assert len(pd.read_parquet(run / "images.parquet")) == len(held)
+    run_cli("images", "--load-data", fewer, "--out", run, "--overwrite", "--no-progress")
+    assert len(pd.read_parquet(run / "images.parquet")) == 2

@@ -487,6 +487,19 @@ def check_columns(table: pd.DataFrame, columns: list[str], what: str, key: str) 
             )
 
 
+def check_same_images(before: pd.DataFrame, after: pd.DataFrame, where: str) -> None:
+    """A run folder's image table may be rebuilt (a resumed command) but not replaced by other images: its masks,
+    cells, embeddings and model belong to the images it holds. Raises :class:`InputError` saying how they differ."""
+    held, given = set(before["image_id"].astype(str)), set(after["image_id"].astype(str))
+    if held == given:
+        return
+    raise InputError(
+        f"{where} already holds an image table of {len(held)} images; these are {len(given)} "
+        f"({len(given - held)} not in it, {len(held - given)} of it missing) — its masks, cells and model belong to "
+        "its own images: give --out a new folder, or --overwrite to start this one again from these images"
+    )
+
+
 def check_label(table: pd.DataFrame, label: str) -> None:
     """The label column must exist and hold at least one value."""
     if label not in table.columns:

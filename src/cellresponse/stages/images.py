@@ -25,7 +25,14 @@ from cellresponse.input.illumination import (
     illumination_plan,
 )
 from cellresponse.input.io import atomic_path, write_json, write_parquet
-from cellresponse.input.plate import ImageSource, build_image_table, channel_names, check_label, safe_id
+from cellresponse.input.plate import (
+    ImageSource,
+    build_image_table,
+    channel_names,
+    check_label,
+    check_same_images,
+    safe_id,
+)
 from cellresponse.input.runfolder import RunFolder
 
 log = logging.getLogger(__name__)
@@ -49,6 +56,8 @@ def run(
         check_label(table, label)
     else:
         log.warning("label column %s is not in the image table: fine for prediction, required for training", label)
+    if run.images.exists() and not overwrite:
+        check_same_images(run.read_images(), table, str(run.root))
     run.create()
     table, illumination = settle_illumination(run, table, config, overwrite, progress)
     write_parquet(run.images, table)

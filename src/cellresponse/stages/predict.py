@@ -137,6 +137,7 @@ def prepare(
     *,
     overrides: list[str] | None = None,
     model: str = "auto",
+    overwrite: bool = False,
 ) -> PredictionPlan:
     """Load the bundle, resolve the model and device, write the image table and check its channels and crop
     settings against the bundle's — every refusal comes here, before segmentation. The network is loaded only when
@@ -165,7 +166,7 @@ def prepare(
         )
     # the folder's record first: an interrupted prediction is resumed into it, and other verbs know it for one
     out.record_stage("predict", {"bundle": str(find_bundle(bundle_path).resolve()), "model": model})
-    stage_module("images").run(out, config, source=source)
+    stage_module("images").run(out, config, source=source, overwrite=overwrite)
     table = out.read_images()
     names = channel_names(table)
     check_compatible(bundle.channels, names, bundle.crop_settings, crop_settings_of(config, names))
@@ -247,5 +248,5 @@ def run(
     model: str = "auto",
 ) -> list[Path]:
     """Predict the images of ``source`` with a bundle into ``out``; returns the files written."""
-    plan = prepare(bundle_path, out, source, overrides=overrides, model=model)
+    plan = prepare(bundle_path, out, source, overrides=overrides, model=model, overwrite=overwrite)
     return predict_images(plan, out, overwrite=overwrite, progress=progress)
