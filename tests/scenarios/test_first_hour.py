@@ -170,32 +170,16 @@ def test_train_alone_refuses_a_misspelt_reference_batch_column_before_training(t
     assert not (run / "model").exists()
 
 
-def test_report_refuses_a_prediction_folder_and_leaves_its_report(tiny_demo, tiny_plates, tmp_path):
-    """`cellresponse report DIR` on predict's output folder overwrote the prediction's report (what the new
-    treatments do) with a run report; it is refused now, and the folder records which bundle made its calls."""
-    demo, _ = tiny_demo
-    out = tmp_path / "predicted"
-    run_cli("predict", demo / "run", "--load-data", tiny_plates / "load_data.csv", "--out", out, "--no-progress")
-    record = json.loads((out / "logs" / "predict.json").read_text())
-    assert record["bundle"] == str((demo / "run" / "model" / "bundle").resolve()) and record["images"] > 0
-    page = (out / "report" / "index.html").read_bytes()
-    refused = run_cli("report", out, "--no-progress", check=False)
-    assert refused.returncode == 2 and "holds a prediction" in refused.stderr and "overwrite" in refused.stderr
-    assert (out / "report" / "index.html").read_bytes() == page
-    # a prediction written before predict kept its record: told apart by its treatment calls without a model
-    (out / "logs" / "predict.json").unlink()
-    assert run_cli("report", out, "--no-progress", check=False).returncode == 2
-    assert (out / "report" / "index.html").read_bytes() == page
-
-
-def test_predict_refuses_to_write_into_a_training_run_and_resumes_its_own_folder(tiny_demo, tiny_plates, tmp_path):
-    """`--out` naming the training run (a slip of the keyboard) replaced its image table, masks, cells and report
-    with the new plate's; it is refused before any image work. A prediction interrupted before its calls is still
-    resumed into its own folder: predict records itself there before its first image."""
+def test_a_prediction_and_a_training_run_are_never_written_over_by_each_other(tiny_demo, tiny_plates, tmp_path):
+    """Three slips that lost work: `predict --out` naming the training run replaced its image table, masks, cells
+    and report with the new plate's; `report DIR` on predict's folder replaced the prediction's page (what the new
+    treatments do) with a run report. Both are refused now, before any image work, the files left as they were. A
+    prediction interrupted before its calls still resumes into its own folder: predict records itself there (which
+    bundle, which model) before its first image."""
     import shutil
 
     demo, _ = tiny_demo
-    run = tmp_path / "run"
+    run = tmp_path / "run"  # a copy: the demo run is shared with other tests
     shutil.copytree(demo / "run", run)
     kept = {name: (run / name).read_bytes() for name in ("images.parquet", "report/index.html")}
     refused = run_cli("predict", run, "--load-data", tiny_plates / "load_data.csv", "--out", run, check=False)
@@ -206,8 +190,19 @@ def test_predict_refuses_to_write_into_a_training_run_and_resumes_its_own_folder
     out = tmp_path / "predicted"
     args = ("predict", run, "--load-data", tiny_plates / "load_data.csv", "--out", out, "--no-progress")
     run_cli(*args)
+    record = json.loads((out / "logs" / "predict.json").read_text())
+    assert record["bundle"] == str((run / "model" / "bundle").resolve()) and record["images"] > 0
+    page = (out / "report" / "index.html").read_bytes()
+    refused = run_cli("report", out, "--no-progress", check=False)
+    assert refused.returncode == 2 and "holds a prediction" in refused.stderr and "overwrite" in refused.stderr
+    assert (out / "report" / "index.html").read_bytes() == page
+    # a prediction written before predict kept its record: told apart by its calls without a model
+    (out / "logs" / "predict.json").rename(tmp_path / "predict.json")
+    assert run_cli("report", out, "--no-progress", check=False).returncode == 2
+    assert (out / "report" / "index.html").read_bytes() == page
+
+    (tmp_path / "predict.json").rename(out / "logs" / "predict.json")
     shutil.rmtree(out / "predictions")  # interrupted after segmenting and measuring, before the calls
-    (out / "report" / "index.html").unlink()
     assert "segmented 0 images" in run_cli(*args).stderr  # resumed, not refused
     assert (out / "predictions" / "image_predictions.parquet").is_file()
 
@@ -233,3 +228,29 @@ def test_a_run_keeps_its_image_table_unless_told_to_start_again(tiny_plates, tmp
     assert len(pd.read_parquet(run / "images.parquet")) == len(held)
     run_cli("images", "--load-data", fewer, "--out", run, "--overwrite", "--no-progress")
     assert len(pd.read_parquet(run / "images.parquet")) == 2
+
+
+def test_evaluate_features_never_writes_into_a_run_folder(tmp_path):
+    """`evaluate --features TABLE --out RUN` replaced the run's own metrics.json (its evaluation, which the report
+    reads) with the table's; a run folder is refused, a folder of its own is written."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    rows = [
+        {"Metadata_Plate": plate, "Metadata_Well": f"A{w:02d}", "Metadata_Compound": f"c{w % 2}", "f1": rng.normal()}
+        for plate in ("P1", "P2")
+        for w in range(8)
+    ]
+    table = tmp_path / "Image.csv"
+    pd.DataFrame(rows).to_csv(table, index=False)
+    run = tmp_path / "run"
+    run.mkdir()
+    pd.DataFrame({"image_id": ["x"]}).to_parquet(run / "images.parquet")
+    (run / "metrics.json").write_text('{"the run": "its own evaluation"}')
+    args = ("evaluate", "--features", table, "--label", "Metadata_Compound", "--out")
+    refused = run_cli(*args, run, check=False)
+    assert refused.returncode == 2 and "holds a run" in refused.stderr
+    assert json.loads((run / "metrics.json").read_text()) == {"the run": "its own evaluation"}
+    run_cli(*args, tmp_path / "table-metrics")
+    assert "image" in json.loads((tmp_path / "table-metrics" / "metrics.json").read_text())

@@ -222,7 +222,13 @@ def baseline_scores(
 
 def run_feature_table(path: str | Path, config: Config, out: str | Path) -> dict[str, Any]:
     """Features-only evaluation of a per-image table a user already has (e.g. CellProfiler Image.csv
-    joined to metadata): same split rules, same metrics, written to OUT/metrics.json."""
+    joined to metadata): same split rules, same metrics, written to OUT/metrics.json — never into a run folder,
+    whose metrics.json is its own evaluation."""
+    if RunFolder(Path(out)).images.exists():
+        raise InputError(
+            f"{out} holds a run: its metrics.json is the run's own evaluation, which this would replace — give "
+            "--out a folder of its own"
+        )
     label = config.input.label
     images, features = read_feature_table(path, label)
     split = config.split.model_copy(update={"validation_fraction": 0.0})  # no network to stop early here
