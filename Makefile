@@ -30,8 +30,8 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix src tests benchmarks
 
 # A test process per core, at most 4 (pytest-xdist), each test module kept on one process so that its fixtures
-# (a trained run, a measured plate) are built once: on 2 cores 5 min 30 s (367 tests, 2026-12-07; 7 min 30 s - 8 min 45 s
-# on a slower machine, where each command starting a fresh interpreter took 12 min 17 s for 350).
+# (a trained run, a measured plate) are built once: on 2 cores 5 min 30 s - 7 min 10 s (367-370 tests, 2026-12-07;
+# 7 min 30 s - 8 min 45 s on a slower machine, where each command starting a fresh interpreter took 12 min 17 s for 350).
 # `python -m pytest` alone runs in one process.
 test: lint
 	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist loadscope $(ARGS)
