@@ -8,11 +8,11 @@ import pandas as pd
 import pytest
 
 from cellresponse.errors import InputError
+from cellresponse.learning.encoders import Scaler
 from cellresponse.learning.prediction import (
     CELL_AREA_RATIO_LIMIT,
     cell_scale_note,
     check_compatible,
-    mean_of,
     resolve_model,
 )
 
@@ -59,7 +59,9 @@ def test_cells_on_another_scale_are_said_in_both_directions_and_same_scale_cells
     assert cell_scale_note(270.0, None) is None and cell_scale_note(0.0, 100.0) is None  # nothing to compare
 
 
-def test_the_mean_over_plates_is_the_mean_of_every_cell():
+def test_the_new_cells_mean_is_pooled_over_plates_as_the_training_cells_mean_was():
+    # scale_note pools the new plates' areas with Scaler.fit_parts, the helper that made the bundle's training mean
     plates = [pd.DataFrame({"area": [100.0, 200.0]}), pd.DataFrame({"area": [600.0, None]}), pd.DataFrame({"area": []})]
-    assert mean_of(iter(plates), "area") == pytest.approx(300.0)  # (100 + 200 + 600) / 3, the missing value left out
-    assert mean_of(iter([pd.DataFrame({"area": []})]), "area") is None
+    pooled = Scaler.fit_parts(iter(plates), ["area"]).mean[0]
+    assert pooled == pytest.approx(300.0)  # (100 + 200 + 600) / 3, the missing value left out
+    assert cell_scale_note(270.0, Scaler.fit_parts(iter([pd.DataFrame({"area": []})]), ["area"]).mean[0]) is None

@@ -20,6 +20,7 @@ from cellresponse.evaluation.prediction_tables import well_votes, write_image_pr
 from cellresponse.features.crops import changed_settings
 from cellresponse.input.runfolder import RunFolder
 from cellresponse.learning.bundle import MODEL_CHOICES, NETWORK, Bundle
+from cellresponse.learning.encoders import Scaler
 from cellresponse.profiling.profile_models import (
     features_model_probabilities,
     image_profiles,
@@ -93,16 +94,9 @@ def scale_note(bundle: Bundle, out: RunFolder, image_ids: Iterable[str]) -> str 
     if column is None:
         return None
     trained = float(bundle.scaler.mean[bundle.scaler.columns.index(column)])
-    return cell_scale_note(trained, mean_of(out.cell_parts(image_ids, [column]), column))
-
-
-def mean_of(parts: Iterable[pd.DataFrame], column: str) -> float | None:
-    """The mean of ``column`` over tables that come one at a time (a plate's cells each); None without values."""
-    total, count = 0.0, 0
-    for part in parts:
-        values = pd.to_numeric(part[column], errors="coerce").dropna()
-        total, count = total + float(values.sum()), count + len(values)
-    return total / count if count else None
+    # pooled over the plates as the training cells' mean was (Scaler.fit_parts; 0 without cells: no note)
+    new = Scaler.fit_parts(out.cell_parts(image_ids, [column]), [column]).mean[0]
+    return cell_scale_note(trained, new)
 
 
 def prediction_config(bundle_config: Config, overrides: list[str]) -> Config:
