@@ -48,10 +48,15 @@ def control_kinds(table: pd.DataFrame, label_columns: Iterable[str | None], cont
     return kinds
 
 
+def type_columns(table: pd.DataFrame) -> list[str]:
+    """JUMP's control-type and perturbation-type columns that ``table`` has, in the order :func:`control_kinds`
+    reads them."""
+    return [c for c in (first_column(table, CONTROL_TYPE), first_column(table, PERT_TYPE)) if c]
+
+
 def describe_controls(kinds: pd.Series, table: pd.DataFrame, control_label: str | None) -> str:
     """One line: how many rows are negative and positive controls, and by which columns."""
-    by = [c for c in (first_column(table, CONTROL_TYPE), first_column(table, PERT_TYPE)) if c]
-    how = " / ".join(by) + (f" and {control_label!r} (input.control_label)" if control_label else "")
+    how = " / ".join(type_columns(table)) + (f" and {control_label!r} (input.control_label)" if control_label else "")
     counts = kinds.value_counts()
     return (
         f"{int(counts.get(NEGATIVE, 0))} negative and {int(counts.get(POSITIVE, 0))} positive control rows "
@@ -63,7 +68,7 @@ def where_controls_were_sought(table: pd.DataFrame, label_columns: Iterable[str 
     """Where :func:`control_kinds` looked for negative controls in ``table``, for a line saying it found none: the
     JUMP type columns the table has and the ``label_columns`` equal to ``control_label`` — or that it has none of
     the label columns to look in."""
-    typed = " / ".join(c for c in (first_column(table, CONTROL_TYPE), first_column(table, PERT_TYPE)) if c)
+    typed = " / ".join(type_columns(table))
     named = list(dict.fromkeys(c for c in label_columns if c))
     present = [c for c in named if c in table.columns]
     if present:
