@@ -21,6 +21,7 @@ resizing whole batches on the device, because storing 224 px crops would take ~4
 from __future__ import annotations
 
 import functools
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -158,14 +159,17 @@ def plate_scales(
     """Per plate and plane, the low and high intensity ``percentiles``, medians over a few sampled images.
 
     Per-plate (not per-image) scaling keeps a compound's effect on brightness visible to the model
-    while absorbing plate-to-plate gain differences, as plate normalisation does in profiling.
+    while absorbing plate-to-plate gain differences, as plate normalisation does in profiling. A plate's sample
+    depends only on ``seed``, the plate's name and its image ids, so a plate is scaled the same in a training run
+    and in a prediction of that plate alone, whatever other plates either holds and in whatever order.
     """
     by_plate: dict[str, list[dict]] = {}
     for row in rows:
         by_plate.setdefault(str(row["plate"]), []).append(row)
-    rng = np.random.default_rng(seed)
     scales = {}
-    for plate, plate_rows in by_plate.items():
+    for plate, unordered in by_plate.items():
+        plate_rows = sorted(unordered, key=lambda row: str(row["image_id"]))
+        rng = np.random.default_rng([seed, zlib.crc32(plate.encode())])
         picks = rng.choice(len(plate_rows), size=min(SCALE_SAMPLE_IMAGES, len(plate_rows)), replace=False)
         lows, highs = [], []
         for i in sorted(picks):
