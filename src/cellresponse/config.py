@@ -52,6 +52,13 @@ class InputConfig(_Section):
     illumination_filter: int = Field(
         500, ge=3, description="Median filter size (px) of computed illumination functions (JUMP's setting)."
     )
+    intensity_scale: Literal["auto", "plate", "experiment"] = Field(
+        "auto",
+        description="How raw intensities are scaled for the image models (crops, embeddings): per plate (absorbs a "
+        "plate's gain), or one scale across the experiment (keeps compounds' brightness apart where each plate holds "
+        "one or two); auto: experiment where plates are confounded with compounds (median under 4 per plate), as "
+        "profiles.normalize: auto decides. A bundle's new plates are scaled as its training plates were.",
+    )
 
 
 class ChannelRecipe(_Section):

@@ -103,3 +103,37 @@ def test_a_plates_intensity_scales_do_not_depend_on_the_other_plates_in_the_run(
     assert plate_scales(alone, names, ["DNA"], config, seed=42)["Week3_25441"] == together
     assert plate_scales(alone[::-1], names, ["DNA"], config, seed=42)["Week3_25441"] == together  # row order
     assert plate_scales(alone, names, ["DNA"], config, seed=7)["Week3_25441"] != together  # the seed still counts
+
+
+def test_plates_confounded_with_compounds_are_scaled_across_the_experiment():
+    """BBBC021-moa holds one compound a plate (median): a plate's own intensity scale would be its compound's and
+    erase what the compound does to brightness, so ``auto`` takes one scale across the experiment, as profile
+    normalisation does; a plate of many compounds keeps its own."""
+    from cellresponse.config import Config
+    from cellresponse.features.crops import intensity_scope, plate_scales
+    from cellresponse.input.plate import ImageSource, build_image_table, channel_names
+    from tests.conftest import shared
+
+    table, _ = build_image_table(ImageSource(load_data=shared("bbbc021-moa", "load_data.csv")))
+    scope, why = intensity_scope(table, "auto", "Metadata_Compound")
+    assert scope == "experiment" and "median 1 compound per plate" in why
+    assert intensity_scope(table, "plate", "Metadata_Compound")[0] == "plate"  # an explicit setting wins
+    assert intensity_scope(table, "auto", None)[0] == "plate"  # nothing to tell the design by
+    mixed = table.assign(plate="one plate")  # the same images as one plate of 18 compounds
+    assert intensity_scope(mixed, "auto", "Metadata_Compound") == (
+        "plate",
+        "intensity scaled per plate (median 18 compounds per plate)",
+    )
+    # controls do not count as a plate's compounds
+    treated = (table["Metadata_Compound"] != "DMSO").to_numpy()
+    assert intensity_scope(mixed, "auto", "Metadata_Compound", treated)[0] == "plate"
+
+    rows = table[table["plate"].isin(["Week3_25421", "Week3_25441", "Week2_24141"])].to_dict("records")
+    names, config = channel_names(table), Config()
+    pooled = plate_scales(rows, names, ["DNA"], config, seed=42, scope="experiment")
+    own = plate_scales(rows, names, ["DNA"], config, seed=42)
+    assert set(pooled) == set(own) == {"Week3_25421", "Week3_25441", "Week2_24141"}
+    assert len({str(scale) for scale in pooled.values()}) == 1  # one scale, given to every plate
+    assert len({str(scale) for scale in own.values()}) == 3  # each plate's own
+    low, high = pooled["Week2_24141"][0]
+    assert min(s[0][1] for s in own.values()) <= high <= max(s[0][1] for s in own.values()) and 0 <= low < high

@@ -160,20 +160,29 @@ def test_embed_takes_at_most_the_cells_asked_for_and_keeps_the_setting(measured_
 
 
 def test_settled_scales_keep_refuse_or_start_over(tmp_path):
-    """The stored scales of an output folder: reused with the same settings, refused with others (nothing mixed),
-    made anew after --overwrite (crops and embed share this)."""
+    """The stored scales of an output folder: reused with the same settings, refused with others or with another
+    scope asked for (nothing mixed), made anew after --overwrite (crops and embed share this)."""
+    import json
+
     from cellresponse.errors import InputError
     from cellresponse.stages.per_image import settled_scales
 
     folder, path = tmp_path / "out", tmp_path / "out" / "settings.json"
-    first = settled_scales(folder, path, {"a": 1}, lambda: {"P": [[0, 1]]}, False, "redo")
-    assert first == {"P": [[0, 1]]}
+    first = settled_scales(folder, path, {"a": 1}, lambda: ({"P": [[0, 1]]}, "experiment"), False, "redo")
+    assert first == {"P": [[0, 1]]} and json.loads(path.read_text())["scope"] == "experiment"
     assert settled_scales(folder, path, {"a": 1}, lambda: pytest.fail("recomputed"), False, "redo") == first
+    assert settled_scales(folder, path, {"a": 1}, lambda: pytest.fail("recomputed"), False, "redo", "experiment")
+    with pytest.raises(InputError, match=r"scaled per experiment, not per plate .*--overwrite to redo"):
+        settled_scales(folder, path, {"a": 1}, lambda: pytest.fail("recomputed"), False, "redo", "plate")
     with pytest.raises(InputError, match=r"other settings .*--overwrite to redo"):
-        settled_scales(folder, path, {"a": 2}, dict, False, "redo")
+        settled_scales(folder, path, {"a": 2}, lambda: ({}, "plate"), False, "redo")
     (folder / "part.npy").write_bytes(b"")
-    assert settled_scales(folder, path, {"a": 2}, lambda: {"P": [[2, 3]]}, True, "redo") == {"P": [[2, 3]]}
-    assert not (folder / "part.npy").exists()
+    again = settled_scales(folder, path, {"a": 2}, lambda: ({"P": [[2, 3]]}, "plate"), True, "redo")
+    assert again == {"P": [[2, 3]]} and not (folder / "part.npy").exists()
+    # a folder written before scopes were stored was scaled per plate
+    path.write_text(json.dumps({"settings": {"a": 2}, "scales": again}))
+    with pytest.raises(InputError, match="scaled per plate, not per experiment"):
+        settled_scales(folder, path, {"a": 2}, lambda: pytest.fail("recomputed"), False, "redo", "experiment")
 
 
 def test_embed_holds_only_the_images_in_flight(measured_run, tmp_path, monkeypatch):

@@ -65,3 +65,26 @@ def test_the_new_cells_mean_is_pooled_over_plates_as_the_training_cells_mean_was
     pooled = Scaler.fit_parts(iter(plates), ["area"]).mean[0]
     assert pooled == pytest.approx(300.0)  # (100 + 200 + 600) / 3, the missing value left out
     assert cell_scale_note(270.0, Scaler.fit_parts(iter([pd.DataFrame({"area": []})]), ["area"]).mean[0]) is None
+
+
+def test_a_part_of_a_plate_scaled_on_its_own_is_said_where_the_scales_are_read():
+    """A bundle scaled per plate, predicting plates of one compound each (a well or two of a plate): their scales
+    are their compounds', said where the network or deep references read them; a bundle with one fixed scale, the
+    measured model with measured references, and mixed plates say nothing."""
+    from cellresponse.config import Config
+    from cellresponse.learning.prediction import own_scale_note
+
+    plate_scaled, fixed = SimpleNamespace(meta={}), SimpleNamespace(meta={"intensity_scales": {"crops": [[0, 1]]}})
+    one_well = pd.DataFrame({"plate": ["P1"] * 4 + ["P2"] * 4, "Metadata_Compound": ["a"] * 4 + ["b"] * 4})
+    config = Config()
+    note = own_scale_note(plate_scaled, one_well, config, scaled=True)
+    assert note is not None and "median 1 compound per plate" in note and "predict whole plates" in note
+    assert own_scale_note(plate_scaled, one_well, config, scaled=False) is None  # nothing reads a scale
+    assert own_scale_note(fixed, one_well, config, scaled=True) is None  # the bundle's own scale is used
+    mixed = pd.DataFrame({"plate": ["P1"] * 8, "Metadata_Compound": list("abcdefgh")})
+    assert own_scale_note(plate_scaled, mixed, config, scaled=True) is None
+    # DMSO beside one compound is still one compound a plate
+    with_dmso = one_well.assign(Metadata_Compound=["a", "a", "DMSO", "DMSO", "b", "b", "DMSO", "DMSO"])
+    assert "median 1 compound per plate" in own_scale_note(plate_scaled, with_dmso, config, scaled=True)
+    blind = one_well.drop(columns=["Metadata_Compound"])  # nothing to tell the design by
+    assert own_scale_note(plate_scaled, blind, config, scaled=True) is None

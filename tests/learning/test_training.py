@@ -173,6 +173,11 @@ def test_predict_on_held_out_plates(trained, tmp_path):
     assert "px²" not in said  # the held-out plates were imaged as the training plates: no word on their scale
     # the features model's calls and their CSV copies are gone: no file of the earlier prediction is left beside
     assert "removed an earlier prediction's calls" in said
+    # the training plates hold cycloheximide beside DMSO: intensities were scaled across the experiment, and the
+    # new plates' crops are cut with the bundle's one scale, not with their own
+    fixed = load_bundle(run.model / "bundle", network=False).meta["intensity_scales"]["crops"]
+    stored = json.loads((out / "crops" / "settings.json").read_text())
+    assert stored["scope"] == "experiment" and all(scale == fixed for scale in stored["scales"].values())
     written = {p.name for p in (out / "predictions").iterdir()}
     assert written == {
         f"{n}.parquet" for n in ("cell_predictions", "image_predictions", "well_predictions", "treatment_calls")

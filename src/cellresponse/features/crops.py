@@ -9,9 +9,10 @@ Recipes (``crops.recipe``):
     image channels 0-3: four named fluorescence channels (``crops.fluorescence_channels``; fewer are repeated)
     flow channels 4-7:  as above
 
-Every channel is mapped to [0, 1] before it is stored as uint8 (intensities between per-plate
-percentiles, flows (v + 1) / 2, Cellpose probabilities through a sigmoid), so the model's
-"mean 0.5 / std 0.5" normalisation is the study's ``ToTensor + Normalize``.
+Every channel is mapped to [0, 1] before it is stored as uint8 (intensities between per-plate percentiles, or
+experiment-wide ones where plates are confounded with compounds (``input.intensity_scale``); flows (v + 1) / 2;
+Cellpose probabilities through a sigmoid), so the model's "mean 0.5 / std 0.5" normalisation is the study's
+``ToTensor + Normalize``.
 
 Crops are square (the bbox's longer side, plus ``crops.padding``), zero-padded at the image edge, and
 stored at ``crops.store_size``; the model input size (``crops.size``, 224 in the study) is reached by
@@ -26,10 +27,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from skimage.transform import resize
 
 from cellresponse.config import Config
 from cellresponse.input.channels import apply_recipe, load_stack, resolve_channel
+from cellresponse.input.plate import MIN_COMPOUNDS_PER_PLATE, compounds_per_plate, compounds_per_plate_phrase
 from cellresponse.input.transforms import DISPLAY_PERCENTILES, IMAGE_CHANNELS
 
 CHANNELS = 2 * IMAGE_CHANNELS  # the image half, then the flow half
@@ -123,6 +126,7 @@ def cell_crops(
 
 
 SCALE_SAMPLE_IMAGES = 8  # images per plate whose percentiles set the plate's intensity scale
+EXPERIMENT_SAMPLE_IMAGES = 64  # at most this many, spread over the plates, set an experiment-wide scale
 
 
 def crop_planes(config: Config, names: list[str]) -> list[str]:
@@ -148,6 +152,48 @@ def raw_planes(stack: np.ndarray, planes: list[str], names: list[str], config: C
     return np.stack(out)
 
 
+def intensity_scope(
+    table: pd.DataFrame, setting: str, compound: str | None, treated: np.ndarray | None = None
+) -> tuple[str, str]:
+    """``plate`` or ``experiment``, and why. ``auto`` scales across the experiment where the image table's plates
+    are confounded with compounds (``treated`` leaves the controls out of the count), as profile normalisation
+    does: there a plate's scale would be its compound's and erase what the compound does to brightness."""
+    if setting != "auto":
+        return setting, f"input.intensity_scale: {setting}"
+    if compound is None or compound not in table.columns:
+        return "plate", "intensity scaled per plate (no compound column to tell whether plates hold one each)"
+    per_plate = compounds_per_plate(table, "plate", compound, treated)
+    if per_plate < MIN_COMPOUNDS_PER_PLATE:
+        return "experiment", (
+            f"intensity scaled across the experiment: plates are confounded with compounds "
+            f"({compounds_per_plate_phrase(per_plate)}), and a per-plate scale would erase what a compound does to "
+            "brightness"
+        )
+    return "plate", f"intensity scaled per plate ({compounds_per_plate_phrase(per_plate)})"
+
+
+def _sampled_percentiles(
+    plate: str,
+    plate_rows: list[dict],
+    count: int,
+    names: list[str],
+    planes: list[str],
+    config: Config,
+    seed: int,
+    percentiles: tuple[float, float],
+) -> list[np.ndarray]:
+    """The low and high ``percentiles`` of each plane in ``count`` of the plate's images, drawn by a generator
+    seeded with ``seed`` and the plate's name from its rows in image-id order."""
+    ordered = sorted(plate_rows, key=lambda row: str(row["image_id"]))
+    rng = np.random.default_rng([seed, zlib.crc32(plate.encode())])
+    picks = rng.choice(len(ordered), size=min(count, len(ordered)), replace=False)
+    found = []
+    for i in sorted(picks):
+        raw = raw_planes(load_stack(ordered[i], names), planes, names, config)
+        found.append(np.percentile(raw.reshape(len(planes), -1), list(percentiles), axis=1))
+    return found
+
+
 def plate_scales(
     rows: list[dict],
     names: list[str],
@@ -155,8 +201,10 @@ def plate_scales(
     config: Config,
     seed: int = 0,
     percentiles: tuple[float, float] = DISPLAY_PERCENTILES,
+    scope: str = "plate",
 ) -> dict[str, list[list[float]]]:
-    """Per plate and plane, the low and high intensity ``percentiles``, medians over a few sampled images.
+    """Per plate and plane, the low and high intensity ``percentiles``, medians over a few sampled images; with
+    ``scope="experiment"`` one scale, the medians over a sample of every plate's images, given to every plate.
 
     Per-plate (not per-image) scaling keeps a compound's effect on brightness visible to the model
     while absorbing plate-to-plate gain differences, as plate normalisation does in profiling. A plate's sample
@@ -166,19 +214,18 @@ def plate_scales(
     by_plate: dict[str, list[dict]] = {}
     for row in rows:
         by_plate.setdefault(str(row["plate"]), []).append(row)
-    scales = {}
-    for plate, unordered in by_plate.items():
-        plate_rows = sorted(unordered, key=lambda row: str(row["image_id"]))
-        rng = np.random.default_rng([seed, zlib.crc32(plate.encode())])
-        picks = rng.choice(len(plate_rows), size=min(SCALE_SAMPLE_IMAGES, len(plate_rows)), replace=False)
-        lows, highs = [], []
-        for i in sorted(picks):
-            raw = raw_planes(load_stack(plate_rows[i], names), planes, names, config)
-            q = np.percentile(raw.reshape(len(planes), -1), list(percentiles), axis=1)
-            lows.append(q[0])
-            highs.append(q[1])
-        scales[plate] = np.stack([np.median(lows, axis=0), np.median(highs, axis=0)], axis=1).tolist()
-    return scales
+    count = SCALE_SAMPLE_IMAGES
+    if scope == "experiment":  # a sample from every plate, at most EXPERIMENT_SAMPLE_IMAGES in all
+        count = max(1, min(SCALE_SAMPLE_IMAGES, EXPERIMENT_SAMPLE_IMAGES // max(len(by_plate), 1)))
+    sampled = {
+        plate: _sampled_percentiles(plate, plate_rows, count, names, planes, config, seed, percentiles)
+        for plate, plate_rows in by_plate.items()
+    }
+
+    if scope == "experiment":
+        pooled = np.median([q for found in sampled.values() for q in found], axis=0).T.tolist()
+        return {plate: pooled for plate in sampled}
+    return {plate: np.median(found, axis=0).T.tolist() for plate, found in sampled.items()}
 
 
 def crop_settings(config: Config, names: list[str]) -> dict[str, Any]:

@@ -38,6 +38,9 @@ PHENIX_PATTERN = re.compile(
 CORE_PATTERN = re.compile(r"^(r\d{2}c\d{2}f\d{2,3})")
 WELL_PATTERN = re.compile(r"^([A-Za-z]{1,2})0*(\d{1,2})$")
 FILE_PREFIX, PATH_PREFIX = "FileName_Orig", "PathName_Orig"
+# Plates holding fewer distinct compounds than this (median over plates) are confounded with them: a per-plate
+# statistic (a normalisation, an intensity scale) is there a per-compound one and erases what the compound does.
+MIN_COMPOUNDS_PER_PLATE = 4
 
 
 @dataclass(frozen=True)
@@ -467,6 +470,20 @@ def build_image_table(source: ImageSource, join: str = "auto") -> tuple[pd.DataF
         log.info(report.summary())
     check_files_exist(table)
     return table, report
+
+
+def compounds_per_plate(
+    table: pd.DataFrame, plate_column: str, compound_column: str, treated: np.ndarray | pd.Series | None = None
+) -> float:
+    """Median number of distinct compounds per plate (controls left out where ``treated`` marks the rest); 0 for
+    no rows."""
+    chosen = table if treated is None else table[np.asarray(treated, dtype=bool)]
+    return float(chosen.groupby(plate_column)[compound_column].nunique().median()) if len(chosen) else 0.0
+
+
+def compounds_per_plate_phrase(per_plate: float) -> str:
+    """``median 1 compound per plate``, ``median 2.5 compounds per plate``: :func:`compounds_per_plate` in words."""
+    return f"median {per_plate:g} compound{'' if per_plate == 1 else 's'} per plate"
 
 
 def did_you_mean(wanted: str, choices: list[str]) -> str:

@@ -13,6 +13,8 @@
     RUN/crops/                       index.parquet, settings.json, parts/<image_id>.crops (features/crop_store.py)
     RUN/embeddings/<image_id>.parquet  per-cell embeddings (cell_id, image_id, emb_…); settings.json
     RUN/embedding_means.parquet      each image's mean embedding and cell count, written when embed finishes
+    RUN/intensity_scales.json        predict only: the bundle's experiment-wide intensity scales (crops,
+                                     embedding) that the new plates are scaled with
     RUN/profiles/                    <kind>_wells.parquet, <kind>_treatments.parquet, metrics.json
     RUN/model/                       split.parquet, split.json, history.csv, checkpoints/, bundle/, train.json;
                                      training_cells/ while train runs (the sets' feature rows, memory-mapped)
@@ -117,6 +119,7 @@ class RunFolder:
     embeddings = property(lambda self: self.root / "embeddings")
     embedding_settings = property(lambda self: self.root / "embeddings" / "settings.json")
     embedding_means = property(lambda self: self.root / "embedding_means.parquet")
+    bundle_scales = property(lambda self: self.root / "intensity_scales.json")
     profiles = property(lambda self: self.root / "profiles")
     profile_metrics = property(lambda self: self.root / "profiles" / "metrics.json")
     model = property(lambda self: self.root / "model")
@@ -309,6 +312,17 @@ class RunFolder:
         """A stage's ``logs/<stage>.json`` ({} when the stage has not run)."""
         path = self.stage_summary(stage)
         return json.loads(path.read_text()) if path.exists() else {}
+
+    def experiment_scales(self) -> dict[str, Any]:
+        """The one intensity scale the run's crops and frozen embeddings were made with, where they were scaled
+        across the experiment (``{"crops": [[low, high], …], "embedding": …}``; a part scaled per plate, or not
+        made, is absent)."""
+        found = {}
+        for part, path in (("crops", self.crop_settings), ("embedding", self.embedding_settings)):
+            stored = json.loads(path.read_text()) if path.is_file() else {}
+            if stored.get("scope") == "experiment" and stored.get("scales"):
+                found[part] = next(iter(stored["scales"].values()))
+        return found
 
     @property
     def holds_a_prediction(self) -> bool:

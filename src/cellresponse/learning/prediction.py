@@ -17,7 +17,10 @@ import pandas as pd
 from cellresponse.config import Config, apply_overrides
 from cellresponse.errors import InputError
 from cellresponse.evaluation.prediction_tables import well_votes, write_image_predictions, write_well_predictions
-from cellresponse.features.crops import changed_settings
+from cellresponse.features.crops import changed_settings, intensity_scope
+from cellresponse.input.controls import TREATMENT, control_kinds
+from cellresponse.input.io import write_json
+from cellresponse.input.plate import compounds_per_plate, compounds_per_plate_phrase
 from cellresponse.input.runfolder import RunFolder
 from cellresponse.learning.bundle import MODEL_CHOICES, NETWORK, Bundle
 from cellresponse.learning.encoders import Scaler
@@ -97,6 +100,39 @@ def scale_note(bundle: Bundle, out: RunFolder, image_ids: Iterable[str]) -> str 
     # pooled over the plates as the training cells' mean was (Scaler.fit_parts; 0 without cells: no note)
     new = Scaler.fit_parts(out.cell_parts(image_ids, [column]), [column]).mean[0]
     return cell_scale_note(trained, new)
+
+
+def fix_intensity_scales(out: RunFolder, bundle: Bundle) -> None:
+    """Where the bundle's training run scaled intensities across its experiment (plates confounded with compounds),
+    the new plates are scaled with that one scale, not with their own: written to ``out``'s
+    ``intensity_scales.json``, which the crops and embed stages read. A bundle scaled per plate removes the file."""
+    fixed = bundle.meta.get("intensity_scales")
+    if fixed:
+        write_json(out.bundle_scales, fixed)
+    else:
+        out.bundle_scales.unlink(missing_ok=True)
+
+
+def own_scale_note(bundle: Bundle, images: pd.DataFrame, config: Config, scaled: bool) -> str | None:
+    """A line where the bundle scales intensities per plate and the new plates hold too few compounds for that
+    (a part of a plate, one compound a plate): each plate's scale, measured on its own images, is then its
+    compounds' and hides what they do to brightness. None where nothing reads the scales (``scaled`` False: the
+    measured model with measured references), the bundle fixed one scale, or the plates are mixed enough."""
+    if not scaled or bundle.meta.get("intensity_scales"):
+        return None
+    compound = config.compound_column(images.columns)
+    kinds = control_kinds(images, [compound, config.input.label], config.input.control_label)
+    treated = (kinds == TREATMENT).to_numpy()
+    if compound is None or intensity_scope(images, "auto", compound, treated)[0] == "plate":
+        return None
+    few = compounds_per_plate_phrase(compounds_per_plate(images, "plate", compound, treated))
+    return (
+        f"these plates hold few compounds each ({few}), and the bundle scales intensities per plate: each plate's "
+        "scale comes from its own "
+        "images, so it partly absorbs what its compounds do to brightness, and the network's calls and the deep "
+        "references' read it — predict whole plates where you can (or use --model measured with --set "
+        "references.kind=measured, which read no scale)"
+    )
 
 
 def prediction_config(bundle_config: Config, overrides: list[str]) -> Config:

@@ -21,13 +21,12 @@ from cellresponse.config import ProfilesConfig
 from cellresponse.errors import InputError
 from cellresponse.input.controls import CONTROL_KIND
 from cellresponse.input.controls import TREATMENT as TREATMENT_KIND
+from cellresponse.input.plate import MIN_COMPOUNDS_PER_PLATE, compounds_per_plate, compounds_per_plate_phrase
 
 log = logging.getLogger(__name__)
 
 TREATMENT = "Metadata_Treatment"
 PLATE, WELL = "Metadata_Plate", "Metadata_Well"
-# Plates holding fewer distinct compounds than this (median over plates) are confounded with them.
-MIN_COMPOUNDS_PER_PLATE = 4
 FEATURE_SELECTION = ("variance_threshold", "drop_na_columns")
 
 
@@ -65,12 +64,6 @@ def well_profiles(fields: pd.DataFrame, features: list[str], operation: str = "m
     return _constant_metadata(fields, strata).merge(profiles, on=strata, how="inner")
 
 
-def compounds_per_plate(wells: pd.DataFrame, compound: str, treated: pd.Series | None = None) -> float:
-    """Median number of distinct compounds per plate (controls left out when ``treated`` marks the rest)."""
-    chosen = wells if treated is None else wells[treated.to_numpy()]
-    return float(chosen.groupby(PLATE)[compound].nunique().median()) if len(chosen) else 0.0
-
-
 def normalization_scope(
     wells: pd.DataFrame, setting: str, compound: str, treated: pd.Series | None = None
 ) -> tuple[str, str]:
@@ -80,13 +73,13 @@ def normalization_scope(
         return setting, f"normalize: {setting} (config)"
     if compound not in wells.columns:
         compound = TREATMENT
-    per_plate = compounds_per_plate(wells, compound, treated)
+    per_plate = compounds_per_plate(wells, PLATE, compound, treated)
     if per_plate < MIN_COMPOUNDS_PER_PLATE:
         return "experiment", (
-            f"plates are confounded with compounds (median {per_plate:g} compounds per plate): per-plate "
+            f"plates are confounded with compounds ({compounds_per_plate_phrase(per_plate)}): per-plate "
             "normalisation would erase the treatment signal, so profiles are normalised across the experiment"
         )
-    return "plate", f"per-plate normalisation (median {per_plate:g} compounds per plate)"
+    return "plate", f"per-plate normalisation ({compounds_per_plate_phrase(per_plate)})"
 
 
 def normalize_profiles(

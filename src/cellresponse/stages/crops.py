@@ -15,12 +15,12 @@ import pandas as pd
 from cellresponse.config import Config
 from cellresponse.errors import InputError
 from cellresponse.features.crop_store import write_index, write_part
-from cellresponse.features.crops import cell_crops, crop_planes, crop_settings, plate_scales, raw_planes
+from cellresponse.features.crops import cell_crops, crop_planes, crop_settings, raw_planes
 from cellresponse.input.channels import load_stack
 from cellresponse.input.io import read_tiff, read_tiff_info
 from cellresponse.input.runfolder import RunFolder, require_outputs
 from cellresponse.input.transforms import flow_planes, to_unit
-from cellresponse.stages.per_image import config_from_json, image_rows, map_stage, settled_scales
+from cellresponse.stages.per_image import config_from_json, image_rows, intensity_scales, map_stage, settled_scales
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +65,10 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
         run.crops,
         run.crop_settings,
         settings,
-        lambda: plate_scales(rows, names, crop_planes(config, names), config, seed=config.seed),
+        lambda: intensity_scales(run, rows, names, crop_planes(config, names), config, "crops"),
         overwrite,
         redo="cut them again",
+        wanted_scope=config.input.intensity_scale,
     )
     require_outputs(run, image_ids, run.cells_path, "measurements", "measure")
     outcome = map_stage(

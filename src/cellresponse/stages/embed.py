@@ -25,7 +25,7 @@ from cellresponse.devices import device_name, inference_device, worker_device
 from cellresponse.errors import InputError
 from cellresponse.features.cell_features import cell_ids
 from cellresponse.features.crop_store import CropStore
-from cellresponse.features.crops import plate_scales, raw_planes
+from cellresponse.features.crops import raw_planes
 from cellresponse.features.embedding_tables import sampled_cells, write_embedding_means, write_embeddings
 from cellresponse.input.channels import load_stack, resolve_channel
 from cellresponse.input.io import remove_stale_temporaries
@@ -44,7 +44,14 @@ from cellresponse.networks.embeddings import (
     window_side,
 )
 from cellresponse.parallel import gathered, prefetched, worker_number
-from cellresponse.stages.per_image import config_from_json, image_rows, map_stage, settled_scales
+from cellresponse.stages.per_image import (
+    config_from_json,
+    image_rows,
+    intensity_scales,
+    map_stage,
+    no_scales,
+    settled_scales,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +74,14 @@ def embed_settings(config: Config, names: list[str], median_diameter: float | No
     }
 
 
-def channel_scales(rows: list[dict], names: list[str], channels: list[str], config: Config) -> dict[str, Any]:
-    """Per-plate scales of the channels shown to the network (unknown names fail here, once, with the list)."""
+def channel_scales(
+    run: RunFolder, rows: list[dict], names: list[str], channels: list[str], config: Config
+) -> tuple[dict[str, Any], str]:
+    """Per-plate scales of the channels shown to the network and their scope (unknown names fail here, once, with
+    the list)."""
     for channel in channels:
         resolve_channel(names, channel)
-    return plate_scales(rows, names, channels, config, seed=config.seed)
+    return intensity_scales(run, rows, names, channels, config, "embedding")
 
 
 def _windows(
@@ -90,7 +100,7 @@ def embed_with_network(run: RunFolder, config: Config, *, overwrite: bool, progr
     device = inference_device(config.training.accelerator)
     bundle = load_bundle(run.require(run.bundle, "train"))
     settings = {"source": "network", "bundle": str(run.bundle), "trained": bundle.meta.get("best_checkpoint_epoch")}
-    settled_scales(run.embeddings, run.embedding_settings, settings, dict, overwrite, redo="embed again")
+    settled_scales(run.embeddings, run.embedding_settings, settings, no_scales, overwrite, redo="embed again")
     cells = run.read_cells()
     todo = [i for i in cells["image_id"].unique() if not run.embedding_path(i).exists()]
     chosen = cells[cells["image_id"].isin(set(todo))].reset_index(drop=True)
@@ -230,9 +240,10 @@ def run(run: RunFolder, config: Config, *, overwrite: bool = False, progress: bo
         run.embeddings,
         run.embedding_settings,
         settings,
-        lambda: channel_scales(rows, names, settings["channels"], config),
+        lambda: channel_scales(run, rows, names, settings["channels"], config),
         overwrite,
         redo="embed again",
+        wanted_scope=config.input.intensity_scale,
     )
     remove_stale_temporaries(run.embeddings)
     todo = [row for row in rows if not run.embedding_path(row["image_id"]).exists()]

@@ -21,7 +21,7 @@ from cellresponse.input.channels import apply_recipe, find_nuclear_channel, load
 from cellresponse.input.illumination import illumination_channels
 from cellresponse.input.io import atomic_folder, atomic_path, read_tiff, write_parquet
 from cellresponse.input.runfolder import RunFolder, require_outputs
-from cellresponse.stages.per_image import config_from_json, image_rows, map_stage, settled_scales
+from cellresponse.stages.per_image import config_from_json, image_rows, map_stage, no_scales, settled_scales
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def check_measured_parts(run: RunFolder, rows: list[dict], config: Config, names
                     "or measure with the earlier settings"
                 )
     settled_scales(
-        run.cells_per_image, run.measure_settings, settings, dict, overwrite, redo="measure every image again"
+        run.cells_per_image, run.measure_settings, settings, no_scales, overwrite, redo="measure every image again"
     )
 
 

@@ -9,18 +9,25 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+import pandas as pd
+
 from cellresponse.config import Config
 from cellresponse.errors import InputError
+from cellresponse.features.crops import intensity_scope, plate_scales
+from cellresponse.input.controls import TREATMENT, control_kinds
 from cellresponse.input.io import remove_stale_temporaries, write_json
 from cellresponse.input.plate import channel_names
 from cellresponse.input.runfolder import RunFolder
 from cellresponse.parallel import TaskResult, map_images
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -50,13 +57,16 @@ def settled_scales(
     folder: Path,
     settings_path: Path,
     settings: dict[str, Any],
-    make_scales: Callable[[], dict[str, Any]],
+    make_scales: Callable[[], tuple[dict[str, Any], str]],
     overwrite: bool,
     redo: str,
+    wanted_scope: str = "auto",
 ) -> dict[str, Any]:
-    """The per-plate intensity scales an output folder is made with, stored beside its settings so that a resumed
-    (killed) run scales its remaining images the same way. ``overwrite`` empties the folder first; a folder made
-    with other settings is refused (never mixed); otherwise the stored scales, or ``make_scales()`` written now."""
+    """The per-plate intensity scales an output folder is made with, stored beside its settings (with their scope,
+    ``plate`` or ``experiment``) so that a resumed (killed) run scales its remaining images the same way.
+    ``overwrite`` empties the folder first; a folder made with other settings, or with another scope than an
+    explicit ``wanted_scope``, is refused (never mixed); otherwise the stored scales, or ``make_scales()`` written
+    now."""
     if overwrite and folder.exists():
         shutil.rmtree(folder)
     if settings_path.exists():
@@ -65,10 +75,41 @@ def settled_scales(
             raise InputError(
                 f"{folder} was made with other settings ({stored.get('settings')}); rerun with --overwrite to {redo}"
             )
-        return stored["scales"]
-    scales = make_scales()
-    write_json(settings_path, {"settings": settings, "scales": scales})
+        scope = stored.get("scope", "plate")  # folders made before scopes existed were scaled per plate
+        if wanted_scope not in ("auto", scope):
+            raise InputError(
+                f"{folder} was scaled per {scope}, not per {wanted_scope} (input.intensity_scale); rerun with "
+                f"--overwrite to {redo}"
+            )
+        return cast(dict[str, Any], stored["scales"])
+    scales, scope = make_scales()
+    write_json(settings_path, {"settings": settings, "scales": scales, "scope": scope})
     return scales
+
+
+def no_scales() -> tuple[dict[str, Any], str]:
+    """``make_scales`` for an output folder whose settings are kept without intensity scales (measurements,
+    embeddings from the trained network)."""
+    return {}, "none"
+
+
+def intensity_scales(
+    run: RunFolder, rows: list[dict[str, Any]], names: list[str], planes: list[str], config: Config, part: str
+) -> tuple[dict[str, Any], str]:
+    """Each plate's intensity scale of ``planes`` and its scope: the bundle's, where ``predict`` fixed one for the
+    ``part`` (``crops``, ``embedding``) in ``RUN/intensity_scales.json``; else measured on these images, per plate or
+    across the experiment (features.crops.intensity_scope)."""
+    if run.bundle_scales.is_file():
+        fixed = json.loads(run.bundle_scales.read_text()).get(part)
+        if fixed is not None:
+            log.info("%s: intensity scaled with the bundle's scale, one across its training experiment", part)
+            return {str(row["plate"]): fixed for row in rows}, "experiment"
+    table = pd.DataFrame(rows)
+    compound = config.compound_column(table.columns)
+    kinds = control_kinds(table, [compound, config.input.label], config.input.control_label)
+    scope, why = intensity_scope(table, config.input.intensity_scale, compound, (kinds == TREATMENT).to_numpy())
+    log.info("%s: %s", part, why)
+    return plate_scales(rows, names, planes, config, seed=config.seed, scope=scope), scope
 
 
 @functools.lru_cache(maxsize=8)

@@ -48,8 +48,10 @@ from cellresponse.learning.prediction import (
     chosen_references,
     embedding_config,
     embeds_cells,
+    fix_intensity_scales,
     measured_of,
     model_cell_columns,
+    own_scale_note,
     predict_with_profiles,
     prediction_config,
     reference_needs,
@@ -167,6 +169,7 @@ def prepare(
     # the folder's record first: an interrupted prediction is resumed into it, and other verbs know it for one
     out.record_stage("predict", {"bundle": str(find_bundle(bundle_path).resolve()), "model": model})
     stage_module("images").run(out, config, source=source, overwrite=overwrite)
+    fix_intensity_scales(out, bundle)
     table = out.read_images()
     names = channel_names(table)
     check_compatible(bundle.channels, names, bundle.crop_settings, crop_settings_of(config, names))
@@ -197,7 +200,12 @@ def predict_images(
     stage_module("measure").run(out, plan.config, overwrite=overwrite, progress=progress)
     if not out.count_cells():
         raise InputError("no cells were found in these images — nothing to predict")
-    warnings = [note] if (note := scale_note(plan.bundle, out, image_ids(plan))) else []
+    scaled = plan.model != "measured" or embeds_cells(plan.bundle.references)
+    notes = [
+        scale_note(plan.bundle, out, image_ids(plan)),
+        own_scale_note(plan.bundle, plan.images, plan.config, scaled),
+    ]
+    warnings = [note for note in notes if note]
     if stale := out.clear_predictions():
         log.info(
             "removed an earlier prediction's calls from %s (%s)", out.predictions, ", ".join(p.name for p in stale)

@@ -117,11 +117,13 @@ def bundle_extras(
     run: RunFolder, config: Config, images: pd.DataFrame, val_side: str, epoch: int | None, embedded: bool
 ) -> dict[str, Any]:
     """What bundle.json keeps beside the network: the validation side, the best epoch, the frozen embedding's
-    settings (for the deep profile models) and the labels' grouping."""
+    settings (for the deep profile models), the one intensity scale of crops and embeddings where the run scaled
+    across its experiment (new plates get it too) and the labels' grouping."""
     return {
         "validation_side": val_side,
         "best_checkpoint_epoch": epoch,
         "embedding": frozen_embedding_settings(run) if embedded else None,
+        "intensity_scales": run.experiment_scales() or None,
         "label_grouping": grouping_record(
             label_grouping(images, config.input.label, config.grouping_columns(images.columns))
         ),
