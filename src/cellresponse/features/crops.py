@@ -32,6 +32,7 @@ from skimage.transform import resize
 
 from cellresponse.config import Config
 from cellresponse.input.channels import apply_recipe, load_stack, resolve_channel
+from cellresponse.input.controls import TREATMENT, control_kinds
 from cellresponse.input.plate import MIN_COMPOUNDS_PER_PLATE, compounds_per_plate, compounds_per_plate_phrase
 from cellresponse.input.transforms import DISPLAY_PERCENTILES, IMAGE_CHANNELS
 
@@ -172,6 +173,14 @@ def intensity_scope(
     return "plate", f"intensity scaled per plate ({compounds_per_plate_phrase(per_plate)})"
 
 
+def compounds_and_treated(table: pd.DataFrame, config: Config) -> tuple[str | None, np.ndarray]:
+    """The image table's compound column (``config.compound_column``; None where it has none) and which rows are
+    treatments, not controls (input.controls.control_kinds) — what :func:`intensity_scope` counts per plate."""
+    compound = config.compound_column(table.columns)
+    kinds = control_kinds(table, [compound, config.input.label], config.input.control_label)
+    return compound, (kinds == TREATMENT).to_numpy()
+
+
 def _sampled_percentiles(
     plate: str,
     plate_rows: list[dict],
@@ -221,7 +230,6 @@ def plate_scales(
         plate: _sampled_percentiles(plate, plate_rows, count, names, planes, config, seed, percentiles)
         for plate, plate_rows in by_plate.items()
     }
-
     if scope == "experiment":
         pooled = np.median([q for found in sampled.values() for q in found], axis=0).T.tolist()
         return {plate: pooled for plate in sampled}

@@ -17,10 +17,9 @@ import pandas as pd
 from cellresponse.config import Config, apply_overrides
 from cellresponse.errors import InputError
 from cellresponse.evaluation.prediction_tables import well_votes, write_image_predictions, write_well_predictions
-from cellresponse.features.crops import changed_settings, intensity_scope
-from cellresponse.input.controls import TREATMENT, control_kinds
+from cellresponse.features.crops import changed_settings, compounds_and_treated
 from cellresponse.input.io import write_json
-from cellresponse.input.plate import compounds_per_plate, compounds_per_plate_phrase
+from cellresponse.input.plate import MIN_COMPOUNDS_PER_PLATE, compounds_per_plate, compounds_per_plate_phrase
 from cellresponse.input.runfolder import RunFolder
 from cellresponse.learning.bundle import MODEL_CHOICES, NETWORK, Bundle
 from cellresponse.learning.encoders import Scaler
@@ -120,18 +119,17 @@ def own_scale_note(bundle: Bundle, images: pd.DataFrame, config: Config, scaled:
     measured model with measured references), the bundle fixed one scale, or the plates are mixed enough."""
     if not scaled or bundle.meta.get("intensity_scales"):
         return None
-    compound = config.compound_column(images.columns)
-    kinds = control_kinds(images, [compound, config.input.label], config.input.control_label)
-    treated = (kinds == TREATMENT).to_numpy()
-    if compound is None or intensity_scope(images, "auto", compound, treated)[0] == "plate":
+    compound, treated = compounds_and_treated(images, config)
+    if compound is None:
+        return None  # nothing to tell the design by
+    per_plate = compounds_per_plate(images, "plate", compound, treated)
+    if per_plate >= MIN_COMPOUNDS_PER_PLATE:  # the rule intensity_scope applies
         return None
-    few = compounds_per_plate_phrase(compounds_per_plate(images, "plate", compound, treated))
     return (
-        f"these plates hold few compounds each ({few}), and the bundle scales intensities per plate: each plate's "
-        "scale comes from its own "
-        "images, so it partly absorbs what its compounds do to brightness, and the network's calls and the deep "
-        "references' read it — predict whole plates where you can (or use --model measured with --set "
-        "references.kind=measured, which read no scale)"
+        f"these plates hold few compounds each ({compounds_per_plate_phrase(per_plate)}), and the bundle scales "
+        "intensities per plate: each plate's scale comes from its own images, so it partly absorbs what its "
+        "compounds do to brightness, and the network's calls and the deep references' read it — predict whole "
+        "plates where you can (or use --model measured with --set references.kind=measured, which read no scale)"
     )
 
 

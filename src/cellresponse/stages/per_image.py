@@ -20,8 +20,7 @@ import pandas as pd
 
 from cellresponse.config import Config
 from cellresponse.errors import InputError
-from cellresponse.features.crops import intensity_scope, plate_scales
-from cellresponse.input.controls import TREATMENT, control_kinds
+from cellresponse.features.crops import compounds_and_treated, intensity_scope, plate_scales
 from cellresponse.input.io import remove_stale_temporaries, write_json
 from cellresponse.input.plate import channel_names
 from cellresponse.input.runfolder import RunFolder
@@ -105,9 +104,7 @@ def intensity_scales(
             log.info("%s: intensity scaled with the bundle's scale, one across its training experiment", part)
             return {str(row["plate"]): fixed for row in rows}, "experiment"
     table = pd.DataFrame(rows)
-    compound = config.compound_column(table.columns)
-    kinds = control_kinds(table, [compound, config.input.label], config.input.control_label)
-    scope, why = intensity_scope(table, config.input.intensity_scale, compound, (kinds == TREATMENT).to_numpy())
+    scope, why = intensity_scope(table, config.input.intensity_scale, *compounds_and_treated(table, config))
     log.info("%s: %s", part, why)
     return plate_scales(rows, names, planes, config, seed=config.seed, scope=scope), scope
 
