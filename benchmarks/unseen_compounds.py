@@ -18,7 +18,8 @@ For each direction (references from replicate 1, queries from replicate 2, and t
   ``moa_call`` accuracy (a novel unit has no call and counts as wrong), the nearest mechanism's accuracy whatever
   the novelty flag, the share flagged novel, and the expected calibration error of ``moa_probability`` (10 bins);
 * **novel mechanisms** — each mechanism withheld in turn (all its compounds): the share of its wells flagged novel,
-  and of the other mechanisms' wells (their compounds among the references);
+  and of the other mechanisms' wells (their compounds among the references); beside it the same share read on the
+  references alone, as ``train`` stores it (reference_building.withheld_mechanism_novelty);
 * seconds to build and calibrate references and to answer a replicate.
 
 ``--max-cells-per-image N``: each field's deep profile the mean of the N cells ``embedding.max_cells_per_image: N``
@@ -46,7 +47,7 @@ from cellresponse.profiling.calibration import leave_one_compound_out
 from cellresponse.profiling.matching import match
 from cellresponse.profiling.profile_models import image_feature_table
 from cellresponse.profiling.queries import batch_corrected, normalize_query, query_normalization
-from cellresponse.profiling.reference_building import build_references
+from cellresponse.profiling.reference_building import build_references, withheld_mechanism_novelty
 from cellresponse.profiling.references import DEEP_PREFIX, choose_kind, image_meta, level_table, profile_fields
 
 SWEEP = (0.05, 0.1, 0.25, 0.5)  # novelty quantiles whose trade-off is printed
@@ -257,6 +258,13 @@ def main() -> None:
                   f"wells {novel['known_novel']:.3f}; build {build_seconds:.2f} s, "
                   f"answer {answer_seconds:.2f} s")  # fmt: skip
             print(f"           moa space: {candidates[chosen].moa_space['why']}")
+            started = time.perf_counter()
+            build = {"kind": chosen, "columns": COLUMNS, "settings": settings, "batch_correction": BATCH[0]}
+            check = withheld_mechanism_novelty(blocks_of(tables, chosen, ref_ids), meta.loc[ref_ids], None, build)
+            shares = ", ".join(f"{moa} {share:.2f}" for moa, share in check["mechanisms"].items())
+            seconds = time.perf_counter() - started
+            print(f"           read on the references alone (train's novelty_check, {seconds:.1f} s): "
+                  f"withheld wells flagged {check['mean']:.3f} ({shares})")  # fmt: skip
             sweep = "; ".join(f"{q:g}: withheld mechanisms {novel['swept_withheld'][q]:.3f}, unseen compounds of "
                               f"known ones {unseen['swept_novel'][q]:.3f}" for q in SWEEP)  # fmt: skip
             print(f"           novelty_quantile → wells flagged novel: {sweep}")

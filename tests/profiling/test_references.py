@@ -305,7 +305,7 @@ def test_without_a_mechanism_the_summary_says_why_there_is_no_call():
     raw, _ = profile_fields(query_blocks, query_meta)
     fields = normalize_query(raw, None, refs, "references")
     answers = answer(fields, raw, refs, None, neighbours=3, fdr=0.05)
-    line = summary(answers, refs.calibration)
+    line = summary(answers, refs)
     assert "no moa_call: the references have no mechanism column" in line and "0 called" in line
     assert answers.treatments["nearest_1"].tolist() == ["actin-0"]
 
@@ -417,7 +417,7 @@ def test_a_plate_without_controls_says_where_the_controls_were_looked_for(refere
     assert not [r for r in caplog.records if "no negative controls among" in r.getMessage()]
     assert answers.activity_note.startswith("no negative controls among these images (looked for ")
     assert f"= {config.input.control_label}, input.control_label)" in answers.activity_note
-    assert answers.activity_note in summary(answers, references.calibration)
+    assert answers.activity_note in summary(answers, references)
 
     # wells that carry no names: each is its own treatment, said once, and the controls' column is missing, said so
     caplog.clear()
@@ -429,3 +429,66 @@ def test_a_plate_without_controls_says_where_the_controls_were_looked_for(refere
     assert sum("each well is its own treatment" in line for line in said) == 1
     assert "no Metadata_Compound column to find DMSO (input.control_label) in" in answers.activity_note
     assert len(answers.treatments) == blind.groupby(["plate", "well"]).ngroups
+
+
+def twin_mechanism_plate():
+    """Four mechanisms, two of them one phenotype under two names: ``twin``'s compound is an actin compound."""
+    rows = [("DMSO", "0", None, 4)]
+    rows += [(f"{moa}-{j}", c, moa, 2) for moa in ("tubulin", "dna") for j in range(3) for c in ("1", "2")]
+    rows += [(f"actin-{j}", c, "actin", 2) for j in range(2) for c in ("1", "2")]
+    rows += [("actin-2", c, "twin", 2) for c in ("1", "2")]
+    return plate(rows, seed=3)
+
+
+def test_a_withheld_mechanism_is_flagged_novel_unless_another_looks_the_same(tmp_path):
+    from cellresponse.profiling.reference_building import withheld_mechanism_novelty
+    from cellresponse.profiling.references import novelty_check_phrase
+
+    blocks, images = twin_mechanism_plate()
+    meta = image_meta(images, ["Metadata_Compound", "Metadata_Concentration"], "Metadata_Compound", "Metadata_MoA")
+    controls = negative_controls(images, ["Metadata_Compound"], "DMSO")
+    columns = {"treatment": ["Metadata_Compound", "Metadata_Concentration"], "moa": "Metadata_MoA"}
+    build = {"kind": "measured", "columns": columns, "settings": QUANTILE_005}
+    check = withheld_mechanism_novelty(blocks, meta, controls, build)
+    shares = check["mechanisms"]
+    assert sorted(shares) == ["actin", "dna", "tubulin", "twin"]  # DMSO, the control, is never withheld
+    assert shares["tubulin"] == shares["dna"] == 1.0  # nothing else looks like them: every well novel
+    assert shares["actin"] == shares["twin"] == 0.0  # each finds the other: none novel
+    assert check["mean"] == 0.5 and check["quantile"] == 0.05 and check["of"] == 4
+
+    references = build_references(blocks, meta, controls, "measured", columns, QUANTILE_005)
+    references.novelty_check = check
+    phrase = novelty_check_phrase(check, references.calibration)
+    assert phrase is not None and "4 mechanisms" in phrase and "0.50 of its wells" in phrase
+    assert "(from 0.00 to 1.00; never actin, twin)" in phrase
+    save_references(tmp_path, references)
+    assert load_references(tmp_path).novelty_check == check  # the bundle keeps it
+    from cellresponse.profiling.treatment_calls import summary
+
+    said = summary(query_answer(references, blocks, images), references)  # predict's line
+    assert "novelty: when each of the references' 4 mechanisms was withheld" in said
+    # read at another novelty quantile the figure no longer holds: nothing is said
+    other = {**references.calibration, "well": {**references.calibration["well"], "novelty_quantile": 0.25}}
+    assert novelty_check_phrase(check, other) is None
+    assert novelty_check_phrase({}, references.calibration) is None  # a bundle made before the check
+
+
+def test_withheld_mechanism_novelty_needs_three_mechanisms_and_samples_many():
+    from cellresponse.profiling import reference_building
+    from cellresponse.profiling.reference_building import withheld_mechanism_novelty
+
+    blocks, images = twin_mechanism_plate()
+    meta = image_meta(images, ["Metadata_Compound", "Metadata_Concentration"], "Metadata_Compound", "Metadata_MoA")
+    columns = {"treatment": ["Metadata_Compound", "Metadata_Concentration"], "moa": "Metadata_MoA"}
+    build = {"kind": "measured", "columns": columns, "settings": QUANTILE_005}
+    two = meta["moa"].isin(["tubulin", "dna"]).to_numpy()
+    assert "skipped" in withheld_mechanism_novelty(blocks, meta[two], None, build)
+    limit = reference_building.MAX_WITHHELD_MECHANISMS
+    try:
+        reference_building.MAX_WITHHELD_MECHANISMS = 2
+        controls = negative_controls(images, ["Metadata_Compound"], "DMSO")
+        sampled = withheld_mechanism_novelty(blocks, meta, controls, {**build, "seed": 5})
+        again = withheld_mechanism_novelty(blocks, meta, controls, {**build, "seed": 5})
+    finally:
+        reference_building.MAX_WITHHELD_MECHANISMS = limit
+    assert len(sampled["mechanisms"]) == 2 and sampled["of"] == 4 and sampled == again  # a seeded sample

@@ -53,3 +53,13 @@ def test_the_counts_say_why_activity_was_not_scored_instead_of_zero_active():
     assert '<td>active (q &lt; FDR)</td><td class="n">2</td>' in scored
     assert '<td>not active</td><td class="n">1</td>' in scored
     assert "carry a mechanism" not in scored
+
+
+def test_the_counts_say_how_often_novel_caught_a_mechanism_the_references_lacked():
+    """A treatment not flagged novel is weak evidence that its mechanism is known: the report says how often the
+    flag caught a mechanism withheld from the references (references.novelty_check_phrase), and nothing where the
+    bundle has no such figure."""
+    phrase = "when each of the references' 6 mechanisms was withheld from them in turn, 0.34 of its wells <…>"
+    page = "".join(counts_section(calls([None] * 4), CALIBRATION, None, None, phrase))
+    assert "<p>Novel: when each of the references&#x27; 6 mechanisms" in page and "&lt;…&gt;" in page
+    assert "Novel:" not in "".join(counts_section(calls([None] * 4), CALIBRATION, None, None))

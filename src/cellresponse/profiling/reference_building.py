@@ -16,7 +16,8 @@ from cellresponse.config import WELL_TREATMENT, Config, ReferencesConfig
 from cellresponse.errors import InputError
 from cellresponse.profiling.batch_correction import apply_spherize, batch_column, confounded, fit_spherize
 from cellresponse.profiling.calibration import calibrated
-from cellresponse.profiling.queries import in_batch_corrected_space
+from cellresponse.profiling.matching import match
+from cellresponse.profiling.queries import in_batch_corrected_space, query_fields, query_normalization
 from cellresponse.profiling.references import (
     Normalization,
     References,
@@ -28,6 +29,7 @@ from cellresponse.profiling.references import (
     image_controls,
     image_meta,
     kind_blocks,
+    level_table,
     normalized_fields,
     profile_fields,
     well_table,
@@ -94,6 +96,65 @@ def build_references(
     return references
 
 
+# Mechanisms withheld in turn by withheld_mechanism_novelty: all of BBBC021-moa's 6 (about 1 s each with both
+# kinds of profile); a seeded sample of a JUMP plate's hundreds of targets, so that train is not held up by them.
+MAX_WITHHELD_MECHANISMS = 12
+
+
+def withheld_mechanism_novelty(
+    blocks: dict[str, pd.DataFrame],
+    meta: pd.DataFrame,
+    controls: pd.Series | None,
+    build: dict[str, Any],
+) -> dict[str, Any]:
+    """How often ``novel`` catches a mechanism the references lack, read on the references themselves: each
+    mechanism withheld in turn (all its compounds; at most :data:`MAX_WITHHELD_MECHANISMS`, a seeded sample), the
+    references rebuilt from the rest as :func:`build_references` builds them (``build``: its ``kind``, ``columns``,
+    ``settings`` and keyword options) — in the profile cosine, which novelty reads whatever ``moa_space`` is — and
+    the withheld wells queried as a new plate's are (query_fields, matching.match): the share of its wells flagged
+    novel. The query plate is never read; the figure is the same-replicate view of the benchmark in
+    ``benchmarks/unseen_compounds.py``, which queries another replicate."""
+    settings: ReferencesConfig = build["settings"]
+    is_control = pd.Series(control_flags(controls, meta.index), index=meta.index)
+    mechanisms = sorted(meta.loc[~is_control, "moa"].dropna().astype(str).unique())
+    if len(mechanisms) < 3:
+        return {"skipped": f"{len(mechanisms)} mechanisms: withholding one leaves too few to call"}
+    chosen = mechanisms
+    if len(mechanisms) > MAX_WITHHELD_MECHANISMS:
+        rng = np.random.default_rng(build.get("seed", 0))
+        chosen = sorted(rng.choice(mechanisms, MAX_WITHHELD_MECHANISMS, replace=False).tolist())
+    options = {k: v for k, v in build.items() if k not in ("kind", "columns", "settings")}
+    in_profile = settings.model_copy(update={"moa_space": "profile"})
+    shares = {}
+    for moa in chosen:
+        withheld = (meta["moa"].astype(str) == moa).to_numpy()
+        kept, asked = meta.index[~withheld], meta.index[withheld | is_control.to_numpy()]
+        references = build_references(
+            {name: block.loc[block.index.intersection(kept)] for name, block in blocks.items()},
+            meta.loc[kept], controls, build["kind"], build["columns"], in_profile, **options,
+        )  # fmt: skip
+        if "temperature" not in references.calibration.get("well", {}):
+            continue  # the rest has no mechanism of two compounds: nothing is ever called, or flagged
+        mode, _ = query_normalization(references, bool(is_control.any()), settings.query_normalization)
+        references, _, fields = query_fields(
+            {name: block.loc[block.index.intersection(asked)] for name, block in blocks.items()},
+            meta.loc[asked], controls, pd.Index([]), references, mode, settings.novelty_quantile,
+            options.get("seed", 0),
+        )  # fmt: skip
+        units = level_table(fields, references.features, "well")
+        units = units[units["moa"].astype(str) == moa].reset_index(drop=True)
+        shares[moa] = float(match(units, references, "well", 1)["novel"].fillna(False).mean())
+    if not shares:
+        return {"skipped": "no mechanism left the others able to call one"}
+    return {
+        "quantile": settings.novelty_quantile,
+        "level": "well",
+        "mechanisms": shares,
+        "of": len(mechanisms),
+        "mean": float(np.mean(list(shares.values()))),
+    }
+
+
 def batch_method(meta: pd.DataFrame, controls: pd.Series | None, method: str) -> tuple[str, str | None]:
     """``profiles.batch_correction`` for references named by ``meta`` (references.image_meta), or ``none`` and why
     where their batches are confounded with compounds (batch_correction.confounded)."""
@@ -126,20 +187,18 @@ def build_reference_kinds(
         if r.kind not in ("auto", kind):
             continue
         rows = table.index.intersection(keep)
+        blocks = kind_blocks(kind, table.loc[rows])
+        options: dict[str, Any] = {"per_plate": config.profiles.normalize != "experiment", "batch_correction": method}
         try:
             candidates[kind] = build_references(
-                kind_blocks(kind, table.loc[rows]),
-                meta.loc[rows],
-                controls,
-                kind,
-                described,
-                r,
-                per_plate=config.profiles.normalize != "experiment",
-                batch_correction=method,
-                seed=config.seed,
+                blocks, meta.loc[rows], controls, kind, described, r, **options, seed=config.seed
             )
         except InputError as error:
             log.warning("references: no %s references — %s", kind, error)
+            continue
+        if candidates[kind].has_moa:
+            build = {"kind": kind, "columns": described, "settings": r, **options, "seed": config.seed}
+            candidates[kind].novelty_check = withheld_mechanism_novelty(blocks, meta.loc[rows], controls, build)
     if not candidates:
         return None, {}
     kind, why = choose_kind(candidates)

@@ -85,6 +85,10 @@ class References:
     # and the discriminant space where it is used (None: the profile cosine, as bundles before it)
     moa_space: dict[str, Any] = field(default_factory=lambda: {"setting": "profile", "used": "profile"})
     mechanism_space: MechanismSpace | None = None
+    # how often ``novel`` catches a mechanism the references lack (reference_building.withheld_mechanism_novelty):
+    # {"quantile", "level", "mechanisms": {moa: share of its units flagged}, "mean"}, or {"skipped": why}; {} in a
+    # bundle made before it
+    novelty_check: dict[str, Any] = field(default_factory=dict)
 
     @property
     def features(self) -> list[str]:
@@ -103,6 +107,7 @@ class References:
             "calibration": self.calibration,
             "batch_correction": self.batch_correction,
             "moa_space": self.moa_space,
+            "novelty_check": self.novelty_check,
             "treatments": int(self.fields["treatment"].nunique()),
             "compounds": int(self.fields["compound"].nunique()),
             "fields": len(self.fields),
@@ -317,6 +322,7 @@ def load_references(folder: str | Path) -> References | None:
         sphere=dict(np.load(sphere)) if (sphere := folder / "references_sphere.npz").is_file() else None,
         moa_space=moa_space,
         mechanism_space=space,
+        novelty_check=described.get("novelty_check", {}),
     )
 
 
@@ -369,6 +375,24 @@ def image_controls(images: pd.DataFrame, compound: str | None, config: Config) -
     return negative_controls(images, named, control), positives
 
 
+def novelty_check_phrase(check: dict[str, Any], calibration: dict[str, dict[str, Any]]) -> str | None:
+    """How often ``novel`` caught a mechanism the references lacked (:attr:`References.novelty_check`), in words;
+    None where the references keep no such check, or their novelty quantile is no longer the one it was read at."""
+    shares = check.get("mechanisms")
+    if not shares or check.get("quantile") != calibration.get("well", {}).get("novelty_quantile"):
+        return None
+    sampled = f" (a sample of {check['of']})" if check.get("of", len(shares)) > len(shares) else ""
+    never = [moa for moa, share in shares.items() if share == 0]
+    spread = f"from {min(shares.values()):.2f} to {max(shares.values()):.2f}"
+    if never:
+        spread += "; never " + ", ".join(never[:3]) + (f" and {len(never) - 3} more" if len(never) > 3 else "")
+    return (
+        f"when each of the references' {len(shares)} mechanisms{sampled} was withheld from them in turn, "
+        f"{check['mean']:.2f} of its wells on average were flagged novel ({spread}); a treatment not flagged novel "
+        "may still act by a mechanism the references lack"
+    )
+
+
 def calibration_summary(references: References) -> str:
     """One line: what the references hold and how their leave-one-compound-out calls fared."""
     fields = references.fields
@@ -386,6 +410,8 @@ def calibration_summary(references: References) -> str:
             )
     if parts:
         where = references.moa_space.get("why", "the profile cosine")
-        return line + "; mechanism right, leave-one-compound-out, on " + ", ".join(parts) + f"; called in {where}"
+        line += "; mechanism right, leave-one-compound-out, on " + ", ".join(parts) + f"; called in {where}"
+        novelty = novelty_check_phrase(references.novelty_check, references.calibration)
+        return line + (f"; novelty: {novelty}" if novelty else "")
     skipped = references.calibration.get("field", {}).get("skipped")
     return line + (f"; {skipped}" if skipped else "")

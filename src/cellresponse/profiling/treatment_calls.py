@@ -35,6 +35,7 @@ from cellresponse.profiling.references import (
     image_meta,
     level_table,
     normalized_fields,
+    novelty_check_phrase,
 )
 
 log = logging.getLogger(__name__)
@@ -136,10 +137,12 @@ def answer(
     return Answers(out["treatment"], out["well"], out["field"], note)
 
 
-def summary(answers: Answers, calibration: dict, moa_column: str | None = None) -> str:
+def summary(answers: Answers, references: References) -> str:
     """The treatment calls in one line: how many treatments, how many active, novel and called, the most frequent
-    mechanisms, how often such calls were right on the references left out and, where the new images carry the
-    mechanism (``moa_column``), how often they were right here."""
+    mechanisms, how often such calls were right on the references left out, how often ``novel`` caught a mechanism
+    they lacked and, where the new images carry the mechanism (the references' ``moa`` column), how often they
+    were right here."""
+    calibration, moa_column = references.calibration, references.columns.get("moa")
     t = answers.treatments[~answers.treatments["control"]]
     active = int(t["active"].fillna(False).sum())
     novel = int(t["novel"].fillna(False).sum())
@@ -161,6 +164,8 @@ def summary(answers: Answers, calibration: dict, moa_column: str | None = None) 
             f"; such calls were right on {well['accuracy']:.3f} of reference wells left out "
             f"({well['units']} wells, mean probability {well['mean_probability']:.2f})"
         )
+    if novelty := novelty_check_phrase(references.novelty_check, calibration):
+        line += f"; novelty: {novelty}"
     agreement = calls_matching_given(t, moa_column)
     if agreement is not None:
         line += f"; these images carry a mechanism: called right on {agreement[0]:.3f} of called treatments"

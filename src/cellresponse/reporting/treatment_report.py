@@ -30,7 +30,13 @@ from cellresponse.input.io import write_text
 from cellresponse.input.plate import channel_names
 from cellresponse.input.runfolder import RunFolder
 from cellresponse.input.transforms import normalize_percentile
-from cellresponse.profiling.references import References, image_meta, level_table, treatment_table
+from cellresponse.profiling.references import (
+    References,
+    image_meta,
+    level_table,
+    novelty_check_phrase,
+    treatment_table,
+)
 from cellresponse.profiling.similarity import cosine_similarity, unit_rows
 from cellresponse.profiling.treatment_calls import PlateAnswer, calls_matching_given
 from cellresponse.provenance import made_by_line
@@ -94,11 +100,16 @@ def strip_rows(
 
 
 def counts_section(
-    calls: pd.DataFrame, calibration: dict[str, Any], activity_note: str | None = None, given: str | None = None
+    calls: pd.DataFrame,
+    calibration: dict[str, Any],
+    activity_note: str | None = None,
+    given: str | None = None,
+    novelty: str | None = None,
 ) -> list[str]:
     """The counts table (active, novel, called, by mechanism), why activity was not scored where it was not, how
-    often such calls were right on the references left out and, where the new images carry a mechanism
-    (``given``), how often they were right here."""
+    often such calls were right on the references left out, how often ``novel`` caught a mechanism they lacked
+    (``novelty``, references.novelty_check_phrase) and, where the new images carry a mechanism (``given``), how
+    often they were right here."""
     treated = calls[~calls["control"]]
     active = treated["active"]
     rows: list[list[Any]] = [["treatments (negative controls left out)", len(treated)]]
@@ -121,6 +132,8 @@ def counts_section(
         if well.get("accuracy") is not None
         else html.escape(str(well.get("skipped", "no calibration")))
     ]
+    if novelty:
+        said.append(f"Novel: {html.escape(novelty)}.")
     if activity_note is not None:  # said instead of zeros that would read as "nothing is active"
         said.insert(0, f"Activity (distinct from the negative controls) was not scored: {html.escape(activity_note)}.")
     agreement = calls_matching_given(treated, given)
@@ -234,7 +247,8 @@ def build_treatment_report(
     out.mkdir(parents=True, exist_ok=True)
     parts = ["<h1>cellresponse — what the new treatments do</h1>"]
     parts += [f"<p class='note'><b>Read first:</b> {html.escape(w)}.</p>" for w in warnings or []]
-    parts += counts_section(calls, references.calibration, activity_note, references.columns.get("moa"))
+    novelty = novelty_check_phrase(references.novelty_check, references.calibration)
+    parts += counts_section(calls, references.calibration, activity_note, references.columns.get("moa"), novelty)
     parts += map_section(calls, references, query_treatments, out)
     treated = calls[~calls["control"]].sort_values(["novel", "moa_probability"], ascending=[False, False])
     if strips is not None:

@@ -115,7 +115,7 @@ def answer_open_world(
     report = prediction_report(out, plan.images, plate, training_run, window, pixel_size, warnings)
     add_columns(out.well_predictions, answers.wells, ["plate", "well"], WELL_COLUMNS)
     add_columns(out.image_predictions, answers.fields, ["image_id"], FIELD_COLUMNS)
-    log.info(summary(answers, references.calibration, references.columns.get("moa")))
+    log.info(summary(answers, references))
     log.info("report: %s", report)
     return [out.treatment_calls, report]
 
