@@ -145,7 +145,7 @@ def withheld_mechanism_novelty(
         units = units[units["moa"].astype(str) == moa].reset_index(drop=True)
         shares[moa] = float(match(units, references, "well", 1)["novel"].fillna(False).mean())
     if not shares:
-        return {"skipped": "no mechanism left the others able to call one"}
+        return {"skipped": "withholding any mechanism left the rest without one of two compounds to call"}
     return {
         "quantile": settings.novelty_quantile,
         "level": "well",
