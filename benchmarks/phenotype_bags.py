@@ -11,8 +11,8 @@ or mechanism's reference cells left out of every fit):
 
 * ``mean`` — the mean of the cells' features (z-scored on the reference cells), centred on the reference wells;
 * ``bag`` — the share of the well's cells in each of ``--clusters`` k-means phenotypes (fitted on the reference
-  cells), compared by the Bhattacharyya coefficient (Σ √(p·q)), a "bag of phenotypes" (as in Rajaram et al. 2012's
-  PhenoRipper and the subpopulation profiles of Slack et al. 2008);
+  cells), compared by the Bhattacharyya coefficient (Σ √(p·q)), a "bag of phenotypes" (akin to the subpopulation
+  profiles of Slack et al. 2008, and to PhenoRipper's bags of image-block types, Rajaram et al. 2012);
 
 on two feature sets: ``measured`` (the run's cell features, signed log) and ``deep`` (the cell embeddings
 projected on ``--components`` principal components of the reference cells). A query well's score is its best
