@@ -259,8 +259,8 @@ def main() -> None:
                   f"answer {answer_seconds:.2f} s")  # fmt: skip
             print(f"           moa space: {candidates[chosen].moa_space['why']}")
             started = time.perf_counter()
-            build = {"kind": chosen, "columns": COLUMNS, "settings": settings, "batch_correction": BATCH[0]}
-            check = withheld_mechanism_novelty(blocks_of(tables, chosen, ref_ids), meta.loc[ref_ids], None, build)
+            check = withheld_mechanism_novelty(blocks_of(tables, chosen, ref_ids), meta.loc[ref_ids], None, chosen,
+                                               COLUMNS, settings, batch_correction=BATCH[0])  # fmt: skip
             shares = ", ".join(f"{moa} {share:.2f}" for moa, share in check["mechanisms"].items())
             seconds = time.perf_counter() - started
             print(f"           read on the references alone (train's novelty_check, {seconds:.1f} s): "

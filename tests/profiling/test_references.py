@@ -448,8 +448,7 @@ def test_a_withheld_mechanism_is_flagged_novel_unless_another_looks_the_same(tmp
     meta = image_meta(images, ["Metadata_Compound", "Metadata_Concentration"], "Metadata_Compound", "Metadata_MoA")
     controls = negative_controls(images, ["Metadata_Compound"], "DMSO")
     columns = {"treatment": ["Metadata_Compound", "Metadata_Concentration"], "moa": "Metadata_MoA"}
-    build = {"kind": "measured", "columns": columns, "settings": QUANTILE_005}
-    check = withheld_mechanism_novelty(blocks, meta, controls, build)
+    check = withheld_mechanism_novelty(blocks, meta, controls, "measured", columns, QUANTILE_005)
     shares = check["mechanisms"]
     assert sorted(shares) == ["actin", "dna", "tubulin", "twin"]  # DMSO, the control, is never withheld
     assert shares["tubulin"] == shares["dna"] == 1.0  # nothing else looks like them: every well novel
@@ -480,15 +479,15 @@ def test_withheld_mechanism_novelty_needs_three_mechanisms_and_samples_many():
     blocks, images = twin_mechanism_plate()
     meta = image_meta(images, ["Metadata_Compound", "Metadata_Concentration"], "Metadata_Compound", "Metadata_MoA")
     columns = {"treatment": ["Metadata_Compound", "Metadata_Concentration"], "moa": "Metadata_MoA"}
-    build = {"kind": "measured", "columns": columns, "settings": QUANTILE_005}
+    build = (columns, QUANTILE_005)
     two = meta["moa"].isin(["tubulin", "dna"]).to_numpy()
-    assert "skipped" in withheld_mechanism_novelty(blocks, meta[two], None, build)
+    assert "skipped" in withheld_mechanism_novelty(blocks, meta[two], None, "measured", *build)
     limit = reference_building.MAX_WITHHELD_MECHANISMS
     try:
         reference_building.MAX_WITHHELD_MECHANISMS = 2
         controls = negative_controls(images, ["Metadata_Compound"], "DMSO")
-        sampled = withheld_mechanism_novelty(blocks, meta, controls, {**build, "seed": 5})
-        again = withheld_mechanism_novelty(blocks, meta, controls, {**build, "seed": 5})
+        sampled = withheld_mechanism_novelty(blocks, meta, controls, "measured", *build, seed=5)
+        again = withheld_mechanism_novelty(blocks, meta, controls, "measured", *build, seed=5)
     finally:
         reference_building.MAX_WITHHELD_MECHANISMS = limit
     assert len(sampled["mechanisms"]) == 2 and sampled["of"] == 4 and sampled == again  # a seeded sample

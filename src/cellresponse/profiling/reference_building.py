@@ -105,25 +105,29 @@ def withheld_mechanism_novelty(
     blocks: dict[str, pd.DataFrame],
     meta: pd.DataFrame,
     controls: pd.Series | None,
-    build: dict[str, Any],
+    kind: str,
+    columns: dict[str, Any],
+    settings: ReferencesConfig,
+    *,
+    per_plate: bool = True,
+    batch_correction: str = "none",
+    seed: int = 0,
 ) -> dict[str, Any]:
     """How often ``novel`` catches a mechanism the references lack, read on the references themselves: each
     mechanism withheld in turn (all its compounds; at most :data:`MAX_WITHHELD_MECHANISMS`, a seeded sample), the
-    references rebuilt from the rest as :func:`build_references` builds them (``build``: its ``kind``, ``columns``,
-    ``settings`` and keyword options) — in the profile cosine, which novelty reads whatever ``moa_space`` is — and
-    the withheld wells queried as a new plate's are (query_fields, matching.match): the share of its wells flagged
-    novel. The query plate is never read; the figure is the same-replicate view of the benchmark in
-    ``benchmarks/unseen_compounds.py``, which queries another replicate."""
-    settings: ReferencesConfig = build["settings"]
+    references rebuilt from the rest as :func:`build_references` builds them (the same arguments) — in the profile
+    cosine, which novelty reads whatever ``moa_space`` is — and the withheld wells queried as a new plate's are
+    (query_fields, matching.match): the share of its wells flagged novel. The query plate is never read; the figure
+    is the same-replicate view of the benchmark in ``benchmarks/unseen_compounds.py``, which queries another
+    replicate."""
     is_control = pd.Series(control_flags(controls, meta.index), index=meta.index)
     mechanisms = sorted(meta.loc[~is_control, "moa"].dropna().astype(str).unique())
     if len(mechanisms) < 3:
         return {"skipped": f"{len(mechanisms)} mechanisms: withholding one leaves too few to call"}
     chosen = mechanisms
     if len(mechanisms) > MAX_WITHHELD_MECHANISMS:
-        rng = np.random.default_rng(build.get("seed", 0))
+        rng = np.random.default_rng(seed)
         chosen = sorted(rng.choice(mechanisms, MAX_WITHHELD_MECHANISMS, replace=False).tolist())
-    options = {k: v for k, v in build.items() if k not in ("kind", "columns", "settings")}
     in_profile = settings.model_copy(update={"moa_space": "profile"})
     shares = {}
     for moa in chosen:
@@ -131,15 +135,15 @@ def withheld_mechanism_novelty(
         kept, asked = meta.index[~withheld], meta.index[withheld | is_control.to_numpy()]
         references = build_references(
             {name: block.loc[block.index.intersection(kept)] for name, block in blocks.items()},
-            meta.loc[kept], controls, build["kind"], build["columns"], in_profile, **options,
+            meta.loc[kept], controls, kind, columns, in_profile,
+            per_plate=per_plate, batch_correction=batch_correction, seed=seed,
         )  # fmt: skip
         if "temperature" not in references.calibration.get("well", {}):
             continue  # the rest has no mechanism of two compounds: nothing is ever called, or flagged
         mode, _ = query_normalization(references, bool(is_control.any()), settings.query_normalization)
         references, _, fields = query_fields(
             {name: block.loc[block.index.intersection(asked)] for name, block in blocks.items()},
-            meta.loc[asked], controls, pd.Index([]), references, mode, settings.novelty_quantile,
-            options.get("seed", 0),
+            meta.loc[asked], controls, pd.Index([]), references, mode, settings.novelty_quantile, seed,
         )  # fmt: skip
         units = level_table(fields, references.features, "well")
         units = units[units["moa"].astype(str) == moa].reset_index(drop=True)
@@ -187,18 +191,19 @@ def build_reference_kinds(
         if r.kind not in ("auto", kind):
             continue
         rows = table.index.intersection(keep)
-        blocks = kind_blocks(kind, table.loc[rows])
-        options: dict[str, Any] = {"per_plate": config.profiles.normalize != "experiment", "batch_correction": method}
+        arguments = (kind_blocks(kind, table.loc[rows]), meta.loc[rows], controls, kind, described, r)
+        per_plate = config.profiles.normalize != "experiment"
         try:
             candidates[kind] = build_references(
-                blocks, meta.loc[rows], controls, kind, described, r, **options, seed=config.seed
+                *arguments, per_plate=per_plate, batch_correction=method, seed=config.seed
             )
         except InputError as error:
             log.warning("references: no %s references — %s", kind, error)
             continue
-        if candidates[kind].has_moa:
-            build = {"kind": kind, "columns": described, "settings": r, **options, "seed": config.seed}
-            candidates[kind].novelty_check = withheld_mechanism_novelty(blocks, meta.loc[rows], controls, build)
+        if candidates[kind].has_moa:  # the same references, each mechanism withheld in turn
+            candidates[kind].novelty_check = withheld_mechanism_novelty(
+                *arguments, per_plate=per_plate, batch_correction=method, seed=config.seed
+            )
     if not candidates:
         return None, {}
     kind, why = choose_kind(candidates)
