@@ -491,3 +491,26 @@ def test_withheld_mechanism_novelty_needs_three_mechanisms_and_samples_many():
     finally:
         reference_building.MAX_WITHHELD_MECHANISMS = limit
     assert len(sampled["mechanisms"]) == 2 and sampled["of"] == 4 and sampled == again  # a seeded sample
+
+
+def test_a_mechanism_whose_withholding_leaves_no_references_is_left_out_not_fatal(monkeypatch):
+    """train reads the check after the network has trained: references that cannot be built without one mechanism
+    (say, nothing left varies) leave that mechanism out of the figure instead of failing before the bundle is
+    saved."""
+    from cellresponse.profiling import reference_building
+
+    blocks, images = twin_mechanism_plate()
+    meta = image_meta(images, ["Metadata_Compound", "Metadata_Concentration"], "Metadata_Compound", "Metadata_MoA")
+    controls = negative_controls(images, ["Metadata_Compound"], "DMSO")
+    columns = {"treatment": ["Metadata_Compound", "Metadata_Concentration"], "moa": "Metadata_MoA"}
+    build = reference_building.build_references
+
+    def failing_without_tubulin(blocks, meta, *args, **kwargs):
+        if "tubulin" not in set(meta["moa"]):
+            raise InputError("no profile feature varies across the wells")
+        return build(blocks, meta, *args, **kwargs)
+
+    monkeypatch.setattr(reference_building, "build_references", failing_without_tubulin)
+    check = reference_building.withheld_mechanism_novelty(blocks, meta, controls, "measured", columns, QUANTILE_005)
+    assert sorted(check["mechanisms"]) == ["actin", "dna", "twin"] and check["of"] == 4
+    assert check["mechanisms"]["dna"] == 1.0 and check["mean"] == 1 / 3

@@ -133,11 +133,15 @@ def withheld_mechanism_novelty(
     for moa in chosen:
         withheld = (meta["moa"].astype(str) == moa).to_numpy()
         kept, asked = meta.index[~withheld], meta.index[withheld | is_control.to_numpy()]
-        references = build_references(
-            {name: block.loc[block.index.intersection(kept)] for name, block in blocks.items()},
-            meta.loc[kept], controls, kind, columns, in_profile,
-            per_plate=per_plate, batch_correction=batch_correction, seed=seed,
-        )  # fmt: skip
+        try:
+            references = build_references(
+                {name: block.loc[block.index.intersection(kept)] for name, block in blocks.items()},
+                meta.loc[kept], controls, kind, columns, in_profile,
+                per_plate=per_plate, batch_correction=batch_correction, seed=seed,
+            )  # fmt: skip
+        except InputError as error:  # train runs this after the network: a figure must not cost the bundle
+            log.info("novelty check: references without %s cannot be built (%s); left out", moa, error)
+            continue
         if "temperature" not in references.calibration.get("well", {}):
             continue  # the rest has no mechanism of two compounds: nothing is ever called, or flagged
         mode, _ = query_normalization(references, bool(is_control.any()), settings.query_normalization)
@@ -149,7 +153,7 @@ def withheld_mechanism_novelty(
         units = units[units["moa"].astype(str) == moa].reset_index(drop=True)
         shares[moa] = float(match(units, references, "well", 1)["novel"].fillna(False).mean())
     if not shares:
-        return {"skipped": "withholding any mechanism left the rest without one of two compounds to call"}
+        return {"skipped": "withholding any mechanism left references that could not be built or call nothing"}
     return {
         "quantile": settings.novelty_quantile,
         "level": "well",
